@@ -1,0 +1,35 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# Both create .venv and install torch from constraints.txt first, so that
+# pip never resolves an unpinned (multi-GB CUDA) torch.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[dev,bench]'
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/lrtune find --model mlp --dataset digits --seeds 4 --plot out/lr_curve.png
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) bench/finder.py
+
+clean:
+	rm -rf $(VENV) out artifacts .pytest_cache .ruff_cache
