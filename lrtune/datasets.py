@@ -1,0 +1,387 @@
+"""Built-in datasets as train/validation tensors: scikit-learn's bundled data and a synthetic task.
+
+Nothing is downloaded: ``digits``, ``breast_cancer``, ``wine`` and ``diabetes`` ship inside
+scikit-learn, and ``synthetic`` is drawn by :func:`sklearn.datasets.make_classification`.
+Every factory takes plain JSON params, validated by a pydantic model (unknown or ill-typed
+params raise :class:`ValueError` naming the param), and returns a :class:`DatasetBundle`:
+
+* the split is deterministic for a given ``seed`` and stratified by class for classification;
+* features are standardized with statistics of the train split only (digits' pixels are
+  scaled to ``[0, 1]`` instead), and so is the diabetes target;
+* ``max_samples`` caps the size by a deterministic (stratified) subsample taken before the split.
+
+Example:
+    >>> import torch
+    >>> from lrtune.datasets import wine
+    >>> bundle = wine(val_fraction=0.25, seed=1)
+    >>> bundle.task, bundle.input_shape, bundle.output_dim, bundle.metric_name
+    ('classification', (13,), 3, 'accuracy')
+    >>> len(bundle.train) + len(bundle.val)
+    178
+    >>> model = torch.nn.Linear(13, 3)
+    >>> sorted(bundle.evaluate(model))
+    ['accuracy', 'loss']
+
+Users load datasets by name through :func:`lrtune.registry.load_dataset`, which also finds
+datasets added by plugins.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+import sklearn.datasets
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sklearn.model_selection import train_test_split
+from torch import nn
+from torch.utils.data import TensorDataset
+
+Task = Literal["classification", "regression"]
+
+_TASKS: tuple[Task, ...] = ("classification", "regression")
+_MAX_SEED = 2**32 - 1  # numpy's RandomState, which scikit-learn uses, takes seeds below 2**32
+_REPR_LIMIT = 40
+
+
+class FactoryParams(BaseModel):
+    """Base of the params models of model and dataset factories.
+
+    Strict, so that JSON's ``"1"`` or ``true`` is never taken for the integer 1, and closed, so
+    that a misspelt param is an error instead of being silently ignored.
+    """
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+ParamsT = TypeVar("ParamsT", bound=FactoryParams)
+
+
+def parse_params(schema: type[ParamsT], params: Mapping[str, Any], owner: str) -> ParamsT:
+    """Validate ``params`` against ``schema``, turning pydantic's report into a one-line error.
+
+    Raises:
+        ValueError: a param is unknown, of the wrong type or out of range. The message names
+            ``owner`` (e.g. ``"model 'mlp'"``), each bad param, and the allowed params.
+    """
+    try:
+        return schema.model_validate(dict(params))
+    except ValidationError as exc:
+        allowed = ", ".join(schema.model_fields) or "none"
+        raise ValueError(
+            f"invalid params for {owner}: {_describe_errors(exc)} (allowed params: {allowed})"
+        ) from None
+
+
+def _describe_errors(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "extra_forbidden":
+            problems.append(f"{where}: unknown param")
+            continue
+        got = repr(error["input"])
+        if len(got) > _REPR_LIMIT:
+            got = got[: _REPR_LIMIT - 3] + "..."
+        problems.append(f"{where}={got}: {error['msg']}")
+    return "; ".join(problems)
+
+
+class SplitParams(FactoryParams):
+    """Params every built-in dataset takes."""
+
+    val_fraction: float = Field(0.2, gt=0.0, lt=0.9)
+    seed: int = Field(0, ge=0, le=_MAX_SEED)
+    max_samples: int | None = Field(None, ge=10)
+
+
+class SyntheticParams(SplitParams):
+    """Params of :func:`synthetic`; ``seed`` also seeds the data generation."""
+
+    # Bounded so that a request to the service cannot ask for gigabytes.
+    n_samples: int = Field(2000, ge=50, le=100_000)
+    n_features: int = Field(20, ge=4, le=200)
+    n_classes: int = Field(2, ge=2, le=10)
+
+
+@dataclass(frozen=True)
+class DatasetBundle:
+    """A dataset split into train and validation parts, with what training needs to know.
+
+    Features are float32; classification targets are int64 class indices, regression targets
+    float32 of shape ``(n, 1)``.
+    """
+
+    name: str
+    task: Task
+    train: TensorDataset
+    val: TensorDataset
+    input_shape: tuple[int, ...]
+    output_dim: int
+
+    def __post_init__(self) -> None:
+        if self.task not in _TASKS:
+            raise ValueError(f"task must be one of {_TASKS}, got {self.task!r}")
+        if isinstance(self.output_dim, bool) or self.output_dim < 1:
+            raise ValueError(f"output_dim must be a positive int, got {self.output_dim!r}")
+        for split_name, split in (("train", self.train), ("val", self.val)):
+            if len(split.tensors) != 2 or len(split) == 0:
+                raise ValueError(f"{split_name} must hold (features, targets) and be non-empty")
+            if tuple(split.tensors[0].shape[1:]) != tuple(self.input_shape):
+                raise ValueError(
+                    f"{split_name} features have shape {tuple(split.tensors[0].shape[1:])} "
+                    f"per sample, but input_shape is {tuple(self.input_shape)}"
+                )
+
+    @property
+    def metric_name(self) -> str:
+        """``"accuracy"`` for classification, ``"mse"`` for regression."""
+        return "accuracy" if self.task == "classification" else "mse"
+
+    @property
+    def metric_direction(self) -> Literal["maximize", "minimize"]:
+        return "maximize" if self.task == "classification" else "minimize"
+
+    def loss_fn(self) -> nn.Module:
+        """A fresh training loss: cross-entropy for classification, MSE for regression."""
+        return nn.CrossEntropyLoss() if self.task == "classification" else nn.MSELoss()
+
+    def evaluate(
+        self,
+        model: nn.Module,
+        device: str | torch.device | None = None,
+        batch_size: int = 1024,
+    ) -> dict[str, float]:
+        """Mean loss and the metric on the validation split.
+
+        Runs in eval mode without gradients, then restores each submodule's train/eval mode.
+        ``device`` is where batches are sent (the model must already be there); by default
+        the device of the model's first parameter.
+
+        Returns:
+            ``{"loss": ..., self.metric_name: ...}``.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        target_device = _device_of(model) if device is None else torch.device(device)
+        features, targets = self.val.tensors
+        loss_sum = 0.0
+        metric_sum = 0.0
+        modes = {module: module.training for module in model.modules()}
+        model.eval()
+        try:
+            with torch.no_grad():
+                for start in range(0, len(features), batch_size):
+                    batch_x = features[start : start + batch_size].to(target_device)
+                    batch_y = targets[start : start + batch_size].to(target_device)
+                    batch_loss, batch_metric = self._summed_loss_and_metric(model(batch_x), batch_y)
+                    loss_sum += batch_loss
+                    metric_sum += batch_metric
+        finally:
+            for module, training in modes.items():
+                module.training = training
+        # Per sample for cross-entropy and accuracy, per element for MSE (as nn.MSELoss averages).
+        count = len(targets) if self.task == "classification" else targets.numel()
+        return {"loss": loss_sum / count, self.metric_name: metric_sum / count}
+
+    def _summed_loss_and_metric(
+        self, outputs: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[float, float]:
+        if self.task == "classification":
+            loss = F.cross_entropy(outputs, targets, reduction="sum").item()
+            return loss, (outputs.argmax(dim=1) == targets).sum().item()
+        loss = F.mse_loss(outputs, targets, reduction="sum").item()
+        return loss, loss
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+# --- built-in datasets -------------------------------------------------------------------------
+
+
+def digits(**params: Any) -> DatasetBundle:
+    """8x8 handwritten digits: 1797 samples, 10 classes, 64 pixel features scaled to [0, 1].
+
+    Params: ``val_fraction`` (0.2), ``seed`` (0), ``max_samples`` (None).
+    """
+    split = parse_params(SplitParams, params, "dataset 'digits'")
+    features, labels = _sklearn_arrays("digits")
+    return _make_bundle(
+        "digits", "classification", features / 16.0, labels, split, standardize_features=False
+    )
+
+
+def breast_cancer(**params: Any) -> DatasetBundle:
+    """Wisconsin breast cancer: 569 samples, 2 classes, 30 standardized features.
+
+    Params: ``val_fraction`` (0.2), ``seed`` (0), ``max_samples`` (None).
+    """
+    split = parse_params(SplitParams, params, "dataset 'breast_cancer'")
+    features, labels = _sklearn_arrays("breast_cancer")
+    return _make_bundle(
+        "breast_cancer", "classification", features, labels, split, standardize_features=True
+    )
+
+
+def wine(**params: Any) -> DatasetBundle:
+    """Wine cultivars: 178 samples, 3 classes, 13 standardized features.
+
+    Params: ``val_fraction`` (0.2), ``seed`` (0), ``max_samples`` (None).
+    """
+    split = parse_params(SplitParams, params, "dataset 'wine'")
+    features, labels = _sklearn_arrays("wine")
+    return _make_bundle(
+        "wine", "classification", features, labels, split, standardize_features=True
+    )
+
+
+def diabetes(**params: Any) -> DatasetBundle:
+    """Diabetes progression: 442 samples, 10 features, a regression target; both standardized.
+
+    Params: ``val_fraction`` (0.2), ``seed`` (0), ``max_samples`` (None).
+    """
+    split = parse_params(SplitParams, params, "dataset 'diabetes'")
+    features, target = _sklearn_arrays("diabetes")
+    return _make_bundle(
+        "diabetes", "regression", features, target, split, standardize_features=True
+    )
+
+
+def synthetic(**params: Any) -> DatasetBundle:
+    """A classification task from :func:`sklearn.datasets.make_classification`.
+
+    Params: ``n_samples`` (2000), ``n_features`` (20), ``n_classes`` (2, up to 10),
+    ``val_fraction`` (0.2), ``seed`` (0; seeds both the data and the split), ``max_samples``.
+    """
+    parsed = parse_params(SyntheticParams, params, "dataset 'synthetic'")
+    features, labels = _synthetic_arrays(
+        parsed.n_samples, parsed.n_features, parsed.n_classes, parsed.seed
+    )
+    return _make_bundle(
+        "synthetic", "classification", features, labels, parsed, standardize_features=True
+    )
+
+
+_SKLEARN_LOADERS: dict[str, Callable[..., Any]] = {
+    "digits": sklearn.datasets.load_digits,
+    "breast_cancer": sklearn.datasets.load_breast_cancer,
+    "wine": sklearn.datasets.load_wine,
+    "diabetes": sklearn.datasets.load_diabetes,
+}
+
+
+@functools.cache
+def _sklearn_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
+    # Trials load the same dataset over and over; read-only, since every caller shares them.
+    features, targets = _SKLEARN_LOADERS[name](return_X_y=True)
+    return _read_only(np.asarray(features, dtype=np.float64)), _read_only(np.asarray(targets))
+
+
+@functools.lru_cache(maxsize=8)
+def _synthetic_arrays(
+    n_samples: int, n_features: int, n_classes: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    # make_classification needs 2**n_informative >= n_classes; 4 informative features cover 10.
+    n_informative = max(4, n_features // 2)
+    features, labels = sklearn.datasets.make_classification(
+        n_samples=n_samples,
+        n_features=n_features,
+        n_informative=n_informative,
+        n_redundant=min(2, n_features - n_informative),
+        n_classes=n_classes,
+        n_clusters_per_class=1,
+        random_state=seed,
+    )
+    return _read_only(features), _read_only(labels)
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.setflags(write=False)
+    return array
+
+
+def _make_bundle(
+    name: str,
+    task: Task,
+    features: np.ndarray,
+    targets: np.ndarray,
+    split: SplitParams,
+    *,
+    standardize_features: bool,
+) -> DatasetBundle:
+    classification = task == "classification"
+    n_classes = int(targets.max()) + 1 if classification else 1
+    if split.max_samples is not None and split.max_samples < len(targets):
+        keep = _subsample_indices(targets, split.max_samples, split.seed, classification)
+        features, targets = features[keep], targets[keep]
+    train_idx, val_idx = _split_indices(name, targets, split, classification)
+    train_x, val_x = features[train_idx], features[val_idx]
+    if standardize_features:
+        train_x, val_x = _standardize(train_x, val_x)
+    if classification:
+        train_y = torch.as_tensor(targets[train_idx], dtype=torch.int64)
+        val_y = torch.as_tensor(targets[val_idx], dtype=torch.int64)
+    else:
+        train_t, val_t = _standardize(targets[train_idx, None], targets[val_idx, None])
+        train_y = torch.as_tensor(train_t, dtype=torch.float32)
+        val_y = torch.as_tensor(val_t, dtype=torch.float32)
+    return DatasetBundle(
+        name=name,
+        task=task,
+        train=TensorDataset(torch.as_tensor(train_x, dtype=torch.float32), train_y),
+        val=TensorDataset(torch.as_tensor(val_x, dtype=torch.float32), val_y),
+        input_shape=tuple(features.shape[1:]),
+        output_dim=n_classes,
+    )
+
+
+def _subsample_indices(targets: np.ndarray, size: int, seed: int, stratify: bool) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if not stratify:
+        return np.sort(rng.permutation(len(targets))[:size])
+    # Largest-remainder rounding keeps each class within one sample of its exact share. Unlike
+    # scikit-learn's stratified split, it needs no minimum for the samples left out.
+    classes, counts = np.unique(targets, return_counts=True)
+    exact_quota = counts * size / len(targets)
+    quota = np.floor(exact_quota).astype(np.int64)
+    by_remainder = np.argsort(quota - exact_quota, kind="stable")
+    quota[by_remainder[: size - int(quota.sum())]] += 1
+    picks = [
+        rng.permutation(np.flatnonzero(targets == label))[:count]
+        for label, count in zip(classes, quota, strict=True)
+    ]
+    return np.sort(np.concatenate(picks))
+
+
+def _split_indices(
+    name: str, targets: np.ndarray, split: SplitParams, stratify: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        train_idx, val_idx = train_test_split(
+            np.arange(len(targets)),
+            test_size=split.val_fraction,
+            random_state=split.seed,
+            stratify=targets if stratify else None,
+        )
+    except ValueError as exc:
+        raise ValueError(
+            f"cannot split dataset {name!r} with val_fraction={split.val_fraction} and "
+            f"max_samples={split.max_samples}: {exc}"
+        ) from None
+    return np.sort(train_idx), np.sort(val_idx)
+
+
+def _standardize(train: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Shift and scale both parts by the train part's mean and (population) std."""
+    mean = train.mean(axis=0)
+    std = train.std(axis=0)
+    std = np.where(std > 0, std, 1.0)  # a constant column stays constant instead of NaN
+    return (train - mean) / std, (val - mean) / std

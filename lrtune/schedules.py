@@ -1,0 +1,817 @@
+"""Learning-rate schedule specs and the torch schedulers they build.
+
+Each schedule family is a small, validated pydantic model (a "spec"); the specs form a
+discriminated union on ``family`` so that a plain ``dict`` (from YAML, JSON or an Optuna
+trial) parses into the right one. A spec turns into a real ``torch.optim.lr_scheduler``
+object with :func:`build`, into a :class:`ScheduleDriver` that knows when to step it with
+:func:`drive`, into the learning rates it would produce with :func:`preview`, and into a
+paste-ready PyTorch snippet with :func:`to_code`.
+
+LR-valued fields (``max_lr``, ``base_lr``, ``min_lr``) refer to the optimizer's param group
+0; other groups get the same values scaled by their lr ratio to group 0. ``eta_min`` of the
+cosine families is a single scalar in torch and is applied to every group as-is.
+
+Example:
+
+    .. code-block:: python
+
+        import torch
+
+        from lrtune.schedules import drive, parse_schedule, preview
+
+        spec = parse_schedule({"family": "cosine", "T_max": 8, "warmup": {"steps": 2}})
+        print(preview(spec, base_lrs=[0.1], steps_per_epoch=1, epochs=10)[:, 0])
+
+        model = torch.nn.Linear(4, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        driver = drive(spec, optimizer, steps_per_epoch=3, epochs=10)
+        for epoch in range(10):
+            for _ in range(3):
+                optimizer.zero_grad()
+                loss = model(torch.randn(8, 4)).pow(2).mean()
+                loss.backward()
+                optimizer.step()
+                driver.after_batch()
+            driver.after_epoch(metric=loss.item())
+        print(driver.last_lrs())
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationInfo, field_validator
+from torch.optim import Optimizer, lr_scheduler
+
+__all__ = [
+    "FAMILIES",
+    "ConstantSchedule",
+    "CosineSchedule",
+    "CosineWarmRestartsSchedule",
+    "CyclicSchedule",
+    "ExponentialSchedule",
+    "InverseTimeDecay",
+    "LinearWarmup",
+    "MultiStepSchedule",
+    "OneCycleSchedule",
+    "PlateauSchedule",
+    "PlateauWithWarmup",
+    "ScheduleDriver",
+    "ScheduleSpec",
+    "Scheduler",
+    "StepSchedule",
+    "TimeDecaySchedule",
+    "build",
+    "drive",
+    "parse_schedule",
+    "preview",
+    "to_code",
+]
+
+FAMILIES: tuple[str, ...] = (
+    "constant",
+    "step",
+    "multistep",
+    "exponential",
+    "time_decay",
+    "cosine",
+    "cosine_warm_restarts",
+    "onecycle",
+    "cyclic",
+    "plateau",
+)
+
+Interval = Literal["epoch", "batch"]
+
+
+class LinearWarmup(BaseModel):
+    """Linear warm-up from ``start_factor * lr`` to ``lr`` in front of the main schedule.
+
+    ``steps`` counts the schedule's own stepping units: epochs for per-epoch families,
+    batches for per-batch ones. The main schedule starts from its beginning after it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: int = Field(ge=1)
+    start_factor: float = Field(default=0.1, gt=0.0, le=1.0)
+
+
+class _ScheduleBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    interval: ClassVar[Interval] = "epoch"
+    warmup: LinearWarmup | None = None
+
+    def _make_scheduler(
+        self, optimizer: Optimizer, lr_ratios: list[float], total_steps: int
+    ) -> lr_scheduler.LRScheduler:
+        raise NotImplementedError
+
+    def _scheduler_code(self, optimizer_name: str, total_steps_code: str) -> tuple[list[str], str]:
+        """Return the set-up lines and the constructor call expression for the snippet."""
+        raise NotImplementedError
+
+
+class ConstantSchedule(_ScheduleBase):
+    """Keep the optimizer's lr (``ConstantLR(factor=1.0, total_iters=0)``)."""
+
+    family: Literal["constant"] = "constant"
+
+    def _make_scheduler(
+        self, optimizer: Optimizer, lr_ratios: list[float], total_steps: int
+    ) -> lr_scheduler.LRScheduler:
+        return lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+    def _scheduler_code(self, optimizer_name: str, total_steps_code: str) -> tuple[list[str], str]:
+        return [], _call("ConstantLR", optimizer_name, "factor=1.0", "total_iters=0")
+
+
+class StepSchedule(_ScheduleBase):
+    """Multiply the lr by ``gamma`` every ``step_size`` epochs (``StepLR``)."""
+
+    family: Literal["step"] = "step"
+    step_size: int = Field(ge=1)
+    gamma: float = Field(default=0.1, gt=0.0, le=1.0)
+
+    def _make_scheduler(
+        self, optimizer: Optimizer, lr_ratios: list[float], total_steps: int
+    ) -> lr_scheduler.LRScheduler:
+        return lr_scheduler.StepLR(optimizer, step_size=self.step_size, gamma=self.gamma)
+
+    def _scheduler_code(self, optimizer_name: str, total_steps_code: str) -> tuple[list[str], str]:
+        return [], _call(
+            "StepLR", optimizer_name, f"step_size={self.step_size}", f"gamma={self.gamma!r}"
+        )
+
+
+class MultiStepSchedule(_ScheduleBase):
+    """Multiply the lr by ``gamma`` at each epoch in ``milestones`` (``MultiStepLR``)."""
+
+    family: Literal["multistep"] = "multistep"
+    milestones: tuple[Annotated[int, Field(ge=1)], ...] = Field(min_length=1)
+    gamma: float = Field(default=0.1, gt=0.0, le=1.0)
+
+    @field_validator("milestones")
+    @classmethod
+    def _check_strictly_increasing(cls, milestones: tuple[int, ...]) -> tuple[int, ...]:
+        if any(later <= earlier for earlier, later in itertools.pairwise(milestones)):
+            raise ValueError(
+                f"milestones must be strictly increasing without duplicates, got {milestones}"
+            )
+        return milestones
+
+    def _make_scheduler(
+        self, optimizer: Optimizer, lr_ratios: list[float], total_steps: int
+    ) -> lr_scheduler.LRScheduler:
+        return lr_scheduler.MultiStepLR(
+            optimizer, milestones=list(self.milestones), gamma=self.gamma
+        )
+
+    def _scheduler_code(self, optimizer_name: str, total_steps_code: str) -> tuple[list[str], str]:
+        return [], _call(
+            "MultiStepLR",
+            optimizer_name,
+            f"milestones={list(self.milestones)!r}",
+            f"gamma={self.gamma!r}",
+        )
+
+
+class ExponentialSchedule(_ScheduleBase):
+    """Multiply the lr by ``gamma`` every epoch (``ExponentialLR``)."""
+
+    family: Literal["exponential"] = "exponential"
+    gamma: float = Field(gt=0.0, le=1.0)
+
+    def _make_scheduler(
+        self, optimizer: Optimizer, lr_ratios: list[float], total_steps: int
+    ) -> lr_scheduler.LRScheduler:
+        return lr_scheduler.ExponentialLR(optimizer, gamma=self.gamma)
+
+    def _scheduler_code(self, optimizer_name: str, total_steps_code: str) -> tuple[list[str], str]:
+        return [], _call("ExponentialLR", optimizer_name, f"gamma={self.gamma!r}")
+
+
+class InverseTimeDecay:
+    """The ``LambdaLR`` factor ``1 / (1 + decay * epoch)``.
+
+    A class rather than a lambda so that ``LambdaLR.state_dict()`` records ``decay`` and the
+    scheduler can be pickled and deep-copied.
+    """
+
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+
+    def __call__(self, epoch: int) -> float:
+        return 1.0 / (1.0 + self.decay * epoch)
+
+
+class TimeDecaySchedule(_ScheduleBase):
+    """Inverse time decay, ``lr_n = lr_0 / (1 + decay * n)`` (``LambdaLR``)."""
+
+    family: Literal["time_decay"] = "time_decay"
+    decay: float = Field(gt=0.0)
+
+    def _make_scheduler(
+        self, optimizer: Optimizer, lr_ratios: list[float], total_steps: int
+    ) -> lr_scheduler.LRScheduler:
+        return lr_scheduler.LambdaLR(optimizer, lr_lambda=InverseTimeDecay(self.decay))
+
+    def _scheduler_code(self, optimizer_name: str, total_steps_code: str) -> tuple[list[str], str]:
+        return [], _call(
+            "LambdaLR",
+            optimizer_name,
+            f"lr_lambda=lambda epoch: 1.0 / (1.0 + {self.decay!r} * epoch)",
+        )
+
+
+class CosineSchedule(_ScheduleBase):
+    """Cosine annealing from lr to ``eta_min`` over ``T_max`` epochs (``CosineAnnealingLR``).
+
+    ``eta_min`` is a scalar in torch and applies to every param group unscaled.
+    """
+
+    family: Literal["cosine"] = "cosine"
+    T_max: int = Field(ge=1)
+    eta_min: float = Field(default=0.0, ge=0.0)
+
+    def _make_scheduler(
+        self, optimizer: Optimizer, lr_ratios: list[float], total_steps: int
+    ) -> lr_scheduler.LRScheduler:
+        return lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.T_max, eta_min=self.eta_min)
+
+    def _scheduler_code(self, optimizer_name: str, total_steps_code: str) -> tuple[list[str], str]:
+        return [], _call(
+            "CosineAnnealingLR", optimizer_name, f"T_max={self.T_max}", f"eta_min={self.eta_min!r}"
+        )
+
+
+class CosineWarmRestartsSchedule(_ScheduleBase):
+    """SGDR cosine annealing restarting after ``T_0``, ``T_0 * T_mult``, ... epochs.
+
+    ``eta_min`` is a scalar in torch and applies to every param group unscaled.
+    """
+
+    family: Literal["cosine_warm_restarts"] = "cosine_warm_restarts"
+    T_0: int = Field(ge=1)
+    T_mult: int = Field(default=1, ge=1)
+    eta_min: float = Field(default=0.0, ge=0.0)
+
+    def _make_scheduler(
+        self, optimizer: Optimizer, lr_ratios: list[float], total_steps: int
+    ) -> lr_scheduler.LRScheduler:
+        return lr_scheduler.CosineAnnealingWarmRestarts(
+            optimizer, T_0=self.T_0, T_mult=self.T_mult, eta_min=self.eta_min
+        )
+
+    def _scheduler_code(self, optimizer_name: str, total_steps_code: str) -> tuple[list[str], str]:
+        return [], _call(
+            "CosineAnnealingWarmRestarts",
+            optimizer_name,
+            f"T_0={self.T_0}",
+            f"T_mult={self.T_mult}",
+            f"eta_min={self.eta_min!r}",
+        )
+
+
+class OneCycleSchedule(_ScheduleBase):
+    """The 1cycle policy over the whole run, stepped per batch (``OneCycleLR``).
+
+    The optimizer's own lr is ignored: the cycle starts at ``max_lr / div_factor``. Momentum
+    (or Adam's beta1) is cycled when the optimizer has it, as torch does by default.
+    """
+
+    interval: ClassVar[Interval] = "batch"
+    family: Literal["onecycle"] = "onecycle"
+    max_lr: float = Field(gt=0.0)
+    pct_start: float = Field(default=0.3, gt=0.0, lt=1.0)
+    div_factor: float = Field(default=25.0, ge=1.0)
+    final_div_factor: float = Field(default=1e4, ge=1.0)
+    anneal_strategy: Literal["cos", "linear"] = "cos"
+    three_phase: bool = False
+
+    @field_validator("warmup")
+    @classmethod
+    def _reject_warmup(cls, warmup: LinearWarmup | None) -> LinearWarmup | None:
+        if warmup is not None:
+            raise ValueError(
+                "onecycle has its own warm-up: it ramps up for the first pct_start of the run; "
+                "set pct_start/div_factor instead of warmup"
+            )
+        return warmup
+
+    @field_validator("three_phase")
+    @classmethod
+    def _check_three_phase_fits(cls, three_phase: bool, info: ValidationInfo) -> bool:
+        pct_start = info.data.get("pct_start")
+        if three_phase and pct_start is not None and pct_start >= 0.5:
+            raise ValueError(
+                f"three_phase needs pct_start < 0.5 (up and down phases each take pct_start "
+                f"of the run), got pct_start={pct_start}"
+            )
+        return three_phase
+
+    def _make_scheduler(
+        self, optimizer: Optimizer, lr_ratios: list[float], total_steps: int
+    ) -> lr_scheduler.LRScheduler:
+        _check_onecycle_has_room(self.pct_start, total_steps)
+        return lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=_scale_to_groups(self.max_lr, lr_ratios),
+            total_steps=total_steps,
+            pct_start=self.pct_start,
+            anneal_strategy=self.anneal_strategy,
+            cycle_momentum=_can_cycle_momentum(optimizer, allow_betas=True),
+            div_factor=self.div_factor,
+            final_div_factor=self.final_div_factor,
+            three_phase=self.three_phase,
+        )
+
+    def _scheduler_code(self, optimizer_name: str, total_steps_code: str) -> tuple[list[str], str]:
+        setup = [
+            *_lr_ratios_code(optimizer_name),
+            "# Cycle momentum (or Adam's beta1) only where the optimizer has it.",
+            f'cycle_momentum = "betas" in {optimizer_name}.defaults or all(',
+            f'    group.get("momentum", 0) > 0 for group in {optimizer_name}.param_groups',
+            ")",
+        ]
+        return setup, _call(
+            "OneCycleLR",
+            optimizer_name,
+            f"max_lr=[{self.max_lr!r} * ratio for ratio in lr_ratios]",
+            f"total_steps={total_steps_code}",
+            f"pct_start={self.pct_start!r}",
+            f"anneal_strategy={self.anneal_strategy!r}",
+            "cycle_momentum=cycle_momentum",
+            f"div_factor={self.div_factor!r}",
+            f"final_div_factor={self.final_div_factor!r}",
+            f"three_phase={self.three_phase!r}",
+        )
+
+
+class CyclicSchedule(_ScheduleBase):
+    """Cyclical lr between ``base_lr`` and ``max_lr``, stepped per batch (``CyclicLR``).
+
+    Each group's ``initial_lr`` is set to its ``base_lr``, so a warm-up ramps towards
+    ``base_lr``. Momentum is cycled only for optimizers with a ``momentum`` > 0 (not for
+    Adam-style betas, whose beta1 would otherwise be moved to 0.8-0.9).
+    """
+
+    interval: ClassVar[Interval] = "batch"
+    family: Literal["cyclic"] = "cyclic"
+    base_lr: float = Field(gt=0.0)
+    max_lr: float
+    step_size_up: int = Field(ge=1)
+    step_size_down: int | None = Field(default=None, ge=1)
+    mode: Literal["triangular", "triangular2", "exp_range"] = "triangular"
+    gamma: float = Field(default=1.0, gt=0.0, le=1.0)
+
+    @field_validator("max_lr")
+    @classmethod
+    def _check_above_base_lr(cls, max_lr: float, info: ValidationInfo) -> float:
+        base_lr = info.data.get("base_lr")
+        if base_lr is not None and max_lr <= base_lr:
+            raise ValueError(f"max_lr must be greater than base_lr={base_lr}, got {max_lr}")
+        return max_lr
+
+    def _make_scheduler(
+        self, optimizer: Optimizer, lr_ratios: list[float], total_steps: int
+    ) -> lr_scheduler.LRScheduler:
+        base_lrs = _scale_to_groups(self.base_lr, lr_ratios)
+        # CyclicLR's first step reads an initial_lr already in the groups (it sets its own
+        # base_lrs only afterwards), and a warm-up ramps towards initial_lr: make it base_lr.
+        for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["initial_lr"] = base_lr
+        return lr_scheduler.CyclicLR(
+            optimizer,
+            base_lr=base_lrs,
+            max_lr=_scale_to_groups(self.max_lr, lr_ratios),
+            step_size_up=self.step_size_up,
+            step_size_down=self.step_size_down,
+            mode=self.mode,
+            gamma=self.gamma,
+            cycle_momentum=_can_cycle_momentum(optimizer, allow_betas=False),
+        )
+
+    def _scheduler_code(self, optimizer_name: str, total_steps_code: str) -> tuple[list[str], str]:
+        setup = [
+            *_lr_ratios_code(optimizer_name),
+            "# Cycle momentum only for optimizers with momentum > 0 (not Adam's betas).",
+            "cycle_momentum = all(",
+            f'    group.get("momentum", 0) > 0 for group in {optimizer_name}.param_groups',
+            ")",
+            f"base_lrs = [{self.base_lr!r} * ratio for ratio in lr_ratios]",
+            "# CyclicLR's first step and a warm-up start from any existing initial_lr: set it.",
+            f"for group, base_lr in zip({optimizer_name}.param_groups, base_lrs):",
+            '    group["initial_lr"] = base_lr',
+        ]
+        return setup, _call(
+            "CyclicLR",
+            optimizer_name,
+            "base_lr=base_lrs",
+            f"max_lr=[{self.max_lr!r} * ratio for ratio in lr_ratios]",
+            f"step_size_up={self.step_size_up}",
+            f"step_size_down={self.step_size_down!r}",
+            f"mode={self.mode!r}",
+            f"gamma={self.gamma!r}",
+            "cycle_momentum=cycle_momentum",
+        )
+
+
+class PlateauSchedule(_ScheduleBase):
+    """Divide the lr by ``1 / factor`` when a metric stops improving (``ReduceLROnPlateau``).
+
+    Stepped once per epoch with the validation metric.
+    """
+
+    family: Literal["plateau"] = "plateau"
+    mode: Literal["min", "max"] = "min"
+    factor: float = Field(default=0.1, gt=0.0, lt=1.0)
+    patience: int = Field(default=10, ge=0)
+    threshold: float = Field(default=1e-4, ge=0.0)
+    threshold_mode: Literal["rel", "abs"] = "rel"
+    cooldown: int = Field(default=0, ge=0)
+    min_lr: float = Field(default=0.0, ge=0.0)
+
+    def _make_plateau(
+        self, optimizer: Optimizer, lr_ratios: list[float]
+    ) -> lr_scheduler.ReduceLROnPlateau:
+        return lr_scheduler.ReduceLROnPlateau(
+            optimizer,
+            mode=self.mode,
+            factor=self.factor,
+            patience=self.patience,
+            threshold=self.threshold,
+            threshold_mode=self.threshold_mode,
+            cooldown=self.cooldown,
+            min_lr=_scale_to_groups(self.min_lr, lr_ratios),
+        )
+
+    def _make_scheduler(
+        self, optimizer: Optimizer, lr_ratios: list[float], total_steps: int
+    ) -> lr_scheduler.LRScheduler:
+        return self._make_plateau(optimizer, lr_ratios)
+
+    def _scheduler_code(self, optimizer_name: str, total_steps_code: str) -> tuple[list[str], str]:
+        setup: list[str] = []
+        min_lr_code = repr(self.min_lr)
+        if self.min_lr > 0:
+            setup = _lr_ratios_code(optimizer_name)
+            min_lr_code = f"[{self.min_lr!r} * ratio for ratio in lr_ratios]"
+        return setup, _call(
+            "ReduceLROnPlateau",
+            optimizer_name,
+            f"mode={self.mode!r}",
+            f"factor={self.factor!r}",
+            f"patience={self.patience}",
+            f"threshold={self.threshold!r}",
+            f"threshold_mode={self.threshold_mode!r}",
+            f"cooldown={self.cooldown}",
+            f"min_lr={min_lr_code}",
+        )
+
+
+ScheduleSpec = Annotated[
+    ConstantSchedule
+    | StepSchedule
+    | MultiStepSchedule
+    | ExponentialSchedule
+    | TimeDecaySchedule
+    | CosineSchedule
+    | CosineWarmRestartsSchedule
+    | OneCycleSchedule
+    | CyclicSchedule
+    | PlateauSchedule,
+    Field(discriminator="family"),
+]
+
+_SCHEDULE_ADAPTER: TypeAdapter[ScheduleSpec] = TypeAdapter(ScheduleSpec)
+
+
+def parse_schedule(data: Mapping[str, Any]) -> ScheduleSpec:
+    """Validate a ``dict`` (e.g. ``spec.model_dump()``) into the spec its ``family`` names.
+
+    Raises:
+        pydantic.ValidationError: unknown family, unknown field, or an invalid value.
+    """
+    return _SCHEDULE_ADAPTER.validate_python(data)
+
+
+class PlateauWithWarmup:
+    """``LinearLR`` for the warm-up epochs, then ``ReduceLROnPlateau``.
+
+    ``SequentialLR`` cannot forward the metric ``ReduceLROnPlateau.step`` needs, hence this
+    class. Metrics given during the warm-up are ignored; the plateau logic sees its first
+    metric at the end of the first epoch run at the full lr.
+    """
+
+    def __init__(
+        self, warmup: lr_scheduler.LinearLR, plateau: lr_scheduler.ReduceLROnPlateau
+    ) -> None:
+        self.optimizer = plateau.optimizer
+        self.warmup = warmup
+        self.plateau = plateau
+        self.warmup_steps = warmup.total_iters
+        self.last_epoch = 0
+        self._last_lr = _current_lrs(self.optimizer)
+
+    @property
+    def in_warmup(self) -> bool:
+        return self.last_epoch < self.warmup_steps
+
+    def step(self, metric: float | None = None) -> None:
+        """End an epoch; ``metric`` is required once the warm-up is over."""
+        if self.in_warmup:
+            self.warmup.step()
+        elif metric is None:
+            raise ValueError("metric is required to step ReduceLROnPlateau after the warm-up")
+        else:
+            self.plateau.step(metric)
+        self.last_epoch += 1
+        self._last_lr = _current_lrs(self.optimizer)
+
+    def get_last_lr(self) -> list[float]:
+        return self._last_lr
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "last_epoch": self.last_epoch,
+            "warmup": self.warmup.state_dict(),
+            "plateau": self.plateau.state_dict(),
+            "_last_lr": list(self._last_lr),
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        self.warmup.load_state_dict(dict(state_dict["warmup"]))
+        self.plateau.load_state_dict(dict(state_dict["plateau"]))
+        self.last_epoch = state_dict["last_epoch"]
+        self._last_lr = list(state_dict["_last_lr"])
+
+
+Scheduler = lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau | PlateauWithWarmup
+
+
+def build(spec: ScheduleSpec, optimizer: Optimizer, steps_per_epoch: int, epochs: int) -> Scheduler:
+    """Build the torch scheduler for ``spec`` on ``optimizer``.
+
+    Returns a ``torch.optim.lr_scheduler`` object, ``SequentialLR`` when there is a warm-up,
+    or :class:`PlateauWithWarmup` for ``plateau`` with a warm-up. Step it per
+    ``spec.interval``, or let :class:`ScheduleDriver` do it.
+    """
+    _check_positive("steps_per_epoch", steps_per_epoch)
+    _check_positive("epochs", epochs)
+    lr_ratios = _lr_ratios_to_group_0(optimizer)
+    if isinstance(spec, PlateauSchedule) and spec.warmup is not None:
+        warmup = _make_warmup(spec.warmup, optimizer)
+        return PlateauWithWarmup(warmup, spec._make_plateau(optimizer, lr_ratios))
+    main = spec._make_scheduler(optimizer, lr_ratios, steps_per_epoch * epochs)
+    if spec.warmup is None:
+        return main
+    warmup = _make_warmup(spec.warmup, optimizer)
+    return lr_scheduler.SequentialLR(
+        optimizer, schedulers=[warmup, main], milestones=[spec.warmup.steps]
+    )
+
+
+class ScheduleDriver:
+    """Steps a scheduler at the right moments; the one place that knows the stepping rules.
+
+    Call :meth:`after_batch` after every ``optimizer.step()`` and :meth:`after_epoch` at the
+    end of every epoch (after validation); each steps the scheduler only when the spec's
+    ``interval`` says so.
+    """
+
+    def __init__(self, spec: ScheduleSpec, scheduler: Scheduler) -> None:
+        self.spec = spec
+        self.scheduler = scheduler
+
+    def after_batch(self) -> None:
+        """Step a per-batch schedule; call right after ``optimizer.step()``."""
+        if self.spec.interval == "batch":
+            self.scheduler.step()
+
+    def after_epoch(self, metric: float | None = None) -> None:
+        """Step a per-epoch schedule; ``plateau`` needs the validation ``metric``.
+
+        Other families ignore ``metric``, so trainers may always pass it.
+        """
+        if self.spec.interval != "epoch":
+            return
+        if isinstance(self.spec, PlateauSchedule):
+            if metric is None:
+                raise ValueError(
+                    "the 'plateau' schedule needs a metric: call after_epoch(metric=...) "
+                    "with the validation metric"
+                )
+            self.scheduler.step(metric)
+        else:
+            self.scheduler.step()
+
+    def last_lrs(self) -> list[float]:
+        """The current lr of every param group."""
+        return [float(lr) for lr in self.scheduler.get_last_lr()]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"family": self.spec.family, "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; load the optimizer's state dict as well."""
+        if state_dict["family"] != self.spec.family:
+            raise ValueError(
+                f"state_dict is for a {state_dict['family']!r} schedule, "
+                f"this driver runs {self.spec.family!r}"
+            )
+        self.scheduler.load_state_dict(dict(state_dict["scheduler"]))
+
+
+def drive(
+    spec: ScheduleSpec, optimizer: Optimizer, steps_per_epoch: int, epochs: int
+) -> ScheduleDriver:
+    """Build the scheduler for ``spec`` and wrap it in a :class:`ScheduleDriver`."""
+    return ScheduleDriver(spec, build(spec, optimizer, steps_per_epoch, epochs))
+
+
+def preview(
+    spec: ScheduleSpec,
+    base_lrs: Sequence[float],
+    steps_per_epoch: int,
+    epochs: int,
+    metrics: Sequence[float] | None = None,
+) -> np.ndarray:
+    """The lr of every optimizer step, shape ``(epochs * steps_per_epoch, len(base_lrs))``.
+
+    Runs the real torch scheduler on a throwaway SGD (momentum 0.9) optimizer with one param
+    group per entry of ``base_lrs``. ``plateau`` needs ``metrics``, one value per epoch.
+    """
+    _check_positive("steps_per_epoch", steps_per_epoch)
+    _check_positive("epochs", epochs)
+    if len(base_lrs) < 1:
+        raise ValueError("base_lrs must hold at least one lr")
+    _check_metrics(spec, metrics, epochs)
+    optimizer = _throwaway_optimizer(base_lrs)
+    driver = drive(spec, optimizer, steps_per_epoch, epochs)
+    lrs = np.empty((epochs * steps_per_epoch, len(base_lrs)), dtype=np.float64)
+    for epoch in range(epochs):
+        for batch in range(steps_per_epoch):
+            lrs[epoch * steps_per_epoch + batch] = _current_lrs(optimizer)
+            optimizer.step()
+            driver.after_batch()
+        driver.after_epoch(None if metrics is None else float(metrics[epoch]))
+    return lrs
+
+
+def to_code(
+    spec: ScheduleSpec,
+    *,
+    steps_per_epoch: int | None = None,
+    epochs: int | None = None,
+    optimizer_name: str = "optimizer",
+) -> str:
+    """A paste-ready PyTorch snippet building the same scheduler from ``optimizer_name``.
+
+    The snippet binds ``scheduler`` (or ``warmup`` and ``plateau`` for ``plateau`` with a
+    warm-up) and ends with a comment on how to step it. Where ``epochs`` or
+    ``steps_per_epoch`` are needed but not given, it refers to variables of those names.
+    """
+    if not optimizer_name.isidentifier():
+        raise ValueError(f"optimizer_name must be a Python identifier, got {optimizer_name!r}")
+    for name, value in (("steps_per_epoch", steps_per_epoch), ("epochs", epochs)):
+        if value is not None:
+            _check_positive(name, value)
+    total_steps_code = (
+        f"{'epochs' if epochs is None else epochs} * "
+        f"{'steps_per_epoch' if steps_per_epoch is None else steps_per_epoch}"
+    )
+    setup, call = spec._scheduler_code(optimizer_name, total_steps_code)
+    lines = ["from torch.optim import lr_scheduler", "", *setup]
+    if spec.warmup is None:
+        lines += [f"scheduler = {call}", _stepping_comment(spec)]
+    elif isinstance(spec, PlateauSchedule):
+        lines += _plateau_warmup_code(spec.warmup, optimizer_name, call)
+    else:
+        lines += _sequential_warmup_code(spec, optimizer_name, call)
+    return "\n".join(lines) + "\n"
+
+
+def _call(scheduler_class: str, *args: str) -> str:
+    one_line = f"lr_scheduler.{scheduler_class}({', '.join(args)})"
+    if len(one_line) <= 80:
+        return one_line
+    body = "".join(f"    {arg},\n" for arg in args)
+    return f"lr_scheduler.{scheduler_class}(\n{body})"
+
+
+def _lr_ratios_code(optimizer_name: str) -> list[str]:
+    return [
+        "# LR values are for param group 0; other groups keep their lr ratio to it.",
+        "group_lrs = [",
+        f'    group.get("initial_lr", group["lr"]) for group in {optimizer_name}.param_groups',
+        "]",
+        "lr_ratios = [lr / group_lrs[0] for lr in group_lrs]",
+    ]
+
+
+def _stepping_comment(spec: ScheduleSpec) -> str:
+    if isinstance(spec, PlateauSchedule):
+        return "# Step per epoch, after validation: scheduler.step(val_metric)."
+    if spec.interval == "batch":
+        return "# Step per batch: scheduler.step() right after every optimizer.step()."
+    return "# Step per epoch: scheduler.step() once at the end of every epoch."
+
+
+def _warmup_call(warmup: LinearWarmup, optimizer_name: str) -> str:
+    return _call(
+        "LinearLR",
+        optimizer_name,
+        f"start_factor={warmup.start_factor!r}",
+        "end_factor=1.0",
+        f"total_iters={warmup.steps}",
+    )
+
+
+def _sequential_warmup_code(spec: ScheduleSpec, optimizer_name: str, main_call: str) -> list[str]:
+    assert spec.warmup is not None
+    return [
+        f"main_scheduler = {main_call}",
+        f"warmup = {_warmup_call(spec.warmup, optimizer_name)}",
+        "scheduler = lr_scheduler.SequentialLR(",
+        f"    {optimizer_name},",
+        "    schedulers=[warmup, main_scheduler],",
+        f"    milestones=[{spec.warmup.steps}],",
+        ")",
+        _stepping_comment(spec),
+    ]
+
+
+def _plateau_warmup_code(warmup: LinearWarmup, optimizer_name: str, plateau_call: str) -> list[str]:
+    steps = warmup.steps
+    return [
+        f"warmup = {_warmup_call(warmup, optimizer_name)}",
+        f"plateau = {plateau_call}",
+        "# Step per epoch, after validation (SequentialLR cannot pass the metric on):",
+        f"# at the end of epochs 0..{steps - 1} call warmup.step(), which brings the lr up",
+        f"# to its full value for epoch {steps}; from the end of epoch {steps} on call",
+        "# plateau.step(val_metric). Metrics of warm-up epochs are not used.",
+    ]
+
+
+def _make_warmup(warmup: LinearWarmup, optimizer: Optimizer) -> lr_scheduler.LinearLR:
+    return lr_scheduler.LinearLR(
+        optimizer, start_factor=warmup.start_factor, end_factor=1.0, total_iters=warmup.steps
+    )
+
+
+def _lr_ratios_to_group_0(optimizer: Optimizer) -> list[float]:
+    group_lrs = [float(group.get("initial_lr", group["lr"])) for group in optimizer.param_groups]
+    if len(group_lrs) > 1 and group_lrs[0] == 0.0:
+        raise ValueError("param group 0 has lr 0: cannot scale LR values to the other groups")
+    if len(group_lrs) == 1:
+        return [1.0]
+    return [lr / group_lrs[0] for lr in group_lrs]
+
+
+def _scale_to_groups(value: float, lr_ratios: list[float]) -> list[float]:
+    return [value * ratio for ratio in lr_ratios]
+
+
+def _can_cycle_momentum(optimizer: Optimizer, *, allow_betas: bool) -> bool:
+    # Torch raises without momentum/betas, and would switch momentum *on* for SGD(momentum=0).
+    if allow_betas and "betas" in optimizer.defaults:
+        return True
+    return all(group.get("momentum", 0) > 0 for group in optimizer.param_groups)
+
+
+def _check_onecycle_has_room(pct_start: float, total_steps: int) -> None:
+    # Torch divides by (pct_start * total_steps - 1) and so needs a warm-up of > 1 step.
+    if pct_start * total_steps <= 1:
+        raise ValueError(
+            f"onecycle needs pct_start * epochs * steps_per_epoch > 1 to ramp up, got "
+            f"{pct_start} * {total_steps}: train for more steps or raise pct_start"
+        )
+
+
+def _check_positive(name: str, value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+def _check_metrics(spec: ScheduleSpec, metrics: Sequence[float] | None, epochs: int) -> None:
+    if metrics is None:
+        if isinstance(spec, PlateauSchedule):
+            raise ValueError("the 'plateau' schedule needs metrics: one value per epoch")
+        return
+    if len(metrics) != epochs:
+        raise ValueError(f"metrics must hold one value per epoch ({epochs}), got {len(metrics)}")
+
+
+def _throwaway_optimizer(base_lrs: Sequence[float]) -> torch.optim.SGD:
+    groups = [{"params": [torch.zeros(1, requires_grad=True)], "lr": float(lr)} for lr in base_lrs]
+    return torch.optim.SGD(groups, lr=float(base_lrs[0]), momentum=0.9)
+
+
+def _current_lrs(optimizer: Optimizer) -> list[float]:
+    return [float(group["lr"]) for group in optimizer.param_groups]

@@ -1,0 +1,427 @@
+from __future__ import annotations
+
+import json
+import math
+import random
+from typing import ClassVar
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lrtune import LRFinderResult, find_lr
+from lrtune.finder import LossTracker, lr_sequence
+
+
+def mlp(seed: int = 0, batchnorm: bool = False, dropout: float = 0.0) -> nn.Module:
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = [nn.Linear(8, 32)]
+    if batchnorm:
+        layers.append(nn.BatchNorm1d(32))
+    layers += [nn.ReLU(), nn.Dropout(dropout), nn.Linear(32, 3)]
+    return nn.Sequential(*layers)
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_state(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for k, v in before.items():
+        assert torch.equal(after[k], v), k
+
+
+# --- LR sequence ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["exp", "linear"])
+def test_lr_sequence_reaches_end_lr_exactly_at_last_step(mode: str) -> None:
+    lrs = lr_sequence(1e-7, 10.0, 100, mode)
+    assert len(lrs) == 100
+    assert lrs[0] == pytest.approx(1e-7, rel=1e-12)
+    assert lrs[-1] == pytest.approx(10.0, rel=1e-12)
+    assert np.all(np.diff(lrs) > 0)
+    if mode == "exp":
+        ratios = lrs[1:] / lrs[:-1]
+        assert np.allclose(ratios, ratios[0])
+    else:
+        assert np.allclose(np.diff(lrs), np.diff(lrs)[0])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_iter": 1}, "num_iter"),
+        ({"start_lr": 0.0}, "start_lr"),
+        ({"start_lr": -1e-3}, "start_lr"),
+        ({"start_lr": 1.0, "end_lr": 1.0}, "end_lr"),
+        ({"start_lr": 1.0, "end_lr": 0.1}, "end_lr"),
+        ({"mode": "cubic"}, "mode"),
+    ],
+)
+def test_bad_sweep_arguments_are_value_errors(blobs, kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        find_lr(mlp(), blobs, progress=False, **kwargs)
+
+
+# --- smoothing and divergence ---------------------------------------------------------------
+
+
+def test_debiased_smoothing_starts_at_the_first_loss_and_stays_flat_on_flat_loss() -> None:
+    tracker = LossTracker(seeds=1, beta=0.98, diverge_threshold=None)
+    for step in range(20):
+        tracker.update(step, [2.5])
+    assert tracker.smoothed[0][0] == 2.5
+    assert np.allclose(tracker.smoothed[0], 2.5)
+
+
+def test_smoothing_matches_debiased_ema_formula() -> None:
+    losses = [3.0, 2.0, 4.0, 1.0, 0.5]
+    tracker = LossTracker(seeds=1, beta=0.9, diverge_threshold=None)
+    for step, loss in enumerate(losses):
+        tracker.update(step, [loss])
+    avg, expected = 0.0, []
+    for t, loss in enumerate(losses, start=1):
+        avg = 0.9 * avg + 0.1 * loss
+        expected.append(avg / (1 - 0.9**t))
+    assert np.allclose(tracker.smoothed[0], expected)
+
+
+def test_sweep_stops_at_divergence(blobs) -> None:
+    result = find_lr(mlp(), blobs, start_lr=1e-4, end_lr=1e4, num_iter=100, progress=False)
+    assert result.diverged_at is not None
+    assert len(result.seeds[0].raw) < 100
+    curve = result.seeds[0]
+    assert curve.diverged_at == len(curve.raw) - 1
+    last = curve.smoothed[-1]
+    assert not math.isfinite(last) or last > 4 * min(curve.smoothed[:-1])
+    assert result.suggestion is not None and result.suggestion < result.divergence_lr
+
+
+def test_non_finite_loss_stops_the_sweep_and_never_reaches_a_suggestion(blobs) -> None:
+    calls = {"n": 0}
+
+    def loss_fn(model: nn.Module, batch) -> torch.Tensor:
+        calls["n"] += 1
+        loss = nn.functional.cross_entropy(model(batch[0]), batch[1])
+        return loss * math.nan if calls["n"] == 40 else loss
+
+    result = find_lr(
+        mlp(),
+        blobs,
+        loss_fn=loss_fn,
+        start_lr=1e-5,
+        end_lr=1e-2,
+        num_iter=60,
+        diverge_threshold=None,
+        progress=False,
+    )
+    assert len(result.seeds[0].raw) == 40
+    assert math.isnan(result.seeds[0].raw[-1])
+    assert result.seeds[0].diverged_at == 39
+    for s in result.suggestions.values():
+        assert s.lr is None or (s.index is not None and s.index < 39)
+    assert result.suggestion is None or math.isfinite(result.suggestion)
+    json.dumps(result.to_dict(), allow_nan=False)
+
+
+# --- exact restore --------------------------------------------------------------------------
+
+
+def test_weights_buffers_modes_rng_and_optimizer_are_restored(blobs) -> None:
+    model = mlp(batchnorm=True, dropout=0.2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    nn.functional.cross_entropy(model(blobs[0][0]), blobs[0][1]).backward()
+    optimizer.step()  # the optimizer now carries momentum state
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3)
+    model[2].eval()  # a mixed train/eval model must come back mixed
+    before, opt_before = snapshot(model), json.dumps(str(optimizer.state_dict()))
+    sched_before = scheduler.state_dict()
+    torch.manual_seed(123)
+    random.seed(7)
+    np.random.seed(9)
+    expected_draws = (torch.rand(3), random.random(), np.random.rand())
+    torch.manual_seed(123)
+    random.seed(7)
+    np.random.seed(9)
+
+    find_lr(model, blobs, optimizer, num_iter=30, seeds=2, progress=False)
+
+    assert (torch.rand(3).tolist(), random.random(), np.random.rand()) == (
+        expected_draws[0].tolist(),
+        expected_draws[1],
+        expected_draws[2],
+    )
+    assert_same_state(model, before)
+    assert [m.training for m in model] == [True, True, False, True, True]
+    assert json.dumps(str(optimizer.state_dict())) == opt_before
+    assert scheduler.state_dict() == sched_before
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_state_is_restored_when_the_test_raises_midway(blobs, seeds: int) -> None:
+    model = mlp(batchnorm=True)
+    before = snapshot(model)
+    rng_before = torch.get_rng_state()
+    calls = {"n": 0}
+
+    def exploding_loss(m: nn.Module, batch) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == 25:
+            raise RuntimeError("boom at step 25")
+        return nn.functional.cross_entropy(m(batch[0]), batch[1])
+
+    with pytest.raises(RuntimeError, match="boom"):
+        find_lr(
+            model,
+            blobs,
+            loss_fn=exploding_loss,
+            num_iter=50,
+            seeds=seeds,
+            vectorize=False,
+            progress=False,
+        )
+    assert calls["n"] == 25
+    assert_same_state(model, before)
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert model.training
+
+
+# --- param groups, accumulation, batch formats ----------------------------------------------
+
+
+class RecordingSGD(torch.optim.SGD):
+    """SGD that records the LR of every group at every step (the sweep clones this class)."""
+
+    log: ClassVar[list[list[float]]] = []
+
+    def step(self, closure=None):  # type: ignore[override]
+        RecordingSGD.log.append([g["lr"] for g in self.param_groups])
+        return super().step(closure)
+
+
+def test_param_groups_keep_their_lr_ratio(blobs) -> None:
+    model = mlp()
+    optimizer = RecordingSGD(
+        [
+            {"params": model[0].parameters(), "lr": 1e-3},
+            {"params": model[3].parameters(), "lr": 1e-2},
+        ],
+        lr=1e-3,
+        momentum=0.9,
+    )
+    RecordingSGD.log = []
+    result = find_lr(
+        model, blobs, optimizer, start_lr=1e-6, end_lr=1e-1, num_iter=20, progress=False
+    )
+    assert result.group_lr_ratios == [1.0, 10.0]
+    lrs = np.array(RecordingSGD.log)
+    assert len(lrs) == len(result.lrs)
+    assert np.allclose(lrs[:, 0], result.lrs)
+    assert np.allclose(lrs[:, 1] / lrs[:, 0], 10.0)
+    assert result.group_suggestions == pytest.approx([result.suggestion, 10 * result.suggestion])
+    assert [g["lr"] for g in optimizer.param_groups] == [1e-3, 1e-2]
+
+
+def test_accumulation_records_one_point_per_optimizer_step(blobs) -> None:
+    calls = {"n": 0}
+
+    def loss_fn(m: nn.Module, batch) -> torch.Tensor:
+        calls["n"] += 1
+        return nn.functional.cross_entropy(m(batch[0]), batch[1])
+
+    model = mlp()
+    RecordingSGD.log = []
+    result = find_lr(
+        model,
+        blobs,
+        RecordingSGD(model.parameters(), lr=0.1),
+        loss_fn=loss_fn,
+        start_lr=1e-6,
+        end_lr=1e-3,
+        num_iter=10,
+        accumulation_steps=3,
+        progress=False,
+    )
+    assert calls["n"] == 30
+    assert len(RecordingSGD.log) == 10
+    assert len(result.lrs) == len(result.seeds[0].raw) == 10
+
+
+def test_accumulated_loss_is_the_mean_of_its_micro_batches(blobs) -> None:
+    # At a negligible LR the weights barely move, so the recorded loss of step i must be the
+    # mean of the losses of micro-batches 3i..3i+2 under the initial weights.
+    model = mlp()
+    with torch.no_grad():
+        per_batch = [nn.functional.cross_entropy(model(x), y).item() for x, y in blobs[:6]]
+    result = find_lr(
+        model, blobs, start_lr=1e-12, end_lr=1e-11, num_iter=2, accumulation_steps=3, progress=False
+    )
+    assert result.seeds[0].raw == pytest.approx(
+        [np.mean(per_batch[:3]), np.mean(per_batch[3:6])], rel=1e-5
+    )
+
+
+def test_dict_batches_and_loss_fn_hook_give_the_same_curve(blobs) -> None:
+    dict_batches = [{"features": x, "label": y} for x, y in blobs]
+    tuple_result = find_lr(mlp(), blobs, num_iter=30, progress=False)
+    dict_result = find_lr(mlp(), dict_batches, num_iter=30, progress=False)
+
+    def hook(model: nn.Module, batch) -> torch.Tensor:
+        return nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+    hook_result = find_lr(mlp(), blobs, loss_fn=hook, num_iter=30, progress=False)
+    assert dict_result.seeds[0].raw == pytest.approx(tuple_result.seeds[0].raw)
+    assert hook_result.seeds[0].raw == pytest.approx(tuple_result.seeds[0].raw)
+
+
+def test_unreadable_batches_name_the_fix(blobs) -> None:
+    with pytest.raises(TypeError, match="target key"):
+        find_lr(mlp(), [{"features": x} for x, _ in blobs], num_iter=5, progress=False)
+    with pytest.raises(TypeError, match="loss_fn"):
+        find_lr(mlp(), [x for x, _ in blobs], num_iter=5, progress=False)
+    with pytest.raises(ValueError, match="no batches"):
+        find_lr(mlp(), [], num_iter=5, progress=False)
+
+
+def test_validation_loss_every_k_steps(blobs) -> None:
+    result = find_lr(
+        mlp(),
+        blobs[:16],
+        val_data=blobs[16:],
+        val_every=5,
+        val_batches=2,
+        start_lr=1e-5,
+        end_lr=1e-2,
+        num_iter=21,
+        progress=False,
+    )
+    steps = [s for s, _ in result.seeds[0].val]
+    assert steps == [0, 5, 10, 15, 20]
+    assert all(math.isfinite(v) for _, v in result.seeds[0].val)
+
+
+def test_callback_sees_every_step(blobs) -> None:
+    seen: list[tuple[int, float]] = []
+    result = find_lr(
+        mlp(),
+        blobs,
+        num_iter=15,
+        end_lr=1e-2,
+        callback=lambda step, lr, losses: seen.append((step, lr)),
+        progress=False,
+    )
+    assert [s for s, _ in seen] == list(range(15))
+    assert [lr for _, lr in seen] == pytest.approx(result.lrs)
+
+
+# --- multi-seed -----------------------------------------------------------------------------
+
+
+def loader() -> DataLoader:
+    g = torch.Generator().manual_seed(1)
+    centers = torch.randn(3, 8, generator=g) * 3
+    y = torch.randint(0, 3, (640,), generator=g)
+    x = centers[y] + torch.randn(640, 8, generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True)
+
+
+def test_multi_seed_gives_per_seed_curves_median_band_and_confidence() -> None:
+    result = find_lr(mlp(), loader(), seeds=4, seed=0, num_iter=60, progress=False)
+    assert result.config["engine"] == "vectorized"
+    assert len(result.seeds) == 4
+    assert len({tuple(c.raw[:5]) for c in result.seeds}) == 4  # data orders differ
+    n = len(result.median)
+    grid = np.array([c.smoothed[:n] for c in result.seeds])
+    assert np.allclose(result.median, np.median(grid, axis=0))
+    assert np.all(np.array(result.band_low) <= np.array(result.median) + 1e-12)
+    assert result.confidence is not None and result.confidence >= 0
+    assert len(result.consensus.per_seed) == 4
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_vectorized_and_sequential_seeds_agree(batchnorm: bool) -> None:
+    kwargs = {"seeds": 3, "seed": 5, "num_iter": 40, "end_lr": 1.0, "progress": False}
+    vec = find_lr(mlp(batchnorm=batchnorm), loader(), vectorize=True, **kwargs)
+    seq = find_lr(mlp(batchnorm=batchnorm), loader(), vectorize=False, **kwargs)
+    assert vec.config["engine"] == "vectorized" and seq.config["engine"] == "sequential"
+    for a, b in zip(vec.seeds, seq.seeds, strict=True):
+        n = min(len(a.raw), len(b.raw), 30)
+        assert np.allclose(a.raw[:n], b.raw[:n], rtol=1e-3, atol=1e-4)
+
+
+def test_multi_seed_with_reinit_and_dropout_runs_vectorized() -> None:
+    result = find_lr(
+        mlp(dropout=0.3), loader(), seeds=3, seed=0, reinit=True, num_iter=30, progress=False
+    )
+    assert result.config["engine"] == "vectorized"
+    starts = [c.raw[0] for c in result.seeds]
+    assert len(set(starts)) == 3  # different weights give different first losses
+
+
+def test_unvectorizable_optimizer_falls_back_to_sequential() -> None:
+    model = mlp()
+    optimizer = torch.optim.Adafactor(model.parameters(), lr=1e-3)
+    result = find_lr(model, loader(), optimizer, seeds=2, num_iter=20, progress=False)
+    assert result.config["engine"] == "sequential"
+    assert len(result.seeds) == 2
+    with pytest.raises(ValueError, match="cannot be vectorized"):
+        find_lr(model, loader(), optimizer, seeds=2, num_iter=20, vectorize=True, progress=False)
+
+
+def test_multi_seed_needs_reshufflable_data(blobs) -> None:
+    with pytest.raises(ValueError, match="re-shuffle"):
+        find_lr(mlp(), iter(blobs), seeds=2, num_iter=10, progress=False)
+
+
+# --- result ---------------------------------------------------------------------------------
+
+
+def test_result_round_trips_through_json_and_plots(tmp_path) -> None:
+    result = find_lr(
+        mlp(), loader(), seeds=2, seed=0, num_iter=50, val_data=loader(), progress=False
+    )
+    data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
+    again = LRFinderResult.from_dict(data)
+    assert again.suggestion == result.suggestion
+    assert again.confidence == result.confidence
+    assert again.to_dict() == data
+    fig = result.plot()
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    assert len(ax.lines) >= 3  # two seeds and the median, plus suggestion markers
+    fig.savefig(tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").stat().st_size > 10_000
+
+
+def test_device_that_is_not_there_is_a_clear_error(blobs) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        find_lr(mlp(), blobs, device="cuda", progress=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", [False, True])
+def test_cuda_sweep_with_and_without_amp_restores_a_cpu_model(blobs, amp: bool) -> None:
+    model = mlp()
+    before = snapshot(model)
+    result = find_lr(model, blobs, device="cuda", amp=amp, num_iter=50, progress=False)
+    assert result.config["device"].startswith("cuda")
+    assert result.config["amp"] is amp
+    assert result.suggestion is not None
+    assert next(model.parameters()).device.type == "cpu"
+    assert_same_state(model, before)
+
+
+@pytest.mark.gpu
+def test_cuda_multi_seed_vectorized() -> None:
+    result = find_lr(
+        mlp(batchnorm=True), loader(), device="auto", seeds=4, seed=0, num_iter=50, progress=False
+    )
+    assert result.config["device"].startswith("cuda")
+    assert result.config["engine"] == "vectorized"
