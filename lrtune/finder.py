@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import warnings
@@ -228,7 +229,11 @@ def clone_optimizer(
     for group in optimizer.param_groups:
         params = [params_by_id[id(p)] if params_by_id else p for p in group["params"]]
         groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": params})
-    return type(optimizer)(groups, **optimizer.defaults)
+    # Groups carry every hyperparameter; defaults go only where the constructor takes them
+    # (AdamW's defaults hold `decoupled_weight_decay`, which its __init__ does not accept).
+    accepted = inspect.signature(type(optimizer).__init__).parameters
+    defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+    return type(optimizer)(groups, **defaults)
 
 
 def group_lr_ratios(optimizer: torch.optim.Optimizer) -> list[float]:

@@ -179,9 +179,9 @@ class LRFinderResult:
             lines = [f"no suggestion: {chosen.reason}"]
         else:
             spread = self.confidence
-            conf = "n/a (one seed)" if spread is None else f"±{spread:.2f} decades"
+            conf = "n/a (one seed)" if spread is None else f"seeds within {spread:.2f} decades"
             lines = [
-                f"suggested lr: {chosen.lr:.3g}  (confidence {conf}, {self.consensus.agreement})"
+                f"suggested lr: {chosen.lr:.3g}  (confidence: {conf}, {self.consensus.agreement})"
             ]
         for name, s in self.suggestions.items():
             lines.append(
@@ -237,7 +237,7 @@ class LRFinderResult:
                 min(finite) * 0.95 if min(finite) > 0 else None, max(finite[0], min(finite)) * 1.6
             )
         ax.legend(fontsize="small")
-        ax.grid(alpha=0.3, which="both")
+        ax.grid(alpha=0.3)
         return fig
 
 

@@ -425,3 +425,22 @@ def test_cuda_multi_seed_vectorized() -> None:
     )
     assert result.config["device"].startswith("cuda")
     assert result.config["engine"] == "vectorized"
+
+
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [
+        lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.01),
+        lambda p: torch.optim.Adam(p, lr=1e-3, amsgrad=True),
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True),
+        lambda p: torch.optim.RMSprop(p, lr=1e-3, centered=True),
+    ],
+    ids=["adamw", "adam-amsgrad", "sgd-nesterov", "rmsprop"],
+)
+@pytest.mark.parametrize("seeds", [1, 2])
+def test_common_optimizers_are_cloned_with_their_hyperparameters(make_optimizer, seeds) -> None:
+    model = mlp()
+    optimizer = make_optimizer(model.parameters())
+    result = find_lr(model, loader(), optimizer, seeds=seeds, num_iter=20, progress=False)
+    assert result.config["optimizer"] == type(optimizer).__name__
+    assert len(result.seeds) == seeds

@@ -1,0 +1,261 @@
+"""The ``lrtune`` command: ``find`` (range test), ``tune`` (schedule search), ``list``.
+
+Progress goes to stderr, answers to stdout (``--json`` for machines). Bad input ends with a
+one-line ``lrtune: error: ...`` and exit status 2, never a traceback.
+
+Example:
+    $ lrtune find --model mlp --dataset digits --seeds 4 --plot curve.png
+    $ lrtune tune examples/digits_mlp.yaml --storage sqlite:///lrtune.db --plots out/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+from pydantic import ValidationError
+
+from lrtune.device import set_torch_threads
+from lrtune.registry import dataset_names, model_names
+from lrtune.spec import JobSpec
+
+
+class CliError(Exception):
+    """A problem with the user's input, reported as one line."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.threads is not None:
+            set_torch_threads(args.threads)
+        return int(args.run(args) or 0)
+    except CliError as exc:
+        _fail(str(exc))
+    except ValidationError as exc:
+        _fail(describe_validation_error(exc))
+    except (ValueError, FileNotFoundError, IsADirectoryError, yaml.YAMLError) as exc:
+        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    except KeyboardInterrupt:
+        print("lrtune: interrupted", file=sys.stderr)
+        return 130
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"lrtune: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """Pydantic's errors on one line: ``field.path: message; ...``."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "spec"
+        parts.append(f"{where}: {err['msg']}")
+    return "invalid job: " + "; ".join(parts)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lrtune", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(required=True, metavar="command")
+
+    find = sub.add_parser("find", help="run the LR range test and suggest an LR")
+    find.add_argument("--job", type=Path, help="read model/dataset/optimizer from a job file")
+    find.add_argument("--model", help=f"registry model ({', '.join(model_names())})")
+    find.add_argument("--dataset", help=f"registry dataset ({', '.join(dataset_names())})")
+    find.add_argument(
+        "--model-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model parameter, e.g. hidden=[256,128] (repeatable)",
+    )
+    find.add_argument(
+        "--dataset-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dataset parameter, e.g. val_fraction=0.25 (repeatable)",
+    )
+    find.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    find.add_argument("--momentum", type=float)
+    find.add_argument("--weight-decay", type=float)
+    find.add_argument("--batch-size", type=int)
+    find.add_argument("--start-lr", type=float)
+    find.add_argument("--end-lr", type=float)
+    find.add_argument("--num-iter", type=int)
+    find.add_argument("--seeds", type=int, help="independent sweeps (default 4)")
+    find.add_argument("--seed", type=int)
+    find.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    find.add_argument("--plot", type=Path, metavar="PNG", help="write the loss-vs-LR curve")
+    _common(find)
+    find.set_defaults(run=_find)
+
+    tune = sub.add_parser("tune", help="search LR schedules for a job file")
+    tune.add_argument("job", type=Path, help="job spec, YAML or JSON")
+    tune.add_argument("--storage", help="Optuna storage URL, e.g. sqlite:///lrtune.db")
+    tune.add_argument("--artifacts", type=Path, help="trial checkpoints (resume after a crash)")
+    tune.add_argument(
+        "--plots",
+        type=Path,
+        metavar="DIR",
+        help="write loss_vs_lr.png, schedule.png and history.png here",
+    )
+    _common(tune)
+    tune.set_defaults(run=_tune)
+
+    listing = sub.add_parser("list", help="list registry models and datasets")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(run=_list, threads=None)
+    return parser
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+
+
+def _find(args: argparse.Namespace) -> int:
+    from lrtune.training import TrainingSetup
+    from lrtune.tuner import range_test
+
+    spec = _find_spec(args)
+    setup = TrainingSetup.from_spec(spec)
+    result = range_test(setup, progress=not args.quiet)
+    if args.plot:
+        _save_figure(result.plot(), args.plot)
+    if args.json:
+        print(json.dumps({**result.to_dict(), "job": spec.model_dump(mode="json")}))
+    else:
+        print(
+            f"{spec.model.name} on {spec.dataset.name}, {spec.optimizer.name}, "
+            f"{spec.range_test.seeds} seed(s), {result.config['engine']} on {setup.device}"
+        )
+        print(result.summary())
+    return 0
+
+
+def _find_spec(args: argparse.Namespace) -> JobSpec:
+    data: dict[str, Any] = _read_job(args.job) if args.job else {}
+    if args.model:
+        data["model"] = {"name": args.model, "params": {}}
+    if args.dataset:
+        data["dataset"] = {"name": args.dataset, "params": {}}
+    if "model" not in data or "dataset" not in data:
+        raise CliError("name a --model and a --dataset (or a --job file); see 'lrtune list'")
+    data["model"].setdefault("params", {}).update(_key_values(args.model_param))
+    data["dataset"].setdefault("params", {}).update(_key_values(args.dataset_param))
+    optimizer = data.setdefault("optimizer", {})
+    _set(optimizer, "name", args.optimizer)
+    _set(optimizer, "momentum", args.momentum)
+    _set(optimizer, "weight_decay", args.weight_decay)
+    _set(data, "batch_size", args.batch_size)
+    _set(data, "seed", args.seed)
+    _set(data, "device", args.device)
+    range_test = data.setdefault("range_test", {})
+    for key in ("start_lr", "end_lr", "num_iter", "seeds"):
+        _set(range_test, key, getattr(args, key))
+    return JobSpec.model_validate(data)
+
+
+def _set(target: dict[str, Any], key: str, value: Any) -> None:
+    if value is not None:
+        target[key] = value
+
+
+def _key_values(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"expected KEY=VALUE, got {pair!r}")
+        out[key] = yaml.safe_load(value)  # 3 -> int, 0.5 -> float, [64,64] -> list, true -> bool
+    return out
+
+
+def _read_job(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise CliError(f"job file not found: {path}")
+    spec = JobSpec.from_file(path)
+    return spec.model_dump(mode="json", exclude_unset=True)
+
+
+def _tune(args: argparse.Namespace) -> int:
+    import optuna
+
+    from lrtune.tuner import tune
+
+    if not args.job.exists():
+        raise CliError(f"job file not found: {args.job}")
+    spec = JobSpec.from_file(args.job)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rec = tune(spec, storage=args.storage, artifact_dir=args.artifacts, progress=not args.quiet)
+    if args.plots:
+        _write_plots(rec, args.plots)
+    if args.json:
+        print(json.dumps(rec.to_dict()))
+        return 0
+    print(_report(rec))
+    return 0
+
+
+def _report(rec: Any) -> str:
+    lines = [f"job {rec.study_name} ({rec.fingerprint[:12]})"]
+    if rec.suggested_lr is not None:
+        spread = "n/a" if rec.confidence is None else f"seeds within {rec.confidence:.2f} decades"
+        lines.append(
+            f"range test: suggested lr {rec.suggested_lr:.3g} (confidence {spread}); "
+            f"searched {rec.bounds.low:.3g} .. {rec.bounds.high:.3g}"
+        )
+    counts = ", ".join(f"{n} {state}" for state, n in rec.n_trials.items() if n)
+    lines.append(f"trials: {counts}")
+    if rec.best is not None:
+        lines += [
+            "",
+            f"recommended: {rec.schedule['family']} at lr {rec.base_lr:.4g}, "
+            f"{rec.metric} {rec.value:.4g} (trial {rec.best.trial_number})",
+        ]
+    lines += ["", rec.table()]
+    if rec.best is not None:
+        lines += ["", "# paste into your training script:", rec.to_code()]
+    return "\n".join(lines)
+
+
+def _write_plots(rec: Any, directory: Path) -> None:
+    from lrtune.plots import plot_history, plot_schedule
+    from lrtune.result import LRFinderResult
+
+    directory.mkdir(parents=True, exist_ok=True)
+    _save_figure(LRFinderResult.from_dict(rec.range_test).plot(), directory / "loss_vs_lr.png")
+    if rec.best is not None:
+        _save_figure(plot_schedule(rec), directory / "schedule.png")
+    _save_figure(plot_history(rec.history, rec.metric, rec.direction), directory / "history.png")
+    print(f"plots written to {directory}/", file=sys.stderr)
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def _list(args: argparse.Namespace) -> int:
+    listing = {"models": model_names(), "datasets": dataset_names()}
+    if args.json:
+        print(json.dumps(listing))
+    else:
+        print("models:   " + ", ".join(listing["models"]))
+        print("datasets: " + ", ".join(listing["datasets"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,214 @@
+"""The job spec: the one definition of an lrtune job.
+
+The CLI reads it from YAML or JSON, the HTTP API validates it, the workers run it. Defaults make
+a spec with only ``model`` and ``dataset`` valid; caps keep a shared service safe, and every
+violation is a field-level validation error.
+
+Example:
+    >>> spec = JobSpec.model_validate({"model": {"name": "mlp"}, "dataset": {"name": "digits"}})
+    >>> spec.optimizer.name, spec.batch_size, spec.search.n_trials
+    ('sgd', 64, 30)
+    >>> len(spec.fingerprint())
+    64
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from lrtune.schedules import FAMILIES
+
+# Caps that protect a shared service from one job taking it over.
+MAX_TRIALS = 500
+MAX_EPOCHS = 200
+MAX_NUM_ITER = 2000
+MAX_SEEDS = 16
+MAX_BATCH_SIZE = 8192
+MAX_DATASET_SAMPLES = 200_000
+
+Metric = Literal["val_loss", "accuracy", "mse"]
+METRIC_DIRECTIONS: dict[str, Literal["minimize", "maximize"]] = {
+    "val_loss": "minimize",
+    "accuracy": "maximize",
+    "mse": "minimize",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelRef(_Strict):
+    """A model from the registry, by name, with JSON parameters for its factory."""
+
+    name: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class DatasetRef(_Strict):
+    """A dataset from the registry, by name, with JSON parameters for its factory."""
+
+    name: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("params")
+    @classmethod
+    def _cap_samples(cls, params: dict[str, Any]) -> dict[str, Any]:
+        cap = params.get("max_samples")
+        if cap is not None and (not isinstance(cap, int) or cap > MAX_DATASET_SAMPLES):
+            raise ValueError(f"max_samples must be an integer <= {MAX_DATASET_SAMPLES}")
+        return params
+
+
+class OptimizerSpec(_Strict):
+    """The optimizer the user trains with; its LR is what lrtune finds."""
+
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
+    nesterov: bool = Field(False, description="SGD only; needs momentum > 0")
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam/AdamW only")
+    eps: float = Field(1e-8, gt=0, le=1e-2)
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> OptimizerSpec:
+        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
+            raise ValueError("nesterov needs optimizer 'sgd' with momentum > 0")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError("betas must each be in [0, 1)")
+        return self
+
+    @property
+    def default_lr(self) -> float:
+        """The common default LR for this optimizer (SGD 0.1, Adam/AdamW 1e-3)."""
+        return 0.1 if self.name == "sgd" else 1e-3
+
+    def build(self, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+        """The torch optimizer over ``groups`` (each a dict with params and lr)."""
+        if self.name == "sgd":
+            return torch.optim.SGD(
+                groups,
+                momentum=self.momentum,
+                nesterov=self.nesterov,
+                weight_decay=self.weight_decay,
+            )
+        cls = torch.optim.Adam if self.name == "adam" else torch.optim.AdamW
+        return cls(groups, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay)
+
+
+class ParamGroupSpec(_Strict):
+    """Parameters whose name starts with ``prefix`` train at ``lr_mult`` times the base LR."""
+
+    prefix: str = Field(min_length=1)
+    lr_mult: float = Field(gt=0, le=1000)
+
+
+class RangeTestSpec(_Strict):
+    """Options of the LR range test that narrows the search."""
+
+    start_lr: float = Field(1e-7, gt=0)
+    end_lr: float = Field(10.0, gt=0)
+    num_iter: int = Field(100, ge=2, le=MAX_NUM_ITER)
+    seeds: int = Field(4, ge=1, le=MAX_SEEDS)
+    smooth_beta: float = Field(0.98, ge=0, lt=1)
+    diverge_threshold: float = Field(4.0, gt=1)
+    accumulation_steps: int = Field(1, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _check_range(self) -> RangeTestSpec:
+        if self.end_lr <= self.start_lr:
+            raise ValueError(
+                f"end_lr ({self.end_lr}) must be greater than start_lr ({self.start_lr})"
+            )
+        return self
+
+
+class SearchSpec(_Strict):
+    """Options of the Optuna schedule search."""
+
+    families: list[str] = Field(default_factory=lambda: list(FAMILIES), min_length=1)
+    n_trials: int = Field(30, ge=1, le=MAX_TRIALS)
+    epochs: int = Field(10, ge=1, le=MAX_EPOCHS)
+    warmup: bool = Field(True, description="also search a linear warm-up in front")
+    pruner: Literal["hyperband", "median", "none"] = "hyperband"
+    sampler: Literal["tpe", "random"] = "tpe"
+    timeout_s: float | None = Field(None, gt=0, le=7 * 24 * 3600)
+    metric: Metric = "val_loss"
+    direction: Literal["minimize", "maximize"] | None = None
+    lr_threshold: float | None = Field(
+        None, gt=0, description="stop a trial once every group's LR has fallen below this"
+    )
+    baselines: bool = Field(True, description="train the constant-LR and default baselines")
+
+    @field_validator("families")
+    @classmethod
+    def _known_families(cls, families: list[str]) -> list[str]:
+        unknown = [f for f in families if f not in FAMILIES]
+        if unknown:
+            raise ValueError(f"unknown families {unknown}; choose from {list(FAMILIES)}")
+        if len(set(families)) != len(families):
+            raise ValueError("families are listed more than once")
+        return families
+
+    @model_validator(mode="after")
+    def _infer_direction(self) -> SearchSpec:
+        expected = METRIC_DIRECTIONS[self.metric]
+        if self.direction is None:
+            self.direction = expected
+        elif self.direction != expected:
+            raise ValueError(f"metric {self.metric!r} is to {expected}, not {self.direction}")
+        return self
+
+
+class JobSpec(_Strict):
+    """Everything needed to find a learning rate and schedule for one model and dataset."""
+
+    name: str | None = Field(None, min_length=1, max_length=120, pattern=r"^[A-Za-z0-9_.\-]+$")
+    model: ModelRef
+    dataset: DatasetRef
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    batch_size: int = Field(64, ge=1, le=MAX_BATCH_SIZE)
+    param_groups: list[ParamGroupSpec] = Field(default_factory=list, max_length=32)
+    range_test: RangeTestSpec = Field(default_factory=RangeTestSpec)
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+
+    @field_validator("param_groups")
+    @classmethod
+    def _distinct_prefixes(cls, groups: list[ParamGroupSpec]) -> list[ParamGroupSpec]:
+        prefixes = [g.prefix for g in groups]
+        if len(set(prefixes)) != len(prefixes):
+            raise ValueError("param group prefixes must be distinct")
+        return groups
+
+    def fingerprint(self) -> str:
+        """SHA-256 of what determines the answer: model, dataset, optimizer, batch, groups."""
+        key = self.model_dump(
+            mode="json", include={"model", "dataset", "optimizer", "batch_size", "param_groups"}
+        )
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+    def study_name(self) -> str:
+        """The Optuna study's name: the job's name, else one derived from the whole spec."""
+        if self.name:
+            return self.name
+        whole = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return f"lrtune-{hashlib.sha256(whole).hexdigest()[:16]}"
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> JobSpec:
+        """Read a spec from a ``.yaml``/``.yml`` or ``.json`` file."""
+        path = Path(path)
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a job file must hold a mapping, got {type(data).__name__}")
+        return cls.model_validate(data)

@@ -1,0 +1,62 @@
+"""Optuna storage for lrtune studies: in-memory, a SQLite file, or PostgreSQL.
+
+RDB storages run with Optuna's heartbeat: a trial whose process died goes stale after
+``grace_period`` seconds, is marked FAIL, and a WAITING clone with the same parameters (and its
+intermediate values) is queued by ``RetryHeartbeatStaleTrialCallback``; lrtune's trials then
+resume the clone from the dead trial's last checkpoint.
+
+Example:
+    >>> storage = open_storage(None)
+    >>> type(storage).__name__
+    'InMemoryStorage'
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import optuna
+from sqlalchemy.engine import make_url
+
+SQLITE_BUSY_TIMEOUT_S = 60
+
+
+def open_storage(
+    url: str | None,
+    *,
+    heartbeat_interval: int = 20,
+    grace_period: int | None = None,
+    max_retry: int = 3,
+) -> optuna.storages.BaseStorage:
+    """Open (creating tables if needed) the storage at ``url``; ``None`` means in-memory.
+
+    SQLite files are switched to WAL mode and opened with a busy timeout, so that several
+    processes on one machine can share a study without "database is locked" errors.
+    """
+    if url is None:
+        return optuna.storages.InMemoryStorage()
+    parsed = make_url(url)
+    engine_kwargs: dict[str, object] = {}
+    if parsed.get_backend_name() == "sqlite":
+        _enable_wal(parsed.database)
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+    return optuna.storages.RDBStorage(
+        url,
+        engine_kwargs=engine_kwargs,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period or 3 * heartbeat_interval,
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+            max_retry=max_retry, inherit_intermediate_values=True
+        ),
+    )
+
+
+def _enable_wal(database: str | None) -> None:
+    if not database or database == ":memory:":
+        raise ValueError("an in-memory SQLite URL cannot be shared: use storage=None instead")
+    Path(database).parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(database, timeout=SQLITE_BUSY_TIMEOUT_S) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the database file

@@ -1,0 +1,292 @@
+"""Train a registry model under one LR schedule: the loop behind trials, baselines and benchmarks.
+
+Each epoch trains on the job's train split (the scheduler stepped per batch or per epoch as its
+spec says, always after ``optimizer.step()``), evaluates on the validation split, reports to an
+``on_epoch`` hook (the search prunes there), and writes a checkpoint of model, optimizer,
+scheduler, RNG and data-order state, so that a run resumed from it ends exactly as an
+uninterrupted one would.
+
+Example:
+    >>> from lrtune.spec import JobSpec
+    >>> from lrtune.schedules import parse_schedule
+    >>> spec = JobSpec.model_validate({"model": {"name": "logreg"}, "dataset": {"name": "wine"}})
+    >>> setup = TrainingSetup.from_spec(spec, device="cpu")
+    >>> run = train(setup, parse_schedule({"family": "cosine", "T_max": 3}), base_lr=0.1, epochs=3)
+    >>> run.status, len(run.epochs)
+    ('completed', 3)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from lrtune.batches import batch_loss, move_to
+from lrtune.datasets import DatasetBundle
+from lrtune.device import resolve_device
+from lrtune.registry import build_model, load_dataset
+from lrtune.schedules import ScheduleSpec, drive
+from lrtune.spec import JobSpec
+
+Status = Literal["completed", "pruned", "diverged", "lr_threshold"]
+EpochHook = Callable[[int, dict[str, float]], None]
+
+
+class StopTraining(Exception):
+    """Raised by an ``on_epoch`` hook to end the run early (e.g. a pruned trial)."""
+
+
+@dataclass
+class TrainingSetup:
+    """What every run of one job shares: data, model recipe, optimizer recipe, device."""
+
+    spec: JobSpec
+    bundle: DatasetBundle
+    device: torch.device
+
+    @classmethod
+    def from_spec(cls, spec: JobSpec, device: str | torch.device | None = None) -> TrainingSetup:
+        bundle = load_dataset(spec.dataset.name, spec.dataset.params)
+        return cls(spec, bundle, resolve_device(device if device is not None else spec.device))
+
+    @property
+    def metric(self) -> str:
+        """The name of the searched metric as it appears in epoch records."""
+        return self.spec.search.metric
+
+    def build_model(self) -> nn.Module:
+        """The job's model, seeded by the job: every run starts from the same weights."""
+        model = build_model(
+            self.spec.model.name, self.bundle, self.spec.model.params, seed=self.spec.seed
+        )
+        return model.to(self.device)
+
+    def lr_multipliers(self, model: nn.Module) -> list[tuple[float, list[nn.Parameter]]]:
+        """Param groups as (LR multiplier, params): group 0 holds what no prefix claims.
+
+        A parameter belongs to the longest matching prefix; empty groups are dropped.
+        """
+        prefixes = sorted(self.spec.param_groups, key=lambda g: len(g.prefix), reverse=True)
+        groups: dict[float | str, list[nn.Parameter]] = {"default": []}
+        mults: dict[float | str, float] = {"default": 1.0}
+        for name, param in model.named_parameters():
+            match = next((g for g in prefixes if name.startswith(g.prefix)), None)
+            key: float | str = "default" if match is None else match.prefix
+            groups.setdefault(key, []).append(param)
+            mults[key] = 1.0 if match is None else match.lr_mult
+        if len(groups) == 1 and self.spec.param_groups:
+            raise ValueError(
+                f"no parameter name starts with any of {[g.prefix for g in self.spec.param_groups]}"
+            )
+        return [(mults[k], params) for k, params in groups.items() if params]
+
+    def build_optimizer(self, model: nn.Module, base_lr: float) -> torch.optim.Optimizer:
+        """The job's optimizer with every group at ``base_lr`` times its multiplier."""
+        groups = [{"params": p, "lr": base_lr * mult} for mult, p in self.lr_multipliers(model)]
+        return self.spec.optimizer.build(groups)
+
+    def train_loader(self, generator: torch.Generator) -> DataLoader:
+        """Shuffled train batches in the order ``generator`` gives.
+
+        A trailing batch of a single sample is dropped: it breaks BatchNorm in training mode
+        and is pure noise otherwise.
+        """
+        return DataLoader(
+            self.bundle.train,
+            batch_size=self.spec.batch_size,
+            shuffle=True,
+            generator=generator,
+            drop_last=len(self.bundle.train) % self.spec.batch_size == 1,
+        )
+
+    @property
+    def steps_per_epoch(self) -> int:
+        full, rest = divmod(len(self.bundle.train), self.spec.batch_size)
+        return full + (1 if rest > 1 else 0)
+
+
+@dataclass
+class TrainingRun:
+    """What one run did: per-epoch records, per-step LRs of every group, how it ended."""
+
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    lr_steps: list[list[float]] = field(default_factory=list)
+    status: Status = "completed"
+    reason: str | None = None
+
+    def final(self, metric: str) -> float:
+        return self.epochs[-1][metric] if self.epochs else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "epochs": self.epochs,
+            "lr_steps": compress_runs(self.lr_steps),
+            "status": self.status,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainingRun:
+        return cls(
+            epochs=data["epochs"],
+            lr_steps=expand_runs(data["lr_steps"]),
+            status=data["status"],
+            reason=data["reason"],
+        )
+
+
+def train(
+    setup: TrainingSetup,
+    schedule: ScheduleSpec,
+    base_lr: float,
+    epochs: int,
+    *,
+    lr_threshold: float | None = None,
+    on_epoch: EpochHook | None = None,
+    checkpoint: Path | None = None,
+) -> TrainingRun:
+    """Train the job's model for ``epochs`` under ``schedule`` from ``base_lr``.
+
+    Args:
+        base_lr: the LR at multiplier 1 (param groups scale it by their ``lr_mult``).
+        lr_threshold: end the run once every group's LR is below this.
+        on_epoch: ``on_epoch(epoch, record)`` after each epoch's evaluation; raise
+            :class:`StopTraining` in it to end the run as pruned.
+        checkpoint: a file to save after every epoch and to resume from when it exists.
+    """
+    model = setup.build_model()
+    optimizer = setup.build_optimizer(model, base_lr)
+    driver = drive(schedule, optimizer, setup.steps_per_epoch, epochs)
+    order = torch.Generator().manual_seed(setup.spec.seed)
+    run = TrainingRun()
+    start = 0
+    if checkpoint is not None and checkpoint.exists():
+        start = _resume(checkpoint, model, optimizer, driver, order, run)
+    else:
+        torch.manual_seed(setup.spec.seed)
+    criterion = setup.bundle.loss_fn()
+    loader = setup.train_loader(order)
+    for epoch in range(start, epochs):
+        train_loss = _train_epoch(model, optimizer, driver, loader, criterion, setup.device, run)
+        if train_loss is None:
+            run.status, run.reason = "diverged", f"non-finite training loss in epoch {epoch}"
+            break
+        record = {"epoch": epoch, "train_loss": train_loss, **_evaluate(setup, model)}
+        run.epochs.append(record)
+        if not math.isfinite(record["val_loss"]):
+            run.status, run.reason = "diverged", f"non-finite validation loss in epoch {epoch}"
+            break
+        driver.after_epoch(record["val_loss"])
+        if checkpoint is not None:
+            _save(checkpoint, epoch, model, optimizer, driver, order, run)
+        if on_epoch is not None:
+            try:
+                on_epoch(epoch, record)
+            except StopTraining as stop:
+                run.status, run.reason = "pruned", str(stop) or f"pruned after epoch {epoch}"
+                break
+        if lr_threshold is not None and all(lr < lr_threshold for lr in driver.last_lrs()):
+            run.status = "lr_threshold"
+            run.reason = f"every group's LR fell below {lr_threshold:g} after epoch {epoch}"
+            break
+    return run
+
+
+def _train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    driver: Any,
+    loader: DataLoader,
+    criterion: nn.Module,
+    device: torch.device,
+    run: TrainingRun,
+) -> float | None:
+    """Mean training loss of one epoch, or None at the first non-finite loss."""
+    model.train()
+    total, count = torch.zeros((), device=device), 0
+    for batch in loader:
+        run.lr_steps.append([float(g["lr"]) for g in optimizer.param_groups])
+        loss = batch_loss(model, move_to(batch, device), criterion)
+        if not torch.isfinite(loss):
+            return None
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        driver.after_batch()
+        total += loss.detach()
+        count += 1
+    return total.item() / max(count, 1)
+
+
+def _evaluate(setup: TrainingSetup, model: nn.Module) -> dict[str, float]:
+    scores = setup.bundle.evaluate(model, device=setup.device)
+    record = {"val_loss": float(scores["loss"])}
+    record.update({k: float(v) for k, v in scores.items() if k != "loss"})
+    return record
+
+
+def _save(
+    path: Path,
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    driver: Any,
+    order: torch.Generator,
+    run: TrainingRun,
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": driver.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "data_order": order.get_state(),
+        "run": run.to_dict(),
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a crash mid-write leaves the previous checkpoint intact
+
+
+def _resume(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    driver: Any,
+    order: torch.Generator,
+    run: TrainingRun,
+) -> int:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    driver.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    order.set_state(state["data_order"])
+    restored = TrainingRun.from_dict(state["run"])
+    run.epochs, run.lr_steps = restored.epochs, restored.lr_steps
+    return int(state["epoch"]) + 1
+
+
+def compress_runs(rows: list[list[float]]) -> list[list[Any]]:
+    """Run-length encode repeated rows: ``[[row, count], ...]`` (per-epoch LRs repeat a lot)."""
+    out: list[list[Any]] = []
+    for row in rows:
+        if out and out[-1][0] == row:
+            out[-1][1] += 1
+        else:
+            out.append([list(row), 1])
+    return out
+
+
+def expand_runs(runs: list[list[Any]]) -> list[list[float]]:
+    """Inverse of :func:`compress_runs`."""
+    return [list(row) for row, count in runs for _ in range(count)]
