@@ -138,18 +138,16 @@ class Recommendation:
     def _preview_best(self) -> list[list[float]]:
         if self.best is None:
             return []
-        epochs = len(self.best.run.epochs)
-        if epochs == 0:
-            return []
-        base_lrs = [self.best.base_lr * m for m in self.lr_multipliers]
-        metrics = [e["val_loss"] for e in self.best.run.epochs]
         spec = parse_schedule(self.best.schedule)
-        total_epochs = self.spec["search"]["epochs"]
-        # Preview the full planned run; plateau needs a metric for every epoch it previews.
-        if spec.family == "plateau":
-            total_epochs = epochs
-        curve = preview(spec, base_lrs, self.steps_per_epoch, total_epochs, metrics=metrics)
-        return curve.tolist()
+        base_lrs = [self.best.base_lr * m for m in self.lr_multipliers]
+        if spec.family != "plateau":  # the full planned run
+            epochs = self.spec["search"]["epochs"]
+            return preview(spec, base_lrs, self.steps_per_epoch, epochs).tolist()
+        # Plateau depends on the metric: preview the epochs the run measured.
+        metrics = [e["val_loss"] for e in self.best.run.epochs]
+        if not metrics:
+            return []
+        return preview(spec, base_lrs, self.steps_per_epoch, len(metrics), metrics=metrics).tolist()
 
     def comparison(self) -> list[dict[str, Any]]:
         """One row per trained schedule, best first: name, family, LR, metric, val loss."""

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import sqlite3
+import warnings
 from pathlib import Path
 
 import optuna
@@ -43,15 +44,17 @@ def open_storage(
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
     else:
         engine_kwargs["pool_pre_ping"] = True
-    return optuna.storages.RDBStorage(
-        url,
-        engine_kwargs=engine_kwargs,
-        heartbeat_interval=heartbeat_interval,
-        grace_period=grace_period or 3 * heartbeat_interval,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-            max_retry=max_retry, inherit_intermediate_values=True
-        ),
-    )
+    with warnings.catch_warnings():  # heartbeat and retry are "experimental" since Optuna 2.8
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period or 3 * heartbeat_interval,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=max_retry, inherit_intermediate_values=True
+            ),
+        )
 
 
 def _enable_wal(database: str | None) -> None:

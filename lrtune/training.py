@@ -121,6 +121,7 @@ class TrainingRun:
     lr_steps: list[list[float]] = field(default_factory=list)
     status: Status = "completed"
     reason: str | None = None
+    resumed_from: int | None = None  # the first epoch this process trained, when resumed
 
     def final(self, metric: str) -> float:
         return self.epochs[-1][metric] if self.epochs else math.nan
@@ -131,6 +132,7 @@ class TrainingRun:
             "lr_steps": compress_runs(self.lr_steps),
             "status": self.status,
             "reason": self.reason,
+            "resumed_from": self.resumed_from,
         }
 
     @classmethod
@@ -140,6 +142,7 @@ class TrainingRun:
             lr_steps=expand_runs(data["lr_steps"]),
             status=data["status"],
             reason=data["reason"],
+            resumed_from=data.get("resumed_from"),
         )
 
 
@@ -273,7 +276,8 @@ def _resume(
     order.set_state(state["data_order"])
     restored = TrainingRun.from_dict(state["run"])
     run.epochs, run.lr_steps = restored.epochs, restored.lr_steps
-    return int(state["epoch"]) + 1
+    run.resumed_from = int(state["epoch"]) + 1
+    return run.resumed_from
 
 
 def compress_runs(rows: list[list[float]]) -> list[list[Any]]:

@@ -391,6 +391,35 @@ def _train_baselines(setup: TrainingSetup, bounds: LRBounds, progress: bool) -> 
     return baselines
 
 
+def work(
+    study_name: str,
+    storage: str | optuna.storages.BaseStorage,
+    *,
+    artifact_dir: str | Path | None = None,
+    wait_for_others: bool = False,
+    progress: bool = False,
+) -> None:
+    """Join a prepared study as one more worker and run its queued trials.
+
+    The job spec is read from the study, so a worker needs only the study's name and storage.
+    """
+    if isinstance(storage, str):
+        storage = open_storage(storage)
+    loaded = optuna.load_study(study_name=study_name, storage=storage)
+    if ATTR_BOUNDS not in loaded.user_attrs:
+        raise ValueError(f"study {study_name!r} has not been prepared (no range test stored)")
+    spec = JobSpec.model_validate(loaded.user_attrs[ATTR_SPEC])
+    study = open_study(spec, storage)
+    run_trials(
+        study,
+        TrainingSetup.from_spec(spec),
+        artifact_dir=Path(artifact_dir) if artifact_dir else None,
+        timeout_s=spec.search.timeout_s,
+        wait_for_others=wait_for_others,
+        progress=progress,
+    )
+
+
 def tune(
     spec: JobSpec,
     storage: str | optuna.storages.BaseStorage | None = None,

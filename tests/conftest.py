@@ -24,3 +24,43 @@ def blobs() -> list[tuple[torch.Tensor, torch.Tensor]]:
     y = torch.randint(0, 3, (768,), generator=g)
     x = centers[y] + torch.randn(768, 8, generator=g)
     return [(x[i : i + 32], y[i : i + 32]) for i in range(0, 768, 32)]
+
+
+POSTGRES_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+POSTGRES_TEST_DB = "lrtune_test"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A URL to a scratch database on the PostgreSQL of LRTUNE_TEST_POSTGRES_URL.
+
+    CI sets the variable and a failure to connect is an error; without it, the default local
+    server is tried and its absence skips the PostgreSQL tests.
+    """
+    import sqlalchemy as sa
+
+    configured = os.environ.get("LRTUNE_TEST_POSTGRES_URL")
+    admin = sa.engine.make_url(configured or POSTGRES_DEFAULT)
+    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            exists = conn.scalar(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": POSTGRES_TEST_DB}
+            )
+            if not exists:
+                conn.execute(sa.text(f'CREATE DATABASE "{POSTGRES_TEST_DB}"'))
+    except sa.exc.OperationalError as exc:
+        if configured:
+            raise
+        pytest.skip(f"no PostgreSQL at {admin.render_as_string()}: {exc.orig}")
+    finally:
+        engine.dispose()
+    return admin.set(database=POSTGRES_TEST_DB).render_as_string(hide_password=False)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def storage_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    """An Optuna RDB storage URL: a fresh SQLite file, or the scratch PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'lrtune.db'}"
+    return request.getfixturevalue("postgres_url")

@@ -1,0 +1,236 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from lrtune.schedules import FAMILIES, parse_schedule
+from lrtune.space import LRBounds
+from lrtune.spec import JobSpec
+from lrtune.storage import open_storage
+from lrtune.training import TrainingSetup, train
+from lrtune.tuner import (
+    ATTR_ROOT,
+    TrialObjective,
+    open_study,
+    prepare_study,
+    run_trials,
+    tune,
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def job(**search: Any) -> JobSpec:
+    extra = search.pop("extra", {})
+    return JobSpec.model_validate(
+        {
+            "name": f"t-{uuid.uuid4().hex[:12]}",
+            "model": extra.pop("model", {"name": "logreg"}),
+            "dataset": extra.pop("dataset", {"name": "wine"}),
+            "batch_size": extra.pop("batch_size", 32),
+            "range_test": {"seeds": 2, "num_iter": 40},
+            "search": {"baselines": False, **search},
+            **extra,
+        }
+    )
+
+
+def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_is_sampled_and_trained(family: str) -> None:
+    spec = job(families=[family], n_trials=2, epochs=4, pruner="none")
+    study = prepare_study(spec, None, progress=False)
+    run_trials(study, TrainingSetup.from_spec(spec), progress=False)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    bounds = LRBounds.from_dict(study.user_attrs["lrtune.bounds"])
+    for trial in trials:
+        schedule = parse_schedule(trial.user_attrs["schedule"])
+        assert schedule.family == family
+        assert bounds.low <= trial.user_attrs["base_lr"] <= bounds.high
+        run = trial.user_attrs["run"]
+        assert run["status"] == "completed" and len(run["epochs"]) == 4
+        assert trial.intermediate_values.keys() == {0, 1, 2, 3}
+
+
+def test_the_search_starts_from_the_obvious_answers() -> None:
+    spec = job(n_trials=4, epochs=2)
+    study = prepare_study(spec, None, progress=False)
+    run_trials(study, TrainingSetup.from_spec(spec), progress=False)
+    suggestion = study.user_attrs["lrtune.bounds"]["suggestion"]
+    first = study.get_trials()[:3]
+    assert [t.params["family"] for t in first] == ["onecycle", "cosine", "constant"]
+    assert all(t.params["lr"] == pytest.approx(suggestion) for t in first)
+
+
+def test_hyperband_prunes_poor_trials_early() -> None:
+    spec = job(
+        n_trials=16,
+        epochs=6,
+        extra={"model": {"name": "mlp"}, "dataset": {"name": "digits"}, "batch_size": 64},
+    )
+    rec = tune(spec, progress=False)
+    assert rec.n_trials["complete"] + rec.n_trials["pruned"] == 16
+    assert rec.n_trials["pruned"] > 0
+    pruned = [t for t in rec.history if t["state"] == "PRUNED"]
+    assert all(t["stop_reason"].startswith("pruned after epoch") for t in pruned)
+    assert rec.best is not None and rec.best.run.status == "completed"
+
+
+def test_a_diverging_trial_is_pruned_with_its_reason() -> None:
+    spec = job(
+        families=["constant"], extra={"model": {"name": "mlp"}, "dataset": {"name": "diabetes"}}
+    )
+    setup = TrainingSetup.from_spec(spec)
+    absurd = LRBounds(low=1e4, high=1e5, suggestion=1e4, divergence_lr=None)
+    study = optuna.create_study()
+    study.optimize(TrialObjective(setup, absurd), n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == TrialState.PRUNED
+    assert "non-finite" in trial.user_attrs["stop_reason"]
+    assert trial.user_attrs["run"]["status"] == "diverged"
+
+
+def test_lr_threshold_ends_trials_early() -> None:
+    spec = job(families=["exponential"], n_trials=2, epochs=6, pruner="none", lr_threshold=10.0)
+    rec = tune(spec, progress=False)
+    assert [t["state"] for t in rec.history] == ["COMPLETE", "COMPLETE"]
+    assert rec.best.run.status == "lr_threshold"
+    assert len(rec.best.run.epochs) == 1
+
+
+def test_same_spec_and_seed_give_the_same_trials_and_recommendation() -> None:
+    spec = job(n_trials=8, epochs=3, extra={"seed": 7})
+    first = tune(spec, progress=False).to_dict()
+    second = tune(spec, progress=False).to_dict()
+    assert first["history"] == second["history"]
+    assert first == second
+
+
+def test_recommendation_compares_against_baselines_and_serialises() -> None:
+    spec = JobSpec.model_validate(
+        {**job(n_trials=4, epochs=3).model_dump(), "search": {"n_trials": 4, "epochs": 3}}
+    )
+    rec = tune(spec, progress=False)
+    names = [row["name"] for row in rec.comparison()]
+    assert names == ["best schedule", "constant at suggestion", "sgd default lr"]
+    assert all(len(b.run.epochs) == 3 for b in rec.baselines)
+    assert rec.verdict().startswith("the recommended schedule")
+    assert len(rec.lr_curve) == 3 * TrainingSetup.from_spec(spec).steps_per_epoch
+    data = json.loads(json.dumps(rec.to_dict()))
+    assert type(rec).from_dict(data).to_dict() == data
+    namespace: dict[str, Any] = {}
+    import torch
+
+    namespace["model"] = torch.nn.Linear(13, 3)
+    exec(rec.to_code(), namespace)
+    assert namespace["optimizer"].param_groups[0]["lr"] == pytest.approx(rec.base_lr, rel=1e-5)
+
+
+# --- shared storage: several processes, crashes ----------------------------------------------
+
+
+def start_worker(
+    study_name: str, url: str, artifacts: Path, heartbeat: int = 1
+) -> subprocess.Popen:
+    script = textwrap.dedent(
+        f"""
+        import optuna
+        from lrtune.storage import open_storage
+        from lrtune.tuner import work
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = open_storage({url!r}, heartbeat_interval={heartbeat}, grace_period=2)
+        work({study_name!r}, storage, artifact_dir={str(artifacts)!r})
+        """
+    )
+    env = {**os.environ, "LRTUNE_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True
+    )
+
+
+def wait_ok(proc: subprocess.Popen, timeout: float = 240) -> None:
+    _, stderr = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, stderr
+
+
+def test_two_processes_share_one_study_and_finish_exactly_the_budget(storage_url, tmp_path) -> None:
+    spec = job(
+        n_trials=10, epochs=3, extra={"model": {"name": "mlp"}, "dataset": {"name": "digits"}}
+    )
+    prepare_study(spec, storage_url, progress=False)
+    workers = [start_worker(spec.study_name(), storage_url, tmp_path) for _ in range(2)]
+    for proc in workers:
+        wait_ok(proc)
+    study = optuna.load_study(study_name=spec.study_name(), storage=open_storage(storage_url))
+    states = [t.state for t in study.get_trials()]
+    assert len(states) == 10
+    assert all(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states), states
+    assert sorted(t.user_attrs["lrtune.slot"] for t in study.get_trials()) == list(range(10))
+
+
+def test_a_killed_trial_is_retried_and_resumes_from_its_checkpoint(storage_url, tmp_path) -> None:
+    spec = job(
+        families=["cosine"],
+        n_trials=1,
+        epochs=12,
+        pruner="none",
+        extra={"model": {"name": "mlp"}, "dataset": {"name": "digits"}, "batch_size": 16},
+    )
+    prepare_study(spec, storage_url, progress=False)
+    checkpoint = tmp_path / spec.study_name() / "trial-0.pt"
+    worker = start_worker(spec.study_name(), storage_url, tmp_path)
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and worker.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert worker.poll() is None, "the worker finished before it could be interrupted"
+    worker.send_signal(signal.SIGKILL)  # a real crash: no cleanup, no final state written
+    worker.wait()
+
+    storage = open_storage(storage_url, heartbeat_interval=1, grace_period=2)
+    study = open_study(spec, storage)
+    setup = TrainingSetup.from_spec(spec)
+    run_trials(study, setup, artifact_dir=tmp_path, progress=False)
+
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    retried = trials[1]
+    assert retried.user_attrs[ATTR_ROOT] == trials[0].number
+    run = retried.user_attrs["run"]
+    assert run["resumed_from"] is not None and run["resumed_from"] >= 1
+    uninterrupted = train(
+        setup,
+        parse_schedule(retried.user_attrs["schedule"]),
+        retried.user_attrs["base_lr"],
+        spec.search.epochs,
+    )
+    assert run["epochs"] == uninterrupted.epochs
+    assert retried.value == uninterrupted.final(spec.search.metric)
+    assert not checkpoint.exists()  # cleaned up once the trial finished
+
+
+def test_preparing_twice_keeps_one_range_test_and_one_budget(storage_url) -> None:
+    spec = job(n_trials=5, epochs=2)
+    first = prepare_study(spec, storage_url, progress=False)
+    range_test = first.user_attrs["lrtune.range_test"]
+    again = prepare_study(spec, storage_url, progress=False)
+    assert again.user_attrs["lrtune.range_test"] == range_test
+    assert len(again.get_trials(states=(TrialState.WAITING,))) == 5
+    other = JobSpec.model_validate({**spec.model_dump(), "batch_size": 16})
+    with pytest.raises(ValueError, match="different job spec"):
+        prepare_study(other, storage_url, progress=False)
