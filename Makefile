@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e '.[dev,bench]'
 	touch $(STAMP)
 
+# The main job end to end: range test, schedule search, recommendation, plots in out/.
 demo: setup
-	$(VENV)/bin/lrtune find --model mlp --dataset digits --seeds 4 --plot out/lr_curve.png
+	$(VENV)/bin/lrtune tune examples/digits_mlp.yaml --storage sqlite:///out/lrtune.db \
+		--artifacts out/artifacts --plots out/
 
 lint: setup
 	$(PY) -m ruff check .
@@ -30,6 +32,7 @@ test: lint
 
 bench: setup
 	$(PY) bench/finder.py
+	$(PY) bench/search.py
 
 clean:
 	rm -rf $(VENV) out artifacts .pytest_cache .ruff_cache

@@ -35,8 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        if args.threads is not None:
-            set_torch_threads(args.threads)
+        set_torch_threads(args.threads)  # None: $LRTUNE_TORCH_THREADS, else torch's default
         return int(args.run(args) or 0)
     except CliError as exc:
         _fail(str(exc))
@@ -121,7 +120,11 @@ def _parser() -> argparse.ArgumentParser:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: $LRTUNE_TORCH_THREADS, else torch's)",
+    )
 
 
 def _find(args: argparse.Namespace) -> int:
