@@ -175,6 +175,22 @@ class ModuleEngine:
 
 
 @dataclass
+class SweepPlan:
+    """What every sweep of one range test shares: model, optimizer recipe, data, seeds."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    train_data: Iterable[Any]
+    compute_loss: Callable[[nn.Module, Any], Tensor]
+    lr_ratios: list[float]
+    device: torch.device
+    accumulation_steps: int
+    seeds: list[int | None]
+    reinit: bool
+    amp: bool
+
+
+@dataclass
 class SweepOptions:
     lrs: np.ndarray
     beta: float
@@ -331,43 +347,30 @@ def find_lr(
     def compute_loss(m: nn.Module, batch: Any) -> Tensor:
         return batch_loss(m, batch, criterion, loss_fn)
 
-    seed_values = _seed_values(seeds, seed)
+    if vectorize is True and amp:
+        raise ValueError("vectorize=True cannot run with amp=True: vmap sweeps use full precision")
+    plan = SweepPlan(
+        model,
+        optimizer,
+        train_data,
+        compute_loss,
+        ratios,
+        target,
+        accumulation_steps,
+        _seed_values(seeds, seed),
+        reinit,
+        amp,
+    )
     with preserved(model):
         model.to(target).train()
         val = _take_val_batches(val_data, val_batches, target) if val_data is not None else None
         opts = SweepOptions(lrs, smooth_beta, diverge_threshold, val, val_every, progress, callback)
-        curves, engine_name = None, "sequential"
+        curves = None
         if seeds > 1 and vectorize and not amp:
-            curves = _try_vectorized(
-                model,
-                optimizer,
-                train_data,
-                compute_loss,
-                ratios,
-                target,
-                accumulation_steps,
-                seed_values,
-                reinit,
-                opts,
-                required=vectorize is True,
-            )
-            engine_name = "vectorized" if curves is not None else engine_name
-        elif vectorize is True and seeds > 1:
-            raise ValueError("vectorize=True cannot run with amp=True")
+            curves = _vectorized_sweep(plan, opts, required=vectorize is True)
+        engine_name = "sequential" if curves is None else "vectorized"
         if curves is None:
-            curves = _sequential_sweeps(
-                model,
-                optimizer,
-                train_data,
-                compute_loss,
-                ratios,
-                target,
-                accumulation_steps,
-                seed_values,
-                reinit,
-                amp,
-                opts,
-            )
+            curves = _sequential_sweeps(plan, opts)
     return LRFinderResult.from_curves(
         lrs=lrs,
         curves=curves,
@@ -416,67 +419,46 @@ def _take_val_batches(data: Iterable[Any], count: int, device: torch.device) -> 
     return batches
 
 
-def _sequential_sweeps(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    train_data: Iterable[Any],
-    compute_loss: Callable[[nn.Module, Any], Tensor],
-    ratios: list[float],
-    device: torch.device,
-    accumulation_steps: int,
-    seed_values: list[int | None],
-    reinit: bool,
-    amp: bool,
-    opts: SweepOptions,
-) -> list[SeedCurve]:
+def _sequential_sweeps(plan: SweepPlan, opts: SweepOptions) -> list[SeedCurve]:
     curves: list[SeedCurve] = []
-    for k, seed in enumerate(seed_values):
-        with preserved(model):
+    for k, seed in enumerate(plan.seeds):
+        with preserved(plan.model):
             if seed is not None:
                 torch.manual_seed(seed)
-                if reinit:
-                    reinitialize(model, seed)
+                if plan.reinit:
+                    reinitialize(plan.model, seed)
             engine = ModuleEngine(
-                model,
-                clone_optimizer(optimizer),
-                seeded_order(train_data, seed),
-                compute_loss,
-                ratios,
-                device,
-                accumulation_steps,
-                amp,
+                plan.model,
+                clone_optimizer(plan.optimizer),
+                seeded_order(plan.train_data, seed),
+                plan.compute_loss,
+                plan.lr_ratios,
+                plan.device,
+                plan.accumulation_steps,
+                plan.amp,
             )
-            desc = "LR range test" if len(seed_values) == 1 else f"LR range test, seed {k + 1}"
+            desc = "LR range test" if len(plan.seeds) == 1 else f"LR range test, seed {k + 1}"
             curves.extend(run_sweep(engine, opts, desc))
     return curves
 
 
-def _try_vectorized(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    train_data: Iterable[Any],
-    compute_loss: Callable[[nn.Module, Any], Tensor],
-    ratios: list[float],
-    device: torch.device,
-    accumulation_steps: int,
-    seed_values: list[int | None],
-    reinit: bool,
-    opts: SweepOptions,
-    required: bool,
+def _vectorized_sweep(
+    plan: SweepPlan, opts: SweepOptions, required: bool
 ) -> list[SeedCurve] | None:
+    """All seeds as one vmap sweep, or None (after logging why) where that cannot apply."""
     from lrtune._multiseed import VectorizeUnsupported, VmapEngine
 
     try:
         engine = VmapEngine(
-            model,
-            optimizer,
-            [seeded_order(train_data, s) for s in seed_values],
-            compute_loss,
-            ratios,
-            device,
-            accumulation_steps,
-            [int(s) for s in seed_values if s is not None],
-            reinit,
+            plan.model,
+            plan.optimizer,
+            [seeded_order(plan.train_data, s) for s in plan.seeds],
+            plan.compute_loss,
+            plan.lr_ratios,
+            plan.device,
+            plan.accumulation_steps,
+            [int(s) for s in plan.seeds if s is not None],
+            plan.reinit,
         )
         engine.check()
     except VectorizeUnsupported as exc:
@@ -484,5 +466,5 @@ def _try_vectorized(
             raise ValueError(f"vectorize=True, but the seeds cannot be vectorized: {exc}") from exc
         logger.info("running seeds one after another: %s", exc)
         return None
-    torch.manual_seed(seed_values[0] or 0)  # dropout masks; restored with the RNG afterwards
-    return run_sweep(engine, opts, f"LR range test, {len(seed_values)} seeds")
+    torch.manual_seed(plan.seeds[0] or 0)  # dropout masks; restored with the RNG afterwards
+    return run_sweep(engine, opts, f"LR range test, {len(plan.seeds)} seeds")
