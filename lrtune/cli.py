@@ -200,7 +200,8 @@ def _tune(args: argparse.Namespace) -> int:
     if not args.job.exists():
         raise CliError(f"job file not found: {args.job}")
     spec = JobSpec.from_file(args.job)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna logs each failed trial with a traceback (also for Ctrl-C); the report lists them.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     rec = tune(spec, storage=args.storage, artifact_dir=args.artifacts, progress=not args.quiet)
     if args.plots:
         _write_plots(rec, args.plots)
@@ -221,6 +222,9 @@ def _report(rec: Any) -> str:
         )
     counts = ", ".join(f"{n} {state}" for state, n in rec.n_trials.items() if n)
     lines.append(f"trials: {counts}")
+    for trial in rec.history:
+        if trial["state"] == "FAIL":
+            lines.append(f"  trial {trial['number']} failed: {trial['stop_reason']}")
     if rec.best is not None:
         lines += [
             "",

@@ -186,11 +186,22 @@ def _group0_multiplier(setup: TrainingSetup) -> float:
 
 
 def _enqueue_budget(study: optuna.Study, spec: JobSpec, bounds: LRBounds) -> None:
+    """Enqueue every budget slot that has no live trial.
+
+    A slot whose trials all FAILED (an interrupted run: Ctrl-C, an error) is enqueued again with
+    the same parameters and root trial, so the retry resumes from that trial's checkpoint.
+    """
     search = spec.search
-    present = {t.user_attrs.get(ATTR_SLOT) for t in study.get_trials(deepcopy=False)}
+    trials = study.get_trials(deepcopy=False)
+    live = {t.user_attrs.get(ATTR_SLOT) for t in trials if t.state != TrialState.FAIL}
+    failed = {t.user_attrs.get(ATTR_SLOT): t for t in trials if t.state == TrialState.FAIL}
     starts = warm_starts(search.families, bounds, search.epochs, search.warmup)
     for slot in range(search.n_trials):
-        if slot not in present:
+        if slot in live:
+            continue
+        if slot in failed:
+            study.enqueue_trial(failed[slot].params, user_attrs=failed[slot].user_attrs)
+        else:
             params = starts[slot] if slot < len(starts) else {}
             study.enqueue_trial(params, user_attrs={ATTR_SLOT: slot})
 
@@ -364,7 +375,7 @@ def _trial_summary(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "value": value,
         "family": schedule.get("family", trial.params.get("family")),
         "base_lr": trial.user_attrs.get("base_lr"),
-        "stop_reason": trial.user_attrs.get("stop_reason"),
+        "stop_reason": trial.user_attrs.get("stop_reason") or trial.system_attrs.get("fail_reason"),
     }
 
 

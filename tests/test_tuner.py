@@ -234,3 +234,69 @@ def test_preparing_twice_keeps_one_range_test_and_one_budget(storage_url) -> Non
     other = JobSpec.model_validate({**spec.model_dump(), "batch_size": 16})
     with pytest.raises(ValueError, match="different job spec"):
         prepare_study(other, storage_url, progress=False)
+
+
+def test_an_interrupted_cli_run_resumes_its_trial_when_run_again(tmp_path) -> None:
+    spec = job(
+        families=["cosine"],
+        n_trials=2,
+        epochs=12,
+        pruner="none",
+        extra={"model": {"name": "mlp"}, "dataset": {"name": "digits"}, "batch_size": 16},
+    )
+    job_file = tmp_path / "job.json"
+    job_file.write_text(spec.model_dump_json())
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    command = [
+        sys.executable,
+        "-m",
+        "lrtune.cli",
+        "tune",
+        str(job_file),
+        "--storage",
+        url,
+        "--artifacts",
+        str(tmp_path),
+        "--quiet",
+        "--json",
+        "--threads",
+        "1",
+    ]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoint = tmp_path / spec.study_name() / "trial-0.pt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    first.send_signal(signal.SIGINT)  # Ctrl-C: Optuna records the running trial as FAIL
+    _, stderr = first.communicate(timeout=60)
+    assert first.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0, again.stderr
+    rec = json.loads(again.stdout)
+    assert rec["n_trials"]["complete"] == 2 and rec["n_trials"]["fail"] == 1
+    study = optuna.load_study(study_name=spec.study_name(), storage=open_storage(url))
+    resumed = [
+        t
+        for t in study.get_trials()
+        if t.state == TrialState.COMPLETE and t.user_attrs[ATTR_ROOT] == 0
+    ]
+    assert len(resumed) == 1
+    assert resumed[0].user_attrs["run"]["resumed_from"] >= 1
+
+
+def test_time_budget_stops_starting_trials_and_still_recommends() -> None:
+    spec = job(
+        n_trials=300,
+        epochs=3,
+        timeout_s=1.5,
+        extra={"model": {"name": "mlp"}, "dataset": {"name": "digits"}},
+    )
+    started = time.monotonic()
+    rec = tune(spec, progress=False)
+    assert time.monotonic() - started < 60
+    done = rec.n_trials["complete"] + rec.n_trials["pruned"]
+    assert 0 < done < 300
+    assert rec.n_trials["waiting"] == 300 - done  # left queued for a later run
+    assert rec.best is not None
