@@ -54,8 +54,10 @@ def lr_sequence(
     """
     if num_iter < 2:
         raise ValueError(f"num_iter must be >= 2 to span a range, got {num_iter}")
-    if not start_lr > 0:
-        raise ValueError(f"start_lr must be > 0, got {start_lr}")
+    if not (start_lr > 0 and math.isfinite(start_lr)):
+        raise ValueError(f"start_lr must be a positive finite number, got {start_lr}")
+    if not math.isfinite(end_lr):
+        raise ValueError(f"end_lr must be finite, got {end_lr}")
     if not end_lr > start_lr:
         raise ValueError(f"end_lr ({end_lr}) must be greater than start_lr ({start_lr})")
     if mode == "exp":

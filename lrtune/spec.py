@@ -32,6 +32,7 @@ MAX_NUM_ITER = 2000
 MAX_SEEDS = 16
 MAX_BATCH_SIZE = 8192
 MAX_DATASET_SAMPLES = 200_000
+MAX_LR = 1e4
 
 Metric = Literal["val_loss", "accuracy", "mse"]
 METRIC_DIRECTIONS: dict[str, Literal["minimize", "maximize"]] = {
@@ -113,8 +114,8 @@ class ParamGroupSpec(_Strict):
 class RangeTestSpec(_Strict):
     """Options of the LR range test that narrows the search."""
 
-    start_lr: float = Field(1e-7, gt=0)
-    end_lr: float = Field(10.0, gt=0)
+    start_lr: float = Field(1e-7, gt=0, le=MAX_LR, allow_inf_nan=False)
+    end_lr: float = Field(10.0, gt=0, le=MAX_LR, allow_inf_nan=False)
     num_iter: int = Field(100, ge=2, le=MAX_NUM_ITER)
     seeds: int = Field(4, ge=1, le=MAX_SEEDS)
     smooth_beta: float = Field(0.98, ge=0, lt=1)
@@ -208,7 +209,12 @@ class JobSpec(_Strict):
         """Read a spec from a ``.yaml``/``.yml`` or ``.json`` file."""
         path = Path(path)
         text = path.read_text()
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        try:
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as exc:
+            problem = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            kind = "JSON" if path.suffix == ".json" else "YAML"
+            raise ValueError(f"{path}: not valid {kind}: {problem}") from exc
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a job file must hold a mapping, got {type(data).__name__}")
         return cls.model_validate(data)

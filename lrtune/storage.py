@@ -19,6 +19,7 @@ from pathlib import Path
 
 import optuna
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 SQLITE_BUSY_TIMEOUT_S = 60
 
@@ -37,7 +38,13 @@ def open_storage(
     """
     if url is None:
         return optuna.storages.InMemoryStorage()
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ValueError(
+            f"invalid storage URL {url!r}: use sqlite:///path.db or "
+            "postgresql+psycopg://user@host/db"
+        ) from exc
     engine_kwargs: dict[str, object] = {}
     if parsed.get_backend_name() == "sqlite":
         _enable_wal(parsed.database)
@@ -46,15 +53,21 @@ def open_storage(
         engine_kwargs["pool_pre_ping"] = True
     with warnings.catch_warnings():  # heartbeat and retry are "experimental" since Optuna 2.8
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period or 3 * heartbeat_interval,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=max_retry, inherit_intermediate_values=True
-            ),
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(
+            max_retry=max_retry, inherit_intermediate_values=True
         )
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period or 3 * heartbeat_interval,
+                heartbeat_stale_trial_callback=retry,
+            )
+        except (OperationalError, NoSuchModuleError) as exc:
+            cause = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            safe = parsed.render_as_string(hide_password=True)
+            raise ValueError(f"cannot open the storage at {safe}: {cause}") from exc
 
 
 def _enable_wal(database: str | None) -> None:
