@@ -149,6 +149,21 @@ class ModuleEngine:
         for group, ratio in zip(self.optimizer.param_groups, self.lr_ratios, strict=True):
             group["lr"] = lr * ratio
         self.optimizer.zero_grad(set_to_none=True)
+        if self.accumulation_steps == 1 and not self.amp:  # the common case, kept lean
+            loss = self.compute_loss(self.model, move_to(next(self.batches), self.device))
+            loss.backward()
+            mean_loss = loss.item()
+        else:
+            mean_loss = self._accumulate_gradients()
+        if math.isfinite(mean_loss):  # a non-finite step ends this sweep; don't apply it
+            if self.scaler:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+        return np.array([mean_loss])
+
+    def _accumulate_gradients(self) -> float:
         total = torch.zeros((), device=self.device)
         for _ in range(self.accumulation_steps):
             batch = move_to(next(self.batches), self.device)
@@ -157,14 +172,7 @@ class ModuleEngine:
             scaled = loss / self.accumulation_steps
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             total += loss.detach().float()
-        mean_loss = total.item() / self.accumulation_steps
-        if math.isfinite(mean_loss):  # a non-finite step ends this sweep; don't apply it
-            if self.scaler:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-        return np.array([mean_loss])
+        return total.item() / self.accumulation_steps
 
     @torch.no_grad()
     def val_loss(self, batches: Sequence[Any]) -> np.ndarray:
@@ -220,7 +228,10 @@ def run_sweep(engine: Any, opts: SweepOptions, desc: str) -> list[SeedCurve]:
             if opts.callback is not None:
                 opts.callback(step, float(lr), [float(v) for v in losses])
             bar.update()
-            bar.set_postfix(lr=f"{lr:.2e}", loss=f"{float(np.median(losses)):.4g}")
+            if not bar.disable:  # formatting costs more than a tiny model's step
+                bar.set_postfix(
+                    lr=f"{lr:.2e}", loss=f"{float(np.median(losses)):.4g}", refresh=False
+                )
             if not tracker.active:
                 break
     return [

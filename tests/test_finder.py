@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -444,3 +445,37 @@ def test_common_optimizers_are_cloned_with_their_hyperparameters(make_optimizer,
     result = find_lr(model, loader(), optimizer, seeds=seeds, num_iter=20, progress=False)
     assert result.config["optimizer"] == type(optimizer).__name__
     assert len(result.seeds) == seeds
+
+
+def test_seeded_tensor_batches_cover_every_row_once_per_pass_in_a_seeded_order() -> None:
+    from lrtune.batches import seeded_order
+
+    x = torch.arange(50).float().unsqueeze(1)
+    data = DataLoader(TensorDataset(x, torch.arange(50)), batch_size=8, shuffle=True)
+    first = [b[1].tolist() for b in seeded_order(data, seed=3)]
+    assert sorted(itertools.chain.from_iterable(first)) == list(range(50)) and len(first) == 7
+    assert all(torch.equal(b[0].squeeze(1), b[1].float()) for b in seeded_order(data, seed=3))
+    again = seeded_order(data, seed=3)
+    assert [b[1].tolist() for b in again] == first
+    assert [b[1].tolist() for b in again] != first  # a new permutation on the next pass
+    assert [b[1].tolist() for b in seeded_order(data, seed=4)] != first
+    dropped = DataLoader(TensorDataset(x, torch.arange(50)), batch_size=8, drop_last=True)
+    assert [len(b[1]) for b in seeded_order(dropped, seed=0)] == [8] * 6
+
+
+def test_loaders_with_their_own_collate_keep_the_dataloader_path() -> None:
+    from lrtune.batches import seeded_order
+
+    def collate(rows):
+        return {"x": torch.stack([r[0] for r in rows]), "y": torch.stack([r[1] for r in rows])}
+
+    data = DataLoader(
+        TensorDataset(torch.randn(20, 3), torch.arange(20)), batch_size=5, collate_fn=collate
+    )
+    batches = list(seeded_order(data, seed=1))
+    assert isinstance(batches[0], dict)
+    assert sorted(itertools.chain.from_iterable(b["y"].tolist() for b in batches)) == list(
+        range(20)
+    )
+    result = find_lr(nn.Linear(3, 20), data, seeds=2, seed=1, num_iter=10, progress=False)
+    assert len(result.seeds) == 2
