@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -92,8 +93,8 @@ class LossTracker:
         self.raw = [[] for _ in range(self.seeds)]
         self.smoothed = [[] for _ in range(self.seeds)]
         self.diverged_at = [None] * self.seeds
-        self._avg = np.zeros(self.seeds)
-        self._best = np.full(self.seeds, np.inf)
+        self._avg = [0.0] * self.seeds  # Python floats: numpy scalars are slow per step
+        self._best = [math.inf] * self.seeds
 
     @property
     def active(self) -> list[int]:
@@ -433,9 +434,11 @@ def _take_val_batches(data: Iterable[Any], count: int, device: torch.device) -> 
 
 
 def _sequential_sweeps(plan: SweepPlan, opts: SweepOptions) -> list[SeedCurve]:
+    """One sweep per seed, each from the same state; find_lr's own snapshot restores the last."""
     curves: list[SeedCurve] = []
+    last = len(plan.seeds) - 1
     for k, seed in enumerate(plan.seeds):
-        with preserved(plan.model):
+        with preserved(plan.model) if k < last else contextlib.nullcontext():
             if seed is not None:
                 torch.manual_seed(seed)
                 if plan.reinit:
