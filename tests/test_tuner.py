@@ -184,21 +184,31 @@ def test_two_processes_share_one_study_and_finish_exactly_the_budget(storage_url
     assert sorted(t.user_attrs["lrtune.slot"] for t in study.get_trials()) == list(range(10))
 
 
-def test_a_killed_trial_is_retried_and_resumes_from_its_checkpoint(storage_url, tmp_path) -> None:
-    spec = job(
+def slow_cosine_job(n_trials: int) -> JobSpec:
+    """Trials long enough (12 epochs of 90 steps) to be interrupted after their first epoch."""
+    return job(
         families=["cosine"],
-        n_trials=1,
+        n_trials=n_trials,
         epochs=12,
         pruner="none",
         extra={"model": {"name": "mlp"}, "dataset": {"name": "digits"}, "batch_size": 16},
     )
+
+
+def wait_for_checkpoint(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the process finished before it could be interrupted"
+    assert path.exists(), "no checkpoint appeared"
+
+
+def test_a_killed_trial_is_retried_and_resumes_from_its_checkpoint(storage_url, tmp_path) -> None:
+    spec = slow_cosine_job(n_trials=1)
     prepare_study(spec, storage_url, progress=False)
     checkpoint = tmp_path / spec.study_name() / "trial-0.pt"
     worker = start_worker(spec.study_name(), storage_url, tmp_path)
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists() and worker.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert worker.poll() is None, "the worker finished before it could be interrupted"
+    wait_for_checkpoint(checkpoint, worker)
     worker.send_signal(signal.SIGKILL)  # a real crash: no cleanup, no final state written
     worker.wait()
 
@@ -237,13 +247,7 @@ def test_preparing_twice_keeps_one_range_test_and_one_budget(storage_url) -> Non
 
 
 def test_an_interrupted_cli_run_resumes_its_trial_when_run_again(tmp_path) -> None:
-    spec = job(
-        families=["cosine"],
-        n_trials=2,
-        epochs=12,
-        pruner="none",
-        extra={"model": {"name": "mlp"}, "dataset": {"name": "digits"}, "batch_size": 16},
-    )
+    spec = slow_cosine_job(n_trials=2)
     job_file = tmp_path / "job.json"
     job_file.write_text(spec.model_dump_json())
     url = f"sqlite:///{tmp_path / 'study.db'}"
@@ -264,9 +268,7 @@ def test_an_interrupted_cli_run_resumes_its_trial_when_run_again(tmp_path) -> No
     ]
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     checkpoint = tmp_path / spec.study_name() / "trial-0.pt"
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists() and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for_checkpoint(checkpoint, first)
     first.send_signal(signal.SIGINT)  # Ctrl-C: Optuna records the running trial as FAIL
     _, stderr = first.communicate(timeout=60)
     assert first.returncode == 130, stderr
