@@ -268,7 +268,8 @@ def run_trials(
     """Run queued trials of a prepared study until the queue is empty (or time is up).
 
     With ``wait_for_others``, keep waiting while trials run elsewhere, so that a trial whose
-    worker died (stale heartbeat) is re-queued and run here.
+    worker died (stale heartbeat) is re-queued and run here. Without a heartbeat on the storage
+    a dead worker's trial would never go stale, so then nothing is waited for.
     """
     objective = TrialObjective(setup, stored_bounds(study), artifact_dir)
     total = len(
@@ -297,9 +298,10 @@ def run_trials(
                 break  # timed out: stop starting trials
             except TrialBudgetSpent:
                 pass
-            if not (wait_for_others and _running_elsewhere(study)):
+            heartbeat = _heartbeat_interval(study)
+            if not (wait_for_others and heartbeat and _running_elsewhere(study)):
                 break
-            time.sleep(_poll_interval(study))
+            time.sleep(heartbeat / 2)
             optuna.storages.fail_stale_trials(study)
 
 
@@ -307,10 +309,10 @@ def _running_elsewhere(study: optuna.Study) -> bool:
     return bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)))
 
 
-def _poll_interval(study: optuna.Study) -> float:
-    storage = study._storage  # no public accessor; the heartbeat interval paces the polling
+def _heartbeat_interval(study: optuna.Study) -> float | None:
+    storage = study._storage  # Study has no public accessor for its storage
     interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
-    return float(interval) / 2 if interval else 1.0
+    return float(interval) if interval else None
 
 
 def _best_value(study: optuna.Study) -> float | None:
