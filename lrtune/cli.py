@@ -185,11 +185,14 @@ def _key_values(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _read_job(path: Path) -> dict[str, Any]:
+def _load_job(path: Path) -> JobSpec:
     if not path.exists():
         raise CliError(f"job file not found: {path}")
-    spec = JobSpec.from_file(path)
-    return spec.model_dump(mode="json", exclude_unset=True)
+    return JobSpec.from_file(path)
+
+
+def _read_job(path: Path) -> dict[str, Any]:
+    return _load_job(path).model_dump(mode="json", exclude_unset=True)
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -197,9 +200,7 @@ def _tune(args: argparse.Namespace) -> int:
 
     from lrtune.tuner import tune
 
-    if not args.job.exists():
-        raise CliError(f"job file not found: {args.job}")
-    spec = JobSpec.from_file(args.job)
+    spec = _load_job(args.job)
     # Optuna logs each failed trial with a traceback (also for Ctrl-C); the report lists them.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     rec = tune(spec, storage=args.storage, artifact_dir=args.artifacts, progress=not args.quiet)

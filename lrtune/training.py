@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -87,6 +88,11 @@ class TrainingSetup:
                 f"no parameter name starts with any of {[g.prefix for g in self.spec.param_groups]}"
             )
         return [(mults[k], params) for k, params in groups.items() if params]
+
+    @functools.cached_property
+    def group_multipliers(self) -> list[float]:
+        """Each param group's LR multiplier, group 0 first (from one build of the model)."""
+        return [mult for mult, _ in self.lr_multipliers(self.build_model())]
 
     def build_optimizer(self, model: nn.Module, base_lr: float) -> torch.optim.Optimizer:
         """The job's optimizer with every group at ``base_lr`` times its multiplier."""

@@ -159,7 +159,7 @@ def prepare_study(
     if ATTR_BOUNDS not in study.user_attrs:
         setup = setup or TrainingSetup.from_spec(spec)
         result = range_test(setup, progress=progress)
-        bounds = search_bounds(result, lr_scale=1 / _group0_multiplier(setup))
+        bounds = search_bounds(result, lr_scale=1 / setup.group_multipliers[0])
         study.set_user_attr(ATTR_SPEC, spec.model_dump(mode="json"))
         study.set_user_attr(ATTR_RANGE_TEST, result.to_dict())
         study.set_user_attr(ATTR_BOUNDS, bounds.to_dict())
@@ -173,10 +173,6 @@ def stored_bounds(study: optuna.Study) -> LRBounds:
 
 def stored_range_test(study: optuna.Study) -> LRFinderResult:
     return LRFinderResult.from_dict(study.user_attrs[ATTR_RANGE_TEST])
-
-
-def _group0_multiplier(setup: TrainingSetup) -> float:
-    return setup.lr_multipliers(setup.build_model())[0][0]
 
 
 def _enqueue_budget(study: optuna.Study, spec: JobSpec, bounds: LRBounds) -> None:
@@ -316,10 +312,8 @@ def _heartbeat_interval(study: optuna.Study) -> float | None:
 
 
 def _best_value(study: optuna.Study) -> float | None:
-    try:
-        return study.best_value
-    except ValueError:
-        return None
+    best = _best_trial(study)
+    return None if best is None else best.value
 
 
 def recommend(
@@ -353,7 +347,7 @@ def recommend(
         ),
         baselines=baselines,
         steps_per_epoch=setup.steps_per_epoch,
-        lr_multipliers=[m for m, _ in setup.lr_multipliers(setup.build_model())],
+        lr_multipliers=setup.group_multipliers,
         n_trials=counts,
         history=[_trial_summary(t) for t in study.get_trials(deepcopy=False)],
     )
