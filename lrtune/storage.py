@@ -16,9 +16,11 @@ from __future__ import annotations
 import sqlite3
 import warnings
 from pathlib import Path
+from typing import Any
 
 import optuna
-from sqlalchemy.engine import make_url
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 SQLITE_BUSY_TIMEOUT_S = 60
@@ -34,7 +36,8 @@ def open_storage(
     """Open (creating tables if needed) the storage at ``url``; ``None`` means in-memory.
 
     SQLite files are switched to WAL mode and opened with a busy timeout, so that several
-    processes on one machine can share a study without "database is locked" errors.
+    processes on one machine can share a study without "database is locked" errors, and every
+    transaction begins IMMEDIATE, so that claiming a queued trial is atomic there too.
     """
     if url is None:
         return optuna.storages.InMemoryStorage()
@@ -57,7 +60,7 @@ def open_storage(
             max_retry=max_retry, inherit_intermediate_values=True
         )
         try:
-            return optuna.storages.RDBStorage(
+            storage = optuna.storages.RDBStorage(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_interval,
@@ -68,6 +71,29 @@ def open_storage(
             cause = str(getattr(exc, "orig", None) or exc).splitlines()[0]
             safe = parsed.render_as_string(hide_password=True)
             raise ValueError(f"cannot open the storage at {safe}: {cause}") from exc
+    if parsed.get_backend_name() == "sqlite":
+        _begin_immediate(storage.engine)
+    return storage
+
+
+def _begin_immediate(engine: Engine) -> None:
+    """Make every transaction on ``engine`` take SQLite's write lock when it begins.
+
+    Optuna claims a WAITING trial with ``SELECT ... FOR UPDATE`` and an UPDATE. SQLite ignores
+    FOR UPDATE and pysqlite begins its transaction only at the first write, so two processes
+    can both read WAITING and both claim the trial. BEGIN IMMEDIATE (SQLAlchemy's recipe for
+    pysqlite) makes the read and the write one atomic step; PostgreSQL needs none of this.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _no_pysqlite_transactions(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # pooled connections were opened before the hooks: reopen them
 
 
 def _enable_wal(database: str | None) -> None:

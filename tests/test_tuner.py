@@ -302,3 +302,34 @@ def test_time_budget_stops_starting_trials_and_still_recommends() -> None:
     assert 0 < done < 300
     assert rec.n_trials["waiting"] == 300 - done  # left queued for a later run
     assert rec.best is not None
+
+
+def test_concurrent_workers_never_claim_the_same_queued_trial(storage_url) -> None:
+    # Instant trials make four processes race for the queue as hard as they can.
+    spec = job(n_trials=80)
+    study = open_study(spec, open_storage(storage_url))
+    for _ in range(80):
+        study.enqueue_trial({})
+    script = textwrap.dedent(
+        f"""
+        import optuna
+        from lrtune.spec import JobSpec
+        from lrtune.storage import open_storage
+        from lrtune.tuner import TrialBudgetSpent, open_study
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        spec = JobSpec.model_validate_json({spec.model_dump_json()!r})
+        study = open_study(spec, open_storage({storage_url!r}))
+        try:
+            study.optimize(lambda trial: float(trial.number))
+        except TrialBudgetSpent:
+            pass
+        """
+    )
+    racers = [
+        subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    for proc in racers:
+        wait_ok(proc)
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.COMPLETE] * 80
