@@ -53,7 +53,7 @@ class _LossModule(nn.Module):
 
 
 class VmapEngine:
-    """Same contract as :class:`lrtune.finder.ModuleEngine`, for K stacked copies.
+    """A :class:`lrtune.finder.SweepEngine` over K stacked copies of one model.
 
     ``train_step`` raises :class:`VectorizeUnsupported` at the first step whose batches cannot
     be stacked.

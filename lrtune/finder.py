@@ -27,7 +27,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -136,6 +136,20 @@ class LossTracker:
         return smooth - best > (self.diverge_threshold - 1) * scale
 
 
+class SweepEngine(Protocol):
+    """What :func:`run_sweep` steps: ``copies`` models trained side by side, one point each."""
+
+    copies: int
+
+    def train_step(self, lr: float) -> np.ndarray:
+        """One optimizer step of every copy at ``lr`` (scaled per group); the copies' losses."""
+        ...
+
+    def val_loss(self, batches: Sequence[Any]) -> np.ndarray:
+        """Every copy's mean loss on ``batches`` in eval mode, without training."""
+        ...
+
+
 class ModuleEngine:
     """One model, one optimizer: each call is one optimizer step over ``accumulation_steps``
     micro-batches, with every param group's LR set to ``lr`` times its ratio to group 0."""
@@ -229,7 +243,7 @@ class SweepOptions:
     callback: StepCallback | None
 
 
-def run_sweep(engine: Any, opts: SweepOptions, desc: str) -> list[SeedCurve]:
+def run_sweep(engine: SweepEngine, opts: SweepOptions, desc: str) -> list[SeedCurve]:
     """Step ``engine`` through the LRs until every copy diverged or the sequence ends."""
     tracker = LossTracker(engine.copies, opts.beta, opts.diverge_threshold)
     val: list[list[tuple[int, float]]] = [[] for _ in range(engine.copies)]
