@@ -19,7 +19,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
+from lrtune._state import reinitialize
 from lrtune.batches import endless, move_to, stack_batches
+from lrtune.optimizers import clone_optimizer
 
 # Optimizers whose update of a tensor is elementwise, hence identical on a stacked tensor.
 ELEMENTWISE_OPTIMIZERS = (
@@ -51,7 +53,11 @@ class _LossModule(nn.Module):
 
 
 class VmapEngine:
-    """Same contract as :class:`lrtune.finder.ModuleEngine`, for K stacked copies."""
+    """A :class:`lrtune.finder.SweepEngine` over K stacked copies of one model.
+
+    ``train_step`` raises :class:`VectorizeUnsupported` at the first step whose batches cannot
+    be stacked.
+    """
 
     def __init__(
         self,
@@ -69,8 +75,6 @@ class VmapEngine:
             raise VectorizeUnsupported(
                 f"{type(optimizer).__name__} is not an elementwise optimizer"
             )
-        from lrtune.finder import clone_optimizer, reinitialize
-
         self.copies = len(data_per_copy)
         self.device = device
         self.accumulation_steps = accumulation_steps
@@ -99,7 +103,13 @@ class VmapEngine:
         return functional_call(self.loss_module, (params, buffers), (batch,))
 
     def _next_stacked_batch(self) -> Any:
-        return move_to(stack_batches([next(s) for s in self.streams]), self.device)
+        """The copies' next batches as one, or VectorizeUnsupported where they cannot stack."""
+        batches = [next(s) for s in self.streams]
+        try:
+            stacked = stack_batches(batches)
+        except (TypeError, ValueError) as exc:
+            raise VectorizeUnsupported(str(exc)) from exc
+        return move_to(stacked, self.device)
 
     def check(self) -> None:
         """Compute one step's gradients on copies of the buffers, or raise VectorizeUnsupported.

@@ -22,22 +22,23 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from lrtune._state import preserved
+from lrtune._multiseed import VectorizeUnsupported, VmapEngine
+from lrtune._state import preserved, reinitialize, seed_torch
 from lrtune.batches import Criterion, LossFn, batch_loss, endless, move_to, seeded_order
 from lrtune.device import resolve_device
+from lrtune.optimizers import clone_optimizer, group_lr_ratios
 from lrtune.result import LRFinderResult, SeedCurve
 
 logger = logging.getLogger(__name__)
@@ -74,8 +75,16 @@ class LossTracker:
 
     The bias correction divides by ``1 - beta**(t + 1)`` with ``t`` counted from 0, so the first
     smoothed point equals the first loss (an off-by-one here makes the curve rise at the start).
-    A seed diverges at its first non-finite loss, or when its smoothed loss exceeds
-    ``diverge_threshold`` times its best; it records nothing afterwards.
+    A seed diverges at its first non-finite loss, or when its smoothed loss rises too far above
+    its best (``best``, with ``initial`` its first loss and ``t`` the ``diverge_threshold``):
+
+    - ``best > 0``: ``smoothed > t * best``, pytorch-lr-finder's and fastai's rule;
+    - ``best <= 0`` (losses that can be negative, e.g. Gaussian NLL), where a multiple of the
+      best means nothing: ``smoothed - best > (t - 1) * max(|initial|, initial - best)``, the
+      rise measured on the loss's own scale (the larger of its starting magnitude and how far
+      it has come down).
+
+    A diverged seed records nothing afterwards.
     """
 
     seeds: int
@@ -95,6 +104,7 @@ class LossTracker:
         self.diverged_at = [None] * self.seeds
         self._avg = [0.0] * self.seeds  # Python floats: numpy scalars are slow per step
         self._best = [math.inf] * self.seeds
+        self._initial = [math.nan] * self.seeds
 
     @property
     def active(self) -> list[int]:
@@ -111,12 +121,33 @@ class LossTracker:
             self._avg[k] = self.beta * self._avg[k] + (1 - self.beta) * loss
             smooth = self._avg[k] / (1 - self.beta ** (len(self.raw[k])))
             self.smoothed[k].append(smooth)
+            if len(self.raw[k]) == 1:
+                self._initial[k] = smooth
             self._best[k] = min(self._best[k], smooth)
-            if (
-                self.diverge_threshold is not None
-                and smooth > self.diverge_threshold * self._best[k]
-            ):
+            if self._rose_too_far(smooth, self._best[k], self._initial[k]):
                 self.diverged_at[k] = step
+
+    def _rose_too_far(self, smooth: float, best: float, initial: float) -> bool:
+        if self.diverge_threshold is None:
+            return False
+        if best > 0:
+            return smooth > self.diverge_threshold * best
+        scale = max(abs(initial), initial - best)
+        return smooth - best > (self.diverge_threshold - 1) * scale
+
+
+class SweepEngine(Protocol):
+    """What :func:`run_sweep` steps: ``copies`` models trained side by side, one point each."""
+
+    copies: int
+
+    def train_step(self, lr: float) -> np.ndarray:
+        """One optimizer step of every copy at ``lr`` (scaled per group); the copies' losses."""
+        ...
+
+    def val_loss(self, batches: Sequence[Any]) -> np.ndarray:
+        """Every copy's mean loss on ``batches`` in eval mode, without training."""
+        ...
 
 
 class ModuleEngine:
@@ -212,7 +243,7 @@ class SweepOptions:
     callback: StepCallback | None
 
 
-def run_sweep(engine: Any, opts: SweepOptions, desc: str) -> list[SeedCurve]:
+def run_sweep(engine: SweepEngine, opts: SweepOptions, desc: str) -> list[SeedCurve]:
     """Step ``engine`` through the LRs until every copy diverged or the sequence ends."""
     tracker = LossTracker(engine.copies, opts.beta, opts.diverge_threshold)
     val: list[list[tuple[int, float]]] = [[] for _ in range(engine.copies)]
@@ -246,43 +277,6 @@ def run_sweep(engine: Any, opts: SweepOptions, desc: str) -> list[SeedCurve]:
     ]
 
 
-def clone_optimizer(
-    optimizer: torch.optim.Optimizer, params_by_id: dict[int, Tensor] | None = None
-) -> torch.optim.Optimizer:
-    """A fresh optimizer of the same class, groups and hyperparameters, with empty state.
-
-    The sweep never touches the caller's optimizer, so its state and any scheduler attached to
-    it are left exactly as they were. ``params_by_id`` maps each original parameter (by ``id``)
-    to the tensor that the clone should train instead.
-    """
-    groups = []
-    for group in optimizer.param_groups:
-        params = [params_by_id[id(p)] if params_by_id else p for p in group["params"]]
-        groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": params})
-    # Groups carry every hyperparameter; defaults go only where the constructor takes them
-    # (AdamW's defaults hold `decoupled_weight_decay`, which its __init__ does not accept).
-    accepted = inspect.signature(type(optimizer).__init__).parameters
-    defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted}
-    return type(optimizer)(groups, **defaults)
-
-
-def group_lr_ratios(optimizer: torch.optim.Optimizer) -> list[float]:
-    """Each param group's configured LR divided by group 0's (``initial_lr`` if scheduled)."""
-    base = [float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups]
-    if base[0] <= 0:
-        raise ValueError("param group 0 has lr <= 0: per-group LR ratios need a positive lr")
-    return [b / base[0] for b in base]
-
-
-def reinitialize(model: nn.Module, seed: int) -> None:
-    """Fresh weights from ``seed`` for every submodule that defines ``reset_parameters``."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for module in model.modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
-
-
 def find_lr(
     model: nn.Module,
     train_data: Iterable[Any],
@@ -311,9 +305,10 @@ def find_lr(
 ) -> LRFinderResult:
     """Run the LR range test on ``model`` and suggest a learning rate.
 
-    The model, its buffers, train/eval modes and every RNG are restored exactly afterwards, also
-    when the test raises midway; the given optimizer is only read (its class, param groups and
-    hyperparameters), never stepped, so an attached scheduler is fine.
+    The model's parameters and their ``.grad``, its buffers (non-persistent ones too), extra
+    state, train/eval modes and every RNG are restored exactly afterwards, also when the test
+    raises midway; a run on CPU never initialises CUDA. The given optimizer is only read (its
+    class, param groups and hyperparameters), never stepped, so an attached scheduler is fine.
 
     Args:
         model: the model to test, on any device.
@@ -324,7 +319,9 @@ def find_lr(
         loss_fn: ``loss_fn(model, batch) -> loss`` for batches of any other shape.
         start_lr, end_lr, num_iter, mode: the sweep; ``end_lr`` is reached at the last step.
         smooth_beta: EMA factor of the debiased loss smoothing.
-        diverge_threshold: stop once the smoothed loss exceeds this times its best (None: never).
+        diverge_threshold: stop once the smoothed loss exceeds this times its best (None: never);
+            for a best at or below 0, once it rises above the best by (this - 1) times the
+            larger of ``|first loss|`` and ``first loss - best`` (see :class:`LossTracker`).
         accumulation_steps: micro-batches per optimizer step (one point per optimizer step).
         val_data, val_every, val_batches: also record the loss on the first ``val_batches``
             batches of ``val_data`` every ``val_every`` steps.
@@ -333,11 +330,14 @@ def find_lr(
         seed: base seed of the data orders; ``None`` with one seed keeps the data's own order.
         reinit: re-initialise each seed's weights (``reset_parameters``) from its seed.
         vectorize: run the seeds as one ``torch.func.vmap`` sweep: "auto" where it applies,
-            True to require it, False for one sweep after another.
+            True to require it, False for one sweep after another. With "auto", a step whose
+            batches cannot be stacked (uneven batches) drops the vectorized sweep and runs the
+            seeds one after another from the start, giving exactly the curves of False.
         device: "auto" (CUDA when present), "cpu", "cuda", ...
         amp: mixed precision (autocast + GradScaler) on CUDA; ignored on CPU.
         progress: show a progress bar on stderr.
-        callback: ``callback(step, lr, losses_per_seed)`` after every step.
+        callback: ``callback(step, lr, losses_per_seed)`` after every step of every sweep
+            (sequential sweeps each count steps from 0, a dropped vectorized one included).
     """
     lrs = lr_sequence(start_lr, end_lr, num_iter, mode)
     if accumulation_steps < 1:
@@ -375,7 +375,7 @@ def find_lr(
         reinit,
         amp,
     )
-    with preserved(model):
+    with preserved(model, target):
         model.to(target).train()
         val = _take_val_batches(val_data, val_batches, target) if val_data is not None else None
         opts = SweepOptions(lrs, smooth_beta, diverge_threshold, val, val_every, progress, callback)
@@ -440,7 +440,7 @@ def _sequential_sweeps(plan: SweepPlan, opts: SweepOptions) -> list[SeedCurve]:
     for k, seed in enumerate(plan.seeds):
         with preserved(plan.model) if k < last else contextlib.nullcontext():
             if seed is not None:
-                torch.manual_seed(seed)
+                seed_torch(seed)
                 if plan.reinit:
                     reinitialize(plan.model, seed)
             engine = ModuleEngine(
@@ -461,9 +461,13 @@ def _sequential_sweeps(plan: SweepPlan, opts: SweepOptions) -> list[SeedCurve]:
 def _vectorized_sweep(
     plan: SweepPlan, opts: SweepOptions, required: bool
 ) -> list[SeedCurve] | None:
-    """All seeds as one vmap sweep, or None (after logging why) where that cannot apply."""
-    from lrtune._multiseed import VectorizeUnsupported, VmapEngine
+    """All seeds as one vmap sweep, or None (after logging why) where that cannot apply.
 
+    It cannot apply when the model, optimizer or first batches fail a vmap step, or at the first
+    step whose batches cannot be stacked (uneven batches: each seed's order puts a short batch at
+    another step). The sweep so far is then dropped: the caller's sequential sweeps start over,
+    so the curves are exactly theirs. The model is only read here, never trained.
+    """
     try:
         engine = VmapEngine(
             plan.model,
@@ -477,10 +481,10 @@ def _vectorized_sweep(
             plan.reinit,
         )
         engine.check()
+        seed_torch(plan.seeds[0] or 0)  # dropout masks; restored with the RNG afterwards
+        return run_sweep(engine, opts, f"LR range test, {len(plan.seeds)} seeds")
     except VectorizeUnsupported as exc:
         if required:
             raise ValueError(f"vectorize=True, but the seeds cannot be vectorized: {exc}") from exc
         logger.info("running seeds one after another: %s", exc)
         return None
-    torch.manual_seed(plan.seeds[0] or 0)  # dropout masks; restored with the RNG afterwards
-    return run_sweep(engine, opts, f"LR range test, {len(plan.seeds)} seeds")

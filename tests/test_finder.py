@@ -4,6 +4,9 @@ import itertools
 import json
 import math
 import random
+import subprocess
+import sys
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -479,3 +482,156 @@ def test_loaders_with_their_own_collate_keep_the_dataloader_path() -> None:
     )
     result = find_lr(nn.Linear(3, 20), data, seeds=2, seed=1, num_iter=10, progress=False)
     assert len(result.seeds) == 2
+
+
+# --- nothing left behind, odd models, odd data, odd losses ----------------------------------
+
+
+class CountingLayer(nn.Module):
+    """A linear layer with a non-persistent buffer that training changes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(8, 3)
+        self.register_buffer("seen_rows", torch.zeros(()), persistent=False)
+        self.forward_calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.seen_rows += len(x)
+            self.forward_calls += 1
+        return self.linear(x)
+
+
+class CountingLayerWithExtraState(CountingLayer):
+    """Keeps its call count in ``state_dict()`` as extra state: a dict, not a tensor."""
+
+    def get_extra_state(self) -> dict[str, int]:
+        return {"forward_calls": self.forward_calls}
+
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        self.forward_calls = state["forward_calls"]
+
+
+@pytest.mark.parametrize("seeds", [1, 2])
+def test_sequential_sweeps_restore_grads_and_non_persistent_buffers(blobs, seeds: int) -> None:
+    model = nn.Sequential(CountingLayer())
+    nn.functional.cross_entropy(model(blobs[0][0]), blobs[0][1]).backward()
+    model[0].linear.bias.grad = None  # one gradient set, one None: both must come back
+    weight_grad = model[0].linear.weight.grad
+    grad_before = weight_grad.clone()
+    buffer_before = model[0].seen_rows.clone()
+
+    result = find_lr(model, blobs, num_iter=20, seeds=seeds, vectorize=False, progress=False)
+
+    assert result.config["engine"] == "sequential"
+    assert model[0].linear.weight.grad is weight_grad  # the caller's tensor, not a copy
+    assert torch.equal(model[0].linear.weight.grad, grad_before)
+    assert model[0].linear.bias.grad is None
+    assert torch.equal(model[0].seen_rows, buffer_before)
+
+
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_models_with_extra_state_are_tested_and_restored(blobs, vectorize: bool) -> None:
+    model = nn.Sequential(CountingLayerWithExtraState())
+    model(blobs[0][0])
+    before = model.state_dict()
+    result = find_lr(
+        model, loader(), num_iter=20, seeds=2, seed=0, vectorize=vectorize, progress=False
+    )
+    assert len(result.seeds[0].raw) == 20
+    assert model.state_dict()["0._extra_state"] == before["0._extra_state"] == {"forward_calls": 1}
+    assert model[0].forward_calls == 1
+
+
+def test_a_model_without_gradients_has_none_afterwards(blobs) -> None:
+    model = mlp()
+    find_lr(model, blobs, num_iter=10, progress=False)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def uneven_batches(blobs) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """blobs with a short last batch, as a list: each seed's order puts it at another step."""
+    return [*blobs[:-1], (blobs[-1][0][:20], blobs[-1][1][:20])]
+
+
+def test_uneven_batches_with_several_seeds_fall_back_to_the_sequential_curves(blobs) -> None:
+    data = uneven_batches(blobs)
+    kwargs = {"seeds": 3, "seed": 0, "num_iter": 60, "end_lr": 1.0, "progress": False}
+    auto = find_lr(mlp(), data, **kwargs)
+    sequential = find_lr(mlp(), data, vectorize=False, **kwargs)
+    assert auto.config["engine"] == "sequential"
+    assert [c.raw for c in auto.seeds] == [c.raw for c in sequential.seeds]
+    assert auto.suggestion == sequential.suggestion
+    with pytest.raises(ValueError, match="cannot be vectorized"):
+        find_lr(mlp(), data, vectorize=True, **kwargs)
+
+
+def test_a_divergence_stop_needs_a_rise_on_the_losss_own_scale_when_the_best_is_negative() -> None:
+    tracker = LossTracker(seeds=1, beta=0.0, diverge_threshold=4.0)
+    for step, loss in enumerate([-2.0, -3.0, -4.0, -3.5, -2.0]):
+        tracker.update(step, [loss])
+    assert tracker.diverged_at == [None]  # a rise of 2 on a loss of scale 2 is noise
+    tracker.update(5, [5.0])  # a rise of 9 > (4 - 1) * max(|-2|, -2 - -4)
+    assert tracker.diverged_at == [5]
+
+
+def test_a_shifted_negative_loss_sweeps_as_far_as_the_unshifted_one(blobs) -> None:
+    def shifted(model: nn.Module, batch) -> torch.Tensor:
+        return nn.functional.cross_entropy(model(batch[0]), batch[1]) - 5.0
+
+    kwargs = {"start_lr": 1e-5, "end_lr": 1e3, "num_iter": 100, "progress": False}
+    plain = find_lr(mlp(), blobs, **kwargs)
+    negative = find_lr(mlp(), blobs, loss_fn=shifted, **kwargs)
+    assert max(negative.seeds[0].smoothed) < 0 or negative.diverged_at is not None
+    assert len(negative.seeds[0].raw) >= len(plain.seeds[0].raw) > 20
+    assert plain.suggestion is not None and negative.suggestion is not None
+    assert abs(math.log10(negative.suggestion / plain.suggestion)) < 1
+
+
+FRESH_PROCESS_SWEEP = """
+import sys, torch
+from torch import nn
+from lrtune import find_lr
+
+device = sys.argv[1]
+torch.manual_seed(123)
+if device != "none":
+    x, y = torch.randn(256, 8), torch.randint(0, 3, (256,))
+    data = [(x[i : i + 32], y[i : i + 32]) for i in range(0, 256, 32)]
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 3))
+    for vectorize in (True, False):
+        find_lr(model, data, device=device, seeds=2, seed=0, reinit=True, vectorize=vectorize,
+                num_iter=10, progress=False)
+print(torch.cuda.is_initialized())
+if torch.cuda.is_available():
+    print(torch.rand(4, device="cuda").tolist())
+"""
+
+
+def sweep_in_a_fresh_process(device: str) -> list[str]:
+    """Run FRESH_PROCESS_SWEEP where CUDA starts uninitialised; its printed lines."""
+    done = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS_SWEEP, device],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=True,
+    )
+    return done.stdout.splitlines()
+
+
+def test_a_cpu_sweep_never_initialises_cuda() -> None:
+    assert sweep_in_a_fresh_process("cpu")[0] == "False"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_cuda_generators_are_as_the_caller_would_have_had_them(device: str) -> None:
+    # "auto" runs a CPU model on CUDA, initialising CUDA mid-test; "cpu" must not queue a seed
+    # for CUDA's lazy initialisation. Either way the caller's next CUDA draw is unchanged.
+    untouched = sweep_in_a_fresh_process("none")
+    after_sweep = sweep_in_a_fresh_process(device)
+    assert after_sweep[0] == ("True" if device == "auto" else "False")
+    assert after_sweep[1] == untouched[1]
