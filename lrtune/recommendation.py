@@ -25,12 +25,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from lrtune._schema import run_length_decode as expand_runs
+from lrtune._schema import run_length_encode as compress_runs
 from lrtune.result import LRFinderResult
 from lrtune.schedules import parse_schedule, preview, to_code
 from lrtune.space import LRBounds
 from lrtune.spec import JobSpec
-from lrtune._schema import run_length_decode as expand_runs
-from lrtune._schema import run_length_encode as compress_runs
 from lrtune.training import TrainingRun
 
 _OPTIMIZER_CLASSES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}

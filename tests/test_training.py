@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from lrtune._schema import run_length_decode, run_length_encode
 from lrtune.schedules import FAMILIES, parse_schedule, preview
 from lrtune.spec import JobSpec
-from lrtune._schema import run_length_decode, run_length_encode
 from lrtune.training import TrainingSetup, train
 
 EXAMPLE_SCHEDULES = {
