@@ -25,11 +25,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from lrtune._schema import run_length_decode as expand_runs
+from lrtune._schema import run_length_encode as compress_runs
 from lrtune.result import LRFinderResult
 from lrtune.schedules import parse_schedule, preview, to_code
 from lrtune.space import LRBounds
 from lrtune.spec import JobSpec
-from lrtune.training import TrainingRun, compress_runs, expand_runs
+from lrtune.training import TrainingRun
 
 _OPTIMIZER_CLASSES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
 
@@ -112,7 +114,7 @@ class Recommendation:
             best=best,
             baselines=baselines,
             suggested_lr=range_test.suggestion,
-            confidence=range_test.confidence,
+            confidence=range_test.spread_decades,
             bounds=bounds,
             lr_multipliers=lr_multipliers,
             steps_per_epoch=steps_per_epoch,

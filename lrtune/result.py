@@ -1,16 +1,18 @@
 """The outcome of a range test: curves per seed, their median and band, and the suggestions.
 
-Everything in it serialises to plain JSON-safe dicts (``to_dict``/``from_dict``), so a worker
-can store it and a service can serve it; ``plot()`` draws it with matplotlib, on demand only.
+It is a pydantic model (strict JSON through ``model_dump(mode="json")``), so a worker can
+store it and a service can serve it as it is; ``plot()`` draws it with matplotlib, on demand only.
 
 Example:
     >>> import numpy as np
     >>> lrs = np.geomspace(1e-4, 1, 50)
     >>> losses = list((np.log10(lrs) + 1.5) ** 2 + 1)
-    >>> result = LRFinderResult.from_curves(lrs, [SeedCurve(losses, losses, None, [])], [1.0], {})
+    >>> curve = SeedCurve(raw=losses, smoothed=losses, diverged_at=None)
+    >>> result = LRFinderResult.from_curves(lrs, [curve], group_lr_ratios=[1.0], config={})
     >>> 1e-4 < result.suggestion < 10**-1.5  # on the way down, left of the minimum
     True
-    >>> LRFinderResult.from_dict(result.to_dict()).suggestion == result.suggestion
+    >>> again = LRFinderResult.model_validate(result.model_dump(mode="json"))
+    >>> again.suggestion == result.suggestion
     True
 """
 
@@ -18,11 +20,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydantic import ConfigDict, Field, computed_field
 
+from lrtune._schema import JsonFloat, ResultModel
 from lrtune.suggestions import Consensus, Suggestion, consensus, suggest_all
 
 if TYPE_CHECKING:
@@ -30,36 +33,25 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-@dataclass
-class SeedCurve:
+class SeedCurve(ResultModel):
     """One sweep: raw and smoothed loss per step, where it diverged, validation points."""
 
-    raw: list[float]
-    smoothed: list[float]
-    diverged_at: int | None
-    val: list[tuple[int, float]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "raw": _json_floats(self.raw),
-            "smoothed": _json_floats(self.smoothed),
-            "diverged_at": self.diverged_at,
-            "val": [[step, _json_float(loss)] for step, loss in self.val],
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SeedCurve:
-        return cls(
-            raw=_floats(data["raw"]),
-            smoothed=_floats(data["smoothed"]),
-            diverged_at=data["diverged_at"],
-            val=[(int(step), _float(loss)) for step, loss in data.get("val", [])],
-        )
+    raw: list[JsonFloat] = Field(description="the loss at each step, as measured")
+    smoothed: list[JsonFloat] = Field(description="the debiased EMA of the loss at each step")
+    diverged_at: int | None = Field(description="the step at which the sweep stopped, if it did")
+    val: list[tuple[int, JsonFloat]] = Field(
+        default_factory=list, description="(step, loss on the validation subset) pairs"
+    )
 
 
-@dataclass
-class LRFinderResult:
+class LRFinderResult(ResultModel):
     """Loss-vs-LR curves and the suggested LR.
+
+    Every LR here is group 0's LR during the sweep (``group_lr_ratios`` gives the others).
+    Serialise with ``model_dump(mode="json")`` (strict JSON: non-finite values are ``null``) and
+    read back with ``LRFinderResult.model_validate``; the derived values (``suggestion``,
+    ``spread_decades``, ``diverged_at``, ``divergence_lr``) are in the JSON for readers and
+    ignored when it is read back.
 
     Attributes:
         lrs: group 0's LR at each recorded step.
@@ -73,11 +65,13 @@ class LRFinderResult:
         config: the options the test ran with.
     """
 
+    model_config = ConfigDict(extra="ignore")  # the computed fields come back on reading
+
     lrs: list[float]
     seeds: list[SeedCurve]
-    median: list[float]
-    band_low: list[float]
-    band_high: list[float]
+    median: list[JsonFloat]
+    band_low: list[JsonFloat]
+    band_high: list[JsonFloat]
     suggestions: dict[str, Suggestion]
     consensus: Consensus
     group_lr_ratios: list[float]
@@ -113,14 +107,16 @@ class LRFinderResult:
             config=dict(config),
         )
 
+    @computed_field
     @property
     def suggestion(self) -> float | None:
         """The suggested LR for param group 0 (the consensus rule), or None with a reason."""
         return self.consensus.suggestion.lr
 
+    @computed_field
     @property
-    def confidence(self) -> float | None:
-        """Spread of the per-seed suggestions in decades of LR: 0 means every seed agrees."""
+    def spread_decades(self) -> float | None:
+        """Spread of the per-seed suggestions in decades of LR; lower is better, 0 = all agree."""
         return self.consensus.spread_decades
 
     @property
@@ -129,6 +125,7 @@ class LRFinderResult:
         lr = self.suggestion
         return None if lr is None else [lr * r for r in self.group_lr_ratios]
 
+    @computed_field
     @property
     def diverged_at(self) -> int | None:
         """The step by which half the seeds had diverged (the one seed's, with one), or None."""
@@ -136,52 +133,23 @@ class LRFinderResult:
         needed = math.ceil(len(self.seeds) / 2)
         return steps[needed - 1] if len(steps) >= needed else None
 
+    @computed_field
     @property
     def divergence_lr(self) -> float | None:
         """Group 0's LR where the median curve diverged."""
         step = self.diverged_at
         return None if step is None else self.lrs[step]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "lrs": self.lrs,
-            "seeds": [c.to_dict() for c in self.seeds],
-            "median": _json_floats(self.median),
-            "band_low": _json_floats(self.band_low),
-            "band_high": _json_floats(self.band_high),
-            "suggestions": {name: s.to_dict() for name, s in self.suggestions.items()},
-            "consensus": self.consensus.to_dict(),
-            "suggestion": self.suggestion,
-            "confidence": self.confidence,
-            "diverged_at": self.diverged_at,
-            "group_lr_ratios": self.group_lr_ratios,
-            "config": self.config,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LRFinderResult:
-        return cls(
-            lrs=[float(x) for x in data["lrs"]],
-            seeds=[SeedCurve.from_dict(c) for c in data["seeds"]],
-            median=_floats(data["median"]),
-            band_low=_floats(data["band_low"]),
-            band_high=_floats(data["band_high"]),
-            suggestions={k: Suggestion.from_dict(v) for k, v in data["suggestions"].items()},
-            consensus=Consensus.from_dict(data["consensus"]),
-            group_lr_ratios=[float(x) for x in data["group_lr_ratios"]],
-            config=dict(data["config"]),
-        )
-
     def summary(self) -> str:
-        """A few lines for a terminal: the suggestion, its confidence, the other rules."""
+        """A few lines for a terminal: the suggestion, the seeds' spread, the other rules."""
         chosen = self.consensus.suggestion
         if chosen.lr is None:
             lines = [f"no suggestion: {chosen.reason}"]
         else:
-            spread = self.confidence
+            spread = self.spread_decades
             conf = "n/a (one seed)" if spread is None else f"seeds within {spread:.2f} decades"
             lines = [
-                f"suggested lr: {chosen.lr:.3g}  (confidence: {conf}, {self.consensus.agreement})"
+                f"suggested lr: {chosen.lr:.3g}  ({conf}, agreement {self.consensus.agreement})"
             ]
         for name, s in self.suggestions.items():
             lines.append(
@@ -239,19 +207,3 @@ class LRFinderResult:
         ax.legend(fontsize="small")
         ax.grid(alpha=0.3)
         return fig
-
-
-def _json_float(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
-def _json_floats(values: Sequence[float]) -> list[float | None]:
-    return [_json_float(float(v)) for v in values]
-
-
-def _float(value: float | None) -> float:
-    return math.nan if value is None else float(value)
-
-
-def _floats(values: Sequence[float | None]) -> list[float]:
-    return [_float(v) for v in values]

@@ -22,14 +22,16 @@ import functools
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 from torch.utils.data import DataLoader
 
+from lrtune._schema import JsonFloat, LRSteps, ResultModel
 from lrtune.batches import batch_loss, move_to
 from lrtune.datasets import DatasetBundle
 from lrtune.device import resolve_device
@@ -119,37 +121,25 @@ class TrainingSetup:
         return full + (1 if rest > 1 else 0)
 
 
-@dataclass
-class TrainingRun:
+class TrainingRun(ResultModel):
     """What one run did: per-epoch records, per-step LRs of every group, how it ended."""
 
-    epochs: list[dict[str, float]] = field(default_factory=list)
-    lr_steps: list[list[float]] = field(default_factory=list)
+    epochs: list[dict[str, JsonFloat]] = Field(
+        default_factory=list,
+        description="per epoch: epoch, train_loss, val_loss and the dataset's metrics",
+    )
+    lr_steps: LRSteps = Field(
+        default_factory=list,
+        description="the LR of every param group at every step (run-length encoded in JSON)",
+    )
     status: Status = "completed"
     reason: str | None = None
-    resumed_from: int | None = None  # the first epoch this process trained, when resumed
+    resumed_from: int | None = Field(
+        None, description="the first epoch this process trained, when resumed from a checkpoint"
+    )
 
     def final(self, metric: str) -> float:
         return self.epochs[-1][metric] if self.epochs else math.nan
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "epochs": self.epochs,
-            "lr_steps": compress_runs(self.lr_steps),
-            "status": self.status,
-            "reason": self.reason,
-            "resumed_from": self.resumed_from,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainingRun:
-        return cls(
-            epochs=data["epochs"],
-            lr_steps=expand_runs(data["lr_steps"]),
-            status=data["status"],
-            reason=data["reason"],
-            resumed_from=data.get("resumed_from"),
-        )
 
 
 def train(
@@ -259,7 +249,7 @@ def _save(
         "scheduler": driver.state_dict(),
         "torch_rng": torch.get_rng_state(),
         "data_order": order.get_state(),
-        "run": run.to_dict(),
+        "run": run.model_dump(mode="json"),
     }
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -280,23 +270,7 @@ def _resume(
     driver.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     order.set_state(state["data_order"])
-    restored = TrainingRun.from_dict(state["run"])
+    restored = TrainingRun.model_validate(state["run"])
     run.epochs, run.lr_steps = restored.epochs, restored.lr_steps
     run.resumed_from = int(state["epoch"]) + 1
     return run.resumed_from
-
-
-def compress_runs(rows: list[list[float]]) -> list[list[Any]]:
-    """Run-length encode repeated rows: ``[[row, count], ...]`` (per-epoch LRs repeat a lot)."""
-    out: list[list[Any]] = []
-    for row in rows:
-        if out and out[-1][0] == row:
-            out[-1][1] += 1
-        else:
-            out.append([list(row), 1])
-    return out
-
-
-def expand_runs(runs: list[list[Any]]) -> list[list[float]]:
-    """Inverse of :func:`compress_runs`."""
-    return [list(row) for row, count in runs for _ in range(count)]

@@ -295,8 +295,8 @@ def test_find_json_acceptance(runs: Runs) -> None:
     out = result.json()
     assert "Traceback" not in result.stderr
     assert 1e-2 <= out["suggestion"] <= 1, out["suggestion"]
-    assert isinstance(out["confidence"], float)
-    assert math.isfinite(out["confidence"]) and out["confidence"] >= 0
+    assert isinstance(out["spread_decades"], float)
+    assert math.isfinite(out["spread_decades"]) and out["spread_decades"] >= 0
     assert len(out["seeds"]) == 4
     assert out["config"]["engine"] == "vectorized"
     assert out["config"]["seeds"] == 4

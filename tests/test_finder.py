@@ -343,7 +343,7 @@ def test_multi_seed_gives_per_seed_curves_median_band_and_confidence() -> None:
     grid = np.array([c.smoothed[:n] for c in result.seeds])
     assert np.allclose(result.median, np.median(grid, axis=0))
     assert np.all(np.array(result.band_low) <= np.array(result.median) + 1e-12)
-    assert result.confidence is not None and result.confidence >= 0
+    assert result.spread_decades is not None and result.spread_decades >= 0
     assert len(result.consensus.per_seed) == 4
 
 
@@ -392,7 +392,7 @@ def test_result_round_trips_through_json_and_plots(tmp_path) -> None:
     data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
     again = LRFinderResult.from_dict(data)
     assert again.suggestion == result.suggestion
-    assert again.confidence == result.confidence
+    assert again.spread_decades == result.spread_decades
     assert again.to_dict() == data
     fig = result.plot()
     ax = fig.axes[0]

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from lrtune._schema import run_length_decode, run_length_encode
 from lrtune.schedules import FAMILIES, parse_schedule, preview
 from lrtune.spec import JobSpec
-from lrtune.training import TrainingSetup, compress_runs, expand_runs, train
+from lrtune.training import TrainingSetup, train
 
 EXAMPLE_SCHEDULES = {
     "constant": {},
@@ -131,6 +132,6 @@ def test_checkpoints_load_with_weights_only(tmp_path) -> None:
 
 def test_run_length_encoding_round_trips() -> None:
     rows = [[0.1, 0.01]] * 3 + [[0.05, 0.005]] + [[0.1, 0.01]] * 2
-    packed = compress_runs(rows)
+    packed = run_length_encode(rows)
     assert packed == [[[0.1, 0.01], 3], [[0.05, 0.005], 1], [[0.1, 0.01], 2]]
-    assert expand_runs(packed) == rows
+    assert run_length_decode(packed) == rows
