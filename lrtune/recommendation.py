@@ -28,12 +28,11 @@ from typing import Any
 from lrtune._schema import run_length_decode as expand_runs
 from lrtune._schema import run_length_encode as compress_runs
 from lrtune.result import LRFinderResult
-from lrtune.schedules import parse_schedule, preview, to_code
+from lrtune.schedules import parse_schedule, preview
+from lrtune.snippet import job_code
 from lrtune.space import LRBounds
 from lrtune.spec import JobSpec
 from lrtune.training import TrainingRun
-
-_OPTIMIZER_CLASSES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
 
 
 @dataclass
@@ -185,47 +184,19 @@ class Recommendation:
         return "the recommended schedule " + "; ".join(lines) if lines else "no baselines run"
 
     def to_code(self, model_name: str = "model") -> str:
-        """Paste-ready PyTorch: the optimizer at the recommended LR and the scheduler."""
+        """Paste-ready PyTorch: the optimizer at the recommended LR and the scheduler.
+
+        Exec'd on a fresh ``model_name`` it reproduces the best trial's LR of every parameter
+        at every step (see :func:`lrtune.snippet.job_code`).
+        """
         if self.best is None:
             raise ValueError("no trial finished: there is no schedule to write")
-        epochs = self.spec["search"]["epochs"]
-        schedule = to_code(
-            parse_schedule(self.best.schedule), steps_per_epoch=self.steps_per_epoch, epochs=epochs
-        )
-        imports, _, body = schedule.partition("\n\n")  # to_code opens with its import line
-        lines = ["import torch", imports, "", self._optimizer_code(model_name), ""]
-        return "\n".join(lines) + body
-
-    def _optimizer_code(self, model_name: str) -> str:
-        opt = self.spec["optimizer"]
-        cls = _OPTIMIZER_CLASSES[opt["name"]]
-        if opt["name"] == "sgd":
-            kwargs = f"momentum={opt['momentum']}, nesterov={opt['nesterov']}"
-        else:
-            kwargs = f"betas={tuple(opt['betas'])}, eps={opt['eps']}"
-        kwargs += f", weight_decay={opt['weight_decay']}"
-        lr = f"{self.best.base_lr:.6g}" if self.best else "None"
-        groups = self.spec["param_groups"]
-        if not groups:
-            return f"optimizer = torch.optim.{cls}({model_name}.parameters(), lr={lr}, {kwargs})"
-        mults = {g["prefix"]: g["lr_mult"] for g in groups}
-        return "\n".join(
-            [
-                f"lr = {lr}",
-                f"lr_mults = {mults!r}  # by parameter-name prefix; the longest match wins",
-                "",
-                "def lr_mult(name):",
-                "    matches = [p for p in lr_mults if name.startswith(p)]",
-                "    return lr_mults[max(matches, key=len)] if matches else 1.0",
-                "",
-                "groups = {}",
-                f"for name, param in {model_name}.named_parameters():",
-                "    groups.setdefault(lr_mult(name), []).append(param)",
-                f"optimizer = torch.optim.{cls}(",
-                "    [{'params': ps, 'lr': lr * m} for m, ps in groups.items()],",
-                f"    {kwargs},",
-                ")",
-            ]
+        return job_code(
+            JobSpec.model_validate(self.spec),
+            parse_schedule(self.best.schedule),
+            self.best.base_lr,
+            steps_per_epoch=self.steps_per_epoch,
+            model_name=model_name,
         )
 
     def table(self) -> str:

@@ -7,9 +7,15 @@ object with :func:`build`, into a :class:`ScheduleDriver` that knows when to ste
 :func:`drive`, into the learning rates it would produce with :func:`preview`, and into a
 paste-ready PyTorch snippet with :func:`to_code`.
 
-LR-valued fields (``max_lr``, ``base_lr``, ``min_lr``) refer to the optimizer's param group
-0; other groups get the same values scaled by their lr ratio to group 0. ``eta_min`` of the
-cosine families is a single scalar in torch and is applied to every group as-is.
+One LR for every family: the LR-valued fields (``max_lr``, ``base_lr``, ``min_lr``) are those
+of a parameter whose LR multiplier is 1, and param group ``i`` runs at ``value * mult_i``, as
+it runs at ``lr * mult_i`` under the optimizer-LR families. :func:`build` takes the
+multipliers (``lr_multipliers``); without them group 0 counts as multiplier 1 and every other
+group as its LR ratio to group 0. ``eta_min`` of the cosine families is a single scalar in
+torch and is applied to every group as-is.
+
+Importing this module and validating specs does not import torch; building, driving and
+previewing schedulers do.
 
 Example:
 
@@ -40,12 +46,15 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, ClassVar, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationInfo, field_validator
-from torch.optim import Optimizer, lr_scheduler
+
+if TYPE_CHECKING:  # torch loads only where a scheduler is built: specs validate without it
+    import numpy as np
+    import torch
+    from torch.optim import Optimizer, lr_scheduler
 
 __all__ = [
     "FAMILIES",
@@ -66,7 +75,9 @@ __all__ = [
     "StepSchedule",
     "TimeDecaySchedule",
     "build",
+    "cycles_momentum",
     "drive",
+    "lr_ratios_to_group_0",
     "parse_schedule",
     "preview",
     "to_code",
@@ -86,6 +97,7 @@ FAMILIES: tuple[str, ...] = (
 )
 
 Interval = Literal["epoch", "batch"]
+GroupLRs = Literal["any", "one", "group_mults"]
 
 
 class LinearWarmup(BaseModel):
@@ -95,24 +107,25 @@ class LinearWarmup(BaseModel):
     batches for per-batch ones. The main schedule starts from its beginning after it.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     steps: int = Field(ge=1)
     start_factor: float = Field(default=0.1, gt=0.0, le=1.0)
 
 
 class _ScheduleBase(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Every float field must be finite: NaN or inf would only show up as NaN LRs later.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     interval: ClassVar[Interval] = "epoch"
     warmup: LinearWarmup | None = None
 
     def _make_scheduler(
-        self, optimizer: Optimizer, lr_ratios: list[float], total_steps: int
+        self, optimizer: Optimizer, group_mults: list[float], total_steps: int
     ) -> lr_scheduler.LRScheduler:
         raise NotImplementedError
 
-    def _scheduler_code(self, optimizer_name: str, total_steps_code: str) -> tuple[list[str], str]:
+    def _scheduler_code(self, code: _CodeContext) -> tuple[list[str], str]:
         """Return the set-up lines and the constructor call expression for the snippet."""
         raise NotImplementedError
 
@@ -123,12 +136,11 @@ class ConstantSchedule(_ScheduleBase):
     family: Literal["constant"] = "constant"
 
     def _make_scheduler(
-        self, optimizer: Optimizer, lr_ratios: list[float], total_steps: int
+        self, optimizer: Optimizer, group_mults: list[float], total_steps: int
     ) -> lr_scheduler.LRScheduler:
-        return lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+        from torch.optim import lr_scheduler
 
-    def _scheduler_code(self, optimizer_name: str, total_steps_code: str) -> tuple[list[str], str]:
-        return [], _call("ConstantLR", optimizer_name, "factor=1.0", "total_iters=0")
+        return lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
 class StepSchedule(_ScheduleBase):
@@ -139,13 +151,15 @@ class StepSchedule(_ScheduleBase):
     gamma: float = Field(default=0.1, gt=0.0, le=1.0)
 
     def _make_scheduler(
-        self, optimizer: Optimizer, lr_ratios: list[float], total_steps: int
+        self, optimizer: Optimizer, group_mults: list[float], total_steps: int
     ) -> lr_scheduler.LRScheduler:
+        from torch.optim import lr_scheduler
+
         return lr_scheduler.StepLR(optimizer, step_size=self.step_size, gamma=self.gamma)
 
-    def _scheduler_code(self, optimizer_name: str, total_steps_code: str) -> tuple[list[str], str]:
+    def _scheduler_code(self, code: _CodeContext) -> tuple[list[str], str]:
         return [], _call(
-            "StepLR", optimizer_name, f"step_size={self.step_size}", f"gamma={self.gamma!r}"
+            "StepLR", code.optimizer, f"step_size={self.step_size}", f"gamma={self.gamma!r}"
         )
 
 
@@ -166,16 +180,18 @@ class MultiStepSchedule(_ScheduleBase):
         return milestones
 
     def _make_scheduler(
-        self, optimizer: Optimizer, lr_ratios: list[float], total_steps: int
+        self, optimizer: Optimizer, group_mults: list[float], total_steps: int
     ) -> lr_scheduler.LRScheduler:
+        from torch.optim import lr_scheduler
+
         return lr_scheduler.MultiStepLR(
             optimizer, milestones=list(self.milestones), gamma=self.gamma
         )
 
-    def _scheduler_code(self, optimizer_name: str, total_steps_code: str) -> tuple[list[str], str]:
+    def _scheduler_code(self, code: _CodeContext) -> tuple[list[str], str]:
         return [], _call(
             "MultiStepLR",
-            optimizer_name,
+            code.optimizer,
             f"milestones={list(self.milestones)!r}",
             f"gamma={self.gamma!r}",
         )
@@ -188,12 +204,14 @@ class ExponentialSchedule(_ScheduleBase):
     gamma: float = Field(gt=0.0, le=1.0)
 
     def _make_scheduler(
-        self, optimizer: Optimizer, lr_ratios: list[float], total_steps: int
+        self, optimizer: Optimizer, group_mults: list[float], total_steps: int
     ) -> lr_scheduler.LRScheduler:
+        from torch.optim import lr_scheduler
+
         return lr_scheduler.ExponentialLR(optimizer, gamma=self.gamma)
 
-    def _scheduler_code(self, optimizer_name: str, total_steps_code: str) -> tuple[list[str], str]:
-        return [], _call("ExponentialLR", optimizer_name, f"gamma={self.gamma!r}")
+    def _scheduler_code(self, code: _CodeContext) -> tuple[list[str], str]:
+        return [], _call("ExponentialLR", code.optimizer, f"gamma={self.gamma!r}")
 
 
 class InverseTimeDecay:
@@ -217,14 +235,16 @@ class TimeDecaySchedule(_ScheduleBase):
     decay: float = Field(gt=0.0)
 
     def _make_scheduler(
-        self, optimizer: Optimizer, lr_ratios: list[float], total_steps: int
+        self, optimizer: Optimizer, group_mults: list[float], total_steps: int
     ) -> lr_scheduler.LRScheduler:
+        from torch.optim import lr_scheduler
+
         return lr_scheduler.LambdaLR(optimizer, lr_lambda=InverseTimeDecay(self.decay))
 
-    def _scheduler_code(self, optimizer_name: str, total_steps_code: str) -> tuple[list[str], str]:
+    def _scheduler_code(self, code: _CodeContext) -> tuple[list[str], str]:
         return [], _call(
             "LambdaLR",
-            optimizer_name,
+            code.optimizer,
             f"lr_lambda=lambda epoch: 1.0 / (1.0 + {self.decay!r} * epoch)",
         )
 
@@ -240,13 +260,15 @@ class CosineSchedule(_ScheduleBase):
     eta_min: float = Field(default=0.0, ge=0.0)
 
     def _make_scheduler(
-        self, optimizer: Optimizer, lr_ratios: list[float], total_steps: int
+        self, optimizer: Optimizer, group_mults: list[float], total_steps: int
     ) -> lr_scheduler.LRScheduler:
+        from torch.optim import lr_scheduler
+
         return lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.T_max, eta_min=self.eta_min)
 
-    def _scheduler_code(self, optimizer_name: str, total_steps_code: str) -> tuple[list[str], str]:
+    def _scheduler_code(self, code: _CodeContext) -> tuple[list[str], str]:
         return [], _call(
-            "CosineAnnealingLR", optimizer_name, f"T_max={self.T_max}", f"eta_min={self.eta_min!r}"
+            "CosineAnnealingLR", code.optimizer, f"T_max={self.T_max}", f"eta_min={self.eta_min!r}"
         )
 
 
@@ -262,16 +284,18 @@ class CosineWarmRestartsSchedule(_ScheduleBase):
     eta_min: float = Field(default=0.0, ge=0.0)
 
     def _make_scheduler(
-        self, optimizer: Optimizer, lr_ratios: list[float], total_steps: int
+        self, optimizer: Optimizer, group_mults: list[float], total_steps: int
     ) -> lr_scheduler.LRScheduler:
+        from torch.optim import lr_scheduler
+
         return lr_scheduler.CosineAnnealingWarmRestarts(
             optimizer, T_0=self.T_0, T_mult=self.T_mult, eta_min=self.eta_min
         )
 
-    def _scheduler_code(self, optimizer_name: str, total_steps_code: str) -> tuple[list[str], str]:
+    def _scheduler_code(self, code: _CodeContext) -> tuple[list[str], str]:
         return [], _call(
             "CosineAnnealingWarmRestarts",
-            optimizer_name,
+            code.optimizer,
             f"T_0={self.T_0}",
             f"T_mult={self.T_mult}",
             f"eta_min={self.eta_min!r}",
@@ -316,37 +340,33 @@ class OneCycleSchedule(_ScheduleBase):
         return three_phase
 
     def _make_scheduler(
-        self, optimizer: Optimizer, lr_ratios: list[float], total_steps: int
+        self, optimizer: Optimizer, group_mults: list[float], total_steps: int
     ) -> lr_scheduler.LRScheduler:
+        from torch.optim import lr_scheduler
+
         _check_onecycle_has_room(self.pct_start, total_steps)
         return lr_scheduler.OneCycleLR(
             optimizer,
-            max_lr=_scale_to_groups(self.max_lr, lr_ratios),
+            max_lr=_scale_to_groups(self.max_lr, group_mults),
             total_steps=total_steps,
             pct_start=self.pct_start,
             anneal_strategy=self.anneal_strategy,
-            cycle_momentum=_can_cycle_momentum(optimizer, allow_betas=True),
+            cycle_momentum=_optimizer_cycles_momentum(self, optimizer),
             div_factor=self.div_factor,
             final_div_factor=self.final_div_factor,
             three_phase=self.three_phase,
         )
 
-    def _scheduler_code(self, optimizer_name: str, total_steps_code: str) -> tuple[list[str], str]:
-        setup = [
-            *_lr_ratios_code(optimizer_name),
-            "# Cycle momentum (or Adam's beta1) only where the optimizer has it.",
-            f'cycle_momentum = "betas" in {optimizer_name}.defaults or all(',
-            f'    group.get("momentum", 0) > 0 for group in {optimizer_name}.param_groups',
-            ")",
-        ]
-        return setup, _call(
+    def _scheduler_code(self, code: _CodeContext) -> tuple[list[str], str]:
+        momentum_setup, cycle_momentum = code.cycle_momentum_code(allow_betas=True)
+        return [*code.lr_setup(), *momentum_setup], _call(
             "OneCycleLR",
-            optimizer_name,
-            f"max_lr=[{self.max_lr!r} * ratio for ratio in lr_ratios]",
-            f"total_steps={total_steps_code}",
+            code.optimizer,
+            f"max_lr={code.lr(self.max_lr)}",
+            f"total_steps={code.total_steps}",
             f"pct_start={self.pct_start!r}",
             f"anneal_strategy={self.anneal_strategy!r}",
-            "cycle_momentum=cycle_momentum",
+            f"cycle_momentum={cycle_momentum}",
             f"div_factor={self.div_factor!r}",
             f"final_div_factor={self.final_div_factor!r}",
             f"three_phase={self.three_phase!r}",
@@ -379,9 +399,11 @@ class CyclicSchedule(_ScheduleBase):
         return max_lr
 
     def _make_scheduler(
-        self, optimizer: Optimizer, lr_ratios: list[float], total_steps: int
+        self, optimizer: Optimizer, group_mults: list[float], total_steps: int
     ) -> lr_scheduler.LRScheduler:
-        base_lrs = _scale_to_groups(self.base_lr, lr_ratios)
+        from torch.optim import lr_scheduler
+
+        base_lrs = _scale_to_groups(self.base_lr, group_mults)
         # CyclicLR's first step reads an initial_lr already in the groups (it sets its own
         # base_lrs only afterwards), and a warm-up ramps towards initial_lr: make it base_lr.
         for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
@@ -389,36 +411,36 @@ class CyclicSchedule(_ScheduleBase):
         return lr_scheduler.CyclicLR(
             optimizer,
             base_lr=base_lrs,
-            max_lr=_scale_to_groups(self.max_lr, lr_ratios),
+            max_lr=_scale_to_groups(self.max_lr, group_mults),
             step_size_up=self.step_size_up,
             step_size_down=self.step_size_down,
             mode=self.mode,
             gamma=self.gamma,
-            cycle_momentum=_can_cycle_momentum(optimizer, allow_betas=False),
+            cycle_momentum=_optimizer_cycles_momentum(self, optimizer),
         )
 
-    def _scheduler_code(self, optimizer_name: str, total_steps_code: str) -> tuple[list[str], str]:
-        setup = [
-            *_lr_ratios_code(optimizer_name),
-            "# Cycle momentum only for optimizers with momentum > 0 (not Adam's betas).",
-            "cycle_momentum = all(",
-            f'    group.get("momentum", 0) > 0 for group in {optimizer_name}.param_groups',
-            ")",
-            f"base_lrs = [{self.base_lr!r} * ratio for ratio in lr_ratios]",
-            "# CyclicLR's first step and a warm-up start from any existing initial_lr: set it.",
-            f"for group, base_lr in zip({optimizer_name}.param_groups, base_lrs):",
-            '    group["initial_lr"] = base_lr',
-        ]
+    def _scheduler_code(self, code: _CodeContext) -> tuple[list[str], str]:
+        momentum_setup, cycle_momentum = code.cycle_momentum_code(allow_betas=False)
+        setup = [*code.lr_setup(), *momentum_setup]
+        base_lr = code.lr(self.base_lr)
+        if code.groups == "any":  # the optimizer may have been scheduled before
+            setup += [
+                f"base_lrs = {base_lr}",
+                "# CyclicLR's first step and a warm-up start from any existing initial_lr: set it.",
+                f"for group, base_lr in zip({code.optimizer}.param_groups, base_lrs):",
+                '    group["initial_lr"] = base_lr',
+            ]
+            base_lr = "base_lrs"
         return setup, _call(
             "CyclicLR",
-            optimizer_name,
-            "base_lr=base_lrs",
-            f"max_lr=[{self.max_lr!r} * ratio for ratio in lr_ratios]",
+            code.optimizer,
+            f"base_lr={base_lr}",
+            f"max_lr={code.lr(self.max_lr)}",
             f"step_size_up={self.step_size_up}",
             f"step_size_down={self.step_size_down!r}",
             f"mode={self.mode!r}",
             f"gamma={self.gamma!r}",
-            "cycle_momentum=cycle_momentum",
+            f"cycle_momentum={cycle_momentum}",
         )
 
 
@@ -438,8 +460,10 @@ class PlateauSchedule(_ScheduleBase):
     min_lr: float = Field(default=0.0, ge=0.0)
 
     def _make_plateau(
-        self, optimizer: Optimizer, lr_ratios: list[float]
+        self, optimizer: Optimizer, group_mults: list[float]
     ) -> lr_scheduler.ReduceLROnPlateau:
+        from torch.optim import lr_scheduler
+
         return lr_scheduler.ReduceLROnPlateau(
             optimizer,
             mode=self.mode,
@@ -448,23 +472,22 @@ class PlateauSchedule(_ScheduleBase):
             threshold=self.threshold,
             threshold_mode=self.threshold_mode,
             cooldown=self.cooldown,
-            min_lr=_scale_to_groups(self.min_lr, lr_ratios),
+            min_lr=_scale_to_groups(self.min_lr, group_mults),
         )
 
     def _make_scheduler(
-        self, optimizer: Optimizer, lr_ratios: list[float], total_steps: int
+        self, optimizer: Optimizer, group_mults: list[float], total_steps: int
     ) -> lr_scheduler.LRScheduler:
-        return self._make_plateau(optimizer, lr_ratios)
+        return self._make_plateau(optimizer, group_mults)
 
-    def _scheduler_code(self, optimizer_name: str, total_steps_code: str) -> tuple[list[str], str]:
+    def _scheduler_code(self, code: _CodeContext) -> tuple[list[str], str]:
         setup: list[str] = []
         min_lr_code = repr(self.min_lr)
-        if self.min_lr > 0:
-            setup = _lr_ratios_code(optimizer_name)
-            min_lr_code = f"[{self.min_lr!r} * ratio for ratio in lr_ratios]"
+        if self.min_lr > 0:  # min_lr 0 is the same in every group
+            setup, min_lr_code = code.lr_setup(), code.lr(self.min_lr)
         return setup, _call(
             "ReduceLROnPlateau",
-            optimizer_name,
+            code.optimizer,
             f"mode={self.mode!r}",
             f"factor={self.factor!r}",
             f"patience={self.patience}",
@@ -552,29 +575,75 @@ class PlateauWithWarmup:
         self._last_lr = list(state_dict["_last_lr"])
 
 
-Scheduler = lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau | PlateauWithWarmup
+if TYPE_CHECKING:
+    Scheduler = lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau | PlateauWithWarmup
 
 
-def build(spec: ScheduleSpec, optimizer: Optimizer, steps_per_epoch: int, epochs: int) -> Scheduler:
+def __getattr__(name: str) -> Any:
+    # `Scheduler` names torch classes: build it on first use so that importing this module
+    # (and validating specs) does not load torch.
+    if name == "Scheduler":
+        from torch.optim import lr_scheduler
+
+        return lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau | PlateauWithWarmup
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def build(
+    spec: ScheduleSpec,
+    optimizer: Optimizer,
+    steps_per_epoch: int,
+    epochs: int,
+    *,
+    lr_multipliers: Sequence[float] | None = None,
+) -> Scheduler:
     """Build the torch scheduler for ``spec`` on ``optimizer``.
 
-    Returns a ``torch.optim.lr_scheduler`` object, ``SequentialLR`` when there is a warm-up,
-    or :class:`PlateauWithWarmup` for ``plateau`` with a warm-up. Step it per
+    Args:
+        lr_multipliers: each param group's LR multiplier, in the optimizer's group order.
+            The spec's LR values (``max_lr``, ``base_lr``, ``min_lr``) are those of a
+            parameter at multiplier 1, and group ``i`` gets ``value * lr_multipliers[i]``,
+            as it gets ``lr * lr_multipliers[i]`` from the optimizer. None: group 0 counts as
+            multiplier 1 and every other group as its LR ratio to group 0.
+
+    Returns a ``torch.optim.lr_scheduler`` object (``LinearLR`` alone for a constant schedule
+    with a warm-up), ``SequentialLR`` when another family has a warm-up, or
+    :class:`PlateauWithWarmup` for ``plateau`` with a warm-up. Step it per
     ``spec.interval``, or let :class:`ScheduleDriver` do it.
     """
+    from torch.optim import lr_scheduler
+
     _check_positive("steps_per_epoch", steps_per_epoch)
     _check_positive("epochs", epochs)
-    lr_ratios = _lr_ratios_to_group_0(optimizer)
+    group_mults = _group_multipliers(optimizer, lr_multipliers)
+    if spec.warmup is not None and isinstance(spec, ConstantSchedule):
+        return _make_warmup(spec.warmup, optimizer)  # it holds the full LR once it ends
     if isinstance(spec, PlateauSchedule) and spec.warmup is not None:
         warmup = _make_warmup(spec.warmup, optimizer)
-        return PlateauWithWarmup(warmup, spec._make_plateau(optimizer, lr_ratios))
-    main = spec._make_scheduler(optimizer, lr_ratios, steps_per_epoch * epochs)
+        return PlateauWithWarmup(warmup, spec._make_plateau(optimizer, group_mults))
+    main = spec._make_scheduler(optimizer, group_mults, steps_per_epoch * epochs)
     if spec.warmup is None:
         return main
     warmup = _make_warmup(spec.warmup, optimizer)
     return lr_scheduler.SequentialLR(
         optimizer, schedulers=[warmup, main], milestones=[spec.warmup.steps]
     )
+
+
+def cycles_momentum(spec: ScheduleSpec, *, has_betas: bool, momentum: float) -> bool:
+    """Whether :func:`build` cycles momentum for ``spec`` on such an optimizer.
+
+    ``has_betas``: an Adam-style optimizer; ``momentum``: the smallest SGD-style momentum
+    of its groups (0 when it has none). ``onecycle`` cycles momentum or Adam's beta1, as
+    torch does; ``cyclic`` only a momentum > 0 (it would move beta1 to 0.8-0.9); the other
+    families leave momentum alone. Torch raises on an optimizer without either, and would
+    switch momentum *on* for ``SGD(momentum=0)``.
+    """
+    if isinstance(spec, OneCycleSchedule):
+        return has_betas or momentum > 0
+    if isinstance(spec, CyclicSchedule):
+        return momentum > 0
+    return False
 
 
 class ScheduleDriver:
@@ -629,10 +698,16 @@ class ScheduleDriver:
 
 
 def drive(
-    spec: ScheduleSpec, optimizer: Optimizer, steps_per_epoch: int, epochs: int
+    spec: ScheduleSpec,
+    optimizer: Optimizer,
+    steps_per_epoch: int,
+    epochs: int,
+    *,
+    lr_multipliers: Sequence[float] | None = None,
 ) -> ScheduleDriver:
-    """Build the scheduler for ``spec`` and wrap it in a :class:`ScheduleDriver`."""
-    return ScheduleDriver(spec, build(spec, optimizer, steps_per_epoch, epochs))
+    """Build the scheduler for ``spec`` (see :func:`build`) and wrap it in a driver."""
+    scheduler = build(spec, optimizer, steps_per_epoch, epochs, lr_multipliers=lr_multipliers)
+    return ScheduleDriver(spec, scheduler)
 
 
 def preview(
@@ -641,19 +716,25 @@ def preview(
     steps_per_epoch: int,
     epochs: int,
     metrics: Sequence[float] | None = None,
+    *,
+    lr_multipliers: Sequence[float] | None = None,
 ) -> np.ndarray:
     """The lr of every optimizer step, shape ``(epochs * steps_per_epoch, len(base_lrs))``.
 
     Runs the real torch scheduler on a throwaway SGD (momentum 0.9) optimizer with one param
-    group per entry of ``base_lrs``. ``plateau`` needs ``metrics``, one value per epoch.
+    group per entry of ``base_lrs``; ``lr_multipliers`` as in :func:`build` (pass them with
+    ``base_lrs = [lr * m for m in lr_multipliers]`` when group 0's multiplier is not 1).
+    ``plateau`` needs ``metrics``, one value per epoch.
     """
+    import numpy as np
+
     _check_positive("steps_per_epoch", steps_per_epoch)
     _check_positive("epochs", epochs)
     if len(base_lrs) < 1:
         raise ValueError("base_lrs must hold at least one lr")
     _check_metrics(spec, metrics, epochs)
     optimizer = _throwaway_optimizer(base_lrs)
-    driver = drive(spec, optimizer, steps_per_epoch, epochs)
+    driver = drive(spec, optimizer, steps_per_epoch, epochs, lr_multipliers=lr_multipliers)
     lrs = np.empty((epochs * steps_per_epoch, len(base_lrs)), dtype=np.float64)
     for epoch in range(epochs):
         for batch in range(steps_per_epoch):
@@ -670,24 +751,43 @@ def to_code(
     steps_per_epoch: int | None = None,
     epochs: int | None = None,
     optimizer_name: str = "optimizer",
+    groups: GroupLRs = "any",
+    cycle_momentum: bool | None = None,
 ) -> str:
     """A paste-ready PyTorch snippet building the same scheduler from ``optimizer_name``.
 
-    The snippet binds ``scheduler`` (or ``warmup`` and ``plateau`` for ``plateau`` with a
-    warm-up) and ends with a comment on how to step it. Where ``epochs`` or
-    ``steps_per_epoch`` are needed but not given, it refers to variables of those names.
+    The snippet binds ``scheduler`` (``warmup`` and ``plateau`` for ``plateau`` with a
+    warm-up; nothing for a constant schedule without one, which needs no scheduler) and ends
+    with a comment on how to step it. Where ``epochs`` or ``steps_per_epoch`` are needed but
+    not given, it refers to variables of those names. LR values are printed exactly.
+
+    Args:
+        groups: what the snippet may assume about the optimizer's param groups.
+            ``"any"``: any optimizer, also one scheduled before; LR values are for group 0
+            and the other groups keep their LR ratio to it, read when the snippet runs
+            (like :func:`build` without ``lr_multipliers``). ``"one"``: an optimizer fresh
+            from its constructor with one param group: the values as they are.
+            ``"group_mults"``: a fresh optimizer whose group ``i`` runs at
+            ``lr * group_mults[i]``, ``group_mults`` a list defined before the snippet; LR
+            values are for multiplier 1 (like :func:`build` with ``lr_multipliers``).
+        cycle_momentum: whether ``onecycle``/``cyclic`` cycle momentum (see
+            :func:`cycles_momentum`); None writes code that decides from the optimizer.
     """
     if not optimizer_name.isidentifier():
         raise ValueError(f"optimizer_name must be a Python identifier, got {optimizer_name!r}")
     for name, value in (("steps_per_epoch", steps_per_epoch), ("epochs", epochs)):
         if value is not None:
             _check_positive(name, value)
-    total_steps_code = (
+    total_steps = (
         f"{'epochs' if epochs is None else epochs} * "
         f"{'steps_per_epoch' if steps_per_epoch is None else steps_per_epoch}"
     )
-    setup, call = spec._scheduler_code(optimizer_name, total_steps_code)
-    lines = ["from torch.optim import lr_scheduler", "", *setup]
+    code = _CodeContext(optimizer_name, total_steps, groups, cycle_momentum)
+    lines = ["from torch.optim import lr_scheduler", ""]
+    if isinstance(spec, ConstantSchedule):
+        return "\n".join(lines + _constant_code(spec.warmup, optimizer_name)) + "\n"
+    setup, call = spec._scheduler_code(code)
+    lines += setup
     if spec.warmup is None:
         lines += [f"scheduler = {call}", _stepping_comment(spec)]
     elif isinstance(spec, PlateauSchedule):
@@ -697,22 +797,71 @@ def to_code(
     return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class _CodeContext:
+    """What a family's snippet may assume about the optimizer (see :func:`to_code`)."""
+
+    optimizer: str
+    total_steps: str
+    groups: GroupLRs
+    cycle_momentum: bool | None
+
+    def lr(self, value: float) -> str:
+        """The argument for an LR value: one number, or one per param group."""
+        if self.groups == "one":
+            return repr(value)
+        if self.groups == "group_mults":
+            return f"[{value!r} * mult for mult in group_mults]"
+        return f"[{value!r} * ratio for ratio in lr_ratios]"
+
+    def lr_setup(self) -> list[str]:
+        """Lines defining what :meth:`lr` refers to."""
+        if self.groups != "any":
+            return []
+        return [
+            "# LR values are for param group 0; other groups keep their LR ratio to it.",
+            "group_lrs = [",
+            f'    group.get("initial_lr", group["lr"]) for group in {self.optimizer}.param_groups',
+            "]",
+            "lr_ratios = [lr / group_lrs[0] if any(group_lrs) else 1.0 for lr in group_lrs]",
+        ]
+
+    def cycle_momentum_code(self, *, allow_betas: bool) -> tuple[list[str], str]:
+        """Set-up lines and the ``cycle_momentum`` argument."""
+        if self.cycle_momentum is not None:
+            return [], repr(self.cycle_momentum)
+        momentum = f'    group.get("momentum", 0) > 0 for group in {self.optimizer}.param_groups'
+        if allow_betas:
+            return [
+                "# Cycle momentum (or Adam's beta1) only where the optimizer has it.",
+                f'cycle_momentum = "betas" in {self.optimizer}.defaults or all(',
+                momentum,
+                ")",
+            ], "cycle_momentum"
+        return [
+            "# Cycle momentum only for optimizers with momentum > 0 (not Adam's betas).",
+            "cycle_momentum = all(",
+            momentum,
+            ")",
+        ], "cycle_momentum"
+
+
+def _constant_code(warmup: LinearWarmup | None, optimizer_name: str) -> list[str]:
+    if warmup is None:
+        return ["# A constant LR needs no scheduler."]
+    return [
+        f"scheduler = {_warmup_call(warmup, optimizer_name)}",
+        "# Step per epoch: scheduler.step() once at the end of every epoch;",
+        f"# from epoch {warmup.steps} on the LR stays at its full value.",
+    ]
+
+
 def _call(scheduler_class: str, *args: str) -> str:
     one_line = f"lr_scheduler.{scheduler_class}({', '.join(args)})"
     if len(one_line) <= 80:
         return one_line
     body = "".join(f"    {arg},\n" for arg in args)
     return f"lr_scheduler.{scheduler_class}(\n{body})"
-
-
-def _lr_ratios_code(optimizer_name: str) -> list[str]:
-    return [
-        "# LR values are for param group 0; other groups keep their lr ratio to it.",
-        "group_lrs = [",
-        f'    group.get("initial_lr", group["lr"]) for group in {optimizer_name}.param_groups',
-        "]",
-        "lr_ratios = [lr / group_lrs[0] for lr in group_lrs]",
-    ]
 
 
 def _stepping_comment(spec: ScheduleSpec) -> str:
@@ -760,29 +909,49 @@ def _plateau_warmup_code(warmup: LinearWarmup, optimizer_name: str, plateau_call
 
 
 def _make_warmup(warmup: LinearWarmup, optimizer: Optimizer) -> lr_scheduler.LinearLR:
+    from torch.optim import lr_scheduler
+
     return lr_scheduler.LinearLR(
         optimizer, start_factor=warmup.start_factor, end_factor=1.0, total_iters=warmup.steps
     )
 
 
-def _lr_ratios_to_group_0(optimizer: Optimizer) -> list[float]:
+def _group_multipliers(optimizer: Optimizer, lr_multipliers: Sequence[float] | None) -> list[float]:
+    if lr_multipliers is None:
+        return lr_ratios_to_group_0(optimizer)
+    if len(lr_multipliers) != len(optimizer.param_groups):
+        raise ValueError(
+            f"lr_multipliers must hold one value per param group "
+            f"({len(optimizer.param_groups)}), got {len(lr_multipliers)}"
+        )
+    return [float(mult) for mult in lr_multipliers]
+
+
+def lr_ratios_to_group_0(optimizer: Optimizer) -> list[float]:
+    """Each param group's LR (``initial_lr`` once scheduled) divided by group 0's.
+
+    When every group's LR is 0 the groups are alike and every ratio is 1 (a single group
+    at LR 0 is valid: ``onecycle`` and ``cyclic`` set their own LRs). A zero group 0 beside
+    a non-zero group has no ratio: ValueError.
+    """
     group_lrs = [float(group.get("initial_lr", group["lr"])) for group in optimizer.param_groups]
-    if len(group_lrs) > 1 and group_lrs[0] == 0.0:
-        raise ValueError("param group 0 has lr 0: cannot scale LR values to the other groups")
-    if len(group_lrs) == 1:
-        return [1.0]
+    if not any(group_lrs):
+        return [1.0] * len(group_lrs)
+    if group_lrs[0] == 0.0:
+        raise ValueError(
+            "param group 0 has lr 0 while another group's is not: the LR ratios are undefined; "
+            "pass lr_multipliers"
+        )
     return [lr / group_lrs[0] for lr in group_lrs]
 
 
-def _scale_to_groups(value: float, lr_ratios: list[float]) -> list[float]:
-    return [value * ratio for ratio in lr_ratios]
+def _scale_to_groups(value: float, group_mults: list[float]) -> list[float]:
+    return [value * mult for mult in group_mults]
 
 
-def _can_cycle_momentum(optimizer: Optimizer, *, allow_betas: bool) -> bool:
-    # Torch raises without momentum/betas, and would switch momentum *on* for SGD(momentum=0).
-    if allow_betas and "betas" in optimizer.defaults:
-        return True
-    return all(group.get("momentum", 0) > 0 for group in optimizer.param_groups)
+def _optimizer_cycles_momentum(spec: ScheduleSpec, optimizer: Optimizer) -> bool:
+    momentum = min(float(group.get("momentum", 0)) for group in optimizer.param_groups)
+    return cycles_momentum(spec, has_betas="betas" in optimizer.defaults, momentum=momentum)
 
 
 def _check_onecycle_has_room(pct_start: float, total_steps: int) -> None:
@@ -809,6 +978,8 @@ def _check_metrics(spec: ScheduleSpec, metrics: Sequence[float] | None, epochs: 
 
 
 def _throwaway_optimizer(base_lrs: Sequence[float]) -> torch.optim.SGD:
+    import torch
+
     groups = [{"params": [torch.zeros(1, requires_grad=True)], "lr": float(lr)} for lr in base_lrs]
     return torch.optim.SGD(groups, lr=float(base_lrs[0]), momentum=0.9)
 

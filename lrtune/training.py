@@ -72,33 +72,41 @@ class TrainingSetup:
         )
         return model.to(self.device)
 
-    def lr_multipliers(self, model: nn.Module) -> list[tuple[float, list[nn.Parameter]]]:
-        """Param groups as (LR multiplier, params): group 0 holds what no prefix claims.
+    def param_groups(self, model: nn.Module) -> list[tuple[float, list[nn.Parameter]]]:
+        """The optimizer's param groups as (LR multiplier, params), in the optimizer's order.
 
-        A parameter belongs to the longest matching prefix; empty groups are dropped.
+        Group 0 holds the parameters no prefix claims (multiplier 1) when there are any; then
+        one group per prefix, in the order its first parameter appears in
+        ``model.named_parameters()``. A parameter belongs to its longest matching prefix;
+        empty groups are dropped, so group 0's multiplier is not 1 when every parameter
+        matches a prefix.
         """
         prefixes = sorted(self.spec.param_groups, key=lambda g: len(g.prefix), reverse=True)
-        groups: dict[float | str, list[nn.Parameter]] = {"default": []}
-        mults: dict[float | str, float] = {"default": 1.0}
+        groups: dict[str | None, list[nn.Parameter]] = {None: []}
+        mults: dict[str | None, float] = {None: 1.0}
         for name, param in model.named_parameters():
             match = next((g for g in prefixes if name.startswith(g.prefix)), None)
-            key: float | str = "default" if match is None else match.prefix
+            key = None if match is None else match.prefix
             groups.setdefault(key, []).append(param)
             mults[key] = 1.0 if match is None else match.lr_mult
         if len(groups) == 1 and self.spec.param_groups:
             raise ValueError(
                 f"no parameter name starts with any of {[g.prefix for g in self.spec.param_groups]}"
             )
-        return [(mults[k], params) for k, params in groups.items() if params]
+        return [(mults[key], params) for key, params in groups.items() if params]
 
     @functools.cached_property
     def group_multipliers(self) -> list[float]:
-        """Each param group's LR multiplier, group 0 first (from one build of the model)."""
-        return [mult for mult, _ in self.lr_multipliers(self.build_model())]
+        """Each param group's LR multiplier, in the optimizer's order (one build of the model)."""
+        return [mult for mult, _ in self.param_groups(self.build_model())]
 
     def build_optimizer(self, model: nn.Module, base_lr: float) -> torch.optim.Optimizer:
-        """The job's optimizer with every group at ``base_lr`` times its multiplier."""
-        groups = [{"params": p, "lr": base_lr * mult} for mult, p in self.lr_multipliers(model)]
+        """The job's optimizer with every group at ``base_lr`` times its multiplier.
+
+        ``base_lr`` is the LR of a parameter whose multiplier is 1, for every schedule family:
+        build its scheduler with ``lr_multipliers=setup.group_multipliers``.
+        """
+        groups = [{"params": p, "lr": base_lr * mult} for mult, p in self.param_groups(model)]
         return self.spec.optimizer.build(groups)
 
     def train_loader(self, generator: torch.Generator) -> DataLoader:
@@ -163,7 +171,9 @@ def train(
     """
     model = setup.build_model()
     optimizer = setup.build_optimizer(model, base_lr)
-    driver = drive(schedule, optimizer, setup.steps_per_epoch, epochs)
+    driver = drive(
+        schedule, optimizer, setup.steps_per_epoch, epochs, lr_multipliers=setup.group_multipliers
+    )
     order = torch.Generator().manual_seed(setup.spec.seed)
     run = TrainingRun()
     start = 0

@@ -1,0 +1,153 @@
+"""Paste-ready PyTorch for a job's optimizer and schedule, as lrtune trained them.
+
+:func:`job_code` writes the optimizer (with the job's param groups, ordered and scaled as
+:meth:`lrtune.training.TrainingSetup.param_groups` builds them) at a given LR and the
+scheduler of a schedule spec. Exec'd on a fresh model and stepped as its closing comment
+says, it gives every parameter the LR it had in training at every step. The code is as
+simple as the job: numbers written out exactly (``repr``) for a single param group, the
+multiplier machinery only when the job has param groups, and only schedulers that change
+the LR.
+
+``lr`` is the LR of a parameter whose multiplier is 1, as everywhere in lrtune.
+
+Example:
+    >>> from lrtune.schedules import parse_schedule
+    >>> from lrtune.spec import JobSpec
+    >>> job = JobSpec.model_validate(
+    ...     {"model": {"name": "mlp"}, "dataset": {"name": "wine"}, "search": {"epochs": 4}})
+    >>> cyclic = parse_schedule(
+    ...     {"family": "cyclic", "base_lr": 0.01, "max_lr": 0.1, "step_size_up": 5})
+    >>> print(job_code(job, cyclic, lr=0.05, steps_per_epoch=5))
+    import torch
+    from torch.optim import lr_scheduler
+    <BLANKLINE>
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=0.05, momentum=0.9, nesterov=False, weight_decay=0.0
+    )
+    <BLANKLINE>
+    scheduler = lr_scheduler.CyclicLR(
+        optimizer,
+        base_lr=0.01,
+        max_lr=0.1,
+        step_size_up=5,
+        step_size_down=None,
+        mode='triangular',
+        gamma=1.0,
+        cycle_momentum=True,
+    )
+    # Step per batch: scheduler.step() right after every optimizer.step().
+    <BLANKLINE>
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from lrtune.schedules import cycles_momentum, to_code
+
+if TYPE_CHECKING:
+    from lrtune.schedules import ScheduleSpec
+    from lrtune.spec import JobSpec, OptimizerSpec
+
+__all__ = ["job_code", "optimizer_code"]
+
+_OPTIMIZER_CLASSES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
+
+
+def job_code(
+    job: JobSpec,
+    schedule: ScheduleSpec,
+    lr: float,
+    *,
+    steps_per_epoch: int,
+    model_name: str = "model",
+) -> str:
+    """The optimizer at ``lr`` and the scheduler for ``schedule``, for ``job.search.epochs``.
+
+    Binds ``optimizer`` (and ``group_mults``, each group's LR multiplier, when the job has
+    param groups) and the scheduler variables :func:`lrtune.schedules.to_code` names.
+    """
+    scheduler = to_code(
+        schedule,
+        steps_per_epoch=steps_per_epoch,
+        epochs=job.search.epochs,
+        groups="group_mults" if job.param_groups else "one",
+        cycle_momentum=_cycles_momentum(schedule, job.optimizer),
+    )
+    imports, _, scheduler_body = scheduler.partition("\n\n")  # to_code opens with its import
+    if "lr_scheduler." not in scheduler_body:  # a constant LR: no scheduler
+        imports = ""
+    header = "\n".join(["import torch", imports]).rstrip("\n")
+    return "\n".join(
+        [header, "", optimizer_code(job, lr, model_name=model_name), "", scheduler_body]
+    )
+
+
+def optimizer_code(job: JobSpec, lr: float, *, model_name: str = "model") -> str:
+    """The job's optimizer over ``model_name``'s parameters at ``lr`` (multiplier 1).
+
+    With param groups: the parameters no prefix claims first (multiplier 1), then one group
+    per prefix in the order its first parameter appears, each parameter in its longest
+    matching prefix's group; ``group_mults`` lists the groups' multipliers in that order.
+    """
+    if not model_name.isidentifier():
+        raise ValueError(f"model_name must be a Python identifier, got {model_name!r}")
+    optimizer = f"torch.optim.{_OPTIMIZER_CLASSES[job.optimizer.name]}"
+    hyperparameters = _hyperparameters(job.optimizer)
+    if not job.param_groups:
+        return _call(
+            f"optimizer = {optimizer}", f"{model_name}.parameters()", f"lr={lr!r}", *hyperparameters
+        )
+    lr_mults = {group.prefix: group.lr_mult for group in job.param_groups}
+    return "\n".join(
+        [
+            f"lr = {lr!r}  # the LR of a parameter whose multiplier is 1",
+            f"lr_mults = {lr_mults!r}  # by parameter-name prefix; the longest match wins",
+            "# Param groups as lrtune trains them: the parameters no prefix claims first (at",
+            "# multiplier 1), then one group per prefix in the order its parameters appear.",
+            "groups = {None: []}",
+            f"for name, param in {model_name}.named_parameters():",
+            "    prefix = max((p for p in lr_mults if name.startswith(p)), key=len, default=None)",
+            "    groups.setdefault(prefix, []).append(param)",
+            "groups = {prefix: params for prefix, params in groups.items() if params}",
+            "group_mults = [lr_mults.get(prefix, 1.0) for prefix in groups]",
+            _call(
+                f"optimizer = {optimizer}",
+                '[{"params": ps, "lr": lr * m} for ps, m in zip(groups.values(), group_mults)]',
+                *hyperparameters,
+                force_wrap=True,
+            ),
+        ]
+    )
+
+
+def _hyperparameters(optimizer: OptimizerSpec) -> list[str]:
+    # The keywords OptimizerSpec.build passes, in its order.
+    if optimizer.name == "sgd":
+        return [
+            f"momentum={optimizer.momentum!r}",
+            f"nesterov={optimizer.nesterov!r}",
+            f"weight_decay={optimizer.weight_decay!r}",
+        ]
+    return [
+        f"betas={tuple(optimizer.betas)!r}",
+        f"eps={optimizer.eps!r}",
+        f"weight_decay={optimizer.weight_decay!r}",
+    ]
+
+
+def _cycles_momentum(schedule: ScheduleSpec, optimizer: OptimizerSpec) -> bool:
+    if optimizer.name == "sgd":
+        return cycles_momentum(schedule, has_betas=False, momentum=optimizer.momentum)
+    return cycles_momentum(schedule, has_betas=True, momentum=0.0)
+
+
+def _call(head: str, *args: str, force_wrap: bool = False) -> str:
+    one_line = f"{head}({', '.join(args)})"
+    if len(one_line) <= 88 and not force_wrap:
+        return one_line
+    joined = ", ".join(args)
+    if len(joined) <= 84 and not force_wrap:
+        return f"{head}(\n    {joined}\n)"
+    body = "".join(f"    {arg},\n" for arg in args)
+    return f"{head}(\n{body})"
