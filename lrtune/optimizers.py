@@ -34,6 +34,8 @@ def group_lr_ratios(optimizer: torch.optim.Optimizer) -> list[float]:
     overwrite ``lr`` as they step), else its ``lr``. The contract:
 
     - one group: ``[1.0]``, whatever its LR (0 included), since there is nothing to scale;
+    - every group at LR 0: all ratios 1, the groups are alike (``onecycle`` and ``cyclic`` set
+      their own LRs, so an optimizer built at LR 0 is valid for them);
     - several groups: ``[1.0, lr_1 / lr_0, ...]``; a later group at LR 0 gets ratio 0 (a frozen
       group stays frozen);
     - several groups with group 0 at LR 0 (or not finite): :class:`ValueError`, because no
@@ -50,8 +52,8 @@ def group_lr_ratios(optimizer: torch.optim.Optimizer) -> list[float]:
     ValueError: param group 0 has lr 0.0: LRs of the other groups are ratios to group 0's, ...
     """
     configured = [float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups]
-    if len(configured) == 1:
-        return [1.0]
+    if len(configured) == 1 or not any(configured):
+        return [1.0] * len(configured)
     base = configured[0]
     if not (base > 0 and math.isfinite(base)):
         raise ValueError(

@@ -77,7 +77,6 @@ __all__ = [
     "build",
     "cycles_momentum",
     "drive",
-    "lr_ratios_to_group_0",
     "parse_schedule",
     "preview",
     "to_code",
@@ -918,31 +917,15 @@ def _make_warmup(warmup: LinearWarmup, optimizer: Optimizer) -> lr_scheduler.Lin
 
 def _group_multipliers(optimizer: Optimizer, lr_multipliers: Sequence[float] | None) -> list[float]:
     if lr_multipliers is None:
-        return lr_ratios_to_group_0(optimizer)
+        from lrtune.optimizers import group_lr_ratios
+
+        return group_lr_ratios(optimizer)  # or pass lr_multipliers, as training does
     if len(lr_multipliers) != len(optimizer.param_groups):
         raise ValueError(
             f"lr_multipliers must hold one value per param group "
             f"({len(optimizer.param_groups)}), got {len(lr_multipliers)}"
         )
     return [float(mult) for mult in lr_multipliers]
-
-
-def lr_ratios_to_group_0(optimizer: Optimizer) -> list[float]:
-    """Each param group's LR (``initial_lr`` once scheduled) divided by group 0's.
-
-    When every group's LR is 0 the groups are alike and every ratio is 1 (a single group
-    at LR 0 is valid: ``onecycle`` and ``cyclic`` set their own LRs). A zero group 0 beside
-    a non-zero group has no ratio: ValueError.
-    """
-    group_lrs = [float(group.get("initial_lr", group["lr"])) for group in optimizer.param_groups]
-    if not any(group_lrs):
-        return [1.0] * len(group_lrs)
-    if group_lrs[0] == 0.0:
-        raise ValueError(
-            "param group 0 has lr 0 while another group's is not: the LR ratios are undefined; "
-            "pass lr_multipliers"
-        )
-    return [lr / group_lrs[0] for lr in group_lrs]
 
 
 def _scale_to_groups(value: float, group_mults: list[float]) -> list[float]:

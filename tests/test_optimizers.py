@@ -31,6 +31,10 @@ def test_a_single_group_has_ratio_one_whatever_its_lr() -> None:
         assert group_lr_ratios(torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=lr)) == [1.0]
 
 
+def test_groups_all_at_lr_0_are_alike() -> None:
+    assert group_lr_ratios(two_groups(0.0, 0.0)) == [1.0, 1.0]
+
+
 def test_several_groups_with_group_0_at_lr_0_name_the_fix() -> None:
     with pytest.raises(ValueError, match=r"group 0 has lr 0\.0.*positive lr first"):
         group_lr_ratios(two_groups(0.0, 1e-2))

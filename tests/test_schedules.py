@@ -401,7 +401,7 @@ def test_to_code_works_wherever_build_works_at_lr_zero(family: str, groups: int)
 
 
 def test_a_zero_group_0_beside_a_non_zero_group_has_no_ratio() -> None:
-    with pytest.raises(ValueError, match="lr_multipliers"):
+    with pytest.raises(ValueError, match="group 0 has lr 0"):
         build(_spec(EXAMPLES["onecycle"]), _make_optimizer([0.0, 0.1]), 4, 4)
     build(_spec(EXAMPLES["onecycle"]), _make_optimizer([0.0, 0.1]), 4, 4, lr_multipliers=[1, 2])
 
