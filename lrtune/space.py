@@ -253,7 +253,7 @@ def _widened(
         low_words = "the loss's first clear descent"
     else:
         low = max(sweep_start, top / 10**WIDE_DECADES)
-        low_words = f"{math.log10(top / low):.3g} decades below"
+        low_words = f"{math.log10(top / low):.3g} decades below the top"
     high = max(top, around.high)
     reason = (
         f"range test not trusted ({'; '.join(doubts)}): searching {low:.3g} .. {high:.3g}, "

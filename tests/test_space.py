@@ -1,4 +1,4 @@
-"""Tests of lrtune.space: the LR bounds the range test gives, and a search space that always runs."""
+"""Tests of lrtune.space: LR bounds from the range test, and a search space that always runs."""
 
 from __future__ import annotations
 
@@ -153,7 +153,9 @@ def test_a_diverged_sweep_is_widened_up_to_half_the_divergence_lr() -> None:
 
 @pytest.mark.parametrize("epochs", [1, 2, 3, 4, 5, 8])
 @pytest.mark.parametrize("steps_per_epoch", [1, 2, 3])
-def test_every_sampled_schedule_runs_for_tiny_step_counts(epochs: int, steps_per_epoch: int) -> None:
+def test_every_sampled_schedule_runs_for_tiny_step_counts(
+    epochs: int, steps_per_epoch: int
+) -> None:
     bounds = LRBounds(1e-3, 1e-1, 1e-2, None)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=epochs))
     for start in warm_starts(FAMILIES, bounds, epochs, steps_per_epoch=steps_per_epoch):
