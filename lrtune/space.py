@@ -4,8 +4,9 @@ Every family's peak LR is the one parameter ``lr``, drawn log-uniformly from the
 range test gives (so TPE learns about the LR across families); each family's own parameters
 carry its name as a prefix (``step.gamma``), which suits ``TPESampler(group=True)``. Lengths
 (step sizes, milestones, T_max, T_0, cycle lengths) are fractions of the run, so one space
-fits any epoch budget; every sampled schedule is runnable for the job's step count (a
-one-cycle ramp longer than one step, at least one step per cycle, warm-up, restart period).
+fits any epoch budget. Every sampled schedule runs for the job's step count, however small:
+step sizes, milestones, restart periods, half-cycles and warm-ups last at least one epoch or
+step, one-cycle's ramp lasts more than one step, and one-step jobs do not offer one-cycle.
 
 **When the range test is trusted.** The bounds are ``[s / 10, min(10 s, d / 2)]`` around the
 suggestion ``s``, below the divergence LR ``d``, when the range test is *confident*:
