@@ -12,7 +12,7 @@ step, one-cycle's ramp lasts more than one step, and one-step jobs do not offer 
 suggestion ``s``, below the divergence LR ``d``, when the range test is *confident*:
 
 - the seeds agree: their suggestions span at most :data:`MAX_SEED_SPREAD_DECADES` (1.3)
-  decades of LR (``result.confidence``; with one seed this test is skipped), and
+  decades of LR (``result.consensus.spread_decades``; with one seed this test is skipped), and
 - the curve shows a clear descent: the median smoothed loss falls, after fastai's trim of the
   first tenth, by at least :data:`MIN_DESCENT_NOISE_SDS` (0.5) times the batch-to-batch noise
   of the raw loss (its robust standard deviation, from the median absolute deviation of
@@ -182,7 +182,7 @@ def curve_descent(result: LRFinderResult) -> CurveDescent:
         >>> wiggle = 0.05 * np.sin(np.arange(60) * 2.0)
         >>> falling = list(2 - np.clip(np.log10(lrs) + 3, 0, None) + wiggle)
         >>> def descent_of(losses):
-        ...     curve = SeedCurve(list(losses), list(losses), None)
+        ...     curve = SeedCurve(raw=list(losses), smoothed=list(losses), diverged_at=None)
         ...     return curve_descent(LRFinderResult.from_curves(lrs, [curve], [1.0], {}))
         >>> descent = descent_of(falling)
         >>> descent.clear, round(descent.noise_sds), f"{descent.first_clear_lr:.0e}"
@@ -219,7 +219,7 @@ def _doubts(result: LRFinderResult, descent: CurveDescent) -> list[str]:
     doubts = []
     if result.suggestion is None:
         doubts.append(f"no consensus over seeds ({result.consensus.suggestion.reason})")
-    spread = result.confidence
+    spread = result.consensus.spread_decades
     if spread is not None and spread > MAX_SEED_SPREAD_DECADES:
         doubts.append(f"seeds disagree by {spread:.2f} decades (> {MAX_SEED_SPREAD_DECADES})")
     if not descent.clear:
@@ -231,7 +231,7 @@ def _doubts(result: LRFinderResult, descent: CurveDescent) -> list[str]:
 
 
 def _confidence_words(result: LRFinderResult, descent: CurveDescent) -> str:
-    spread = result.confidence
+    spread = result.consensus.spread_decades
     agree = "one seed" if spread is None else f"seeds within {spread:.2f} decades"
     return f"{agree}, loss falls {descent.noise_sds:.1f} batch-noise SDs"
 

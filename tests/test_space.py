@@ -44,7 +44,10 @@ def smoothed(raw: np.ndarray, beta: float = 0.98) -> list[float]:
 
 
 def sweep(per_seed_raw: list[np.ndarray], lrs: np.ndarray, diverged_at: int | None = None):
-    curves = [SeedCurve(list(raw), smoothed(raw), diverged_at) for raw in per_seed_raw]
+    curves = [
+        SeedCurve(raw=list(raw), smoothed=smoothed(raw), diverged_at=diverged_at)
+        for raw in per_seed_raw
+    ]
     return LRFinderResult.from_curves(lrs, curves, [1.0], {})
 
 
@@ -107,7 +110,7 @@ def test_a_plateau_where_the_seeds_agree_is_widened_for_want_of_a_descent() -> N
     # Every seed's noise is the same, so the seeds agree on a point of a flat curve.
     flat = [0.69 + noise(0) for _ in range(4)]
     result = sweep(flat, LRS)
-    assert result.confidence == 0.0
+    assert result.consensus.spread_decades == 0.0
 
     bounds = search_bounds(result)
 
@@ -124,7 +127,7 @@ def test_seeds_that_disagree_widen_from_the_first_clear_descent_to_half_the_dive
 
     losses = [learning_at(lr) + noise(seed) for seed, lr in enumerate([1e-5, 1e-5, 1e-2, 1e-2])]
     result = sweep(losses, LRS)
-    assert result.confidence > MAX_SEED_SPREAD_DECADES
+    assert result.consensus.spread_decades > MAX_SEED_SPREAD_DECADES
     descent = curve_descent(result)
 
     bounds = search_bounds(result, lr_scale=2.0)
