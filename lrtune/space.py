@@ -4,7 +4,28 @@ Every family's peak LR is the one parameter ``lr``, drawn log-uniformly from the
 range test gives (so TPE learns about the LR across families); each family's own parameters
 carry its name as a prefix (``step.gamma``), which suits ``TPESampler(group=True)``. Lengths
 (step sizes, milestones, T_max, T_0, cycle lengths) are fractions of the run, so one space
-fits any epoch budget.
+fits any epoch budget. Every sampled schedule runs for the job's step count, however small:
+step sizes, milestones, restart periods, half-cycles and warm-ups last at least one epoch or
+step, one-cycle's ramp lasts more than one step, and one-step jobs do not offer one-cycle.
+
+**When the range test is trusted.** The bounds are ``[s / 10, min(10 s, d / 2)]`` around the
+suggestion ``s``, below the divergence LR ``d``, when the range test is *confident*:
+
+- the seeds agree: their suggestions span at most :data:`MAX_SEED_SPREAD_DECADES` (1.3)
+  decades of LR (``result.consensus.spread_decades``; with one seed this test is skipped), and
+- the curve shows a clear descent: the median smoothed loss falls, after fastai's trim of the
+  first tenth, by at least :data:`MIN_DESCENT_NOISE_SDS` (0.5) times the batch-to-batch noise
+  of the raw loss (its robust standard deviation, from the median absolute deviation of
+  consecutive differences, median over seeds).
+
+Otherwise the suggestion is noise on a flat stretch of the curve (e.g. a recurrent model
+whose loss sits on a plateau for longer than the sweep), and the search is *widened* instead:
+up to the divergence LR / :data:`DIVERGENCE_MARGIN` (the sweep's end if it never diverged),
+and down to the curve's first clear descent, or, without one, :data:`WIDE_DECADES` (5)
+decades below that top (never below the sweep's start). :class:`LRBounds` says which was done
+and why. The thresholds separate 51 range tests of the built-in tasks (seed spread at most
+0.97 decades, descent at least 1.27 noise SDs) from a GRU plateau task (descent at most 0.24
+noise SDs); the measurements are in ``docs/unconfident_range_test.md``.
 
 Example:
     >>> import optuna
@@ -14,50 +35,91 @@ Example:
     >>> schedule, lr = suggest_schedule(trial, ["cosine"], bounds, epochs=10, steps_per_epoch=20)
     >>> schedule.family, 0.01 <= lr <= 0.5
     ('cosine', True)
+    >>> LRBounds.from_dict(bounds.to_dict()) == bounds, bounds.widened
+    (True, False)
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import optuna
 
 from lrtune.result import LRFinderResult
 from lrtune.schedules import ScheduleSpec, parse_schedule
+from lrtune.suggestions import default_skips
 
 # How far the search reaches around the range test's suggestion, and how close to divergence.
 LR_DECADES_BELOW = 1.0
 LR_DECADES_ABOVE = 1.0
 DIVERGENCE_MARGIN = 2.0
 
+MAX_SEED_SPREAD_DECADES = 1.3
+"""Seeds whose suggestions span more decades than this make the range test unconfident."""
+
+MIN_DESCENT_NOISE_SDS = 0.5
+"""A clear descent: the median loss falls by at least this many SDs of the batch noise."""
+
+WIDE_DECADES = 5.0
+"""Without a clear descent, a widened search spans this many decades below its top."""
+
+MIN_ONECYCLE_RAMP_STEPS = 1.5
+"""Torch's OneCycleLR needs ``pct_start * total_steps > 1``; the space keeps this much."""
+
+_MAD_TO_SD = 1.4826  # the median absolute deviation of a normal sample, times this, is its SD
+
 
 @dataclass(frozen=True)
 class LRBounds:
-    """The LR range the search draws from, and where it came from."""
+    """The LR range the search draws from, and where it came from.
+
+    Attributes:
+        low, high: the range ``lr`` is drawn from, log-uniformly (base LRs).
+        suggestion: the range test's suggestion (base LR).
+        divergence_lr: where the range test diverged (base LR), or None.
+        widened: True when the range test was not trusted and the range was widened.
+        reason: one sentence for the report: what the range is and why.
+    """
 
     low: float
     high: float
     suggestion: float
     divergence_lr: float | None
+    widened: bool = False
+    reason: str = ""
+
+    @property
+    def warm_start_lr(self) -> float:
+        """The LR of the first, fixed trials: the suggestion, or mid-range when widened."""
+        if self.widened:
+            return math.sqrt(self.low * self.high)
+        return min(max(self.suggestion, self.low), self.high)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LRBounds:
+        """Read :meth:`to_dict`'s output; dicts stored before ``widened``/``reason`` load too."""
         return cls(**data)
 
 
 def search_bounds(result: LRFinderResult, lr_scale: float = 1.0) -> LRBounds:
-    """``[s / 10, min(10 s, d / 2)]`` around the suggestion ``s``, below divergence ``d``.
+    """The LR range to search: around the suggestion when the range test is confident.
 
-    A decade each side covers where the best constant, peak or cyclic LR usually lies relative
-    to a valley-type suggestion; staying a factor 2 under the LR where the sweep diverged keeps
-    trials out of the region where training is known to blow up. When the range test has no
-    suggestion, the smallest answer of the single-curve rules stands in; with none, this raises.
-    ``lr_scale`` converts the range test's group-0 LRs to base LRs (1 / group 0's multiplier).
+    Confident (see the module docstring): ``[s / 10, min(10 s, d / 2)]`` around the suggestion
+    ``s``, below divergence ``d``. A decade each side covers where the best constant, peak or
+    cyclic LR usually lies relative to a valley-type suggestion; staying a factor 2 under the LR
+    where the sweep diverged keeps trials out of the region where training is known to blow up.
+    Unconfident: widened, from the first clear descent (or :data:`WIDE_DECADES` below the top)
+    up to ``d / 2`` (or the sweep's end). When the range test has no consensus suggestion, the
+    smallest answer of the single-curve rules stands in (and the range is widened); with none,
+    this raises. ``lr_scale`` converts the range test's group-0 LRs to base LRs (1 / group 0's
+    multiplier).
     """
     suggestion = result.suggestion
     if suggestion is None:
@@ -73,7 +135,133 @@ def search_bounds(result: LRFinderResult, lr_scale: float = 1.0) -> LRBounds:
     if divergence is not None:
         high = min(high, divergence / DIVERGENCE_MARGIN)
     high = max(high, suggestion)
-    return LRBounds(suggestion / 10**LR_DECADES_BELOW, high, suggestion, divergence)
+    low = suggestion / 10**LR_DECADES_BELOW
+    descent = curve_descent(result)
+    doubts = _doubts(result, descent)
+    if not doubts:
+        reason = (
+            f"range test confident ({_confidence_words(result, descent)}): searching a decade "
+            f"either side of the suggestion {suggestion:.3g}"
+            + (f", below half the divergence LR {divergence:.3g}" if divergence else "")
+        )
+        return LRBounds(low, high, suggestion, divergence, widened=False, reason=reason)
+    return _widened(result, lr_scale, LRBounds(low, high, suggestion, divergence), descent, doubts)
+
+
+@dataclass(frozen=True)
+class CurveDescent:
+    """How clearly a range test's median loss goes down, in units of the batch noise.
+
+    Attributes:
+        noise_sd: robust SD of the raw loss from one batch to the next (median over seeds).
+        noise_sds: the fall of the median smoothed loss from its start (after the trim) to its
+            lowest point, in ``noise_sd`` units (inf when the loss falls without any noise).
+        first_clear_lr: the group-0 LR where the median first lies
+            :data:`MIN_DESCENT_NOISE_SDS` noise SDs below its start; None without a clear descent.
+    """
+
+    noise_sd: float
+    noise_sds: float
+    first_clear_lr: float | None
+
+    @property
+    def clear(self) -> bool:
+        return self.first_clear_lr is not None
+
+
+def curve_descent(result: LRFinderResult) -> CurveDescent:
+    """Measure how far and where the range test's median loss falls clearly below its start.
+
+    The median curve is trimmed like the suggestion rules trim it (fastai's first tenth, see
+    :func:`lrtune.suggestions.default_skips`); the noise is what a plateau's wiggles are made
+    of, so a fall smaller than a fraction of it is no descent, whatever the loss's scale.
+
+    Example:
+        >>> from lrtune.result import SeedCurve
+        >>> lrs = np.geomspace(1e-5, 1, 60)
+        >>> wiggle = 0.05 * np.sin(np.arange(60) * 2.0)
+        >>> falling = list(2 - np.clip(np.log10(lrs) + 3, 0, None) + wiggle)
+        >>> def descent_of(losses):
+        ...     curve = SeedCurve(raw=list(losses), smoothed=list(losses), diverged_at=None)
+        ...     return curve_descent(LRFinderResult.from_curves(lrs, [curve], [1.0], {}))
+        >>> descent = descent_of(falling)
+        >>> descent.clear, round(descent.noise_sds), f"{descent.first_clear_lr:.0e}"
+        (True, 42, '1e-03')
+        >>> descent_of(2 + wiggle).clear  # a plateau: wiggles only
+        False
+    """
+    median = np.asarray(result.median, dtype=float)
+    skip_start, skip_end = default_skips(len(median))
+    kept = median[skip_start : len(median) - skip_end]
+    noise = float(np.median([_batch_noise_sd(curve.raw) for curve in result.seeds]))
+    if len(kept) < 2 or not np.all(np.isfinite(kept)):
+        return CurveDescent(noise, 0.0, None)
+    fall = float(kept[0] - kept.min())
+    noise_sds = fall / noise if noise > 0 else (math.inf if fall > 0 else 0.0)
+    if noise_sds < MIN_DESCENT_NOISE_SDS:
+        return CurveDescent(noise, noise_sds, None)
+    first = int(np.argmax(kept <= kept[0] - MIN_DESCENT_NOISE_SDS * noise))
+    return CurveDescent(noise, noise_sds, result.lrs[skip_start + first])
+
+
+def _batch_noise_sd(raw: Sequence[float]) -> float:
+    """Robust SD of one batch's loss around the trend: MAD of consecutive differences."""
+    losses = np.asarray(raw, dtype=float)
+    losses = losses[np.isfinite(losses)]
+    if len(losses) < 3:
+        return 0.0
+    steps = np.diff(losses)
+    return float(_MAD_TO_SD * np.median(np.abs(steps - np.median(steps))) / math.sqrt(2))
+
+
+def _doubts(result: LRFinderResult, descent: CurveDescent) -> list[str]:
+    """Why the range test's suggestion is not to be trusted; empty when it is."""
+    doubts = []
+    if result.suggestion is None:
+        doubts.append(f"no consensus over seeds ({result.consensus.suggestion.reason})")
+    spread = result.consensus.spread_decades
+    if spread is not None and spread > MAX_SEED_SPREAD_DECADES:
+        doubts.append(f"seeds disagree by {spread:.2f} decades (> {MAX_SEED_SPREAD_DECADES})")
+    if not descent.clear:
+        doubts.append(
+            f"the loss never falls clearly ({descent.noise_sds:.2f} batch-noise SDs "
+            f"< {MIN_DESCENT_NOISE_SDS})"
+        )
+    return doubts
+
+
+def _confidence_words(result: LRFinderResult, descent: CurveDescent) -> str:
+    spread = result.consensus.spread_decades
+    agree = "one seed" if spread is None else f"seeds within {spread:.2f} decades"
+    return f"{agree}, loss falls {descent.noise_sds:.1f} batch-noise SDs"
+
+
+def _widened(
+    result: LRFinderResult,
+    lr_scale: float,
+    around: LRBounds,
+    descent: CurveDescent,
+    doubts: list[str],
+) -> LRBounds:
+    """From the first clear descent (or WIDE_DECADES below the top) up to d / 2 or the end."""
+    sweep_start, sweep_end = result.lrs[0] * lr_scale, result.lrs[-1] * lr_scale
+    if around.divergence_lr is not None:
+        top, top_words = around.divergence_lr / DIVERGENCE_MARGIN, "half the divergence LR"
+    else:
+        top, top_words = sweep_end, "the sweep's end"
+    if descent.first_clear_lr is not None:
+        low = min(descent.first_clear_lr * lr_scale, around.low)
+        low_words = "the loss's first clear descent"
+    else:
+        low = max(sweep_start, top / 10**WIDE_DECADES)
+        low_words = f"{math.log10(top / low):.3g} decades below the top"
+    high = max(top, around.high)
+    reason = (
+        f"range test not trusted ({'; '.join(doubts)}): searching {low:.3g} .. {high:.3g}, "
+        f"from {low_words} up to {top_words}, instead of {around.low:.3g} .. "
+        f"{around.high:.3g} around the suggestion {around.suggestion:.3g}"
+    )
+    return LRBounds(low, high, around.suggestion, around.divergence_lr, widened=True, reason=reason)
 
 
 def suggest_schedule(
@@ -84,8 +272,21 @@ def suggest_schedule(
     steps_per_epoch: int,
     warmup: bool = True,
 ) -> tuple[ScheduleSpec, float]:
-    """Sample a family, its hyperparameters, a warm-up and the peak LR; return (spec, lr)."""
-    family = trial.suggest_categorical("family", list(families))
+    """Sample a family, its hyperparameters, a warm-up and the peak LR; return (spec, lr).
+
+    Only families that can run for ``epochs * steps_per_epoch`` steps are offered (see
+    :func:`runnable_families`), and every sampled schedule runs for that many steps.
+
+    Raises:
+        ValueError: none of ``families`` can run for that few steps.
+    """
+    choices = runnable_families(families, epochs * steps_per_epoch)
+    if not choices:
+        raise ValueError(
+            f"none of the families {list(families)} can run for {epochs * steps_per_epoch} "
+            "step(s): train for more epochs or use smaller batches"
+        )
+    family = trial.suggest_categorical("family", choices)
     lr = trial.suggest_float("lr", bounds.low, bounds.high, log=True)
     warmup_epochs = 0
     if family != "onecycle" and _searches_warmup(warmup, epochs):
@@ -98,11 +299,33 @@ def suggest_schedule(
     return parse_schedule({"family": family, **params}), lr
 
 
+def runnable_families(families: Sequence[str], total_steps: int) -> list[str]:
+    """``families`` less those that cannot run for ``total_steps`` optimizer steps.
+
+    Only one-cycle has a minimum: its ramp must last more than one step, so it needs two.
+
+    >>> runnable_families(["onecycle", "cosine"], 1), runnable_families(["onecycle"], 2)
+    (['cosine'], ['onecycle'])
+    """
+    return [f for f in families if f != "onecycle" or total_steps >= 2]
+
+
 def warm_starts(
-    families: Sequence[str], bounds: LRBounds, epochs: int, warmup: bool = True
+    families: Sequence[str],
+    bounds: LRBounds,
+    epochs: int,
+    warmup: bool = True,
+    *,
+    steps_per_epoch: int | None = None,
 ) -> list[dict[str, Any]]:
-    """The obvious answers, tried first: one-cycle, cosine and constant at the suggestion."""
-    lr = min(max(bounds.suggestion, bounds.low), bounds.high)
+    """The obvious answers, tried first: one-cycle, cosine and constant at the suggestion.
+
+    When the bounds were widened the suggestion is not trusted, and they start mid-range
+    instead (:attr:`LRBounds.warm_start_lr`). With ``steps_per_epoch``, families that cannot
+    run for the job's step count are left out (one-cycle's fixed ``pct_start`` is made
+    runnable by :func:`suggest_schedule` in any case).
+    """
+    lr = bounds.warm_start_lr
     no_warmup = {"warmup_epochs": 0} if _searches_warmup(warmup, epochs) else {}
     candidates = [
         {
@@ -121,6 +344,8 @@ def warm_starts(
         },
         {"family": "constant", "lr": lr, **no_warmup},
     ]
+    if steps_per_epoch is not None:
+        families = runnable_families(families, epochs * steps_per_epoch)
     return [c for c in candidates if c["family"] in families]
 
 
@@ -181,10 +406,17 @@ def _cosine_warm_restarts(trial: optuna.Trial, lr: float, epochs: int, spe: int)
 def _onecycle(trial: optuna.Trial, lr: float, epochs: int, spe: int) -> dict[str, Any]:
     return {
         "max_lr": lr,
-        "pct_start": trial.suggest_float("onecycle.pct_start", 0.1, 0.5),
+        "pct_start": _runnable_pct_start(
+            trial.suggest_float("onecycle.pct_start", 0.1, 0.5), epochs * spe
+        ),
         "div_factor": trial.suggest_float("onecycle.div_factor", 5.0, 100.0, log=True),
         "final_div_factor": trial.suggest_float("onecycle.final_div_factor", 10.0, 1e5, log=True),
     }
+
+
+def _runnable_pct_start(pct_start: float, total_steps: int) -> float:
+    """Lengthen a ramp of fewer than MIN_ONECYCLE_RAMP_STEPS steps (warm starts fix 0.3)."""
+    return max(pct_start, min(MIN_ONECYCLE_RAMP_STEPS / total_steps, 0.9))
 
 
 def _cyclic(trial: optuna.Trial, lr: float, epochs: int, spe: int) -> dict[str, Any]:
