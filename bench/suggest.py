@@ -23,10 +23,12 @@ sits on a plateau before it learns):
 
 Results go to ``out/suggest.json`` after every training run (a cut-off run resumes where it
 stopped; ``--fresh`` starts over), the Markdown table to stdout, and with ``--write`` to
-``docs/benchmark_suggest.md`` (the part above its "README summary").
+``docs/benchmark_suggest.md`` (between its table markers) with the raw results in
+``docs/benchmark_suggest.json``.
 
 Run from the repository root (with ``PYTHONPATH=.`` when lrtune is not installed from this
-checkout; the script warns when it measures another copy), on one CPU thread (, about 35 minutes; ``--quick`` is a smoke test of a minute or two):
+checkout; the script warns when it measures another copy), on one CPU thread. A full run takes
+about 15-25 minutes; ``--quick`` (two rows, one epoch) is a smoke test of a minute or two:
     OMP_NUM_THREADS=1 .venv/bin/python bench/suggest.py --write
     OMP_NUM_THREADS=1 .venv/bin/python bench/suggest.py --quick     # out/suggest-quick.json
     OMP_NUM_THREADS=1 .venv/bin/python bench/suggest.py --report-only --write
@@ -56,20 +58,20 @@ from lrtune.datasets import DatasetBundle
 from lrtune.registry import register_dataset, register_model
 from lrtune.schedules import parse_schedule
 from lrtune.spec import JobSpec
-from lrtune.suggestions import RULES, consensus
+from lrtune.suggestions import PEER_RULES, RULES, consensus
 from lrtune.training import TrainingSetup, train
 from lrtune.tuner import range_test
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "out" / "suggest.json"
 DOC_PATH = ROOT / "docs" / "benchmark_suggest.md"
-README_HEADING = "## README summary"
 
 GRID_POINTS = 13  # 3.25 points per decade over 4 decades
 GRID_DECADES = 4
 SEEDS = (1, 2, 3)
-RANGE_TEST_SEED = 0
-RULE_NAMES = tuple(RULES)
+RANGE_TEST_SEEDS = (0, 1)  # job seeds of two independent range tests (4 sweeps each)
+ALL_RULES = {**RULES, **PEER_RULES}
+RULE_NAMES = tuple(ALL_RULES)
 
 # (rule label in the table, how it is read off the range test)
 PEER_LABELS = {
@@ -197,7 +199,10 @@ class Store:
         return cls(path, {"rows": {}})
 
     def row(self, name: str) -> dict[str, Any]:
-        return self.data["rows"].setdefault(name, {"runs": {}, "range_test": None})
+        row = self.data["rows"].setdefault(name, {"runs": {}, "range_tests": {}})
+        if "range_test" in row:  # results from before the replicate range test
+            row["range_tests"] = {"0": row.pop("range_test")}
+        return row
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -233,22 +238,26 @@ def train_seeds(row: Row, stored: dict[str, Any], store: Store, lr: float) -> li
     return [values[str(seed)] for seed in SEEDS]
 
 
-def suggestions_of(row: Row, stored: dict[str, Any], store: Store) -> dict[str, float | None]:
-    if stored["range_test"] is None:
-        result = range_test(TrainingSetup.from_spec(row.spec(RANGE_TEST_SEED)), progress=False)
-        stored["range_test"] = {
+def suggestions_of(
+    row: Row, stored: dict[str, Any], store: Store, range_seed: int
+) -> dict[str, float | None]:
+    """Every rule's answer from the row's range test run with job seed ``range_seed``."""
+    tests = stored["range_tests"]
+    if str(range_seed) not in tests:
+        result = range_test(TrainingSetup.from_spec(row.spec(range_seed)), progress=False)
+        tests[str(range_seed)] = {
             "lrs": result.lrs,
             "curves": [curve.smoothed for curve in result.seeds],
             "default": result.suggestion,
             "default_spread": result.consensus.spread_decades,
         }
         store.save()
-    test = stored["range_test"]
+    test = tests[str(range_seed)]
     lrs, curves = np.asarray(test["lrs"]), test["curves"]
     answers: dict[str, float | None] = {"default": test["default"]}
     for name in RULE_NAMES:
         answers[f"consensus:{name}"] = consensus(lrs, curves, rule=name).suggestion.lr
-        single = RULES[name](lrs[: len(curves[0])], curves[0])
+        single = ALL_RULES[name](lrs[: len(curves[0])], curves[0])
         answers[f"single:{name}"] = single.lr
     return answers
 
@@ -258,9 +267,10 @@ def measure_row(row: Row, store: Store, log: Callable[[str], None]) -> None:
     started = time.perf_counter()
     for lr in row.grid:
         train_seeds(row, stored, store, lr)
-    for label, lr in suggestions_of(row, stored, store).items():
-        if lr is not None:
-            train_seeds(row, stored, store, lr)
+    for range_seed in RANGE_TEST_SEEDS:
+        for lr in suggestions_of(row, stored, store, range_seed).values():
+            if lr is not None:
+                train_seeds(row, stored, store, lr)
     log(f"{row.name}: {time.perf_counter() - started:.0f} s")
 
 
@@ -285,7 +295,9 @@ def mean_of(values: list[float]) -> float:
     return statistics.fmean(values)
 
 
-def summarise(row: Row, stored: dict[str, Any], answers: dict[str, float | None]) -> RowSummary:
+def summarise(
+    row: Row, stored: dict[str, Any], answers: dict[str, float | None], range_seed: int
+) -> RowSummary:
     classification = stored["metric"] == "accuracy"
     runs = {float(k): [v[str(s)] for s in SEEDS] for k, v in stored["runs"].items()}
     grid = {lr: runs[float(lr_key(lr))] for lr in row.grid}
@@ -300,10 +312,9 @@ def summarise(row: Row, stored: dict[str, Any], answers: dict[str, float | None]
             return 100 * (best_mean - mean_of(values))
         return 100 * (mean_of(values) / best_mean - 1)
 
-    if classification:
-        tolerance = max(1.0, 100 * best_se)
-    else:
-        tolerance = max(2.0, 100 * best_se / best_mean)
+    # 1 accuracy point or 2% of the MSE, or the grid best's own standard error if larger.
+    floor, se = (1.0, 100 * best_se) if classification else (2.0, 100 * best_se / best_mean)
+    tolerance = max(floor, se)
     gaps = {
         label: gap(runs[float(lr_key(lr))])
         for label, lr in answers.items()
@@ -317,7 +328,7 @@ def summarise(row: Row, stored: dict[str, Any], answers: dict[str, float | None]
         best_std=best_std,
         best_se=best_se,
         tolerance=tolerance,
-        spread_decades=stored["range_test"]["default_spread"],
+        spread_decades=stored["range_tests"][str(range_seed)]["default_spread"],
         gaps=gaps,
         lrs=answers,
     )
@@ -347,7 +358,23 @@ def fmt_gap(value: float | None, tolerance: float) -> str:
     return f"{value:+.1f}{mark}"
 
 
-def markdown(summaries: list[RowSummary], elapsed: float | None) -> str:
+def report(by_seed: dict[int, list[RowSummary]], elapsed: float | None) -> str:
+    """One table per range test, then the rules' scores pooled over both."""
+    parts = []
+    for seed, summaries in by_seed.items():
+        parts += [f"### Range test with job seed {seed}", "", markdown(summaries), ""]
+    pooled = [s for summaries in by_seed.values() for s in summaries]
+    parts += [
+        f"### Both range tests pooled ({len(pooled)} row-tests)",
+        "",
+        *aggregate_lines(pooled),
+    ]
+    if elapsed is not None:
+        parts += ["", f"Measured in {elapsed / 60:.1f} minutes (wall clock) on one CPU thread."]
+    return "\n".join(parts)
+
+
+def markdown(summaries: list[RowSummary]) -> str:
     lines = [
         "| row | metric | grid best LR | grid best (mean ± std, 3 seeds) | tol. | seeds' spread "
         "(dec.) | " + " | ".join(title for _, title in TABLE_COLUMNS) + " |",
@@ -364,17 +391,21 @@ def markdown(summaries: list[RowSummary], elapsed: float | None) -> str:
             f"{spread} | " + " | ".join(cells) + " |"
         )
     lines += ["", "Suggested LRs (the LR each rule picked):", ""]
-    lines.append("| row | grid best | " + " | ".join(t for _, t in TABLE_COLUMNS) + " |")
-    lines.append("|" + "---|" * (2 + len(TABLE_COLUMNS)))
+    lines.append(
+        "| row | grid best | log10(grid best / default) | "
+        + " | ".join(t for _, t in TABLE_COLUMNS)
+        + " |"
+    )
+    lines.append("|" + "---|" * (3 + len(TABLE_COLUMNS)))
     for s in summaries:
         cells = [
             "none" if s.lrs.get(label) is None else f"{s.lrs[label]:.2g}"
             for label, _ in TABLE_COLUMNS
         ]
-        lines.append(f"| {s.name} | {s.best_lr:.2g} | " + " | ".join(cells) + " |")
+        default = s.lrs.get("default")
+        offset = "n/a" if default is None else f"{math.log10(s.best_lr / default):+.2f}"
+        lines.append(f"| {s.name} | {s.best_lr:.2g} | {offset} | " + " | ".join(cells) + " |")
     lines += ["", *aggregate_lines(summaries)]
-    if elapsed is not None:
-        lines += ["", f"Measured in {elapsed / 60:.1f} minutes on one CPU thread."]
     return "\n".join(lines)
 
 
@@ -395,7 +426,9 @@ def aggregate_lines(summaries: list[RowSummary]) -> list[str]:
     return lines
 
 
-def write_doc(table: str) -> None:
+def write_doc(table: str, store: Store) -> None:
+    """Put the table between its markers in the doc, and the raw results beside it."""
+    DOC_PATH.with_suffix(".json").write_text(json.dumps(store.data, indent=1) + "\n")
     text = DOC_PATH.read_text() if DOC_PATH.exists() else ""
     start, end = "<!-- suggest-table:start -->", "<!-- suggest-table:end -->"
     block = f"{start}\n{table}\n{end}"
@@ -436,15 +469,18 @@ def main(argv: list[str] | None = None) -> int:
             measure_row(row, store, log)
         store.data["elapsed_s"] = store.data.get("elapsed_s", 0.0) + time.perf_counter() - started
         store.save()
-    summaries = [
-        summarise(row, store.row(row.name), suggestions_of(row, store.row(row.name), store))
-        for row in rows
-        if store.row(row.name)["range_test"] is not None
-    ]
-    table = markdown(summaries, store.data.get("elapsed_s"))
+    by_seed = {
+        seed: [
+            summarise(row, stored, suggestions_of(row, stored, store, seed), seed)
+            for row in rows
+            if str(seed) in (stored := store.row(row.name))["range_tests"]
+        ]
+        for seed in RANGE_TEST_SEEDS
+    }
+    table = report(by_seed, store.data.get("elapsed_s"))
     print(table)
     if args.write and not args.quick:
-        write_doc(table)
+        write_doc(table, store)
     return 0
 
 

@@ -19,7 +19,8 @@ Preprocessing, shared by every rule:
    short"), when the kept losses are flat ("curve is flat"), or when they never go down
    ("loss never decreases").
 
-Single-curve rules (all in :data:`RULES`, all applied by :func:`suggest_all`):
+Single-curve rules (lrtune's in :data:`RULES`, applied by :func:`suggest_all`; the last two
+in :data:`PEER_RULES`, for comparison):
 
 - :func:`steepest`: the most negative slope of the loss with respect to ``log10(lr)``.
 - :func:`valley`: fastai's default, transcribed from fastai's code: the longest strictly
@@ -80,12 +81,13 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "DEFAULT_RULE",
     "FLAT_TOLERANCE",
     "MIN_POINTS",
+    "PEER_RULES",
     "RULES",
     "Consensus",
     "Suggestion",
-    "DEFAULT_RULE",
     "consensus",
     "default_skips",
     "longest_run",
@@ -376,10 +378,16 @@ RULES: dict[str, Callable[..., Suggestion]] = {
     "longest_run": longest_run,
     "minimum": minimum,
     "slide": slide,
+}
+"""The single-curve rules :func:`suggest_all` applies, by name; each is called as
+``rule(lrs, losses, **options)``."""
+
+PEER_RULES: dict[str, Callable[..., Suggestion]] = {
     "steepest_per_step": steepest_per_step,
     "steepest_per_lr": steepest_per_lr,
 }
-"""Single-curve rules by name; each is called as ``rule(lrs, losses, **options)``."""
+"""pytorch-lr-finder's and Lightning's rules, for comparison (``bench/suggest.py``); like
+:data:`RULES`, :func:`consensus` takes them by name."""
 
 DEFAULT_RULE = "longest_run"
 """The rule :func:`consensus` applies to each seed unless told otherwise (chosen by
@@ -418,7 +426,7 @@ def consensus(
         per_seed_losses: One smoothed loss curve per seed. Curves may be shorter than ``lrs``
             (a sweep stopped at its own divergence); curve ``k`` is paired with
             ``lrs[:len(per_seed_losses[k])]``.
-        rule: A name in :data:`RULES`, or a rule function.
+        rule: A name in :data:`RULES` or :data:`PEER_RULES`, or a rule function.
         options: Passed to the rule for every seed, e.g. ``skip_start``.
 
     Returns:
@@ -623,9 +631,10 @@ def _slide_index(curve: _Curve, lr_diff: int, threshold: float) -> int:
 def _resolve_rule(rule: str | Callable[..., Suggestion]) -> Callable[..., Suggestion]:
     if callable(rule):
         return rule
-    if rule not in RULES:
-        raise ValueError(f"unknown rule {rule!r}; choose one of {sorted(RULES)}")
-    return RULES[rule]
+    known = {**RULES, **PEER_RULES}
+    if rule not in known:
+        raise ValueError(f"unknown rule {rule!r}; choose one of {sorted(known)}")
+    return known[rule]
 
 
 def _median_in_log_space(lrs: Sequence[float]) -> float:

@@ -12,6 +12,7 @@ from lrtune import suggestions
 from lrtune.suggestions import (
     DEFAULT_RULE,
     MIN_POINTS,
+    PEER_RULES,
     RULES,
     Consensus,
     Suggestion,
@@ -69,7 +70,7 @@ def falling_region(lrs: np.ndarray, clean: np.ndarray) -> tuple[float, float]:
 
 
 def single_curve_rules() -> list[Callable[..., Suggestion]]:
-    return list(RULES.values())
+    return [*RULES.values(), *PEER_RULES.values()]
 
 
 def decreasing_run_bounds(losses: np.ndarray) -> list[tuple[int, int]]:
@@ -491,7 +492,8 @@ def test_the_shortest_answerable_curve_gets_an_answer_from_every_rule() -> None:
     lrs = np.logspace(-4, 0, MIN_POINTS)
     losses = np.array([3.0, 2.5, 1.0, 0.8, 2.0])
 
-    assert all(s.lr is not None for s in suggest_all(lrs, losses, **NO_SKIP).values())
+    for rule in single_curve_rules():
+        assert rule(lrs, losses, **NO_SKIP).lr is not None, rule.__name__
 
 
 def test_too_short_reason_names_the_divergence_and_the_skips() -> None:
