@@ -256,9 +256,9 @@ def valley(
     dynamic programme, takes its last point as ``end`` and ``start = end - length`` (one point
     before a contiguous run of that length would start), and answers at
     ``start + int(span / 3) + int(span / 6)`` with ``span = end - start``; of several longest
-    subsequences, the one that ends first counts. One deliberate change:
-    when the subsequence is two points ending at the curve's second point, fastai's index is
-    -1, which Python reads as the *last* point (the largest LR of the sweep); here it is 0.
+    subsequences, the one that ends first counts. One deliberate change: when the subsequence
+    is two points ending at the curve's second point, fastai's index is -1, which Python reads
+    as the *last* point (the largest LR of the sweep); here it is 0.
     """
     return _apply_rule("valley", lrs, losses, skip_start, skip_end, _fastai_valley_index)
 
