@@ -19,18 +19,34 @@ Preprocessing, shared by every rule:
    short"), when the kept losses are flat ("curve is flat"), or when they never go down
    ("loss never decreases").
 
-Single-curve rules (all in :data:`RULES`, all applied by :func:`suggest_all`):
+Single-curve rules (lrtune's in :data:`RULES`, applied by :func:`suggest_all`; the last two
+in :data:`PEER_RULES`, for comparison):
 
 - :func:`steepest`: the most negative slope of the loss with respect to ``log10(lr)``.
-- :func:`valley`: fastai's default, about halfway along the longest strictly decreasing run.
-- :func:`minimum`: a tenth of the LR at the lowest loss.
+- :func:`valley`: fastai's default, transcribed from fastai's code: the longest strictly
+  decreasing *subsequence* of the loss (not necessarily contiguous), read about halfway along.
+- :func:`longest_run`: the same reading on the longest *contiguous* run of falling losses
+  (what lrtune called ``valley`` before it matched fastai).
+- :func:`minimum`: a tenth of the LR at the lowest loss (fastai's ``minimum``).
 - :func:`slide`: fastai's interval slide rule, on log-LR spacing.
+- :func:`steepest_per_step`: pytorch-lr-finder's suggestion, the most negative ``np.gradient``
+  of the loss per sweep step, on the curve trimmed ``[10:-5]``.
+- :func:`steepest_per_lr`: PyTorch Lightning's ``suggestion()``, the most negative gradient of
+  the loss with respect to the raw LR, on the curve trimmed ``[10:-1]``.
 
-Why :func:`consensus` over seeds is lrtune's default: ``valley`` is the rule fastai found most
-reliable on real curves, but the answer of a single sweep moves with the order in which the
-data arrived. Running the sweep with a few seeds and taking the median of their answers in
-log10 space is robust to one noisy seed, and the spread of the answers, in decades of LR, is
-the measure of confidence that users of the other LR finders keep asking for.
+The peers' rules (``valley``, ``slide``, ``minimum``, ``steepest_per_step``,
+``steepest_per_lr``) compute what the peer's own code computes on the same curve (``slide``
+on a uniform exponential sweep; it takes uneven LR steps into account); the deliberate
+differences are the shared preprocessing below and a suggestion with a reason instead of an
+exception or a log line when there is no answer.
+
+Why :func:`consensus` over seeds is lrtune's default: the answer of a single sweep moves with
+the order in which the data arrived. Running the sweep with a few seeds and taking the median
+of their answers in log10 space is robust to one noisy seed, and the spread of the answers, in
+decades of LR, is the measure of confidence that users of the other LR finders keep asking
+for. Which rule the consensus applies to each seed (:data:`DEFAULT_RULE`) was chosen by
+measurement: ``bench/suggest.py`` trains at every rule's suggestion and compares it with the
+best constant LR of a grid (``docs/benchmark_suggest.md``).
 
 Example:
     >>> import numpy as np
@@ -41,6 +57,8 @@ Example:
     >>> print(f"{suggestions['minimum'].lr:.0e}")
     1e-03
     >>> print(f"{suggestions['valley'].lr:.0e} at index {suggestions['valley'].index}")
+    4e-04 at index 16
+    >>> print(f"{suggestions['longest_run'].lr:.0e} at index {suggestions['longest_run'].index}")
     5e-04 at index 17
     >>> # Three seeds; the third stopped early, so it is trimmed differently.
     >>> result = consensus(lrs, [losses, losses * 1.5, losses[:45]])
@@ -63,16 +81,21 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "DEFAULT_RULE",
     "FLAT_TOLERANCE",
     "MIN_POINTS",
+    "PEER_RULES",
     "RULES",
     "Consensus",
     "Suggestion",
     "consensus",
     "default_skips",
+    "longest_run",
     "minimum",
     "slide",
     "steepest",
+    "steepest_per_lr",
+    "steepest_per_step",
     "suggest_all",
     "valley",
 ]
@@ -87,6 +110,8 @@ FLAT_TOLERANCE = 1e-6
 """A curve is flat when ``max - min`` of its losses is at most this fraction of ``max |loss|``."""
 
 _FASTAI_SKIP_END = 5
+_TLF_SKIPS = (10, 5)  # pytorch-lr-finder's plot(skip_start=10, skip_end=5)
+_LIGHTNING_SKIPS = (10, 1)  # Lightning's suggestion(skip_begin=10, skip_end=1)
 _HIGH_AGREEMENT_DECADES = 0.3
 _MEDIUM_AGREEMENT_DECADES = 0.7
 
@@ -225,16 +250,35 @@ def valley(
     skip_start: int | None = None,
     skip_end: int | None = None,
 ) -> Suggestion:
-    """Suggest an LR about halfway along the longest strictly decreasing run of the loss.
+    """Suggest an LR about halfway along the longest valley, exactly as fastai's ``valley``.
+
+    fastai finds the longest strictly decreasing *subsequence* of the loss by an O(n^2)
+    dynamic programme, takes its last point as ``end`` and ``start = end - length`` (one point
+    before a contiguous run of that length would start), and answers at
+    ``start + int(span / 3) + int(span / 6)`` with ``span = end - start``; of several longest
+    subsequences, the one that ends first counts. One deliberate change: when the subsequence
+    is two points ending at the curve's second point, fastai's index is -1, which Python reads
+    as the *last* point (the largest LR of the sweep); here it is 0.
+    """
+    return _apply_rule("valley", lrs, losses, skip_start, skip_end, _fastai_valley_index)
+
+
+def longest_run(
+    lrs: FloatArrayLike,
+    losses: FloatArrayLike,
+    *,
+    skip_start: int | None = None,
+    skip_end: int | None = None,
+) -> Suggestion:
+    """Suggest an LR about halfway along the longest *contiguous* run of falling losses.
 
     With ``start`` and ``end`` the first and last points of the run (the earliest one if several
     are longest) and ``span = end - start``, the answer is at
-    ``start + int(span / 3) + int(span / 6)``, as in fastai. fastai finds the run through an
-    O(n^2) longest decreasing *subsequence* and then places it as if it were contiguous
-    (``start = end - length``, one point too early); here the contiguous run is found directly
-    in O(n), so that the answer always lies on points where the loss really falls.
+    ``start + int(span / 3) + int(span / 6)``, fastai's placement. Unlike :func:`valley`, every
+    step of the run is a decrease, so the answer always lies where the loss really falls; on a
+    noisy curve the runs are short and it lands later (higher) than fastai's valley.
     """
-    return _apply_rule("valley", lrs, losses, skip_start, skip_end, _valley_index)
+    return _apply_rule("longest_run", lrs, losses, skip_start, skip_end, _longest_run_index)
 
 
 def minimum(
@@ -291,13 +335,63 @@ def slide(
     return _apply_rule("slide", lrs, losses, skip_start, skip_end, pick)
 
 
+def steepest_per_step(
+    lrs: FloatArrayLike,
+    losses: FloatArrayLike,
+    *,
+    skip_start: int | None = _TLF_SKIPS[0],
+    skip_end: int | None = _TLF_SKIPS[1],
+) -> Suggestion:
+    """Suggest the LR where the loss falls most per sweep step, as pytorch-lr-finder does.
+
+    pytorch-lr-finder's ``plot(suggest_lr=True)`` trims the curve to
+    ``[skip_start:-skip_end]`` (10 and 5 by default, whatever the curve's length) and answers
+    at ``argmin(np.gradient(losses))``: the slope per index, end points included. On an
+    exponential sweep that is the slope per decade up to a constant factor.
+    """
+    return _apply_rule(
+        "steepest_per_step", lrs, losses, skip_start, skip_end, _steepest_per_step_index
+    )
+
+
+def steepest_per_lr(
+    lrs: FloatArrayLike,
+    losses: FloatArrayLike,
+    *,
+    skip_start: int | None = _LIGHTNING_SKIPS[0],
+    skip_end: int | None = _LIGHTNING_SKIPS[1],
+) -> Suggestion:
+    """Suggest the LR where the loss falls most per unit of LR, as PyTorch Lightning does.
+
+    Lightning's ``_LRFinder.suggestion(skip_begin=10, skip_end=1)`` trims the curve to
+    ``[skip_begin:-skip_end]`` and answers at ``argmin(torch.gradient(losses, spacing=[lrs]))``:
+    the slope against the raw LR (not its log), which favours the low-LR end of an exponential
+    sweep where the LR steps are tiny. Lightning drops non-finite points wherever they are;
+    here, as for every rule, the curve ends at its first non-finite point.
+    """
+    return _apply_rule("steepest_per_lr", lrs, losses, skip_start, skip_end, _steepest_per_lr_index)
+
+
 RULES: dict[str, Callable[..., Suggestion]] = {
     "steepest": steepest,
     "valley": valley,
+    "longest_run": longest_run,
     "minimum": minimum,
     "slide": slide,
 }
-"""Single-curve rules by name; each is called as ``rule(lrs, losses, **options)``."""
+"""The single-curve rules :func:`suggest_all` applies, by name; each is called as
+``rule(lrs, losses, **options)``."""
+
+PEER_RULES: dict[str, Callable[..., Suggestion]] = {
+    "steepest_per_step": steepest_per_step,
+    "steepest_per_lr": steepest_per_lr,
+}
+"""pytorch-lr-finder's and Lightning's rules, for comparison (``bench/suggest.py``); like
+:data:`RULES`, :func:`consensus` takes them by name."""
+
+DEFAULT_RULE = "longest_run"
+"""The rule :func:`consensus` applies to each seed unless told otherwise (chosen by
+``bench/suggest.py``; see ``docs/benchmark_suggest.md``)."""
 
 
 def suggest_all(
@@ -307,17 +401,22 @@ def suggest_all(
     skip_start: int | None = None,
     skip_end: int | None = None,
 ) -> dict[str, Suggestion]:
-    """Apply every rule in :data:`RULES` to one curve, with their default options."""
-    return {
-        name: rule(lrs, losses, skip_start=skip_start, skip_end=skip_end)
-        for name, rule in RULES.items()
+    """Apply every rule in :data:`RULES` to one curve, with their default options.
+
+    ``skip_start`` and ``skip_end``, when given, override every rule's own defaults.
+    """
+    skips = {
+        name: value
+        for name, value in (("skip_start", skip_start), ("skip_end", skip_end))
+        if value is not None
     }
+    return {name: rule(lrs, losses, **skips) for name, rule in RULES.items()}
 
 
 def consensus(
     lrs: FloatArrayLike,
     per_seed_losses: Sequence[FloatArrayLike],
-    rule: str | Callable[..., Suggestion] = "valley",
+    rule: str | Callable[..., Suggestion] = DEFAULT_RULE,
     **options: Any,
 ) -> Consensus:
     """Apply ``rule`` to each seed's curve and take the median answer in log10 space.
@@ -327,7 +426,7 @@ def consensus(
         per_seed_losses: One smoothed loss curve per seed. Curves may be shorter than ``lrs``
             (a sweep stopped at its own divergence); curve ``k`` is paired with
             ``lrs[:len(per_seed_losses[k])]``.
-        rule: A name in :data:`RULES`, or a rule function.
+        rule: A name in :data:`RULES` or :data:`PEER_RULES`, or a rule function.
         options: Passed to the rule for every seed, e.g. ``skip_start``.
 
     Returns:
@@ -465,7 +564,27 @@ def _steepest_index(curve: _Curve) -> int:
     return i + 1
 
 
-def _valley_index(curve: _Curve) -> int:
+def _fastai_valley_index(curve: _Curve) -> int:
+    start, end = _fastai_longest_valley(curve.losses)
+    sections = (end - start) / 3
+    return max(0, start + int(sections) + int(sections / 2))
+
+
+def _fastai_longest_valley(losses: FloatArray) -> tuple[int, int]:
+    """fastai's ``(max_start, max_end)``: ``max_end`` is the last point of the earliest-ending
+    longest strictly decreasing subsequence, ``max_start`` is ``max_end`` minus its length."""
+    lengths = np.ones(len(losses), dtype=np.int64)
+    for i in range(1, len(losses)):
+        # fastai's inner loop: lds[i] = max(lds[j] + 1) over j < i with losses[j] > losses[i].
+        longer = lengths[:i][losses[:i] > losses[i]]
+        if longer.size:
+            lengths[i] = longer.max() + 1
+    # fastai moves max_end only on a strictly longer subsequence, so the earliest end wins.
+    max_end = int(np.argmax(lengths))
+    return max_end - int(lengths[max_end]), max_end
+
+
+def _longest_run_index(curve: _Curve) -> int:
     start, end = _longest_decreasing_run(curve.losses)
     span = end - start
     return start + span // 3 + span // 6
@@ -479,6 +598,14 @@ def _longest_decreasing_run(losses: FloatArray) -> tuple[int, int]:
     starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
     longest = int(np.argmax(ends - starts))
     return int(starts[longest]), int(ends[longest])
+
+
+def _steepest_per_step_index(curve: _Curve) -> int:
+    return int(np.argmin(np.gradient(curve.losses)))
+
+
+def _steepest_per_lr_index(curve: _Curve) -> int:
+    return int(np.argmin(np.gradient(curve.losses, curve.lrs)))
 
 
 def _minimum_index(curve: _Curve) -> int:
@@ -504,9 +631,10 @@ def _slide_index(curve: _Curve, lr_diff: int, threshold: float) -> int:
 def _resolve_rule(rule: str | Callable[..., Suggestion]) -> Callable[..., Suggestion]:
     if callable(rule):
         return rule
-    if rule not in RULES:
-        raise ValueError(f"unknown rule {rule!r}; choose one of {sorted(RULES)}")
-    return RULES[rule]
+    known = {**RULES, **PEER_RULES}
+    if rule not in known:
+        raise ValueError(f"unknown rule {rule!r}; choose one of {sorted(known)}")
+    return known[rule]
 
 
 def _median_in_log_space(lrs: Sequence[float]) -> float:

@@ -10,15 +10,20 @@ import pytest
 
 from lrtune import suggestions
 from lrtune.suggestions import (
+    DEFAULT_RULE,
     MIN_POINTS,
+    PEER_RULES,
     RULES,
     Consensus,
     Suggestion,
     consensus,
     default_skips,
+    longest_run,
     minimum,
     slide,
     steepest,
+    steepest_per_lr,
+    steepest_per_step,
     suggest_all,
     valley,
 )
@@ -65,7 +70,7 @@ def falling_region(lrs: np.ndarray, clean: np.ndarray) -> tuple[float, float]:
 
 
 def single_curve_rules() -> list[Callable[..., Suggestion]]:
-    return list(RULES.values())
+    return [*RULES.values(), *PEER_RULES.values()]
 
 
 def decreasing_run_bounds(losses: np.ndarray) -> list[tuple[int, int]]:
@@ -122,7 +127,7 @@ def test_u_shaped_curve_rules_land_left_of_the_minimum() -> None:
     assert results["minimum"] == Suggestion("minimum", pytest.approx(1e-3), lowest)
 
 
-def test_valley_lands_at_the_fastai_offset_inside_the_decreasing_run() -> None:
+def test_longest_run_lands_at_the_fastai_offset_inside_the_decreasing_run() -> None:
     lrs = np.logspace(-5, 0, 51)
     losses = (np.log10(lrs) + 2.0) ** 2
     skip_start, skip_end = default_skips(len(losses))
@@ -131,29 +136,29 @@ def test_valley_lands_at_the_fastai_offset_inside_the_decreasing_run() -> None:
     span = end - start
     expected = skip_start + start + int(span / 3) + int(span / 6)
 
-    result = valley(lrs, losses)
+    result = longest_run(lrs, losses)
 
     assert result.index == expected
     assert skip_start + start <= result.index <= skip_start + end
     assert result.lr == lrs[expected]
 
 
-def test_valley_picks_the_longest_run_not_the_first_or_the_deepest() -> None:
+def test_longest_run_picks_the_longest_run_not_the_first_or_the_deepest() -> None:
     # A short deep drop (points 0-2), a bump, then a long shallow drop (points 3-9).
     losses = np.array([9.0, 5.0, 1.0, 3.0, 2.9, 2.8, 2.7, 2.6, 2.5, 2.4, 2.6, 3.0])
     lrs = np.logspace(-6, 0, len(losses))
     span = 9 - 3
 
-    result = valley(lrs, losses, **NO_SKIP)
+    result = longest_run(lrs, losses, **NO_SKIP)
 
     assert result.index == 3 + int(span / 3) + int(span / 6)
 
 
-def test_valley_of_equally_long_runs_takes_the_earliest() -> None:
+def test_longest_run_of_equally_long_runs_takes_the_earliest() -> None:
     losses = np.array([5.0, 4.0, 3.0, 6.0, 5.0, 4.0, 7.0])
     lrs = np.logspace(-6, 0, len(losses))
 
-    assert valley(lrs, losses, **NO_SKIP).index == 0 + int(2 / 3) + int(2 / 6)
+    assert longest_run(lrs, losses, **NO_SKIP).index == 0 + int(2 / 3) + int(2 / 6)
 
 
 def test_minimum_is_a_tenth_of_the_lr_at_the_lowest_loss() -> None:
@@ -257,6 +262,188 @@ def test_default_trim_drops_the_noisy_start_and_the_exploding_end() -> None:
     assert minimum(lrs, losses).index == 94
 
 
+# --- the peers' rules, against the peers' own code ----------------------------------------------
+
+
+def fastai_valley_reference(losses: list[float]) -> tuple[int, int, int]:
+    """fastai's ``valley`` (fastai/callback/schedule.py) line by line: (index, start, end).
+
+    The index is fastai's, before Python wraps a negative one around.
+    """
+    n = len(losses)
+    max_start, max_end = 0, 0
+    lds = [1] * n
+    for i in range(1, n):
+        for j in range(0, i):
+            if (losses[i] < losses[j]) and (lds[i] < lds[j] + 1):
+                lds[i] = lds[j] + 1
+            if lds[max_end] < lds[i]:
+                max_end = i
+                max_start = max_end - lds[max_end]
+    sections = (max_end - max_start) / 3
+    return max_start + int(sections) + int(sections / 2), max_start, max_end
+
+
+def longest_decreasing_subsequence_length(losses: np.ndarray) -> int:
+    best = [1] * len(losses)
+    for i in range(len(losses)):
+        for j in range(i):
+            if losses[i] < losses[j]:
+                best[i] = max(best[i], best[j] + 1)
+    return max(best)
+
+
+def random_curves(count: int) -> list[np.ndarray]:
+    """Noisy range-test curves, random walks, and curves with many tied losses."""
+    rng = np.random.default_rng(11)
+    curves = []
+    for k in range(count):
+        n = int(rng.integers(5, 80))
+        kind = k % 3
+        if kind == 0:
+            curves.append(range_test_curve(seed=k, noise=float(rng.uniform(0.02, 0.5)))[1][:n])
+        elif kind == 1:
+            curves.append(np.cumsum(rng.standard_normal(n)))
+        else:
+            curves.append(rng.integers(0, 4, n).astype(float))  # ties: not a decrease
+    return [c[np.isfinite(c)] for c in curves if np.isfinite(c).sum() >= MIN_POINTS]
+
+
+def test_valley_is_fastais_valley_on_random_curves() -> None:
+    for losses in random_curves(300):
+        if np.ptp(losses) == 0 or np.all(np.diff(losses) >= 0):
+            continue  # flat or rising: lrtune answers "no suggestion" instead
+        lrs = np.logspace(-7, 1, len(losses))
+        index, start, end = fastai_valley_reference(losses.tolist())
+
+        result = valley(lrs, losses, **NO_SKIP)
+
+        assert result.index == max(index, 0)
+        assert result.lr == lrs[max(index, 0)]
+        assert end - start == longest_decreasing_subsequence_length(losses)
+
+
+def test_valley_follows_the_subsequence_not_the_contiguous_run() -> None:
+    # The longest decreasing subsequence 5 > 4 > 3 > 2 > 1 (points 0, 1, 3, 5, 7) skips the
+    # bumps; no contiguous run is longer than two points.
+    losses = np.array([5.0, 4.0, 4.5, 3.0, 3.5, 2.0, 2.5, 1.0, 6.0, 7.0])
+    lrs = np.logspace(-6, 0, len(losses))
+    start, end = 7 - 5, 7  # fastai: end of the subsequence minus its length
+    span = end - start
+
+    assert valley(lrs, losses, **NO_SKIP).index == start + int(span / 3) + int(span / 6) == 3
+    assert longest_run(lrs, losses, **NO_SKIP).index == 0
+
+
+def test_valley_answers_the_first_point_where_fastai_would_wrap_to_the_last() -> None:
+    losses = [3.0, 2.0, 5.0, 6.0, 7.0]  # fastai: max_end 1, max_start -1, index -1
+    assert fastai_valley_reference(losses)[0] == -1
+
+    assert valley(np.logspace(-4, 0, 5), losses, **NO_SKIP).index == 0
+
+
+def test_valley_lands_lower_than_the_contiguous_run_on_noisy_curves() -> None:
+    # The defect: the contiguous rule, on noisy curves, lands a good part of a decade higher.
+    shifts = []
+    for seed in range(20):
+        lrs, losses, _ = range_test_curve(seed=seed, noise=0.2)
+        shifts.append(math.log10(longest_run(lrs, losses).lr / valley(lrs, losses).lr))
+
+    assert np.mean(shifts) > 0.2
+
+
+def tlf_suggestion(lrs: np.ndarray, losses: np.ndarray, **plot_options: int) -> float:
+    """pytorch-lr-finder's own suggestion: ``LRFinder.plot(suggest_lr=True)`` on a history."""
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+    from torch_lr_finder import LRFinder
+
+    model = torch.nn.Linear(1, 1)
+    finder = LRFinder(model, torch.optim.SGD(model.parameters(), lr=1e-3), torch.nn.MSELoss())
+    finder.history = {"lr": list(lrs), "loss": list(losses)}
+    figure, ax = plt.subplots()
+    try:
+        _, lr = finder.plot(ax=ax, suggest_lr=True, **plot_options)
+    finally:
+        plt.close(figure)
+    return float(lr)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_steepest_per_step_is_pytorch_lr_finders_suggestion(
+    seed: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("torch_lr_finder")
+    lrs, losses, _ = range_test_curve(seed=seed, noise=0.05 * (seed + 1))
+    finite = np.isfinite(losses)
+    lrs, losses = lrs[finite], losses[finite]
+
+    assert steepest_per_step(lrs, losses).lr == tlf_suggestion(lrs, losses)
+    assert steepest_per_step(lrs, losses, skip_start=3, skip_end=0).lr == tlf_suggestion(
+        lrs, losses, skip_start=3, skip_end=0
+    )
+
+
+def test_steepest_per_step_on_pytorch_lr_finders_small_example() -> None:
+    # The steepest per-index descent of [10, 8, 4, 1, 4, 16] is the central difference at
+    # index 2, (1 - 8) / 2 (tie with index 3 broken by argmin's first index).
+    lrs = np.logspace(-4, 1, 6)
+    losses = np.array([10.0, 8.0, 4.0, 1.0, 4.0, 16.0])
+
+    assert steepest_per_step(lrs, losses, **NO_SKIP).index == 2
+    if pytest.importorskip("torch_lr_finder"):
+        assert steepest_per_step(lrs, losses, **NO_SKIP).lr == tlf_suggestion(
+            lrs, losses, skip_start=0, skip_end=0
+        )
+
+
+def lightning_suggestion(
+    lrs: np.ndarray, losses: np.ndarray, skip_begin: int = 10, skip_end: int = 1
+) -> float | None:
+    """Lightning's ``_LRFinder.suggestion`` (lightning/pytorch/tuner/lr_finder.py) verbatim,
+    on a results dict instead of the finder."""
+    import torch
+
+    results = {"lr": list(lrs), "loss": list(losses)}
+    trimmed_losses = torch.tensor(results["loss"][skip_begin:-skip_end])
+    trimmed_lrs = torch.tensor(results["lr"][skip_begin:-skip_end])
+    is_finite = torch.isfinite(trimmed_losses)
+    trimmed_losses, trimmed_lrs = trimmed_losses[is_finite], trimmed_lrs[is_finite]
+    if len(trimmed_losses) < 2:
+        return None
+    gradients = torch.gradient(trimmed_losses, spacing=[trimmed_lrs])[0]
+    min_grad = torch.argmin(gradients).item()
+    all_losses_idx = torch.arange(len(results["loss"]))
+    idx_finite = all_losses_idx[skip_begin:-skip_end][is_finite]
+    return results["lr"][idx_finite[min_grad].item()]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_steepest_per_lr_is_lightnings_suggestion(seed: int) -> None:
+    lrs, losses, _ = range_test_curve(seed=seed, noise=0.05 * (seed + 1))
+
+    assert steepest_per_lr(lrs, losses).lr == lightning_suggestion(lrs, losses)
+    assert steepest_per_lr(lrs, losses, skip_start=2, skip_end=2).lr == lightning_suggestion(
+        lrs, losses, skip_begin=2, skip_end=2
+    )
+
+
+def test_steepest_per_lr_on_lightnings_sine_example() -> None:
+    # Lightning's test_gradient_correctness: losses sin(lr) for lr in [0, 2 pi] (1000 steps),
+    # suggestion(skip_begin=2, skip_end=2) within 1e-2 of pi. The first LR must be positive
+    # here; it is trimmed away in both.
+    lrs = np.linspace(0, 2 * math.pi, 1000)
+    lrs[0] = 1e-9
+    losses = np.sin(lrs)
+
+    result = steepest_per_lr(lrs, losses, skip_start=2, skip_end=2)
+
+    assert abs(result.lr - math.pi) < 1e-2
+    assert result.lr == pytest.approx(lightning_suggestion(lrs, losses, 2, 2))
+
+
 # --- non-finite, short, flat and rising curves ---------------------------------------------------
 
 
@@ -295,7 +482,7 @@ def test_too_short_curves_have_no_answer(rule: Callable[..., Suggestion], n: int
     lrs = np.logspace(-5, 0, n)
     losses = np.linspace(3.0, 1.0, n)
 
-    result = rule(lrs, losses)
+    result = rule(lrs, losses, **NO_SKIP)
 
     assert result.lr is None
     assert result.reason == f"curve too short: {n} finite points, need at least {MIN_POINTS}"
@@ -305,7 +492,8 @@ def test_the_shortest_answerable_curve_gets_an_answer_from_every_rule() -> None:
     lrs = np.logspace(-4, 0, MIN_POINTS)
     losses = np.array([3.0, 2.5, 1.0, 0.8, 2.0])
 
-    assert all(s.lr is not None for s in suggest_all(lrs, losses).values())
+    for rule in single_curve_rules():
+        assert rule(lrs, losses, **NO_SKIP).lr is not None, rule.__name__
 
 
 def test_too_short_reason_names_the_divergence_and_the_skips() -> None:
@@ -393,6 +581,8 @@ def test_suggest_all_applies_every_rule() -> None:
 
 # --- consensus ---------------------------------------------------------------------------------
 
+default_rule = RULES[DEFAULT_RULE]
+
 
 def shifted_curves(shift_steps: list[int], n: int = 80) -> tuple[np.ndarray, list[np.ndarray]]:
     """Noise-free curves on a uniform log grid, each shifted right by whole grid steps.
@@ -411,7 +601,7 @@ def test_identical_seeds_agree_completely() -> None:
 
     result = consensus(lrs, [losses] * 4)
 
-    single = valley(lrs, losses)
+    single = default_rule(lrs, losses)
     assert result.suggestion == Suggestion("consensus", single.lr, single.index)
     assert result.per_seed == [single] * 4
     assert result.spread_decades == 0.0
@@ -441,7 +631,7 @@ def test_shifted_seeds_give_the_log_median_and_the_shift_as_spread(
 
 def test_one_noisy_seed_moves_the_median_less_than_the_mean() -> None:
     lrs, curves = shifted_curves([0, 1, 1, 20])
-    answers = np.log10([valley(lrs, c).lr for c in curves])
+    answers = np.log10([default_rule(lrs, c).lr for c in curves])
 
     result = consensus(lrs, curves)
 
@@ -486,7 +676,7 @@ def test_consensus_pairs_each_seed_with_its_own_prefix_of_lrs() -> None:
 
     result = consensus(lrs, [losses, stopped_early])
 
-    assert result.per_seed == [valley(lrs, losses), valley(lrs[:60], stopped_early)]
+    assert result.per_seed == [default_rule(lrs, losses), default_rule(lrs[:60], stopped_early)]
 
 
 def test_a_single_seed_has_no_spread() -> None:
