@@ -60,7 +60,8 @@ class LRFinderResult(ResultModel):
             +inf; it ends where half the seeds have diverged.
         band_low, band_high: the 25th and 75th percentiles on the same terms (NaN = unbounded).
         suggestions: every single-curve rule applied to the median curve.
-        consensus: the default rule: the median of per-seed valley suggestions, with its spread.
+        consensus: the default rule: the median of per-seed ``longest_run`` suggestions and
+            their spread.
         group_lr_ratios: each param group's LR relative to group 0 during the sweep.
         config: the options the test ran with.
     """
@@ -153,7 +154,7 @@ class LRFinderResult(ResultModel):
             ]
         for name, s in self.suggestions.items():
             lines.append(
-                f"  {name:<9} {s.lr:.3g}" if s.lr is not None else f"  {name:<9} - ({s.reason})"
+                f"  {name:<11} {s.lr:.3g}" if s.lr is not None else f"  {name:<11} - ({s.reason})"
             )
         if self.divergence_lr is not None:
             lines.append(f"  diverged at lr {self.divergence_lr:.3g} (step {self.diverged_at})")
@@ -190,7 +191,7 @@ class LRFinderResult(ResultModel):
             )
             ax.plot(lrs[:n], self.median, color="tab:blue", lw=2.5, label="median")
         for (name, s), color in zip(
-            self.suggestions.items(), ("C1", "C2", "C4", "C5"), strict=False
+            self.suggestions.items(), ("C1", "C2", "C4", "C5", "C6"), strict=False
         ):
             if s.lr is not None:
                 ax.axvline(s.lr, color=color, ls=":", lw=1, label=f"{name} {s.lr:.2g}")
