@@ -45,6 +45,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -648,7 +649,8 @@ class TrialRecord:
     ``value`` is the final value (a pruned trial's last reported one); ``stop_reason`` says why
     it was pruned or stopped, or, for a FAILED one, why it failed; ``root_trial`` is the first
     trial of its queue slot (retries share it, and its checkpoint). Confirmation runs carry the
-    ``candidate`` they train and their ``seed``.
+    ``candidate`` they train and their ``seed``. ``started`` and ``finished`` are when it ran
+    (not part of the history, which is deterministic).
     """
 
     kind: Literal["search", "confirmation"]
@@ -664,6 +666,8 @@ class TrialRecord:
     root_trial: int | None
     candidate: str | None = None
     seed: int | None = None
+    started: datetime | None = None
+    finished: datetime | None = None
 
     @classmethod
     def read(
@@ -693,6 +697,8 @@ class TrialRecord:
             root_trial=attrs.get(ATTR_ROOT),
             candidate=candidate,
             seed=attrs.get(ATTR_SEED),
+            started=trial.datetime_start,
+            finished=trial.datetime_complete,
         )
 
     def summary(self) -> dict[str, Any]:
