@@ -333,3 +333,21 @@ def test_concurrent_workers_never_claim_the_same_queued_trial(storage_url) -> No
         wait_ok(proc)
     states = [t.state for t in study.get_trials()]
     assert states == [TrialState.COMPLETE] * 80
+
+
+class StorageDownAfterFirstReport(optuna.storages.InMemoryStorage):
+    """An Optuna storage whose database goes away once training has started."""
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, value: float) -> None:
+        raise RuntimeError("database is down")
+
+
+def test_a_storage_outage_stops_the_search_instead_of_failing_its_trials() -> None:
+    spec = job(n_trials=3, epochs=2, pruner="none")
+    storage = StorageDownAfterFirstReport()
+    study = prepare_study(spec, storage, progress=False)
+    with pytest.raises(RuntimeError, match="database is down"):
+        run_trials(study, TrainingSetup.from_spec(spec), progress=False)
+    records = search_records(study)
+    assert [r.state for r in records].count("WAITING") == 2  # the budget is not burnt
+    assert all(r.stop_reason is None or "database" not in r.stop_reason for r in records)
