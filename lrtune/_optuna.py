@@ -97,14 +97,6 @@ def open_queued_study(
     )
 
 
-def study_exists(storage: optuna.storages.BaseStorage, study_name: str) -> bool:
-    try:
-        storage.get_study_id_from_name(study_name)
-    except KeyError:
-        return False
-    return True
-
-
 def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
     return study._storage  # Study has no public accessor for its storage
 

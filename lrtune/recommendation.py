@@ -16,7 +16,8 @@ mean ``m`` and standard error ``se = stdev(d) / sqrt(n)``. The rule, stated once
 - ``n >= 2`` and ``|m| <= se``: the difference is **inside the seed noise**;
 - ``n >= 2`` and ``|m| > se``: the recommendation **beats** the baseline (``m > 0``) or **does
   not beat** it (``m < 0``);
-- ``n < 2``: the seed noise is **unmeasured**; the sign of the one difference is reported as such.
+- ``n < 2``: the seed noise is **unmeasured**; the sign of the one difference is reported as such;
+- every ``d_i`` is zero: the two **tie**.
 
 A run that diverged scores as a loss on its seed and is left out of ``m`` and ``se``. With
 ``confirm_seeds: 0`` the search seed alone decides, and the recommendation says it is
@@ -149,21 +150,25 @@ class PairedComparison:
         return self.standard_error is not None
 
     def describe(self, metric: str) -> str:
-        """E.g. ``beats constant at suggestion on 3/3 seeds, +1.3 +/- 0.5 points``."""
+        """E.g. ``beats constant at suggestion on 3/3 seeds, +1.3 +/- 0.5 points``.
+
+        Accuracy differences are in points (percent); other metrics in their own unit.
+        """
         scale, unit = (100.0, "points") if metric == "accuracy" else (1.0, metric)
-        if self.verdict == "inside the seed noise":
-            head = f"is inside the seed noise of {self.baseline} (better on {self.wins}/"
-        else:
-            head = f"{self.verdict} {self.baseline} on {self.wins}/"
-        head += f"{self.seeds} seed{'s' if self.seeds != 1 else ''}"
-        if self.verdict == "inside the seed noise":
-            head += ")"
+        seeds = f"{self.wins}/{self.seeds} seed{'s' if self.seeds != 1 else ''}"
         if self.mean_improvement is None:
-            return head + " (a run diverged on every seed)"
-        size = f"{scale * self.mean_improvement:+.3g}"
-        if self.standard_error is None:
-            return f"{head}, {size} {unit} (one seed: the seed noise is unmeasured)"
-        return f"{head}, {size} +/- {scale * self.standard_error:.2g} {unit}"
+            size = "a run diverged on every shared seed"
+        elif self.standard_error is None:
+            size = f"{scale * self.mean_improvement:+.3g} {unit} (one seed: noise unmeasured)"
+        else:
+            size = (
+                f"{scale * self.mean_improvement:+.3g} +/- {scale * self.standard_error:.2g} {unit}"
+            )
+        if self.verdict == "ties":
+            return f"ties {self.baseline} on every seed ({self.seeds})"
+        if self.verdict == "inside the seed noise":
+            return f"inside the seed noise of {self.baseline} (better on {seeds}, {size})"
+        return f"{self.verdict} {self.baseline} on {seeds}, {size}"
 
 
 def paired_comparison(
@@ -195,7 +200,9 @@ def paired_comparison(
         verdict = "beats" if mean > 0 else ("ties" if mean == 0 else "does not beat")
         return PairedComparison(baseline, len(shared), wins, mean, None, verdict)
     se = statistics.stdev(diffs) / math.sqrt(len(diffs))
-    if abs(mean) <= se:
+    if all(d == 0 for d in diffs):
+        verdict = "ties"
+    elif abs(mean) <= se:
         verdict = "inside the seed noise"
     else:
         verdict = "beats" if mean > 0 else "does not beat"

@@ -81,7 +81,9 @@ def test_a_mean_within_one_standard_error_is_inside_the_seed_noise() -> None:
     assert result.verdict == "inside the seed noise"
     assert abs(result.mean_improvement) <= result.standard_error
     assert result.wins == 1
-    assert "inside the seed noise of default" in result.describe("accuracy")
+    assert result.describe("accuracy") == (
+        "inside the seed noise of default (better on 1/3 seeds, +0.333 +/- 1.5 points)"
+    )
 
 
 def test_consistently_worse_does_not_beat_and_minimize_flips_the_sign() -> None:
@@ -97,7 +99,15 @@ def test_consistently_worse_does_not_beat_and_minimize_flips_the_sign() -> None:
 def test_one_seed_leaves_the_noise_unmeasured() -> None:
     result = paired_comparison("constant", {1: 0.3}, {1: 0.4}, "minimize")
     assert result.verdict == "beats" and not result.noise_measured
-    assert "unmeasured" in result.describe("val_loss")
+    assert result.describe("val_loss") == (
+        "beats constant on 1/1 seed, +0.1 val_loss (one seed: noise unmeasured)"
+    )
+
+
+def test_identical_values_on_every_seed_tie() -> None:
+    result = paired_comparison("constant", {1: 0.9, 2: 0.8}, {1: 0.9, 2: 0.8}, "maximize")
+    assert result.verdict == "ties" and result.wins == 0
+    assert result.describe("accuracy") == "ties constant on every seed (2)"
 
 
 def test_a_diverged_baseline_seed_counts_as_a_win_and_stays_out_of_the_mean() -> None:

@@ -14,13 +14,14 @@ import pytest
 from optuna.trial import TrialState
 
 from lrtune._optuna import (
+    ATTR_ROOT,
+    ATTR_SLOT,
     QueuedStudy,
     QueueEmpty,
     fail_stale_trials,
     has_unfinished,
     heartbeat_interval,
     open_queued_study,
-    study_exists,
 )
 from lrtune.storage import open_storage
 
@@ -42,12 +43,12 @@ def test_pop_claims_waiting_trials_in_order_and_returns_none_when_empty(storage_
 
 def test_enqueue_trial_keeps_user_attrs_and_fixes_params() -> None:
     study = optuna.create_study()
-    study.enqueue_trial({"x": 0.25}, user_attrs={"lrtune.slot": 3, "nested": {"a": [1, 2]}})
+    study.enqueue_trial({"x": 0.25}, user_attrs={ATTR_SLOT: 3, "nested": {"a": [1, 2]}})
     (waiting,) = study.get_trials(states=(TrialState.WAITING,))
-    assert waiting.user_attrs == {"lrtune.slot": 3, "nested": {"a": [1, 2]}}
+    assert waiting.user_attrs == {ATTR_SLOT: 3, "nested": {"a": [1, 2]}}
     trial = study.ask()
     assert trial.suggest_float("x", 0.0, 1.0) == 0.25
-    assert trial.user_attrs["lrtune.slot"] == 3
+    assert trial.user_attrs[ATTR_SLOT] == 3
 
 
 def test_a_queued_study_hands_out_only_queued_trials() -> None:
@@ -60,14 +61,13 @@ def test_a_queued_study_hands_out_only_queued_trials() -> None:
     assert not has_unfinished(study)
     again = open_queued_study(study._storage, "q", direction="minimize")  # loads, not creates
     assert len(again.get_trials()) == 1
-    assert study_exists(study._storage, "q") and not study_exists(study._storage, "other")
 
 
 def test_fail_stale_trials_fails_a_silent_trial_and_queues_a_clone(tmp_path) -> None:
     storage = open_storage(f"sqlite:///{tmp_path / 'h.db'}", heartbeat_interval=1, grace_period=1)
     study = open_queued_study(storage, "stale", direction="minimize")
     assert heartbeat_interval(study) == 1.0
-    study.enqueue_trial({}, user_attrs={"lrtune.root_trial": 0})
+    study.enqueue_trial({}, user_attrs={ATTR_ROOT: 0})
     trial_id = study._pop_waiting_trial_id()
     storage.record_heartbeat(trial_id)  # what optimize's heartbeat thread does, then dies
     time.sleep(2.5)
@@ -76,7 +76,7 @@ def test_fail_stale_trials_fails_a_silent_trial_and_queues_a_clone(tmp_path) -> 
         fail_stale_trials(study)
     dead, clone = study.get_trials()
     assert dead.state == TrialState.FAIL and clone.state == TrialState.WAITING
-    assert clone.user_attrs["lrtune.root_trial"] == 0  # the retry resumes the same checkpoint
+    assert clone.user_attrs[ATTR_ROOT] == 0  # the retry resumes the same checkpoint
 
 
 def test_an_in_memory_study_has_no_heartbeat() -> None:
