@@ -247,19 +247,9 @@ def _confirmation_slots(spec: JobSpec, bounds: LRBounds) -> list[Slot]:
         for seed in seeds
     ]
     for name, schedule, lr in baseline_schedules(spec, bounds):
-        candidate = {"role": "baseline", "name": name}
-        slots += [
-            (
-                {},
-                {
-                    ATTR_CANDIDATE: candidate,
-                    ATTR_SCHEDULE: schedule,
-                    ATTR_BASE_LR: lr,
-                    ATTR_SEED: s,
-                },
-            )
-            for s in [spec.seed, *seeds]
-        ]
+        what = {ATTR_CANDIDATE: {"role": "baseline", "name": name}}
+        what |= {ATTR_SCHEDULE: schedule, ATTR_BASE_LR: lr}
+        slots += [({}, {**what, ATTR_SEED: s}) for s in [spec.seed, *seeds]]
     return slots
 
 
@@ -489,6 +479,7 @@ def run_trials(
         timeout_s=timeout_s,
         wait_for_others=wait_for_others,
         progress=progress,
+        show_best=True,
     )
 
 
@@ -531,6 +522,7 @@ def _drain(
     timeout_s: float | None,
     wait_for_others: bool,
     progress: bool,
+    show_best: bool = False,
 ) -> None:
     """Pop and run ``study``'s queued trials until the queue is empty or the time is up."""
     total = len(study.get_trials(deepcopy=False, states=(*FINISHED, *UNFINISHED)))
@@ -539,6 +531,9 @@ def _drain(
 
     def update_bar(study: optuna.Study, trial: FrozenTrial) -> None:
         bar.n = len(study.get_trials(deepcopy=False, states=FINISHED))
+        if show_best:
+            best = _best_value(study)
+            bar.set_postfix(best=f"{best:.4g}" if best is not None else "-")
         bar.refresh()
 
     with bar:
@@ -560,6 +555,13 @@ def _drain(
                 break
             time.sleep(heartbeat / 2)
             fail_stale_trials(study)
+
+
+def _best_value(study: optuna.Study) -> float | None:
+    try:
+        return study.best_trial.value
+    except ValueError:  # no trial has completed yet
+        return None
 
 
 def recommend(
