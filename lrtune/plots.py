@@ -42,8 +42,13 @@ def plot_schedule(rec: Recommendation) -> Figure:
 
 
 def plot_history(history: Sequence[dict[str, Any]], metric: str, direction: str) -> Figure:
-    """Each trial's final value by trial number (pruned trials hollow), and the best so far."""
+    """Each search trial's final value by number (pruned trials hollow), and the best so far.
+
+    Confirmation runs (``kind`` "confirmation") are not search trials and are left out.
+    """
     from matplotlib.figure import Figure
+
+    history = [t for t in history if t.get("kind", "search") == "search"]
 
     fig = Figure(figsize=(7, 3.5), layout="constrained")
     ax = fig.add_subplot()

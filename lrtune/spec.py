@@ -147,6 +147,20 @@ class SearchSpec(_Strict):
         None, gt=0, description="stop a trial once every group's LR has fallen below this"
     )
     baselines: bool = Field(True, description="train the constant-LR and default baselines")
+    finalists: int = Field(
+        3,
+        ge=1,
+        le=10,
+        description="how many of the best distinct schedules are retrained on fresh seeds",
+    )
+    confirm_seeds: int = Field(
+        3,
+        ge=0,
+        le=MAX_SEEDS,
+        description="fresh seeds the finalists and baselines are retrained on; the "
+        "recommendation is the finalist with the best mean over them (0: no confirmation, "
+        "the search seed alone decides)",
+    )
 
     @field_validator("families")
     @classmethod

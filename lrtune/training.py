@@ -65,11 +65,11 @@ class TrainingSetup:
         """The name of the searched metric as it appears in epoch records."""
         return self.spec.search.metric
 
-    def build_model(self) -> nn.Module:
-        """The job's model, seeded by the job: every run starts from the same weights."""
-        model = build_model(
-            self.spec.model.name, self.bundle, self.spec.model.params, seed=self.spec.seed
-        )
+    def build_model(self, seed: int | None = None) -> nn.Module:
+        """The job's model initialised from ``seed`` (default: the job's seed, so every run
+        of the job starts from the same weights)."""
+        seed = self.spec.seed if seed is None else seed
+        model = build_model(self.spec.model.name, self.bundle, self.spec.model.params, seed=seed)
         return model.to(self.device)
 
     def param_groups(self, model: nn.Module) -> list[tuple[float, list[nn.Parameter]]]:
@@ -159,6 +159,7 @@ def train(
     lr_threshold: float | None = None,
     on_epoch: EpochHook | None = None,
     checkpoint: Path | None = None,
+    seed: int | None = None,
 ) -> TrainingRun:
     """Train the job's model for ``epochs`` under ``schedule`` from ``base_lr``.
 
@@ -168,19 +169,22 @@ def train(
         on_epoch: ``on_epoch(epoch, record)`` after each epoch's evaluation; raise
             :class:`StopTraining` in it to end the run as pruned.
         checkpoint: a file to save after every epoch and to resume from when it exists.
+        seed: the initial weights' and the data order's seed (default: the job's seed);
+            confirmation runs retrain a schedule on other seeds.
     """
-    model = setup.build_model()
+    seed = setup.spec.seed if seed is None else seed
+    model = setup.build_model(seed)
     optimizer = setup.build_optimizer(model, base_lr)
     driver = drive(
         schedule, optimizer, setup.steps_per_epoch, epochs, lr_multipliers=setup.group_multipliers
     )
-    order = torch.Generator().manual_seed(setup.spec.seed)
+    order = torch.Generator().manual_seed(seed)
     run = TrainingRun()
     start = 0
     if checkpoint is not None and checkpoint.exists():
         start = _resume(checkpoint, model, optimizer, driver, order, run)
     else:
-        torch.manual_seed(setup.spec.seed)
+        torch.manual_seed(seed)
     criterion = setup.bundle.loss_fn()
     loader = setup.train_loader(order)
     for epoch in range(start, epochs):

@@ -1,18 +1,28 @@
-"""The schedule search: range test, then an Optuna study over LR schedules, then a recommendation.
+"""The schedule search: range test, Optuna study over LR schedules, confirmation, recommendation.
 
-A job runs in three steps, which a single process (:func:`tune`) or a fleet can share:
+A job runs in four steps, which a single process (:func:`tune`) or a fleet can share:
 
 1. :func:`prepare_study`, once per job: run the multi-seed range test, store its result and the
-   LR bounds on the study, and enqueue the trial budget: ``n_trials`` WAITING trials, the first
-   few fixed to the obvious answers (one-cycle, cosine, constant at the suggestion), the rest
-   left to the sampler. Enqueuing happens here only, never in workers.
+   LR bounds on the study, and enqueue all the work: ``n_trials`` WAITING search trials, the
+   first few fixed to the obvious answers (one-cycle, cosine, constant at the suggestion), the
+   rest left to the sampler; and, on a second study (the *confirmation study*), one WAITING unit
+   per candidate and seed (see step 3). Enqueuing happens here only, never in workers.
 2. :func:`run_trials`, in any number of processes sharing the storage: each pops WAITING trials
    until none is left. Workers never create trials beyond the queue, so the study ends with
    exactly ``n_trials`` finished trials however many workers share it. A crashed worker's trial
    goes stale (Optuna's heartbeat), is re-queued with the same parameters, and resumes from the
    last epoch checkpoint.
-3. :func:`recommend`: the best schedule, compared with a constant LR at the suggestion and with
-   the optimizer's common default LR, trained for the same epochs and seed.
+3. :func:`run_confirmation`, once the search has no queued or running trial: the best
+   ``search.finalists`` distinct schedules and the baselines (constant LR at the suggestion, the
+   optimizer's default LR) are retrained on ``search.confirm_seeds`` fresh seeds
+   (:func:`confirmation_seeds`). These units are queued, shared, checkpointed and resumed like
+   trials, but on their own study: they never feed the sampler and never become the search's
+   ``best_trial``. A finalist unit names a rank ("finalist 2"), resolved when it runs from the
+   finished search, so the queue can be filled before the search starts.
+4. :func:`recommend` (a read): the finalist with the best mean over the confirmation seeds,
+   compared with each baseline seed by seed (:mod:`lrtune.recommendation` states the rule).
+
+Every LR stored or reported is the LR of a parameter whose multiplier is 1.
 
 Example:
     >>> from lrtune.spec import JobSpec
@@ -23,23 +33,55 @@ Example:
     >>> rec = tune(spec, progress=False)
     >>> rec.n_trials["complete"] + rec.n_trials["pruned"]
     3
+    >>> rec.confirm_seeds, rec.confirmed
+    ([1, 2, 3], True)
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import optuna
 import torch
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
+from lrtune._optuna import (
+    ATTR_BASE_LR,
+    ATTR_BOUNDS,
+    ATTR_CANDIDATE,
+    ATTR_FAIL_REASON,
+    ATTR_RANGE_TEST,
+    ATTR_ROOT,
+    ATTR_RUN,
+    ATTR_SAME_AS,
+    ATTR_SCHEDULE,
+    ATTR_SEED,
+    ATTR_SLOT,
+    ATTR_SPEC,
+    ATTR_STOP_REASON,
+    CONFIRM_SUFFIX,
+    FINISHED,
+    STORAGE_ERRORS,
+    UNFINISHED,
+    QueuedStudy,
+    QueueEmpty,
+    fail_stale_trials,
+    has_unfinished,
+    heartbeat_interval,
+    open_queued_study,
+    storage_of,
+)
 from lrtune.finder import StepCallback, find_lr
-from lrtune.recommendation import Baseline, Recommendation
+from lrtune.recommendation import Recommendation, SeedValue, TrainedSchedule
 from lrtune.result import LRFinderResult
 from lrtune.schedules import parse_schedule
 from lrtune.space import LRBounds, search_bounds, suggest_schedule, warm_starts
@@ -49,33 +91,25 @@ from lrtune.training import StopTraining, TrainingRun, TrainingSetup, train
 
 logger = logging.getLogger(__name__)
 
-ATTR_SPEC = "lrtune.spec"
-ATTR_RANGE_TEST = "lrtune.range_test"
-ATTR_BOUNDS = "lrtune.bounds"
-ATTR_BASELINES = "lrtune.baselines"
-ATTR_SLOT = "lrtune.slot"
-ATTR_ROOT = "lrtune.root_trial"
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+T = TypeVar("T")
+Storage = str | optuna.storages.BaseStorage | None
+NO_FAIL_REASON = "no reason recorded: the process died or stopped sending heartbeats"
 
 
-class TrialBudgetSpent(Exception):
-    """The study's queue is empty: every trial of the budget has been handed out."""
+class TrialFailed(Exception):
+    """Training raised an error: the trial is recorded FAIL with the reason, and work goes on.
 
-
-class _QueuedStudy(optuna.Study):
-    """A study whose ``ask`` only hands out queued trials instead of creating new ones.
-
-    Optuna's ``_pop_waiting_trial_id`` claims a WAITING trial atomically in the storage (one
-    conditional UPDATE), so two workers never get the same trial; refusing to fall back to
-    ``create_new_trial`` is what keeps the trial count exact under concurrency.
+    Only errors of the training itself become this; errors of the storage propagate, so that a
+    database outage stops the worker instead of burning the trial budget.
     """
 
-    def _pop_waiting_trial_id(self) -> int | None:
-        trial_id = super()._pop_waiting_trial_id()
-        if trial_id is None:
-            raise TrialBudgetSpent
-        return trial_id
+
+class _StorageTrouble(Exception):
+    """Carries an error raised by a storage call made from inside a training run (a hook)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def make_sampler(spec: JobSpec) -> optuna.samplers.BaseSampler:
@@ -123,47 +157,63 @@ def range_test(
     )
 
 
-def open_study(spec: JobSpec, storage: str | optuna.storages.BaseStorage | None) -> optuna.Study:
-    """Create the job's study, or load it when it exists (a resumed or shared job)."""
-    if storage is None or isinstance(storage, str):
-        storage = open_storage(storage)
-    study = optuna.create_study(
-        storage=storage,
-        study_name=spec.study_name(),
+def _resolve_storage(storage: Storage) -> optuna.storages.BaseStorage:
+    return open_storage(storage) if storage is None or isinstance(storage, str) else storage
+
+
+def open_study(spec: JobSpec, storage: Storage) -> QueuedStudy:
+    """Create the job's search study, or load it when it exists (a resumed or shared job)."""
+    return open_queued_study(
+        _resolve_storage(storage),
+        spec.study_name(),
+        direction=spec.search.direction or "minimize",
         sampler=make_sampler(spec),
         pruner=make_pruner(spec),
-        direction=spec.search.direction,
-        load_if_exists=True,
     )
-    return _QueuedStudy(
-        study_name=study.study_name, storage=storage, sampler=study.sampler, pruner=study.pruner
+
+
+def open_confirmation(study: optuna.Study, spec: JobSpec) -> QueuedStudy:
+    """The confirmation study beside a search study, in the same storage."""
+    return open_queued_study(
+        storage_of(study),
+        study.study_name + CONFIRM_SUFFIX,
+        direction=spec.search.direction or "minimize",
+        sampler=optuna.samplers.RandomSampler(seed=spec.seed),  # units sample nothing
+        pruner=optuna.pruners.NopPruner(),
     )
+
+
+def confirmation_seeds(spec: JobSpec) -> list[int]:
+    """``search.confirm_seeds`` seeds after the job's seed: the same for every candidate."""
+    return [(spec.seed + 1 + k) % 2**31 for k in range(spec.search.confirm_seeds)]
 
 
 def prepare_study(
     spec: JobSpec,
-    storage: str | optuna.storages.BaseStorage | None = None,
+    storage: Storage = None,
     *,
     setup: TrainingSetup | None = None,
     progress: bool = True,
-) -> optuna.Study:
-    """Run the range test and enqueue the trial budget, unless an earlier run already did.
+) -> QueuedStudy:
+    """Run the range test and enqueue the trial budget and the confirmation units.
 
-    Safe to call again after a crash: the range test is kept on the study, and only the budget
-    slots that are not yet in the study are enqueued.
+    Safe to call again after a crash: the range test is kept on the study, and only the trials
+    and units that are not yet in the storage are enqueued (a FAILED one again, to resume).
     """
     study = open_study(spec, storage)
     stored = study.user_attrs.get(ATTR_SPEC)
     if stored is not None and JobSpec.model_validate(stored) != spec:
         raise ValueError(f"study {spec.study_name()!r} exists with a different job spec")
+    setup = setup or TrainingSetup.from_spec(spec)
     if ATTR_BOUNDS not in study.user_attrs:
-        setup = setup or TrainingSetup.from_spec(spec)
         result = range_test(setup, progress=progress)
         bounds = search_bounds(result, lr_scale=1 / setup.group_multipliers[0])
         study.set_user_attr(ATTR_SPEC, spec.model_dump(mode="json"))
         study.set_user_attr(ATTR_RANGE_TEST, result.to_dict())
         study.set_user_attr(ATTR_BOUNDS, bounds.to_dict())
-    _enqueue_budget(study, spec, stored_bounds(study))
+    bounds = stored_bounds(study)
+    _enqueue_missing(study, _search_slots(spec, bounds, setup.steps_per_epoch))
+    _enqueue_missing(open_confirmation(study, spec), _confirmation_slots(spec, bounds))
     return study
 
 
@@ -175,25 +225,115 @@ def stored_range_test(study: optuna.Study) -> LRFinderResult:
     return LRFinderResult.from_dict(study.user_attrs[ATTR_RANGE_TEST])
 
 
-def _enqueue_budget(study: optuna.Study, spec: JobSpec, bounds: LRBounds) -> None:
-    """Enqueue every budget slot that has no live trial.
+Slot = tuple[dict[str, Any], dict[str, Any]]  # (fixed params, user attrs) of one queued trial
+
+
+def _search_slots(spec: JobSpec, bounds: LRBounds, steps_per_epoch: int) -> list[Slot]:
+    search = spec.search
+    starts = warm_starts(
+        search.families, bounds, search.epochs, search.warmup, steps_per_epoch=steps_per_epoch
+    )
+    return [(starts[k] if k < len(starts) else {}, {}) for k in range(search.n_trials)]
+
+
+def _confirmation_slots(spec: JobSpec, bounds: LRBounds) -> list[Slot]:
+    """Finalist ranks x confirmation seeds, then baselines x (search seed + confirmation seeds).
+
+    The baselines also run on the search seed, for the search-seed column beside the finalists'
+    trials (and for the single-seed comparison when ``confirm_seeds`` is 0).
+    """
+    seeds = confirmation_seeds(spec)
+    slots: list[Slot] = [
+        ({}, {ATTR_CANDIDATE: {"role": "finalist", "rank": rank}, ATTR_SEED: seed})
+        for rank in range(spec.search.finalists if seeds else 0)
+        for seed in seeds
+    ]
+    for name, schedule, lr in baseline_schedules(spec, bounds):
+        what = {ATTR_CANDIDATE: {"role": "baseline", "name": name}}
+        what |= {ATTR_SCHEDULE: schedule, ATTR_BASE_LR: lr}
+        slots += [({}, {**what, ATTR_SEED: s}) for s in [spec.seed, *seeds]]
+    return slots
+
+
+def _enqueue_missing(study: optuna.Study, slots: list[Slot]) -> None:
+    """Enqueue every slot that has no live trial.
 
     A slot whose trials all FAILED (an interrupted run: Ctrl-C, an error) is enqueued again with
     the same parameters and root trial, so the retry resumes from that trial's checkpoint.
     """
-    search = spec.search
     trials = study.get_trials(deepcopy=False)
     live = {t.user_attrs.get(ATTR_SLOT) for t in trials if t.state != TrialState.FAIL}
     failed = {t.user_attrs.get(ATTR_SLOT): t for t in trials if t.state == TrialState.FAIL}
-    starts = warm_starts(search.families, bounds, search.epochs, search.warmup)
-    for slot in range(search.n_trials):
+    for slot, (params, attrs) in enumerate(slots):
         if slot in live:
             continue
         if slot in failed:
-            study.enqueue_trial(failed[slot].params, user_attrs=failed[slot].user_attrs)
+            retry = {k: v for k, v in failed[slot].user_attrs.items() if k != ATTR_FAIL_REASON}
+            study.enqueue_trial(failed[slot].params, user_attrs=retry)
         else:
-            params = starts[slot] if slot < len(starts) else {}
-            study.enqueue_trial(params, user_attrs={ATTR_SLOT: slot})
+            study.enqueue_trial(params, user_attrs={ATTR_SLOT: slot, **attrs})
+
+
+def baseline_schedules(spec: JobSpec, bounds: LRBounds) -> list[tuple[str, dict[str, Any], float]]:
+    """(name, schedule, LR) of each baseline: constant at the suggestion, the default LR."""
+    if not spec.search.baselines:
+        return []
+    constant = parse_schedule({"family": "constant"}).model_dump(mode="json")
+    return [
+        ("constant at suggestion", constant, bounds.suggestion),
+        (f"{spec.optimizer.name} default lr", constant, spec.optimizer.default_lr),
+    ]
+
+
+def finalist_trials(study: optuna.Study, spec: JobSpec) -> list[FrozenTrial]:
+    """The best ``search.finalists`` COMPLETE trials whose schedules differ, best first.
+
+    Two trials differ when their family, hyperparameters or LR do; of equal values the earlier
+    trial ranks first.
+    """
+    sign = -1.0 if spec.search.direction == "maximize" else 1.0
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    picked: list[FrozenTrial] = []
+    seen: set[str] = set()
+    for trial in sorted(complete, key=lambda t: (sign * t.value, t.number)):
+        key = _config_key(trial.user_attrs[ATTR_SCHEDULE], trial.user_attrs[ATTR_BASE_LR])
+        if key not in seen:
+            seen.add(key)
+            picked.append(trial)
+    return picked[: spec.search.finalists]
+
+
+def _config_key(schedule: dict[str, Any], base_lr: float) -> str:
+    return json.dumps([schedule, float(base_lr)], sort_keys=True)
+
+
+def _guarded(trial: optuna.Trial, training: Callable[[], T]) -> T:
+    """Run ``training``; record why it failed on the trial (Optuna 5 keeps no reason).
+
+    Errors of the training become :class:`TrialFailed`; storage errors propagate unchanged;
+    an interruption (Ctrl-C) is recorded and propagates, so the trial resumes on the next run.
+    """
+    try:
+        return training()
+    except _StorageTrouble as trouble:
+        raise trouble.error from None
+    except (optuna.TrialPruned, *STORAGE_ERRORS):
+        raise
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        trial.set_user_attr(ATTR_FAIL_REASON, reason)
+        raise TrialFailed(reason) from exc
+    except BaseException as exc:
+        trial.set_user_attr(ATTR_FAIL_REASON, f"interrupted ({type(exc).__name__})")
+        raise
+
+
+def _checkpoint_path(
+    artifact_dir: Path | None, trial: optuna.Trial, study_name: str, kind: str
+) -> Path | None:
+    if artifact_dir is None:
+        return None
+    return artifact_dir / study_name / f"{kind}-{trial.user_attrs[ATTR_ROOT]}.pt"
 
 
 class TrialObjective:
@@ -207,6 +347,16 @@ class TrialObjective:
         self.artifact_dir = artifact_dir
 
     def __call__(self, trial: optuna.Trial) -> float:
+        run, checkpoint = _guarded(trial, lambda: self._train(trial))
+        trial.set_user_attr(ATTR_RUN, run.to_dict())
+        if checkpoint is not None:
+            checkpoint.unlink(missing_ok=True)
+        if run.status in ("pruned", "diverged"):
+            trial.set_user_attr(ATTR_STOP_REASON, run.reason)
+            raise optuna.TrialPruned(run.reason)
+        return run.final(self.setup.metric)
+
+    def _train(self, trial: optuna.Trial) -> tuple[TrainingRun, Path | None]:
         search = self.setup.spec.search
         schedule, lr = suggest_schedule(
             trial,
@@ -218,14 +368,18 @@ class TrialObjective:
         )
         if ATTR_ROOT not in trial.user_attrs:  # a retried clone keeps the original's
             trial.set_user_attr(ATTR_ROOT, trial.number)
-        trial.set_user_attr("schedule", schedule.model_dump(mode="json"))
-        trial.set_user_attr("base_lr", lr)
-        checkpoint = self._checkpoint_path(trial)
+        trial.set_user_attr(ATTR_SCHEDULE, schedule.model_dump(mode="json"))
+        trial.set_user_attr(ATTR_BASE_LR, lr)
+        checkpoint = _checkpoint_path(self.artifact_dir, trial, trial.study.study_name, "trial")
         metric = self.setup.metric
 
         def report(epoch: int, record: dict[str, float]) -> None:
-            trial.report(record[metric], epoch)
-            if trial.should_prune():
+            try:
+                trial.report(record[metric], epoch)
+                prune = trial.should_prune()
+            except Exception as exc:  # the storage's, not the training's
+                raise _StorageTrouble(exc) from exc
+            if prune:
                 raise StopTraining(f"pruned after epoch {epoch} ({record[metric]:.4g} {metric})")
 
         run = train(
@@ -237,19 +391,72 @@ class TrialObjective:
             on_epoch=report,
             checkpoint=checkpoint,
         )
-        trial.set_user_attr("run", run.to_dict())
+        return run, checkpoint
+
+
+class ConfirmationObjective:
+    """Train one confirmation unit: one finalist or baseline on one seed, for the full epochs.
+
+    A finalist unit is resolved from the finished search when it first runs; a finalist whose
+    schedule and LR equal a baseline's is not trained again (the baseline's runs stand in).
+    """
+
+    def __init__(
+        self, setup: TrainingSetup, search: optuna.Study, artifact_dir: Path | None = None
+    ) -> None:
+        self.setup = setup
+        self.search = search
+        self.artifact_dir = artifact_dir
+        self._finalists: list[FrozenTrial] | None = None
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        if ATTR_ROOT not in trial.user_attrs:
+            trial.set_user_attr(ATTR_ROOT, trial.number)
+        if ATTR_SCHEDULE not in trial.user_attrs:
+            self._resolve_finalist(trial)
+        attrs = trial.user_attrs
+        checkpoint = _checkpoint_path(self.artifact_dir, trial, self.search.study_name, "confirm")
+        spec = self.setup.spec
+        run = _guarded(
+            trial,
+            lambda: train(
+                self.setup,
+                parse_schedule(attrs[ATTR_SCHEDULE]),
+                attrs[ATTR_BASE_LR],
+                spec.search.epochs,
+                lr_threshold=spec.search.lr_threshold,
+                checkpoint=checkpoint,
+                seed=attrs[ATTR_SEED],
+            ),
+        )
+        trial.set_user_attr(ATTR_RUN, run.to_dict())
         if checkpoint is not None:
             checkpoint.unlink(missing_ok=True)
-        if run.status in ("pruned", "diverged"):
-            trial.set_user_attr("stop_reason", run.reason)
+        if run.status == "diverged":  # a result (the worst), not a failure to retry
+            trial.set_user_attr(ATTR_STOP_REASON, run.reason)
             raise optuna.TrialPruned(run.reason)
-        return run.final(metric)
+        return run.final(self.setup.metric)
 
-    def _checkpoint_path(self, trial: optuna.Trial) -> Path | None:
-        if self.artifact_dir is None:
-            return None
-        root = trial.user_attrs[ATTR_ROOT]
-        return self.artifact_dir / trial.study.study_name / f"trial-{root}.pt"
+    def _resolve_finalist(self, trial: optuna.Trial) -> None:
+        """Record the schedule and LR of the finalist this unit names, or prune the unit."""
+        if self._finalists is None:
+            self._finalists = finalist_trials(self.search, self.setup.spec)
+        rank = trial.user_attrs[ATTR_CANDIDATE]["rank"]
+        if rank >= len(self._finalists):
+            reason = f"no finalist {rank + 1}: {len(self._finalists)} distinct schedules completed"
+            trial.set_user_attr(ATTR_STOP_REASON, reason)
+            raise optuna.TrialPruned(reason)
+        finalist = self._finalists[rank]
+        schedule, lr = finalist.user_attrs[ATTR_SCHEDULE], finalist.user_attrs[ATTR_BASE_LR]
+        trial.set_user_attr(ATTR_SCHEDULE, schedule)
+        trial.set_user_attr(ATTR_BASE_LR, lr)
+        bounds = stored_bounds(self.search)
+        for name, other, other_lr in baseline_schedules(self.setup.spec, bounds):
+            if _config_key(other, other_lr) == _config_key(schedule, lr):
+                reason = f"trial {finalist.number} is the baseline {name!r}: its runs stand in"
+                trial.set_user_attr(ATTR_SAME_AS, name)
+                trial.set_user_attr(ATTR_STOP_REASON, reason)
+                raise optuna.TrialPruned(reason)
 
 
 def run_trials(
@@ -267,17 +474,68 @@ def run_trials(
     worker died (stale heartbeat) is re-queued and run here. Without a heartbeat on the storage
     a dead worker's trial would never go stale, so then nothing is waited for.
     """
-    objective = TrialObjective(setup, stored_bounds(study), artifact_dir)
-    total = len(
-        study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.WAITING, TrialState.RUNNING))
+    _drain(
+        study,
+        TrialObjective(setup, stored_bounds(study), artifact_dir),
+        desc="trials",
+        timeout_s=timeout_s,
+        wait_for_others=wait_for_others,
+        progress=progress,
+        show_best=True,
     )
-    bar = tqdm(total=total, desc="trials", disable=None if progress else True, unit="trial")
+
+
+def run_confirmation(
+    study: optuna.Study,
+    setup: TrainingSetup,
+    *,
+    artifact_dir: Path | None = None,
+    wait_for_others: bool = True,
+    progress: bool = True,
+) -> bool:
+    """Run the confirmation units of a searched study until none is left; True if it ran them.
+
+    The finalists are known only once the search has no queued or running trial. Until then,
+    with ``wait_for_others`` (and a heartbeat on the storage) this waits; otherwise it returns
+    False at once and leaves the units to whichever process finishes the search.
+    """
+    while has_unfinished(study):
+        heartbeat = heartbeat_interval(study)
+        if not (wait_for_others and heartbeat):
+            return False
+        time.sleep(heartbeat / 2)
+        fail_stale_trials(study)
+    _drain(
+        open_confirmation(study, setup.spec),
+        ConfirmationObjective(setup, study, artifact_dir),
+        desc="confirmation",
+        timeout_s=None,
+        wait_for_others=wait_for_others,
+        progress=progress,
+    )
+    return True
+
+
+def _drain(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    *,
+    desc: str,
+    timeout_s: float | None,
+    wait_for_others: bool,
+    progress: bool,
+    show_best: bool = False,
+) -> None:
+    """Pop and run ``study``'s queued trials until the queue is empty or the time is up."""
+    total = len(study.get_trials(deepcopy=False, states=(*FINISHED, *UNFINISHED)))
+    bar = tqdm(total=total, desc=desc, disable=None if progress else True, unit="run")
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
 
-    def update_bar(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    def update_bar(study: optuna.Study, trial: FrozenTrial) -> None:
         bar.n = len(study.get_trials(deepcopy=False, states=FINISHED))
-        best = _best_value(study)
-        bar.set_postfix(best=f"{best:.4g}" if best is not None else "-")
+        if show_best:
+            best = _best_value(study)
+            bar.set_postfix(best=f"{best:.4g}" if best is not None else "-")
         bar.refresh()
 
     with bar:
@@ -288,108 +546,198 @@ def run_trials(
                     objective,
                     timeout=remaining,
                     callbacks=[update_bar],
-                    catch=(RuntimeError, ValueError),
+                    catch=(TrialFailed,),
                     gc_after_trial=False,
                 )
                 break  # timed out: stop starting trials
-            except TrialBudgetSpent:
+            except QueueEmpty:
                 pass
-            heartbeat = _heartbeat_interval(study)
-            if not (wait_for_others and heartbeat and _running_elsewhere(study)):
+            heartbeat = heartbeat_interval(study)
+            if not (wait_for_others and heartbeat and has_unfinished(study)):
                 break
             time.sleep(heartbeat / 2)
-            optuna.storages.fail_stale_trials(study)
-
-
-def _running_elsewhere(study: optuna.Study) -> bool:
-    return bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)))
-
-
-def _heartbeat_interval(study: optuna.Study) -> float | None:
-    storage = study._storage  # Study has no public accessor for its storage
-    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
-    return float(interval) if interval else None
+            fail_stale_trials(study)
 
 
 def _best_value(study: optuna.Study) -> float | None:
-    best = _best_trial(study)
-    return None if best is None else best.value
+    try:
+        return study.best_trial.value
+    except ValueError:  # no trial has completed yet
+        return None
 
 
 def recommend(
     study: optuna.Study, setup: TrainingSetup, *, progress: bool = True
 ) -> Recommendation:
-    """The best schedule of the study, compared with a constant LR and the default LR."""
+    """The recommendation from what the study holds now (trains nothing).
+
+    Run :func:`run_trials` and :func:`run_confirmation` first; without confirmation runs the
+    recommendation is the search's best trial, marked unconfirmed.
+    """
+    del progress  # kept for callers of the earlier signature
     spec = setup.spec
-    result = stored_range_test(study)
     bounds = stored_bounds(study)
-    best = _best_trial(study)
-    if ATTR_BASELINES not in study.user_attrs and spec.search.baselines:
-        baselines = _train_baselines(setup, bounds, progress)
-        study.set_user_attr(ATTR_BASELINES, [b.to_dict() for b in baselines])
-    baselines = [Baseline.from_dict(b) for b in study.user_attrs.get(ATTR_BASELINES, [])]
-    counts = {state.name.lower(): 0 for state in TrialState}
-    for t in study.get_trials(deepcopy=False):
-        counts[t.state.name.lower()] += 1
+    confirm = open_confirmation(study, spec)
+    units = confirm.get_trials(deepcopy=False)
+    runs = _runs_by_config_and_seed(units)
+    seeds = confirmation_seeds(spec)
+
+    def seed_values(key: str) -> list[SeedValue]:
+        done = [(s, runs[(key, s)]) for s in seeds if (key, s) in runs]
+        return [SeedValue(s, _seed_value(r, spec), r.status, len(r.epochs)) for s, r in done]
+
+    finalists = []
+    for trial in finalist_trials(study, spec):
+        schedule, lr = trial.user_attrs[ATTR_SCHEDULE], trial.user_attrs[ATTR_BASE_LR]
+        finalists.append(
+            TrainedSchedule(
+                name=f"trial {trial.number}",
+                role="finalist",
+                schedule=schedule,
+                base_lr=lr,
+                run=TrainingRun.from_dict(trial.user_attrs[ATTR_RUN]),
+                trial_number=trial.number,
+                seed_values=seed_values(_config_key(schedule, lr)),
+            )
+        )
+    baselines = []
+    for name, schedule, lr in baseline_schedules(spec, bounds):
+        key = _config_key(schedule, lr)
+        if (key, spec.seed) in runs:  # not yet run: left out
+            baselines.append(
+                TrainedSchedule(
+                    name, "baseline", schedule, lr, runs[(key, spec.seed)], None, seed_values(key)
+                )
+            )
     return Recommendation.build(
         spec=spec,
         study_name=study.study_name,
-        range_test=result,
+        range_test=stored_range_test(study),
         bounds=bounds,
-        best=None
-        if best is None
-        else Baseline(
-            name="best schedule",
-            schedule=best.user_attrs["schedule"],
-            base_lr=best.user_attrs["base_lr"],
-            run=TrainingRun.from_dict(best.user_attrs["run"]),
-            trial_number=best.number,
-        ),
+        finalists=finalists,
         baselines=baselines,
+        confirm_seeds=seeds,
         steps_per_epoch=setup.steps_per_epoch,
         lr_multipliers=setup.group_multipliers,
-        n_trials=counts,
-        history=[_trial_summary(t) for t in study.get_trials(deepcopy=False)],
+        n_trials=_count_states(study.get_trials(deepcopy=False)),
+        n_confirmation=_count_states(units),
+        history=_history(study, units),
     )
 
 
-def _trial_summary(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    """Number, state, final (or last reported) value, family and LR of one trial."""
-    value = trial.value
-    if value is None and trial.intermediate_values:
-        value = trial.intermediate_values[max(trial.intermediate_values)]
-    schedule = trial.user_attrs.get("schedule") or {}
-    return {
-        "number": trial.number,
-        "state": trial.state.name,
-        "value": value,
-        "family": schedule.get("family", trial.params.get("family")),
-        "base_lr": trial.user_attrs.get("base_lr"),
-        "stop_reason": trial.user_attrs.get("stop_reason") or trial.system_attrs.get("fail_reason"),
-    }
+def _runs_by_config_and_seed(units: list[FrozenTrial]) -> dict[tuple[str, int], TrainingRun]:
+    runs = {}
+    for unit in units:
+        attrs = unit.user_attrs
+        if unit.state in FINISHED and ATTR_RUN in attrs:
+            key = _config_key(attrs[ATTR_SCHEDULE], attrs[ATTR_BASE_LR])
+            runs[(key, attrs[ATTR_SEED])] = TrainingRun.from_dict(attrs[ATTR_RUN])
+    return runs
 
 
-def _best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    try:
-        return study.best_trial
-    except ValueError:
-        return None
+def _seed_value(run: TrainingRun, spec: JobSpec) -> float:
+    return float("nan") if run.status == "diverged" else run.final(spec.search.metric)
 
 
-def _train_baselines(setup: TrainingSetup, bounds: LRBounds, progress: bool) -> list[Baseline]:
-    spec = setup.spec
-    constant = parse_schedule({"family": "constant"})
-    candidates = [
-        ("constant at suggestion", bounds.suggestion),
-        (f"{spec.optimizer.name} default lr", spec.optimizer.default_lr),
-    ]
-    baselines = []
-    for name, lr in tqdm(candidates, desc="baselines", disable=None if progress else True):
-        run = train(setup, constant, lr, spec.search.epochs)
-        baselines.append(
-            Baseline(name=name, schedule=constant.model_dump(mode="json"), base_lr=lr, run=run)
+def _count_states(trials: list[FrozenTrial]) -> dict[str, int]:
+    counts = {state.name.lower(): 0 for state in TrialState}
+    for t in trials:
+        counts[t.state.name.lower()] += 1
+    return counts
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """What lrtune stored on one search trial or confirmation run, read back.
+
+    ``value`` is the final value (a pruned trial's last reported one); ``stop_reason`` says why
+    it was pruned or stopped, or, for a FAILED one, why it failed; ``root_trial`` is the first
+    trial of its queue slot (retries share it, and its checkpoint). Confirmation runs carry the
+    ``candidate`` they train and their ``seed``. ``started`` and ``finished`` are when it ran
+    (not part of the history, which is deterministic).
+    """
+
+    kind: Literal["search", "confirmation"]
+    number: int
+    state: str
+    value: float | None
+    family: str | None
+    schedule: dict[str, Any] | None
+    base_lr: float | None
+    run: TrainingRun | None
+    stop_reason: str | None
+    slot: int | None
+    root_trial: int | None
+    candidate: str | None = None
+    seed: int | None = None
+    started: datetime | None = None
+    finished: datetime | None = None
+
+    @classmethod
+    def read(
+        cls, trial: FrozenTrial, kind: Literal["search", "confirmation"] = "search"
+    ) -> TrialRecord:
+        attrs = trial.user_attrs
+        value = trial.value
+        if value is None and trial.intermediate_values:
+            value = trial.intermediate_values[max(trial.intermediate_values)]
+        reason = attrs.get(ATTR_STOP_REASON)
+        if trial.state == TrialState.FAIL:
+            reason = attrs.get(ATTR_FAIL_REASON, NO_FAIL_REASON)
+        candidate = attrs.get(ATTR_CANDIDATE)
+        if candidate is not None:
+            candidate = candidate.get("name") or f"finalist {candidate['rank'] + 1}"
+        return cls(
+            kind=kind,
+            number=trial.number,
+            state=trial.state.name,
+            value=value,
+            family=(attrs.get(ATTR_SCHEDULE) or {}).get("family", trial.params.get("family")),
+            schedule=attrs.get(ATTR_SCHEDULE),
+            base_lr=attrs.get(ATTR_BASE_LR),
+            run=TrainingRun.from_dict(attrs[ATTR_RUN]) if ATTR_RUN in attrs else None,
+            stop_reason=reason,
+            slot=attrs.get(ATTR_SLOT),
+            root_trial=attrs.get(ATTR_ROOT),
+            candidate=candidate,
+            seed=attrs.get(ATTR_SEED),
+            started=trial.datetime_start,
+            finished=trial.datetime_complete,
         )
-    return baselines
+
+    def summary(self) -> dict[str, Any]:
+        """The history entry: kind, number, state, value, family, LR, reason (and candidate,
+        seed for a confirmation run)."""
+        entry = {
+            "kind": self.kind,
+            "number": self.number,
+            "state": self.state,
+            "value": self.value,
+            "family": self.family,
+            "base_lr": self.base_lr,
+            "stop_reason": self.stop_reason,
+        }
+        if self.kind == "confirmation":
+            entry.update(candidate=self.candidate, seed=self.seed)
+        return entry
+
+
+def search_records(study: optuna.Study) -> list[TrialRecord]:
+    """Every trial of the search, in trial order."""
+    return [TrialRecord.read(t) for t in study.get_trials(deepcopy=False)]
+
+
+def confirmation_records(study: optuna.Study) -> list[TrialRecord]:
+    """Every confirmation run of a search study's job, in queue order."""
+    spec = JobSpec.model_validate(study.user_attrs[ATTR_SPEC])
+    units = open_confirmation(study, spec).get_trials(deepcopy=False)
+    return [TrialRecord.read(u, "confirmation") for u in units]
+
+
+def _history(study: optuna.Study, units: list[FrozenTrial]) -> list[dict[str, Any]]:
+    """The search's trials, then the confirmation runs, labelled by ``kind``."""
+    records = search_records(study) + [TrialRecord.read(u, "confirmation") for u in units]
+    return [r.summary() for r in records]
 
 
 def work(
@@ -400,50 +748,58 @@ def work(
     wait_for_others: bool = False,
     progress: bool = False,
 ) -> None:
-    """Join a prepared study as one more worker and run its queued trials.
+    """The worker loop: join a prepared study and run its queued work until none is left.
 
-    The job spec is read from the study, so a worker needs only the study's name and storage.
+    Runs search trials while any are queued, then, once the search is finished, confirmation
+    units. The job spec is read from the study, so a worker needs only the study's name and
+    storage.
     """
-    if isinstance(storage, str):
-        storage = open_storage(storage)
+    storage = _resolve_storage(storage)
     loaded = optuna.load_study(study_name=study_name, storage=storage)
     if ATTR_BOUNDS not in loaded.user_attrs:
         raise ValueError(f"study {study_name!r} has not been prepared (no range test stored)")
     spec = JobSpec.model_validate(loaded.user_attrs[ATTR_SPEC])
     study = open_study(spec, storage)
+    setup = TrainingSetup.from_spec(spec)
+    artifacts = Path(artifact_dir) if artifact_dir else None
     run_trials(
         study,
-        TrainingSetup.from_spec(spec),
-        artifact_dir=Path(artifact_dir) if artifact_dir else None,
+        setup,
+        artifact_dir=artifacts,
         timeout_s=spec.search.timeout_s,
         wait_for_others=wait_for_others,
         progress=progress,
+    )
+    run_confirmation(
+        study, setup, artifact_dir=artifacts, wait_for_others=wait_for_others, progress=progress
     )
 
 
 def tune(
     spec: JobSpec,
-    storage: str | optuna.storages.BaseStorage | None = None,
+    storage: Storage = None,
     *,
     artifact_dir: str | Path | None = None,
     progress: bool = True,
 ) -> Recommendation:
-    """Find the LR schedule for a job: range test, schedule search, recommendation.
+    """Find the LR schedule for a job: range test, search, confirmation, recommendation.
 
     Args:
         spec: the job.
         storage: an Optuna storage or URL (``sqlite:///lrtune.db``, ``postgresql+psycopg://...``);
             None keeps the study in memory. With a URL, a crashed run resumes where it stopped.
-        artifact_dir: where trials checkpoint each epoch (needed to resume a trial mid-run).
+        artifact_dir: where trials and confirmation runs checkpoint each epoch (needed to resume
+            a run mid-way).
         progress: progress bars on stderr.
+
+    ``search.timeout_s`` bounds the search; a search cut short leaves its queue for a later run
+    and is not confirmed (the recommendation says so).
     """
     setup = TrainingSetup.from_spec(spec)
     study = prepare_study(spec, storage, setup=setup, progress=progress)
+    artifacts = Path(artifact_dir) if artifact_dir else None
     run_trials(
-        study,
-        setup,
-        artifact_dir=Path(artifact_dir) if artifact_dir else None,
-        timeout_s=spec.search.timeout_s,
-        progress=progress,
+        study, setup, artifact_dir=artifacts, timeout_s=spec.search.timeout_s, progress=progress
     )
-    return recommend(study, setup, progress=progress)
+    run_confirmation(study, setup, artifact_dir=artifacts, progress=progress)
+    return recommend(study, setup)

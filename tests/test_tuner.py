@@ -21,11 +21,14 @@ from lrtune.spec import JobSpec
 from lrtune.storage import open_storage
 from lrtune.training import TrainingSetup, train
 from lrtune.tuner import (
-    ATTR_ROOT,
     TrialObjective,
+    TrialRecord,
     open_study,
     prepare_study,
     run_trials,
+    search_records,
+    stored_bounds,
+    stored_range_test,
     tune,
 )
 
@@ -41,7 +44,7 @@ def job(**search: Any) -> JobSpec:
             "dataset": extra.pop("dataset", {"name": "wine"}),
             "batch_size": extra.pop("batch_size", 32),
             "range_test": {"seeds": 2, "num_iter": 40},
-            "search": {"baselines": False, **search},
+            "search": {"baselines": False, "confirm_seeds": 0, **search},
             **extra,
         }
     )
@@ -58,13 +61,12 @@ def test_every_family_is_sampled_and_trained(family: str) -> None:
     run_trials(study, TrainingSetup.from_spec(spec), progress=False)
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
-    bounds = LRBounds.from_dict(study.user_attrs["lrtune.bounds"])
+    bounds = stored_bounds(study)
     for trial in trials:
-        schedule = parse_schedule(trial.user_attrs["schedule"])
-        assert schedule.family == family
-        assert bounds.low <= trial.user_attrs["base_lr"] <= bounds.high
-        run = trial.user_attrs["run"]
-        assert run["status"] == "completed" and len(run["epochs"]) == 4
+        record = TrialRecord.read(trial)
+        assert parse_schedule(record.schedule).family == family
+        assert bounds.low <= record.base_lr <= bounds.high
+        assert record.run.status == "completed" and len(record.run.epochs) == 4
         assert trial.intermediate_values.keys() == {0, 1, 2, 3}
 
 
@@ -72,7 +74,7 @@ def test_the_search_starts_from_the_obvious_answers() -> None:
     spec = job(n_trials=4, epochs=2)
     study = prepare_study(spec, None, progress=False)
     run_trials(study, TrainingSetup.from_spec(spec), progress=False)
-    suggestion = study.user_attrs["lrtune.bounds"]["suggestion"]
+    suggestion = stored_bounds(study).suggestion
     first = study.get_trials()[:3]
     assert [t.params["family"] for t in first] == ["onecycle", "cosine", "constant"]
     assert all(t.params["lr"] == pytest.approx(suggestion) for t in first)
@@ -100,10 +102,10 @@ def test_a_diverging_trial_is_pruned_with_its_reason() -> None:
     absurd = LRBounds(low=1e4, high=1e5, suggestion=1e4, divergence_lr=None)
     study = optuna.create_study()
     study.optimize(TrialObjective(setup, absurd), n_trials=1)
-    trial = study.trials[0]
-    assert trial.state == TrialState.PRUNED
-    assert "non-finite" in trial.user_attrs["stop_reason"]
-    assert trial.user_attrs["run"]["status"] == "diverged"
+    record = TrialRecord.read(study.trials[0])
+    assert record.state == "PRUNED"
+    assert "non-finite" in record.stop_reason
+    assert record.run.status == "diverged"
 
 
 def test_lr_threshold_ends_trials_early() -> None:
@@ -127,8 +129,10 @@ def test_recommendation_compares_against_baselines_and_serialises() -> None:
         {**job(n_trials=4, epochs=3).model_dump(), "search": {"n_trials": 4, "epochs": 3}}
     )
     rec = tune(spec, progress=False)
-    names = [row["name"] for row in rec.comparison()]
-    assert names == ["best schedule", "constant at suggestion", "sgd default lr"]
+    rows = rec.comparison()
+    assert rows[0]["role"] == "recommended" and rows[0]["name"] == rec.best.name
+    assert [r["name"] for r in rows[-2:]] == ["constant at suggestion", "sgd default lr"]
+    assert {r["role"] for r in rows[1:-2]} <= {"finalist"}
     assert all(len(b.run.epochs) == 3 for b in rec.baselines)
     assert rec.verdict().startswith("the recommended schedule")
     assert len(rec.lr_curve) == 3 * TrainingSetup.from_spec(spec).steps_per_epoch
@@ -181,7 +185,7 @@ def test_two_processes_share_one_study_and_finish_exactly_the_budget(storage_url
     states = [t.state for t in study.get_trials()]
     assert len(states) == 10
     assert all(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states), states
-    assert sorted(t.user_attrs["lrtune.slot"] for t in study.get_trials()) == list(range(10))
+    assert sorted(r.slot for r in search_records(study)) == list(range(10))
 
 
 def slow_cosine_job(n_trials: int) -> JobSpec:
@@ -217,19 +221,16 @@ def test_a_killed_trial_is_retried_and_resumes_from_its_checkpoint(storage_url, 
     setup = TrainingSetup.from_spec(spec)
     run_trials(study, setup, artifact_dir=tmp_path, progress=False)
 
-    trials = study.get_trials()
-    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
-    retried = trials[1]
-    assert retried.user_attrs[ATTR_ROOT] == trials[0].number
-    run = retried.user_attrs["run"]
-    assert run["resumed_from"] is not None and run["resumed_from"] >= 1
+    killed, retried = search_records(study)
+    assert [killed.state, retried.state] == ["FAIL", "COMPLETE"]
+    assert retried.root_trial == killed.number
+    assert "heartbeat" in killed.stop_reason  # no reason could be written: the process died
+    run = retried.run
+    assert run.resumed_from is not None and run.resumed_from >= 1
     uninterrupted = train(
-        setup,
-        parse_schedule(retried.user_attrs["schedule"]),
-        retried.user_attrs["base_lr"],
-        spec.search.epochs,
+        setup, parse_schedule(retried.schedule), retried.base_lr, spec.search.epochs
     )
-    assert run["epochs"] == uninterrupted.epochs
+    assert run.epochs == uninterrupted.epochs
     assert retried.value == uninterrupted.final(spec.search.metric)
     assert not checkpoint.exists()  # cleaned up once the trial finished
 
@@ -237,9 +238,9 @@ def test_a_killed_trial_is_retried_and_resumes_from_its_checkpoint(storage_url, 
 def test_preparing_twice_keeps_one_range_test_and_one_budget(storage_url) -> None:
     spec = job(n_trials=5, epochs=2)
     first = prepare_study(spec, storage_url, progress=False)
-    range_test = first.user_attrs["lrtune.range_test"]
+    range_test = stored_range_test(first).to_dict()
     again = prepare_study(spec, storage_url, progress=False)
-    assert again.user_attrs["lrtune.range_test"] == range_test
+    assert stored_range_test(again).to_dict() == range_test
     assert len(again.get_trials(states=(TrialState.WAITING,))) == 5
     other = JobSpec.model_validate({**spec.model_dump(), "batch_size": 16})
     with pytest.raises(ValueError, match="different job spec"):
@@ -278,14 +279,12 @@ def test_an_interrupted_cli_run_resumes_its_trial_when_run_again(tmp_path) -> No
     assert again.returncode == 0, again.stderr
     rec = json.loads(again.stdout)
     assert rec["n_trials"]["complete"] == 2 and rec["n_trials"]["fail"] == 1
+    failed = [t for t in rec["history"] if t["state"] == "FAIL"]
+    assert [t["stop_reason"] for t in failed] == ["interrupted (KeyboardInterrupt)"]
     study = optuna.load_study(study_name=spec.study_name(), storage=open_storage(url))
-    resumed = [
-        t
-        for t in study.get_trials()
-        if t.state == TrialState.COMPLETE and t.user_attrs[ATTR_ROOT] == 0
-    ]
+    resumed = [r for r in search_records(study) if r.state == "COMPLETE" and r.root_trial == 0]
     assert len(resumed) == 1
-    assert resumed[0].user_attrs["run"]["resumed_from"] >= 1
+    assert resumed[0].run.resumed_from >= 1
 
 
 def test_time_budget_stops_starting_trials_and_still_recommends() -> None:
@@ -315,13 +314,14 @@ def test_concurrent_workers_never_claim_the_same_queued_trial(storage_url) -> No
         import optuna
         from lrtune.spec import JobSpec
         from lrtune.storage import open_storage
-        from lrtune.tuner import TrialBudgetSpent, open_study
+        from lrtune._optuna import QueueEmpty
+        from lrtune.tuner import open_study
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         spec = JobSpec.model_validate_json({spec.model_dump_json()!r})
         study = open_study(spec, open_storage({storage_url!r}))
         try:
             study.optimize(lambda trial: float(trial.number))
-        except TrialBudgetSpent:
+        except QueueEmpty:
             pass
         """
     )
@@ -333,3 +333,21 @@ def test_concurrent_workers_never_claim_the_same_queued_trial(storage_url) -> No
         wait_ok(proc)
     states = [t.state for t in study.get_trials()]
     assert states == [TrialState.COMPLETE] * 80
+
+
+class StorageDownAfterFirstReport(optuna.storages.InMemoryStorage):
+    """An Optuna storage whose database goes away once training has started."""
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, value: float) -> None:
+        raise RuntimeError("database is down")
+
+
+def test_a_storage_outage_stops_the_search_instead_of_failing_its_trials() -> None:
+    spec = job(n_trials=3, epochs=2, pruner="none")
+    storage = StorageDownAfterFirstReport()
+    study = prepare_study(spec, storage, progress=False)
+    with pytest.raises(RuntimeError, match="database is down"):
+        run_trials(study, TrainingSetup.from_spec(spec), progress=False)
+    records = search_records(study)
+    assert [r.state for r in records].count("WAITING") == 2  # the budget is not burnt
+    assert all(r.stop_reason is None or "database" not in r.stop_reason for r in records)

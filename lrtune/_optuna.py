@@ -1,0 +1,129 @@
+"""The one place lrtune talks to Optuna's internals: attribute keys, the exact queue, heartbeats.
+
+lrtune keeps its state on Optuna studies and trials under the ``ATTR_*`` keys below; nothing
+else in the library spells those strings. It relies on three behaviours of Optuna that are not
+(all) public API, each pinned by a test in ``tests/test_optuna_adapter.py``:
+
+- ``Study._pop_waiting_trial_id`` claims the oldest WAITING trial atomically (RUNNING for one
+  caller only) and returns None when none is left; :class:`QueuedStudy` turns that None into
+  :class:`QueueEmpty`, so a study never creates trials beyond its queue.
+- ``Study.enqueue_trial(params, user_attrs=...)`` creates a WAITING trial carrying those attrs.
+- ``optuna.storages.fail_stale_trials`` marks a RUNNING trial whose heartbeat is older than the
+  grace period FAIL (and the storage's retry callback queues a clone with the same attrs).
+
+Example:
+    >>> import optuna
+    >>> study = open_queued_study(optuna.storages.InMemoryStorage(), "doc", direction="minimize")
+    >>> study.enqueue_trial({}, user_attrs={ATTR_SLOT: 0})
+    >>> study.optimize(lambda trial: 1.0)
+    Traceback (most recent call last):
+    ...
+    lrtune._optuna.QueueEmpty
+    >>> [t.user_attrs[ATTR_SLOT] for t in study.get_trials()]
+    [0]
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import optuna
+from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
+
+# Study attributes: what prepare_study stores once per job.
+ATTR_SPEC = "lrtune.spec"
+ATTR_RANGE_TEST = "lrtune.range_test"
+ATTR_BOUNDS = "lrtune.bounds"
+
+# Trial attributes, on search trials and confirmation units alike.
+ATTR_SLOT = "lrtune.slot"  # the queue position a trial fills (a retry keeps it)
+ATTR_ROOT = "lrtune.root_trial"  # the first trial of a slot: names its checkpoint
+ATTR_SCHEDULE = "schedule"
+ATTR_BASE_LR = "base_lr"
+ATTR_RUN = "run"
+ATTR_STOP_REASON = "stop_reason"  # why a trial ended early (pruned, diverged)
+ATTR_FAIL_REASON = "lrtune.fail_reason"  # why a trial FAILED (Optuna 5 keeps none)
+
+# Confirmation units: what candidate they train, on which seed.
+ATTR_CANDIDATE = "lrtune.candidate"
+ATTR_SEED = "lrtune.seed"
+ATTR_SAME_AS = "lrtune.same_as"  # a finalist identical to a baseline is not trained twice
+
+CONFIRM_SUFFIX = ":confirm"  # JobSpec names cannot hold ':', so this never names a user's study
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+UNFINISHED = (TrialState.WAITING, TrialState.RUNNING)
+
+
+class QueueEmpty(Exception):
+    """The study's queue is empty: every queued trial has been handed out."""
+
+
+class QueuedStudy(optuna.Study):
+    """A study whose ``ask`` only hands out queued trials instead of creating new ones.
+
+    Optuna's ``_pop_waiting_trial_id`` claims a WAITING trial atomically in the storage (one
+    conditional UPDATE), so two workers never get the same trial; refusing to fall back to
+    ``create_new_trial`` is what keeps the trial count exact under concurrency.
+    """
+
+    def _pop_waiting_trial_id(self) -> int | None:
+        trial_id = super()._pop_waiting_trial_id()
+        if trial_id is None:
+            raise QueueEmpty
+        return trial_id
+
+
+def open_queued_study(
+    storage: optuna.storages.BaseStorage,
+    study_name: str,
+    *,
+    direction: str,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+) -> QueuedStudy:
+    """Create the study, or load it when it exists, as a :class:`QueuedStudy`."""
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_name,
+        sampler=sampler,
+        pruner=pruner,
+        direction=direction,
+        load_if_exists=True,
+    )
+    return QueuedStudy(
+        study_name=study.study_name, storage=storage, sampler=study.sampler, pruner=study.pruner
+    )
+
+
+def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
+    return study._storage  # Study has no public accessor for its storage
+
+
+def heartbeat_interval(study: optuna.Study) -> float | None:
+    """The storage's heartbeat interval in seconds, None when it has no heartbeat."""
+    interval = getattr(storage_of(study), "get_heartbeat_interval", lambda: None)()
+    return float(interval) if interval else None
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Mark trials whose worker stopped sending heartbeats FAIL (and let the storage retry them).
+
+    Optuna calls this experimental; lrtune relies on it knowingly, so its warning is silenced.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def has_unfinished(study: optuna.Study) -> bool:
+    """Whether any trial is still queued or running (here or in another process)."""
+    return bool(study.get_trials(deepcopy=False, states=UNFINISHED))
+
+
+# Errors of the storage, not of a trial: a run that meets one stops instead of recording a FAIL.
+STORAGE_ERRORS: tuple[type[BaseException], ...] = (
+    SQLAlchemyError,
+    optuna.exceptions.StorageInternalError,
+)
