@@ -7,6 +7,7 @@ these tests say which.
 from __future__ import annotations
 
 import time
+import uuid
 import warnings
 
 import optuna
@@ -30,8 +31,9 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 def test_pop_claims_waiting_trials_in_order_and_returns_none_when_empty(storage_url) -> None:
     storage = open_storage(storage_url)
-    study = optuna.create_study(storage=storage, study_name="pop")
-    other = optuna.load_study(study_name="pop", storage=open_storage(storage_url))
+    name = f"pop-{uuid.uuid4().hex[:12]}"  # the PostgreSQL database outlives a test run
+    study = optuna.create_study(storage=storage, study_name=name)
+    other = optuna.load_study(study_name=name, storage=open_storage(storage_url))
     for _ in range(2):
         study.enqueue_trial({})
     first = study._pop_waiting_trial_id()
