@@ -19,7 +19,6 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -69,7 +68,10 @@ class DatasetRef(_Strict):
 
 
 class OptimizerSpec(_Strict):
-    """The optimizer the user trains with; its LR is what lrtune finds."""
+    """The optimizer the user trains with; its LR is what lrtune finds.
+
+    :func:`lrtune.optim_factory.build_optimizer` builds it (this module never imports torch).
+    """
 
     name: Literal["sgd", "adam", "adamw"] = "sgd"
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
@@ -90,18 +92,6 @@ class OptimizerSpec(_Strict):
     def default_lr(self) -> float:
         """The common default LR for this optimizer (SGD 0.1, Adam/AdamW 1e-3)."""
         return 0.1 if self.name == "sgd" else 1e-3
-
-    def build(self, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
-        """The torch optimizer over ``groups`` (each a dict with params and lr)."""
-        if self.name == "sgd":
-            return torch.optim.SGD(
-                groups,
-                momentum=self.momentum,
-                nesterov=self.nesterov,
-                weight_decay=self.weight_decay,
-            )
-        cls = torch.optim.Adam if self.name == "adam" else torch.optim.AdamW
-        return cls(groups, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay)
 
 
 class ParamGroupSpec(_Strict):

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 from lrtune.batches import batch_loss, move_to
 from lrtune.datasets import DatasetBundle
 from lrtune.device import resolve_device
+from lrtune.optim_factory import build_optimizer
 from lrtune.registry import build_model, load_dataset
 from lrtune.schedules import ScheduleSpec, drive
 from lrtune.spec import JobSpec
@@ -97,7 +98,7 @@ class TrainingSetup:
     def build_optimizer(self, model: nn.Module, base_lr: float) -> torch.optim.Optimizer:
         """The job's optimizer with every group at ``base_lr`` times its multiplier."""
         groups = [{"params": p, "lr": base_lr * mult} for mult, p in self.lr_multipliers(model)]
-        return self.spec.optimizer.build(groups)
+        return build_optimizer(self.spec.optimizer, groups)
 
     def train_loader(self, generator: torch.Generator) -> DataLoader:
         """Shuffled train batches in the order ``generator`` gives.
