@@ -22,6 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from lrtune.exceptions import InvalidInputError
 from lrtune.schedules import FAMILIES
 
 # Caps that protect a shared service from one job taking it over.
@@ -196,15 +197,29 @@ class JobSpec(_Strict):
 
     @classmethod
     def from_file(cls, path: str | Path) -> JobSpec:
-        """Read a spec from a ``.yaml``/``.yml`` or ``.json`` file."""
+        """Read a spec from a ``.yaml``/``.yml`` or ``.json`` file.
+
+        Raises:
+            InvalidInputError: the file is not UTF-8 text, not valid YAML/JSON, nested too
+                deeply, or not a mapping.
+            pydantic.ValidationError: the mapping is not a valid job (also a ``ValueError``).
+            OSError: the file cannot be read (missing, a directory, no permission).
+        """
         path = Path(path)
-        text = path.read_text()
+        kind = "JSON" if path.suffix == ".json" else "YAML"
         try:
-            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInputError(f"{path}: not UTF-8 text ({exc.reason})") from None
+        try:
+            data = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
         except (json.JSONDecodeError, yaml.YAMLError) as exc:
             problem = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-            kind = "JSON" if path.suffix == ".json" else "YAML"
-            raise ValueError(f"{path}: not valid {kind}: {problem}") from exc
+            raise InvalidInputError(f"{path}: not valid {kind}: {problem}") from exc
+        except RecursionError:
+            raise InvalidInputError(f"{path}: not a job: {kind} nested too deeply") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: a job file must hold a mapping, got {type(data).__name__}")
+            raise InvalidInputError(
+                f"{path}: a job file must hold a mapping, got {type(data).__name__}"
+            )
         return cls.model_validate(data)

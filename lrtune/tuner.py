@@ -298,7 +298,9 @@ def run_trials(
             if not (wait_for_others and heartbeat and _running_elsewhere(study)):
                 break
             time.sleep(heartbeat / 2)
-            optuna.storages.fail_stale_trials(study)
+            with warnings.catch_warnings():  # experimental since Optuna 2.9; chosen knowingly
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
 
 
 def _running_elsewhere(study: optuna.Study) -> bool:
