@@ -5,7 +5,11 @@ The public API:
 - :func:`find_lr` runs the LR range test and returns an :class:`LRFinderResult`;
 - :mod:`lrtune.schedules` holds one spec per ``torch.optim.lr_scheduler`` family;
 - :class:`JobSpec` defines a job; :func:`tune` searches schedules for it and returns a
-  :class:`Recommendation`.
+  :class:`Recommendation`;
+- :mod:`lrtune.exceptions` holds the errors lrtune raises on purpose.
+
+``import lrtune`` is cheap: each name is imported on first use, so a process that only
+validates job specs (the HTTP API) never imports torch, Optuna or scikit-learn.
 
 Example:
     >>> import lrtune
@@ -16,15 +20,38 @@ Example:
     ['constant', 'cosine', 'cosine_warm_restarts']
 """
 
-from lrtune import schedules
-from lrtune.finder import find_lr, lr_sequence
-from lrtune.recommendation import Recommendation
-from lrtune.result import LRFinderResult, SeedCurve
-from lrtune.spec import JobSpec
-from lrtune.suggestions import Consensus, Suggestion
-from lrtune.tuner import prepare_study, tune, work
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lrtune import exceptions, schedules
+    from lrtune.finder import find_lr, lr_sequence
+    from lrtune.recommendation import Recommendation
+    from lrtune.result import LRFinderResult, SeedCurve
+    from lrtune.spec import JobSpec
+    from lrtune.suggestions import Consensus, Suggestion
+    from lrtune.tuner import prepare_study, tune, work
 
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it (a submodule when the name is the module itself).
+_LAZY: dict[str, str] = {
+    "Consensus": "lrtune.suggestions",
+    "JobSpec": "lrtune.spec",
+    "LRFinderResult": "lrtune.result",
+    "Recommendation": "lrtune.recommendation",
+    "SeedCurve": "lrtune.result",
+    "Suggestion": "lrtune.suggestions",
+    "exceptions": "lrtune.exceptions",
+    "find_lr": "lrtune.finder",
+    "lr_sequence": "lrtune.finder",
+    "prepare_study": "lrtune.tuner",
+    "schedules": "lrtune.schedules",
+    "tune": "lrtune.tuner",
+    "work": "lrtune.tuner",
+}
 
 __all__ = [
     "Consensus",
@@ -33,6 +60,7 @@ __all__ = [
     "Recommendation",
     "SeedCurve",
     "Suggestion",
+    "exceptions",
     "find_lr",
     "lr_sequence",
     "prepare_study",
@@ -40,3 +68,17 @@ __all__ = [
     "tune",
     "work",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'lrtune' has no attribute {name!r}")
+    module = importlib.import_module(module_name)
+    value = module if module_name == f"lrtune.{name}" else getattr(module, name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -25,11 +25,15 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 
 import optuna
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
+
+from lrtune.exceptions import StorageUnavailableError
 
 # Study attributes: what prepare_study stores once per job.
 ATTR_SPEC = "lrtune.spec"
@@ -127,3 +131,19 @@ STORAGE_ERRORS: tuple[type[BaseException], ...] = (
     SQLAlchemyError,
     optuna.exceptions.StorageInternalError,
 )
+
+
+@contextlib.contextmanager
+def storage_errors() -> Iterator[None]:
+    """Turn a storage failure inside the block into :class:`StorageUnavailableError`.
+
+    The message keeps the error's class and first line (a server address, never a password:
+    SQLAlchemy's messages do not carry the URL's credentials). Usable as a decorator.
+    """
+    try:
+        yield
+    except STORAGE_ERRORS as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise StorageUnavailableError(
+            f"storage unavailable: {type(exc).__name__}: {first_line}"
+        ) from exc

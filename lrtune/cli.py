@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,28 +22,37 @@ from typing import Any, NoReturn
 import yaml
 from pydantic import ValidationError
 
-from lrtune.device import set_torch_threads
+from lrtune.exceptions import InvalidInputError, LRTuneError
 from lrtune.registry import dataset_names, model_names
 from lrtune.spec import JobSpec
 
+# This module imports torch, Optuna and scikit-learn only inside the commands that train, so
+# that ``lrtune list`` and ``--help`` answer at once.
 
-class CliError(Exception):
-    """A problem with the user's input, reported as one line."""
+
+class CliError(InvalidInputError):
+    """A problem with the user's command line, reported as one line."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``lrtune`` command; return its exit status.
+
+    The library's errors (:class:`~lrtune.exceptions.LRTuneError`, and ``ValueError``, which
+    its modules raise for invalid input), invalid job specs and the operating system's
+    refusals (a missing, unreadable or misplaced file) end as one ``lrtune: error:`` line
+    and exit status 2. Anything else is a bug in lrtune and keeps its traceback.
+    """
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        set_torch_threads(args.threads)  # None: $LRTUNE_TORCH_THREADS, else torch's default
         return int(args.run(args) or 0)
-    except CliError as exc:
-        _fail(str(exc))
     except ValidationError as exc:
         _fail(describe_validation_error(exc))
-    except (ValueError, FileNotFoundError, IsADirectoryError, yaml.YAMLError) as exc:
-        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    except (LRTuneError, ValueError, yaml.YAMLError) as exc:
+        _fail(_first_line(exc))
+    except OSError as exc:
+        _fail(describe_os_error(exc))
     except KeyboardInterrupt:
         print("lrtune: interrupted", file=sys.stderr)
         return 130
@@ -51,6 +61,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _fail(message: str) -> NoReturn:
     print(f"lrtune: error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``path: reason`` on one line, e.g. ``job.yaml: Permission denied``."""
+    reason = exc.strerror or _first_line(exc)
+    if exc.filename is None:
+        return reason
+    return f"{exc.filename}: {reason}"
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -62,9 +85,17 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "invalid job: " + "; ".join(parts)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one ``lrtune: error:`` line and a pointer to --help."""
+
+    def error(self, message: str) -> NoReturn:
+        _fail(f"{message} (see '{self.prog} --help')")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lrtune", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(required=True, metavar="command")
+    parser = _Parser(prog="lrtune", description=__doc__.splitlines()[0])
+    _threads_option(parser, default=None)
+    sub = parser.add_subparsers(required=True, metavar="command", parser_class=_Parser)
 
     find = sub.add_parser("find", help="run the LR range test and suggest an LR")
     find.add_argument("--job", type=Path, help="read model/dataset/optimizer from a job file")
@@ -113,29 +144,45 @@ def _parser() -> argparse.ArgumentParser:
 
     listing = sub.add_parser("list", help="list registry models and datasets")
     listing.add_argument("--json", action="store_true")
-    listing.set_defaults(run=_list, threads=None)
+    _threads_option(listing, default=argparse.SUPPRESS)  # accepted everywhere; nothing trains
+    listing.set_defaults(run=_list)
     return parser
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    # SUPPRESS: without the option here, the value given before the command stands.
+    _threads_option(parser, default=argparse.SUPPRESS)
+
+
+def _threads_option(parser: argparse.ArgumentParser, default: Any) -> None:
     parser.add_argument(
         "--threads",
         type=int,
+        default=default,
+        metavar="N",
         help="torch CPU threads (default: $LRTUNE_TORCH_THREADS, else torch's)",
     )
 
 
+def _start_training(args: argparse.Namespace) -> None:
+    """Pin torch's threads; called by the commands that train, after their input is checked."""
+    from lrtune.device import set_torch_threads
+
+    set_torch_threads(args.threads)  # None: $LRTUNE_TORCH_THREADS, else torch's default
+
+
 def _find(args: argparse.Namespace) -> int:
+    spec = _find_spec(args)
+    if args.plot:
+        _prepare_output_file("--plot", args.plot)
+    _start_training(args)
     from lrtune.training import TrainingSetup
     from lrtune.tuner import range_test
 
-    spec = _find_spec(args)
     setup = TrainingSetup.from_spec(spec)
     result = range_test(setup, progress=not args.quiet)
-    if args.plot:
-        _save_figure(result.plot(), args.plot)
     if args.json:
         print(json.dumps({**result.to_dict(), "job": spec.model_dump(mode="json")}))
     else:
@@ -144,6 +191,9 @@ def _find(args: argparse.Namespace) -> int:
             f"{spec.range_test.seeds} seed(s), {result.config['engine']} on {setup.device}"
         )
         print(result.summary())
+    sys.stdout.flush()  # the answer is out even if writing the plot fails
+    if args.plot:
+        _save_figure(result.plot(), args.plot)
     return 0
 
 
@@ -181,7 +231,10 @@ def _key_values(pairs: list[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise CliError(f"expected KEY=VALUE, got {pair!r}")
-        out[key] = yaml.safe_load(value)  # 3 -> int, 0.5 -> float, [64,64] -> list, true -> bool
+        try:
+            out[key] = yaml.safe_load(value)  # 3 -> int, 0.5 -> float, [64,64] -> list, true
+        except RecursionError:
+            raise CliError(f"{key}: value nested too deeply") from None
     return out
 
 
@@ -196,21 +249,62 @@ def _read_job(path: Path) -> dict[str, Any]:
 
 
 def _tune(args: argparse.Namespace) -> int:
+    spec = _load_job(args.job)
+    # Every output place is checked before the work starts: a bad --plots must not cost a search.
+    for option, directory in (("--artifacts", args.artifacts), ("--plots", args.plots)):
+        if directory is not None:
+            _prepare_output_dir(option, directory)
+    storage = _open_storage(args.storage)
+    _start_training(args)
     import optuna
 
     from lrtune.tuner import tune
 
-    spec = _load_job(args.job)
     # Optuna logs each failed trial with a traceback (also for Ctrl-C); the report lists them.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    rec = tune(spec, storage=args.storage, artifact_dir=args.artifacts, progress=not args.quiet)
+    rec = tune(spec, storage=storage, artifact_dir=args.artifacts, progress=not args.quiet)
+    print(json.dumps(rec.to_dict()) if args.json else _report(rec))
+    sys.stdout.flush()  # the report is out even if writing the plots fails
     if args.plots:
         _write_plots(rec, args.plots)
-    if args.json:
-        print(json.dumps(rec.to_dict()))
-        return 0
-    print(_report(rec))
     return 0
+
+
+def _open_storage(url: str | None) -> Any:
+    """The study's storage, opened before the range test so that a bad URL fails first."""
+    if url is None:
+        return None
+    from lrtune.storage import open_storage
+
+    return open_storage(url)
+
+
+def _prepare_output_dir(option: str, directory: Path) -> None:
+    """Create ``directory`` (and its parents) now, or fail with one line naming ``option``."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"{option} {directory}: cannot create directory: {_reason(exc)}") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise CliError(f"{option} {directory}: directory is not writable")
+
+
+def _prepare_output_file(option: str, path: Path) -> None:
+    """Create ``path``'s directory now and check that a file can be written at ``path``."""
+    if path.is_dir():
+        raise CliError(f"{option} {path}: is a directory, expected a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"{option} {path}: cannot create its directory: {_reason(exc)}") from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise CliError(f"{option} {path}: directory {path.parent} is not writable")
+
+
+def _reason(exc: OSError) -> str:
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        return "a regular file is in the way"
+    return exc.strerror or _first_line(exc)
 
 
 def _report(rec: Any) -> str:
@@ -242,7 +336,6 @@ def _write_plots(rec: Any, directory: Path) -> None:
     from lrtune.plots import plot_history, plot_schedule
     from lrtune.result import LRFinderResult
 
-    directory.mkdir(parents=True, exist_ok=True)
     _save_figure(LRFinderResult.from_dict(rec.range_test).plot(), directory / "loss_vs_lr.png")
     if rec.best is not None:
         _save_figure(plot_schedule(rec), directory / "schedule.png")
@@ -251,7 +344,6 @@ def _write_plots(rec: Any, directory: Path) -> None:
 
 
 def _save_figure(fig: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
 
 

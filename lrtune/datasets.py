@@ -2,8 +2,9 @@
 
 Nothing is downloaded: ``digits``, ``breast_cancer``, ``wine`` and ``diabetes`` ship inside
 scikit-learn, and ``synthetic`` is drawn by :func:`sklearn.datasets.make_classification`.
-Every factory takes plain JSON params, validated by a pydantic model (unknown or ill-typed
-params raise :class:`ValueError` naming the param), and returns a :class:`DatasetBundle`:
+Every factory takes plain JSON params, validated by a pydantic model of :mod:`lrtune.params`
+(unknown or ill-typed params raise :class:`~lrtune.exceptions.InvalidInputError`, a
+``ValueError``, naming the param), and returns a :class:`DatasetBundle`:
 
 * the split is deterministic for a given ``seed`` and stratified by class for classification;
 * features are standardized with statistics of the train split only (digits' pixels are
@@ -29,84 +30,25 @@ datasets added by plugins.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import numpy as np
 import sklearn.datasets
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sklearn.model_selection import train_test_split
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from lrtune.exceptions import InvalidInputError
+from lrtune.params import FactoryParams as FactoryParams  # re-exported for plugins
+from lrtune.params import SplitParams, SyntheticParams, parse_params
+
 Task = Literal["classification", "regression"]
 
 _TASKS: tuple[Task, ...] = ("classification", "regression")
-_MAX_SEED = 2**32 - 1  # numpy's RandomState, which scikit-learn uses, takes seeds below 2**32
-_REPR_LIMIT = 40
-
-
-class FactoryParams(BaseModel):
-    """Base of the params models of model and dataset factories.
-
-    Strict, so that JSON's ``"1"`` or ``true`` is never taken for the integer 1, and closed, so
-    that a misspelt param is an error instead of being silently ignored.
-    """
-
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
-
-
-ParamsT = TypeVar("ParamsT", bound=FactoryParams)
-
-
-def parse_params(schema: type[ParamsT], params: Mapping[str, Any], owner: str) -> ParamsT:
-    """Validate ``params`` against ``schema``, turning pydantic's report into a one-line error.
-
-    Raises:
-        ValueError: a param is unknown, of the wrong type or out of range. The message names
-            ``owner`` (e.g. ``"model 'mlp'"``), each bad param, and the allowed params.
-    """
-    try:
-        return schema.model_validate(dict(params))
-    except ValidationError as exc:
-        allowed = ", ".join(schema.model_fields) or "none"
-        raise ValueError(
-            f"invalid params for {owner}: {_describe_errors(exc)} (allowed params: {allowed})"
-        ) from None
-
-
-def _describe_errors(exc: ValidationError) -> str:
-    problems = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"])
-        if error["type"] == "extra_forbidden":
-            problems.append(f"{where}: unknown param")
-            continue
-        got = repr(error["input"])
-        if len(got) > _REPR_LIMIT:
-            got = got[: _REPR_LIMIT - 3] + "..."
-        problems.append(f"{where}={got}: {error['msg']}")
-    return "; ".join(problems)
-
-
-class SplitParams(FactoryParams):
-    """Params every built-in dataset takes."""
-
-    val_fraction: float = Field(0.2, gt=0.0, lt=0.9)
-    seed: int = Field(0, ge=0, le=_MAX_SEED)
-    max_samples: int | None = Field(None, ge=10)
-
-
-class SyntheticParams(SplitParams):
-    """Params of :func:`synthetic`; ``seed`` also seeds the data generation."""
-
-    # Bounded so that a request to the service cannot ask for gigabytes.
-    n_samples: int = Field(2000, ge=50, le=100_000)
-    n_features: int = Field(20, ge=4, le=200)
-    n_classes: int = Field(2, ge=2, le=10)
 
 
 @dataclass(frozen=True)
@@ -126,14 +68,16 @@ class DatasetBundle:
 
     def __post_init__(self) -> None:
         if self.task not in _TASKS:
-            raise ValueError(f"task must be one of {_TASKS}, got {self.task!r}")
+            raise InvalidInputError(f"task must be one of {_TASKS}, got {self.task!r}")
         if isinstance(self.output_dim, bool) or self.output_dim < 1:
-            raise ValueError(f"output_dim must be a positive int, got {self.output_dim!r}")
+            raise InvalidInputError(f"output_dim must be a positive int, got {self.output_dim!r}")
         for split_name, split in (("train", self.train), ("val", self.val)):
             if len(split.tensors) != 2 or len(split) == 0:
-                raise ValueError(f"{split_name} must hold (features, targets) and be non-empty")
+                raise InvalidInputError(
+                    f"{split_name} must hold (features, targets) and be non-empty"
+                )
             if tuple(split.tensors[0].shape[1:]) != tuple(self.input_shape):
-                raise ValueError(
+                raise InvalidInputError(
                     f"{split_name} features have shape {tuple(split.tensors[0].shape[1:])} "
                     f"per sample, but input_shape is {tuple(self.input_shape)}"
                 )
@@ -167,7 +111,7 @@ class DatasetBundle:
             ``{"loss": ..., self.metric_name: ...}``.
         """
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
         target_device = _device_of(model) if device is None else torch.device(device)
         features, targets = self.val.tensors
         loss_sum = 0.0
@@ -372,7 +316,7 @@ def _split_indices(
             stratify=targets if stratify else None,
         )
     except ValueError as exc:
-        raise ValueError(
+        raise InvalidInputError(
             f"cannot split dataset {name!r} with val_fraction={split.val_fraction} and "
             f"max_samples={split.max_samples}: {exc}"
         ) from None

@@ -1,8 +1,9 @@
 """Built-in model factories: logistic regression, an MLP, and a small CNN for 8x8 images.
 
 Every factory has the signature ``factory(input_shape, output_dim, **params) -> nn.Module``.
-Params are plain JSON values checked by one pydantic model per factory: an unknown param, a
-wrong type or an out-of-range value raises :class:`ValueError` naming the param and the allowed
+Params are plain JSON values checked by one pydantic model per factory (in :mod:`lrtune.params`,
+readable without torch): an unknown param, a wrong type or an out-of-range value raises
+:class:`~lrtune.exceptions.InvalidInputError` (a ``ValueError``) naming the param and the allowed
 ones. Weights come from torch's global RNG, so construction is deterministic after
 ``torch.manual_seed`` (:func:`lrtune.registry.build_model` takes a ``seed`` for that).
 
@@ -17,7 +18,7 @@ Example:
     >>> mlp((64,), 10, depth=3)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: invalid params for model 'mlp': depth: unknown param (allowed params: ...)
+    lrtune.exceptions.InvalidInputError: invalid params for model 'mlp': depth: unknown param ...
 
 Users build models by name through :func:`lrtune.registry.build_model`, which also finds models
 added by plugins.
@@ -26,56 +27,32 @@ added by plugins.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import Field
 from torch import nn
 
-from lrtune.datasets import FactoryParams, parse_params
+from lrtune.exceptions import InvalidInputError
+from lrtune.params import CNNParams, LogRegParams, MLPParams, parse_params
 
-# Bounds keep a request to the service from asking for a model that exhausts memory.
-_MAX_WIDTH = 4096
-_MAX_HIDDEN_LAYERS = 8
-_MAX_CHANNELS = 512
 _IMAGE_SIDE = 8
 _IMAGE_SHAPE = (1, _IMAGE_SIDE, _IMAGE_SIDE)
-
-Width = Annotated[int, Field(ge=1, le=_MAX_WIDTH)]
-Channels = Annotated[int, Field(ge=1, le=_MAX_CHANNELS)]
-Dropout = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
 
-class LogRegParams(FactoryParams):
-    """:func:`logreg` takes no params."""
-
-
-class MLPParams(FactoryParams):
-    hidden: list[Width] = Field(default=[128], min_length=1, max_length=_MAX_HIDDEN_LAYERS)
-    batchnorm: bool = False
-    dropout: Dropout = 0.0
-    activation: Literal["relu", "gelu", "tanh"] = "relu"
-
-
-class CNNParams(FactoryParams):
-    # Each block halves the 8x8 image, so three blocks bring it down to 1x1.
-    channels: list[Channels] = Field(default=[16, 32], min_length=1, max_length=3)
-    batchnorm: bool = False
-    dropout: Dropout = 0.0
-
-
 def check_shapes(input_shape: tuple[int, ...], output_dim: int) -> None:
-    """Raise :class:`ValueError` unless ``input_shape`` is a tuple of positive ints and
-    ``output_dim`` a positive int."""
+    """Raise :class:`~lrtune.exceptions.InvalidInputError` unless ``input_shape`` is a tuple of
+    positive ints and ``output_dim`` a positive int."""
     if (
         not isinstance(input_shape, tuple)
         or not input_shape
         or not all(_is_positive_int(size) for size in input_shape)
     ):
-        raise ValueError(f"input_shape must be a tuple of positive ints, got {input_shape!r}")
+        raise InvalidInputError(
+            f"input_shape must be a tuple of positive ints, got {input_shape!r}"
+        )
     if not _is_positive_int(output_dim):
-        raise ValueError(f"output_dim must be a positive int, got {output_dim!r}")
+        raise InvalidInputError(f"output_dim must be a positive int, got {output_dim!r}")
 
 
 def _is_positive_int(value: object) -> bool:
@@ -123,7 +100,7 @@ def cnn(input_shape: tuple[int, ...], output_dim: int, **params: Any) -> nn.Modu
     """
     check_shapes(input_shape, output_dim)
     if input_shape not in ((_IMAGE_SIDE * _IMAGE_SIDE,), _IMAGE_SHAPE):
-        raise ValueError(
+        raise InvalidInputError(
             f"model 'cnn' needs 8x8 single-channel images: input_shape (64,) or (1, 8, 8), "
             f"got {input_shape}"
         )

@@ -15,7 +15,7 @@ Example:
     >>> build_model("resnet", bundle)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    lrtune.registry.RegistryError: unknown model 'resnet'; available: cnn, logreg, mlp...
+    lrtune.registry.UnknownNameError: unknown model 'resnet'; available: cnn, logreg, mlp...
 
 Operators extend the registry on the worker side with Python entry points, declared in the
 metadata of an installed package (``pyproject.toml`` shown)::
@@ -26,31 +26,38 @@ metadata of an installed package (``pyproject.toml`` shown)::
     [project.entry-points."lrtune.datasets"]
     my_images = "my_package.data:load_images"      # (**params) -> DatasetBundle
 
-Entry points are read on the first lookup, and again on :func:`reload_plugins`. A plugin that
-fails to load, or that takes a name already in use, is skipped with a warning.
+Names come without importing anything heavy: the built-ins' from this module, the plugins' from
+their entry-point metadata (read on the first lookup, and again on :func:`reload_plugins`). So
+:func:`model_names`, :func:`model_params_schema` and :func:`validate_model_params` (and their
+dataset twins) work in a process without torch. A factory is imported when it is first used; a
+plugin that fails to import then raises :class:`RegistryError` (and logs a warning), and one
+whose name is malformed or already in use is skipped with a warning.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.metadata
 import logging
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import torch
-from torch import nn
+from lrtune.exceptions import InvalidInputError, NotFoundError
+from lrtune.params import DATASET_PARAMS, MODEL_PARAMS, FactoryParams, parse_params
 
-from lrtune import datasets, models
-from lrtune.datasets import DatasetBundle
+if TYPE_CHECKING:
+    from torch import nn
+
+    from lrtune.datasets import DatasetBundle
 
 MODEL_ENTRY_POINT_GROUP = "lrtune.models"
 DATASET_ENTRY_POINT_GROUP = "lrtune.datasets"
 
-ModelFactory = Callable[..., nn.Module]
-DatasetFactory = Callable[..., DatasetBundle]
+ModelFactory = Callable[..., "nn.Module"]
+DatasetFactory = Callable[..., "DatasetBundle"]
 FactoryT = TypeVar("FactoryT", bound=Callable[..., Any])
 
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -59,18 +66,30 @@ _MAX_SEED = 2**64 - 1
 _logger = logging.getLogger(__name__)
 
 
-class RegistryError(ValueError):
-    """An unknown name, a name registered twice, or a factory that broke its contract."""
+class RegistryError(InvalidInputError):
+    """A malformed name, a name registered twice, a plugin that cannot be loaded, or a factory
+    that broke its contract. A ``ValueError``."""
+
+
+class UnknownNameError(RegistryError, NotFoundError):
+    """No model or dataset is available under the name asked for (also a ``LookupError``)."""
 
 
 class _Registry(Generic[FactoryT]):
-    """The factories of one kind: those registered in-process, then those from entry points."""
+    """The factories of one kind: built-ins, those registered in-process, and entry points.
 
-    def __init__(self, kind: str, group: str) -> None:
+    Names are known without importing any factory: built-ins are ``"module:attribute"``
+    references and plugins are read from their distributions' entry-point metadata. A factory
+    is imported on its first :meth:`get` (that is where torch gets imported).
+    """
+
+    def __init__(self, kind: str, group: str, builtins: Mapping[str, str]) -> None:
         self.kind = kind
         self.group = group
+        self._builtins = dict(builtins)
         self._registered: dict[str, FactoryT] = {}
-        self._plugins: dict[str, FactoryT] | None = None  # None until the first lookup
+        self._loaded: dict[str, FactoryT] = {}  # built-ins and plugins imported so far
+        self._entry_points: dict[str, importlib.metadata.EntryPoint] | None = None
         # Reentrant: a plugin module may register factories while it is being imported.
         self._lock = threading.RLock()
 
@@ -79,8 +98,12 @@ class _Registry(Generic[FactoryT]):
 
         def decorator(factory: FactoryT) -> FactoryT:
             with self._lock:
-                taken = self._registered.get(name) or (self._plugins or {}).get(name)
-                if taken is not None and taken is not factory:
+                taken = (
+                    name in self._builtins
+                    or name in self._plugin_entry_points()
+                    or self._registered.get(name, factory) is not factory
+                )
+                if taken:
                     raise RegistryError(f"{self.kind} name {name!r} is already registered")
                 self._registered[name] = factory
             return factory
@@ -88,57 +111,85 @@ class _Registry(Generic[FactoryT]):
         return decorator
 
     def names(self) -> list[str]:
-        plugins = self._loaded_plugins()
-        return sorted({*self._registered, *plugins})
+        return sorted({*self._builtins, *self._registered, *self._plugin_entry_points()})
+
+    def is_builtin(self, name: str) -> bool:
+        return name in self._builtins
+
+    def check_known(self, name: str) -> None:
+        if not isinstance(name, str) or name not in self.names():
+            available = ", ".join(self.names())
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; available: {available}")
 
     def get(self, name: str) -> FactoryT:
-        plugins = self._loaded_plugins()
-        factory = (
-            (self._registered.get(name) or plugins.get(name)) if isinstance(name, str) else None
-        )
-        if factory is None:
-            available = ", ".join(self.names())
-            raise RegistryError(f"unknown {self.kind} {name!r}; available: {available}")
-        return factory
+        self.check_known(name)
+        with self._lock:
+            if name in self._registered:
+                return self._registered[name]
+            if name not in self._loaded:
+                self._loaded[name] = self._load(name)
+            return self._loaded[name]
 
     def reload_plugins(self) -> None:
         with self._lock:
-            self._plugins = None
-            self._loaded_plugins()
+            for name in self._entry_points or {}:
+                self._loaded.pop(name, None)
+            self._entry_points = None
+            self._plugin_entry_points()
 
-    def _loaded_plugins(self) -> dict[str, FactoryT]:
-        with self._lock:
-            if self._plugins is None:
-                self._plugins = self._discover_plugins()
-            return self._plugins
-
-    def _discover_plugins(self) -> dict[str, FactoryT]:
-        found: dict[str, FactoryT] = {}
-        for entry_point in importlib.metadata.entry_points(group=self.group):
-            try:
-                found[entry_point.name] = self._load_plugin(entry_point, found)
-            except Exception as exc:  # a broken plugin must not take the built-ins down with it
-                _logger.warning(
-                    "skipping %s plugin %r (entry point %r in group %r): %s: %s",
-                    self.kind,
-                    entry_point.name,
-                    entry_point.value,
-                    self.group,
-                    type(exc).__name__,
-                    exc,
-                )
-        return found
-
-    def _load_plugin(
-        self, entry_point: importlib.metadata.EntryPoint, found: Mapping[str, FactoryT]
-    ) -> FactoryT:
-        self._check_name(entry_point.name)
-        if entry_point.name in self._registered or entry_point.name in found:
-            raise RegistryError(f"{self.kind} name {entry_point.name!r} is already taken")
-        factory = entry_point.load()
+    def _load(self, name: str) -> FactoryT:
+        if name in self._builtins:
+            module_name, _, attribute = self._builtins[name].partition(":")
+            return getattr(importlib.import_module(module_name), attribute)
+        entry_point = self._plugin_entry_points()[name]
+        try:
+            factory = entry_point.load()
+        except Exception as exc:  # a broken plugin must fail its own jobs, not the process
+            _logger.warning(
+                "cannot load %s plugin %r (entry point %r in group %r): %s: %s",
+                self.kind,
+                name,
+                entry_point.value,
+                self.group,
+                type(exc).__name__,
+                exc,
+            )
+            raise RegistryError(
+                f"{self.kind} plugin {name!r} ({entry_point.value}) cannot be loaded: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         if not callable(factory):
-            raise RegistryError(f"{entry_point.value} is not callable")
+            raise RegistryError(f"{self.kind} plugin {name!r}: {entry_point.value} is not callable")
         return factory
+
+    def _plugin_entry_points(self) -> dict[str, importlib.metadata.EntryPoint]:
+        with self._lock:
+            if self._entry_points is None:
+                self._entry_points = self._discover_plugins()
+            return self._entry_points
+
+    def _discover_plugins(self) -> dict[str, importlib.metadata.EntryPoint]:
+        """Read the entry points' names from metadata, importing none of them."""
+        found: dict[str, importlib.metadata.EntryPoint] = {}
+        for entry_point in importlib.metadata.entry_points(group=self.group):
+            name = entry_point.name
+            problem = None
+            if not isinstance(name, str) or not _NAME_PATTERN.fullmatch(name):
+                problem = "invalid name"
+            elif name in self._builtins or name in self._registered or name in found:
+                problem = f"{self.kind} name {name!r} is already taken"
+            if problem is None:
+                found[name] = entry_point
+                continue
+            _logger.warning(
+                "skipping %s plugin %r (entry point %r in group %r): %s",
+                self.kind,
+                name,
+                entry_point.value,
+                self.group,
+                problem,
+            )
+        return found
 
     def _check_name(self, name: str) -> None:
         if not isinstance(name, str) or not _NAME_PATTERN.fullmatch(name):
@@ -148,14 +199,23 @@ class _Registry(Generic[FactoryT]):
             )
 
 
-_models: _Registry[ModelFactory] = _Registry("model", MODEL_ENTRY_POINT_GROUP)
-_datasets: _Registry[DatasetFactory] = _Registry("dataset", DATASET_ENTRY_POINT_GROUP)
+_models: _Registry[ModelFactory] = _Registry(
+    "model",
+    MODEL_ENTRY_POINT_GROUP,
+    {name: f"lrtune.models:{name}" for name in MODEL_PARAMS},
+)
+_datasets: _Registry[DatasetFactory] = _Registry(
+    "dataset",
+    DATASET_ENTRY_POINT_GROUP,
+    {name: f"lrtune.datasets:{name}" for name in DATASET_PARAMS},
+)
 
 
 def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
     """Decorator registering ``factory(input_shape, output_dim, **params) -> nn.Module``.
 
-    The factory must validate its params and raise :class:`ValueError` for bad ones.
+    The factory must validate its params and raise :class:`ValueError` for bad ones
+    (:func:`lrtune.params.parse_params` raises the right one).
 
     Raises:
         RegistryError: the name is invalid or already taken by another factory.
@@ -166,7 +226,8 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
 def register_dataset(name: str) -> Callable[[DatasetFactory], DatasetFactory]:
     """Decorator registering ``factory(**params) -> DatasetBundle``.
 
-    The factory must validate its params and raise :class:`ValueError` for bad ones.
+    The factory must validate its params and raise :class:`ValueError` for bad ones
+    (:func:`lrtune.params.parse_params` raises the right one).
 
     Raises:
         RegistryError: the name is invalid or already taken by another factory.
@@ -193,6 +254,57 @@ def reload_plugins() -> None:
     _datasets.reload_plugins()
 
 
+def model_params_schema(name: str) -> type[FactoryParams] | None:
+    """The pydantic model of a built-in model's params; ``None`` for a plugin's.
+
+    Reading it imports neither torch nor the factory. A plugin's params are validated by its
+    factory, where the plugin is installed.
+
+    Raises:
+        UnknownNameError: no model is available under ``name``.
+    """
+    _models.check_known(name)
+    return MODEL_PARAMS.get(name) if _models.is_builtin(name) else None
+
+
+def dataset_params_schema(name: str) -> type[FactoryParams] | None:
+    """The pydantic model of a built-in dataset's params; ``None`` for a plugin's.
+
+    Raises:
+        UnknownNameError: no dataset is available under ``name``.
+    """
+    _datasets.check_known(name)
+    return DATASET_PARAMS.get(name) if _datasets.is_builtin(name) else None
+
+
+def validate_model_params(name: str, params: Mapping[str, Any] | None) -> None:
+    """Check that ``name`` is a model and, for a built-in, that ``params`` fit it; no torch.
+
+    Raises:
+        UnknownNameError: no model is available under ``name``.
+        InvalidInputError: the params are not a JSON object, or do not fit the built-in.
+    """
+    _validate_params(model_params_schema(name), "model", name, params)
+
+
+def validate_dataset_params(name: str, params: Mapping[str, Any] | None) -> None:
+    """Check that ``name`` is a dataset and, for a built-in, that ``params`` fit it; no torch.
+
+    Raises:
+        UnknownNameError: no dataset is available under ``name``.
+        InvalidInputError: the params are not a JSON object, or do not fit the built-in.
+    """
+    _validate_params(dataset_params_schema(name), "dataset", name, params)
+
+
+def _validate_params(
+    schema: type[FactoryParams] | None, kind: str, name: str, params: Mapping[str, Any] | None
+) -> None:
+    checked = _checked_params(params)
+    if schema is not None:
+        parse_params(schema, checked, f"{kind} {name!r}")
+
+
 def build_model(
     name: str,
     bundle_or_shapes: DatasetBundle | tuple[tuple[int, ...], int],
@@ -211,10 +323,14 @@ def build_model(
             the generator's state is restored afterwards.
 
     Raises:
-        RegistryError: ``name`` is unknown, or the factory returned something else than a
-            :class:`torch.nn.Module`.
-        ValueError: the params, shapes or seed are invalid.
+        UnknownNameError: ``name`` is unknown (a :class:`RegistryError`).
+        RegistryError: the plugin cannot be loaded, or the factory returned something else
+            than a :class:`torch.nn.Module`.
+        InvalidInputError: the params, shapes or seed are invalid (plugins may raise a plain
+            ``ValueError``).
     """
+    from torch import nn
+
     factory = _models.get(name)
     input_shape, output_dim = _shapes_of(bundle_or_shapes)
     kwargs = _checked_params(params)
@@ -231,10 +347,13 @@ def load_dataset(name: str, params: Mapping[str, Any] | None = None) -> DatasetB
     """Load the dataset registered as ``name``, with JSON ``params`` (``None`` for defaults).
 
     Raises:
-        RegistryError: ``name`` is unknown, or the factory returned something else than a
-            :class:`~lrtune.datasets.DatasetBundle`.
-        ValueError: the params are invalid.
+        UnknownNameError: ``name`` is unknown (a :class:`RegistryError`).
+        RegistryError: the plugin cannot be loaded, or the factory returned something else
+            than a :class:`~lrtune.datasets.DatasetBundle`.
+        InvalidInputError: the params are invalid (plugins may raise a plain ``ValueError``).
     """
+    from lrtune.datasets import DatasetBundle
+
     factory = _datasets.get(name)
     bundle = factory(**_checked_params(params))
     if not isinstance(bundle, DatasetBundle):
@@ -247,16 +366,19 @@ def load_dataset(name: str, params: Mapping[str, Any] | None = None) -> DatasetB
 def _shapes_of(
     bundle_or_shapes: DatasetBundle | tuple[tuple[int, ...], int],
 ) -> tuple[tuple[int, ...], int]:
+    from lrtune.datasets import DatasetBundle
+    from lrtune.models import check_shapes
+
     if isinstance(bundle_or_shapes, DatasetBundle):
         return tuple(bundle_or_shapes.input_shape), bundle_or_shapes.output_dim
     try:
         raw_shape, output_dim = bundle_or_shapes
         input_shape = tuple(raw_shape)  # JSON gives the shape as a list
     except (TypeError, ValueError):
-        raise ValueError(
+        raise InvalidInputError(
             f"expected a DatasetBundle or (input_shape, output_dim), got {bundle_or_shapes!r}"
         ) from None
-    models.check_shapes(input_shape, output_dim)
+    check_shapes(input_shape, output_dim)
     return input_shape, output_dim
 
 
@@ -264,7 +386,7 @@ def _checked_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
     if params is None:
         return {}
     if not isinstance(params, Mapping) or not all(isinstance(key, str) for key in params):
-        raise ValueError(f"params must be a JSON object (string keys), got {params!r}")
+        raise InvalidInputError(f"params must be a JSON object (string keys), got {params!r}")
     return dict(params)
 
 
@@ -274,19 +396,10 @@ def _seeded(seed: int | None) -> Iterator[None]:
         yield
         return
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _MAX_SEED:
-        raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
+        raise InvalidInputError(f"seed must be an int in [0, 2**64), got {seed!r}")
+    import torch
+
     # Models are built on the CPU, so its generator is the only one construction draws from.
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
         yield
-
-
-register_model("logreg")(models.logreg)
-register_model("mlp")(models.mlp)
-register_model("cnn")(models.cnn)
-
-register_dataset("digits")(datasets.digits)
-register_dataset("breast_cancer")(datasets.breast_cancer)
-register_dataset("wine")(datasets.wine)
-register_dataset("diabetes")(datasets.diabetes)
-register_dataset("synthetic")(datasets.synthetic)

@@ -19,10 +19,10 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from lrtune.exceptions import InvalidInputError
 from lrtune.schedules import FAMILIES
 
 # Caps that protect a shared service from one job taking it over.
@@ -69,7 +69,10 @@ class DatasetRef(_Strict):
 
 
 class OptimizerSpec(_Strict):
-    """The optimizer the user trains with; its LR is what lrtune finds."""
+    """The optimizer the user trains with; its LR is what lrtune finds.
+
+    :func:`lrtune.optim_factory.build_optimizer` builds it (this module never imports torch).
+    """
 
     name: Literal["sgd", "adam", "adamw"] = "sgd"
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
@@ -90,18 +93,6 @@ class OptimizerSpec(_Strict):
     def default_lr(self) -> float:
         """The common default LR for this optimizer (SGD 0.1, Adam/AdamW 1e-3)."""
         return 0.1 if self.name == "sgd" else 1e-3
-
-    def build(self, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
-        """The torch optimizer over ``groups`` (each a dict with params and lr)."""
-        if self.name == "sgd":
-            return torch.optim.SGD(
-                groups,
-                momentum=self.momentum,
-                nesterov=self.nesterov,
-                weight_decay=self.weight_decay,
-            )
-        cls = torch.optim.Adam if self.name == "adam" else torch.optim.AdamW
-        return cls(groups, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay)
 
 
 class ParamGroupSpec(_Strict):
@@ -220,15 +211,29 @@ class JobSpec(_Strict):
 
     @classmethod
     def from_file(cls, path: str | Path) -> JobSpec:
-        """Read a spec from a ``.yaml``/``.yml`` or ``.json`` file."""
+        """Read a spec from a ``.yaml``/``.yml`` or ``.json`` file.
+
+        Raises:
+            InvalidInputError: the file is not UTF-8 text, not valid YAML/JSON, nested too
+                deeply, or not a mapping.
+            pydantic.ValidationError: the mapping is not a valid job (also a ``ValueError``).
+            OSError: the file cannot be read (missing, a directory, no permission).
+        """
         path = Path(path)
-        text = path.read_text()
+        kind = "JSON" if path.suffix == ".json" else "YAML"
         try:
-            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInputError(f"{path}: not UTF-8 text ({exc.reason})") from None
+        try:
+            data = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
         except (json.JSONDecodeError, yaml.YAMLError) as exc:
             problem = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-            kind = "JSON" if path.suffix == ".json" else "YAML"
-            raise ValueError(f"{path}: not valid {kind}: {problem}") from exc
+            raise InvalidInputError(f"{path}: not valid {kind}: {problem}") from exc
+        except RecursionError:
+            raise InvalidInputError(f"{path}: not a job: {kind} nested too deeply") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: a job file must hold a mapping, got {type(data).__name__}")
+            raise InvalidInputError(
+                f"{path}: a job file must hold a mapping, got {type(data).__name__}"
+            )
         return cls.model_validate(data)

@@ -35,6 +35,7 @@ from lrtune._schema import JsonFloat, LRSteps, ResultModel
 from lrtune.batches import batch_loss, move_to
 from lrtune.datasets import DatasetBundle
 from lrtune.device import resolve_device
+from lrtune.optim_factory import build_optimizer
 from lrtune.registry import build_model, load_dataset
 from lrtune.schedules import ScheduleSpec, drive
 from lrtune.spec import JobSpec
@@ -107,7 +108,7 @@ class TrainingSetup:
         build its scheduler with ``lr_multipliers=setup.group_multipliers``.
         """
         groups = [{"params": p, "lr": base_lr * mult} for mult, p in self.param_groups(model)]
-        return self.spec.optimizer.build(groups)
+        return build_optimizer(self.spec.optimizer, groups)
 
     def train_loader(self, generator: torch.Generator) -> DataLoader:
         """Shuffled train batches in the order ``generator`` gives.

@@ -78,8 +78,10 @@ from lrtune._optuna import (
     has_unfinished,
     heartbeat_interval,
     open_queued_study,
+    storage_errors,
     storage_of,
 )
+from lrtune.exceptions import ConflictError, NotFoundError
 from lrtune.finder import StepCallback, find_lr
 from lrtune.recommendation import Recommendation, SeedValue, TrainedSchedule
 from lrtune.result import LRFinderResult
@@ -203,7 +205,10 @@ def prepare_study(
     study = open_study(spec, storage)
     stored = study.user_attrs.get(ATTR_SPEC)
     if stored is not None and JobSpec.model_validate(stored) != spec:
-        raise ValueError(f"study {spec.study_name()!r} exists with a different job spec")
+        raise ConflictError(
+            f"study {spec.study_name()!r} exists with a different job spec: give the job another "
+            "name, or use another storage"
+        )
     setup = setup or TrainingSetup.from_spec(spec)
     if ATTR_BOUNDS not in study.user_attrs:
         result = range_test(setup, progress=progress)
@@ -740,6 +745,7 @@ def _history(study: optuna.Study, units: list[FrozenTrial]) -> list[dict[str, An
     return [r.summary() for r in records]
 
 
+@storage_errors()
 def work(
     study_name: str,
     storage: str | optuna.storages.BaseStorage,
@@ -755,9 +761,12 @@ def work(
     storage.
     """
     storage = _resolve_storage(storage)
-    loaded = optuna.load_study(study_name=study_name, storage=storage)
+    try:
+        loaded = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise NotFoundError(f"no study {study_name!r} in the storage") from None
     if ATTR_BOUNDS not in loaded.user_attrs:
-        raise ValueError(f"study {study_name!r} has not been prepared (no range test stored)")
+        raise NotFoundError(f"study {study_name!r} has not been prepared (no range test stored)")
     spec = JobSpec.model_validate(loaded.user_attrs[ATTR_SPEC])
     study = open_study(spec, storage)
     setup = TrainingSetup.from_spec(spec)
@@ -775,6 +784,7 @@ def work(
     )
 
 
+@storage_errors()
 def tune(
     spec: JobSpec,
     storage: Storage = None,

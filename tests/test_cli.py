@@ -13,12 +13,14 @@ import math
 import os
 import pty
 import re
+import shutil
 import struct
 import subprocess
 import sys
 import termios
 import threading
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,8 @@ from typing import Any
 import pytest
 import torch
 
+from lrtune.exceptions import InvalidInputError, LRTuneError, StorageUnavailableError
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 _SCRIPT = Path(sys.executable).with_name("lrtune")
@@ -34,6 +38,7 @@ CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "lrtune.cli
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PASTE_MARKER = "# paste into your training script:"
 COMMAND_TIMEOUT_S = 240
+DROP_READ_ALL = ("setpriv", "--bounding-set", "-dac_override,-dac_read_search")
 
 # The issue's acceptance check: SGD on the digits MLP with 4 seeds.
 FIND_DIGITS = ["find", "--model", "mlp", "--dataset", "digits", "--seeds", "4", "--threads", "1"]
@@ -68,8 +73,11 @@ class Result:
         return json.loads(self.stdout)
 
 
-def run_cli(*args: str, stderr_tty: bool = False) -> Result:
-    """Run ``lrtune ARGS``; with ``stderr_tty``, stderr is a terminal (so progress bars show)."""
+def run_cli(*args: str, stderr_tty: bool = False, prefix: Sequence[str] = ()) -> Result:
+    """Run ``lrtune ARGS``; with ``stderr_tty``, stderr is a terminal (so progress bars show).
+
+    ``prefix``: a command that runs lrtune (e.g. setpriv with its options).
+    """
     out_r, out_w = os.pipe()
     if stderr_tty:
         err_r, err_w = pty.openpty()
@@ -79,7 +87,12 @@ def run_cli(*args: str, stderr_tty: bool = False) -> Result:
         err_r, err_w = os.pipe()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TQDM_")}
     proc = subprocess.Popen(
-        [*CLI, *args], stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w, env=env, cwd=REPO
+        [*prefix, *CLI, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=out_w,
+        stderr=err_w,
+        env=env,
+        cwd=REPO,
     )
     os.close(out_w)
     os.close(err_w)
@@ -125,11 +138,19 @@ def _job_files(tmp: Path) -> dict[str, Path]:
         "unknown_field.yaml": (
             "model: {name: mlp}\ndataset: {name: digits}\nsearch: {n_trialz: 3, epochs: 2}\n"
         ),
+        "deep.yaml": "[" * 5000 + "]" * 5000,
+        "deep.json": "[" * 5000 + "]" * 5000,
+        "not_a_database.db": "model: {name: mlp}\n" * 100,
     }
     paths = {}
     for name, text in texts.items():
         paths[name] = tmp / name
         paths[name].write_text(text)
+    (tmp / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    (tmp / "a_directory").mkdir()
+    # Unreadable: only a user other than root can be refused (root reads any file).
+    (tmp / "unreadable.yaml").write_text(TUNE_JOB)
+    (tmp / "unreadable.yaml").chmod(0o000)
     return paths
 
 
@@ -184,7 +205,77 @@ FIXED_BUGS: dict[str, tuple[list[str], list[str]]] = {
         ["range_test.end_lr"],
     ),
 }
+# Issue 6, defect 7: each of these printed a traceback (exit 1), or failed only after the work.
+FIXED_BUGS.update(
+    {
+        "deeply nested yaml job": (["tune", "{tmp}/deep.yaml"], ["deep.yaml", "nested too deeply"]),
+        "deeply nested json job": (
+            ["find", "--job", "{tmp}/deep.json"],
+            ["deep.json", "nested too deeply"],
+        ),
+        "job is a directory": (["tune", "{tmp}/a_directory"], ["a_directory", "directory"]),
+        "job is not utf-8": (["tune", "{tmp}/latin1.yaml"], ["latin1.yaml", "UTF-8"]),
+        "sqlite storage is a directory": (
+            ["tune", "{tmp}/tune.yaml", "--quiet", "--storage", "sqlite:///{tmp}/a_directory"],
+            ["a_directory", "directory"],
+        ),
+        "sqlite storage is not a database": (
+            [
+                "tune",
+                "{tmp}/tune.yaml",
+                "--quiet",
+                "--storage",
+                "sqlite:///{tmp}/not_a_database.db",
+            ],
+            ["not_a_database.db", "not a database"],
+        ),
+        "sqlite storage under a file": (
+            ["tune", "{tmp}/tune.yaml", "--quiet", "--storage", "sqlite:///{tmp}/tune.yaml/s.db"],
+            ["tune.yaml/s.db", "regular file"],
+        ),
+        "storage driver not installed": (
+            ["tune", "{tmp}/tune.yaml", "--quiet", "--storage", "mysql://u@127.0.0.1:1/x"],
+            ["mysql://u@127.0.0.1:1/x", "driver", "not installed"],
+        ),
+        # The sqlite file left absent shows the check came before any work.
+        "plots dir is a file": (
+            [
+                *["tune", "{tmp}/tune.yaml", "--quiet", "--plots", "{tmp}/tune.yaml"],
+                *["--storage", "sqlite:///{tmp}/never_plots.db"],
+            ],
+            ["--plots", "tune.yaml", "regular file"],
+        ),
+        "plots dir under a file": (
+            ["tune", "{tmp}/tune.yaml", "--quiet", "--plots", "{tmp}/tune.yaml/plots"],
+            ["--plots", "regular file"],
+        ),
+        "artifacts dir is a file": (
+            [
+                *["tune", "{tmp}/tune.yaml", "--quiet", "--artifacts", "{tmp}/tune.yaml"],
+                *["--storage", "sqlite:///{tmp}/never_artifacts.db"],
+            ],
+            ["--artifacts", "regular file"],
+        ),
+        "plot is a directory": (
+            [*FIND_DIGITS[:5], "--quiet", "--plot", "{tmp}/a_directory"],
+            ["--plot", "directory"],
+        ),
+        "plot under a file": (
+            [*FIND_DIGITS[:5], "--quiet", "--plot", "{tmp}/tune.yaml/curve.png"],
+            ["--plot", "regular file"],
+        ),
+        "unknown option": (
+            ["tune", "{tmp}/tune.yaml", "--bogus"],
+            ["--bogus", "lrtune --help"],
+        ),
+        "missing argument": (["tune"], ["job", "lrtune tune --help"]),
+        "unknown command": (["fnd"], ["fnd", "lrtune --help"]),
+    }
+)
 ERRORS.update(FIXED_BUGS)
+# Root reads any file; run this one without the capabilities that let it (setpriv, util-linux).
+WITHOUT_ROOTS_READ_ALL = {"unreadable job"}
+ERRORS["unreadable job"] = (["tune", "{tmp}/unreadable.yaml"], ["unreadable.yaml", "Permission"])
 
 
 def _tune_sequence(tmp: Path) -> dict[str, Any]:
@@ -247,10 +338,14 @@ class Runs:
             ),
             "list": lambda: run_cli("list"),
             "list json": lambda: run_cli("list", "--json"),
+            "list threads": lambda: run_cli("list", "--threads", "1"),
+            "threads before command": lambda: run_cli("--threads", "1", "list", "--json"),
         }
         for name, (args, _) in ERRORS.items():
             argv = [a.replace("{tmp}", str(tmp)) for a in args]
-            submit[name] = lambda argv=argv: run_cli(*argv)
+            as_root = os.geteuid() == 0 and shutil.which("setpriv")
+            prefix = DROP_READ_ALL if name in WITHOUT_ROOTS_READ_ALL and as_root else ()
+            submit[name] = lambda argv=argv, prefix=prefix: run_cli(*argv, prefix=prefix)
         for name, fn in submit.items():
             self.futures[name] = pool.submit(fn)
 
@@ -347,12 +442,21 @@ def test_find_with_job_file(runs: Runs) -> None:
 def test_errors_are_one_line(runs: Runs, case: str) -> None:
     if case == "cuda without cuda" and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
+    if case in WITHOUT_ROOTS_READ_ALL and os.geteuid() == 0 and not shutil.which("setpriv"):
+        pytest.skip("running as root without setpriv: every file is readable")
     message = assert_one_line_error(runs.get(case), *ERRORS[case][1])
     listing = runs.get("list json").json()
     if case == "unknown model":
         assert all(name in message for name in listing["models"]), message
     if case == "unknown dataset":
         assert all(name in message for name in listing["datasets"]), message
+    if case in ("plots dir is a file", "artifacts dir is a file"):
+        assert not list(runs.tmp.glob("never_*.db")), "the search started before the check"
+
+
+def test_threads_is_accepted_before_the_command_and_by_every_command(runs: Runs) -> None:
+    assert runs.get("list threads").returncode == 0, runs.get("list threads").describe()
+    assert runs.get("threads before command").json() == runs.get("list json").json()
 
 
 # --- list ----------------------------------------------------------------------------------
@@ -435,3 +539,77 @@ def test_tune_human_output(runs: Runs) -> None:
     optimizer = namespace["optimizer"]
     assert isinstance(optimizer, torch.optim.SGD)
     assert optimizer.defaults["lr"] == pytest.approx(out["base_lr"], rel=1e-5)
+
+
+# --- the library errors the CLI reports --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        ("not-a-url", InvalidInputError),
+        ("mysql://u@127.0.0.1:1/x", InvalidInputError),
+        ("sqlite:///:memory:", InvalidInputError),
+        ("sqlite:///{tmp}", StorageUnavailableError),
+        ("sqlite:///{tmp}/file.db", StorageUnavailableError),
+        ("sqlite:///{tmp}/file.db/s.db", StorageUnavailableError),
+        ("postgresql+psycopg://u@127.0.0.1:1/x", StorageUnavailableError),
+    ],
+)
+def test_storage_errors_say_whether_the_url_or_the_storage_is_at_fault(
+    tmp_path: Path, where: str, expected: type[Exception]
+) -> None:
+    from lrtune.storage import open_storage
+
+    (tmp_path / "file.db").write_text("not a database\n")
+    with pytest.raises(expected) as raised:
+        open_storage(where.replace("{tmp}", str(tmp_path)))
+
+    assert isinstance(raised.value, LRTuneError)
+    # The search counts ValueError and RuntimeError inside a trial as a failed trial; an outage
+    # must stop it instead of spending the trial budget.
+    unavailable = expected is StorageUnavailableError
+    assert isinstance(raised.value, (ValueError, RuntimeError)) is not unavailable
+    assert "\n" not in str(raised.value)
+
+
+def test_waiting_for_a_crashed_workers_trial_prints_no_optuna_warning(tmp_path: Path) -> None:
+    """A rerun soon after a crash waits for the dead trial to go stale, then retries it."""
+    import optuna
+
+    from lrtune.spec import JobSpec
+    from lrtune.storage import open_storage
+    from lrtune.tuner import prepare_study, work
+
+    spec = JobSpec.model_validate(
+        {
+            "model": {"name": "logreg"},
+            "dataset": {"name": "wine"},
+            "range_test": {"seeds": 1, "num_iter": 10},
+            "search": {
+                "families": ["constant", "cosine"],
+                "n_trials": 2,
+                "epochs": 1,
+                "pruner": "none",
+                "baselines": False,
+            },
+        }
+    )
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat_interval=1, grace_period=2)
+    prepare_study(spec, storage, progress=False)
+    crashed = optuna.load_study(study_name=spec.study_name(), storage=storage).ask()
+    storage.record_heartbeat(crashed._trial_id)  # then its worker died
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        work(spec.study_name(), storage, wait_for_others=True)
+
+    experimental = [
+        w for w in caught if issubclass(w.category, optuna.exceptions.ExperimentalWarning)
+    ]
+    assert experimental == [], [str(w.message) for w in experimental]
+    states = [
+        t.state.name
+        for t in optuna.load_study(study_name=spec.study_name(), storage=storage).trials
+    ]
+    assert states.count("COMPLETE") == 2 and "RUNNING" not in states, states

@@ -17,15 +17,22 @@ from torch.utils.data import DataLoader
 
 from lrtune import datasets
 from lrtune.datasets import DatasetBundle
+from lrtune.exceptions import InvalidInputError, NotFoundError
+from lrtune.params import MLPParams, SyntheticParams
 from lrtune.registry import (
     RegistryError,
+    UnknownNameError,
     build_model,
     dataset_names,
+    dataset_params_schema,
     load_dataset,
     model_names,
+    model_params_schema,
     register_dataset,
     register_model,
     reload_plugins,
+    validate_dataset_params,
+    validate_model_params,
 )
 
 PLUGIN_DIST = Path(__file__).parent / "plugin_dist"
@@ -373,8 +380,42 @@ def test_unknown_name_raises_registry_error_listing_the_available_names(
     with pytest.raises(RegistryError, match=r"available: .*\b(mlp|digits)\b") as raised:
         lookup()
 
-    assert isinstance(raised.value, ValueError)
+    assert isinstance(raised.value, UnknownNameError)
+    assert isinstance(raised.value, NotFoundError) and isinstance(raised.value, LookupError)
+    assert isinstance(raised.value, ValueError)  # what callers caught before the hierarchy
     assert "\n" not in str(raised.value)
+
+
+def test_builtin_params_are_validated_without_building_anything() -> None:
+    assert model_params_schema("mlp") is MLPParams
+    assert dataset_params_schema("synthetic") is SyntheticParams
+    validate_model_params("cnn", {"channels": [8], "batchnorm": True})
+    validate_dataset_params("wine", None)
+    with pytest.raises(InvalidInputError, match=r"hidden\.0"):
+        validate_model_params("mlp", {"hidden": [0]})
+    with pytest.raises(InvalidInputError, match="n_clases: unknown param"):
+        validate_dataset_params("synthetic", {"n_clases": 3})
+    with pytest.raises(UnknownNameError, match="resnet"):
+        validate_model_params("resnet", {})
+
+
+@pytest.mark.usefixtures("plugin_dist_on_path")
+def test_a_plugins_params_are_left_to_its_factory() -> None:
+    reload_plugins()
+
+    assert model_params_schema("plugin_mlp") is None
+    validate_model_params("plugin_mlp", {"width": 0})  # not checked here: the worker checks
+    with pytest.raises(ValueError, match="width"):
+        build_model("plugin_mlp", ((2,), 3), {"width": 0})
+
+
+def test_the_factories_errors_are_invalid_input() -> None:
+    with pytest.raises(InvalidInputError, match="depth"):
+        build_model("mlp", ((64,), 10), {"depth": 3})
+    with pytest.raises(InvalidInputError, match="val_fraction"):
+        load_dataset("digits", {"val_fraction": 2.0})
+    with pytest.raises(InvalidInputError, match="8x8"):
+        build_model("cnn", ((13,), 3))
 
 
 @pytest.fixture
@@ -471,21 +512,28 @@ def test_plugins_are_found_through_entry_points(caplog: pytest.LogCaptureFixture
 
 
 @pytest.mark.usefixtures("plugin_dist_on_path")
-def test_broken_and_clashing_plugins_are_skipped_with_a_warning(
+def test_clashing_plugins_are_skipped_and_broken_ones_fail_when_used(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="lrtune.registry"):
         reload_plugins()
+        names = model_names()
+        clash_warnings = registry_warnings(caplog)
+        # Names come from the entry-point metadata: the broken plugin is listed until used.
+        assert "broken" in names
+        with pytest.raises(RegistryError, match="does_not_exist") as raised:
+            build_model("broken", ((4,), 2))
 
-    warnings = [
-        record.getMessage() for record in caplog.records if record.name == "lrtune.registry"
-    ]
-    assert any("'broken'" in message and "does_not_exist" in message for message in warnings)
-    assert any("'mlp'" in message and "already taken" in message for message in warnings)
-    assert "broken" not in model_names()
+    assert not isinstance(raised.value, LookupError)  # the name exists; its code does not
+    assert any("'mlp'" in message and "already taken" in message for message in clash_warnings)
+    assert any("'broken'" in m and "does_not_exist" in m for m in registry_warnings(caplog))
     # The built-in mlp kept its name: default hidden width 128, not the plugin's 16.
     assert build_model("mlp", ((64,), 10))[1].out_features == 128
     assert len(load_dataset("digits").val) == 360
+
+
+def registry_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.name == "lrtune.registry"]
 
 
 def test_plugins_are_forgotten_once_their_distribution_leaves_the_path() -> None:

@@ -5,6 +5,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
+from lrtune.exceptions import InvalidInputError
 from lrtune.schedules import FAMILIES
 from lrtune.spec import MAX_EPOCHS, MAX_TRIALS, JobSpec
 
@@ -100,3 +101,39 @@ def test_from_file_reads_yaml_and_json(tmp_path) -> None:
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ValueError, match="mapping"):
         JobSpec.from_file(tmp_path / "list.yaml")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("deep.yaml", "[" * 5000 + "]" * 5000, "nested too deeply"),
+        ("deep.json", "[" * 5000 + "]" * 5000, "nested too deeply"),
+        ("latin1.yaml", "name: caf\xe9\n".encode("latin-1"), "not UTF-8"),
+        ("broken.yaml", "model: {name: mlp\n", "not valid YAML"),
+        ("broken.json", "{", "not valid JSON"),
+        ("list.yaml", "- 1\n", "mapping"),
+    ],
+)
+def test_unreadable_job_files_are_invalid_input_naming_the_file(
+    tmp_path, name: str, content: str | bytes, message: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+
+    with pytest.raises(InvalidInputError, match=message) as raised:
+        JobSpec.from_file(path)
+
+    assert isinstance(raised.value, ValueError)
+    assert str(path) in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_the_optimizer_spec_builds_through_optim_factory() -> None:
+    import torch
+
+    from lrtune.optim_factory import build_optimizer
+
+    layer = torch.nn.Linear(3, 1)
+    spec = JobSpec.model_validate(spec_with(optimizer={"name": "sgd", "nesterov": True}))
+    optimizer = build_optimizer(spec.optimizer, [{"params": layer.parameters(), "lr": 0.5}])
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert optimizer.defaults["nesterov"] and optimizer.param_groups[0]["momentum"] == 0.9

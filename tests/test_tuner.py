@@ -15,6 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from lrtune.exceptions import ConflictError
 from lrtune.schedules import FAMILIES, parse_schedule
 from lrtune.space import LRBounds
 from lrtune.spec import JobSpec
@@ -243,7 +244,7 @@ def test_preparing_twice_keeps_one_range_test_and_one_budget(storage_url) -> Non
     assert stored_range_test(again).to_dict() == range_test
     assert len(again.get_trials(states=(TrialState.WAITING,))) == 5
     other = JobSpec.model_validate({**spec.model_dump(), "batch_size": 16})
-    with pytest.raises(ValueError, match="different job spec"):
+    with pytest.raises(ConflictError, match="different job spec"):
         prepare_study(other, storage_url, progress=False)
 
 

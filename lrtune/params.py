@@ -1,0 +1,140 @@
+"""The params schemas of the built-in models and datasets, readable without torch or scikit-learn.
+
+A job names a registry factory and gives it plain JSON params; each built-in factory checks them
+against one pydantic model here. Keeping the schemas apart from the factories lets a process
+that never trains (the HTTP API, ``lrtune list``) validate params and publish their JSON schemas
+without importing torch. Plugins subclass :class:`FactoryParams` the same way.
+
+Example:
+    >>> from lrtune.params import MLPParams, parse_params
+    >>> parse_params(MLPParams, {"hidden": [64, 32]}, "model 'mlp'").hidden
+    [64, 32]
+    >>> parse_params(MLPParams, {"depth": 3}, "model 'mlp'")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    lrtune.exceptions.InvalidInputError: invalid params for model 'mlp': depth: unknown param ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lrtune.exceptions import InvalidInputError
+
+_REPR_LIMIT = 40
+# numpy's RandomState, which scikit-learn uses, takes seeds below 2**32.
+MAX_DATASET_SEED = 2**32 - 1
+# Bounds keep a request to the service from asking for a model that exhausts memory.
+MAX_WIDTH = 4096
+MAX_HIDDEN_LAYERS = 8
+MAX_CHANNELS = 512
+
+
+class FactoryParams(BaseModel):
+    """Base of the params models of model and dataset factories.
+
+    Strict, so that JSON's ``"1"`` or ``true`` is never taken for the integer 1, and closed, so
+    that a misspelt param is an error instead of being silently ignored.
+    """
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+ParamsT = TypeVar("ParamsT", bound=FactoryParams)
+
+
+def parse_params(schema: type[ParamsT], params: Mapping[str, Any], owner: str) -> ParamsT:
+    """Validate ``params`` against ``schema``, turning pydantic's report into a one-line error.
+
+    Raises:
+        InvalidInputError: (a ``ValueError``) a param is unknown, of the wrong type or out of
+            range. The message names ``owner`` (e.g. ``"model 'mlp'"``), each bad param, and
+            the allowed params.
+    """
+    try:
+        return schema.model_validate(dict(params))
+    except ValidationError as exc:
+        allowed = ", ".join(schema.model_fields) or "none"
+        raise InvalidInputError(
+            f"invalid params for {owner}: {_describe_errors(exc)} (allowed params: {allowed})"
+        ) from None
+
+
+def _describe_errors(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "extra_forbidden":
+            problems.append(f"{where}: unknown param")
+            continue
+        got = repr(error["input"])
+        if len(got) > _REPR_LIMIT:
+            got = got[: _REPR_LIMIT - 3] + "..."
+        problems.append(f"{where}={got}: {error['msg']}")
+    return "; ".join(problems)
+
+
+# --- models ------------------------------------------------------------------------------------
+
+Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
+Channels = Annotated[int, Field(ge=1, le=MAX_CHANNELS)]
+Dropout = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class LogRegParams(FactoryParams):
+    """``logreg`` takes no params."""
+
+
+class MLPParams(FactoryParams):
+    """Params of the ``mlp`` model."""
+
+    hidden: list[Width] = Field(default=[128], min_length=1, max_length=MAX_HIDDEN_LAYERS)
+    batchnorm: bool = False
+    dropout: Dropout = 0.0
+    activation: Literal["relu", "gelu", "tanh"] = "relu"
+
+
+class CNNParams(FactoryParams):
+    """Params of the ``cnn`` model."""
+
+    # Each block halves the 8x8 image, so three blocks bring it down to 1x1.
+    channels: list[Channels] = Field(default=[16, 32], min_length=1, max_length=3)
+    batchnorm: bool = False
+    dropout: Dropout = 0.0
+
+
+# --- datasets ----------------------------------------------------------------------------------
+
+
+class SplitParams(FactoryParams):
+    """Params every built-in dataset takes."""
+
+    val_fraction: float = Field(0.2, gt=0.0, lt=0.9)
+    seed: int = Field(0, ge=0, le=MAX_DATASET_SEED)
+    max_samples: int | None = Field(None, ge=10)
+
+
+class SyntheticParams(SplitParams):
+    """Params of the ``synthetic`` dataset; ``seed`` also seeds the data generation."""
+
+    # Bounded so that a request to the service cannot ask for gigabytes.
+    n_samples: int = Field(2000, ge=50, le=100_000)
+    n_features: int = Field(20, ge=4, le=200)
+    n_classes: int = Field(2, ge=2, le=10)
+
+
+MODEL_PARAMS: dict[str, type[FactoryParams]] = {
+    "logreg": LogRegParams,
+    "mlp": MLPParams,
+    "cnn": CNNParams,
+}
+DATASET_PARAMS: dict[str, type[FactoryParams]] = {
+    "digits": SplitParams,
+    "breast_cancer": SplitParams,
+    "wine": SplitParams,
+    "diabetes": SplitParams,
+    "synthetic": SyntheticParams,
+}
