@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from lrtune.result import LRFinderResult, SeedCurve
     from lrtune.spec import JobSpec
     from lrtune.suggestions import Consensus, Suggestion
-    from lrtune.tuner import prepare_study, tune, work
+    from lrtune.tuner import prepare_study, run_worker, tune
 
 __version__ = "0.1.0"
 
@@ -50,7 +50,7 @@ _LAZY: dict[str, str] = {
     "prepare_study": "lrtune.tuner",
     "schedules": "lrtune.schedules",
     "tune": "lrtune.tuner",
-    "work": "lrtune.tuner",
+    "run_worker": "lrtune.tuner",
 }
 
 __all__ = [
@@ -64,9 +64,9 @@ __all__ = [
     "find_lr",
     "lr_sequence",
     "prepare_study",
+    "run_worker",
     "schedules",
     "tune",
-    "work",
 ]
 
 

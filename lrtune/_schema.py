@@ -26,21 +26,24 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, model_validator
 
 
 class ResultModel(BaseModel):
-    """Base of every result model: unknown keys are refused, so a typo is an error."""
+    """Base of every result model: unknown keys are refused, so a typo is an error.
+
+    Computed fields (``@computed_field``) are written to JSON for readers and recomputed, not
+    read, when the JSON is validated back.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    # TEMPORARY shims while the other branches still call the old names; removed at merge.
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
+    @model_validator(mode="before")
     @classmethod
-    def from_dict(cls, data: Any) -> Any:
-        return cls.model_validate(data)
+    def _drop_computed_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict) and cls.model_computed_fields:
+            return {k: v for k, v in data.items() if k not in cls.model_computed_fields}
+        return data
 
 
 def _none_to_nan(value: Any) -> Any:

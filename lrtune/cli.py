@@ -17,14 +17,17 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import yaml
 from pydantic import ValidationError
 
-from lrtune.exceptions import InvalidInputError, LRTuneError
+from lrtune.exceptions import InvalidInputError, LRTuneError, describe_validation_error
 from lrtune.registry import dataset_names, model_names
 from lrtune.spec import JobSpec
+
+if TYPE_CHECKING:
+    from lrtune.recommendation import Recommendation
 
 # This module imports torch, Optuna and scikit-learn only inside the commands that train, so
 # that ``lrtune list`` and ``--help`` answer at once.
@@ -48,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except ValidationError as exc:
-        _fail(describe_validation_error(exc))
+        _fail(_describe_invalid_job(exc))
     except (LRTuneError, ValueError, yaml.YAMLError) as exc:
         _fail(_first_line(exc))
     except OSError as exc:
@@ -76,13 +79,8 @@ def describe_os_error(exc: OSError) -> str:
     return f"{exc.filename}: {reason}"
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    """Pydantic's errors on one line: ``field.path: message; ...``."""
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "spec"
-        parts.append(f"{where}: {err['msg']}")
-    return "invalid job: " + "; ".join(parts)
+def _describe_invalid_job(exc: ValidationError) -> str:
+    return "invalid job: " + describe_validation_error(exc)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -184,7 +182,7 @@ def _find(args: argparse.Namespace) -> int:
     setup = TrainingSetup.from_spec(spec)
     result = range_test(setup, progress=not args.quiet)
     if args.json:
-        print(json.dumps({**result.to_dict(), "job": spec.model_dump(mode="json")}))
+        print(json.dumps({**result.model_dump(mode="json"), "job": spec.model_dump(mode="json")}))
     else:
         print(
             f"{spec.model.name} on {spec.dataset.name}, {spec.optimizer.name}, "
@@ -263,7 +261,7 @@ def _tune(args: argparse.Namespace) -> int:
     # Optuna logs each failed trial with a traceback (also for Ctrl-C); the report lists them.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     rec = tune(spec, storage=storage, artifact_dir=args.artifacts, progress=not args.quiet)
-    print(json.dumps(rec.to_dict()) if args.json else _report(rec))
+    print(rec.model_dump_json() if args.json else _report(rec))
     sys.stdout.flush()  # the report is out even if writing the plots fails
     if args.plots:
         _write_plots(rec, args.plots)
@@ -307,36 +305,49 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or _first_line(exc)
 
 
-def _report(rec: Any) -> str:
+def _report(rec: Recommendation) -> str:
     lines = [f"job {rec.study_name} ({rec.fingerprint[:12]})"]
     if rec.suggested_lr is not None:
-        spread = "n/a" if rec.confidence is None else f"seeds within {rec.confidence:.2f} decades"
-        lines.append(
-            f"range test: suggested lr {rec.suggested_lr:.3g} (confidence {spread}); "
-            f"searched {rec.bounds.low:.3g} .. {rec.bounds.high:.3g}"
+        agreement = rec.range_test.consensus.agreement
+        spread = (
+            "one seed"
+            if rec.spread_decades is None
+            else f"seeds within {rec.spread_decades:.2f} decades, agreement {agreement}"
         )
-    counts = ", ".join(f"{n} {state}" for state, n in rec.n_trials.items() if n)
-    lines.append(f"trials: {counts}")
-    for trial in rec.history:
-        if trial["state"] == "FAIL":
-            lines.append(f"  trial {trial['number']} failed: {trial['stop_reason']}")
+        lines.append(f"range test: suggested lr {rec.suggested_lr:.3g} ({spread})")
+    lines.append(f"lr bounds: {rec.bounds.low:.3g} .. {rec.bounds.high:.3g}: {rec.bounds.reason}")
+    lines.append(f"search trials: {_counts(rec.n_trials)}")
+    if any(rec.n_confirmation.values()):
+        lines.append(f"confirmation runs: {_counts(rec.n_confirmation)}")
+    for entry in rec.history:
+        if entry.state == "FAIL":
+            what = "trial" if entry.kind == "search" else "confirmation run"
+            lines.append(f"  {what} {entry.number} failed: {entry.stop_reason}")
     if rec.best is not None:
+        how = (
+            f"mean over confirmation seeds {', '.join(map(str, rec.confirm_seeds))}"
+            if rec.confirmed
+            else f"search seed {rec.search_seed} only, unconfirmed"
+        )
         lines += [
             "",
-            f"recommended: {rec.schedule['family']} at lr {rec.base_lr:.4g}, "
-            f"{rec.metric} {rec.value:.4g} (trial {rec.best.trial_number})",
+            f"recommended: {rec.best.schedule.family} at lr {rec.base_lr!r} "
+            f"({rec.best.name}), {rec.metric} {rec.value:.4g} ({how})",
         ]
     lines += ["", rec.table()]
-    if rec.best is not None:
-        lines += ["", "# paste into your training script:", rec.to_code()]
+    if rec.code is not None:
+        lines += ["", "# paste into your training script:", rec.code]
     return "\n".join(lines)
+
+
+def _counts(states: dict[str, int]) -> str:
+    return ", ".join(f"{n} {state}" for state, n in states.items() if n) or "none"
 
 
 def _write_plots(rec: Any, directory: Path) -> None:
     from lrtune.plots import plot_history, plot_schedule
-    from lrtune.result import LRFinderResult
 
-    _save_figure(LRFinderResult.from_dict(rec.range_test).plot(), directory / "loss_vs_lr.png")
+    _save_figure(rec.range_test.plot(), directory / "loss_vs_lr.png")
     if rec.best is not None:
         _save_figure(plot_schedule(rec), directory / "schedule.png")
     _save_figure(plot_history(rec.history, rec.metric, rec.direction), directory / "history.png")

@@ -23,6 +23,11 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class LRTuneError(Exception):
     """Base of every error lrtune raises deliberately; its message is one line for a user."""
@@ -56,3 +61,37 @@ class StorageUnavailableError(LRTuneError):
     Retrying later, or after fixing the storage, may succeed. Never a ``ValueError`` or
     ``RuntimeError``: the search must stop on it, not count it as a failed trial.
     """
+
+
+_REPR_LIMIT = 40
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """Pydantic's errors on one line: ``field.path=<input>: message; ...``.
+
+    The input is shown (cut to 40 characters) so the user sees what was wrong; an unknown key
+    reads ``field.path: unknown field``. The one formatter for specs, params and CLI errors.
+
+    Example:
+        >>> from pydantic import BaseModel, ConfigDict, ValidationError
+        >>> class Job(BaseModel):
+        ...     model_config = ConfigDict(extra="forbid")
+        ...     epochs: int
+        >>> try:
+        ...     Job.model_validate({"epochs": "ten", "epoch": 3})
+        ... except ValidationError as exc:
+        ...     print(describe_validation_error(exc))
+        epochs='ten': Input should be a valid integer, unable to parse string as an integer; \
+epoch: unknown field
+    """
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "input"
+        if error["type"] == "extra_forbidden":
+            problems.append(f"{where}: unknown field")
+            continue
+        got = repr(error["input"])
+        if len(got) > _REPR_LIMIT:
+            got = got[: _REPR_LIMIT - 3] + "..."
+        problems.append(f"{where}={got}: {error['msg']}")
+    return "; ".join(problems)

@@ -22,11 +22,10 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from lrtune.exceptions import InvalidInputError
+from lrtune.exceptions import InvalidInputError, describe_validation_error
 
-_REPR_LIMIT = 40
-# numpy's RandomState, which scikit-learn uses, takes seeds below 2**32.
-MAX_DATASET_SEED = 2**32 - 1
+MAX_SEED = 2**31 - 1
+"""The largest seed lrtune takes anywhere (job, dataset split, model init): every RNG accepts it."""
 # Bounds keep a request to the service from asking for a model that exhausts memory.
 MAX_WIDTH = 4096
 MAX_HIDDEN_LAYERS = 8
@@ -58,23 +57,10 @@ def parse_params(schema: type[ParamsT], params: Mapping[str, Any], owner: str) -
         return schema.model_validate(dict(params))
     except ValidationError as exc:
         allowed = ", ".join(schema.model_fields) or "none"
+        problems = describe_validation_error(exc)
         raise InvalidInputError(
-            f"invalid params for {owner}: {_describe_errors(exc)} (allowed params: {allowed})"
+            f"invalid params for {owner}: {problems} (allowed params: {allowed})"
         ) from None
-
-
-def _describe_errors(exc: ValidationError) -> str:
-    problems = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"])
-        if error["type"] == "extra_forbidden":
-            problems.append(f"{where}: unknown param")
-            continue
-        got = repr(error["input"])
-        if len(got) > _REPR_LIMIT:
-            got = got[: _REPR_LIMIT - 3] + "..."
-        problems.append(f"{where}={got}: {error['msg']}")
-    return "; ".join(problems)
 
 
 # --- models ------------------------------------------------------------------------------------
@@ -113,7 +99,7 @@ class SplitParams(FactoryParams):
     """Params every built-in dataset takes."""
 
     val_fraction: float = Field(0.2, gt=0.0, lt=0.9)
-    seed: int = Field(0, ge=0, le=MAX_DATASET_SEED)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     max_samples: int | None = Field(None, ge=10)
 
 

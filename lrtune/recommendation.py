@@ -34,7 +34,7 @@ Example:
     ...     "range_test": {"seeds": 2, "num_iter": 40},
     ...     "search": {"n_trials": 2, "epochs": 2, "families": ["cosine"], "confirm_seeds": 2}})
     >>> rec = tune(spec, progress=False)
-    >>> rec.schedule["family"], rec.confirmed, len(rec.best.seed_values)
+    >>> rec.schedule.family, rec.confirmed, len(rec.best.seed_values)
     ('cosine', True, 2)
     >>> "lr_scheduler.CosineAnnealingLR" in rec.to_code()
     True
@@ -47,34 +47,32 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
-from lrtune._schema import run_length_decode as expand_runs
-from lrtune._schema import run_length_encode as compress_runs
-from lrtune.result import LRFinderResult
-from lrtune.schedules import parse_schedule, preview
+from pydantic import ConfigDict, Field, computed_field
+
+from lrtune._schema import JsonFloat, LRSteps, ResultModel
+from lrtune.result import LRBounds, LRFinderResult, TrainingRun
+from lrtune.schedules import ScheduleSpec, preview
 from lrtune.snippet import job_code
-from lrtune.space import LRBounds
 from lrtune.spec import JobSpec
-from lrtune.training import TrainingRun
 
 Role = Literal["finalist", "baseline"]
 Verdict = Literal["beats", "does not beat", "inside the seed noise", "ties"]
 
 
-@dataclass
-class SeedValue:
+class SeedValue(ResultModel):
     """One candidate's run on one confirmation seed."""
 
     seed: int
-    value: float  # the searched metric after the last epoch; NaN when the run diverged
-    status: str  # how the run ended (completed, diverged, lr_threshold)
-    epochs: int  # epochs trained (what the run cost)
+    value: JsonFloat = Field(
+        description="the searched metric after the last epoch; NaN (null) when the run diverged"
+    )
+    status: str = Field(description="how the run ended: completed, diverged, lr_threshold")
+    epochs: int = Field(description="epochs trained (what the run cost)")
 
 
-@dataclass
-class TrainedSchedule:
+class TrainedSchedule(ResultModel):
     """One schedule that was trained for the comparison: a finalist or a baseline.
 
     ``run`` is its run on the search seed (a finalist's is its search trial); ``seed_values``
@@ -83,11 +81,11 @@ class TrainedSchedule:
 
     name: str
     role: Role
-    schedule: dict[str, Any]
-    base_lr: float  # the LR of a parameter with multiplier 1
+    schedule: ScheduleSpec
+    base_lr: float = Field(description="the LR of a parameter whose multiplier is 1")
     run: TrainingRun
     trial_number: int | None = None
-    seed_values: list[SeedValue] = field(default_factory=list)
+    seed_values: list[SeedValue] = Field(default_factory=list)
 
     def value(self, metric: str) -> float:
         """The metric on the search seed."""
@@ -97,53 +95,35 @@ class TrainedSchedule:
         """The metric on each confirmation seed (NaN where the run diverged)."""
         return {s.seed: s.value for s in self.seed_values}
 
+    @computed_field
     @property
-    def mean(self) -> float | None:
+    def mean(self) -> JsonFloat | None:
         """The mean over the confirmation seeds; None without any, NaN if one diverged."""
         values = [s.value for s in self.seed_values]
         return statistics.fmean(values) if values else None
 
+    @computed_field
     @property
-    def std(self) -> float | None:
+    def std(self) -> JsonFloat | None:
         """The sample standard deviation over the confirmation seeds; None with fewer than 2."""
         values = [s.value for s in self.seed_values]
         return statistics.stdev(values) if len(values) >= 2 else None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "role": self.role,
-            "schedule": self.schedule,
-            "base_lr": self.base_lr,
-            "run": self.run.to_dict(),
-            "trial_number": self.trial_number,
-            "seed_values": [asdict(s) for s in self.seed_values],
-            "mean": self.mean,
-            "std": self.std,
-        }
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainedSchedule:
-        return cls(
-            name=data["name"],
-            role=data["role"],
-            schedule=data["schedule"],
-            base_lr=data["base_lr"],
-            run=TrainingRun.from_dict(data["run"]),
-            trial_number=data.get("trial_number"),
-            seed_values=[SeedValue(**s) for s in data.get("seed_values", [])],
-        )
-
-
-@dataclass(frozen=True)
-class PairedComparison:
+class PairedComparison(ResultModel):
     """The recommendation against one baseline over the seeds both ran (see the module doc)."""
 
+    model_config = ConfigDict(frozen=True)
+
     baseline: str
-    seeds: int  # seeds both ran
-    wins: int  # seeds where the recommendation is better (a diverged baseline counts)
-    mean_improvement: float | None  # mean of d_i over seeds where both runs are finite
-    standard_error: float | None  # stdev(d) / sqrt(n); None with fewer than 2 such seeds
+    seeds: int = Field(description="seeds both ran")
+    wins: int = Field(description="seeds where the recommendation is better (or theirs diverged)")
+    mean_improvement: float | None = Field(
+        description="mean of the per-seed improvement over seeds where both runs are finite"
+    )
+    standard_error: float | None = Field(
+        description="stdev(improvement) / sqrt(n); None with fewer than 2 such seeds"
+    )
     verdict: Verdict
 
     @property
@@ -172,6 +152,41 @@ class PairedComparison:
         return f"{self.verdict} {self.baseline} on {seeds}, {size}"
 
 
+class ComparisonRow(ResultModel):
+    """One trained schedule in the comparison table.
+
+    ``search_value`` and ``search_val_loss`` are on the search seed (which chose the
+    finalists); ``mean``, ``std`` and ``seed_values`` on the confirmation seeds only.
+    """
+
+    name: str
+    role: Literal["recommended", "finalist", "baseline"]
+    family: str
+    base_lr: float
+    trial_number: int | None
+    search_value: JsonFloat
+    search_val_loss: JsonFloat
+    epochs: int
+    status: str
+    mean: JsonFloat | None
+    std: JsonFloat | None
+    seed_values: dict[int, JsonFloat]
+
+
+class TrialSummary(ResultModel):
+    """One entry of a job's history: a search trial or a confirmation run."""
+
+    kind: Literal["search", "confirmation"]
+    number: int
+    state: str = Field(description="Optuna's trial state: COMPLETE, PRUNED, FAIL, RUNNING, ...")
+    value: JsonFloat | None = Field(description="the final (or last reported) metric")
+    family: str | None
+    base_lr: float | None
+    stop_reason: str | None = Field(description="why it was pruned, stopped early or failed")
+    candidate: str | None = Field(None, description="a confirmation run's candidate")
+    seed: int | None = Field(None, description="a confirmation run's seed")
+
+
 def paired_comparison(
     baseline: str,
     ours: Mapping[int, float],
@@ -195,11 +210,11 @@ def paired_comparison(
             wins += 1
     if not diffs:
         verdict: Verdict = "beats" if 2 * wins > len(shared) else "does not beat"
-        return PairedComparison(baseline, len(shared), wins, None, None, verdict)
+        return _paired(baseline, len(shared), wins, None, None, verdict)
     mean = statistics.fmean(diffs)
     if len(diffs) < 2:
         verdict = "beats" if mean > 0 else ("ties" if mean == 0 else "does not beat")
-        return PairedComparison(baseline, len(shared), wins, mean, None, verdict)
+        return _paired(baseline, len(shared), wins, mean, None, verdict)
     se = statistics.stdev(diffs) / math.sqrt(len(diffs))
     if all(d == 0 for d in diffs):
         verdict = "ties"
@@ -207,7 +222,25 @@ def paired_comparison(
         verdict = "inside the seed noise"
     else:
         verdict = "beats" if mean > 0 else "does not beat"
-    return PairedComparison(baseline, len(shared), wins, mean, se, verdict)
+    return _paired(baseline, len(shared), wins, mean, se, verdict)
+
+
+def _paired(
+    baseline: str,
+    seeds: int,
+    wins: int,
+    mean: float | None,
+    se: float | None,
+    verdict: Verdict,
+) -> PairedComparison:
+    return PairedComparison(
+        baseline=baseline,
+        seeds=seeds,
+        wins=wins,
+        mean_improvement=mean,
+        standard_error=se,
+        verdict=verdict,
+    )
 
 
 def pick_recommended(finalists: Sequence[TrainedSchedule], direction: str) -> int | None:
@@ -229,38 +262,46 @@ def pick_recommended(finalists: Sequence[TrainedSchedule], direction: str) -> in
     return min(range(len(finalists)), key=key)
 
 
-@dataclass
-class Recommendation:
-    """The recommended schedule and its evidence.
+class Recommendation(ResultModel):
+    """The recommended schedule and its evidence: what ``lrtune tune --json`` prints.
 
-    ``best`` is the recommended finalist; ``finalists`` are all of them in search order (``best``
-    among them); ``baselines`` the constant-at-suggestion and default-LR runs. ``suggested_lr``
-    is the range test's suggestion as the LR of a parameter with multiplier 1 (the unit of every
-    LR here). ``confirm_seeds`` are the seeds the candidates were retrained on, ``search_seed``
-    the one that chose the finalists. ``n_trials`` counts the search's trials by state,
-    ``n_confirmation`` the confirmation runs'; ``history`` lists both, each with its ``kind``.
+    ``finalists`` are the search's best distinct schedules in search order, and
+    ``recommended`` the index of the one recommended (:attr:`best`); ``baselines`` the
+    constant-at-suggestion and default-LR runs. ``suggested_lr`` is the range test's suggestion
+    and ``spread_decades`` how far its seeds disagree (lower is better). ``confirm_seeds`` are
+    the seeds the candidates were retrained on, ``search_seed`` the one that chose the
+    finalists. ``n_trials`` counts the search's trials by state, ``n_confirmation`` the
+    confirmation runs'; ``history`` lists both, each with its ``kind``. Every LR is the LR of a
+    parameter whose multiplier is 1; ``group_multipliers`` are the param groups' multipliers in
+    the optimizer's order.
+
+    The JSON also carries what is derived from these (``schedule``, ``base_lr``, ``value``,
+    ``confirmed``, ``comparison``, ``paired_comparisons``, ``verdict`` and the paste-ready
+    ``code``); they are recomputed, not read, when the JSON is validated back.
     """
 
     study_name: str
     fingerprint: str
-    spec: dict[str, Any]
+    spec: JobSpec
     metric: str
-    direction: str
-    best: TrainedSchedule | None
+    direction: Literal["minimize", "maximize"]
+    finalists: list[TrainedSchedule]
+    recommended: int | None = Field(description="index of the recommended finalist")
     baselines: list[TrainedSchedule]
     suggested_lr: float | None
-    confidence: float | None
+    spread_decades: float | None
     bounds: LRBounds
-    lr_multipliers: list[float]
+    group_multipliers: list[float]
     steps_per_epoch: int
-    finalists: list[TrainedSchedule] = field(default_factory=list)
-    search_seed: int = 0
-    confirm_seeds: list[int] = field(default_factory=list)
-    lr_curve: list[list[float]] = field(default_factory=list)
-    n_trials: dict[str, int] = field(default_factory=dict)
-    n_confirmation: dict[str, int] = field(default_factory=dict)
-    range_test: dict[str, Any] = field(default_factory=dict)
-    history: list[dict[str, Any]] = field(default_factory=list)
+    search_seed: int
+    confirm_seeds: list[int]
+    lr_curve: LRSteps = Field(
+        default_factory=list, description="the recommended schedule's LR of every group per step"
+    )
+    n_trials: dict[str, int]
+    n_confirmation: dict[str, int]
+    range_test: LRFinderResult
+    history: list[TrialSummary]
 
     @classmethod
     def build(
@@ -274,87 +315,97 @@ class Recommendation:
         baselines: list[TrainedSchedule],
         confirm_seeds: list[int],
         steps_per_epoch: int,
-        lr_multipliers: list[float],
+        group_multipliers: list[float],
         n_trials: dict[str, int],
         n_confirmation: dict[str, int],
-        history: list[dict[str, Any]],
+        history: list[TrialSummary],
     ) -> Recommendation:
         """Pick the recommended finalist (:func:`pick_recommended`) and preview its LRs."""
         direction = spec.search.direction or "minimize"
-        index = pick_recommended(finalists, direction)
         rec = cls(
             study_name=study_name,
             fingerprint=spec.fingerprint(),
-            spec=spec.model_dump(mode="json"),
+            spec=spec,
             metric=spec.search.metric,
             direction=direction,
-            best=None if index is None else finalists[index],
+            finalists=finalists,
+            recommended=pick_recommended(finalists, direction),
             baselines=baselines,
             suggested_lr=bounds.suggestion,
-            confidence=range_test.spread_decades,
+            spread_decades=range_test.spread_decades,
             bounds=bounds,
-            lr_multipliers=lr_multipliers,
+            group_multipliers=group_multipliers,
             steps_per_epoch=steps_per_epoch,
-            finalists=finalists,
             search_seed=spec.seed,
             confirm_seeds=confirm_seeds,
             n_trials=n_trials,
             n_confirmation=n_confirmation,
-            range_test=range_test.to_dict(),
+            range_test=range_test,
             history=history,
         )
         rec.lr_curve = rec._preview_best()
         return rec
 
     @property
-    def schedule(self) -> dict[str, Any] | None:
+    def best(self) -> TrainedSchedule | None:
+        """The recommended finalist, or None when no trial finished."""
+        return None if self.recommended is None else self.finalists[self.recommended]
+
+    @computed_field
+    @property
+    def schedule(self) -> ScheduleSpec | None:
+        """The recommended schedule."""
         return None if self.best is None else self.best.schedule
 
+    @computed_field
     @property
     def base_lr(self) -> float | None:
         """The recommended LR, for a parameter whose multiplier is 1."""
         return None if self.best is None else self.best.base_lr
 
+    @computed_field
     @property
-    def value(self) -> float | None:
+    def value(self) -> JsonFloat | None:
         """The recommended schedule's metric: its confirmed mean, else its search-seed value."""
         if self.best is None:
             return None
         return self.best.mean if self.confirmed else self.best.value(self.metric)
 
+    @computed_field
     @property
     def confirmed(self) -> bool:
         """Whether the recommendation was chosen on confirmation seeds (not the search seed)."""
         return self.best is not None and bool(self.best.seed_values)
 
     def _preview_best(self) -> list[list[float]]:
-        if self.best is None:
+        best = self.best
+        if best is None:
             return []
-        spec = parse_schedule(self.best.schedule)
-        base_lrs = [self.best.base_lr * m for m in self.lr_multipliers]
-        if spec.family != "plateau":  # the full planned run
-            epochs = self.spec["search"]["epochs"]
-            return preview(
-                spec, base_lrs, self.steps_per_epoch, epochs, lr_multipliers=self.lr_multipliers
-            ).tolist()
-        # Plateau depends on the metric: preview the epochs the run measured.
-        metrics = [e["val_loss"] for e in self.best.run.epochs]
-        if not metrics:
-            return []
-        return preview(
-            spec,
+        base_lrs = [best.base_lr * m for m in self.group_multipliers]
+        if best.schedule.family != "plateau":  # the full planned run
+            epochs, metrics = self.spec.search.epochs, None
+        else:  # plateau depends on the metric: preview the epochs the run measured
+            metrics = [e["val_loss"] for e in best.run.epochs]
+            epochs = len(metrics)
+            if not metrics:
+                return []
+        lrs = preview(
+            best.schedule,
             base_lrs,
             self.steps_per_epoch,
-            len(metrics),
+            epochs,
             metrics=metrics,
-            lr_multipliers=self.lr_multipliers,
-        ).tolist()
+            group_multipliers=self.group_multipliers,
+        )
+        return lrs.tolist()
 
     def candidates(self) -> list[TrainedSchedule]:
         """Every trained schedule, the recommended first, then other finalists, then baselines."""
-        others = [f for f in self.finalists if f is not self.best]
+        others = [f for k, f in enumerate(self.finalists) if k != self.recommended]
         return ([self.best] if self.best is not None else []) + others + self.baselines
 
+    @computed_field
+    @property
     def paired_comparisons(self) -> list[PairedComparison]:
         """The recommendation against each baseline on the confirmation seeds."""
         if self.best is None or not self.confirmed:
@@ -365,30 +416,31 @@ class Recommendation:
             for b in self.baselines
         ]
 
-    def comparison(self) -> list[dict[str, Any]]:
-        """One row per trained schedule (see :meth:`candidates`).
-
-        ``role`` is recommended, finalist or baseline; the metric and ``val_loss`` columns are on
-        the search seed; ``mean``, ``std`` and ``seed_values`` on the confirmation seeds.
-        """
+    @computed_field
+    @property
+    def comparison(self) -> list[ComparisonRow]:
+        """One row per trained schedule (see :meth:`candidates`)."""
+        best = self.best
         return [
-            {
-                "name": c.name,
-                "role": "recommended" if c is self.best else c.role,
-                "family": c.schedule["family"],
-                "base_lr": c.base_lr,
-                "trial_number": c.trial_number,
-                self.metric: c.value(self.metric),
-                "val_loss": c.value("val_loss"),
-                "epochs": len(c.run.epochs),
-                "status": c.run.status,
-                "mean": c.mean,
-                "std": c.std,
-                "seed_values": {str(s.seed): s.value for s in c.seed_values},
-            }
+            ComparisonRow(
+                name=c.name,
+                role="recommended" if c is best else c.role,
+                family=c.schedule.family,
+                base_lr=c.base_lr,
+                trial_number=c.trial_number,
+                search_value=c.value(self.metric),
+                search_val_loss=c.value("val_loss"),
+                epochs=len(c.run.epochs),
+                status=c.run.status,
+                mean=c.mean,
+                std=c.std,
+                seed_values=c.confirmed_values(),
+            )
             for c in self.candidates()
         ]
 
+    @computed_field
+    @property
     def verdict(self) -> str:
         """How the recommendation compares with the baselines, by the module doc's rule."""
         if self.best is None:
@@ -396,7 +448,7 @@ class Recommendation:
         if not self.confirmed:
             return self._unconfirmed_verdict()
         seeds = ", ".join(map(str, self.confirm_seeds))
-        lines = [p.describe(self.metric) for p in self.paired_comparisons()]
+        lines = [p.describe(self.metric) for p in self.paired_comparisons]
         head = (
             f"the recommended schedule ({self.best.name}, best mean {self.metric} over "
             f"confirmation seeds {seeds})"
@@ -420,6 +472,12 @@ class Recommendation:
             "alone, so seed noise is not measured)"
         )
 
+    @computed_field
+    @property
+    def code(self) -> str | None:
+        """Paste-ready PyTorch for the recommendation (:meth:`to_code`), None without one."""
+        return None if self.best is None else self.to_code()
+
     def to_code(self, model_name: str = "model") -> str:
         """Paste-ready PyTorch: the optimizer at the recommended LR and the scheduler.
 
@@ -429,8 +487,8 @@ class Recommendation:
         if self.best is None:
             raise ValueError("no trial finished: there is no schedule to write")
         return job_code(
-            JobSpec.model_validate(self.spec),
-            parse_schedule(self.best.schedule),
+            self.spec,
+            self.best.schedule,
             self.best.base_lr,
             steps_per_epoch=self.steps_per_epoch,
             model_name=model_name,
@@ -452,7 +510,7 @@ class Recommendation:
         for c in self.candidates():
             name = f"{c.name} (recommended)" if c is self.best else c.name
             line = (
-                f"{name:<24} {c.schedule['family']:<21} {c.base_lr:>9.3g} "
+                f"{name:<24} {c.schedule.family:<21} {c.base_lr:>9.3g} "
                 f"{c.value(self.metric):>10.4g}"
             )
             if self.confirm_seeds:
@@ -464,67 +522,7 @@ class Recommendation:
         note = f"* on the search seed ({self.search_seed}), which chose the finalists"
         if self.confirm_seeds:
             note += "; mean and std over the confirmation seeds only"
-        return "\n".join([*rows, note, "", self.verdict()])
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "study_name": self.study_name,
-            "fingerprint": self.fingerprint,
-            "spec": self.spec,
-            "metric": self.metric,
-            "direction": self.direction,
-            "schedule": self.schedule,
-            "base_lr": self.base_lr,
-            "value": self.value,
-            "confirmed": self.confirmed,
-            "best": None if self.best is None else self.best.to_dict(),
-            "finalists": [f.to_dict() for f in self.finalists],
-            "baselines": [b.to_dict() for b in self.baselines],
-            "search_seed": self.search_seed,
-            "confirm_seeds": self.confirm_seeds,
-            "suggested_lr": self.suggested_lr,
-            "confidence": self.confidence,
-            "bounds": self.bounds.to_dict(),
-            "lr_multipliers": self.lr_multipliers,
-            "steps_per_epoch": self.steps_per_epoch,
-            "lr_curve": compress_runs(self.lr_curve),
-            "n_trials": self.n_trials,
-            "n_confirmation": self.n_confirmation,
-            "comparison": self.comparison(),
-            "paired_comparisons": [asdict(p) for p in self.paired_comparisons()],
-            "verdict": self.verdict(),
-            "range_test": self.range_test,
-            "history": self.history,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Recommendation:
-        finalists = [TrainedSchedule.from_dict(f) for f in data.get("finalists", [])]
-        best = None if data["best"] is None else TrainedSchedule.from_dict(data["best"])
-        if best is not None:  # the recommended finalist is one object in both places
-            finalists = [best if f.trial_number == best.trial_number else f for f in finalists]
-        return cls(
-            study_name=data["study_name"],
-            fingerprint=data["fingerprint"],
-            spec=data["spec"],
-            metric=data["metric"],
-            direction=data["direction"],
-            best=best,
-            baselines=[TrainedSchedule.from_dict(b) for b in data["baselines"]],
-            suggested_lr=data["suggested_lr"],
-            confidence=data["confidence"],
-            bounds=LRBounds.from_dict(data["bounds"]),
-            lr_multipliers=data["lr_multipliers"],
-            steps_per_epoch=data["steps_per_epoch"],
-            finalists=finalists,
-            search_seed=data.get("search_seed", 0),
-            confirm_seeds=data.get("confirm_seeds", []),
-            lr_curve=expand_runs(data["lr_curve"]),
-            n_trials=data["n_trials"],
-            n_confirmation=data.get("n_confirmation", {}),
-            range_test=data["range_test"],
-            history=data["history"],
-        )
+        return "\n".join([*rows, note, "", self.verdict])
 
 
 def _fmt(value: float | None) -> str:

@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from lrtune.exceptions import InvalidInputError, NotFoundError
-from lrtune.params import DATASET_PARAMS, MODEL_PARAMS, FactoryParams, parse_params
+from lrtune.params import DATASET_PARAMS, MAX_SEED, MODEL_PARAMS, FactoryParams, parse_params
 
 if TYPE_CHECKING:
     from torch import nn
@@ -61,7 +61,6 @@ DatasetFactory = Callable[..., "DatasetBundle"]
 FactoryT = TypeVar("FactoryT", bound=Callable[..., Any])
 
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_MAX_SEED = 2**64 - 1
 
 _logger = logging.getLogger(__name__)
 
@@ -395,8 +394,8 @@ def _seeded(seed: int | None) -> Iterator[None]:
     if seed is None:
         yield
         return
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _MAX_SEED:
-        raise InvalidInputError(f"seed must be an int in [0, 2**64), got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise InvalidInputError(f"seed must be an int in [0, {MAX_SEED}], got {seed!r}")
     import torch
 
     # Models are built on the CPU, so its generator is the only one construction draws from.

@@ -1,7 +1,10 @@
-"""The outcome of a range test: curves per seed, their median and band, and the suggestions.
+"""Results a job produces: the range test's curves and suggestions, the LR bounds it gives the
+search, and what a training run did.
 
-It is a pydantic model (strict JSON through ``model_dump(mode="json")``), so a worker can
-store it and a service can serve it as it is; ``plot()`` draws it with matplotlib, on demand only.
+They are pydantic models (strict JSON through ``model_dump(mode="json")``, read back with
+``model_validate``), so a worker can store them and a service can serve them as they are; this
+module imports neither torch nor optuna. ``LRFinderResult.plot()`` draws with matplotlib, on
+demand only.
 
 Example:
     >>> import numpy as np
@@ -20,12 +23,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import ConfigDict, Field, computed_field
 
-from lrtune._schema import JsonFloat, ResultModel
+from lrtune._schema import JsonFloat, LRSteps, ResultModel
 from lrtune.suggestions import Consensus, Suggestion, consensus, suggest_all
 
 if TYPE_CHECKING:
@@ -65,8 +68,6 @@ class LRFinderResult(ResultModel):
         group_lr_ratios: each param group's LR relative to group 0 during the sweep.
         config: the options the test ran with.
     """
-
-    model_config = ConfigDict(extra="ignore")  # the computed fields come back on reading
 
     lrs: list[float]
     seeds: list[SeedCurve]
@@ -208,3 +209,58 @@ class LRFinderResult(ResultModel):
         ax.legend(fontsize="small")
         ax.grid(alpha=0.3)
         return fig
+
+
+class LRBounds(ResultModel):
+    """The LR range the schedule search draws from, and where it came from.
+
+    Every LR here is the LR of a parameter whose multiplier is 1 (a param group trains at it
+    times its ``lr_mult``).
+
+    Attributes:
+        low, high: the range ``lr`` is drawn from, log-uniformly.
+        suggestion: the range test's suggestion.
+        divergence_lr: where the range test diverged, or None.
+        widened: True when the range test was not trusted and the range was widened.
+        reason: one sentence for the report: what the range is and why.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    low: float
+    high: float
+    suggestion: float
+    divergence_lr: float | None
+    widened: bool = False
+    reason: str = ""
+
+    @property
+    def warm_start_lr(self) -> float:
+        """The LR of the first, fixed trials: the suggestion, or mid-range when widened."""
+        if self.widened:
+            return math.sqrt(self.low * self.high)
+        return min(max(self.suggestion, self.low), self.high)
+
+
+Status = Literal["completed", "pruned", "diverged", "lr_threshold"]
+
+
+class TrainingRun(ResultModel):
+    """What one run did: per-epoch records, per-step LRs of every group, how it ended."""
+
+    epochs: list[dict[str, JsonFloat]] = Field(
+        default_factory=list,
+        description="per epoch: epoch, train_loss, val_loss and the dataset's metrics",
+    )
+    lr_steps: LRSteps = Field(
+        default_factory=list,
+        description="the LR of every param group at every step (run-length encoded in JSON)",
+    )
+    status: Status = "completed"
+    reason: str | None = None
+    resumed_from: int | None = Field(
+        None, description="the first epoch this process trained, when resumed from a checkpoint"
+    )
+
+    def final(self, metric: str) -> float:
+        return self.epochs[-1][metric] if self.epochs else math.nan

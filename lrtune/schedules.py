@@ -10,7 +10,7 @@ paste-ready PyTorch snippet with :func:`to_code`.
 One LR for every family: the LR-valued fields (``max_lr``, ``base_lr``, ``min_lr``) are those
 of a parameter whose LR multiplier is 1, and param group ``i`` runs at ``value * mult_i``, as
 it runs at ``lr * mult_i`` under the optimizer-LR families. :func:`build` takes the
-multipliers (``lr_multipliers``); without them group 0 counts as multiplier 1 and every other
+multipliers (``group_multipliers``); without them group 0 counts as multiplier 1 and every other
 group as its LR ratio to group 0. ``eta_min`` of the cosine families is a single scalar in
 torch and is applied to every group as-is.
 
@@ -594,15 +594,15 @@ def build(
     steps_per_epoch: int,
     epochs: int,
     *,
-    lr_multipliers: Sequence[float] | None = None,
+    group_multipliers: Sequence[float] | None = None,
 ) -> Scheduler:
     """Build the torch scheduler for ``spec`` on ``optimizer``.
 
     Args:
-        lr_multipliers: each param group's LR multiplier, in the optimizer's group order.
+        group_multipliers: each param group's LR multiplier, in the optimizer's group order.
             The spec's LR values (``max_lr``, ``base_lr``, ``min_lr``) are those of a
-            parameter at multiplier 1, and group ``i`` gets ``value * lr_multipliers[i]``,
-            as it gets ``lr * lr_multipliers[i]`` from the optimizer. None: group 0 counts as
+            parameter at multiplier 1, and group ``i`` gets ``value * group_multipliers[i]``,
+            as it gets ``lr * group_multipliers[i]`` from the optimizer. None: group 0 counts as
             multiplier 1 and every other group as its LR ratio to group 0.
 
     Returns a ``torch.optim.lr_scheduler`` object (``LinearLR`` alone for a constant schedule
@@ -614,7 +614,7 @@ def build(
 
     _check_positive("steps_per_epoch", steps_per_epoch)
     _check_positive("epochs", epochs)
-    group_mults = _group_multipliers(optimizer, lr_multipliers)
+    group_mults = _multipliers_of(optimizer, group_multipliers)
     if spec.warmup is not None and isinstance(spec, ConstantSchedule):
         return _make_warmup(spec.warmup, optimizer)  # it holds the full LR once it ends
     if isinstance(spec, PlateauSchedule) and spec.warmup is not None:
@@ -702,10 +702,10 @@ def drive(
     steps_per_epoch: int,
     epochs: int,
     *,
-    lr_multipliers: Sequence[float] | None = None,
+    group_multipliers: Sequence[float] | None = None,
 ) -> ScheduleDriver:
     """Build the scheduler for ``spec`` (see :func:`build`) and wrap it in a driver."""
-    scheduler = build(spec, optimizer, steps_per_epoch, epochs, lr_multipliers=lr_multipliers)
+    scheduler = build(spec, optimizer, steps_per_epoch, epochs, group_multipliers=group_multipliers)
     return ScheduleDriver(spec, scheduler)
 
 
@@ -716,13 +716,13 @@ def preview(
     epochs: int,
     metrics: Sequence[float] | None = None,
     *,
-    lr_multipliers: Sequence[float] | None = None,
+    group_multipliers: Sequence[float] | None = None,
 ) -> np.ndarray:
     """The lr of every optimizer step, shape ``(epochs * steps_per_epoch, len(base_lrs))``.
 
     Runs the real torch scheduler on a throwaway SGD (momentum 0.9) optimizer with one param
-    group per entry of ``base_lrs``; ``lr_multipliers`` as in :func:`build` (pass them with
-    ``base_lrs = [lr * m for m in lr_multipliers]`` when group 0's multiplier is not 1).
+    group per entry of ``base_lrs``; ``group_multipliers`` as in :func:`build` (pass them with
+    ``base_lrs = [lr * m for m in group_multipliers]`` when group 0's multiplier is not 1).
     ``plateau`` needs ``metrics``, one value per epoch.
     """
     import numpy as np
@@ -733,7 +733,7 @@ def preview(
         raise ValueError("base_lrs must hold at least one lr")
     _check_metrics(spec, metrics, epochs)
     optimizer = _throwaway_optimizer(base_lrs)
-    driver = drive(spec, optimizer, steps_per_epoch, epochs, lr_multipliers=lr_multipliers)
+    driver = drive(spec, optimizer, steps_per_epoch, epochs, group_multipliers=group_multipliers)
     lrs = np.empty((epochs * steps_per_epoch, len(base_lrs)), dtype=np.float64)
     for epoch in range(epochs):
         for batch in range(steps_per_epoch):
@@ -764,11 +764,11 @@ def to_code(
         groups: what the snippet may assume about the optimizer's param groups.
             ``"any"``: any optimizer, also one scheduled before; LR values are for group 0
             and the other groups keep their LR ratio to it, read when the snippet runs
-            (like :func:`build` without ``lr_multipliers``). ``"one"``: an optimizer fresh
+            (like :func:`build` without ``group_multipliers``). ``"one"``: an optimizer fresh
             from its constructor with one param group: the values as they are.
             ``"group_mults"``: a fresh optimizer whose group ``i`` runs at
             ``lr * group_mults[i]``, ``group_mults`` a list defined before the snippet; LR
-            values are for multiplier 1 (like :func:`build` with ``lr_multipliers``).
+            values are for multiplier 1 (like :func:`build` with ``group_multipliers``).
         cycle_momentum: whether ``onecycle``/``cyclic`` cycle momentum (see
             :func:`cycles_momentum`); None writes code that decides from the optimizer.
     """
@@ -915,17 +915,17 @@ def _make_warmup(warmup: LinearWarmup, optimizer: Optimizer) -> lr_scheduler.Lin
     )
 
 
-def _group_multipliers(optimizer: Optimizer, lr_multipliers: Sequence[float] | None) -> list[float]:
-    if lr_multipliers is None:
+def _multipliers_of(optimizer: Optimizer, group_multipliers: Sequence[float] | None) -> list[float]:
+    if group_multipliers is None:
         from lrtune.optimizers import group_lr_ratios
 
-        return group_lr_ratios(optimizer)  # or pass lr_multipliers, as training does
-    if len(lr_multipliers) != len(optimizer.param_groups):
+        return group_lr_ratios(optimizer)  # or pass group_multipliers, as training does
+    if len(group_multipliers) != len(optimizer.param_groups):
         raise ValueError(
-            f"lr_multipliers must hold one value per param group "
-            f"({len(optimizer.param_groups)}), got {len(lr_multipliers)}"
+            f"group_multipliers must hold one value per param group "
+            f"({len(optimizer.param_groups)}), got {len(group_multipliers)}"
         )
-    return [float(mult) for mult in lr_multipliers]
+    return [float(mult) for mult in group_multipliers]
 
 
 def _scale_to_groups(value: float, group_mults: list[float]) -> list[float]:

@@ -35,7 +35,7 @@ Example:
     >>> schedule, lr = suggest_schedule(trial, ["cosine"], bounds, epochs=10, steps_per_epoch=20)
     >>> schedule.family, 0.01 <= lr <= 0.5
     ('cosine', True)
-    >>> LRBounds.from_dict(bounds.to_dict()) == bounds, bounds.widened
+    >>> LRBounds.model_validate(bounds.model_dump(mode="json")) == bounds, bounds.widened
     (True, False)
 """
 
@@ -43,13 +43,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import optuna
 
-from lrtune.result import LRFinderResult
+from lrtune.result import LRBounds, LRFinderResult
 from lrtune.schedules import ScheduleSpec, parse_schedule
 from lrtune.suggestions import default_skips
 
@@ -71,41 +71,6 @@ MIN_ONECYCLE_RAMP_STEPS = 1.5
 """Torch's OneCycleLR needs ``pct_start * total_steps > 1``; the space keeps this much."""
 
 _MAD_TO_SD = 1.4826  # the median absolute deviation of a normal sample, times this, is its SD
-
-
-@dataclass(frozen=True)
-class LRBounds:
-    """The LR range the search draws from, and where it came from.
-
-    Attributes:
-        low, high: the range ``lr`` is drawn from, log-uniformly (base LRs).
-        suggestion: the range test's suggestion (base LR).
-        divergence_lr: where the range test diverged (base LR), or None.
-        widened: True when the range test was not trusted and the range was widened.
-        reason: one sentence for the report: what the range is and why.
-    """
-
-    low: float
-    high: float
-    suggestion: float
-    divergence_lr: float | None
-    widened: bool = False
-    reason: str = ""
-
-    @property
-    def warm_start_lr(self) -> float:
-        """The LR of the first, fixed trials: the suggestion, or mid-range when widened."""
-        if self.widened:
-            return math.sqrt(self.low * self.high)
-        return min(max(self.suggestion, self.low), self.high)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LRBounds:
-        """Read :meth:`to_dict`'s output; dicts stored before ``widened``/``reason`` load too."""
-        return cls(**data)
 
 
 def search_bounds(result: LRFinderResult, lr_scale: float = 1.0) -> LRBounds:
@@ -144,8 +109,16 @@ def search_bounds(result: LRFinderResult, lr_scale: float = 1.0) -> LRBounds:
             f"either side of the suggestion {suggestion:.3g}"
             + (f", below half the divergence LR {divergence:.3g}" if divergence else "")
         )
-        return LRBounds(low, high, suggestion, divergence, widened=False, reason=reason)
-    return _widened(result, lr_scale, LRBounds(low, high, suggestion, divergence), descent, doubts)
+        return LRBounds(
+            low=low,
+            high=high,
+            suggestion=suggestion,
+            divergence_lr=divergence,
+            widened=False,
+            reason=reason,
+        )
+    old = LRBounds(low=low, high=high, suggestion=suggestion, divergence_lr=divergence)
+    return _widened(result, lr_scale, old, descent, doubts)
 
 
 @dataclass(frozen=True)
@@ -261,7 +234,14 @@ def _widened(
         f"from {low_words} up to {top_words}, instead of {around.low:.3g} .. "
         f"{around.high:.3g} around the suggestion {around.suggestion:.3g}"
     )
-    return LRBounds(low, high, around.suggestion, around.divergence_lr, widened=True, reason=reason)
+    return LRBounds(
+        low=low,
+        high=high,
+        suggestion=around.suggestion,
+        divergence_lr=around.divergence_lr,
+        widened=True,
+        reason=reason,
+    )
 
 
 def suggest_schedule(

@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lrtune.exceptions import InvalidInputError
+from lrtune.params import MAX_SEED
 from lrtune.schedules import FAMILIES
 
 # Caps that protect a shared service from one job taking it over.
@@ -184,7 +185,7 @@ class JobSpec(_Strict):
     param_groups: list[ParamGroupSpec] = Field(default_factory=list, max_length=32)
     range_test: RangeTestSpec = Field(default_factory=RangeTestSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
 
     @field_validator("param_groups")

@@ -73,12 +73,15 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import ConfigDict, model_validator
+
+from lrtune._schema import ResultModel
 
 __all__ = [
     "DEFAULT_RULE",
@@ -119,13 +122,11 @@ _CURVE_IS_FLAT = "curve is flat"
 _LOSS_NEVER_DECREASES = "loss never decreases"
 
 
-@dataclass(frozen=True)
-class Suggestion:
+class Suggestion(ResultModel):
     """One rule's answer on one curve.
 
     Attributes:
-        rule: Name of the rule: ``"steepest"``, ``"valley"``, ``"minimum"``, ``"slide"`` or
-            ``"consensus"``.
+        rule: Name of the rule (see :data:`RULES` and :data:`PEER_RULES`) or ``"consensus"``.
         lr: Suggested learning rate, or ``None`` when the rule has no answer.
         index: Index into the caller's original arrays of the point the answer is read from
             (for ``minimum``, the lowest loss, whose LR is ten times ``lr``); ``None`` exactly
@@ -133,33 +134,23 @@ class Suggestion:
         reason: Why there is no answer, in words for a user; ``None`` when there is one.
     """
 
+    model_config = ConfigDict(frozen=True)
+
     rule: str
     lr: float | None
     index: int | None
     reason: str | None = None
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _lr_and_index_together(self) -> Suggestion:
         if (self.lr is None) != (self.index is None):
             raise ValueError(f"lr and index must both be set or both be None: {self!r}")
         if self.lr is None and not self.reason:
             raise ValueError(f"a suggestion without lr needs a reason: {self!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"rule": self.rule, "lr": self.lr, "index": self.index, "reason": self.reason}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Suggestion:
-        lr, index = data.get("lr"), data.get("index")
-        return cls(
-            rule=str(data["rule"]),
-            lr=None if lr is None else float(lr),
-            index=None if index is None else int(index),
-            reason=data.get("reason"),
-        )
+        return self
 
 
-@dataclass(frozen=True)
-class Consensus:
+class Consensus(ResultModel):
     """A rule applied to several seeds' curves, and how much the seeds agree.
 
     Attributes:
@@ -168,33 +159,18 @@ class Consensus:
             than half of the seeds answered.
         per_seed: Each seed's own suggestion, in the order the curves were given.
         spread_decades: ``max(log10 lr) - min(log10 lr)`` over the seeds that answered; 0.0
-            when they all agree, ``None`` when fewer than two answered or there is no consensus.
+            when they all agree (lower is better), ``None`` when fewer than two answered or
+            there is no consensus.
         agreement: ``"high"`` (spread at most 0.3 decades), ``"medium"`` (at most 0.7),
-            ``"low"``, or ``"n/a"`` when there is no spread.
+            ``"low"``, or ``"n/a"`` when there is no spread: a label for the spread.
     """
+
+    model_config = ConfigDict(frozen=True)
 
     suggestion: Suggestion
     per_seed: list[Suggestion]
     spread_decades: float | None
-    agreement: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "suggestion": self.suggestion.to_dict(),
-            "per_seed": [seed.to_dict() for seed in self.per_seed],
-            "spread_decades": self.spread_decades,
-            "agreement": self.agreement,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Consensus:
-        spread = data.get("spread_decades")
-        return cls(
-            suggestion=Suggestion.from_dict(data["suggestion"]),
-            per_seed=[Suggestion.from_dict(seed) for seed in data["per_seed"]],
-            spread_decades=None if spread is None else float(spread),
-            agreement=str(data["agreement"]),
-        )
+    agreement: Literal["high", "medium", "low", "n/a"]
 
 
 class _NoSuggestion(Exception):
@@ -452,13 +428,18 @@ def consensus(
     answers = [s.lr for s in per_seed if s.lr is not None]
     if 2 * len(answers) < len(per_seed):
         reason = _no_consensus_reason(per_seed)
-        return Consensus(Suggestion("consensus", None, None, reason), per_seed, None, "n/a")
+        return Consensus(
+            suggestion=Suggestion(rule="consensus", lr=None, index=None, reason=reason),
+            per_seed=per_seed,
+            spread_decades=None,
+            agreement="n/a",
+        )
 
     median_lr = _median_in_log_space(answers)
     index = int(np.argmin(np.abs(np.log10(lr_array) - math.log10(median_lr))))
     spread = math.log10(max(answers) / min(answers)) if len(answers) > 1 else None
     return Consensus(
-        suggestion=Suggestion("consensus", median_lr, index),
+        suggestion=Suggestion(rule="consensus", lr=median_lr, index=index),
         per_seed=per_seed,
         spread_decades=spread,
         agreement=_agreement(spread),
@@ -478,8 +459,8 @@ def _apply_rule(
         curve = _prepare(lrs, losses, skip_start, skip_end)
         i = pick(curve)
     except _NoSuggestion as no_suggestion:
-        return Suggestion(rule, None, None, no_suggestion.reason)
-    return Suggestion(rule, float(curve.lrs[i]) * lr_factor, curve.offset + int(i))
+        return Suggestion(rule=rule, lr=None, index=None, reason=no_suggestion.reason)
+    return Suggestion(rule=rule, lr=float(curve.lrs[i]) * lr_factor, index=curve.offset + int(i))
 
 
 def _prepare(

@@ -24,23 +24,21 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lrtune._schema import JsonFloat, LRSteps, ResultModel
 from lrtune.batches import batch_loss, move_to
 from lrtune.datasets import DatasetBundle
 from lrtune.device import resolve_device
 from lrtune.optim_factory import build_optimizer
 from lrtune.registry import build_model, load_dataset
+from lrtune.result import TrainingRun
 from lrtune.schedules import ScheduleSpec, drive
 from lrtune.spec import JobSpec
 
-Status = Literal["completed", "pruned", "diverged", "lr_threshold"]
 EpochHook = Callable[[int, dict[str, float]], None]
 
 
@@ -105,7 +103,7 @@ class TrainingSetup:
         """The job's optimizer with every group at ``base_lr`` times its multiplier.
 
         ``base_lr`` is the LR of a parameter whose multiplier is 1, for every schedule family:
-        build its scheduler with ``lr_multipliers=setup.group_multipliers``.
+        build its scheduler with ``group_multipliers=setup.group_multipliers``.
         """
         groups = [{"params": p, "lr": base_lr * mult} for mult, p in self.param_groups(model)]
         return build_optimizer(self.spec.optimizer, groups)
@@ -128,27 +126,6 @@ class TrainingSetup:
     def steps_per_epoch(self) -> int:
         full, rest = divmod(len(self.bundle.train), self.spec.batch_size)
         return full + (1 if rest > 1 else 0)
-
-
-class TrainingRun(ResultModel):
-    """What one run did: per-epoch records, per-step LRs of every group, how it ended."""
-
-    epochs: list[dict[str, JsonFloat]] = Field(
-        default_factory=list,
-        description="per epoch: epoch, train_loss, val_loss and the dataset's metrics",
-    )
-    lr_steps: LRSteps = Field(
-        default_factory=list,
-        description="the LR of every param group at every step (run-length encoded in JSON)",
-    )
-    status: Status = "completed"
-    reason: str | None = None
-    resumed_from: int | None = Field(
-        None, description="the first epoch this process trained, when resumed from a checkpoint"
-    )
-
-    def final(self, metric: str) -> float:
-        return self.epochs[-1][metric] if self.epochs else math.nan
 
 
 def train(
@@ -177,7 +154,11 @@ def train(
     model = setup.build_model(seed)
     optimizer = setup.build_optimizer(model, base_lr)
     driver = drive(
-        schedule, optimizer, setup.steps_per_epoch, epochs, lr_multipliers=setup.group_multipliers
+        schedule,
+        optimizer,
+        setup.steps_per_epoch,
+        epochs,
+        group_multipliers=setup.group_multipliers,
     )
     order = torch.Generator().manual_seed(seed)
     run = TrainingRun()

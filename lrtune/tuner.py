@@ -83,7 +83,8 @@ from lrtune._optuna import (
 )
 from lrtune.exceptions import ConflictError, NotFoundError
 from lrtune.finder import StepCallback, find_lr
-from lrtune.recommendation import Recommendation, SeedValue, TrainedSchedule
+from lrtune.params import MAX_SEED
+from lrtune.recommendation import Recommendation, SeedValue, TrainedSchedule, TrialSummary
 from lrtune.result import LRFinderResult
 from lrtune.schedules import parse_schedule
 from lrtune.space import LRBounds, search_bounds, suggest_schedule, warm_starts
@@ -187,7 +188,7 @@ def open_confirmation(study: optuna.Study, spec: JobSpec) -> QueuedStudy:
 
 def confirmation_seeds(spec: JobSpec) -> list[int]:
     """``search.confirm_seeds`` seeds after the job's seed: the same for every candidate."""
-    return [(spec.seed + 1 + k) % 2**31 for k in range(spec.search.confirm_seeds)]
+    return [(spec.seed + 1 + k) % (MAX_SEED + 1) for k in range(spec.search.confirm_seeds)]
 
 
 def prepare_study(
@@ -214,8 +215,8 @@ def prepare_study(
         result = range_test(setup, progress=progress)
         bounds = search_bounds(result, lr_scale=1 / setup.group_multipliers[0])
         study.set_user_attr(ATTR_SPEC, spec.model_dump(mode="json"))
-        study.set_user_attr(ATTR_RANGE_TEST, result.to_dict())
-        study.set_user_attr(ATTR_BOUNDS, bounds.to_dict())
+        study.set_user_attr(ATTR_RANGE_TEST, result.model_dump(mode="json"))
+        study.set_user_attr(ATTR_BOUNDS, bounds.model_dump(mode="json"))
     bounds = stored_bounds(study)
     _enqueue_missing(study, _search_slots(spec, bounds, setup.steps_per_epoch))
     _enqueue_missing(open_confirmation(study, spec), _confirmation_slots(spec, bounds))
@@ -223,11 +224,11 @@ def prepare_study(
 
 
 def stored_bounds(study: optuna.Study) -> LRBounds:
-    return LRBounds.from_dict(study.user_attrs[ATTR_BOUNDS])
+    return LRBounds.model_validate(study.user_attrs[ATTR_BOUNDS])
 
 
 def stored_range_test(study: optuna.Study) -> LRFinderResult:
-    return LRFinderResult.from_dict(study.user_attrs[ATTR_RANGE_TEST])
+    return LRFinderResult.model_validate(study.user_attrs[ATTR_RANGE_TEST])
 
 
 Slot = tuple[dict[str, Any], dict[str, Any]]  # (fixed params, user attrs) of one queued trial
@@ -353,7 +354,7 @@ class TrialObjective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         run, checkpoint = _guarded(trial, lambda: self._train(trial))
-        trial.set_user_attr(ATTR_RUN, run.to_dict())
+        trial.set_user_attr(ATTR_RUN, run.model_dump(mode="json"))
         if checkpoint is not None:
             checkpoint.unlink(missing_ok=True)
         if run.status in ("pruned", "diverged"):
@@ -434,7 +435,7 @@ class ConfirmationObjective:
                 seed=attrs[ATTR_SEED],
             ),
         )
-        trial.set_user_attr(ATTR_RUN, run.to_dict())
+        trial.set_user_attr(ATTR_RUN, run.model_dump(mode="json"))
         if checkpoint is not None:
             checkpoint.unlink(missing_ok=True)
         if run.status == "diverged":  # a result (the worst), not a failure to retry
@@ -589,7 +590,10 @@ def recommend(
 
     def seed_values(key: str) -> list[SeedValue]:
         done = [(s, runs[(key, s)]) for s in seeds if (key, s) in runs]
-        return [SeedValue(s, _seed_value(r, spec), r.status, len(r.epochs)) for s, r in done]
+        return [
+            SeedValue(seed=s, value=_seed_value(r, spec), status=r.status, epochs=len(r.epochs))
+            for s, r in done
+        ]
 
     finalists = []
     for trial in finalist_trials(study, spec):
@@ -600,7 +604,7 @@ def recommend(
                 role="finalist",
                 schedule=schedule,
                 base_lr=lr,
-                run=TrainingRun.from_dict(trial.user_attrs[ATTR_RUN]),
+                run=TrainingRun.model_validate(trial.user_attrs[ATTR_RUN]),
                 trial_number=trial.number,
                 seed_values=seed_values(_config_key(schedule, lr)),
             )
@@ -611,7 +615,12 @@ def recommend(
         if (key, spec.seed) in runs:  # not yet run: left out
             baselines.append(
                 TrainedSchedule(
-                    name, "baseline", schedule, lr, runs[(key, spec.seed)], None, seed_values(key)
+                    name=name,
+                    role="baseline",
+                    schedule=schedule,
+                    base_lr=lr,
+                    run=runs[(key, spec.seed)],
+                    seed_values=seed_values(key),
                 )
             )
     return Recommendation.build(
@@ -623,7 +632,7 @@ def recommend(
         baselines=baselines,
         confirm_seeds=seeds,
         steps_per_epoch=setup.steps_per_epoch,
-        lr_multipliers=setup.group_multipliers,
+        group_multipliers=setup.group_multipliers,
         n_trials=_count_states(study.get_trials(deepcopy=False)),
         n_confirmation=_count_states(units),
         history=_history(study, units),
@@ -636,7 +645,7 @@ def _runs_by_config_and_seed(units: list[FrozenTrial]) -> dict[tuple[str, int], 
         attrs = unit.user_attrs
         if unit.state in FINISHED and ATTR_RUN in attrs:
             key = _config_key(attrs[ATTR_SCHEDULE], attrs[ATTR_BASE_LR])
-            runs[(key, attrs[ATTR_SEED])] = TrainingRun.from_dict(attrs[ATTR_RUN])
+            runs[(key, attrs[ATTR_SEED])] = TrainingRun.model_validate(attrs[ATTR_RUN])
     return runs
 
 
@@ -700,7 +709,7 @@ class TrialRecord:
             family=(attrs.get(ATTR_SCHEDULE) or {}).get("family", trial.params.get("family")),
             schedule=attrs.get(ATTR_SCHEDULE),
             base_lr=attrs.get(ATTR_BASE_LR),
-            run=TrainingRun.from_dict(attrs[ATTR_RUN]) if ATTR_RUN in attrs else None,
+            run=TrainingRun.model_validate(attrs[ATTR_RUN]) if ATTR_RUN in attrs else None,
             stop_reason=reason,
             slot=attrs.get(ATTR_SLOT),
             root_trial=attrs.get(ATTR_ROOT),
@@ -710,21 +719,20 @@ class TrialRecord:
             finished=trial.datetime_complete,
         )
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> TrialSummary:
         """The history entry: kind, number, state, value, family, LR, reason (and candidate,
         seed for a confirmation run)."""
-        entry = {
-            "kind": self.kind,
-            "number": self.number,
-            "state": self.state,
-            "value": self.value,
-            "family": self.family,
-            "base_lr": self.base_lr,
-            "stop_reason": self.stop_reason,
-        }
-        if self.kind == "confirmation":
-            entry.update(candidate=self.candidate, seed=self.seed)
-        return entry
+        return TrialSummary(
+            kind=self.kind,
+            number=self.number,
+            state=self.state,
+            value=self.value,
+            family=self.family,
+            base_lr=self.base_lr,
+            stop_reason=self.stop_reason,
+            candidate=self.candidate,
+            seed=self.seed,
+        )
 
 
 def search_records(study: optuna.Study) -> list[TrialRecord]:
@@ -739,14 +747,14 @@ def confirmation_records(study: optuna.Study) -> list[TrialRecord]:
     return [TrialRecord.read(u, "confirmation") for u in units]
 
 
-def _history(study: optuna.Study, units: list[FrozenTrial]) -> list[dict[str, Any]]:
+def _history(study: optuna.Study, units: list[FrozenTrial]) -> list[TrialSummary]:
     """The search's trials, then the confirmation runs, labelled by ``kind``."""
     records = search_records(study) + [TrialRecord.read(u, "confirmation") for u in units]
     return [r.summary() for r in records]
 
 
 @storage_errors()
-def work(
+def run_worker(
     study_name: str,
     storage: str | optuna.storages.BaseStorage,
     *,

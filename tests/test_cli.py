@@ -496,10 +496,16 @@ def test_tune_json_plots_and_storage(runs: Runs) -> None:
     assert out["schedule"]["family"]
     assert out["base_lr"] > 0
     rows = out["comparison"]
-    assert len(rows) == 3, rows
-    assert rows[0]["name"] == "best schedule"
-    assert {r["name"] for r in rows[1:]} == {"constant at suggestion", "sgd default lr"}
+    assert rows[0]["role"] == "recommended", rows
+    assert {r["role"] for r in rows[1:-2]} <= {"finalist"}, rows
+    assert [r["name"] for r in rows[-2:]] == ["constant at suggestion", "sgd default lr"]
+    # the confirmation table: every candidate on every confirmation seed, and the paired verdict
+    seeds = out["confirm_seeds"]
+    assert out["confirmed"] and len(seeds) == 3
+    assert all(sorted(map(int, r["seed_values"])) == seeds for r in rows), rows
+    assert [p["baseline"] for p in out["paired_comparisons"]] == [r["name"] for r in rows[-2:]]
     assert isinstance(out["verdict"], str) and out["verdict"]
+    assert "torch.optim.SGD(" in out["code"]
     assert _finished(out["n_trials"]) == 4, out["n_trials"]
     assert sum(out["n_trials"].values()) == 4, out["n_trials"]
     for name in ("loss_vs_lr.png", "schedule.png", "history.png"):
@@ -513,7 +519,7 @@ def test_tune_rerun_reuses_the_study(runs: Runs) -> None:
     assert _finished(second["n_trials"]) == 4, second["n_trials"]
     assert sum(second["n_trials"].values()) == 4, second["n_trials"]
     # Nothing was re-run: the stored range test, trials and baselines come back unchanged.
-    for key in ("study_name", "range_test", "history", "best", "baselines", "comparison"):
+    for key in ("study_name", "range_test", "history", "finalists", "baselines", "comparison"):
         assert second[key] == first[key], key
     # CPU time, not wall time: other processes on the machine cannot make the rerun look slow.
     assert results["second"].cpu_s < results["first"].cpu_s, (
@@ -529,7 +535,9 @@ def test_tune_human_output(runs: Runs) -> None:
     out = results["first"].json()
     text = human.stdout
     assert "recommended:" in text
-    assert re.search(r"^schedule\s+family\s+lr\s+val_loss\s*$", text, re.M), text
+    header = r"^schedule\s+family\s+lr\s+val_loss\*\s+mean\s+std(\s+seed \d+){3}\s*$"
+    assert re.search(header, text, re.M), text
+    assert "lr bounds:" in text and "confirmation runs:" in text, text
     assert out["verdict"] in text
     assert PASTE_MARKER in text, text
     snippet = text.split(PASTE_MARKER, 1)[1].strip("\n")
@@ -579,7 +587,7 @@ def test_waiting_for_a_crashed_workers_trial_prints_no_optuna_warning(tmp_path: 
 
     from lrtune.spec import JobSpec
     from lrtune.storage import open_storage
-    from lrtune.tuner import prepare_study, work
+    from lrtune.tuner import prepare_study, run_worker
 
     spec = JobSpec.model_validate(
         {
@@ -602,7 +610,7 @@ def test_waiting_for_a_crashed_workers_trial_prints_no_optuna_warning(tmp_path: 
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        work(spec.study_name(), storage, wait_for_others=True)
+        run_worker(spec.study_name(), storage, wait_for_others=True)
 
     experimental = [
         w for w in caught if issubclass(w.category, optuna.exceptions.ExperimentalWarning)

@@ -132,7 +132,9 @@ def trained(name: str, search_value: float, seeds: dict[int, float]) -> TrainedS
         schedule={"family": "constant"},
         base_lr=0.1,
         run=run,
-        seed_values=[SeedValue(s, v, "completed", 1) for s, v in seeds.items()],
+        seed_values=[
+            SeedValue(seed=s, value=v, status="completed", epochs=1) for s, v in seeds.items()
+        ],
     )
 
 
@@ -173,18 +175,18 @@ def test_tune_confirms_finalists_and_baselines_on_fresh_seeds() -> None:
     best_mean = max(f.mean for f in rec.finalists)
     assert rec.best.mean == best_mean and rec.value == best_mean
     # the finalists are the search's best distinct trials, best first
-    complete = [r for r in rec.history if r["kind"] == "search" and r["state"] == "COMPLETE"]
-    top = max(r["value"] for r in complete)
+    complete = [r for r in rec.history if r.kind == "search" and r.state == "COMPLETE"]
+    top = max(r.value for r in complete)
     assert rec.finalists[0].value("accuracy") == top
     # the verdict is the paired rule's, per baseline
-    paired = rec.paired_comparisons()
+    paired = rec.paired_comparisons
     assert [p.baseline for p in paired] == ["constant at suggestion", "sgd default lr"]
     for p in paired:
-        assert p.describe("accuracy") in rec.verdict()
+        assert p.describe("accuracy") in rec.verdict
     assert "(recommended)" in rec.table() and "seed 2" in rec.table()
-    data = json.loads(json.dumps(rec.to_dict()))
+    data = json.loads(rec.model_dump_json())
     assert data["paired_comparisons"][0]["baseline"] == "constant at suggestion"
-    assert Recommendation.from_dict(data).to_dict() == data
+    assert json.loads(Recommendation.model_validate(data).model_dump_json()) == data
 
 
 def test_confirmation_runs_stay_out_of_the_search() -> None:
@@ -203,17 +205,17 @@ def test_confirmation_runs_stay_out_of_the_search() -> None:
     from lrtune.tuner import recommend
 
     history = recommend(study, setup).history
-    assert [h["kind"] for h in history] == ["search"] * 4 + ["confirmation"] * 4
-    assert [h["seed"] for h in history[4:]] == [1, 2, 1, 2]
+    assert [h.kind for h in history] == ["search"] * 4 + ["confirmation"] * 4
+    assert [h.seed for h in history[4:]] == [1, 2, 1, 2]
 
 
 def test_without_confirmation_seeds_the_recommendation_says_it_is_unconfirmed() -> None:
     spec = job(n_trials=3, epochs=2, confirm_seeds=0)
     rec = tune(spec, progress=False)
-    assert not rec.confirmed and rec.paired_comparisons() == []
+    assert not rec.confirmed and rec.paired_comparisons == []
     assert [len(b.seed_values) for b in rec.baselines] == [0, 0]
     assert all(len(b.run.epochs) == 2 for b in rec.baselines)  # trained on the search seed
-    assert "unconfirmed" in rec.verdict()
+    assert "unconfirmed" in rec.verdict
     assert rec.value == rec.best.value(rec.metric)
 
 
@@ -226,8 +228,8 @@ def test_a_finalist_equal_to_a_baseline_is_not_trained_twice() -> None:
     constant = rec.baselines[0]
     assert rec.best.schedule == constant.schedule and rec.best.base_lr == constant.base_lr
     assert rec.best.seed_values == constant.seed_values
-    skipped = [r for r in rec.history if r["kind"] == "confirmation" and r["state"] == "PRUNED"]
-    assert len(skipped) == 2 and all("stand in" in r["stop_reason"] for r in skipped)
+    skipped = [r for r in rec.history if r.kind == "confirmation" and r.state == "PRUNED"]
+    assert len(skipped) == 2 and all("stand in" in r.stop_reason for r in skipped)
 
 
 # --- suggested LR in one unit (defect 14) ----------------------------------------------------
@@ -243,7 +245,7 @@ def test_suggested_lr_is_the_base_lr_of_a_multiplier_one_parameter() -> None:
         extra={"param_groups": [{"prefix": "1.", "lr_mult": 10.0}]},
     )
     rec = tune(spec, progress=False)
-    group0_suggestion = rec.range_test["suggestion"]
+    group0_suggestion = rec.range_test.suggestion
     assert rec.suggested_lr == pytest.approx(group0_suggestion / 10.0)
     assert rec.suggested_lr == rec.bounds.suggestion
     assert rec.baselines[0].base_lr == rec.suggested_lr
@@ -283,10 +285,10 @@ def test_a_failed_trial_reports_the_error_that_failed_it() -> None:
     )
     rec = tune(spec, progress=False)
     assert rec.n_trials["fail"] == 2 and rec.best is None
-    failed = [r for r in rec.history if r["state"] == "FAIL"]
+    failed = [r for r in rec.history if r.state == "FAIL"]
     assert len(failed) == 4  # two search trials, two baseline runs
     for entry in failed:
-        assert entry["stop_reason"] == "RuntimeError: this model cannot be evaluated"
+        assert entry.stop_reason == "RuntimeError: this model cannot be evaluated"
 
 
 # --- shared and resumed across processes ----------------------------------------------------
@@ -297,10 +299,10 @@ def worker_script(study_name: str, url: str, artifacts: Path, wait: bool) -> str
         f"""
         import optuna
         from lrtune.storage import open_storage
-        from lrtune.tuner import work
+        from lrtune.tuner import run_worker
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = open_storage({url!r}, heartbeat_interval=1, grace_period=2)
-        work({study_name!r}, storage, artifact_dir={str(artifacts)!r}, wait_for_others={wait})
+        run_worker({study_name!r}, storage, artifact_dir={str(artifacts)!r}, wait_for_others={wait})
         """
     )
 

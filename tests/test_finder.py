@@ -130,7 +130,7 @@ def test_non_finite_loss_stops_the_sweep_and_never_reaches_a_suggestion(blobs) -
     for s in result.suggestions.values():
         assert s.lr is None or (s.index is not None and s.index < 39)
     assert result.suggestion is None or math.isfinite(result.suggestion)
-    json.dumps(result.to_dict(), allow_nan=False)
+    json.dumps(result.model_dump(mode="json"), allow_nan=False)
 
 
 # --- exact restore --------------------------------------------------------------------------
@@ -389,11 +389,11 @@ def test_result_round_trips_through_json_and_plots(tmp_path) -> None:
     result = find_lr(
         mlp(), loader(), seeds=2, seed=0, num_iter=50, val_data=loader(), progress=False
     )
-    data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
-    again = LRFinderResult.from_dict(data)
+    data = json.loads(json.dumps(result.model_dump(mode="json"), allow_nan=False))
+    again = LRFinderResult.model_validate(data)
     assert again.suggestion == result.suggestion
     assert again.spread_decades == result.spread_decades
-    assert again.to_dict() == data
+    assert again.model_dump(mode="json") == data
     fig = result.plot()
     ax = fig.axes[0]
     assert ax.get_xscale() == "log"

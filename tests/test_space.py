@@ -55,11 +55,18 @@ def sweep(per_seed_raw: list[np.ndarray], lrs: np.ndarray, diverged_at: int | No
 
 
 def test_bounds_round_trip_and_bounds_stored_before_widening_still_load() -> None:
-    widened = LRBounds(1e-4, 10.0, 2e-4, None, widened=True, reason="seeds disagree")
-    assert LRBounds.from_dict(widened.to_dict()) == widened
+    widened = LRBounds(
+        low=1e-4,
+        high=10.0,
+        suggestion=2e-4,
+        divergence_lr=None,
+        widened=True,
+        reason="seeds disagree",
+    )
+    assert LRBounds.model_validate(widened.model_dump(mode="json")) == widened
 
     stored_before = {"low": 0.01, "high": 0.5, "suggestion": 0.1, "divergence_lr": 1.0}
-    loaded = LRBounds.from_dict(stored_before)
+    loaded = LRBounds.model_validate(stored_before)
     assert (loaded.low, loaded.high, loaded.widened, loaded.reason) == (0.01, 0.5, False, "")
     assert loaded.warm_start_lr == 0.1
 
@@ -159,7 +166,7 @@ def test_a_diverged_sweep_is_widened_up_to_half_the_divergence_lr() -> None:
 def test_every_sampled_schedule_runs_for_tiny_step_counts(
     epochs: int, steps_per_epoch: int
 ) -> None:
-    bounds = LRBounds(1e-3, 1e-1, 1e-2, None)
+    bounds = LRBounds(low=1e-3, high=1e-1, suggestion=1e-2, divergence_lr=None)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=epochs))
     for start in warm_starts(FAMILIES, bounds, epochs, steps_per_epoch=steps_per_epoch):
         study.enqueue_trial(start)
@@ -173,7 +180,7 @@ def test_every_sampled_schedule_runs_for_tiny_step_counts(
 
 
 def test_one_cycle_is_left_out_where_the_job_has_a_single_step() -> None:
-    bounds = LRBounds(1e-3, 1e-1, 1e-2, None)
+    bounds = LRBounds(low=1e-3, high=1e-1, suggestion=1e-2, divergence_lr=None)
     starts = warm_starts(["onecycle", "constant"], bounds, epochs=1, steps_per_epoch=1)
     assert [s["family"] for s in starts] == ["constant"]
     trial = optuna.create_study().ask()
@@ -198,6 +205,6 @@ def test_tiny_wine_job_runs_its_first_one_cycle_warm_start() -> None:
 
     rec = tune(spec, progress=False)
 
-    searched = [h for h in rec.history if h["kind"] == "search"]
-    assert [h["family"] for h in searched] == ["onecycle", "cosine", "constant"]
-    assert [h["state"] for h in searched] == ["COMPLETE"] * 3
+    searched = [h for h in rec.history if h.kind == "search"]
+    assert [h.family for h in searched] == ["onecycle", "cosine", "constant"]
+    assert [h.state for h in searched] == ["COMPLETE"] * 3

@@ -96,7 +96,7 @@ def test_steepest_picks_the_steepest_descent_of_a_small_curve() -> None:
 
     result = steepest(lrs, losses, **NO_SKIP)
 
-    assert result == Suggestion("steepest", float(lrs[expected]), expected)
+    assert result == Suggestion(rule="steepest", lr=float(lrs[expected]), index=expected)
     assert expected == 2  # the central difference (1 - 8) / 2 is the most negative
 
 
@@ -124,7 +124,8 @@ def test_u_shaped_curve_rules_land_left_of_the_minimum() -> None:
 
     for name in ("steepest", "valley", "slide"):
         assert results[name].lr is not None and results[name].lr < 1e-2, name
-    assert results["minimum"] == Suggestion("minimum", pytest.approx(1e-3), lowest)
+    minimum = results["minimum"]
+    assert (minimum.lr, minimum.index) == (pytest.approx(1e-3), lowest)
 
 
 def test_longest_run_lands_at_the_fastai_offset_inside_the_decreasing_run() -> None:
@@ -517,7 +518,7 @@ def test_too_short_reason_names_the_divergence_and_the_skips() -> None:
 def test_flat_curves_have_no_answer(rule: Callable[..., Suggestion], losses: np.ndarray) -> None:
     result = rule(np.logspace(-5, 0, 30), losses)
 
-    assert result == Suggestion(rule.__name__, None, None, "curve is flat")
+    assert result == Suggestion(rule=rule.__name__, lr=None, index=None, reason="curve is flat")
 
 
 @pytest.mark.parametrize("rule", single_curve_rules())
@@ -528,7 +529,9 @@ def test_rising_curves_have_no_answer(rule: Callable[..., Suggestion]) -> None:
 
     result = rule(lrs, rising)
 
-    assert result == Suggestion(rule.__name__, None, None, "loss never decreases")
+    assert result == Suggestion(
+        rule=rule.__name__, lr=None, index=None, reason="loss never decreases"
+    )
 
 
 def test_steepest_has_no_answer_when_only_the_skipped_end_points_fall() -> None:
@@ -602,7 +605,7 @@ def test_identical_seeds_agree_completely() -> None:
     result = consensus(lrs, [losses] * 4)
 
     single = default_rule(lrs, losses)
-    assert result.suggestion == Suggestion("consensus", single.lr, single.index)
+    assert result.suggestion == Suggestion(rule="consensus", lr=single.lr, index=single.index)
     assert result.per_seed == [single] * 4
     assert result.spread_decades == 0.0
     assert result.agreement == "high"
@@ -711,26 +714,26 @@ def test_consensus_caller_mistakes_raise_value_error() -> None:
 
 def test_suggestion_round_trips_through_json() -> None:
     for original in (
-        Suggestion("valley", 3e-3, 42),
-        Suggestion("slide", None, None, "curve is flat"),
+        Suggestion(rule="valley", lr=3e-3, index=42),
+        Suggestion(rule="slide", lr=None, index=None, reason="curve is flat"),
     ):
-        data = json.loads(json.dumps(original.to_dict()))
-        assert Suggestion.from_dict(data) == original
+        data = json.loads(original.model_dump_json())
+        assert Suggestion.model_validate(data) == original
 
 
 def test_consensus_round_trips_through_json() -> None:
     lrs, curves = shifted_curves([0, 2, 3])
     curves.append(np.full(len(lrs), np.nan))
     for original in (consensus(lrs, curves), consensus(lrs, curves[2:])):
-        data = json.loads(json.dumps(original.to_dict()))
-        assert Consensus.from_dict(data) == original
+        data = json.loads(original.model_dump_json())
+        assert Consensus.model_validate(data) == original
 
 
 def test_suggestion_rejects_inconsistent_fields() -> None:
     with pytest.raises(ValueError, match="both"):
-        Suggestion("valley", 1e-3, None)
+        Suggestion(rule="valley", lr=1e-3, index=None)
     with pytest.raises(ValueError, match="reason"):
-        Suggestion("valley", None, None)
+        Suggestion(rule="valley", lr=None, index=None)
 
 
 def test_module_docstring_examples_run() -> None:

@@ -90,8 +90,8 @@ def test_hyperband_prunes_poor_trials_early() -> None:
     rec = tune(spec, progress=False)
     assert rec.n_trials["complete"] + rec.n_trials["pruned"] == 16
     assert rec.n_trials["pruned"] > 0
-    pruned = [t for t in rec.history if t["state"] == "PRUNED"]
-    assert all(t["stop_reason"].startswith("pruned after epoch") for t in pruned)
+    pruned = [t for t in rec.history if t.state == "PRUNED"]
+    assert all(t.stop_reason.startswith("pruned after epoch") for t in pruned)
     assert rec.best is not None and rec.best.run.status == "completed"
 
 
@@ -112,15 +112,15 @@ def test_a_diverging_trial_is_pruned_with_its_reason() -> None:
 def test_lr_threshold_ends_trials_early() -> None:
     spec = job(families=["exponential"], n_trials=2, epochs=6, pruner="none", lr_threshold=10.0)
     rec = tune(spec, progress=False)
-    assert [t["state"] for t in rec.history] == ["COMPLETE", "COMPLETE"]
+    assert [t.state for t in rec.history] == ["COMPLETE", "COMPLETE"]
     assert rec.best.run.status == "lr_threshold"
     assert len(rec.best.run.epochs) == 1
 
 
 def test_same_spec_and_seed_give_the_same_trials_and_recommendation() -> None:
     spec = job(n_trials=8, epochs=3, extra={"seed": 7})
-    first = tune(spec, progress=False).to_dict()
-    second = tune(spec, progress=False).to_dict()
+    first = tune(spec, progress=False).model_dump(mode="json")
+    second = tune(spec, progress=False).model_dump(mode="json")
     assert first["history"] == second["history"]
     assert first == second
 
@@ -130,15 +130,15 @@ def test_recommendation_compares_against_baselines_and_serialises() -> None:
         {**job(n_trials=4, epochs=3).model_dump(), "search": {"n_trials": 4, "epochs": 3}}
     )
     rec = tune(spec, progress=False)
-    rows = rec.comparison()
-    assert rows[0]["role"] == "recommended" and rows[0]["name"] == rec.best.name
-    assert [r["name"] for r in rows[-2:]] == ["constant at suggestion", "sgd default lr"]
-    assert {r["role"] for r in rows[1:-2]} <= {"finalist"}
+    rows = rec.comparison
+    assert rows[0].role == "recommended" and rows[0].name == rec.best.name
+    assert [r.name for r in rows[-2:]] == ["constant at suggestion", "sgd default lr"]
+    assert {r.role for r in rows[1:-2]} <= {"finalist"}
     assert all(len(b.run.epochs) == 3 for b in rec.baselines)
-    assert rec.verdict().startswith("the recommended schedule")
+    assert rec.verdict.startswith("the recommended schedule")
     assert len(rec.lr_curve) == 3 * TrainingSetup.from_spec(spec).steps_per_epoch
-    data = json.loads(json.dumps(rec.to_dict()))
-    assert type(rec).from_dict(data).to_dict() == data
+    data = json.loads(rec.model_dump_json())
+    assert json.loads(type(rec).model_validate(data).model_dump_json()) == data
     namespace: dict[str, Any] = {}
     import torch
 
@@ -157,10 +157,10 @@ def start_worker(
         f"""
         import optuna
         from lrtune.storage import open_storage
-        from lrtune.tuner import work
+        from lrtune.tuner import run_worker
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = open_storage({url!r}, heartbeat_interval={heartbeat}, grace_period=2)
-        work({study_name!r}, storage, artifact_dir={str(artifacts)!r})
+        run_worker({study_name!r}, storage, artifact_dir={str(artifacts)!r})
         """
     )
     env = {**os.environ, "LRTUNE_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1"}
@@ -239,9 +239,9 @@ def test_a_killed_trial_is_retried_and_resumes_from_its_checkpoint(storage_url, 
 def test_preparing_twice_keeps_one_range_test_and_one_budget(storage_url) -> None:
     spec = job(n_trials=5, epochs=2)
     first = prepare_study(spec, storage_url, progress=False)
-    range_test = stored_range_test(first).to_dict()
+    range_test = stored_range_test(first).model_dump(mode="json")
     again = prepare_study(spec, storage_url, progress=False)
-    assert stored_range_test(again).to_dict() == range_test
+    assert stored_range_test(again).model_dump(mode="json") == range_test
     assert len(again.get_trials(states=(TrialState.WAITING,))) == 5
     other = JobSpec.model_validate({**spec.model_dump(), "batch_size": 16})
     with pytest.raises(ConflictError, match="different job spec"):
