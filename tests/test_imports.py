@@ -86,3 +86,27 @@ def test_cli_commands_that_do_not_train_load_no_heavy_package(command: list[str]
                 assert exit.code == 0, exit.code
     """
     assert heavy_modules_after(code) == []
+
+
+def test_reading_a_stored_recommendation_loads_no_heavy_package(tmp_path: Path) -> None:
+    """The service serves stored results: reading one, its verdict and snippet need no torch."""
+    import lrtune
+
+    spec = lrtune.JobSpec.model_validate(
+        {
+            "model": {"name": "logreg"},
+            "dataset": {"name": "wine"},
+            "range_test": {"seeds": 2, "num_iter": 30},
+            "search": {"n_trials": 2, "epochs": 2, "families": ["cosine"], "confirm_seeds": 2},
+        }
+    )
+    stored = tmp_path / "rec.json"
+    stored.write_text(lrtune.tune(spec, progress=False).model_dump_json())
+    code = f"""
+        from pathlib import Path
+        from lrtune.recommendation import Recommendation
+        rec = Recommendation.model_validate_json(Path({str(stored)!r}).read_text())
+        assert rec.confirmed and rec.verdict and "CosineAnnealingLR" in rec.to_code()
+        assert rec.range_test.suggestion == rec.range_test.model_dump()["suggestion"]
+    """
+    assert heavy_modules_after(code) == []

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from lrtune.recommendation import Recommendation
 from lrtune.schedules import FAMILIES, ScheduleSpec, parse_schedule
 from lrtune.snippet import job_code
 from lrtune.spec import JobSpec
@@ -71,15 +76,24 @@ def trained_lrs_by_parameter(
 ) -> tuple[TrainingRun, list[dict[str, float]]]:
     run = train(setup, schedule, base_lr=LR, epochs=EPOCHS)
     assert run.status == "completed"
+    return run, by_parameter(setup, run)
+
+
+def by_parameter(setup: TrainingSetup, run: TrainingRun) -> list[dict[str, float]]:
+    """A run's recorded per-group LRs as the LR of each named parameter at each step."""
     model = setup.build_model()
     optimizer = setup.build_optimizer(model, LR)  # the groups train() builds
     group_of = {id(p): i for i, g in enumerate(optimizer.param_groups) for p in g["params"]}
     names = {name: group_of[id(p)] for name, p in model.named_parameters()}
-    return run, [{name: step[i] for name, i in names.items()} for step in run.lr_steps]
+    return [{name: step[i] for name, i in names.items()} for step in run.lr_steps]
 
 
 def snippet_lrs_by_parameter(
-    code: str, setup: TrainingSetup, schedule: ScheduleSpec, metrics: list[float]
+    code: str,
+    setup: TrainingSetup,
+    schedule: ScheduleSpec,
+    metrics: list[float],
+    epochs: int = EPOCHS,
 ) -> list[dict[str, float]]:
     """Exec ``code`` on a fresh model and step it as its closing comment says."""
     model = setup.build_model()
@@ -88,7 +102,7 @@ def snippet_lrs_by_parameter(
     optimizer = namespace["optimizer"]
     group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     lrs = []
-    for epoch in range(EPOCHS):
+    for epoch in range(epochs):
         for _ in range(setup.steps_per_epoch):
             lrs.append({name: group_of[id(p)]["lr"] for name, p in model.named_parameters()})
             optimizer.step()
@@ -182,3 +196,25 @@ def test_a_snippet_at_lr_zero_runs() -> None:
     for family in ("onecycle", "cyclic", "plateau"):
         code = job_code(setup.spec, parse_schedule(SCHEDULES[family]), 0.0, steps_per_epoch=5)
         exec(code, {"model": setup.build_model()})
+
+
+def test_lrtune_tune_on_the_grouped_example_prints_a_snippet_that_replays_the_winner() -> None:
+    """The issue's acceptance check, end to end through the CLI and its JSON."""
+    job = Path("examples/wine_adamw_groups.yaml")
+    done = subprocess.run(
+        [sys.executable, "-m", "lrtune.cli", "tune", str(job), "--json", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "LRTUNE_TORCH_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    rec = Recommendation.model_validate_json(done.stdout)
+    setup = TrainingSetup.from_spec(JobSpec.from_file(job), device="cpu")
+    winner = rec.best.run
+    assert winner.status == "completed" and rec.code == rec.to_code()
+    metrics = [epoch["val_loss"] for epoch in winner.epochs]
+    replayed = snippet_lrs_by_parameter(
+        rec.code, setup, rec.best.schedule, metrics, epochs=len(winner.epochs)
+    )
+    assert replayed == by_parameter(setup, winner)  # exactly, every parameter, every step
