@@ -865,7 +865,7 @@ def _call(scheduler_class: str, *args: str) -> str:
 
 def _stepping_comment(spec: ScheduleSpec) -> str:
     if isinstance(spec, PlateauSchedule):
-        return "# Step per epoch, after validation: scheduler.step(val_metric)."
+        return "# Step per epoch, after validation: scheduler.step(val_loss)."
     if spec.interval == "batch":
         return "# Step per batch: scheduler.step() right after every optimizer.step()."
     return "# Step per epoch: scheduler.step() once at the end of every epoch."
@@ -903,7 +903,7 @@ def _plateau_warmup_code(warmup: LinearWarmup, optimizer_name: str, plateau_call
         "# Step per epoch, after validation (SequentialLR cannot pass the metric on):",
         f"# at the end of epochs 0..{steps - 1} call warmup.step(), which brings the lr up",
         f"# to its full value for epoch {steps}; from the end of epoch {steps} on call",
-        "# plateau.step(val_metric). Metrics of warm-up epochs are not used.",
+        "# plateau.step(val_loss). Losses of warm-up epochs are not used.",
     ]
 
 

@@ -114,7 +114,7 @@ def snippet_lrs_by_parameter(
                 namespace["warmup"].step()
             else:
                 namespace["plateau"].step(metrics[epoch])
-        elif "scheduler.step(val_metric)" in code:
+        elif "scheduler.step(val_loss)" in code:
             namespace["scheduler"].step(metrics[epoch])
         elif "# Step per epoch: scheduler.step()" in code:
             namespace["scheduler"].step()
