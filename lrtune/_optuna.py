@@ -126,6 +126,11 @@ def has_unfinished(study: optuna.Study) -> bool:
     return bool(study.get_trials(deepcopy=False, states=UNFINISHED))
 
 
+def has_waiting(study: optuna.Study) -> bool:
+    """Whether any trial is still queued, not yet claimed by a process."""
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
 # Errors of the storage, not of a trial: a run that meets one stops instead of recording a FAIL.
 STORAGE_ERRORS: tuple[type[BaseException], ...] = (
     SQLAlchemyError,

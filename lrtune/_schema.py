@@ -26,7 +26,14 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PlainSerializer,
+    WithJsonSchema,
+    model_validator,
+)
 
 
 class ResultModel(BaseModel):
@@ -94,9 +101,21 @@ def _decode_if_encoded(value: Any) -> Any:
     return run_length_decode(value) if is_encoded else value
 
 
+_RUN_LENGTH_SCHEMA = {
+    "type": "array",
+    "description": "run-length encoded rows: [[row, count], ...], row = one LR per param group",
+    "items": {
+        "type": "array",
+        "prefixItems": [{"type": "array", "items": {"type": "number"}}, {"type": "integer"}],
+        "minItems": 2,
+        "maxItems": 2,
+    },
+}
+
 LRSteps = Annotated[
     list[list[float]],
     BeforeValidator(_decode_if_encoded),
     PlainSerializer(run_length_encode, return_type=list[list[Any]], when_used="json"),
+    WithJsonSchema(_RUN_LENGTH_SCHEMA),
 ]
 """The LR of every param group at every step: expanded in Python, run-length encoded in JSON."""

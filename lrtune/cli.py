@@ -40,10 +40,10 @@ class CliError(InvalidInputError):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``lrtune`` command; return its exit status.
 
-    The library's errors (:class:`~lrtune.exceptions.LRTuneError`, and ``ValueError``, which
-    its modules raise for invalid input), invalid job specs and the operating system's
-    refusals (a missing, unreadable or misplaced file) end as one ``lrtune: error:`` line
-    and exit status 2. Anything else is a bug in lrtune and keeps its traceback.
+    The library's errors (:class:`~lrtune.exceptions.LRTuneError`), invalid job specs and the
+    operating system's refusals (a missing, unreadable or misplaced file) end as one
+    ``lrtune: error:`` line and exit status 2. Anything else is a bug in lrtune and keeps its
+    traceback.
     """
     parser = _parser()
     args = parser.parse_args(argv)
@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except ValidationError as exc:
         _fail(_describe_invalid_job(exc))
-    except (LRTuneError, ValueError, yaml.YAMLError) as exc:
+    except (LRTuneError, yaml.YAMLError) as exc:
         _fail(_first_line(exc))
     except OSError as exc:
         _fail(describe_os_error(exc))

@@ -12,6 +12,8 @@ import os
 
 import torch
 
+from lrtune.exceptions import InvalidInputError
+
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """Turn ``"auto"`` (or ``None``) into CUDA when present, else CPU; validate the rest.
@@ -24,9 +26,11 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError as exc:
-        raise ValueError(f"unknown device {device!r}: use 'auto', 'cpu' or 'cuda[:N]'") from exc
+        raise InvalidInputError(
+            f"unknown device {device!r}: use 'auto', 'cpu' or 'cuda[:N]'"
+        ) from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but CUDA is not available here")
+        raise InvalidInputError(f"device {device!r} asked for, but CUDA is not available here")
     return resolved
 
 
@@ -42,6 +46,6 @@ def set_torch_threads(threads: int | None = None) -> int:
         threads = int(env) if env else None
     if threads is not None:
         if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
+            raise InvalidInputError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     return torch.get_num_threads()

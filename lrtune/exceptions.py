@@ -4,13 +4,15 @@ Callers tell the kinds apart by class, not by message: the CLI prints any :class
 as one line, and an HTTP layer maps the classes to status codes in one place
 (:class:`InvalidInputError` 422, :class:`NotFoundError` 404, :class:`ConflictError` 409,
 :class:`StorageUnavailableError` 503). Anything else that escapes lrtune is a bug.
+:class:`NotFoundError` is a subclass of :class:`InvalidInputError` (the unknown name came from
+the caller's input), so a mapping must test it first.
 
 Compatibility contract: :class:`InvalidInputError` is a :class:`ValueError` and
 :class:`NotFoundError` a :class:`LookupError` and a :class:`ValueError`, so code that caught
 those before this hierarchy existed keeps working. :class:`StorageUnavailableError` is
-deliberately neither a ``ValueError`` nor a ``RuntimeError``: the search records those two as a
-failed trial and carries on, and a database outage must stop the search instead of spending
-its trial budget.
+deliberately not a ``ValueError`` or ``RuntimeError``, and the search never records it as a
+failed trial: a trial that raises anything else is recorded as failed and the search goes on,
+but a database outage must stop the search instead of spending its trial budget.
 
 Example:
     >>> from lrtune.exceptions import InvalidInputError, LRTuneError

@@ -100,14 +100,19 @@ class TrainedSchedule(ResultModel):
     def mean(self) -> JsonFloat | None:
         """The mean over the confirmation seeds; None without any, NaN if one diverged."""
         values = [s.value for s in self.seed_values]
-        return statistics.fmean(values) if values else None
+        if not values:
+            return None
+        return statistics.fmean(values) if all(map(math.isfinite, values)) else math.nan
 
     @computed_field
     @property
     def std(self) -> JsonFloat | None:
-        """The sample standard deviation over the confirmation seeds; None with fewer than 2."""
+        """The sample standard deviation over the confirmation seeds; None with fewer than 2,
+        NaN if one diverged."""
         values = [s.value for s in self.seed_values]
-        return statistics.stdev(values) if len(values) >= 2 else None
+        if len(values) < 2:
+            return None
+        return statistics.stdev(values) if all(map(math.isfinite, values)) else math.nan
 
 
 class PairedComparison(ResultModel):

@@ -50,14 +50,15 @@ class SeedCurve(ResultModel):
 class LRFinderResult(ResultModel):
     """Loss-vs-LR curves and the suggested LR.
 
-    Every LR here is group 0's LR during the sweep (``group_lr_ratios`` gives the others).
+    Every LR here is group 0's LR during the sweep (``group_lr_ratios`` gives the others), or,
+    after :meth:`rescaled`, the LR of the parameter ``lr_reference`` names.
     Serialise with ``model_dump(mode="json")`` (strict JSON: non-finite values are ``null``) and
     read back with ``LRFinderResult.model_validate``; the derived values (``suggestion``,
     ``spread_decades``, ``diverged_at``, ``divergence_lr``) are in the JSON for readers and
     ignored when it is read back.
 
     Attributes:
-        lrs: group 0's LR at each recorded step.
+        lrs: group 0's (``lr_reference``'s) LR at each recorded step.
         seeds: one :class:`SeedCurve` per sweep.
         median: per step, the median of the seeds' smoothed losses, a diverged seed counting as
             +inf; it ends where half the seeds have diverged.
@@ -70,6 +71,9 @@ class LRFinderResult(ResultModel):
     """
 
     lrs: list[float]
+    lr_reference: str = Field(
+        "param group 0", description="whose LR ``lrs`` and the suggestions are (their unit)"
+    )
     seeds: list[SeedCurve]
     median: list[JsonFloat]
     band_low: list[JsonFloat]
@@ -107,6 +111,33 @@ class LRFinderResult(ResultModel):
             consensus=consensus(lrs, [c.smoothed for c in curves]),
             group_lr_ratios=[float(r) for r in group_lr_ratios],
             config=dict(config),
+        )
+
+    def rescaled(self, factor: float, lr_reference: str) -> LRFinderResult:
+        """The same result with every LR multiplied by ``factor``, now ``lr_reference``'s LR.
+
+        A job's range test sweeps group 0; ``rescaled(1 / m0, ...)`` reports it as the LR of a
+        parameter whose multiplier is 1, like everything else a job produces. The group ratios
+        become ratios to that reference (the groups' multipliers).
+        """
+
+        def scaled(s: Suggestion) -> Suggestion:
+            return s if s.lr is None else s.model_copy(update={"lr": s.lr * factor})
+
+        consensus = self.consensus.model_copy(
+            update={
+                "suggestion": scaled(self.consensus.suggestion),
+                "per_seed": [scaled(s) for s in self.consensus.per_seed],
+            }
+        )
+        return self.model_copy(
+            update={
+                "lrs": [lr * factor for lr in self.lrs],
+                "lr_reference": lr_reference,
+                "suggestions": {name: scaled(s) for name, s in self.suggestions.items()},
+                "consensus": consensus,
+                "group_lr_ratios": [r / factor for r in self.group_lr_ratios],
+            }
         )
 
     @computed_field
@@ -199,7 +230,7 @@ class LRFinderResult(ResultModel):
         if self.suggestion is not None:
             ax.axvline(self.suggestion, color="C3", lw=2, label=f"suggested {self.suggestion:.2g}")
         ax.set_xscale("log")
-        ax.set_xlabel("learning rate (param group 0)")
+        ax.set_xlabel(f"learning rate ({self.lr_reference})")
         ax.set_ylabel("loss (smoothed)")
         finite = [v for v in self.median if math.isfinite(v)]
         if finite:

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import optuna
 
+from lrtune.exceptions import InvalidInputError
 from lrtune.result import LRBounds, LRFinderResult
 from lrtune.schedules import ScheduleSpec, parse_schedule
 from lrtune.suggestions import default_skips
@@ -90,7 +91,7 @@ def search_bounds(result: LRFinderResult, lr_scale: float = 1.0) -> LRBounds:
     if suggestion is None:
         fallback = [s.lr for s in result.suggestions.values() if s.lr is not None]
         if not fallback:
-            raise ValueError(
+            raise InvalidInputError(
                 f"the range test found no usable LR: {result.consensus.suggestion.reason}"
             )
         suggestion = min(fallback)
@@ -262,7 +263,7 @@ def suggest_schedule(
     """
     choices = runnable_families(families, epochs * steps_per_epoch)
     if not choices:
-        raise ValueError(
+        raise InvalidInputError(
             f"none of the families {list(families)} can run for {epochs * steps_per_epoch} "
             "step(s): train for more epochs or use smaller batches"
         )

@@ -44,7 +44,8 @@ METRIC_DIRECTIONS: dict[str, Literal["minimize", "maximize"]] = {
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Unknown keys are typos; NaN/inf would not survive a JSON round trip (JSON has neither).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ModelRef(_Strict):

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 from lrtune.batches import batch_loss, move_to
 from lrtune.datasets import DatasetBundle
 from lrtune.device import resolve_device
+from lrtune.exceptions import InvalidInputError
 from lrtune.optim_factory import build_optimizer
 from lrtune.registry import build_model, load_dataset
 from lrtune.result import TrainingRun
@@ -89,7 +90,7 @@ class TrainingSetup:
             groups.setdefault(key, []).append(param)
             mults[key] = 1.0 if match is None else match.lr_mult
         if len(groups) == 1 and self.spec.param_groups:
-            raise ValueError(
+            raise InvalidInputError(
                 f"no parameter name starts with any of {[g.prefix for g in self.spec.param_groups]}"
             )
         return [(mults[key], params) for key, params in groups.items() if params]

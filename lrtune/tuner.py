@@ -76,6 +76,7 @@ from lrtune._optuna import (
     QueueEmpty,
     fail_stale_trials,
     has_unfinished,
+    has_waiting,
     heartbeat_interval,
     open_queued_study,
     storage_errors,
@@ -143,11 +144,15 @@ def make_pruner(spec: JobSpec) -> optuna.pruners.BasePruner:
 def range_test(
     setup: TrainingSetup, *, progress: bool = True, callback: StepCallback | None = None
 ) -> LRFinderResult:
-    """The job's multi-seed range test on its model, data, optimizer and param groups."""
+    """The job's multi-seed range test on its model, data, optimizer and param groups.
+
+    The sweep runs group 0 from ``start_lr`` to ``end_lr``; the result reports every LR as the LR
+    of a parameter whose multiplier is 1, the unit of everything else a job produces.
+    """
     spec, options = setup.spec, setup.spec.range_test
     model = setup.build_model()
     optimizer = setup.build_optimizer(model, options.start_lr)
-    return find_lr(
+    result = find_lr(
         model,
         setup.train_loader(torch.Generator().manual_seed(spec.seed)),
         optimizer,
@@ -158,6 +163,9 @@ def range_test(
         progress=progress,
         callback=callback,
     )
+    if not spec.param_groups:
+        return result
+    return result.rescaled(1 / setup.group_multipliers[0], "a parameter with lr_mult 1")
 
 
 def _resolve_storage(storage: Storage) -> optuna.storages.BaseStorage:
@@ -213,7 +221,7 @@ def prepare_study(
     setup = setup or TrainingSetup.from_spec(spec)
     if ATTR_BOUNDS not in study.user_attrs:
         result = range_test(setup, progress=progress)
-        bounds = search_bounds(result, lr_scale=1 / setup.group_multipliers[0])
+        bounds = search_bounds(result)
         study.set_user_attr(ATTR_SPEC, spec.model_dump(mode="json"))
         study.set_user_attr(ATTR_RANGE_TEST, result.model_dump(mode="json"))
         study.set_user_attr(ATTR_BOUNDS, bounds.model_dump(mode="json"))
@@ -501,13 +509,16 @@ def run_confirmation(
 ) -> bool:
     """Run the confirmation units of a searched study until none is left; True if it ran them.
 
-    The finalists are known only once the search has no queued or running trial. Until then,
-    with ``wait_for_others`` (and a heartbeat on the storage) this waits; otherwise it returns
-    False at once and leaves the units to whichever process finishes the search.
+    The finalists are known only once the search has no queued or running trial. Call this after
+    :func:`run_trials`: trials still queued then were left by a search that ran out of time, so
+    the search is unfinished and this returns False (a later run finishes and confirms it).
+    While trials run in other processes, with ``wait_for_others`` (and a heartbeat on the
+    storage) this waits for them; otherwise it returns False at once and leaves the units to
+    whichever process finishes the search.
     """
     while has_unfinished(study):
         heartbeat = heartbeat_interval(study)
-        if not (wait_for_others and heartbeat):
+        if has_waiting(study) or not (wait_for_others and heartbeat):
             return False
         time.sleep(heartbeat / 2)
         fail_stale_trials(study)
@@ -572,15 +583,12 @@ def _best_value(study: optuna.Study) -> float | None:
         return None
 
 
-def recommend(
-    study: optuna.Study, setup: TrainingSetup, *, progress: bool = True
-) -> Recommendation:
+def recommend(study: optuna.Study, setup: TrainingSetup) -> Recommendation:
     """The recommendation from what the study holds now (trains nothing).
 
     Run :func:`run_trials` and :func:`run_confirmation` first; without confirmation runs the
     recommendation is the search's best trial, marked unconfirmed.
     """
-    del progress  # kept for callers of the earlier signature
     spec = setup.spec
     bounds = stored_bounds(study)
     confirm = open_confirmation(study, spec)

@@ -149,6 +149,14 @@ def test_the_recommendation_is_the_best_mean_over_confirmation_seeds_only() -> N
     assert pick_recommended([], "maximize") is None
 
 
+def test_a_diverged_confirmation_seed_is_reported_not_a_crash() -> None:
+    diverged = trained("diverged", 0.95, {1: 0.99, 2: math.nan, 3: 0.99})
+    assert math.isnan(diverged.mean) and math.isnan(diverged.std)
+    data = json.loads(diverged.model_dump_json())  # strict JSON: NaN is null
+    assert data["mean"] is None and data["seed_values"][1]["value"] is None
+    assert TrainedSchedule.model_validate(data).confirmed_values()[1] == 0.99
+
+
 # --- end to end, with real training ----------------------------------------------------------
 
 
@@ -245,10 +253,14 @@ def test_suggested_lr_is_the_base_lr_of_a_multiplier_one_parameter() -> None:
         extra={"param_groups": [{"prefix": "1.", "lr_mult": 10.0}]},
     )
     rec = tune(spec, progress=False)
-    group0_suggestion = rec.range_test.suggestion
-    assert rec.suggested_lr == pytest.approx(group0_suggestion / 10.0)
-    assert rec.suggested_lr == rec.bounds.suggestion
+    # The sweep ran group 0 from start_lr; reported, like everything else, for multiplier 1.
+    range_test = rec.range_test
+    assert range_test.lr_reference == "a parameter with lr_mult 1"
+    assert range_test.lrs[0] == pytest.approx(spec.range_test.start_lr / 10.0)
+    assert range_test.group_lr_ratios == pytest.approx([10.0])
+    assert rec.suggested_lr == range_test.suggestion == rec.bounds.suggestion
     assert rec.baselines[0].base_lr == rec.suggested_lr
+    assert range_test.suggestions["minimum"].lr <= range_test.lrs[-1]
 
 
 # --- failed trials say why (defect 8) --------------------------------------------------------

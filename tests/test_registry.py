@@ -393,7 +393,7 @@ def test_builtin_params_are_validated_without_building_anything() -> None:
     validate_dataset_params("wine", None)
     with pytest.raises(InvalidInputError, match=r"hidden\.0"):
         validate_model_params("mlp", {"hidden": [0]})
-    with pytest.raises(InvalidInputError, match="n_clases: unknown param"):
+    with pytest.raises(InvalidInputError, match="n_clases: unknown field"):
         validate_dataset_params("synthetic", {"n_clases": 3})
     with pytest.raises(UnknownNameError, match="resnet"):
         validate_model_params("resnet", {})

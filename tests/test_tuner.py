@@ -288,20 +288,34 @@ def test_an_interrupted_cli_run_resumes_its_trial_when_run_again(tmp_path) -> No
     assert resumed[0].run.resumed_from >= 1
 
 
-def test_time_budget_stops_starting_trials_and_still_recommends() -> None:
+@pytest.mark.parametrize(
+    "storage", ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_time_budget_stops_starting_trials_and_still_recommends(
+    storage: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    # With a heartbeat (an RDB storage), confirmation once waited forever for the queued trials
+    # the timeout left behind.
+    url = {
+        "memory": lambda: None,
+        "sqlite": lambda: f"sqlite:///{tmp_path / 'lrtune.db'}",
+        "postgres": lambda: request.getfixturevalue("postgres_url"),
+    }[storage]()
     spec = job(
         n_trials=300,
         epochs=3,
         timeout_s=1.5,
+        confirm_seeds=2,
         extra={"model": {"name": "mlp"}, "dataset": {"name": "digits"}},
     )
     started = time.monotonic()
-    rec = tune(spec, progress=False)
+    rec = tune(spec, storage=url, progress=False)
     assert time.monotonic() - started < 60
     done = rec.n_trials["complete"] + rec.n_trials["pruned"]
     assert 0 < done < 300
     assert rec.n_trials["waiting"] == 300 - done  # left queued for a later run
-    assert rec.best is not None
+    assert rec.best is not None and not rec.confirmed  # a search cut short is not confirmed
+    assert "unconfirmed" in rec.verdict
 
 
 def test_concurrent_workers_never_claim_the_same_queued_trial(storage_url) -> None:
