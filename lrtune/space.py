@@ -252,11 +252,17 @@ def suggest_schedule(
     epochs: int,
     steps_per_epoch: int,
     warmup: bool = True,
+    *,
+    lowest_multiplier: float = 1.0,
 ) -> tuple[ScheduleSpec, float]:
     """Sample a family, its hyperparameters, a warm-up and the peak LR; return (spec, lr).
 
     Only families that can run for ``epochs * steps_per_epoch`` steps are offered (see
     :func:`runnable_families`), and every sampled schedule runs for that many steps.
+
+    The cosine families' ``eta_min`` is one absolute floor for every param group (torch has no
+    per-group floor), so it is drawn below the LR of the group with the ``lowest_multiplier``:
+    no group then anneals *up* to a floor above its own LR.
 
     Raises:
         ValueError: none of ``families`` can run for that few steps.
@@ -274,6 +280,8 @@ def suggest_schedule(
         warmup_epochs = trial.suggest_int("warmup_epochs", 0, max(1, epochs // 5))
     main_epochs = epochs - warmup_epochs
     params = _FAMILY_PARAMS[family](trial, lr, main_epochs, steps_per_epoch)
+    if "eta_min" in params:
+        params["eta_min"] *= min(1.0, lowest_multiplier)
     if warmup_epochs:
         steps = warmup_epochs * (steps_per_epoch if family == "cyclic" else 1)
         params["warmup"] = {"steps": steps, "start_factor": 0.1}

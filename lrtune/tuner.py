@@ -379,6 +379,7 @@ class TrialObjective:
             search.epochs,
             self.setup.steps_per_epoch,
             search.warmup,
+            lowest_multiplier=min(self.setup.group_multipliers),
         )
         if ATTR_ROOT not in trial.user_attrs:  # a retried clone keeps the original's
             trial.set_user_attr(ATTR_ROOT, trial.number)

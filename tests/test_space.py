@@ -179,6 +179,23 @@ def test_every_sampled_schedule_runs_for_tiny_step_counts(
         study.tell(trial, 0.0)
 
 
+@pytest.mark.parametrize("family", ["cosine", "cosine_warm_restarts"])
+def test_no_param_group_anneals_up_to_a_cosine_floor_above_its_own_lr(family: str) -> None:
+    bounds = LRBounds(low=1e-3, high=1e-1, suggestion=1e-2, divergence_lr=None)
+    multipliers = [1.0, 0.01]  # e.g. a backbone at 1/100 of the head's LR
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(40):
+        trial = study.ask()
+        schedule, lr = suggest_schedule(
+            trial, [family], bounds, 10, 5, lowest_multiplier=min(multipliers)
+        )
+        base_lrs = [lr * m for m in multipliers]
+        lrs = preview(schedule, base_lrs, 5, 10, group_multipliers=multipliers)
+        # every group's LR stays at or below where it started: none rises to the shared floor
+        assert np.all(lrs <= np.asarray(base_lrs) * (1 + 1e-12)), schedule
+        study.tell(trial, 0.0)
+
+
 def test_one_cycle_is_left_out_where_the_job_has_a_single_step() -> None:
     bounds = LRBounds(low=1e-3, high=1e-1, suggestion=1e-2, divergence_lr=None)
     starts = warm_starts(["onecycle", "constant"], bounds, epochs=1, steps_per_epoch=1)
