@@ -44,7 +44,6 @@ import logging
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -52,6 +51,7 @@ from typing import Any, Literal, TypeVar
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
+from pydantic import ConfigDict
 from tqdm.auto import tqdm
 
 from lrtune._optuna import (
@@ -669,30 +669,23 @@ def _count_states(trials: list[FrozenTrial]) -> dict[str, int]:
     return counts
 
 
-@dataclass(frozen=True)
-class TrialRecord:
+class TrialRecord(TrialSummary):
     """What lrtune stored on one search trial or confirmation run, read back.
 
-    ``value`` is the final value (a pruned trial's last reported one); ``stop_reason`` says why
-    it was pruned or stopped, or, for a FAILED one, why it failed; ``root_trial`` is the first
-    trial of its queue slot (retries share it, and its checkpoint). Confirmation runs carry the
-    ``candidate`` they train and their ``seed``. ``started`` and ``finished`` are when it ran
-    (not part of the history, which is deterministic).
+    A :class:`~lrtune.recommendation.TrialSummary` (the history entry) and what the summary
+    leaves out: the ``schedule`` and the ``run`` (per-epoch values, per-step LRs), the queue
+    ``slot`` and ``root_trial`` (the first trial of its slot: retries share it, and its
+    checkpoint), and when it ran (``started``, ``finished``; not in the history, which is
+    deterministic). ``stop_reason`` says why it was pruned or stopped, or, for a FAILED one, why
+    it failed.
     """
 
-    kind: Literal["search", "confirmation"]
-    number: int
-    state: str
-    value: float | None
-    family: str | None
+    model_config = ConfigDict(frozen=True)
+
     schedule: dict[str, Any] | None
-    base_lr: float | None
     run: TrainingRun | None
-    stop_reason: str | None
     slot: int | None
     root_trial: int | None
-    candidate: str | None = None
-    seed: int | None = None
     started: datetime | None = None
     finished: datetime | None = None
 
@@ -731,17 +724,7 @@ class TrialRecord:
     def summary(self) -> TrialSummary:
         """The history entry: kind, number, state, value, family, LR, reason (and candidate,
         seed for a confirmation run)."""
-        return TrialSummary(
-            kind=self.kind,
-            number=self.number,
-            state=self.state,
-            value=self.value,
-            family=self.family,
-            base_lr=self.base_lr,
-            stop_reason=self.stop_reason,
-            candidate=self.candidate,
-            seed=self.seed,
-        )
+        return TrialSummary.model_validate(self.model_dump(include=set(TrialSummary.model_fields)))
 
 
 def search_records(study: optuna.Study) -> list[TrialRecord]:
