@@ -38,7 +38,7 @@ more than :data:`TARGET_SHARE` (30%) of the grid's compute, on the digits MLP an
 Torch runs on one thread by default (``--threads``) so that timings are comparable.
 
 Run:
-    .venv/bin/python bench/search.py            # the benchmark, Markdown on stdout (~20-30 min)
+    .venv/bin/python bench/search.py            # the benchmark, Markdown on stdout (~15-25 min)
     .venv/bin/python bench/search.py --write    # ... and write docs/benchmark_search.md
     .venv/bin/python bench/search.py --quick    # a tiny smoke test (< 90 s)
 """
@@ -887,31 +887,46 @@ def _bounds_sentence(r: ModelReport, t: TuneResult) -> str:
 
 
 def variants_table(reports: Sequence[ModelReport]) -> list[str]:
-    """Per bounds variant and model: the evaluation gap over all sampler seeds, and compute."""
+    """Per bounds variant and model: the evaluation gap of every search, and compute.
+
+    "over sampler seeds": the mean gap of the variant's searches, +/- its standard error
+    across them (search-to-search spread and evaluation noise together); "met" counts searches
+    that met both targets.
+    """
     variants = reports[0].plan.variants
     lines = [
         "| bounds | formula | "
         + " | ".join(
-            f"{r.plan.model}: gap, seed 0 | {r.plan.model}: mean gap over sampler seeds"
+            f"{r.plan.model}: gap, sampler seed 0 | {r.plan.model}: gap over sampler seeds "
+            f"| {r.plan.model}: met"
             for r in reports
         )
         + " | compute (all searches) |",
-        "|---|---|" + "---|---|" * len(reports) + "---|",
+        "|---|---|" + "---|---|---|" * len(reports) + "---|",
     ]
     for v in variants:
         cells = []
         ratios = []
         for r in reports:
             runs = r.searches[v]
-            gaps = [r.gap(t).mean for t in runs]
+            gaps = [100 * r.gap(t).mean for t in runs]
             ratios += [r.ratio(t) for t in runs]
-            cells += [r.gap(runs[0]).points(), f"{100 * statistics.fmean(gaps):+.2f} ({len(runs)})"]
+            spread = f"{_se(gaps):.2f}" if len(gaps) > 1 else "-"
+            cells += [
+                r.gap(runs[0]).points(),
+                f"{statistics.fmean(gaps):+.2f} +/- {spread} ({len(runs)} searches)",
+                f"{sum(r.met_by(t) for t in runs)}/{len(runs)}",
+            ]
         lines.append(
             f"| `{v}` | {bounds_formula(v)} | "
             + " | ".join(cells)
             + f" | {min(ratios):.1%}-{max(ratios):.1%} |"
         )
     return lines
+
+
+def _se(values: Sequence[float]) -> float:
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
 
 
 def render(reports: Sequence[ModelReport], env: dict[str, str], total_s: float, quick: bool) -> str:
@@ -1083,7 +1098,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="LR search-range variants to compare (default: all)",
     )
     parser.add_argument(
-        "--repeats", type=int, default=2, help="extra searches per variant, other sampler seeds"
+        "--repeats", type=int, default=5, help="extra searches per variant, other sampler seeds"
     )
     parser.add_argument("--budget-s", type=float, default=900.0, help="time budget to size for")
     args = parser.parse_args(argv)
