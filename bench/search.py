@@ -27,7 +27,8 @@ What it measures, on scikit-learn's digits (1437 train / 360 validation samples)
 5. **LR bounds variants** (``--bounds``): the same search with other search-range constants of
    :mod:`lrtune.space` (monkeypatched for the run), e.g. ``up``: ``[s/sqrt(10), min(10^1.5 s,
    d/2)]`` instead of ``current``: ``[s/10, min(10 s, d/2)]``. All variants share the sampler
-   seed, the study name (so Hyperband's brackets) and the evaluation seeds.
+   seed, the study name (so Hyperband's brackets) and the evaluation seeds. The decision they
+   informed (keep ``current``) is in ``docs/lr_bounds.md``.
 6. **Repeats** (``--repeats``): each variant's search again with other sampler seeds (training
    seeds unchanged), since one search is one draw.
 
@@ -38,7 +39,7 @@ more than :data:`TARGET_SHARE` (30%) of the grid's compute, on the digits MLP an
 Torch runs on one thread by default (``--threads``) so that timings are comparable.
 
 Run:
-    .venv/bin/python bench/search.py            # the benchmark, Markdown on stdout (~15-25 min)
+    .venv/bin/python bench/search.py            # the benchmark, Markdown on stdout (~10-15 min)
     .venv/bin/python bench/search.py --write    # ... and write docs/benchmark_search.md
     .venv/bin/python bench/search.py --quick    # a tiny smoke test (< 90 s)
 """
@@ -1007,29 +1008,28 @@ CAVEATS = [
 def readme_summary(reports: Sequence[ModelReport]) -> list[str]:
     """A short paragraph with the headline numbers (default bounds), for the README."""
     variant = reports[0].plan.variants[0]
-    parts = []
+    gaps, ratios, met = [], [], []
     for r in reports:
         runs = r.searches[variant]
-        t = runs[0]
-        gaps = [100 * r.gap(x).mean for x in runs]
-        parts.append(
-            f"{r.plan.model.upper()} gap {r.gap(t).points()} at {r.ratio(t):.0%} of the grid's "
-            f"compute ({'met' if r.met_by(t) else 'missed'}; over {len(runs)} sampler seeds "
-            f"{statistics.fmean(gaps):+.2f} +/- {_se(gaps):.2f}, both targets met in "
-            f"{sum(r.met_by(x) for x in runs)}/{len(runs)})"
+        over = [100 * r.gap(x).mean for x in runs]
+        gaps.append(
+            f"{r.plan.model.upper()} {r.gap(runs[0]).points()[:-7]} "
+            f"({statistics.fmean(over):+.2f} +/- {_se(over):.2f} over {len(runs)} sampler seeds)"
         )
+        ratios.append(f"{r.ratio(runs[0]):.0%}")
+        met.append(f"{sum(r.met_by(x) for x in runs)}/{len(runs)}")
     text = (
-        "On scikit-learn's digits (SGD, 10 epochs per run), `bench/search.py` compares lrtune's "
-        f"recommendation with the winner of an exhaustive grid of {len(reports[0].grid.runs)} "
-        "schedules ([docs/benchmark_search.md](docs/benchmark_search.md)); both winners are "
-        f"retrained on {len(reports[0].plan.evaluation_seeds)} seeds neither used to choose, and "
-        "lrtune's compute includes the range test and the confirmation runs. Gap (grid minus "
-        "lrtune, accuracy points): " + "; ".join(parts) + f". Targets: gap <= "
-        f"{100 * TARGET_GAP:.1f} points at <= {TARGET_SHARE:.0%} of the grid's compute. The "
-        "validation split has 360 samples (1 sample = 0.28 points), so the gap's standard error is "
-        "about half the target."
+        f"On digits (SGD, {reports[0].plan.epochs} epochs per run), lrtune's recommendation and "
+        f"the winner of a {len(reports[0].grid.runs)}-run schedule grid, each retrained on "
+        f"{len(reports[0].plan.evaluation_seeds)} seeds neither chose on, differ by (grid minus "
+        "lrtune, accuracy points): " + ", ".join(gaps) + ", at " + " and ".join(ratios) + " of "
+        "the grid's compute with the range test and confirmation counted. Targets (gap <= "
+        f"{100 * TARGET_GAP:.1f} points at <= {TARGET_SHARE:.0%} of the compute) met in "
+        + " and ".join(met)
+        + " searches; the 360-sample validation split limits one gap to about +/- 0.2 points "
+        "([docs/benchmark_search.md](docs/benchmark_search.md))."
     )
-    return textwrap.wrap(text, 95)
+    return textwrap.wrap(text, 100)
 
 
 # --------------------------------------------------------------------------------------------
