@@ -33,6 +33,7 @@ test: lint
 bench: setup
 	$(PY) bench/finder.py
 	$(PY) bench/search.py
+	$(PY) bench/suggest.py
 
 clean:
 	rm -rf $(VENV) out artifacts .pytest_cache .ruff_cache
