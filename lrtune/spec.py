@@ -73,7 +73,7 @@ class DatasetRef(_Strict):
 class OptimizerSpec(_Strict):
     """The optimizer the user trains with; its LR is what lrtune finds.
 
-    :func:`lrtune.optim_factory.build_optimizer` builds it (this module never imports torch).
+    :func:`lrtune.training.torch_optimizer` builds it (this module never imports torch).
     """
 
     name: Literal["sgd", "adam", "adamw"] = "sgd"

@@ -7,7 +7,7 @@ scheduler, RNG and data-order state, so that a run resumed from it ends exactly 
 uninterrupted one would.
 
 Example:
-    >>> from lrtune.spec import JobSpec
+    >>> from lrtune.spec import JobSpec, OptimizerSpec
     >>> from lrtune.schedules import parse_schedule
     >>> spec = JobSpec.model_validate({"model": {"name": "logreg"}, "dataset": {"name": "wine"}})
     >>> setup = TrainingSetup.from_spec(spec, device="cpu")
@@ -34,11 +34,10 @@ from lrtune.batches import batch_loss, move_to
 from lrtune.datasets import DatasetBundle
 from lrtune.device import resolve_device
 from lrtune.exceptions import InvalidInputError
-from lrtune.optim_factory import build_optimizer
 from lrtune.registry import build_model, load_dataset
 from lrtune.result import TrainingRun
 from lrtune.schedules import ScheduleSpec, drive
-from lrtune.spec import JobSpec
+from lrtune.spec import JobSpec, OptimizerSpec
 
 EpochHook = Callable[[int, dict[str, float]], None]
 
@@ -107,7 +106,7 @@ class TrainingSetup:
         build its scheduler with ``group_multipliers=setup.group_multipliers``.
         """
         groups = [{"params": p, "lr": base_lr * mult} for mult, p in self.param_groups(model)]
-        return build_optimizer(self.spec.optimizer, groups)
+        return torch_optimizer(self.spec.optimizer, groups)
 
     def train_loader(self, generator: torch.Generator) -> DataLoader:
         """Shuffled train batches in the order ``generator`` gives.
@@ -127,6 +126,20 @@ class TrainingSetup:
     def steps_per_epoch(self) -> int:
         full, rest = divmod(len(self.bundle.train), self.spec.batch_size)
         return full + (1 if rest > 1 else 0)
+
+
+def torch_optimizer(spec: OptimizerSpec, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """The torch optimizer ``spec`` names over ``groups`` (each a dict with params and lr).
+
+    It lives here, not in :mod:`lrtune.spec`, which must not import torch (the HTTP API
+    validates specs without it).
+    """
+    if spec.name == "sgd":
+        return torch.optim.SGD(
+            groups, momentum=spec.momentum, nesterov=spec.nesterov, weight_decay=spec.weight_decay
+        )
+    cls = torch.optim.Adam if spec.name == "adam" else torch.optim.AdamW
+    return cls(groups, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay)
 
 
 def train(

@@ -127,13 +127,13 @@ def test_unreadable_job_files_are_invalid_input_naming_the_file(
     assert str(path) in str(raised.value) and "\n" not in str(raised.value)
 
 
-def test_the_optimizer_spec_builds_through_optim_factory() -> None:
+def test_the_optimizer_spec_builds_the_torch_optimizer() -> None:
     import torch
 
-    from lrtune.optim_factory import build_optimizer
+    from lrtune.training import torch_optimizer
 
     layer = torch.nn.Linear(3, 1)
     spec = JobSpec.model_validate(spec_with(optimizer={"name": "sgd", "nesterov": True}))
-    optimizer = build_optimizer(spec.optimizer, [{"params": layer.parameters(), "lr": 0.5}])
+    optimizer = torch_optimizer(spec.optimizer, [{"params": layer.parameters(), "lr": 0.5}])
     assert isinstance(optimizer, torch.optim.SGD)
     assert optimizer.defaults["nesterov"] and optimizer.param_groups[0]["momentum"] == 0.9
