@@ -122,7 +122,7 @@ def optimizer_code(job: JobSpec, lr: float, *, model_name: str = "model") -> str
 
 
 def _hyperparameters(optimizer: OptimizerSpec) -> list[str]:
-    # The keywords OptimizerSpec.build passes, in its order.
+    # The keywords lrtune.training.torch_optimizer passes, in its order.
     if optimizer.name == "sgd":
         return [
             f"momentum={optimizer.momentum!r}",
