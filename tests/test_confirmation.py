@@ -11,12 +11,12 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
+from small_jobs import small_job
 from torch import nn
 
 from lrtune.recommendation import (
@@ -45,19 +45,7 @@ from lrtune.tuner import (
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def job(extra: dict[str, Any] | None = None, **search: Any) -> JobSpec:
-    extra = dict(extra or {})
-    return JobSpec.model_validate(
-        {
-            "name": f"c-{uuid.uuid4().hex[:12]}",
-            "model": extra.pop("model", {"name": "logreg"}),
-            "dataset": extra.pop("dataset", {"name": "wine"}),
-            "batch_size": extra.pop("batch_size", 32),
-            "range_test": {"seeds": 2, "num_iter": 40},
-            "search": search,
-            **extra,
-        }
-    )
+job = small_job
 
 
 # --- the rule, on constructed values --------------------------------------------------------

@@ -7,13 +7,13 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
 from optuna.trial import TrialState
+from small_jobs import small_job
 
 from lrtune.exceptions import ConflictError
 from lrtune.schedules import FAMILIES, parse_schedule
@@ -36,19 +36,9 @@ from lrtune.tuner import (
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def job(**search: Any) -> JobSpec:
-    extra = search.pop("extra", {})
-    return JobSpec.model_validate(
-        {
-            "name": f"t-{uuid.uuid4().hex[:12]}",
-            "model": extra.pop("model", {"name": "logreg"}),
-            "dataset": extra.pop("dataset", {"name": "wine"}),
-            "batch_size": extra.pop("batch_size", 32),
-            "range_test": {"seeds": 2, "num_iter": 40},
-            "search": {"baselines": False, "confirm_seeds": 0, **search},
-            **extra,
-        }
-    )
+def job(extra: dict[str, Any] | None = None, **search: Any) -> JobSpec:
+    """A small job without baselines or confirmation, unless ``search`` asks for them."""
+    return small_job(extra, **{"baselines": False, "confirm_seeds": 0, **search})
 
 
 def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
