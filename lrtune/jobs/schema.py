@@ -104,7 +104,7 @@ def ensure_current(url: str) -> None:
 
 
 def _refuse_unknown(revision: str | None, engine: Engine) -> None:
-    if revision is not None and _scripts().get_revision(revision) is None:
+    if revision is not None and revision not in _known_revisions():
         raise StorageUnavailableError(
             f"the job store at {_where(engine)} has database schema at revision {revision}, "
             f"which this lrtune does not know (it needs {head_revision()}): a newer lrtune "
@@ -125,6 +125,11 @@ def _config() -> Config:
     config = Config()
     config.set_main_option("script_location", SCRIPT_LOCATION)
     return config
+
+
+@cache
+def _known_revisions() -> frozenset[str]:
+    return frozenset(script.revision for script in _scripts().walk_revisions())
 
 
 @cache

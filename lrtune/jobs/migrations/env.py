@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from alembic import context
 
-from lrtune.jobs.tables import VERSION_TABLE, Base
+from lrtune.jobs.tables import VERSION_TABLE, Base, is_lrtune_table
 
 connection = context.config.attributes["connection"]
 context.configure(
     connection=connection,
     target_metadata=Base.metadata,
     version_table=VERSION_TABLE,
+    include_name=is_lrtune_table,
     render_as_batch=connection.dialect.name == "sqlite",  # SQLite alters tables by copying
 )
 with context.begin_transaction():
