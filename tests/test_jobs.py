@@ -349,6 +349,28 @@ def test_a_job_and_its_optuna_study_share_one_database(store: JobStore, jobs_url
     assert len(loaded.trials) == 2
 
 
+def test_sqlite_reads_do_not_wait_for_a_writer(tmp_path: Path) -> None:
+    """A worker holding the write lock must not stall the API's and dashboard's reads."""
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    store = JobStore(url)
+    job = store.submit(_spec())
+    writer = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # as a worker's claim holds it
+    try:
+        read: list[object] = []
+        reader = threading.Thread(
+            target=lambda: read.extend([store.get(job.id), store.list(), store.events(job.id)])
+        )
+        reader.start()
+        reader.join(timeout=10)
+        assert len(read) == 3, "a read waited for the write lock"
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
 # --- errors and connections ------------------------------------------------------------------
 
 
