@@ -205,16 +205,15 @@ def test_paging_is_stable_while_other_clients_submit(store: JobStore, jobs_url: 
         while not stop.is_set() and len(submitted) < 40:
             submitted.append(other.submit(_spec()).id)
 
+    first = store.list(limit=3)  # jobs submitted from now on are newer than every page
+    seen, after = [job.id for job in first.data], first.next_after
     thread = threading.Thread(target=submit_more)
     thread.start()
     try:
-        seen, after = [], None
-        while True:
+        while after is not None:
+            time.sleep(0.01)
             page = store.list(limit=3, after=after)
             seen += [job.id for job in page.data]
-            time.sleep(0.01)
-            if page.next_after is None:
-                break
             after = page.next_after
     finally:
         stop.set()
