@@ -144,7 +144,36 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true")
     _threads_option(listing, default=argparse.SUPPRESS)  # accepted everywhere; nothing trains
     listing.set_defaults(run=_list)
+
+    db = sub.add_parser("db", help="manage the job store's database")
+    db_sub = db.add_subparsers(required=True, metavar="action", parser_class=_Parser)
+    db_upgrade = db_sub.add_parser("upgrade", help="apply the job store's schema migrations")
+    _database_option(db_upgrade)
+    db_upgrade.set_defaults(run=_db_upgrade)
+
+    submit = sub.add_parser("submit", help="queue a job file in the job store; print its id")
+    submit.add_argument("job", type=Path, help="job spec, YAML or JSON")
+    submit.add_argument("--name", help="the job's name (default: the spec's name)")
+    _database_option(submit)
+    submit.add_argument("--json", action="store_true", help="print the job record as JSON")
+    submit.set_defaults(run=_submit)
+
+    status = sub.add_parser("status", help="show one job, or the most recent jobs")
+    status.add_argument("job_id", nargs="?", help="a job id (default: list recent jobs)")
+    status.add_argument("--limit", type=int, default=20, help="jobs listed (default 20)")
+    _database_option(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(run=_status)
     return parser
+
+
+def _database_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database",
+        metavar="URL",
+        help="job store URL (default: $LRTUNE_DATABASE_URL, else sqlite:///lrtune.db)",
+    )
+    _threads_option(parser, default=argparse.SUPPRESS)  # accepted everywhere; nothing trains
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -366,6 +395,77 @@ def _list(args: argparse.Namespace) -> int:
         print("models:   " + ", ".join(listing["models"]))
         print("datasets: " + ", ".join(listing["datasets"]))
     return 0
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from lrtune.jobs import Settings, upgrade
+    from lrtune.jobs.db import safe_url
+
+    url = args.database or Settings.from_env().database_url
+    print(f"job store at {safe_url(url)} is at revision {upgrade(url)}")
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from lrtune.jobs import JobStore
+
+    spec = JobSpec.from_file(args.job)
+    job = JobStore(args.database).submit(spec, name=args.name)
+    print(job.model_dump_json() if args.json else job.id)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from lrtune.jobs import JobStore
+
+    store = JobStore(args.database)
+    if args.job_id is not None:
+        job = store.get(args.job_id)
+        print(job.model_dump_json() if args.json else _describe_job(job))
+        return 0
+    page = store.list(limit=args.limit)
+    if args.json:
+        print(page.model_dump_json())
+    elif not page.data:
+        print("no jobs")
+    else:
+        print(_jobs_table(page.data))
+    return 0
+
+
+def _describe_job(job: Any) -> str:
+    progress = job.progress
+    lines = [
+        f"job {job.id} ({job.name or 'unnamed'}): {job.status.value}",
+        f"model {job.spec.model.name}, dataset {job.spec.dataset.name}, "
+        f"fingerprint {job.fingerprint[:12]}, study {job.study_name}",
+        f"submitted {job.created_at:%Y-%m-%d %H:%M:%S} UTC, attempts {job.attempts}",
+        f"range test steps {progress.range_test_steps_done}/{progress.range_test_steps_total}, "
+        f"trials {progress.trials_done}/{progress.trials_total}, "
+        f"confirmation runs {progress.confirmations_done}/{progress.confirmations_total}",
+    ]
+    if job.holder_worker_id:
+        lines.append(f"held by worker {job.holder_worker_id} until {job.lease_expires_at}")
+    if job.error:
+        lines.append(f"error: {job.error}")
+    return "\n".join(lines)
+
+
+def _jobs_table(jobs: list[Any]) -> str:
+    rows = [("id", "name", "status", "submitted (UTC)", "trials")]
+    rows += [
+        (
+            job.id,
+            job.name or "-",
+            job.status.value,
+            f"{job.created_at:%Y-%m-%d %H:%M:%S}",
+            f"{job.progress.trials_done}/{job.progress.trials_total}",
+        )
+        for job in jobs
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
 
 
 if __name__ == "__main__":

@@ -110,3 +110,20 @@ def test_reading_a_stored_recommendation_loads_no_heavy_package(tmp_path: Path) 
         assert rec.range_test.suggestion == rec.range_test.model_dump()["suggestion"]
     """
     assert heavy_modules_after(code) == []
+
+
+def test_job_store_commands_load_no_heavy_package(tmp_path: Path) -> None:
+    """``lrtune submit`` and ``lrtune status`` (and the HTTP API) reach the store without torch."""
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    job = tmp_path / "job.yaml"
+    job.write_text("model: {name: mlp}\ndataset: {name: digits}\n")
+    code = f"""
+        import contextlib, io
+        from lrtune.cli import main
+        for argv in (["submit", {str(job)!r}], ["status"], ["db", "upgrade"]):
+            with contextlib.redirect_stdout(io.StringIO()):
+                assert main(argv + ["--database", {url!r}]) == 0
+        from lrtune.jobs import JobStore
+        assert JobStore({url!r}).list().data[0].status.value == "queued"
+    """
+    assert heavy_modules_after(code) == []

@@ -1,0 +1,112 @@
+"""SQLAlchemy helpers shared by the Optuna storage and the job store; no torch, no Optuna.
+
+One place knows how lrtune opens a SQL database:
+
+- a URL is parsed once, and an unusable one is an :class:`~lrtune.exceptions.InvalidInputError`
+  that shows how a good one looks;
+- a SQLite file is switched to WAL (readers never wait for the writer) and opened with a busy
+  timeout, so several processes on one machine share it without "database is locked";
+- on SQLite every transaction begins IMMEDIATE (takes the write lock at once), except on a
+  connection given the execution option ``lrtune_sqlite_begin="DEFERRED"``: a reader that never
+  writes need not queue behind a writer.
+
+Example:
+    >>> parse_url("sqlite:///lrtune.db").get_backend_name()
+    'sqlite'
+    >>> parse_url("not a url")
+    Traceback (most recent call last):
+    ...
+    lrtune.exceptions.InvalidInputError: invalid storage URL 'not a url': use \
+sqlite:///path.db or postgresql+psycopg://user@host/db
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError
+
+from lrtune.exceptions import InvalidInputError, StorageUnavailableError
+
+SQLITE_BUSY_TIMEOUT_S = 60
+SQLITE_BEGIN_OPTION = "lrtune_sqlite_begin"
+"""Execution option naming how a SQLite transaction begins: "IMMEDIATE" (default) or "DEFERRED"."""
+
+
+def parse_url(url: str) -> URL:
+    """``url`` parsed; :class:`InvalidInputError` with an example of a good URL if it is not one."""
+    try:
+        return make_url(url)
+    except ArgumentError as exc:
+        raise InvalidInputError(
+            f"invalid storage URL {url!r}: use sqlite:///path.db or "
+            "postgresql+psycopg://user@host/db"
+        ) from exc
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, or its class name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def begin_immediate(engine: Engine) -> None:
+    """Make every transaction on the SQLite ``engine`` take the write lock when it begins.
+
+    Optuna claims a WAITING trial with ``SELECT ... FOR UPDATE`` and an UPDATE. SQLite ignores
+    FOR UPDATE and pysqlite begins its transaction only at the first write, so two processes
+    can both read WAITING and both claim the trial. BEGIN IMMEDIATE (SQLAlchemy's recipe for
+    pysqlite) makes the read and the write one atomic step; PostgreSQL needs none of this.
+    A connection with the execution option ``lrtune_sqlite_begin="DEFERRED"`` begins a plain
+    read transaction instead (under WAL it neither waits for nor blocks the writer).
+    """
+
+    @event.listens_for(engine, "connect")
+    def _no_pysqlite_transactions(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        mode = connection.get_execution_options().get(SQLITE_BEGIN_OPTION, "IMMEDIATE")
+        connection.exec_driver_sql(f"BEGIN {'DEFERRED' if mode == 'DEFERRED' else 'IMMEDIATE'}")
+
+    engine.dispose()  # pooled connections were opened before the hooks: reopen them
+
+
+def enable_wal(database: str | None, safe_url: str) -> None:
+    """Create the SQLite file's folder and switch the file to WAL mode (stored in the file).
+
+    Raises:
+        InvalidInputError: an in-memory database, which other processes cannot share.
+        StorageUnavailableError: the path is a directory, lies under a regular file, or is
+            not a database.
+    """
+    if not database or database == ":memory:":
+        raise InvalidInputError(
+            "an in-memory SQLite URL cannot be shared: use storage=None instead"
+        )
+    path = Path(database)
+    if path.is_dir():
+        raise StorageUnavailableError(f"cannot open the storage at {safe_url}: is a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise StorageUnavailableError(
+            f"cannot open the storage at {safe_url}: a regular file is in the way"
+        ) from None
+    except OSError as exc:
+        raise StorageUnavailableError(
+            f"cannot open the storage at {safe_url}: {exc.strerror or first_line(exc)}"
+        ) from exc
+    try:
+        with contextlib.closing(sqlite3.connect(database, timeout=SQLITE_BUSY_TIMEOUT_S)) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the database file
+    except sqlite3.Error as exc:  # "file is not a database", "unable to open database file"
+        raise StorageUnavailableError(
+            f"cannot open the storage at {safe_url}: {first_line(exc)}"
+        ) from exc

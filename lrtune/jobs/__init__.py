@@ -1,0 +1,45 @@
+"""lrtune's job store: jobs, their events and results in a SQL database, with migrations.
+
+The HTTP API and the workers use this package, and only this package, to reach the database:
+
+- :class:`JobStore` (:mod:`lrtune.jobs.store`): submit, get, list, cancel, events, results;
+- :class:`Settings` (:mod:`lrtune.jobs.settings`): the database URL (``LRTUNE_DATABASE_URL``,
+  default ``sqlite:///lrtune.db``) and pool sizes;
+- :func:`upgrade` and :func:`check_current` (:mod:`lrtune.jobs.schema`): the schema revision;
+- the returned models (:mod:`lrtune.jobs.schemas`); the tables (:mod:`lrtune.jobs.tables`) and
+  connections (:mod:`lrtune.jobs.db`) are internal.
+
+Importing it loads SQLAlchemy and alembic, never torch or Optuna.
+
+Example:
+    >>> from lrtune.jobs import JobStatus
+    >>> JobStatus.SUCCEEDED.finished
+    True
+"""
+
+from lrtune.jobs.schema import check_current, upgrade
+from lrtune.jobs.schemas import (
+    JobEvent,
+    JobPage,
+    JobProgress,
+    JobRecord,
+    JobStatus,
+    Provenance,
+    StoredRecommendation,
+)
+from lrtune.jobs.settings import Settings
+from lrtune.jobs.store import JobStore
+
+__all__ = [
+    "JobEvent",
+    "JobPage",
+    "JobProgress",
+    "JobRecord",
+    "JobStatus",
+    "JobStore",
+    "Provenance",
+    "Settings",
+    "StoredRecommendation",
+    "check_current",
+    "upgrade",
+]

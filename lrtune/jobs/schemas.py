@@ -1,0 +1,131 @@
+"""What the job store returns: pydantic models, the one schema system of lrtune.
+
+The HTTP API serves these models as they are, and the CLI prints them with ``--json``, so
+their field names are the public names. Stored JSON (a job's spec, a recommendation) is
+validated into the library's own models (:class:`~lrtune.spec.JobSpec`,
+:class:`~lrtune.recommendation.Recommendation`) on the way out; importing this module loads
+neither torch nor Optuna.
+
+Example:
+    >>> JobStatus("queued").finished
+    False
+    >>> sorted(s.value for s in JobStatus if s.finished)
+    ['cancelled', 'failed', 'succeeded']
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, Field
+
+from lrtune._schema import JsonFloat, ResultModel
+from lrtune.recommendation import Recommendation
+from lrtune.spec import JobSpec, SearchSpec
+
+SPEC_FORMAT_VERSION = 1
+"""Format of the job spec JSON stored in ``lrtune_jobs.spec``."""
+RESULT_FORMAT_VERSION = 1
+"""Format of the result JSON stored in ``lrtune_range_tests`` and ``lrtune_recommendations``."""
+
+
+class JobStatus(str, Enum):
+    """A job's state: ``queued -> finding -> searching -> confirming -> succeeded``.
+
+    Any state before ``succeeded`` may end in ``failed`` or ``cancelled``; the three final
+    states never change again.
+    """
+
+    QUEUED = "queued"
+    FINDING = "finding"
+    SEARCHING = "searching"
+    CONFIRMING = "confirming"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        """Whether the state is final."""
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+def _as_utc(value: datetime) -> datetime:
+    """SQLite returns naive datetimes; every stored time is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
+class JobProgress(ResultModel):
+    """How far a job has got; the workers fill it in as they go (all zero when queued)."""
+
+    range_test_steps_done: int = 0
+    range_test_steps_total: int = 0
+    trials_done: int = 0
+    trials_total: int = 0
+    confirmations_done: int = 0
+    confirmations_total: int = 0
+    best_value: JsonFloat | None = Field(None, description="best search metric so far")
+
+
+class JobRecord(ResultModel):
+    """A job as stored: its spec, state, progress and (while a worker holds it) its lease."""
+
+    id: str
+    name: str | None
+    spec: JobSpec
+    fingerprint: str = Field(description="JobSpec.fingerprint(): what determines the answer")
+    study_name: str = Field(description="the job's own Optuna study, named from its id")
+    status: JobStatus
+    progress: JobProgress
+    attempts: int = Field(description="times a worker claimed the job's exclusive phase")
+    error: str | None = Field(description="why the job failed")
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+    holder_worker_id: str | None = Field(description="the worker holding its exclusive phase")
+    lease_expires_at: UtcDatetime | None
+
+
+class JobPage(ResultModel):
+    """One page of jobs, newest first; pass ``next_after`` back for the next page."""
+
+    data: list[JobRecord]
+    next_after: str | None = Field(description="id of the last job here; None on the last page")
+
+
+class JobEvent(ResultModel):
+    """One entry of a job's append-only event feed; ``id`` grows, so it is a resume cursor."""
+
+    id: int
+    job_id: str
+    created_at: UtcDatetime
+    kind: str = Field(description="submitted, status, progress, ...")
+    payload: dict[str, Any]
+
+
+class Provenance(ResultModel):
+    """What produced a stored result: lrtune's version, the rule, the LR bounds, the device."""
+
+    lrtune_version: str
+    rule: str = Field(description="the suggestion rule of the range test")
+    lr_min: float | None = Field(description="lower LR bound the search used")
+    lr_max: float | None = Field(description="upper LR bound the search used")
+    device: str
+    search: SearchSpec | None = Field(description="the search configuration")
+
+
+class StoredRecommendation(ResultModel):
+    """A job's recommendation as stored, with the job that produced it and its provenance."""
+
+    job_id: str
+    fingerprint: str
+    format_version: int
+    provenance: Provenance
+    recommendation: Recommendation
+    created_at: UtcDatetime

@@ -1,0 +1,81 @@
+"""What installing lrtune puts in site-packages: the one top-level package ``lrtune``."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Repo folder -> the package it installs as.
+INSTALLED_AS = {"lrtune": "lrtune", "api": "lrtune/api", "workers": "lrtune/workers"}
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of what the build reads, so that building leaves no build/ in the repo."""
+    copy = tmp_path_factory.mktemp("src")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, copy / name)
+    for folder in INSTALLED_AS:
+        shutil.copytree(REPO / folder, copy / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
+def _pip(*args: str, cwd: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", *args, "--no-deps", "--no-build-isolation", "-q"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def _expected_modules() -> set[str]:
+    """Every .py file of the repo's package folders, at the path it must have in the wheel."""
+    expected = set()
+    for folder, installed in INSTALLED_AS.items():
+        for path in (REPO / folder).rglob("*.py"):
+            if "__pycache__" not in path.parts:
+                expected.add(f"{installed}/{path.relative_to(REPO / folder).as_posix()}")
+    return expected
+
+
+def test_the_wheel_installs_only_lrtune_with_api_workers_and_migrations_inside(
+    source: Path, tmp_path: Path
+) -> None:
+    _pip("wheel", ".", "-w", str(tmp_path), cwd=source)
+    (wheel,) = tmp_path.glob("lrtune-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top_level = {
+        name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")
+    }
+    assert top_level == {"lrtune"}
+    assert {"lrtune/api/__init__.py", "lrtune/workers/__init__.py"} <= set(names)
+    assert {"lrtune/jobs/migrations/env.py", "lrtune/jobs/migrations/script.py.mako"} <= set(names)
+    assert _expected_modules() <= set(names)  # every package listed in pyproject.toml
+
+
+def test_an_editable_install_maps_api_and_workers_under_lrtune(
+    source: Path, tmp_path: Path
+) -> None:
+    _pip("install", "-e", ".", "--prefix", str(tmp_path), cwd=source)
+    (site,) = tmp_path.glob("lib/python*/site-packages")
+    check = f"""
+import site, sys
+sys.path[:] = [p for p in sys.path if p not in ('', {str(REPO)!r})]
+site.addsitedir({str(site)!r})
+import lrtune, lrtune.api, lrtune.workers, lrtune.jobs.migrations
+assert lrtune.api.__file__ == {str(source / "api" / "__init__.py")!r}, lrtune.api.__file__
+assert lrtune.workers.__file__ == {str(source / "workers" / "__init__.py")!r}
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
