@@ -10,28 +10,26 @@ Pool sizes bound the connections one process opens to PostgreSQL: at most
 ``db_pool_size + db_max_overflow`` (default 4 + 4 = 8), shared by everything in the process
 that uses the store. Four workers and the API then hold at most 40 of PostgreSQL's default 100.
 
-(pydantic-settings is not installed in this project's environment, so this is a plain pydantic
-model with a :meth:`Settings.from_env` constructor; it reads the same variables
-``BaseSettings(env_prefix="LRTUNE_")`` would.)
-
 Example:
-    >>> Settings.from_env({}).database_url
+    >>> import os
+    >>> Settings().database_url  # nothing set: the embedded default
     'sqlite:///lrtune.db'
-    >>> Settings.from_env({"LRTUNE_DB_POOL_SIZE": "2"}).db_pool_size
+    >>> os.environ["LRTUNE_DB_POOL_SIZE"] = "2"
+    >>> Settings.from_env().db_pool_size
     2
-    >>> Settings.from_env({"LRTUNE_DB_POOL_SIZE": "0"})
+    >>> os.environ["LRTUNE_DB_POOL_SIZE"] = "0"
+    >>> Settings.from_env()
     Traceback (most recent call last):
     ...
     lrtune.exceptions.InvalidInputError: invalid settings: LRTUNE_DB_POOL_SIZE='0': Input \
 should be greater than or equal to 1
+    >>> del os.environ["LRTUNE_DB_POOL_SIZE"]
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lrtune.exceptions import InvalidInputError, describe_validation_error
 
@@ -39,10 +37,10 @@ ENV_PREFIX = "LRTUNE_"
 DEFAULT_DATABASE_URL = "sqlite:///lrtune.db"
 
 
-class Settings(BaseModel):
+class Settings(BaseSettings):
     """Where the job store lives and how many connections a process may hold to it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     database_url: str = Field(
         DEFAULT_DATABASE_URL,
@@ -55,25 +53,17 @@ class Settings(BaseModel):
     )
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Settings from ``environ`` (default ``os.environ``): ``LRTUNE_<FIELD>`` per field.
+    def from_env(cls) -> Settings:
+        """Settings from the environment (``LRTUNE_<FIELD>`` per field).
 
         Raises:
             InvalidInputError: a variable holds a value its field refuses; the message names
                 the variable.
         """
-        env = os.environ if environ is None else environ
-        values = {
-            field: env[_env_name(field)] for field in cls.model_fields if _env_name(field) in env
-        }
         try:
-            return cls.model_validate(values)
+            return cls()
         except ValidationError as exc:
             message = describe_validation_error(exc)
             for field in cls.model_fields:
-                message = message.replace(f"{field}=", f"{_env_name(field)}=")
+                message = message.replace(f"{field}=", f"{ENV_PREFIX}{field.upper()}=")
             raise InvalidInputError(f"invalid settings: {message}") from None
-
-
-def _env_name(field: str) -> str:
-    return ENV_PREFIX + field.upper()
