@@ -1,4 +1,5 @@
-"""The ``lrtune`` command: ``find`` (range test), ``tune`` (schedule search), ``list``.
+"""The ``lrtune`` command: ``find`` (range test), ``tune`` (schedule search), ``list``, and the
+job store's ``db upgrade``, ``submit`` and ``status``.
 
 Progress goes to stderr, answers to stdout (``--json`` for machines). Bad input ends with a
 one-line ``lrtune: error: ...`` and exit status 2, never a traceback.
@@ -441,7 +442,7 @@ def _describe_job(job: Any) -> str:
         f"fingerprint {job.fingerprint[:12]}, study {job.study_name}",
         f"submitted {job.created_at:%Y-%m-%d %H:%M:%S} UTC, attempts {job.attempts}",
         f"range test steps {progress.range_test_steps_done}/{progress.range_test_steps_total}, "
-        f"trials {progress.trials_done}/{progress.trials_total}, "
+        f"trials {progress.trials_done}/{progress.trials_total or job.spec.search.n_trials}, "
         f"confirmation runs {progress.confirmations_done}/{progress.confirmations_total}",
     ]
     if job.holder_worker_id:
@@ -459,7 +460,7 @@ def _jobs_table(jobs: list[Any]) -> str:
             job.name or "-",
             job.status.value,
             f"{job.created_at:%Y-%m-%d %H:%M:%S}",
-            f"{job.progress.trials_done}/{job.progress.trials_total}",
+            f"{job.progress.trials_done}/{job.progress.trials_total or job.spec.search.n_trials}",
         )
         for job in jobs
     ]
