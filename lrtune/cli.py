@@ -206,13 +206,15 @@ def _find(args: argparse.Namespace) -> int:
     if args.plot:
         _prepare_output_file("--plot", args.plot)
     _start_training(args)
+    from lrtune.result import RangeTestReport
     from lrtune.training import TrainingSetup
     from lrtune.tuner import range_test
 
     setup = TrainingSetup.from_spec(spec)
     result = range_test(setup, progress=not args.quiet)
     if args.json:
-        print(json.dumps({**result.model_dump(mode="json"), "job": spec.model_dump(mode="json")}))
+        report = RangeTestReport.model_validate({**result.model_dump(), "job": spec})
+        print(report.model_dump_json())
     else:
         print(
             f"{spec.model.name} on {spec.dataset.name}, {spec.optimizer.name}, "

@@ -29,6 +29,7 @@ import numpy as np
 from pydantic import ConfigDict, Field, computed_field
 
 from lrtune._schema import JsonFloat, LRSteps, ResultModel
+from lrtune.spec import JobSpec
 from lrtune.suggestions import Consensus, Suggestion, consensus, suggest_all
 
 if TYPE_CHECKING:
@@ -295,3 +296,9 @@ class TrainingRun(ResultModel):
 
     def final(self, metric: str) -> float:
         return self.epochs[-1][metric] if self.epochs else math.nan
+
+
+class RangeTestReport(LRFinderResult):
+    """What ``lrtune find --json`` prints: the range test and the job it ran (as a spec)."""
+
+    job: JobSpec = Field(description="the job the range test ran")

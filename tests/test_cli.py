@@ -30,6 +30,7 @@ import pytest
 import torch
 
 from lrtune.exceptions import InvalidInputError, LRTuneError, StorageUnavailableError
+from lrtune.result import RangeTestReport
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -398,6 +399,9 @@ def test_find_json_acceptance(runs: Runs) -> None:
     assert out["config"]["optimizer"] == "SGD"
     assert out["job"]["model"]["name"] == "mlp"
     assert out["job"]["dataset"]["name"] == "digits"
+    # The JSON is a schema of its own: it reads back, and its job is a valid spec.
+    report = RangeTestReport.model_validate_json(result.stdout)
+    assert report.suggestion == out["suggestion"] and report.job.model.name == "mlp"
 
 
 def test_find_human_output_plot_and_progress(runs: Runs) -> None:
