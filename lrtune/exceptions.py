@@ -57,6 +57,15 @@ class ConflictError(LRTuneError):
     """
 
 
+class LeaseLost(ConflictError):
+    """A worker wrote under a job lease it no longer holds: it expired and another worker
+    claimed the job, the job was cancelled, or the lease was released.
+
+    The write did not land. The worker must stop working on the job (its results may already be
+    superseded by the new holder's) and never retry the write with the same lease.
+    """
+
+
 class StorageUnavailableError(LRTuneError):
     """The storage could not be reached or used (server down, file not a database, disk).
 

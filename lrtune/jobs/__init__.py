@@ -2,7 +2,8 @@
 
 The HTTP API and the workers use this package, and only this package, to reach the database:
 
-- :class:`JobStore` (:mod:`lrtune.jobs.store`): submit, get, list, cancel, events, results;
+- :class:`JobStore` (:mod:`lrtune.jobs.store`): submit, get, list, cancel, events, results,
+  and the workers' leases (claim, renew, advance, release; :class:`Lease`);
 - :class:`Settings` (:mod:`lrtune.jobs.settings`): the database URL (``LRTUNE_DATABASE_URL``,
   default ``sqlite:///lrtune.db``) and pool sizes;
 - :func:`upgrade` and :func:`check_current` (:mod:`lrtune.jobs.schema`): the schema revision;
@@ -24,6 +25,7 @@ from lrtune.jobs.schemas import (
     JobProgress,
     JobRecord,
     JobStatus,
+    Lease,
     Provenance,
     StoredRecommendation,
 )
@@ -37,6 +39,7 @@ __all__ = [
     "JobRecord",
     "JobStatus",
     "JobStore",
+    "Lease",
     "Provenance",
     "Settings",
     "StoredRecommendation",

@@ -82,7 +82,9 @@ class JobRecord(ResultModel):
     study_name: str = Field(description="the job's own Optuna study, named from its id")
     status: JobStatus
     progress: JobProgress
-    attempts: int = Field(description="times a worker claimed the job's exclusive phase")
+    attempts: int = Field(
+        description="claims of the job since it last completed a phase (see JobStore.claim)"
+    )
     error: str | None = Field(description="why the job failed")
     created_at: UtcDatetime
     updated_at: UtcDatetime
@@ -90,6 +92,22 @@ class JobRecord(ResultModel):
     finished_at: UtcDatetime | None
     holder_worker_id: str | None = Field(description="the worker holding its exclusive phase")
     lease_expires_at: UtcDatetime | None
+
+
+class Lease(ResultModel):
+    """A worker's hold on a job's exclusive phase, from :meth:`JobStore.claim`.
+
+    Every write under it is conditional on ``fencing_token``: once another worker claims the
+    job, or it is cancelled or released, the token moves on and the write raises
+    :class:`~lrtune.exceptions.LeaseLost`. ``expires_at`` is by the database's clock.
+    """
+
+    job_id: str
+    worker_id: str
+    fencing_token: int = Field(description="the job's token when claimed; grows per holder")
+    expires_at: UtcDatetime = Field(description="when another worker may take the job over")
+    status: JobStatus = Field(description="the job's state: which exclusive phase to run")
+    attempts: int = Field(description="claims since the job last completed a phase, this one too")
 
 
 class JobPage(ResultModel):

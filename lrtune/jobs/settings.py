@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     db_pool_timeout_s: float = Field(
         30.0, gt=0, description="seconds to wait for a free connection before giving up"
     )
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        description="claims of a job's exclusive phase before a job whose lease keeps "
+        "expiring (its worker died) is failed instead of claimed again",
+    )
 
     @classmethod
     def from_env(cls) -> Settings:

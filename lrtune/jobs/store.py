@@ -16,12 +16,29 @@ Contract (who may change a job, in which state):
 
 - :meth:`JobStore.submit` creates a job ``queued``, with no holder and fencing token 0.
 - The exclusive phases (``finding``: preparing the study and the range test; writing the
-  recommendation) belong to the one worker holding the job's lease (``holder_worker_id``
-  until ``lease_expires_at``, by the database's clock). Every change of holder increases
-  ``fencing_token``, and every write a worker makes under the lease must be conditional on the
-  token it was given; a worker whose write matches no row has lost the job and must stop.
-  (Claiming, renewing and releasing leases, progress and the state advances come with the
-  worker loop; they follow this paragraph.)
+  recommendation, while ``confirming``) belong to the one worker holding the job's lease
+  (``holder_worker_id`` until ``lease_expires_at``, by the database's clock). Every change of
+  holder increases ``fencing_token``, and every write a worker makes under the lease is
+  conditional on the token it was given: :meth:`JobStore.renew`, :meth:`JobStore.advance` and
+  :meth:`JobStore.release` raise :class:`~lrtune.exceptions.LeaseLost` when it moved on (the
+  lease expired and another worker claimed the job, or the job was cancelled), and the worker
+  must stop working on the job. A lease that expired but that nobody has claimed yet is still
+  its holder's: renewing it succeeds.
+- :meth:`JobStore.claim` takes the oldest job that is ``queued`` (it becomes ``finding``), or
+  that is ``finding`` or ``confirming`` under a lease that expired (its worker died; the phase
+  is re-run from its start). ``claim(..., job_id=...)`` takes one named unfinished job that no
+  live lease holds, in whatever state it is (e.g. the worker that finished a ``searching``
+  job's last unit takes it to move it on and write the recommendation). ``attempts`` counts
+  the claims since the job last completed a phase (a release that changes its state resets it
+  to 0; a release that hands the job back unchanged does not count); a claim that finds it at
+  ``Settings.max_attempts`` fails the job with the reason instead.
+- A lease holder moves the job along ``queued -> finding -> searching -> confirming ->
+  succeeded`` one step at a time, or to ``failed`` (with the reason) from any unfinished
+  state; :meth:`JobStore.advance` keeps the lease, :meth:`JobStore.release` gives it up (to a
+  final state, to the next shared phase, or, with no state, hands the job back: a ``finding``
+  job becomes ``queued`` again). Any other change is a
+  :class:`~lrtune.exceptions.ConflictError`. Each change of state appends a ``status`` event
+  in the same transaction.
 - ``searching``/``confirming`` units are shared by several workers through the job's Optuna
   study (its own trial queue and heartbeat), not through this lease.
 - Anyone may :meth:`JobStore.cancel` a job that has not finished: it becomes ``cancelled``,
@@ -49,6 +66,21 @@ Example:
     ['submitted', 'status']
     >>> [j.id for j in store.list().data] == [job.id]
     True
+
+    A worker's lease:
+
+    >>> job = store.submit(spec)
+    >>> lease = store.claim("worker-1", lease_s=30)
+    >>> lease.job_id == job.id, lease.status.value, lease.attempts
+    (True, 'finding', 1)
+    >>> lease = store.renew(lease, lease_s=30)  # from the worker's heartbeat
+    >>> store.release(lease, status="searching").status.value
+    'searching'
+    >>> try:  # released: the token moved on, so the old lease writes nothing
+    ...     store.advance(lease, "confirming")
+    ... except LeaseLost:
+    ...     print("lease lost")
+    lease lost
 """
 
 from __future__ import annotations
@@ -57,10 +89,10 @@ import builtins
 import uuid
 from typing import Any
 
-from sqlalchemy import delete, inspect, select, text, tuple_, update
+from sqlalchemy import and_, delete, inspect, or_, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
-from lrtune.exceptions import ConflictError, InvalidInputError, NotFoundError
+from lrtune.exceptions import ConflictError, InvalidInputError, LeaseLost, NotFoundError
 from lrtune.jobs import tables
 from lrtune.jobs.db import get_engine, safe_url, session
 from lrtune.jobs.schema import ensure_current
@@ -72,6 +104,7 @@ from lrtune.jobs.schemas import (
     JobProgress,
     JobRecord,
     JobStatus,
+    Lease,
     Provenance,
     StoredRecommendation,
 )
@@ -81,6 +114,18 @@ from lrtune.spec import JobSpec
 
 MAX_PAGE = 500
 MAX_NAME_LENGTH = 120
+MAX_WORKER_ID_LENGTH = 64
+
+NEXT_STATUS = {
+    JobStatus.QUEUED: JobStatus.FINDING,
+    JobStatus.FINDING: JobStatus.SEARCHING,
+    JobStatus.SEARCHING: JobStatus.CONFIRMING,
+    JobStatus.CONFIRMING: JobStatus.SUCCEEDED,
+}
+"""The one step a lease holder may move an unfinished job on; ``failed`` is also allowed."""
+
+EXCLUSIVE_STATUSES = (JobStatus.FINDING, JobStatus.CONFIRMING)
+"""States whose work a lease holds; an expired lease in them is claimed again."""
 
 
 class JobStore:
@@ -94,6 +139,7 @@ class JobStore:
 
     def __init__(self, url: str | None = None, *, settings: Settings | None = None) -> None:
         settings = settings or Settings.from_env()
+        self.settings = settings
         self.url = url or settings.database_url
         self._engine = get_engine(self.url, settings)
         ensure_current(self.url)
@@ -209,6 +255,147 @@ class JobStore:
             s.refresh(row)
             return JobEvent.model_validate(row, from_attributes=True)
 
+    def claim(self, worker_id: str, lease_s: float, *, job_id: str | None = None) -> Lease | None:
+        """Take a job's exclusive phase for ``lease_s`` seconds; ``None`` if there is none.
+
+        Without ``job_id``: the oldest job that is ``queued`` (it becomes ``finding``) or whose
+        lease expired while ``finding`` or ``confirming``. With ``job_id``: that job, if it is
+        unfinished and no live lease holds it. Atomic across workers (``FOR UPDATE SKIP
+        LOCKED`` on PostgreSQL, an IMMEDIATE transaction on SQLite): each job has one holder.
+        A job claimed ``Settings.max_attempts`` times without completing its phase is failed
+        with the reason instead, and the next candidate is tried.
+
+        Raises:
+            InvalidInputError: ``lease_s`` is not positive, or ``worker_id`` is empty or longer
+                than 64 characters.
+            NotFoundError: no job ``job_id``.
+        """
+        _check_lease_args(worker_id, lease_s)
+        with session(self._engine, write=True) as s:
+            if job_id is not None:
+                _find(s, job_id)
+            while True:
+                row = s.scalars(_claim_query(job_id)).first()
+                if row is None:
+                    return None
+                if row.attempts >= self.settings.max_attempts:
+                    self._fail_exhausted(s, row)
+                    if job_id is not None:
+                        return None
+                    continue
+                return _take(s, row, worker_id, lease_s)
+
+    def renew(self, lease: Lease, lease_s: float) -> Lease:
+        """Extend the lease to ``lease_s`` seconds from now (the worker's heartbeat).
+
+        Raises:
+            LeaseLost: another worker claimed the job, or it was cancelled or released.
+        """
+        _check_lease_args(lease.worker_id, lease_s)
+        with session(self._engine, write=True) as s:
+            row = _fenced(s, lease)
+            _fenced_update(s, lease, lease_expires_at=tables.utc_after(lease_s))
+            s.refresh(row)
+            return Lease.model_validate({**dict(lease), "expires_at": row.lease_expires_at})
+
+    def advance(
+        self,
+        lease: Lease,
+        status: JobStatus | str | None = None,
+        progress: JobProgress | None = None,
+    ) -> JobRecord:
+        """Move the job on to ``status`` and/or record ``progress``, keeping the lease.
+
+        ``status`` must be the job's next state (see the module) and not a final one: a final
+        state is reached through :meth:`release`. Progress appends a ``progress`` event.
+
+        Raises:
+            LeaseLost: the lease moved on (see :meth:`renew`); nothing was written.
+            ConflictError: the job may not move from its state to ``status``.
+            InvalidInputError: ``status`` is final.
+        """
+        wanted = _status(status) if status is not None else None
+        if wanted is not None and wanted.finished:
+            raise InvalidInputError(
+                f"advance cannot finish a job ({wanted.value}): release the lease with the status"
+            )
+        with session(self._engine, write=True) as s:
+            row = _fenced(s, lease)
+            values: dict[str, Any] = {}
+            was = JobStatus(row.status)
+            if wanted is not None and wanted is not was:
+                _check_transition(lease.job_id, was, wanted)
+                values["status"] = wanted.value
+            return _write(s, lease, row, was, values, progress)
+
+    def release(
+        self,
+        lease: Lease,
+        status: JobStatus | str | None = None,
+        progress: JobProgress | None = None,
+        error: str | None = None,
+    ) -> JobRecord:
+        """Give the lease up, moving the job on to ``status``; its token grows.
+
+        With no ``status`` the job is handed back as it is (a ``finding`` job becomes
+        ``queued``, its range test to be re-run) and the claim does not count as an attempt;
+        with one, it must be the next state or ``failed``, which needs ``error``.
+
+        Raises:
+            LeaseLost: the lease moved on (see :meth:`renew`); nothing was written.
+            ConflictError: the job may not move from its state to ``status``.
+            InvalidInputError: ``failed`` without an ``error``.
+        """
+        wanted = _status(status) if status is not None else None
+        if wanted is JobStatus.FAILED and not error:
+            raise InvalidInputError("a job released as failed needs the error that failed it")
+        with session(self._engine, write=True) as s:
+            row = _fenced(s, lease)
+            was = JobStatus(row.status)
+            values: dict[str, Any] = {
+                "holder_worker_id": None,
+                "lease_expires_at": None,
+                "fencing_token": tables.Job.fencing_token + 1,
+            }
+            if wanted is None or wanted is was:
+                values["attempts"] = tables.Job.attempts - 1
+                if was is JobStatus.FINDING:
+                    values["status"] = JobStatus.QUEUED.value
+            else:
+                _check_transition(lease.job_id, was, wanted)
+                values.update(status=wanted.value, attempts=0)
+                if wanted.finished:
+                    values["finished_at"] = tables.utcnow()
+            if error is not None:
+                values["error"] = error
+            record = _write(s, lease, row, was, values, progress)
+            if "status" not in values:
+                _add_event(s, lease.job_id, "released", {"worker_id": lease.worker_id})
+            return record
+
+    def _fail_exhausted(self, s: Session, row: tables.Job) -> None:
+        limit = self.settings.max_attempts
+        reason = (
+            f"retry limit reached: the job's {row.status} phase was claimed {row.attempts} "
+            f"times and its lease expired each time (its worker stopped; the limit is "
+            f"LRTUNE_MAX_ATTEMPTS={limit})"
+        )
+        s.execute(
+            update(tables.Job)
+            .where(tables.Job.id == row.id)
+            .values(
+                status=JobStatus.FAILED.value,
+                error=reason,
+                finished_at=tables.utcnow(),
+                updated_at=tables.utcnow(),
+                holder_worker_id=None,
+                lease_expires_at=None,
+                fencing_token=tables.Job.fencing_token + 1,
+            )
+        )
+        payload = {"from": row.status, "to": JobStatus.FAILED.value, "error": reason}
+        _add_event(s, row.id, "status", payload)
+
     def save_recommendation(
         self, job_id: str, recommendation: Recommendation, provenance: Provenance
     ) -> StoredRecommendation:
@@ -301,6 +488,132 @@ def _add_event(s: Session, job_id: str, kind: str, payload: dict[str, Any]) -> t
     row = tables.JobEvent(job_id=job_id, kind=kind, payload=payload)
     s.add(row)
     return row
+
+
+def _check_lease_args(worker_id: str, lease_s: float) -> None:
+    if not 1 <= len(worker_id) <= MAX_WORKER_ID_LENGTH:
+        raise InvalidInputError(f"worker id must be 1 to {MAX_WORKER_ID_LENGTH} characters")
+    if not lease_s > 0:
+        raise InvalidInputError(f"lease_s must be a positive number of seconds, got {lease_s}")
+
+
+def _claim_query(job_id: str | None) -> Any:
+    """The oldest claimable job, locked for this transaction (others skip it)."""
+    job = tables.Job
+    expired = and_(job.holder_worker_id.is_not(None), job.lease_expires_at < tables.utcnow())
+    if job_id is None:
+        exclusive = [status.value for status in EXCLUSIVE_STATUSES]
+        claimable = or_(
+            job.status == JobStatus.QUEUED.value, and_(job.status.in_(exclusive), expired)
+        )
+    else:
+        unfinished = [status.value for status in JobStatus if not status.finished]
+        free = or_(job.holder_worker_id.is_(None), expired)
+        claimable = and_(job.id == job_id, job.status.in_(unfinished), free)
+    return (
+        select(job)
+        .where(claimable)
+        .order_by(job.created_at, job.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+
+
+def _take(s: Session, row: tables.Job, worker_id: str, lease_s: float) -> Lease:
+    was = JobStatus(row.status)
+    previous_holder = row.holder_worker_id
+    now = JobStatus.FINDING if was is JobStatus.QUEUED else was
+    s.execute(
+        update(tables.Job)
+        .where(tables.Job.id == row.id)
+        .values(
+            status=now.value,
+            holder_worker_id=worker_id,
+            lease_expires_at=tables.utc_after(lease_s),
+            fencing_token=tables.Job.fencing_token + 1,
+            attempts=tables.Job.attempts + 1,
+            updated_at=tables.utcnow(),
+            started_at=row.started_at or tables.utcnow(),
+        )
+    )
+    s.refresh(row)
+    claimed = {"worker_id": worker_id, "attempts": row.attempts, "took_over": previous_holder}
+    _add_event(s, row.id, "claimed", claimed)
+    if now is not was:
+        moved = {"from": was.value, "to": now.value, "worker_id": worker_id}
+        _add_event(s, row.id, "status", moved)
+    return Lease(
+        job_id=row.id,
+        worker_id=worker_id,
+        fencing_token=row.fencing_token,
+        expires_at=row.lease_expires_at,
+        status=now,
+        attempts=row.attempts,
+    )
+
+
+def _fenced(s: Session, lease: Lease) -> tables.Job:
+    """The leased job's row, locked; :class:`LeaseLost` unless ``lease`` still holds it."""
+    row = s.get(tables.Job, lease.job_id, with_for_update=True)
+    if (
+        row is None
+        or row.fencing_token != lease.fencing_token
+        or row.holder_worker_id != lease.worker_id
+    ):
+        raise LeaseLost(
+            f"worker {lease.worker_id!r} no longer holds the lease of job {lease.job_id} "
+            f"(token {lease.fencing_token}): it expired and another worker claimed the job, "
+            "or the job was cancelled or released; stop working on it"
+        )
+    return row
+
+
+def _fenced_update(s: Session, lease: Lease, **values: Any) -> None:
+    """UPDATE the job only where the lease's token still holds (a second line of defence)."""
+    result = s.execute(
+        update(tables.Job)
+        .where(
+            tables.Job.id == lease.job_id,
+            tables.Job.fencing_token == lease.fencing_token,
+            tables.Job.holder_worker_id == lease.worker_id,
+        )
+        .values(updated_at=tables.utcnow(), **values)
+    )
+    if result.rowcount != 1:
+        raise LeaseLost(f"worker {lease.worker_id!r} lost the lease of job {lease.job_id}")
+
+
+def _check_transition(job_id: str, was: JobStatus, wanted: JobStatus) -> None:
+    if was.finished or wanted not in (NEXT_STATUS.get(was), JobStatus.FAILED):
+        allowed = "nothing" if was.finished else f"{NEXT_STATUS[was].value} or failed"
+        raise ConflictError(
+            f"job {job_id} is {was.value}: it cannot become {wanted.value} (allowed: {allowed})"
+        )
+
+
+def _write(
+    s: Session,
+    lease: Lease,
+    row: tables.Job,
+    was: JobStatus,
+    values: dict[str, Any],
+    progress: JobProgress | None,
+) -> JobRecord:
+    """One fenced write of a lease holder, with its ``status`` and ``progress`` events."""
+    if progress is not None:
+        values["progress"] = progress.model_dump(mode="json")
+    _fenced_update(s, lease, **values)
+    status = values.get("status")
+    if status is not None and status != was.value:
+        payload: dict[str, Any] = {"from": was.value, "to": status, "worker_id": lease.worker_id}
+        if values.get("error") is not None:
+            payload["error"] = values["error"]
+        _add_event(s, lease.job_id, "status", payload)
+    if progress is not None:
+        _add_event(s, lease.job_id, "progress", progress.model_dump(mode="json"))
+    s.flush()
+    s.refresh(row)
+    return _job_record(row)
 
 
 def _job_record(row: tables.Job) -> JobRecord:

@@ -41,6 +41,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    literal,
 )
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -105,6 +106,30 @@ def _utcnow_postgresql(_element: utcnow, _compiler: Any, **_kw: Any) -> str:
 @compiles(utcnow, "sqlite")
 def _utcnow_sqlite(_element: utcnow, _compiler: Any, **_kw: Any) -> str:
     return "strftime('%Y-%m-%d %H:%M:%f000', 'now')"
+
+
+class utc_after(FunctionElement[datetime]):
+    """The database's current UTC time plus ``seconds``: a lease's expiry, by one clock.
+
+    Rendered in the same forms as :class:`utcnow`, so stored expiries compare with it.
+    """
+
+    type = DateTime(timezone=True)
+    inherit_cache = True
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(literal(float(seconds), Float()))
+
+
+@compiles(utc_after)
+def _utc_after_default(element: utc_after, compiler: Any, **kw: Any) -> str:
+    return f"(now() + make_interval(secs => {compiler.process(element.clauses, **kw)}))"
+
+
+@compiles(utc_after, "sqlite")
+def _utc_after_sqlite(element: utc_after, compiler: Any, **kw: Any) -> str:
+    seconds = compiler.process(element.clauses, **kw)
+    return f"strftime('%Y-%m-%d %H:%M:%f000', 'now', printf('%.6f seconds', {seconds}))"
 
 
 class Base(DeclarativeBase):
