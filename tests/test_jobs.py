@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import optuna
@@ -402,9 +403,8 @@ def test_a_store_whose_database_went_away_raises_storage_unavailable(tmp_path: P
 
 @pytest.mark.postgres
 def test_stores_in_one_process_share_one_bounded_pool(postgres_url: str) -> None:
-    url = sa.engine.make_url(postgres_url).update_query_dict(
-        {"application_name": "lrtune-pool-test"}
-    )
+    name = f"lrtune-pool-test-{uuid.uuid4().hex[:8]}"  # other runs may share the server
+    url = sa.engine.make_url(postgres_url).update_query_dict({"application_name": name})
     url = url.render_as_string(hide_password=False)
     settings = Settings(database_url=url, db_pool_size=2, db_max_overflow=2)
     upgrade(postgres_url)
@@ -422,7 +422,8 @@ def test_stores_in_one_process_share_one_bounded_pool(postgres_url: str) -> None
     def count() -> int:
         with counter.connect() as conn:
             return conn.exec_driver_sql(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'lrtune-pool-test'"
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %(name)s",
+                {"name": name},
             ).scalar()
 
     threads = [threading.Thread(target=busy, args=(stores[i % 6],)) for i in range(12)]
