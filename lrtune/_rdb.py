@@ -110,3 +110,16 @@ def enable_wal(database: str | None, safe_url: str) -> None:
         raise StorageUnavailableError(
             f"cannot open the storage at {safe_url}: {first_line(exc)}"
         ) from exc
+
+
+def engine_kwargs(parsed: URL, safe_url: str) -> dict[str, Any]:
+    """The ``create_engine`` keywords every lrtune engine needs, whoever owns it.
+
+    SQLite: the file switched to WAL mode and a busy timeout, so several processes share it
+    without "database is locked". Servers: ``pool_pre_ping``, so a restarted database costs a
+    reconnect, not an error. Callers add their pool sizes.
+    """
+    if parsed.get_backend_name() == "sqlite":
+        enable_wal(parsed.database, safe_url)
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+    return {"pool_pre_ping": True}

@@ -19,9 +19,8 @@ import optuna
 from sqlalchemy.exc import DBAPIError, NoSuchModuleError
 
 from lrtune._rdb import (
-    SQLITE_BUSY_TIMEOUT_S,
     begin_immediate,
-    enable_wal,
+    engine_kwargs,
     first_line,
     parse_url,
 )
@@ -52,12 +51,7 @@ def open_storage(
         return optuna.storages.InMemoryStorage()
     parsed = parse_url(url)
     safe = parsed.render_as_string(hide_password=True)
-    engine_kwargs: dict[str, object] = {}
-    if parsed.get_backend_name() == "sqlite":
-        enable_wal(parsed.database, safe)
-        engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
-    else:
-        engine_kwargs["pool_pre_ping"] = True
+    kwargs = engine_kwargs(parsed, safe)
     with warnings.catch_warnings():  # heartbeat and retry are "experimental" since Optuna 2.8
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(
@@ -66,7 +60,7 @@ def open_storage(
         try:
             storage = optuna.storages.RDBStorage(
                 url,
-                engine_kwargs=engine_kwargs,
+                engine_kwargs=kwargs,
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period or 3 * heartbeat_interval,
                 heartbeat_stale_trial_callback=retry,

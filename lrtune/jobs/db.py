@@ -54,9 +54,8 @@ from sqlalchemy.orm import Session
 
 from lrtune._rdb import (
     SQLITE_BEGIN_OPTION,
-    SQLITE_BUSY_TIMEOUT_S,
     begin_immediate,
-    enable_wal,
+    engine_kwargs,
     first_line,
     parse_url,
 )
@@ -101,13 +100,9 @@ def safe_url(url: str) -> str:
 def _create_engine(url: str, settings: Settings) -> Engine:
     parsed = parse_url(url)
     safe = parsed.render_as_string(hide_password=True)
-    kwargs: dict[str, Any] = {}
-    if parsed.get_backend_name() == "sqlite":
-        enable_wal(parsed.database, safe)
-        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
-    else:
+    kwargs = engine_kwargs(parsed, safe)
+    if parsed.get_backend_name() != "sqlite":
         kwargs.update(
-            pool_pre_ping=True,
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_max_overflow,
             pool_timeout=settings.db_pool_timeout_s,
