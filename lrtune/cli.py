@@ -475,12 +475,11 @@ def _worker(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the worker logs one line per change
     logging.getLogger("lrtune.workers").setLevel(logging.INFO)
     threads = getattr(args, "threads", None)
+    chosen = "--threads" if threads is not None else "LRTUNE_TORCH_THREADS"
     if threads is None and not os.environ.get("LRTUNE_TORCH_THREADS"):
-        threads = 1
-        logging.getLogger("lrtune.workers").info(
-            "torch threads: 1 (default for a worker; --threads or LRTUNE_TORCH_THREADS to change)"
-        )
+        threads, chosen = 1, "the worker's default; set --threads or LRTUNE_TORCH_THREADS"
     threads = set_torch_threads(threads)
+    logging.getLogger("lrtune.workers").info("torch threads: %d (%s)", threads, chosen)
     store = JobStore(args.database)
     worker = Worker(store, device=args.device, lease_s=lease_s, artifact_dir=args.artifact_dir)
     with stop_on_signals():
