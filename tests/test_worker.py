@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,11 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from lrtune._optuna import ATTR_FAIL_REASON
+from lrtune._optuna import ATTR_BOUNDS, ATTR_FAIL_REASON
 from lrtune.jobs import JobRecord, JobStatus, JobStore, tables, upgrade
 from lrtune.jobs.db import get_engine
 from lrtune.spec import JobSpec
+from lrtune.workers.loop import Worker
 
 REPO = Path(__file__).resolve().parents[1]
 N_TRIALS = 3
@@ -216,3 +218,60 @@ def test_sigterm_stops_a_worker_mid_trial_and_another_finishes_the_job(
     study = optuna.load_study(study_name=job.study_name, storage=sqlite_url)
     (failed,) = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
     assert failed.user_attrs[ATTR_FAIL_REASON].startswith("interrupted")
+
+
+LONG_RANGE_TEST = {**JOB, "range_test": {"seeds": 2, "num_iter": 400, "diverge_threshold": 1e9}}
+SHORT_LEASE_S = 0.4
+
+
+def _run_in_thread(worker: Worker) -> threading.Thread:
+    thread = threading.Thread(target=worker.run, kwargs={"once": True}, daemon=True)
+    thread.start()
+    return thread
+
+
+def _wait_for_status(store: JobStore, job_id: str, status: JobStatus) -> None:
+    deadline = time.monotonic() + 30
+    while store.get(job_id).status is not status:
+        assert time.monotonic() < deadline, f"job never became {status.value}"
+        time.sleep(0.02)
+
+
+def test_the_heartbeat_renews_the_lease_through_a_range_test_longer_than_the_lease(
+    sqlite_url: str,
+) -> None:
+    (job_id,) = _submit(sqlite_url, 1, LONG_RANGE_TEST)
+    store = JobStore(sqlite_url)
+    thread = _run_in_thread(Worker(store, device="cpu", lease_s=SHORT_LEASE_S, worker_id="w1"))
+    _wait_for_status(store, job_id, JobStatus.FINDING)
+
+    stolen = []
+    while store.get(job_id).status is JobStatus.FINDING:  # several leases long
+        stolen.append(store.claim("thief", lease_s=30))
+        time.sleep(SHORT_LEASE_S / 4)
+    thread.join(timeout=60)
+
+    assert len(stolen) > 8 and not any(stolen)
+    _check_finished_exactly(store, sqlite_url, job_id)
+
+
+def test_a_worker_that_loses_its_lease_stops_the_range_test_and_writes_nothing(
+    sqlite_url: str,
+) -> None:
+    (job_id,) = _submit(sqlite_url, 1, LONG_RANGE_TEST)
+    store = JobStore(sqlite_url)
+    thread = _run_in_thread(Worker(store, device="cpu", lease_s=SHORT_LEASE_S, worker_id="w1"))
+    _wait_for_status(store, job_id, JobStatus.FINDING)
+
+    store.cancel(job_id)  # the token moves on: the worker's next renewal meets LeaseLost
+    thread.join(timeout=30)
+
+    assert not thread.is_alive()
+    job = store.get(job_id)
+    assert job.status is JobStatus.CANCELLED
+    try:
+        study = optuna.load_study(study_name=job.study_name, storage=sqlite_url)
+    except KeyError:  # cancelled before the study was created
+        return
+    assert ATTR_BOUNDS not in study.user_attrs  # the range test stopped before storing
+    assert not study.get_trials()
