@@ -275,3 +275,17 @@ def test_a_worker_that_loses_its_lease_stops_the_range_test_and_writes_nothing(
         return
     assert ATTR_BOUNDS not in study.user_attrs  # the range test stopped before storing
     assert not study.get_trials()
+
+
+def test_a_job_whose_range_test_raises_fails_with_the_reason(sqlite_url: str) -> None:
+    broken = {**JOB, "model": {"name": "logreg", "params": {"depth": 3}}}  # logreg has no depth
+    (job_id,) = _submit(sqlite_url, 1, broken)
+    store = JobStore(sqlite_url)
+
+    worked_on = Worker(store, device="cpu", worker_id="w1").run(once=True)
+
+    assert worked_on == 1
+    job = store.get(job_id)
+    assert job.status is JobStatus.FAILED
+    assert job.error is not None and "depth" in job.error
+    assert job.holder_worker_id is None

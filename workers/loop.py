@@ -63,6 +63,7 @@ from lrtune.tuner import (
     run_confirmation,
     run_trials,
     stored_bounds,
+    stored_range_test,
 )
 
 logger = logging.getLogger("lrtune.workers")
@@ -235,7 +236,7 @@ class Worker:
         confirm = open_confirmation(study, job.spec)
         progress = job.progress.model_copy(
             update={
-                "range_test_steps_done": job.spec.range_test.num_iter,
+                "range_test_steps_done": len(stored_range_test(study).lrs),  # to divergence
                 "range_test_steps_total": job.spec.range_test.num_iter,
                 "trials_total": len(study.get_trials(deepcopy=False)),
                 "confirmations_total": len(confirm.get_trials(deepcopy=False)),
