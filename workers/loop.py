@@ -48,7 +48,7 @@ from typing import Any
 import optuna
 
 from lrtune import __version__
-from lrtune._optuna import fail_stale_trials, has_unfinished, has_waiting
+from lrtune._optuna import fail_stale_trials, has_unfinished, has_waiting, storage_errors
 from lrtune.device import resolve_device
 from lrtune.exceptions import ConflictError, LeaseLost, LRTuneError, StorageUnavailableError
 from lrtune.jobs import JobProgress, JobRecord, JobStatus, JobStore, Lease, Provenance
@@ -202,7 +202,7 @@ class Worker:
         job = self.store.get(lease.job_id)
         started = time.monotonic()
         try:
-            with _Heartbeat(self.store, lease, self.lease_s) as heartbeat:
+            with _Heartbeat(self.store, lease, self.lease_s) as heartbeat, storage_errors():
                 if lease.status is JobStatus.FINDING:
                     self._find(job, lease, heartbeat)
                 elif lease.status is JobStatus.SEARCHING:
@@ -211,10 +211,8 @@ class Worker:
                     self._finish(job, lease, heartbeat)
         except LeaseLost as exc:
             _log(job.id, self.id, lease.status.value, "abandoned", reason=str(exc))
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, StorageUnavailableError):  # not the job's fault: hand it back
             self._hand_back(lease)
-            raise
-        except StorageUnavailableError:
             raise
         except Exception as exc:
             self._fail(lease, exc)
@@ -272,13 +270,15 @@ class Worker:
     def _help(self, job: JobRecord) -> bool:
         """Run the queued units of a shared job; move it on if none is left. True if it worked."""
         try:
-            study = open_study(job.spec, self._optuna_storage(), job.study_name)
-            searching = job.status is JobStatus.SEARCHING
-            queue = study if searching else open_confirmation(study, job.spec)
-            worked = has_waiting(queue)
-            if worked:
-                self._run_units(job, study)
-            fail_stale_trials(queue)
+            with storage_errors():
+                study = open_study(job.spec, self._optuna_storage(), job.study_name)
+                searching = job.status is JobStatus.SEARCHING
+                queue = study if searching else open_confirmation(study, job.spec)
+                worked = has_waiting(queue)
+                if worked:
+                    self._run_units(job, study)
+                fail_stale_trials(queue)
+                unfinished = has_unfinished(queue)
         except KeyboardInterrupt:
             self._requeue(job)
             raise
@@ -289,7 +289,7 @@ class Worker:
             if lease is not None:
                 self._fail(lease, exc)
             return True
-        if has_unfinished(queue):
+        if unfinished:
             return worked
         lease = self._claim(job.id)
         if lease is not None:
