@@ -515,12 +515,15 @@ def run_trials(
     timeout_s: float | None = None,
     wait_for_others: bool = True,
     progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
 ) -> None:
     """Run queued trials of a prepared study until the queue is empty (or time is up).
 
     With ``wait_for_others``, keep waiting while trials run elsewhere, so that a trial whose
     worker died (stale heartbeat) is re-queued and run here. Without a heartbeat on the storage
     a dead worker's trial would never go stale, so then nothing is waited for.
+    ``should_stop`` is asked after each trial; True stops the run there (e.g. the job was
+    cancelled), leaving the rest of the queue.
     """
     _drain(
         study,
@@ -530,6 +533,7 @@ def run_trials(
         wait_for_others=wait_for_others,
         progress=progress,
         show_best=True,
+        should_stop=should_stop,
     )
 
 
@@ -540,6 +544,7 @@ def run_confirmation(
     artifact_dir: Path | None = None,
     wait_for_others: bool = True,
     progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
 ) -> bool:
     """Run the confirmation units of a searched study until none is left; True if it ran them.
 
@@ -548,7 +553,7 @@ def run_confirmation(
     the search is unfinished and this returns False (a later run finishes and confirms it).
     While trials run in other processes, with ``wait_for_others`` (and a heartbeat on the
     storage) this waits for them; otherwise it returns False at once and leaves the units to
-    whichever process finishes the search.
+    whichever process finishes the search. ``should_stop`` is as in :func:`run_trials`.
     """
     while has_unfinished(study):
         heartbeat = heartbeat_interval(study)
@@ -563,6 +568,7 @@ def run_confirmation(
         timeout_s=None,
         wait_for_others=wait_for_others,
         progress=progress,
+        should_stop=should_stop,
     )
     return True
 
@@ -576,8 +582,10 @@ def _drain(
     wait_for_others: bool,
     progress: bool,
     show_best: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> None:
-    """Pop and run ``study``'s queued trials until the queue is empty or the time is up."""
+    """Pop and run ``study``'s queued trials until the queue is empty, the time is up, or
+    ``should_stop`` says so after a trial."""
     total = len(study.get_trials(deepcopy=False, states=(*FINISHED, *UNFINISHED)))
     bar = tqdm(total=total, desc=desc, disable=None if progress else True, unit="run")
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -588,7 +596,11 @@ def _drain(
             best = _best_value(study)
             bar.set_postfix(best=f"{best:.4g}" if best is not None else "-")
         bar.refresh()
+        if should_stop is not None and should_stop():
+            stopped.append(trial.number)
+            study.stop()
 
+    stopped: list[int] = []
     with bar:
         while deadline is None or time.monotonic() < deadline:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -600,9 +612,10 @@ def _drain(
                     catch=(TrialFailed,),
                     gc_after_trial=False,
                 )
-                break  # timed out: stop starting trials
+                break  # timed out or stopped: stop starting trials
             except QueueEmpty:
-                pass
+                if stopped:
+                    break
             heartbeat = heartbeat_interval(study)
             if not (wait_for_others and heartbeat and has_unfinished(study)):
                 break

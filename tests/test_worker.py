@@ -289,3 +289,23 @@ def test_a_job_whose_range_test_raises_fails_with_the_reason(sqlite_url: str) ->
     assert job.status is JobStatus.FAILED
     assert job.error is not None and "depth" in job.error
     assert job.holder_worker_id is None
+
+
+def test_a_cancelled_job_stops_its_search_after_the_running_trial(sqlite_url: str) -> None:
+    many_trials = {**JOB, "search": {**JOB["search"], "n_trials": 40, "epochs": 10}}
+    (job_id,) = _submit(sqlite_url, 1, many_trials)
+    store = JobStore(sqlite_url)
+    thread = _run_in_thread(Worker(store, device="cpu", worker_id="w1"))
+    _wait_for_status(store, job_id, JobStatus.SEARCHING)
+    study = optuna.load_study(study_name=store.get(job_id).study_name, storage=sqlite_url)
+    while not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        time.sleep(0.02)
+
+    store.cancel(job_id)
+    thread.join(timeout=30)
+
+    assert not thread.is_alive()
+    assert store.get(job_id).status is JobStatus.CANCELLED
+    counts = _trial_counts(sqlite_url, study.study_name)
+    assert counts["waiting"] > 30  # the rest of the queue was left, its results readable
+    assert counts["complete"] + counts["pruned"] >= 1

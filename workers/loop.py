@@ -299,14 +299,24 @@ class Worker:
 
     def _run_units(self, job: JobRecord, study: optuna.Study) -> None:
         setup = self._setup(job)
-        artifacts = self.artifact_dir
+        options: dict[str, Any] = {
+            "artifact_dir": self.artifact_dir,
+            "wait_for_others": False,
+            "progress": False,
+            "should_stop": lambda: self._has_ended(job.id),
+        }
         _log(job.id, self.id, job.status.value, "helping")
         if job.status is JobStatus.SEARCHING:
-            run_trials(study, setup, artifact_dir=artifacts, wait_for_others=False, progress=False)
+            run_trials(study, setup, **options)
         else:
-            run_confirmation(
-                study, setup, artifact_dir=artifacts, wait_for_others=False, progress=False
-            )
+            run_confirmation(study, setup, **options)
+
+    def _has_ended(self, job_id: str) -> bool:
+        """Whether the job ended (was cancelled, or failed) while this worker ran its units."""
+        ended = self.store.get(job_id).status.finished
+        if ended:
+            _log(job_id, self.id, "shared", "stopped", reason="the job has ended")
+        return ended
 
     def _requeue(self, job: JobRecord) -> None:
         """Queue again the units this worker's interruption left FAILED."""
