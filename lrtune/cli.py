@@ -167,7 +167,7 @@ def _parser() -> argparse.ArgumentParser:
     status.set_defaults(run=_status)
 
     worker = sub.add_parser("worker", help="take jobs from the job store and run them")
-    _database_option(worker)
+    _database_option(worker, trains=True)
     worker.add_argument("--device", default="auto", help="auto, cpu or cuda:N (default auto)")
     worker.add_argument(
         "--max-jobs", type=int, metavar="N", help="work on at most N jobs, then exit"
@@ -192,13 +192,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _database_option(parser: argparse.ArgumentParser) -> None:
+def _database_option(parser: argparse.ArgumentParser, *, trains: bool = False) -> None:
     parser.add_argument(
         "--database",
         metavar="URL",
         help="job store URL (default: $LRTUNE_DATABASE_URL, else sqlite:///lrtune.db)",
     )
-    _threads_option(parser, default=argparse.SUPPRESS)  # accepted everywhere; nothing trains
+    if trains:  # the worker: one thread unless told, so that workers share the cores
+        worker_threads = "torch CPU threads (default: $LRTUNE_TORCH_THREADS, else 1)"
+        _threads_option(parser, argparse.SUPPRESS, worker_threads)
+    else:
+        _threads_option(parser, default=argparse.SUPPRESS)  # accepted everywhere; nothing trains
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -208,14 +212,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     _threads_option(parser, default=argparse.SUPPRESS)
 
 
-def _threads_option(parser: argparse.ArgumentParser, default: Any) -> None:
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=default,
-        metavar="N",
-        help="torch CPU threads (default: $LRTUNE_TORCH_THREADS, else torch's)",
-    )
+def _threads_option(
+    parser: argparse.ArgumentParser,
+    default: Any,
+    help_text: str = "torch CPU threads (default: $LRTUNE_TORCH_THREADS, else torch's)",
+) -> None:
+    parser.add_argument("--threads", type=int, default=default, metavar="N", help=help_text)
 
 
 def _start_training(args: argparse.Namespace) -> None:
@@ -477,7 +479,7 @@ def _worker(args: argparse.Namespace) -> int:
     threads = getattr(args, "threads", None)
     chosen = "--threads" if threads is not None else "LRTUNE_TORCH_THREADS"
     if threads is None and not os.environ.get("LRTUNE_TORCH_THREADS"):
-        threads, chosen = 1, "the worker's default; set --threads or LRTUNE_TORCH_THREADS"
+        threads, chosen = 1, "a worker's default; change it with --threads"
     threads = set_torch_threads(threads)
     logging.getLogger("lrtune.workers").info("torch threads: %d (%s)", threads, chosen)
     store = JobStore(args.database)

@@ -19,6 +19,7 @@ import yaml
 from optuna.trial import TrialState
 
 from lrtune._optuna import ATTR_BOUNDS, ATTR_FAIL_REASON
+from lrtune.cli import main
 from lrtune.jobs import JobRecord, JobStatus, JobStore, tables, upgrade
 from lrtune.jobs.db import get_engine
 from lrtune.spec import JobSpec
@@ -309,3 +310,28 @@ def test_a_cancelled_job_stops_its_search_after_the_running_trial(sqlite_url: st
     counts = _trial_counts(sqlite_url, study.study_name)
     assert counts["waiting"] > 30  # the rest of the queue was left, its results readable
     assert counts["complete"] + counts["pruned"] >= 1
+
+
+def test_max_jobs_bounds_the_jobs_a_worker_takes_part_in(sqlite_url: str) -> None:
+    first, second, third = _submit(sqlite_url, 3)
+    store = JobStore(sqlite_url)
+
+    worked_on = Worker(store, device="cpu", worker_id="w1").run(max_jobs=2)
+
+    assert worked_on == 2
+    for job_id in (first, second):
+        _check_finished_exactly(store, sqlite_url, job_id)
+    assert store.get(third).status is JobStatus.QUEUED
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [(["--max-jobs", "0"], "--max-jobs must be >= 1"), (["--lease-s", "0"], "--lease-s must be")],
+)
+def test_worker_options_out_of_range_are_one_line_errors(
+    sqlite_url: str, option: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["worker", "--database", sqlite_url, *option])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
