@@ -72,6 +72,8 @@ DEFAULT_LEASE_S = 60.0
 """Seconds a lease lasts without renewal: how long a dead worker's exclusive phase waits."""
 IDLE_POLL_S = 1.0
 """Seconds an idle worker waits before looking for work again."""
+SETUPS_KEPT = 4
+"""Jobs whose loaded data a worker keeps, so that helping them again does not reload it."""
 SUGGESTION_RULE = "consensus"
 """The range test's rule whose suggestion and bounds a job's search uses."""
 
@@ -98,8 +100,13 @@ class _Heartbeat:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop renewing (before the write that releases the lease: no renewal races it)."""
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
 
     def _renew_until_stopped(self) -> None:
         while not self._stop.wait(self.lease_s / 3):
@@ -206,7 +213,7 @@ class Worker:
                 if lease.status is JobStatus.FINDING:
                     self._find(job, lease, heartbeat)
                 elif lease.status is JobStatus.SEARCHING:
-                    self._end_search(job, lease)
+                    self._end_search(job, lease, heartbeat)
                 else:
                     self._finish(job, lease, heartbeat)
         except LeaseLost as exc:
@@ -230,7 +237,6 @@ class Worker:
             study_name=job.study_name,
             callback=heartbeat.check,
         )
-        heartbeat.check()
         confirm = open_confirmation(study, job.spec)
         progress = job.progress.model_copy(
             update={
@@ -240,11 +246,14 @@ class Worker:
                 "confirmations_total": len(confirm.get_trials(deepcopy=False)),
             }
         )
+        heartbeat.stop()
+        heartbeat.check()
         self.store.release(lease, status=JobStatus.SEARCHING, progress=progress)
 
-    def _end_search(self, job: JobRecord, lease: Lease) -> None:
+    def _end_search(self, job: JobRecord, lease: Lease, heartbeat: _Heartbeat) -> None:
         """Move a ``searching`` job whose search is over to ``confirming``."""
         study = open_study(job.spec, self._optuna_storage(), job.study_name)
+        heartbeat.stop()
         if has_unfinished(study):  # a unit was re-queued meanwhile: still searching
             self.store.release(lease)
             return
@@ -254,9 +263,11 @@ class Worker:
         """Write the recommendation of a job whose confirmation is over; it succeeds."""
         study = open_study(job.spec, self._optuna_storage(), job.study_name)
         if has_unfinished(open_confirmation(study, job.spec)):  # units left for the helpers
+            heartbeat.stop()
             self.store.release(lease)
             return
         recommendation = recommend(study, self._setup(job))
+        heartbeat.stop()
         heartbeat.check()
         try:
             self.store.save_recommendation(
@@ -342,8 +353,10 @@ class Worker:
             _log(lease.job_id, self.id, lease.status.value, "abandoned", reason=reason)
 
     def _setup(self, job: JobRecord) -> TrainingSetup:
-        """The job's model and data on this worker's device, loaded once per job."""
+        """The job's model and data on this worker's device, kept for the last few jobs."""
         if job.id not in self._setups:
+            if len(self._setups) >= SETUPS_KEPT:
+                del self._setups[next(iter(self._setups))]  # the oldest
             self._setups[job.id] = TrainingSetup.from_spec(job.spec, self.device)
         return self._setups[job.id]
 
