@@ -222,7 +222,7 @@ def test_sigterm_stops_a_worker_mid_trial_and_another_finishes_the_job(
 
 
 LONG_RANGE_TEST = {**JOB, "range_test": {"seeds": 2, "num_iter": 400, "diverge_threshold": 1e9}}
-SHORT_LEASE_S = 0.4
+SHORT_LEASE_S = 1.0
 
 
 def _run_in_thread(worker: Worker) -> threading.Thread:
@@ -253,7 +253,7 @@ def test_the_heartbeat_renews_the_lease_through_a_range_test_longer_than_the_lea
     held_s = time.monotonic() - started
     thread.join(timeout=60)
 
-    assert held_s > 3 * SHORT_LEASE_S and not any(stolen)
+    assert held_s > 1.5 * SHORT_LEASE_S and not any(stolen)  # it outlived its lease
     _check_finished_exactly(store, sqlite_url, job_id)
 
 
