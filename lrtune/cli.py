@@ -1,5 +1,5 @@
 """The ``lrtune`` command: ``find`` (range test), ``tune`` (schedule search), ``list``, and the
-job store's ``db upgrade``, ``submit`` and ``status``.
+job store's ``db upgrade``, ``submit``, ``status`` and ``worker``.
 
 Progress goes to stderr, answers to stdout (``--json`` for machines). Bad input ends with a
 one-line ``lrtune: error: ...`` and exit status 2, never a traceback.
@@ -165,16 +165,44 @@ def _parser() -> argparse.ArgumentParser:
     _database_option(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(run=_status)
+
+    worker = sub.add_parser("worker", help="take jobs from the job store and run them")
+    _database_option(worker, trains=True)
+    worker.add_argument("--device", default="auto", help="auto, cpu or cuda:N (default auto)")
+    worker.add_argument(
+        "--max-jobs", type=int, metavar="N", help="work on at most N jobs, then exit"
+    )
+    worker.add_argument(
+        "--once", action="store_true", help="exit as soon as no job has work to take"
+    )
+    worker.add_argument(
+        "--lease-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds a job's exclusive phase is held without renewal (default 60)",
+    )
+    worker.add_argument(
+        "--artifact-dir",
+        type=Path,
+        help="where trials checkpoint each epoch, so an interrupted one resumes (shared by "
+        "the workers that may resume it)",
+    )
+    worker.set_defaults(run=_worker)
     return parser
 
 
-def _database_option(parser: argparse.ArgumentParser) -> None:
+def _database_option(parser: argparse.ArgumentParser, *, trains: bool = False) -> None:
     parser.add_argument(
         "--database",
         metavar="URL",
         help="job store URL (default: $LRTUNE_DATABASE_URL, else sqlite:///lrtune.db)",
     )
-    _threads_option(parser, default=argparse.SUPPRESS)  # accepted everywhere; nothing trains
+    if trains:  # the worker: one thread unless told, so that workers share the cores
+        worker_threads = "torch CPU threads (default: $LRTUNE_TORCH_THREADS, else 1)"
+        _threads_option(parser, argparse.SUPPRESS, worker_threads)
+    else:
+        _threads_option(parser, default=argparse.SUPPRESS)  # accepted everywhere; nothing trains
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -184,14 +212,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     _threads_option(parser, default=argparse.SUPPRESS)
 
 
-def _threads_option(parser: argparse.ArgumentParser, default: Any) -> None:
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=default,
-        metavar="N",
-        help="torch CPU threads (default: $LRTUNE_TORCH_THREADS, else torch's)",
-    )
+def _threads_option(
+    parser: argparse.ArgumentParser,
+    default: Any,
+    help_text: str = "torch CPU threads (default: $LRTUNE_TORCH_THREADS, else torch's)",
+) -> None:
+    parser.add_argument("--threads", type=int, default=default, metavar="N", help=help_text)
 
 
 def _start_training(args: argparse.Namespace) -> None:
@@ -433,6 +459,34 @@ def _status(args: argparse.Namespace) -> int:
         print("no jobs")
     else:
         print(_jobs_table(page.data))
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from lrtune.device import set_torch_threads
+    from lrtune.jobs import JobStore
+    from lrtune.workers.loop import DEFAULT_LEASE_S, Worker, stop_on_signals
+
+    if args.max_jobs is not None and args.max_jobs < 1:
+        raise CliError(f"--max-jobs must be >= 1, got {args.max_jobs}")
+    lease_s = DEFAULT_LEASE_S if args.lease_s is None else args.lease_s
+    if not lease_s > 0:
+        raise CliError(f"--lease-s must be a positive number of seconds, got {lease_s}")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the worker logs one line per change
+    logging.getLogger("lrtune.workers").setLevel(logging.INFO)
+    threads = getattr(args, "threads", None)
+    chosen = "--threads" if threads is not None else "LRTUNE_TORCH_THREADS"
+    if threads is None and not os.environ.get("LRTUNE_TORCH_THREADS"):
+        threads, chosen = 1, "a worker's default; change it with --threads"
+    threads = set_torch_threads(threads)
+    logging.getLogger("lrtune.workers").info("torch threads: %d (%s)", threads, chosen)
+    store = JobStore(args.database)
+    worker = Worker(store, device=args.device, lease_s=lease_s, artifact_dir=args.artifact_dir)
+    with stop_on_signals():
+        jobs = worker.run(max_jobs=args.max_jobs, once=args.once)
+    print(f"worker {worker.id} ({threads} threads) stopped after working on {jobs} jobs")
     return 0
 
 

@@ -97,6 +97,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Storage = str | optuna.storages.BaseStorage | None
+INTERRUPTED = "interrupted"
 NO_FAIL_REASON = "no reason recorded: the process died or stopped sending heartbeats"
 
 
@@ -172,11 +173,15 @@ def _resolve_storage(storage: Storage) -> optuna.storages.BaseStorage:
     return open_storage(storage) if storage is None or isinstance(storage, str) else storage
 
 
-def open_study(spec: JobSpec, storage: Storage) -> QueuedStudy:
-    """Create the job's search study, or load it when it exists (a resumed or shared job)."""
+def open_study(spec: JobSpec, storage: Storage, study_name: str | None = None) -> QueuedStudy:
+    """Create the job's search study, or load it when it exists (a resumed or shared job).
+
+    ``study_name`` defaults to ``spec.study_name()``; the job store names each job's study from
+    the job's id instead (``JobRecord.study_name``), and its workers pass that name.
+    """
     return open_queued_study(
         _resolve_storage(storage),
-        spec.study_name(),
+        study_name or spec.study_name(),
         direction=spec.search.direction or "minimize",
         sampler=make_sampler(spec),
         pruner=make_pruner(spec),
@@ -205,22 +210,26 @@ def prepare_study(
     *,
     setup: TrainingSetup | None = None,
     progress: bool = True,
+    study_name: str | None = None,
+    callback: StepCallback | None = None,
 ) -> QueuedStudy:
     """Run the range test and enqueue the trial budget and the confirmation units.
 
     Safe to call again after a crash: the range test is kept on the study, and only the trials
     and units that are not yet in the storage are enqueued (a FAILED one again, to resume).
+    ``study_name`` is as in :func:`open_study`; ``callback`` is called after each range-test
+    step (what it raises stops the range test before anything is stored).
     """
-    study = open_study(spec, storage)
+    study = open_study(spec, storage, study_name)
     stored = study.user_attrs.get(ATTR_SPEC)
     if stored is not None and JobSpec.model_validate(stored) != spec:
         raise ConflictError(
-            f"study {spec.study_name()!r} exists with a different job spec: give the job another "
+            f"study {study.study_name!r} exists with a different job spec: give the job another "
             "name, or use another storage"
         )
     setup = setup or TrainingSetup.from_spec(spec)
     if ATTR_BOUNDS not in study.user_attrs:
-        result = range_test(setup, progress=progress)
+        result = range_test(setup, progress=progress, callback=callback)
         bounds = search_bounds(result)
         study.set_user_attr(ATTR_SPEC, spec.model_dump(mode="json"))
         study.set_user_attr(ATTR_RANGE_TEST, result.model_dump(mode="json"))
@@ -288,6 +297,30 @@ def _enqueue_missing(study: optuna.Study, slots: list[Slot]) -> None:
             study.enqueue_trial(params, user_attrs={ATTR_SLOT: slot, **attrs})
 
 
+def requeue_interrupted(study: optuna.Study) -> int:
+    """Queue again each slot whose trials all FAILED by interruption; return how many.
+
+    A worker stopped by SIGTERM or Ctrl-C leaves its trial FAILED ("interrupted"); the retry has
+    the same parameters and root trial, so it resumes from that trial's checkpoint. Trials that
+    failed for a reason of their own (the training raised) are not retried here.
+    """
+    trials = study.get_trials(deepcopy=False)
+    live = {t.user_attrs.get(ATTR_SLOT) for t in trials if t.state != TrialState.FAIL}
+    interrupted = {
+        t.user_attrs.get(ATTR_SLOT): t
+        for t in trials
+        if t.state == TrialState.FAIL
+        and str(t.user_attrs.get(ATTR_FAIL_REASON, "")).startswith(INTERRUPTED)
+    }
+    retried = 0
+    for slot, trial in interrupted.items():
+        if slot is not None and slot not in live:
+            retry = {k: v for k, v in trial.user_attrs.items() if k != ATTR_FAIL_REASON}
+            study.enqueue_trial(trial.params, user_attrs=retry)
+            retried += 1
+    return retried
+
+
 def baseline_schedules(spec: JobSpec, bounds: LRBounds) -> list[tuple[str, dict[str, Any], float]]:
     """(name, schedule, LR) of each baseline: constant at the suggestion, the default LR."""
     if not spec.search.baselines:
@@ -338,7 +371,7 @@ def _guarded(trial: optuna.Trial, training: Callable[[], T]) -> T:
         trial.set_user_attr(ATTR_FAIL_REASON, reason)
         raise TrialFailed(reason) from exc
     except BaseException as exc:
-        trial.set_user_attr(ATTR_FAIL_REASON, f"interrupted ({type(exc).__name__})")
+        trial.set_user_attr(ATTR_FAIL_REASON, f"{INTERRUPTED} ({type(exc).__name__})")
         raise
 
 
@@ -482,12 +515,15 @@ def run_trials(
     timeout_s: float | None = None,
     wait_for_others: bool = True,
     progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
 ) -> None:
     """Run queued trials of a prepared study until the queue is empty (or time is up).
 
     With ``wait_for_others``, keep waiting while trials run elsewhere, so that a trial whose
     worker died (stale heartbeat) is re-queued and run here. Without a heartbeat on the storage
     a dead worker's trial would never go stale, so then nothing is waited for.
+    ``should_stop`` is asked after each trial; True stops the run there (e.g. the job was
+    cancelled), leaving the rest of the queue.
     """
     _drain(
         study,
@@ -497,6 +533,7 @@ def run_trials(
         wait_for_others=wait_for_others,
         progress=progress,
         show_best=True,
+        should_stop=should_stop,
     )
 
 
@@ -507,6 +544,7 @@ def run_confirmation(
     artifact_dir: Path | None = None,
     wait_for_others: bool = True,
     progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
 ) -> bool:
     """Run the confirmation units of a searched study until none is left; True if it ran them.
 
@@ -515,7 +553,7 @@ def run_confirmation(
     the search is unfinished and this returns False (a later run finishes and confirms it).
     While trials run in other processes, with ``wait_for_others`` (and a heartbeat on the
     storage) this waits for them; otherwise it returns False at once and leaves the units to
-    whichever process finishes the search.
+    whichever process finishes the search. ``should_stop`` is as in :func:`run_trials`.
     """
     while has_unfinished(study):
         heartbeat = heartbeat_interval(study)
@@ -530,6 +568,7 @@ def run_confirmation(
         timeout_s=None,
         wait_for_others=wait_for_others,
         progress=progress,
+        should_stop=should_stop,
     )
     return True
 
@@ -543,8 +582,10 @@ def _drain(
     wait_for_others: bool,
     progress: bool,
     show_best: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> None:
-    """Pop and run ``study``'s queued trials until the queue is empty or the time is up."""
+    """Pop and run ``study``'s queued trials until the queue is empty, the time is up, or
+    ``should_stop`` says so after a trial."""
     total = len(study.get_trials(deepcopy=False, states=(*FINISHED, *UNFINISHED)))
     bar = tqdm(total=total, desc=desc, disable=None if progress else True, unit="run")
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -555,7 +596,11 @@ def _drain(
             best = _best_value(study)
             bar.set_postfix(best=f"{best:.4g}" if best is not None else "-")
         bar.refresh()
+        if should_stop is not None and should_stop():
+            stopped.append(trial.number)
+            study.stop()
 
+    stopped: list[int] = []
     with bar:
         while deadline is None or time.monotonic() < deadline:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -567,9 +612,10 @@ def _drain(
                     catch=(TrialFailed,),
                     gc_after_trial=False,
                 )
-                break  # timed out: stop starting trials
+                break  # timed out or stopped: stop starting trials
             except QueueEmpty:
-                pass
+                if stopped:
+                    break
             heartbeat = heartbeat_interval(study)
             if not (wait_for_others and heartbeat and has_unfinished(study)):
                 break

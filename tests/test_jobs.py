@@ -17,6 +17,7 @@ import lrtune
 from lrtune.exceptions import (
     ConflictError,
     InvalidInputError,
+    LeaseLost,
     NotFoundError,
     StorageUnavailableError,
 )
@@ -437,3 +438,46 @@ def test_stores_in_one_process_share_one_bounded_pool(postgres_url: str) -> None
     counter.dispose()
     assert 1 <= max(peak) <= 4  # db_pool_size + db_max_overflow, however many stores
     assert len(stores[0].events(job.id, limit=500)) == 1 + 12 * 15
+
+
+def test_save_recommendation_under_a_lease_writes_only_while_the_lease_holds(
+    store: JobStore, recommendation: lrtune.Recommendation
+) -> None:
+    held, lost = store.submit(recommendation.spec), store.submit(recommendation.spec)
+    lease = store.claim("w1", lease_s=30, job_id=held.id)
+    stale = store.claim("w2", lease_s=30, job_id=lost.id)
+    store.cancel(lost.id)  # the token moves on: w2's lease no longer holds the job
+
+    saved = store.save_recommendation(held.id, recommendation, _provenance(), lease=lease)
+    with pytest.raises(LeaseLost):
+        store.save_recommendation(lost.id, recommendation, _provenance(), lease=stale)
+    with pytest.raises(InvalidInputError, match="lease is for job"):
+        store.save_recommendation(lost.id, recommendation, _provenance(), lease=lease)
+
+    assert saved.job_id == held.id
+    store.release(lease, status="failed", error="only to finish it")
+    store.cancel(store.submit(recommendation.spec).id)
+    with get_engine(store.url).connect() as conn:
+        saved_for = conn.scalars(sa.select(tables.Recommendation.job_id)).all()
+    assert saved_for == [held.id]
+
+
+def test_shared_jobs_are_the_searching_and_confirming_ones_oldest_first(store: JobStore) -> None:
+    ids = []
+    for _ in range(5):
+        ids.append(store.submit(_spec()).id)
+        time.sleep(0.003)
+    steps = {"finding": [], "searching": ["searching"], "confirming": ["searching", "confirming"]}
+    wanted = ["confirming", "searching", "finding", "searching"]  # and the fifth stays queued
+    for job_id, status in zip(ids[:4], wanted, strict=True):
+        lease = store.claim("w1", lease_s=30, job_id=job_id)  # queued -> finding
+        for step in steps[status]:
+            store.advance(lease, step)
+        if status != "finding":
+            store.release(lease)  # a shared phase: nobody holds it
+    store.cancel(store.submit(_spec()).id)
+
+    assert [job.id for job in store.shared_jobs()] == [ids[0], ids[1], ids[3]]
+    assert [job.id for job in store.shared_jobs(limit=1)] == [ids[0]]
+    with pytest.raises(InvalidInputError):
+        store.shared_jobs(limit=0)

@@ -246,6 +246,24 @@ class JobStore:
             ).all()
             return [JobEvent.model_validate(row, from_attributes=True) for row in rows]
 
+    def shared_jobs(self, limit: int = 50) -> builtins.list[JobRecord]:
+        """Jobs in a shared phase (``searching``, ``confirming``), oldest first: a read.
+
+        A free worker helps the first of them that has a unit it may take, so one huge job
+        does not starve the ones submitted after it.
+        """
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidInputError(f"limit must be 1 to {MAX_PAGE}, got {limit}")
+        shared = [JobStatus.SEARCHING.value, JobStatus.CONFIRMING.value]
+        query = (
+            select(tables.Job)
+            .where(tables.Job.status.in_(shared))
+            .order_by(tables.Job.created_at, tables.Job.id)
+            .limit(limit)
+        )
+        with session(self._engine, write=False) as s:
+            return [_job_record(row) for row in s.scalars(query).all()]
+
     def append_event(self, job_id: str, kind: str, payload: dict[str, Any]) -> JobEvent:
         """Add an event to the job's feed and return it (with its id, the reader's cursor)."""
         with session(self._engine, write=True) as s:
@@ -397,14 +415,22 @@ class JobStore:
         _add_event(s, row.id, "status", payload)
 
     def save_recommendation(
-        self, job_id: str, recommendation: Recommendation, provenance: Provenance
+        self,
+        job_id: str,
+        recommendation: Recommendation,
+        provenance: Provenance,
+        *,
+        lease: Lease | None = None,
     ) -> StoredRecommendation:
         """Store the job's recommendation (one per job; a second is a :class:`ConflictError`).
 
-        The lease-fenced write a worker makes at the end of a job will go through this.
+        A worker passes its ``lease``: the write then lands only while the lease holds the job
+        (:class:`~lrtune.exceptions.LeaseLost` otherwise, and nothing is written).
         """
+        if lease is not None and lease.job_id != job_id:
+            raise InvalidInputError(f"the lease is for job {lease.job_id}, not {job_id}")
         with session(self._engine, write=True) as s:
-            job = _find(s, job_id, for_update=True)
+            job = _fenced(s, lease) if lease is not None else _find(s, job_id, for_update=True)
             row = tables.Recommendation(
                 job_id=job_id,
                 fingerprint=job.fingerprint,

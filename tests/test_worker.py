@@ -1,0 +1,338 @@
+"""``lrtune worker`` processes on a real job store: jobs submitted through the CLI are found,
+searched, confirmed and recommended, by one worker or several, and a worker stopped by
+SIGTERM hands its work to the next."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from lrtune._optuna import ATTR_BOUNDS, ATTR_FAIL_REASON
+from lrtune.cli import main
+from lrtune.jobs import JobRecord, JobStatus, JobStore, tables, upgrade
+from lrtune.jobs.db import get_engine
+from lrtune.spec import JobSpec
+from lrtune.workers.loop import Worker
+
+REPO = Path(__file__).resolve().parents[1]
+N_TRIALS = 3
+CONFIRM_SEEDS = 2
+FINALISTS = 2
+JOB = {
+    "model": {"name": "logreg"},
+    "dataset": {"name": "wine"},
+    "batch_size": 32,
+    "range_test": {"seeds": 2, "num_iter": 30},
+    "search": {
+        "n_trials": N_TRIALS,
+        "epochs": 2,
+        "confirm_seeds": CONFIRM_SEEDS,
+        "finalists": FINALISTS,
+        "families": ["constant", "cosine"],
+    },
+}
+# Finalists on each confirmation seed; two baselines on the search seed and each confirmation seed.
+PLANNED_CONFIRMATION_RUNS = FINALISTS * CONFIRM_SEEDS + 2 * (1 + CONFIRM_SEEDS)
+FINISHED = ("complete", "pruned")
+
+
+@pytest.fixture
+def jobs_url(storage_url: str) -> str:
+    """A job store URL with an empty, current schema (SQLite: a new file)."""
+    if storage_url.startswith("postgresql"):
+        with get_engine(storage_url).begin() as conn:
+            for table in [*tables.Base.metadata.tables, tables.VERSION_TABLE]:
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table} CASCADE")
+    upgrade(storage_url)
+    return storage_url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    upgrade(url)
+    return url
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "LRTUNE_TORCH_THREADS": "1"}
+
+
+def _lrtune(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lrtune.cli", *args],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _start_worker(url: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "lrtune.cli", "worker", "--database", url, "--lease-s", "6", *args],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _submit_with_the_cli(url: str, tmp_path: Path) -> str:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(JOB))
+    submitted = _lrtune("submit", str(path), "--database", url)
+    assert submitted.returncode == 0, submitted.stderr
+    return submitted.stdout.strip()
+
+
+def _submit(url: str, n: int, job: dict[str, Any] | None = None) -> list[str]:
+    """``n`` jobs through the store's Python API (faster than a process each)."""
+    store = JobStore(url)
+    return [store.submit(JobSpec.model_validate(job or JOB)).id for _ in range(n)]
+
+
+def _trial_counts(url: str, study_name: str) -> dict[str, int]:
+    study = optuna.load_study(study_name=study_name, storage=url)
+    states = [t.state.name.lower() for t in study.get_trials(deepcopy=False)]
+    return {state: states.count(state) for state in ("complete", "pruned", "fail", "waiting")}
+
+
+def _range_tests_run(store: JobStore, job: JobRecord) -> int:
+    """How many times the job left ``finding`` for ``searching`` (its range test completed)."""
+    events = store.events(job.id, limit=500)
+    return sum(
+        e.kind == "status" and (e.payload["from"], e.payload["to"]) == ("finding", "searching")
+        for e in events
+    )
+
+
+def _check_finished_exactly(store: JobStore, url: str, job_id: str) -> None:
+    job = store.get(job_id)
+    assert job.status is JobStatus.SUCCEEDED, job.error
+    assert job.holder_worker_id is None
+    assert _range_tests_run(store, job) == 1
+    counts = _trial_counts(url, job.study_name)
+    assert counts["complete"] + counts["pruned"] == N_TRIALS
+    assert counts["waiting"] == 0
+    confirm = _trial_counts(url, job.study_name + ":confirm")
+    assert confirm["complete"] + confirm["pruned"] == PLANNED_CONFIRMATION_RUNS
+
+
+def test_one_worker_runs_two_submitted_jobs_to_recommendations(
+    jobs_url: str, tmp_path: Path
+) -> None:
+    first = _submit_with_the_cli(jobs_url, tmp_path)
+    (second,) = _submit(jobs_url, 1)
+
+    done = _lrtune("worker", "--database", jobs_url, "--once", timeout=120)
+
+    assert done.returncode == 0, done.stderr
+    assert "torch threads: 1" in done.stderr
+    assert "working on 2 jobs" in done.stdout
+    store = JobStore(jobs_url)
+    for job_id in (first, second):
+        _check_finished_exactly(store, jobs_url, job_id)
+    status = _lrtune("status", "--database", jobs_url)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.count("succeeded") == 2
+    assert f"{N_TRIALS}/{N_TRIALS}" in status.stdout
+    stored = store.latest_recommendation(store.get(first).fingerprint)
+    assert stored is not None and stored.job_id in (first, second)
+    recommendation = stored.recommendation
+    assert sum(recommendation.n_trials[s] for s in FINISHED) == N_TRIALS
+    assert sum(recommendation.n_confirmation[s] for s in FINISHED) == PLANNED_CONFIRMATION_RUNS
+    assert recommendation.n_trials["fail"] == recommendation.n_confirmation["fail"] == 0
+    assert recommendation.confirmed
+    assert stored.provenance.device == "cpu"
+    assert stored.provenance.search == store.get(first).spec.search
+
+
+def test_two_workers_share_three_jobs_and_run_each_range_test_once(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    job_ids = _submit(sqlite_url, 3)
+
+    workers = [_start_worker(sqlite_url, "--once") for _ in range(2)]
+    outputs = [w.communicate(timeout=120) for w in workers]
+
+    for worker, (_, stderr) in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, stderr
+        assert "database is locked" not in stderr
+    store = JobStore(sqlite_url)
+    for job_id in job_ids:
+        _check_finished_exactly(store, sqlite_url, job_id)
+        claims = [e for e in store.events(job_id, limit=500) if e.kind == "claimed"]
+        assert all(not e.payload["took_over"] for e in claims)  # no lease ever expired
+
+
+def _wait_for_running_trial(url: str, store: JobStore, job_id: str, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        job = store.get(job_id)
+        if job.status is JobStatus.SEARCHING:
+            study = optuna.load_study(study_name=job.study_name, storage=url)
+            if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                return
+        time.sleep(0.02)
+    pytest.fail("the worker never started a search trial")
+
+
+def test_sigterm_stops_a_worker_mid_trial_and_another_finishes_the_job(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    long_trials = {**JOB, "search": {**JOB["search"], "epochs": 40}}
+    (job_id,) = _submit(sqlite_url, 1, long_trials)
+    store = JobStore(sqlite_url)
+    artifacts = str(tmp_path / "artifacts")
+    first = _start_worker(sqlite_url, "--artifact-dir", artifacts)
+    _wait_for_running_trial(sqlite_url, store, job_id, time.monotonic() + 60)
+
+    first.send_signal(signal.SIGTERM)
+    stopped_at = time.monotonic()
+    _, stderr = first.communicate(timeout=30)
+
+    assert first.returncode == 0, stderr
+    assert time.monotonic() - stopped_at < 10
+    assert "interrupted" in stderr
+    assert store.get(job_id).status is JobStatus.SEARCHING
+    second = _lrtune("worker", "--database", sqlite_url, "--once", "--artifact-dir", artifacts)
+    assert second.returncode == 0, second.stderr
+    job = store.get(job_id)
+    assert job.status is JobStatus.SUCCEEDED, job.error
+    counts = _trial_counts(sqlite_url, job.study_name)
+    assert counts["complete"] + counts["pruned"] == N_TRIALS
+    assert counts["fail"] == 1  # the interrupted trial, re-run by the second worker
+    study = optuna.load_study(study_name=job.study_name, storage=sqlite_url)
+    (failed,) = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    assert failed.user_attrs[ATTR_FAIL_REASON].startswith("interrupted")
+
+
+LONG_RANGE_TEST = {**JOB, "range_test": {"seeds": 2, "num_iter": 400, "diverge_threshold": 1e9}}
+SHORT_LEASE_S = 1.0
+
+
+def _run_in_thread(worker: Worker) -> threading.Thread:
+    thread = threading.Thread(target=worker.run, kwargs={"once": True}, daemon=True)
+    thread.start()
+    return thread
+
+
+def _wait_for_status(store: JobStore, job_id: str, status: JobStatus) -> None:
+    deadline = time.monotonic() + 30
+    while store.get(job_id).status is not status:
+        assert time.monotonic() < deadline, f"job never became {status.value}"
+        time.sleep(0.02)
+
+
+def test_the_heartbeat_renews_the_lease_through_a_range_test_longer_than_the_lease(
+    sqlite_url: str,
+) -> None:
+    (job_id,) = _submit(sqlite_url, 1, LONG_RANGE_TEST)
+    store = JobStore(sqlite_url)
+    thread = _run_in_thread(Worker(store, device="cpu", lease_s=SHORT_LEASE_S, worker_id="w1"))
+    _wait_for_status(store, job_id, JobStatus.FINDING)
+
+    stolen, started = [], time.monotonic()
+    while store.get(job_id).status is JobStatus.FINDING:
+        stolen.append(store.claim("thief", lease_s=30))
+        time.sleep(SHORT_LEASE_S / 4)
+    held_s = time.monotonic() - started
+    thread.join(timeout=60)
+
+    assert held_s > 1.5 * SHORT_LEASE_S and not any(stolen)  # it outlived its lease
+    _check_finished_exactly(store, sqlite_url, job_id)
+
+
+def test_a_worker_that_loses_its_lease_stops_the_range_test_and_writes_nothing(
+    sqlite_url: str,
+) -> None:
+    (job_id,) = _submit(sqlite_url, 1, LONG_RANGE_TEST)
+    store = JobStore(sqlite_url)
+    thread = _run_in_thread(Worker(store, device="cpu", lease_s=SHORT_LEASE_S, worker_id="w1"))
+    _wait_for_status(store, job_id, JobStatus.FINDING)
+
+    store.cancel(job_id)  # the token moves on: the worker's next renewal meets LeaseLost
+    thread.join(timeout=30)
+
+    assert not thread.is_alive()
+    job = store.get(job_id)
+    assert job.status is JobStatus.CANCELLED
+    try:
+        study = optuna.load_study(study_name=job.study_name, storage=sqlite_url)
+    except KeyError:  # cancelled before the study was created
+        return
+    assert ATTR_BOUNDS not in study.user_attrs  # the range test stopped before storing
+    assert not study.get_trials()
+
+
+def test_a_job_whose_range_test_raises_fails_with_the_reason(sqlite_url: str) -> None:
+    broken = {**JOB, "model": {"name": "logreg", "params": {"depth": 3}}}  # logreg has no depth
+    (job_id,) = _submit(sqlite_url, 1, broken)
+    store = JobStore(sqlite_url)
+
+    worked_on = Worker(store, device="cpu", worker_id="w1").run(once=True)
+
+    assert worked_on == 1
+    job = store.get(job_id)
+    assert job.status is JobStatus.FAILED
+    assert job.error is not None and "depth" in job.error
+    assert job.holder_worker_id is None
+
+
+def test_a_cancelled_job_stops_its_search_after_the_running_trial(sqlite_url: str) -> None:
+    many_trials = {**JOB, "search": {**JOB["search"], "n_trials": 40, "epochs": 10}}
+    (job_id,) = _submit(sqlite_url, 1, many_trials)
+    store = JobStore(sqlite_url)
+    thread = _run_in_thread(Worker(store, device="cpu", worker_id="w1"))
+    _wait_for_status(store, job_id, JobStatus.SEARCHING)
+    study = optuna.load_study(study_name=store.get(job_id).study_name, storage=sqlite_url)
+    while not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        time.sleep(0.02)
+
+    store.cancel(job_id)
+    thread.join(timeout=30)
+
+    assert not thread.is_alive()
+    assert store.get(job_id).status is JobStatus.CANCELLED
+    counts = _trial_counts(sqlite_url, study.study_name)
+    assert counts["waiting"] > 30  # the rest of the queue was left, its results readable
+    assert counts["complete"] + counts["pruned"] >= 1
+
+
+def test_max_jobs_bounds_the_jobs_a_worker_takes_part_in(sqlite_url: str) -> None:
+    first, second, third = _submit(sqlite_url, 3)
+    store = JobStore(sqlite_url)
+
+    worked_on = Worker(store, device="cpu", worker_id="w1").run(max_jobs=2)
+
+    assert worked_on == 2
+    for job_id in (first, second):
+        _check_finished_exactly(store, sqlite_url, job_id)
+    assert store.get(third).status is JobStatus.QUEUED
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [(["--max-jobs", "0"], "--max-jobs must be >= 1"), (["--lease-s", "0"], "--lease-s must be")],
+)
+def test_worker_options_out_of_range_are_one_line_errors(
+    sqlite_url: str, option: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["worker", "--database", sqlite_url, *option])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
