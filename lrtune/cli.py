@@ -166,6 +166,12 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(run=_status)
 
+    recommend = sub.add_parser("recommend", help="print the recommendation a job wrote")
+    recommend.add_argument("job_id", help="a job id (see lrtune status)")
+    _database_option(recommend)
+    recommend.add_argument("--json", action="store_true", help="machine-readable output")
+    recommend.set_defaults(run=_recommend)
+
     worker = sub.add_parser("worker", help="take jobs from the job store and run them")
     _database_option(worker, trains=True)
     worker.add_argument("--device", default="auto", help="auto, cpu or cuda:N (default auto)")
@@ -441,6 +447,18 @@ def _submit(args: argparse.Namespace) -> int:
     spec = JobSpec.from_file(args.job)
     job = JobStore(args.database).submit(spec, name=args.name)
     print(job.model_dump_json() if args.json else job.id)
+    return 0
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    from lrtune.jobs import JobStore
+
+    stored = JobStore(args.database).recommendation(args.job_id)
+    if args.json:
+        print(stored.model_dump_json())
+    else:
+        print(f"job {stored.job_id}, written {stored.created_at:%Y-%m-%d %H:%M:%S} UTC")
+        print(_report(stored.recommendation))
     return 0
 
 

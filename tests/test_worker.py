@@ -22,6 +22,7 @@ from lrtune._optuna import ATTR_BOUNDS, ATTR_FAIL_REASON
 from lrtune.cli import main
 from lrtune.jobs import JobRecord, JobStatus, JobStore, tables, upgrade
 from lrtune.jobs.db import get_engine
+from lrtune.jobs.schemas import StoredRecommendation
 from lrtune.spec import JobSpec
 from lrtune.workers.loop import Worker
 
@@ -160,6 +161,23 @@ def test_one_worker_runs_two_submitted_jobs_to_recommendations(
     assert recommendation.confirmed
     assert stored.provenance.device == "cpu"
     assert stored.provenance.search == store.get(first).spec.search
+    # what the job wrote, printed by lrtune recommend (as text, and as JSON that reads back)
+    printed = _lrtune("recommend", first, "--database", jobs_url)
+    assert printed.returncode == 0, printed.stderr
+    assert (
+        "recommended:" in printed.stdout and "# paste into your training script:" in printed.stdout
+    )
+    as_json = _lrtune("recommend", first, "--database", jobs_url, "--json")
+    mine = StoredRecommendation.model_validate_json(as_json.stdout)
+    assert mine.job_id == first and mine.recommendation.verdict in printed.stdout
+
+
+def test_recommend_for_a_job_without_one_is_a_one_line_error(sqlite_url: str) -> None:
+    (queued,) = _submit(sqlite_url, 1)
+    for job_id, says in ((queued, "has no recommendation: it is queued"), ("nope", "no job")):
+        done = _lrtune("recommend", job_id, "--database", sqlite_url)
+        assert done.returncode == 2 and says in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
 
 
 def test_two_workers_share_three_jobs_and_run_each_range_test_once(

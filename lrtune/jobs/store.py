@@ -448,6 +448,27 @@ class JobStore:
             s.refresh(row)
             return _stored_recommendation(row)
 
+    def recommendation(self, job_id: str) -> StoredRecommendation:
+        """The recommendation a job wrote.
+
+        Raises:
+            NotFoundError: no job has this id, or the job has written no recommendation (yet).
+        """
+        job = self.get(job_id)  # NotFoundError for an unknown id
+        query = (
+            select(tables.Recommendation)
+            .where(tables.Recommendation.job_id == job_id)
+            .order_by(tables.Recommendation.created_at.desc(), tables.Recommendation.id.desc())
+            .limit(1)
+        )
+        with session(self._engine, write=False) as s:
+            row = s.scalars(query).first()
+            if row is None:
+                raise NotFoundError(
+                    f"job {job_id!r} has no recommendation: it is {job.status.value}"
+                )
+            return _stored_recommendation(row)
+
     def latest_recommendation(self, fingerprint: str) -> StoredRecommendation | None:
         """The newest recommendation of a succeeded job with this fingerprint, if any."""
         query = (
