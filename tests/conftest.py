@@ -64,3 +64,33 @@ def storage_url(request: pytest.FixtureRequest, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'lrtune.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def empty_jobs_url(storage_url: str) -> str:
+    """A job store URL with none of lrtune's tables yet (SQLite: a new file)."""
+    from lrtune.jobs import tables
+    from lrtune.jobs.db import get_engine
+
+    if storage_url.startswith("postgresql"):
+        with get_engine(storage_url).begin() as conn:
+            for table in [*tables.Base.metadata.tables, tables.VERSION_TABLE]:
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table} CASCADE")
+    return storage_url
+
+
+@pytest.fixture
+def jobs_url(empty_jobs_url: str) -> str:
+    """A job store URL with an empty, current schema."""
+    from lrtune.jobs import upgrade
+
+    upgrade(empty_jobs_url)
+    return empty_jobs_url
+
+
+@pytest.fixture
+def store(jobs_url: str):
+    """A job store on :func:`jobs_url`."""
+    from lrtune.jobs import JobStore
+
+    return JobStore(jobs_url)

@@ -13,29 +13,12 @@ from typing import Any
 import pytest
 
 from lrtune.exceptions import ConflictError, InvalidInputError, LeaseLost, NotFoundError
-from lrtune.jobs import JobProgress, JobStatus, JobStore, Lease, Settings, tables, upgrade
-from lrtune.jobs.db import get_engine
+from lrtune.jobs import JobProgress, JobStatus, JobStore, Lease, Settings
 from lrtune.spec import JobSpec
 
 SPEC = JobSpec.model_validate({"model": {"name": "mlp"}, "dataset": {"name": "digits"}})
 LONG_LEASE_S = 30.0
 SHORT_LEASE_S = 0.2
-
-
-@pytest.fixture
-def jobs_url(storage_url: str) -> str:
-    """A job store URL with an empty, current schema (SQLite: a new file)."""
-    if storage_url.startswith("postgresql"):
-        with get_engine(storage_url).begin() as conn:
-            for table in [*tables.Base.metadata.tables, tables.VERSION_TABLE]:
-                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table} CASCADE")
-    upgrade(storage_url)
-    return storage_url
-
-
-@pytest.fixture
-def store(jobs_url: str) -> JobStore:
-    return JobStore(jobs_url)
 
 
 def _submit(store: JobStore, n: int) -> list[str]:

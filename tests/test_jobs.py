@@ -35,22 +35,6 @@ def _spec(**overrides: object) -> JobSpec:
     return JobSpec.model_validate(data)
 
 
-@pytest.fixture
-def jobs_url(storage_url: str) -> str:
-    """A job store URL with none of lrtune's tables yet (SQLite: a new file)."""
-    if storage_url.startswith("postgresql"):
-        with get_engine(storage_url).begin() as conn:
-            for table in [*LRTUNE_TABLES, tables.VERSION_TABLE]:
-                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table} CASCADE")
-    return storage_url
-
-
-@pytest.fixture
-def store(jobs_url: str) -> JobStore:
-    upgrade(jobs_url)
-    return JobStore(jobs_url)
-
-
 def _table_names(url: str) -> set[str]:
     return set(sa.inspect(get_engine(url)).get_table_names())
 
@@ -65,31 +49,31 @@ def _set_status(url: str, job_id: str, status: str) -> None:
 
 
 def test_upgrade_creates_every_table_on_an_empty_database_and_matches_the_models(
-    jobs_url: str,
+    empty_jobs_url: str,
 ) -> None:
-    assert current_revision(jobs_url) is None
-    assert upgrade(jobs_url) == head_revision()
-    assert set(LRTUNE_TABLES) | {tables.VERSION_TABLE} <= _table_names(jobs_url)
-    with get_engine(jobs_url).connect() as conn:
+    assert current_revision(empty_jobs_url) is None
+    assert upgrade(empty_jobs_url) == head_revision()
+    assert set(LRTUNE_TABLES) | {tables.VERSION_TABLE} <= _table_names(empty_jobs_url)
+    with get_engine(empty_jobs_url).connect() as conn:
         context = MigrationContext.configure(conn, opts={"include_name": tables.is_lrtune_table})
         assert compare_metadata(context, tables.Base.metadata) == []  # migration == models
-    check_current(jobs_url)
+    check_current(empty_jobs_url)
 
 
-def test_upgrade_is_idempotent_and_keeps_the_data(jobs_url: str) -> None:
-    upgrade(jobs_url)
-    job = JobStore(jobs_url).submit(_spec())
-    assert upgrade(jobs_url) == upgrade(jobs_url) == head_revision()
-    assert JobStore(jobs_url).get(job.id).id == job.id
+def test_upgrade_is_idempotent_and_keeps_the_data(empty_jobs_url: str) -> None:
+    upgrade(empty_jobs_url)
+    job = JobStore(empty_jobs_url).submit(_spec())
+    assert upgrade(empty_jobs_url) == upgrade(empty_jobs_url) == head_revision()
+    assert JobStore(empty_jobs_url).get(job.id).id == job.id
 
 
-def test_lrtune_and_optuna_version_tables_coexist_in_one_database(jobs_url: str) -> None:
-    open_storage(jobs_url)  # Optuna's tables and its alembic_version
-    with get_engine(jobs_url).connect() as conn:
+def test_lrtune_and_optuna_version_tables_coexist_in_one_database(empty_jobs_url: str) -> None:
+    open_storage(empty_jobs_url)  # Optuna's tables and its alembic_version
+    with get_engine(empty_jobs_url).connect() as conn:
         optuna_revision = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-    upgrade(jobs_url)
-    open_storage(jobs_url)  # Optuna still opens the database after lrtune's upgrade
-    with get_engine(jobs_url).connect() as conn:
+    upgrade(empty_jobs_url)
+    open_storage(empty_jobs_url)  # Optuna still opens the database after lrtune's upgrade
+    with get_engine(empty_jobs_url).connect() as conn:
         assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == (
             optuna_revision
         )
@@ -97,7 +81,9 @@ def test_lrtune_and_optuna_version_tables_coexist_in_one_database(jobs_url: str)
             conn.exec_driver_sql(f"SELECT version_num FROM {tables.VERSION_TABLE}").scalar()
             == head_revision()
         )
-    assert {"studies", "trials", "alembic_version", tables.VERSION_TABLE} <= _table_names(jobs_url)
+    assert {"studies", "trials", "alembic_version", tables.VERSION_TABLE} <= _table_names(
+        empty_jobs_url
+    )
 
 
 def _stamp(url: str, revision: str | None) -> None:
@@ -135,10 +121,10 @@ def test_the_embedded_sqlite_store_upgrades_itself(tmp_path: Path) -> None:
     assert store.get(store.submit(_spec()).id).status is JobStatus.QUEUED
 
 
-def test_a_database_upgraded_by_a_newer_lrtune_is_refused(jobs_url: str) -> None:
-    upgrade(jobs_url)
-    _stamp(jobs_url, "9999_from_the_future")
-    for open_it in (lambda: JobStore(jobs_url), lambda: upgrade(jobs_url)):
+def test_a_database_upgraded_by_a_newer_lrtune_is_refused(empty_jobs_url: str) -> None:
+    upgrade(empty_jobs_url)
+    _stamp(empty_jobs_url, "9999_from_the_future")
+    for open_it in (lambda: JobStore(empty_jobs_url), lambda: upgrade(empty_jobs_url)):
         with pytest.raises(StorageUnavailableError, match=r"does not know.*upgrade lrtune"):
             open_it()
 
@@ -197,13 +183,13 @@ def test_list_pages_newest_first_and_filters_by_status(store: JobStore) -> None:
         store.list(limit=0)
 
 
-def test_paging_is_stable_while_other_clients_submit(store: JobStore, jobs_url: str) -> None:
+def test_paging_is_stable_while_other_clients_submit(store: JobStore, empty_jobs_url: str) -> None:
     existing = [store.submit(_spec()).id for _ in range(12)]
     stop = threading.Event()
     submitted: list[str] = []
 
     def submit_more() -> None:
-        other = JobStore(jobs_url)
+        other = JobStore(empty_jobs_url)
         while not stop.is_set() and len(submitted) < 40:
             submitted.append(other.submit(_spec()).id)
 
@@ -226,7 +212,7 @@ def test_paging_is_stable_while_other_clients_submit(store: JobStore, jobs_url: 
 
 
 def test_cancel_stops_unfinished_jobs_and_refuses_finished_ones(
-    store: JobStore, jobs_url: str
+    store: JobStore, empty_jobs_url: str
 ) -> None:
     queued = store.submit(_spec())
     cancelled = store.cancel(queued.id)
@@ -235,17 +221,17 @@ def test_cancel_stops_unfinished_jobs_and_refuses_finished_ones(
         store.cancel(queued.id)
 
     running = store.submit(_spec())
-    _set_status(jobs_url, running.id, "searching")
-    with get_engine(jobs_url).connect() as conn:
+    _set_status(empty_jobs_url, running.id, "searching")
+    with get_engine(empty_jobs_url).connect() as conn:
         token = sa.select(tables.Job.fencing_token).where(tables.Job.id == running.id)
         before = conn.scalar(token)
     assert store.cancel(running.id).status is JobStatus.CANCELLED
-    with get_engine(jobs_url).connect() as conn:
+    with get_engine(empty_jobs_url).connect() as conn:
         assert conn.scalar(token) == before + 1  # a worker's fenced write no longer lands
 
     for final in ("succeeded", "failed"):
         job = store.submit(_spec())
-        _set_status(jobs_url, job.id, final)
+        _set_status(empty_jobs_url, job.id, final)
         with pytest.raises(ConflictError, match=f"already {final}"):
             store.cancel(job.id)
         assert store.get(job.id).status.value == final
@@ -291,17 +277,17 @@ def _provenance() -> Provenance:
 
 
 def test_latest_recommendation_is_the_newest_succeeded_one_for_the_fingerprint(
-    store: JobStore, jobs_url: str, recommendation: lrtune.Recommendation
+    store: JobStore, empty_jobs_url: str, recommendation: lrtune.Recommendation
 ) -> None:
     spec = recommendation.spec
     assert store.latest_recommendation(spec.fingerprint()) is None
     older, newer, failed = (store.submit(spec) for _ in range(3))
     for job in (older, newer, failed):
         store.save_recommendation(job.id, recommendation, _provenance())
-    _set_status(jobs_url, older.id, "succeeded")
-    _set_status(jobs_url, failed.id, "failed")
+    _set_status(empty_jobs_url, older.id, "succeeded")
+    _set_status(empty_jobs_url, failed.id, "failed")
     assert store.latest_recommendation(spec.fingerprint()).job_id == older.id
-    _set_status(jobs_url, newer.id, "succeeded")
+    _set_status(empty_jobs_url, newer.id, "succeeded")
     latest = store.latest_recommendation(spec.fingerprint())
     assert latest.job_id == newer.id and latest.format_version == 1
     assert latest.provenance == _provenance()
@@ -312,20 +298,20 @@ def test_latest_recommendation_is_the_newest_succeeded_one_for_the_fingerprint(
 
 
 def test_delete_removes_a_finished_job_with_its_results_events_and_study(
-    store: JobStore, jobs_url: str, recommendation: lrtune.Recommendation
+    store: JobStore, empty_jobs_url: str, recommendation: lrtune.Recommendation
 ) -> None:
     job, kept = store.submit(_spec()), store.submit(_spec())
     for each in (job, kept):
         store.append_event(each.id, "progress", {})
         store.save_recommendation(each.id, recommendation, _provenance())
-        with get_engine(jobs_url).begin() as conn:
+        with get_engine(empty_jobs_url).begin() as conn:
             conn.execute(
                 sa.insert(tables.RangeTest).values(
                     job_id=each.id, format_version=1, result={}, lrtune_version="0.1.0",
                     rule="consensus", device="cpu",
                 )
             )  # fmt: skip
-        optuna.create_study(study_name=each.study_name, storage=open_storage(jobs_url))
+        optuna.create_study(study_name=each.study_name, storage=open_storage(empty_jobs_url))
     with pytest.raises(ConflictError, match="cancel it before deleting"):
         store.delete(job.id)
     store.cancel(job.id)
@@ -333,20 +319,22 @@ def test_delete_removes_a_finished_job_with_its_results_events_and_study(
 
     with pytest.raises(NotFoundError):
         store.get(job.id)
-    with get_engine(jobs_url).connect() as conn:
+    with get_engine(empty_jobs_url).connect() as conn:
         for table in (tables.JobEvent, tables.RangeTest, tables.Recommendation):
             rows = conn.execute(sa.select(table.job_id)).scalars().all()
             assert job.id not in rows and kept.id in rows, table.__tablename__
-    names = optuna.get_all_study_names(storage=open_storage(jobs_url))
+    names = optuna.get_all_study_names(storage=open_storage(empty_jobs_url))
     assert job.study_name not in names and kept.study_name in names
 
 
-def test_a_job_and_its_optuna_study_share_one_database(store: JobStore, jobs_url: str) -> None:
+def test_a_job_and_its_optuna_study_share_one_database(
+    store: JobStore, empty_jobs_url: str
+) -> None:
     job = store.submit(_spec())
-    study = optuna.create_study(study_name=job.study_name, storage=open_storage(jobs_url))
+    study = optuna.create_study(study_name=job.study_name, storage=open_storage(empty_jobs_url))
     study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
-    assert {"lrtune_jobs", "studies", "trials"} <= _table_names(jobs_url)
-    loaded = optuna.load_study(study_name=store.get(job.id).study_name, storage=jobs_url)
+    assert {"lrtune_jobs", "studies", "trials"} <= _table_names(empty_jobs_url)
+    loaded = optuna.load_study(study_name=store.get(job.id).study_name, storage=empty_jobs_url)
     assert len(loaded.trials) == 2
 
 
