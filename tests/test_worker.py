@@ -20,8 +20,7 @@ from optuna.trial import TrialState
 
 from lrtune._optuna import ATTR_BOUNDS, ATTR_FAIL_REASON
 from lrtune.cli import main
-from lrtune.jobs import JobRecord, JobStatus, JobStore, tables, upgrade
-from lrtune.jobs.db import get_engine
+from lrtune.jobs import JobRecord, JobStatus, JobStore, upgrade
 from lrtune.jobs.schemas import StoredRecommendation
 from lrtune.spec import JobSpec
 from lrtune.workers.loop import Worker
@@ -46,17 +45,6 @@ JOB = {
 # Finalists on each confirmation seed; two baselines on the search seed and each confirmation seed.
 PLANNED_CONFIRMATION_RUNS = FINALISTS * CONFIRM_SEEDS + 2 * (1 + CONFIRM_SEEDS)
 FINISHED = ("complete", "pruned")
-
-
-@pytest.fixture
-def jobs_url(storage_url: str) -> str:
-    """A job store URL with an empty, current schema (SQLite: a new file)."""
-    if storage_url.startswith("postgresql"):
-        with get_engine(storage_url).begin() as conn:
-            for table in [*tables.Base.metadata.tables, tables.VERSION_TABLE]:
-                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table} CASCADE")
-    upgrade(storage_url)
-    return storage_url
 
 
 @pytest.fixture
@@ -239,7 +227,8 @@ def test_sigterm_stops_a_worker_mid_trial_and_another_finishes_the_job(
     assert failed.user_attrs[ATTR_FAIL_REASON].startswith("interrupted")
 
 
-LONG_RANGE_TEST = {**JOB, "range_test": {"seeds": 2, "num_iter": 400, "diverge_threshold": 1e9}}
+# Long enough (seconds, even with warm caches) to outlive SHORT_LEASE_S several times.
+LONG_RANGE_TEST = {**JOB, "range_test": {"seeds": 2, "num_iter": 2000, "diverge_threshold": 1e9}}
 SHORT_LEASE_S = 1.0
 
 
