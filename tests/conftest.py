@@ -27,7 +27,9 @@ def blobs() -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 POSTGRES_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-POSTGRES_TEST_DB = "lrtune_test"
+# Each checkout running the suite at once (parallel work trees, CI beside a developer) names
+# its own scratch database, since the tests drop and create tables in it.
+POSTGRES_TEST_DB = os.environ.get("LRTUNE_TEST_POSTGRES_DB", "lrtune_test")
 
 
 @pytest.fixture(scope="session")
