@@ -1,0 +1,354 @@
+"""Workers on PostgreSQL: search throughput with 1 and 2 workers, and the store's per-trial cost.
+
+What it measures, in one run, on one job shape (the registry's CNN over scikit-learn's digits,
+SGD, batch 32, no pruning and no confirmation, so that every trial trains the same number of
+epochs and the search is all there is to time; trials of about 0.5-1 s on one thread):
+
+1. **Throughput.** A fresh job of ``--trials`` trials is submitted to the job store and run by
+   ``lrtune worker --threads 1`` processes, first one, then two (each on a fresh job with the
+   same spec). Finished trials per minute come from the trials' own start and end times in
+   Optuna's tables: the window from the first trial's start to the last trial's end, so the range
+   test (one worker's exclusive phase) is not counted. Target: 2 workers >= 1.8x one.
+2. **Per-trial overhead of the store and queue.** The same job's trials are run in this process
+   twice: by lrtune's library on an in-memory Optuna study (``prepare_study(storage=None)`` and
+   ``run_trials``), and by a :class:`lrtune.workers.loop.Worker` on the PostgreSQL job store.
+   The overhead is the difference of the two search windows divided by the trials. Every SQL
+   statement the worker sends during its search window is counted (a SQLAlchemy
+   ``before_cursor_execute`` listener on every engine), grouped by verb and table, per trial.
+   Target: under 50 ms a trial.
+
+PostgreSQL runs on the same 2-core machine and shares the cores with the workers; the report
+records the load average at the start and the end. Compare the ratios from one run rather than
+absolute times across runs.
+
+Run:
+    .venv/bin/python bench/workers.py            # ~2-3 min on 2 cores: Markdown on stdout
+    .venv/bin/python bench/workers.py --write    # ... and write docs/benchmark_workers.md
+    .venv/bin/python bench/workers.py --quick    # a smoke test (4 trials, ~1 min)
+    .venv/bin/python bench/workers.py --database postgresql+psycopg://postgres@127.0.0.1/x
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime as dt
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+import torch
+
+import lrtune
+from lrtune.jobs import JobStatus, JobStore, upgrade
+from lrtune.spec import JobSpec
+from lrtune.training import TrainingSetup
+from lrtune.tuner import prepare_study, run_trials
+
+REPO = Path(__file__).resolve().parents[1]
+DOC_PATH = REPO / "docs" / "benchmark_workers.md"
+DEFAULT_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+BENCH_DB = "lrtune_bench_workers"
+TARGET_SPEEDUP = 1.8  # 2 workers' trials a minute over one worker's
+TARGET_OVERHEAD_MS = 50.0  # the store and queue's cost per trial
+
+JOB: dict[str, Any] = {
+    "model": {"name": "cnn"},
+    "dataset": {"name": "digits"},
+    "batch_size": 32,
+    "range_test": {"seeds": 1, "num_iter": 20},
+    "search": {
+        "n_trials": 24,
+        "epochs": 8,
+        "pruner": "none",
+        "sampler": "random",
+        "families": ["constant", "cosine", "step"],
+        "warmup": False,
+        "baselines": False,
+        "confirm_seeds": 0,
+        "finalists": 1,
+    },
+}
+
+
+@dataclass(frozen=True)
+class Window:
+    """A search phase as its trials' own times in the study show it."""
+
+    trials: int
+    seconds: float
+    mean_trial_s: float
+
+    @property
+    def per_minute(self) -> float:
+        return 60 * self.trials / self.seconds
+
+    @property
+    def per_trial_s(self) -> float:
+        return self.seconds / self.trials
+
+
+def search_window(study: optuna.Study) -> Window:
+    """From the first trial's start to the last trial's end, over the finished trials."""
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    starts = [t.datetime_start for t in done if t.datetime_start]
+    ends = [t.datetime_complete for t in done if t.datetime_complete]
+    durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done]
+    seconds = (max(ends) - min(starts)).total_seconds()
+    return Window(len(done), seconds, statistics.fmean(durations))
+
+
+def job_spec(trials: int) -> JobSpec:
+    job = {**JOB, "search": {**JOB["search"], "n_trials": trials}}
+    return JobSpec.model_validate(job)
+
+
+def fresh_database(admin_url: str) -> str:
+    """Drop and create the benchmark's own database on the server; return its URL."""
+    admin = sa.engine.make_url(admin_url)
+    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)'))
+        conn.execute(sa.text(f'CREATE DATABASE "{BENCH_DB}"'))
+    engine.dispose()
+    url = admin.set(database=BENCH_DB).render_as_string(hide_password=False)
+    upgrade(url)
+    return url
+
+
+# --------------------------------------------------------------------------------------------
+# 1. Throughput: worker processes
+# --------------------------------------------------------------------------------------------
+
+
+def run_worker_processes(url: str, spec: JobSpec, workers: int, log: Any) -> Window:
+    """Submit a job, run it with ``workers`` worker processes to success, return its window."""
+    store = JobStore(url)
+    job = store.submit(spec, name=f"bench-{workers}-workers")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "lrtune.cli", "worker", "--database", url]
+    command += ["--device", "cpu", "--threads", "1", "--max-jobs", "1"]
+    with tempfile.TemporaryDirectory() as logs:
+        procs = []
+        for k in range(workers):
+            out = open(Path(logs) / f"worker-{k}.log", "w")  # noqa: SIM115 - closed below
+            procs.append((subprocess.Popen(command, env=env, stdout=out, stderr=out), out))
+        try:
+            _wait_finished(store, job.id, timeout_s=900)
+        finally:
+            for proc, out in procs:
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                out.close()
+    finished = store.get(job.id)
+    if finished.status is not JobStatus.SUCCEEDED:
+        ended = f"{finished.status.value}: {finished.error}"
+        raise SystemExit(f"the {workers}-worker job ended {ended}")
+    window = search_window(optuna.load_study(study_name=job.study_name, storage=url))
+    log(f"{workers} worker(s): {window.trials} trials in {window.seconds:.1f} s")
+    return window
+
+
+def _wait_finished(store: JobStore, job_id: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not store.get(job_id).status.finished:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"job {job_id} did not finish in {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Overhead: the same trials in memory and through the store, in this process
+# --------------------------------------------------------------------------------------------
+
+
+def run_in_memory(spec: JobSpec) -> Window:
+    setup = TrainingSetup.from_spec(spec, "cpu")
+    study = prepare_study(spec, None, setup=setup, progress=False)
+    run_trials(study, setup, progress=False)
+    return search_window(study)
+
+
+@dataclass
+class StatementLog:
+    """Every SQL statement sent while listening, with when it was sent."""
+
+    sent: list[tuple[float, str]]
+
+    def between(self, start: float, end: float) -> list[str]:
+        return [sql for at, sql in self.sent if start <= at <= end]
+
+
+@contextmanager
+def logged_statements() -> Iterator[StatementLog]:
+    log = StatementLog([])
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        log.sent.append((time.time(), statement))
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", record)
+    try:
+        yield log
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", record)
+
+
+def run_in_store(url: str, spec: JobSpec) -> tuple[Window, collections.Counter[str]]:
+    """One in-process worker on the job store; its window and statements in that window."""
+    from lrtune.workers.loop import Worker
+
+    store = JobStore(url)
+    job = store.submit(spec, name="bench-in-process")
+    with logged_statements() as statements:
+        Worker(store, device="cpu", poll_s=0.05).run(once=True)
+    finished = store.get(job.id)
+    if finished.status is not JobStatus.SUCCEEDED:
+        raise SystemExit(f"the in-process job ended {finished.status.value}: {finished.error}")
+    study = optuna.load_study(study_name=job.study_name, storage=url)
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    start = min(t.datetime_start for t in done).timestamp()
+    end = max(t.datetime_complete for t in done).timestamp()
+    counts = collections.Counter(_statement_kind(sql) for sql in statements.between(start, end))
+    return search_window(study), counts
+
+
+_TABLE = re.compile(r"\b(?:FROM|INTO|UPDATE|JOIN)\s+\"?([A-Za-z_][A-Za-z0-9_]*)", re.I)
+
+
+def _statement_kind(sql: str) -> str:
+    words = sql.split()
+    verb = words[0].upper() if words else "?"
+    if verb in ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE"):
+        return verb
+    match = _TABLE.search(sql)
+    return f"{verb} {match.group(1) if match else '-'}"
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def report(
+    args: argparse.Namespace,
+    one: Window,
+    two: Window,
+    memory: Window,
+    store: Window,
+    statements: collections.Counter[str],
+    loads: tuple[float, float],
+    elapsed_s: float,
+) -> str:
+    speedup = two.per_minute / one.per_minute
+    overhead_ms = 1000 * (store.per_trial_s - memory.per_trial_s)
+    per_trial = {kind: n / store.trials for kind, n in statements.items()}
+    total_per_trial = sum(per_trial.values())
+    lines = [
+        "# Benchmark: workers on PostgreSQL (bench/workers.py)",
+        "",
+        f"Measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by "
+        f"`.venv/bin/python bench/workers.py{' --quick' if args.quick else ''}` "
+        f"({elapsed_s:.0f} s).",
+        "",
+        f"Environment: lrtune {lrtune.__version__}, torch {torch.__version__} (1 thread per "
+        f"worker), optuna {optuna.__version__}, SQLAlchemy {sa.__version__}, Python "
+        f"{platform.python_version()}, {os.cpu_count()} logical CPUs shared by the workers and "
+        f"PostgreSQL; 1-minute load average {loads[0]:.2f} at start, {loads[1]:.2f} at end.",
+        "",
+        f"Job: the registry's CNN on digits, SGD, batch 32, {args.trials} trials of "
+        f"{JOB['search']['epochs']} epochs, random sampler, no pruning, no confirmation runs.",
+        "",
+        "## Throughput: `lrtune worker --threads 1` processes on one job",
+        "",
+        "| Workers | Trials | Search window (s) | Trials a minute | Mean trial (s) |",
+        "|---:|---:|---:|---:|---:|",
+        *(
+            f"| {n} | {w.trials} | {w.seconds:.1f} | {w.per_minute:.1f} | {w.mean_trial_s:.2f} |"
+            for n, w in ((1, one), (2, two))
+        ),
+        "",
+        f"2 workers / 1 worker: **{speedup:.2f}x** (target >= {TARGET_SPEEDUP}x: "
+        f"{'met' if speedup >= TARGET_SPEEDUP else 'NOT met'}). A trial took "
+        f"{two.mean_trial_s / one.mean_trial_s:.2f}x as long with two workers as with one.",
+        "",
+        "## Per-trial overhead of the store and queue (one worker, in this process)",
+        "",
+        "| Run | Trials | Search window (s) | Per trial (ms) | Mean trial (ms) |",
+        "|---|---:|---:|---:|---:|",
+        f"| in-memory Optuna study (`run_trials`) | {memory.trials} | {memory.seconds:.2f} | "
+        f"{1000 * memory.per_trial_s:.0f} | {1000 * memory.mean_trial_s:.0f} |",
+        f"| job store on PostgreSQL (`Worker`) | {store.trials} | {store.seconds:.2f} | "
+        f"{1000 * store.per_trial_s:.0f} | {1000 * store.mean_trial_s:.0f} |",
+        "",
+        f"Overhead: **{overhead_ms:.1f} ms a trial** (target < {TARGET_OVERHEAD_MS:.0f} ms: "
+        f"{'met' if overhead_ms < TARGET_OVERHEAD_MS else 'NOT met'}).",
+        "",
+        f"SQL statements the worker sent during its search window: {total_per_trial:.1f} a trial.",
+        "",
+        "| Statement | Per trial |",
+        "|---|---:|",
+        *(f"| `{kind}` | {n:.1f} |" for kind, n in sorted(per_trial.items(), key=lambda x: -x[1])),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help=f"write {DOC_PATH.name}")
+    parser.add_argument("--quick", action="store_true", help="4 trials: a smoke test")
+    parser.add_argument("--trials", type=int, default=24, help="trials per job (default 24)")
+    parser.add_argument(
+        "--database",
+        default=os.environ.get("LRTUNE_BENCH_POSTGRES_URL", DEFAULT_ADMIN_URL),
+        help="a PostgreSQL URL whose server gets the benchmark's own scratch database",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.trials = 4
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def log(message: str) -> None:
+        print(f"[bench/workers] {message}", file=sys.stderr, flush=True)
+
+    started = time.monotonic()
+    load_start = os.getloadavg()[0]
+    url = fresh_database(args.database)
+    spec = job_spec(args.trials)
+    one = run_worker_processes(url, spec, 1, log)
+    two = run_worker_processes(url, spec, 2, log)
+    memory = run_in_memory(spec)
+    log(f"in memory: {memory.trials} trials in {memory.seconds:.1f} s")
+    store, statements = run_in_store(url, spec)
+    log(f"in the store: {store.trials} trials in {store.seconds:.1f} s")
+    loads = (load_start, os.getloadavg()[0])
+    text = report(args, one, two, memory, store, statements, loads, time.monotonic() - started)
+    print(text)
+    if args.write:
+        DOC_PATH.write_text(text)
+        log(f"wrote {DOC_PATH.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
