@@ -6,12 +6,21 @@ the factory validates; nothing a user sends is ever executed. That lets the HTTP
 
 Example:
     >>> from lrtune.registry import build_model, load_dataset, model_names
+    >>> from lrtune.registry import dataset_shapes, validate_model_params
     >>> {"logreg", "mlp", "cnn", "sequential"} <= set(model_names())
     True
     >>> bundle = load_dataset("digits", {"val_fraction": 0.25, "seed": 3})
     >>> model = build_model("mlp", bundle, {"hidden": [64], "dropout": 0.1}, seed=0)
     >>> sorted(bundle.evaluate(model))
     ['accuracy', 'loss']
+    >>> layers = [{"type": "linear", "out_features": 3}]
+    >>> validate_model_params("sequential", {"layers": layers}, dataset_shapes("wine"))
+    >>> validate_model_params("sequential", {"layers": layers}, dataset_shapes("digits"))
+    Traceback (most recent call last):
+    ...
+    lrtune.sequential.LayerShapeError: invalid params for model 'sequential': layers: the last \
+layer outputs (3,), but the dataset needs (10,) (its output_dim): end with {"type": "linear", \
+"out_features": 10}
     >>> build_model("resnet", bundle)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
@@ -29,9 +38,11 @@ metadata of an installed package (``pyproject.toml`` shown)::
 Names come without importing anything heavy: the built-ins' from this module, the plugins' from
 their entry-point metadata (read on the first lookup, and again on :func:`reload_plugins`). So
 :func:`model_names`, :func:`model_params_schema` and :func:`validate_model_params` (and their
-dataset twins) work in a process without torch. A factory is imported when it is first used; a
-plugin that fails to import then raises :class:`RegistryError` (and logs a warning), and one
-whose name is malformed or already in use is skipped with a warning.
+dataset twins) work in a process without torch; given a dataset's shapes (:func:`dataset_shapes`
+for the built-ins), :func:`validate_model_params` also checks a ``sequential`` model's layers
+against them. A factory is imported when it is first used; a plugin that fails to import then
+raises :class:`RegistryError` (and logs a warning), and one whose name is malformed or already
+in use is skipped with a warning.
 """
 
 from __future__ import annotations

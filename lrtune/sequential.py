@@ -11,38 +11,29 @@ the fix when a layer does not fit. The HTTP API runs it when a job is submitted;
 it again before :func:`lrtune.models.sequential` builds the torch modules. Nothing a user sends
 is executed: each layer is one of the fixed types below, with bounded fields.
 
-The layers (``type``, then the fields with their defaults):
+The layers (``type``: the fields, with their defaults):
 
-==============================  =================================================================
-``linear``                      ``out_features``, ``bias=true``; acts on the last axis
-``conv1d`` / ``conv2d``         ``out_channels``, ``kernel_size``, ``stride=1``, ``padding=0``,
-                                ``bias=true``; input ``(C, L)`` / ``(C, H, W)``; conv2d's sizes
-                                are an int or ``[h, w]``
-``batchnorm``                   over the channels of ``(C,)``, ``(C, L)`` (1d) or ``(C, H, W)``
-                                (2d)
-``layernorm``                   over the last axis
-``relu`` ``gelu`` ``tanh``      activations
-``silu``
-``dropout``                     ``p=0.1``
-``maxpool`` / ``avgpool``       ``kernel_size``, ``stride`` (the kernel size), ``padding=0``;
-                                1d or 2d from the input
-``global_pool``                 ``mode="mean"`` or ``"max"`` over the spatial axes:
-                                ``(C, ...) -> (C,)``
-``flatten``                     to ``(F,)``
-``reshape``                     ``shape``, e.g. ``[1, 8, 8]``; the element count must match
-``embedding``                   ``num_embeddings``, ``embedding_dim``: integer token ids
-                                ``(T,) -> (T, D)``
-``positional_embedding``        a learned ``(T, D)`` added to the input
-``lstm`` / ``gru``              ``hidden_size``, ``num_layers=1``, ``bidirectional=false``,
-                                ``dropout=0`` (between stacked layers), ``pool="last"`` (the
-                                final hidden state), ``"mean"`` (over time) or ``"none"`` (keep
-                                the ``(T, H)`` outputs)
-``transformer_encoder_layer``   ``nhead``, ``dim_feedforward`` (4 d_model), ``dropout=0.1``,
-                                ``activation="relu"``, ``norm_first=false``; input ``(T, d_model)``
-``sequence_pool``               ``mode="mean"``, ``"max"``, ``"first"`` or ``"last"`` over time:
-                                ``(T, D) -> (D,)``
-``residual``                    ``layers``: ``x + layers(x)``; they must keep the input's shape
-==============================  =================================================================
+- ``linear``: ``out_features``, ``bias=true``; acts on the last axis.
+- ``conv1d``, ``conv2d``: ``out_channels``, ``kernel_size``, ``stride=1``, ``padding=0``,
+  ``bias=true``; input ``(C, L)`` or ``(C, H, W)``; conv2d's sizes are an int or ``[h, w]``.
+- ``batchnorm``: over the channels of ``(C,)``, ``(C, L)`` (1d) or ``(C, H, W)`` (2d).
+- ``layernorm``: over the last axis.
+- ``relu``, ``gelu``, ``tanh``, ``silu``; ``dropout``: ``p=0.1``.
+- ``maxpool``, ``avgpool``: ``kernel_size``, ``stride`` (the kernel size), ``padding=0``; 1d or
+  2d from the input.
+- ``global_pool``: ``mode="mean"`` or ``"max"`` over the spatial axes, ``(C, ...) -> (C,)``.
+- ``flatten`` to ``(F,)``; ``reshape``: ``shape``, e.g. ``[1, 8, 8]`` (the value count must
+  match).
+- ``embedding``: ``num_embeddings``, ``embedding_dim``; integer token ids, ``(T,) -> (T, D)``.
+- ``positional_embedding``: a learned ``(T, D)`` added to the input.
+- ``lstm``, ``gru``: ``hidden_size``, ``num_layers=1``, ``bidirectional=false``, ``dropout=0``
+  (between stacked layers), ``pool="last"`` (the final hidden state, both directions), ``"mean"``
+  (over time) or ``"none"`` (keep the ``(T, H)`` outputs); input ``(T, F)``.
+- ``transformer_encoder_layer``: ``nhead``, ``dim_feedforward`` (4 d_model), ``dropout=0.1``,
+  ``activation="relu"``, ``norm_first=false``; input ``(T, d_model)``.
+- ``sequence_pool``: ``mode="mean"``, ``"max"``, ``"first"`` or ``"last"`` over time,
+  ``(T, D) -> (D,)``.
+- ``residual``: ``layers``, computing ``x + layers(x)``; they must keep the input's shape.
 
 The last layer must output the dataset's ``output_dim`` values, ``(output_dim,)``: lrtune adds
 no head of its own, so the model is exactly the one described (end with a ``linear`` layer).
@@ -138,6 +129,9 @@ class LayerShapeError(InvalidInputError):
         self.loc = loc
         self.problem = problem
         super().__init__(f"invalid params for model 'sequential': {problem}")
+
+    def __reduce__(self) -> tuple[type[LayerShapeError], tuple[tuple[str | int, ...], str]]:
+        return type(self), (self.loc, self.problem)  # picklable, e.g. out of a worker process
 
 
 class _Problem(Exception):

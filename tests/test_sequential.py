@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import math
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -275,6 +276,7 @@ def test_bad_layers_name_the_field_and_the_fix(layers: list, loc: tuple, message
     with pytest.raises(LayerShapeError, match=message) as caught:
         validate_model_params("sequential", {"layers": layers}, shapes=DIGITS)
     assert caught.value.loc == loc
+    assert pickle.loads(pickle.dumps(caught.value)).loc == loc  # crosses process boundaries
     dotted = ".".join(map(str, loc))
     assert str(caught.value).startswith(f"invalid params for model 'sequential': {dotted}")
     with pytest.raises(LayerShapeError, match=message):  # the worker's build checks the same
