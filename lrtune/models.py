@@ -192,7 +192,7 @@ def _build_step(step: seq.Step) -> nn.Module:
         case seq.Pool():
             return _build_pool(layer, shape)
         case seq.GlobalPool():
-            return _GlobalPool(layer.mode)
+            return _Pool(layer.mode, over="space")
         case seq.Flatten():
             return nn.Flatten()
         case seq.Reshape():
@@ -206,7 +206,7 @@ def _build_step(step: seq.Step) -> nn.Module:
         case seq.TransformerEncoderLayer():
             return _build_transformer(layer, shape)
         case seq.SequencePool():
-            return _SequencePool(layer.mode)
+            return _Pool(layer.mode, over="time")
     raise AssertionError(f"no torch module for layer type {type(layer).__name__}")
 
 
@@ -274,32 +274,21 @@ class _Residual(nn.Module):
         return x + self.body(x)
 
 
-class _GlobalPool(nn.Module):
-    """``(N, C, ...) -> (N, C)``: the mean or max over every axis after the channels."""
+class _Pool(nn.Module):
+    """The mean or max (or the first or last step) over time, ``(N, T, D) -> (N, D)``, or over
+    the spatial axes, ``(N, C, ...) -> (N, C)``."""
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, over: str) -> None:
         super().__init__()
         self.mode = mode
+        self.over = over
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode!r}"
+        return f"mode={self.mode!r}, over={self.over!r}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.flatten(2)
-        return flat.mean(-1) if self.mode == "mean" else flat.amax(-1)
-
-
-class _SequencePool(nn.Module):
-    """``(N, T, D) -> (N, D)``: the mean or max over time, or the first or last step."""
-
-    def __init__(self, mode: str) -> None:
-        super().__init__()
-        self.mode = mode
-
-    def extra_repr(self) -> str:
-        return f"mode={self.mode!r}"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.over == "space":
+            x = x.flatten(2).transpose(1, 2)  # (N, C, ...) -> (N, positions, C)
         if self.mode == "mean":
             return x.mean(1)
         if self.mode == "max":

@@ -160,6 +160,8 @@ class _Layer(BaseModel):
 
 
 class Linear(_Layer):
+    """A fully connected layer on the last axis: ``(..., F) -> (..., out_features)``."""
+
     type: Literal["linear"]
     out_features: _Size
     bias: bool = True
@@ -172,6 +174,8 @@ class Linear(_Layer):
 
 
 class Conv1d(_Layer):
+    """A 1-d convolution over a ``(C, L)`` input."""
+
     type: Literal["conv1d"]
     out_channels: _Size
     kernel_size: _Kernel
@@ -189,6 +193,8 @@ class Conv1d(_Layer):
 
 
 class Conv2d(_Layer):
+    """A 2-d convolution over a ``(C, H, W)`` input; sizes are an int or ``[h, w]``."""
+
     type: Literal["conv2d"]
     out_channels: _Size
     kernel_size: _KernelPair
@@ -208,6 +214,8 @@ class Conv2d(_Layer):
 
 
 class BatchNorm(_Layer):
+    """Batch norm over the channels: 1d for ``(C,)`` and ``(C, L)``, 2d for ``(C, H, W)``."""
+
     type: Literal["batchnorm"]
 
     def output_shape(self, shape: Shape) -> Shape:
@@ -223,6 +231,8 @@ class BatchNorm(_Layer):
 
 
 class LayerNorm(_Layer):
+    """Layer norm over the last axis."""
+
     type: Literal["layernorm"]
 
     def count_params(self, shape: Shape) -> int:
@@ -230,15 +240,21 @@ class LayerNorm(_Layer):
 
 
 class Activation(_Layer):
+    """An activation: ``relu``, ``gelu``, ``tanh`` or ``silu``."""
+
     type: Literal["relu", "gelu", "tanh", "silu"]
 
 
 class Dropout(_Layer):
+    """Dropout with probability ``p``."""
+
     type: Literal["dropout"]
     p: _Probability = 0.1
 
 
 class Pool(_Layer):
+    """Max or average pooling over ``(C, L)`` (1d) or ``(C, H, W)`` (2d)."""
+
     type: Literal["maxpool", "avgpool"]
     kernel_size: _KernelPair
     stride: _KernelPair | None = Field(None, description="the kernel size when left out")
@@ -267,6 +283,8 @@ class Pool(_Layer):
 
 
 class GlobalPool(_Layer):
+    """The mean or max over the spatial axes: ``(C, ...) -> (C,)``."""
+
     type: Literal["global_pool"]
     mode: Literal["mean", "max"] = "mean"
 
@@ -280,6 +298,8 @@ class GlobalPool(_Layer):
 
 
 class Flatten(_Layer):
+    """Flattens the sample to ``(F,)``."""
+
     type: Literal["flatten"]
 
     def output_shape(self, shape: Shape) -> Shape:
@@ -287,6 +307,8 @@ class Flatten(_Layer):
 
 
 class Reshape(_Layer):
+    """Reshapes the sample to ``shape``, e.g. ``[1, 8, 8]``; the value count must match."""
+
     type: Literal["reshape"]
     shape: list[_Size] = Field(min_length=1, max_length=_MAX_RESHAPE_RANK)
 
@@ -302,6 +324,8 @@ class Reshape(_Layer):
 
 
 class Embedding(_Layer):
+    """An embedding of integer token ids: ``(T,) -> (T, embedding_dim)``."""
+
     type: Literal["embedding"]
     num_embeddings: Annotated[int, Field(ge=1, le=1_000_000)]
     embedding_dim: _Size
@@ -314,6 +338,8 @@ class Embedding(_Layer):
 
 
 class PositionalEmbedding(_Layer):
+    """A learned embedding of each position, added to a ``(T, D)`` input."""
+
     type: Literal["positional_embedding"]
 
     def output_shape(self, shape: Shape) -> Shape:
@@ -325,6 +351,8 @@ class PositionalEmbedding(_Layer):
 
 
 class Recurrent(_Layer):
+    """An LSTM or GRU over a ``(T, F)`` input, pooled to ``(H,)`` unless ``pool`` is ``none``."""
+
     type: Literal["lstm", "gru"]
     hidden_size: _Size
     num_layers: Annotated[int, Field(ge=1, le=_MAX_RNN_LAYERS)] = 1
@@ -358,6 +386,8 @@ class Recurrent(_Layer):
 
 
 class TransformerEncoderLayer(_Layer):
+    """A transformer encoder layer over ``(T, d_model)``; ``d_model`` is the input's."""
+
     type: Literal["transformer_encoder_layer"]
     nhead: Annotated[int, Field(ge=1, le=_MAX_HEADS)]
     dim_feedforward: _Size | None = Field(None, description="4 d_model when left out")
@@ -388,6 +418,8 @@ class TransformerEncoderLayer(_Layer):
 
 
 class SequencePool(_Layer):
+    """The mean, max, first or last step over time: ``(T, D) -> (D,)``."""
+
     type: Literal["sequence_pool"]
     mode: Literal["mean", "max", "first", "last"] = "mean"
 
@@ -397,6 +429,8 @@ class SequencePool(_Layer):
 
 
 class Residual(_Layer):
+    """``x + layers(x)``: the layers must keep the input's shape."""
+
     type: Literal["residual"]
     layers: list[Layer] = Field(min_length=1, max_length=MAX_LAYERS)
 
