@@ -1,4 +1,5 @@
-"""Built-in model factories: logistic regression, an MLP, and a small CNN for 8x8 images.
+"""Built-in model factories: logistic regression, an MLP, a small CNN for 8x8 images, and
+``sequential``, a model described layer by layer in JSON (:mod:`lrtune.sequential`).
 
 Every factory has the signature ``factory(input_shape, output_dim, **params) -> nn.Module``.
 Params are plain JSON values checked by one pydantic model per factory (in :mod:`lrtune.params`,
@@ -15,6 +16,10 @@ Example:
     torch.Size([5, 10])
     >>> cnn((64,), 10, channels=[8])(torch.zeros(5, 64)).shape
     torch.Size([5, 10])
+    >>> layers = [{"type": "linear", "out_features": 32}, {"type": "gelu"},
+    ...           {"type": "linear", "out_features": 10}]
+    >>> sequential((64,), 10, layers=layers)(torch.zeros(5, 64)).shape
+    torch.Size([5, 10])
     >>> mlp((64,), 10, depth=3)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
@@ -29,15 +34,22 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 from torch import nn
 
+import lrtune.sequential as seq
 from lrtune.exceptions import InvalidInputError
-from lrtune.params import CNNParams, LogRegParams, MLPParams, parse_params
+from lrtune.params import CNNParams, LogRegParams, MLPParams, SequentialParams, parse_params
 
 _IMAGE_SIDE = 8
 _IMAGE_SHAPE = (1, _IMAGE_SIDE, _IMAGE_SIDE)
 
-_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "silu": nn.SiLU,
+}
 
 
 def check_shapes(input_shape: tuple[int, ...], output_dim: int) -> None:
@@ -121,3 +133,217 @@ def cnn(input_shape: tuple[int, ...], output_dim: int, **params: Any) -> nn.Modu
         layers.append(nn.Dropout(parsed.dropout))
     layers.append(nn.Linear(in_channels * side * side, output_dim))
     return nn.Sequential(*layers)
+
+
+def sequential(input_shape: tuple[int, ...], output_dim: int, **params: Any) -> nn.Module:
+    """A model described as ``layers``: a list of JSON layers (see :mod:`lrtune.sequential`).
+
+    Input sizes are inferred from ``input_shape``; the last layer must output ``output_dim``
+    values. The result is an :class:`torch.nn.Sequential` with one module per layer, so param
+    group prefixes read ``"0."``, ``"1."``, ... in the order the layers are listed.
+
+    Raises:
+        InvalidInputError: a layer is malformed, does not fit the shape flowing into it, or the
+            model breaks a cap (:class:`~lrtune.sequential.LayerShapeError`, naming the layer).
+    """
+    check_shapes(input_shape, output_dim)
+    parsed = parse_params(SequentialParams, params, "model 'sequential'")
+    return _build_steps(seq.plan_layers(parsed, input_shape, output_dim).steps)
+
+
+def _build_steps(steps: tuple[seq.Step, ...]) -> nn.Sequential:
+    return nn.Sequential(*(_build_step(step) for step in steps))
+
+
+def _build_step(step: seq.Step) -> nn.Module:
+    layer, shape = step.layer, step.input_shape
+    match layer:
+        case seq.Residual():
+            return _Residual(_build_steps(step.inner))
+        case seq.Linear():
+            return nn.Linear(shape[-1], layer.out_features, bias=layer.bias)
+        case seq.Conv1d():
+            return nn.Conv1d(
+                shape[0],
+                layer.out_channels,
+                layer.kernel_size,
+                layer.stride,
+                layer.padding,
+                bias=layer.bias,
+            )
+        case seq.Conv2d():
+            return nn.Conv2d(
+                shape[0],
+                layer.out_channels,
+                tuple(layer.kernel_size),
+                tuple(layer.stride),
+                tuple(layer.padding),
+                bias=layer.bias,
+            )
+        case seq.BatchNorm():
+            # (C,) and (C, L): BatchNorm1d normalizes each channel; (C, H, W): BatchNorm2d.
+            return nn.BatchNorm2d(shape[0]) if len(shape) == 3 else nn.BatchNorm1d(shape[0])
+        case seq.LayerNorm():
+            return nn.LayerNorm(shape[-1])
+        case seq.Activation():
+            return _ACTIVATIONS[layer.type]()
+        case seq.Dropout():
+            return nn.Dropout(layer.p)
+        case seq.Pool():
+            return _build_pool(layer, shape)
+        case seq.GlobalPool():
+            return _Pool(layer.mode, over="space")
+        case seq.Flatten():
+            return nn.Flatten()
+        case seq.Reshape():
+            return _Reshape(tuple(layer.shape))
+        case seq.Embedding():
+            return _TokenEmbedding(layer.num_embeddings, layer.embedding_dim)
+        case seq.PositionalEmbedding():
+            return _PositionalEmbedding(shape)
+        case seq.Recurrent():
+            return _build_recurrent(layer, shape)
+        case seq.TransformerEncoderLayer():
+            return _build_transformer(layer, shape)
+        case seq.SequencePool():
+            return _Pool(layer.mode, over="time")
+    raise AssertionError(f"no torch module for layer type {type(layer).__name__}")
+
+
+def _build_pool(layer: seq.Pool, shape: tuple[int, ...]) -> nn.Module:
+    rank = len(shape) - 1
+    kernel, padding = layer.kernel_size[:rank], layer.padding[:rank]
+    stride = kernel if layer.stride is None else layer.stride[:rank]
+    kinds = {
+        ("maxpool", 1): nn.MaxPool1d,
+        ("maxpool", 2): nn.MaxPool2d,
+        ("avgpool", 1): nn.AvgPool1d,
+        ("avgpool", 2): nn.AvgPool2d,
+    }
+    return kinds[layer.type, rank](tuple(kernel), tuple(stride), tuple(padding))
+
+
+def _build_recurrent(layer: seq.Recurrent, shape: tuple[int, ...]) -> nn.Module:
+    kind = nn.LSTM if layer.type == "lstm" else nn.GRU
+    rnn = kind(
+        shape[1],
+        layer.hidden_size,
+        num_layers=layer.num_layers,
+        bidirectional=layer.bidirectional,
+        dropout=layer.dropout,
+        batch_first=True,
+    )
+    return _Recurrent(rnn, layer.pool)
+
+
+def _build_transformer(layer: seq.TransformerEncoderLayer, shape: tuple[int, ...]) -> nn.Module:
+    d_model = shape[1]
+    return nn.TransformerEncoderLayer(
+        d_model,
+        layer.nhead,
+        dim_feedforward=layer.feedforward(d_model),
+        dropout=layer.dropout,
+        activation=layer.activation,
+        batch_first=True,
+        norm_first=layer.norm_first,
+    )
+
+
+class _Reshape(nn.Module):
+    """``(N, ...) -> (N, *shape)``."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], *self.shape)
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}"
+
+
+class _Residual(nn.Module):
+    """``x + body(x)``."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class _Pool(nn.Module):
+    """The mean or max (or the first or last step) over time, ``(N, T, D) -> (N, D)``, or over
+    the spatial axes, ``(N, C, ...) -> (N, C)``."""
+
+    def __init__(self, mode: str, over: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self.over = over
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, over={self.over!r}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.over == "space":
+            x = x.flatten(2).transpose(1, 2)  # (N, C, ...) -> (N, positions, C)
+        if self.mode == "mean":
+            return x.mean(1)
+        if self.mode == "max":
+            return x.amax(1)
+        return x[:, 0] if self.mode == "first" else x[:, -1]
+
+
+class _Recurrent(nn.Module):
+    """An LSTM or GRU over ``(N, T, F)``: the final hidden state of the last layer (both
+    directions), the mean of the outputs over time, or the outputs themselves."""
+
+    def __init__(self, rnn: nn.LSTM | nn.GRU, pool: str) -> None:
+        super().__init__()
+        self.rnn = rnn
+        self.pool = pool
+
+    def extra_repr(self) -> str:
+        return f"pool={self.pool!r}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outputs, state = self.rnn(x)
+        if self.pool == "none":
+            return outputs
+        if self.pool == "mean":
+            return outputs.mean(1)
+        hidden = state[0] if isinstance(state, tuple) else state  # LSTM: (h_n, c_n)
+        directions = 2 if self.rnn.bidirectional else 1
+        return torch.cat(list(hidden[-directions:]), dim=-1)
+
+
+class _TokenEmbedding(nn.Embedding):
+    """An embedding of integer token ids; ids stored as floats (datasets are float32) must be
+    whole numbers in ``[0, num_embeddings)``, else :class:`InvalidInputError`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ids = x.long()
+        if x.is_floating_point() and not torch.equal(ids.to(x.dtype), x):
+            raise InvalidInputError(
+                "embedding expects integer token ids, got fractional values: use a dataset of "
+                "token ids, or a linear layer for real-valued features"
+            )
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_embeddings):
+            raise InvalidInputError(
+                f"embedding got token ids outside [0, {self.num_embeddings}) "
+                f"(min {int(ids.min())}, max {int(ids.max())}): raise num_embeddings"
+            )
+        return super().forward(ids)
+
+
+class _PositionalEmbedding(nn.Module):
+    """A learned embedding of each position, added to a ``(N, T, D)`` input."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(shape) * 0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.weight

@@ -20,9 +20,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lrtune.exceptions import InvalidInputError, describe_validation_error
+from lrtune.sequential import MAX_LAYERS, Layer, check_structure, plan_layers
 
 MAX_SEED = 2**31 - 1
 """The largest seed lrtune takes anywhere (job, dataset split, model init): every RNG accepts it."""
@@ -92,6 +93,27 @@ class CNNParams(FactoryParams):
     dropout: Dropout = 0.0
 
 
+class SequentialParams(FactoryParams):
+    """Params of the ``sequential`` model: its layers, as :mod:`lrtune.sequential` describes.
+
+    Validating them checks each layer's fields and the caps on layer count and nesting; the
+    shapes need the dataset's input shape: :meth:`check_shapes`.
+    """
+
+    layers: list[Layer] = Field(min_length=1, max_length=MAX_LAYERS)
+
+    @field_validator("layers")
+    @classmethod
+    def _within_caps(cls, layers: list[Layer]) -> list[Layer]:
+        check_structure(layers)
+        return layers
+
+    def check_shapes(self, input_shape: tuple[int, ...], output_dim: int) -> None:
+        """Raise :class:`~lrtune.sequential.LayerShapeError` (an ``InvalidInputError``) unless
+        the layers fit ``input_shape`` and end in ``(output_dim,)`` within the caps."""
+        plan_layers(self, input_shape, output_dim)
+
+
 # --- datasets ----------------------------------------------------------------------------------
 
 
@@ -116,6 +138,7 @@ MODEL_PARAMS: dict[str, type[FactoryParams]] = {
     "logreg": LogRegParams,
     "mlp": MLPParams,
     "cnn": CNNParams,
+    "sequential": SequentialParams,
 }
 DATASET_PARAMS: dict[str, type[FactoryParams]] = {
     "digits": SplitParams,

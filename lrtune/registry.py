@@ -6,12 +6,21 @@ the factory validates; nothing a user sends is ever executed. That lets the HTTP
 
 Example:
     >>> from lrtune.registry import build_model, load_dataset, model_names
-    >>> {"logreg", "mlp", "cnn"} <= set(model_names())
+    >>> from lrtune.registry import dataset_shapes, validate_model_params
+    >>> {"logreg", "mlp", "cnn", "sequential"} <= set(model_names())
     True
     >>> bundle = load_dataset("digits", {"val_fraction": 0.25, "seed": 3})
     >>> model = build_model("mlp", bundle, {"hidden": [64], "dropout": 0.1}, seed=0)
     >>> sorted(bundle.evaluate(model))
     ['accuracy', 'loss']
+    >>> layers = [{"type": "linear", "out_features": 3}]
+    >>> validate_model_params("sequential", {"layers": layers}, dataset_shapes("wine"))
+    >>> validate_model_params("sequential", {"layers": layers}, dataset_shapes("digits"))
+    Traceback (most recent call last):
+    ...
+    lrtune.sequential.LayerShapeError: invalid params for model 'sequential': layers: the last \
+layer outputs (3,), but the dataset needs (10,) (its output_dim): end with {"type": "linear", \
+"out_features": 10}
     >>> build_model("resnet", bundle)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
@@ -29,9 +38,11 @@ metadata of an installed package (``pyproject.toml`` shown)::
 Names come without importing anything heavy: the built-ins' from this module, the plugins' from
 their entry-point metadata (read on the first lookup, and again on :func:`reload_plugins`). So
 :func:`model_names`, :func:`model_params_schema` and :func:`validate_model_params` (and their
-dataset twins) work in a process without torch. A factory is imported when it is first used; a
-plugin that fails to import then raises :class:`RegistryError` (and logs a warning), and one
-whose name is malformed or already in use is skipped with a warning.
+dataset twins) work in a process without torch; given a dataset's shapes (:func:`dataset_shapes`
+for the built-ins), :func:`validate_model_params` also checks a ``sequential`` model's layers
+against them. A factory is imported when it is first used; a plugin that fails to import then
+raises :class:`RegistryError` (and logs a warning), and one whose name is malformed or already
+in use is skipped with a warning.
 """
 
 from __future__ import annotations
@@ -46,7 +57,15 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from lrtune.exceptions import InvalidInputError, NotFoundError
-from lrtune.params import DATASET_PARAMS, MAX_SEED, MODEL_PARAMS, FactoryParams, parse_params
+from lrtune.params import (
+    DATASET_PARAMS,
+    MAX_SEED,
+    MODEL_PARAMS,
+    FactoryParams,
+    SequentialParams,
+    SyntheticParams,
+    parse_params,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -276,14 +295,28 @@ def dataset_params_schema(name: str) -> type[FactoryParams] | None:
     return DATASET_PARAMS.get(name) if _datasets.is_builtin(name) else None
 
 
-def validate_model_params(name: str, params: Mapping[str, Any] | None) -> None:
+def validate_model_params(
+    name: str,
+    params: Mapping[str, Any] | None,
+    shapes: tuple[tuple[int, ...], int] | None = None,
+) -> None:
     """Check that ``name`` is a model and, for a built-in, that ``params`` fit it; no torch.
+
+    With ``shapes`` (one sample's input shape and the output dimension, as
+    :func:`dataset_shapes` gives them), a built-in whose params depend on the shapes
+    (``sequential``) is also checked against them: each layer's shape and the parameter cap.
 
     Raises:
         UnknownNameError: no model is available under ``name``.
-        InvalidInputError: the params are not a JSON object, or do not fit the built-in.
+        InvalidInputError: the params are not a JSON object, or do not fit the built-in, or its
+            layers do not fit ``shapes`` (:class:`~lrtune.sequential.LayerShapeError`, whose
+            ``loc`` is the bad field's path inside the params).
     """
-    _validate_params(model_params_schema(name), "model", name, params)
+    schema = model_params_schema(name)
+    parsed = _validate_params(schema, "model", name, params)
+    if shapes is not None and isinstance(parsed, SequentialParams):
+        input_shape, output_dim = shapes
+        parsed.check_shapes(tuple(input_shape), output_dim)
 
 
 def validate_dataset_params(name: str, params: Mapping[str, Any] | None) -> None:
@@ -298,10 +331,35 @@ def validate_dataset_params(name: str, params: Mapping[str, Any] | None) -> None
 
 def _validate_params(
     schema: type[FactoryParams] | None, kind: str, name: str, params: Mapping[str, Any] | None
-) -> None:
+) -> FactoryParams | None:
     checked = _checked_params(params)
-    if schema is not None:
-        parse_params(schema, checked, f"{kind} {name!r}")
+    return None if schema is None else parse_params(schema, checked, f"{kind} {name!r}")
+
+
+# One sample's input shape and the output dimension of the built-in datasets (``synthetic``'s
+# come from its params); tests/test_sequential.py checks them against the loaded bundles.
+_BUILTIN_DATASET_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
+    "digits": ((64,), 10),
+    "breast_cancer": ((30,), 2),
+    "wine": ((13,), 3),
+    "diabetes": ((10,), 1),
+}
+
+
+def dataset_shapes(
+    name: str, params: Mapping[str, Any] | None = None
+) -> tuple[tuple[int, ...], int] | None:
+    """One sample's input shape and the output dimension of a built-in dataset, without
+    loading it (no torch, no scikit-learn); ``None`` for a plugin's, known only once loaded.
+
+    Raises:
+        UnknownNameError: no dataset is available under ``name``.
+        InvalidInputError: the params do not fit the built-in.
+    """
+    parsed = _validate_params(dataset_params_schema(name), "dataset", name, params)
+    if isinstance(parsed, SyntheticParams):
+        return (parsed.n_features,), parsed.n_classes
+    return _BUILTIN_DATASET_SHAPES.get(name) if _datasets.is_builtin(name) else None
 
 
 def build_model(
