@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import doctest
 import importlib
+import json
 import logging
 import socket
 import threading
@@ -267,6 +268,74 @@ def test_recommendation_lookups_that_find_nothing_say_what_to_do(
         assert_field_error(response, loc, status)
     else:
         assert response.status_code == 404 and "POST /v1/jobs" in response.json()["detail"]
+
+
+# --- the event stream -------------------------------------------------------------------------
+
+
+def sse_messages(lines: Iterator[str]) -> Iterator[dict[str, str]]:
+    """Parse Server-Sent Events: one dict per message (``id``, ``event``, ``data``), and one
+    ``{"comment": ...}`` per comment line."""
+    message: dict[str, str] = {}
+    for line in lines:
+        if line.startswith(":"):
+            yield {"comment": line[1:].strip()}
+        elif line:
+            field, _, value = line.partition(":")
+            message[field] = value.removeprefix(" ")
+        elif message:
+            yield message
+            message = {}
+
+
+@contextlib.contextmanager
+def event_stream(api: httpx.Client, job_id: str, **kwargs: Any) -> Iterator[Iterator[dict]]:
+    """The job's event stream, messages only (keep-alive comments skipped)."""
+    with api.stream("GET", f"/v1/jobs/{job_id}/events", **kwargs) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        messages = sse_messages(response.iter_lines())
+        yield (m for m in messages if "comment" not in m)
+
+
+def test_the_event_stream_is_live_resumable_and_ends_when_the_job_is_done(
+    start: Start, store: JobStore
+) -> None:
+    api = start(sse_poll_s=0.05)
+    job = submit(api).json()
+    with event_stream(api, job["id"]) as events:
+        submitted = next(events)
+        assert json.loads(submitted["data"])["kind"] == "submitted"
+        appended = store.append_event(job["id"], "progress", {"range_test_steps_done": 5})
+        live = next(events)  # appended while the client listens
+        assert live["id"] == str(appended.id)
+        assert json.loads(live["data"])["payload"] == {"range_test_steps_done": 5}
+    missed = store.append_event(job["id"], "progress", {"range_test_steps_done": 9})
+    with event_stream(api, job["id"], headers={"Last-Event-ID": live["id"]}) as events:
+        assert next(events)["id"] == str(missed.id)  # nothing before the cursor again
+        store.cancel(job["id"])
+        rest = list(events)  # the stream closes by itself once the job is finished
+    assert json.loads(rest[0]["data"])["payload"]["to"] == "cancelled"
+    assert rest[-1] == {"event": "end", "data": '{"status": "cancelled"}'}
+    with event_stream(api, job["id"], params={"after": submitted["id"]}) as events:
+        replay = [m.get("id") for m in events]
+    assert replay == [live["id"], str(missed.id), rest[0]["id"], None]
+
+
+def test_an_idle_event_stream_sends_keep_alive_comments(start: Start) -> None:
+    api = start(sse_ping_s=0.2)
+    job = submit(api).json()
+    with api.stream("GET", f"/v1/jobs/{job['id']}/events") as response:
+        messages = sse_messages(response.iter_lines())
+        assert "comment" not in next(messages)  # the submitted event
+        assert "ping" in next(messages)["comment"]
+
+
+def test_an_event_stream_with_a_bad_cursor_is_422(api: httpx.Client) -> None:
+    job = submit(api).json()
+    path = f"/v1/jobs/{job['id']}/events"
+    assert_field_error(api.get(path, headers={"Last-Event-ID": "x"}), ["header", "last-event-id"])
+    assert_field_error(api.get(path, params={"after": -1}), ["query", "after"])
 
 
 # --- registry and schedules -------------------------------------------------------------------
