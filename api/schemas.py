@@ -27,7 +27,7 @@ from lrtune.jobs.schemas import StoredRecommendation
 from lrtune.schedules import ScheduleSpec
 from lrtune.spec import MAX_EPOCHS
 
-MAX_PREVIEW_STEPS = 100_000
+MAX_PREVIEW_STEPS = 20_000
 """Most optimizer steps one schedule preview may ask for (epochs times steps per epoch)."""
 
 
