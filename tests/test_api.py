@@ -103,6 +103,18 @@ def test_job_pages_are_keyset_pages_newest_first_and_filter_by_status(api: httpx
     assert [j["id"] for j in cancelled] == [ids[1]]
 
 
+def test_a_polled_job_is_304_until_it_changes(api: httpx.Client) -> None:
+    job = submit(api).json()
+    first = api.get(f"/v1/jobs/{job['id']}")
+    etag = first.headers["etag"]
+    unchanged = api.get(f"/v1/jobs/{job['id']}", headers={"If-None-Match": etag})
+    assert unchanged.status_code == 304 and unchanged.content == b""
+    api.post(f"/v1/jobs/{job['id']}/cancel")
+    changed = api.get(f"/v1/jobs/{job['id']}", headers={"If-None-Match": etag})
+    assert changed.status_code == 200 and changed.json()["status"] == "cancelled"
+    assert changed.headers["etag"] != etag
+
+
 @pytest.mark.parametrize(
     ("body", "loc"),
     [
@@ -586,6 +598,22 @@ def test_every_api_module_is_checked() -> None:
         parts = path.relative_to(folder).with_suffix("").parts
         found.add(".".join(("lrtune.api", *(parts[:-1] if parts[-1] == "__init__" else parts))))
     assert found == set(API_MODULES)
+
+
+def test_the_openapi_request_examples_are_accepted(api: httpx.Client) -> None:
+    schema = api.get("/openapi.json").json()
+    tried = 0
+    for path, methods in schema["paths"].items():
+        for method, op in methods.items():
+            if "requestBody" not in op:
+                continue
+            for name, example in op["requestBody"]["content"]["application/json"][
+                "examples"
+            ].items():
+                response = api.request(method, path, json=example["value"])
+                assert response.status_code in (200, 201), (path, name, response.text)
+                tried += 1
+    assert tried == 4
 
 
 def _walk(node: Any) -> Iterator[dict[str, Any]]:

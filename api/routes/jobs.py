@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -157,11 +158,41 @@ def list_jobs(
     "/{job_id}",
     name="get_job",
     summary="Get a job",
-    responses=error_responses(401, 404, 422, 503),
+    responses={
+        304: {"description": "Unchanged since the `ETag` sent in `If-None-Match`"},
+        **error_responses(401, 404, 422, 503),
+    },
 )
-def get_job(job_id: JobId, store: StoreDep, _: ReadAuth) -> JobRecord:
-    """The job: its spec, state, progress, timings and error."""
-    return store.get(job_id)
+def get_job(
+    job_id: JobId,
+    store: StoreDep,
+    _: ReadAuth,
+    response: Response,
+    if_none_match: Annotated[
+        str | None, Header(description="the `ETag` of the copy the client has")
+    ] = None,
+) -> JobRecord:
+    """The job: its spec, state, progress, timings and error.
+
+    Carries an `ETag`; a poller that sends it back in `If-None-Match` gets 304 while the job
+    is unchanged.
+    """
+    job = store.get(job_id)
+    etag = entity_tag(job)
+    if if_none_match is not None and etag in _listed_tags(if_none_match):
+        return Response(status_code=304, headers={"ETag": etag})  # type: ignore[return-value]
+    response.headers["ETag"] = etag
+    return job
+
+
+def entity_tag(job: JobRecord) -> str:
+    """A strong ETag of the job as served: it changes whenever any field does."""
+    digest = hashlib.sha256(job.model_dump_json().encode()).hexdigest()[:32]
+    return f'"{digest}"'
+
+
+def _listed_tags(header: str) -> set[str]:
+    return {tag.strip().removeprefix("W/") for tag in header.split(",")}
 
 
 @router.post(
