@@ -13,7 +13,9 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -149,6 +151,46 @@ def test_malformed_json_and_a_bad_name_are_422(api: httpx.Client) -> None:
     )
     assert broken.status_code == 422 and broken.json()["errors"][0]["type"] == "json_invalid"
     assert_field_error(submit(api, params={"name": "x" * 121}), ["query", "name"])
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/v1/jobs", b"[" * 100_000 + b"]" * 100_000),  # nested too deeply to parse
+        (
+            "POST",
+            "/v1/jobs",
+            b'{"model": {"name": "mlp"}, "dataset": {"name": "digits"}, "seed": NaN}',
+        ),
+        ("POST", "/v1/jobs", b'{"model": {"name": "mlp"}, "batch_size": 1' + b"0" * 5000 + b"}"),
+        ("POST", "/v1/jobs", b'{"model": {"name": "\\ud800"}, "dataset": {"name": "digits"}}'),
+        ("POST", "/v1/jobs", b"\xff\xfe"),
+        ("POST", "/v1/jobs", b'{"model": {"name": "mlp", "params": {"hidden": [1e400]}}}'),
+        ("GET", "/v1/jobs/%00", b""),
+        ("GET", "/v1/jobs?limit=99999999999999999999999", b""),
+        ("GET", "/v1/recommendations?model=%00&dataset=x", b""),
+        (
+            "POST",
+            "/v1/schedules/preview",
+            b'{"schedule": {"family": "exponential", "gamma": 1e-300}, '
+            b'"base_lr": 0.1, "epochs": 50}',
+        ),
+        (
+            "POST",
+            "/v1/schedules/preview",
+            b'{"schedule": {"family": "onecycle", "max_lr": 0.1}, "base_lr": 0.1, "epochs": 1}',
+        ),
+    ],
+)
+def test_hostile_input_is_never_a_server_error(
+    api: httpx.Client, method: str, path: str, body: bytes
+) -> None:
+    headers = {"content-type": "application/json"} if body else None
+    response = api.request(method, path, content=body or None, headers=headers)
+    assert response.status_code < 500, response.text
+    assert "Traceback" not in response.text
+    if not response.is_success:
+        assert set(response.json()) == {"detail", "errors"}
 
 
 def test_an_oversize_body_is_413_declared_or_chunked(start: Start) -> None:
@@ -475,10 +517,13 @@ def test_an_unreachable_database_is_503_and_the_app_still_starts(launch: Start) 
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to a server; :meth:`cut` drops every connection and stops."""
+    """Forwards 127.0.0.1:<port> to a server; :meth:`cut` drops every connection and stops,
+    :meth:`stall` holds every byte until :meth:`flow` (a database that hangs)."""
 
     def __init__(self, target: tuple[str, int], port: int = 0) -> None:
         self.target = target
+        self.flowing = threading.Event()
+        self.flowing.set()
         self.listener = socket.create_server(("127.0.0.1", port), reuse_port=True)
         self.port = self.listener.getsockname()[1]
         self.sockets: list[socket.socket] = []
@@ -495,13 +540,19 @@ class TcpProxy:
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
+                self.flowing.wait()
                 sink.sendall(data)
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_RDWR)
+
+    def stall(self) -> None:
+        self.flowing.clear()
+
+    def flow(self) -> None:
+        self.flowing.set()
 
     def cut(self) -> None:
         with contextlib.suppress(OSError):  # wakes the accept() so the port stops listening
@@ -536,6 +587,46 @@ def test_a_database_that_goes_down_while_serving_is_503_then_ready_again(
         assert api.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"
     finally:
         back.cut()
+
+
+@pytest.mark.postgres
+def test_a_hanging_database_holds_its_requests_but_not_the_event_loop(
+    launch: Start, postgres_url: str
+) -> None:
+    real = sa.engine.make_url(postgres_url)
+    proxy = TcpProxy((real.host or "127.0.0.1", real.port or 5432))
+    proxied = real.set(port=proxy.port).render_as_string(hide_password=False)
+    upgrade(proxied)
+    api = launch(database_url=proxied, sse_poll_s=0.05)
+    job = submit(api).json()
+
+    def first_event() -> dict[str, str]:
+        with (
+            httpx.Client(base_url=api.base_url, timeout=60) as own,
+            event_stream(own, job["id"]) as events,
+        ):
+            return next(events)
+
+    def get_job() -> httpx.Response:
+        with httpx.Client(base_url=api.base_url, timeout=60) as own:
+            return own.get(f"/v1/jobs/{job['id']}")
+
+    proxy.stall()
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            waiting = [pool.submit(first_event), pool.submit(get_job)]
+            time.sleep(1.0)
+            started = time.monotonic()
+            assert api.get("/healthz", timeout=5).status_code == 200
+            assert time.monotonic() - started < 2.0
+            assert not any(future.done() for future in waiting)  # they wait on the database
+            proxy.flow()
+            event, record = (future.result(timeout=60) for future in waiting)
+    finally:
+        proxy.flow()
+        proxy.cut()
+    assert json.loads(event["data"])["kind"] == "submitted"
+    assert record.status_code == 200
 
 
 # --- what the app loads, and what it documents ------------------------------------------------
