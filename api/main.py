@@ -30,6 +30,7 @@ from lrtune.api.middleware import BodySizeLimit
 from lrtune.api.routes import datasets, health, jobs, models, recommendations, schedules
 from lrtune.api.routes._docs import error_responses
 from lrtune.jobs import JobStore
+from lrtune.jobs.db import get_engine
 
 API_PREFIX = "/v1"
 
@@ -56,12 +57,16 @@ def create_app(settings: Settings | None = None, *, store: JobStore | None = Non
     """The API app for ``settings`` (default: from the environment).
 
     ``store`` is the job store to serve (default: opened from ``settings.database_url`` on
-    the first request that needs it, so the app starts while the database is down).
+    the first request that needs it, so the app starts while the database is down; the URL
+    itself is checked now).
 
     Raises:
-        InvalidInputError: an ``LRTUNE_*`` variable holds an invalid value (from_env).
+        InvalidInputError: an ``LRTUNE_*`` variable holds an invalid value, or the database
+            URL is not one lrtune can open (malformed, unknown database, driver missing).
     """
     settings = settings or Settings.from_env()
+    if store is None:
+        get_engine(settings.database_url, settings)  # connects to nothing
     app = FastAPI(
         title="lrtune",
         version=__version__,

@@ -26,6 +26,7 @@ from small_jobs import small_job
 from test_imports import heavy_modules_after
 
 from lrtune.api import Settings, create_app
+from lrtune.exceptions import InvalidInputError
 from lrtune.jobs import JobStore, upgrade
 from lrtune.recommendation import Recommendation
 
@@ -166,7 +167,13 @@ def test_malformed_json_and_a_bad_name_are_422(api: httpx.Client) -> None:
         ("POST", "/v1/jobs", b'{"model": {"name": "\\ud800"}, "dataset": {"name": "digits"}}'),
         ("POST", "/v1/jobs", b"\xff\xfe"),
         ("POST", "/v1/jobs", b'{"model": {"name": "mlp", "params": {"hidden": [1e400]}}}'),
-        ("GET", "/v1/jobs/%00", b""),
+        ("GET", "/v1/jobs/%00", b""),  # PostgreSQL text cannot hold NUL: 422, not 503
+        ("GET", "/v1/jobs?after=a%00", b""),
+        (
+            "POST",
+            "/v1/jobs?name=a%00",
+            b'{"model": {"name": "mlp"}, "dataset": {"name": "digits"}}',
+        ),
         ("GET", "/v1/jobs?limit=99999999999999999999999", b""),
         ("GET", "/v1/recommendations?model=%00&dataset=x", b""),
         (
@@ -514,6 +521,12 @@ def test_an_unreachable_database_is_503_and_the_app_still_starts(launch: Start) 
     ready = api.get("/readyz")
     assert ready.status_code == 503 and ready.json()["status"] == "unavailable"
     assert ready.json()["database"] == "postgresql+psycopg://lrtune:***@127.0.0.1:1/lrtune"
+
+
+@pytest.mark.parametrize("url", ["not a url", "nosuchdb://host/db", "mysql+nodriver://h/db"])
+def test_an_unusable_database_url_stops_the_app_from_starting(url: str) -> None:
+    with pytest.raises(InvalidInputError, match="URL"):
+        create_app(Settings(database_url=url))
 
 
 class TcpProxy:
