@@ -1,4 +1,5 @@
-"""A Python client for lrtune's HTTP API: submit a job, wait for it, read its recommendation.
+"""A Python client for lrtune's HTTP API: submit a job, wait for it, read its recommendation
+(or find a stored one by fingerprint or by model and dataset names).
 
 Synchronous (httpx), and light: importing it loads neither torch nor Optuna, so a notebook or
 a CI step can ask a remote service for an LR without installing a training stack's worth of
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -50,6 +51,9 @@ from lrtune.exceptions import (
 )
 from lrtune.jobs.schemas import JobPage, JobProgress, JobRecord, JobStatus, StoredRecommendation
 from lrtune.spec import JobSpec
+
+if TYPE_CHECKING:
+    from lrtune.api.schemas import RecommendationMatch
 
 __all__ = ["Client", "Unauthorized"]
 
@@ -121,6 +125,33 @@ class Client:
         """The recommendation the job wrote (:class:`NotFoundError` until it has)."""
         data = self._call("GET", f"/v1/jobs/{job_id}/recommendation")
         return StoredRecommendation.model_validate(data)
+
+    def find_recommendation(
+        self,
+        *,
+        fingerprint: str | None = None,
+        model: str | None = None,
+        dataset: str | None = None,
+        optimizer: str | None = None,
+        batch_size: int | None = None,
+    ) -> RecommendationMatch:
+        """A stored recommendation by fingerprint, or by model and dataset names.
+
+        The answer says how it matched (``match``) and, for a match by names, the spec fields
+        the stored job differs in (``differs``); see ``GET /v1/recommendations``.
+        """
+        from lrtune.api.schemas import RecommendationMatch
+
+        query = {
+            "fingerprint": fingerprint,
+            "model": model,
+            "dataset": dataset,
+            "optimizer": optimizer,
+            "batch_size": batch_size,
+        }
+        params = {key: value for key, value in query.items() if value is not None}
+        data = self._call("GET", "/v1/recommendations", params=params)
+        return RecommendationMatch.model_validate(data)
 
     def wait(
         self,

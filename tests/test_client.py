@@ -70,6 +70,10 @@ def test_submit_wait_and_recommendation_through_the_api_with_a_real_worker(
     stored = client.recommendation(job.id)
     assert stored.job_id == job.id and stored.fingerprint == job.fingerprint
     assert "lr_scheduler.CosineAnnealingLR" in stored.recommendation.to_code()
+    found = client.find_recommendation(model="logreg", dataset="wine", batch_size=32)
+    assert (found.match, found.stored.job_id) == ("fingerprint", job.id)
+    near = client.find_recommendation(model="logreg", dataset="wine")  # batch size 64
+    assert (near.match, near.differs) == ("names", ["batch_size"])
     bar = capsys.readouterr().err
     assert f"job {job.id[:8]}" in bar and "succeeded" in bar
 
@@ -88,6 +92,8 @@ def test_error_responses_come_back_as_lrtune_exceptions_with_the_servers_message
         client.recommendation(job.id)
     with Client(server, token="wrong") as intruder, pytest.raises(Unauthorized):
         intruder.submit(TINY)
+    with pytest.raises(NotFoundError, match="submit one"):
+        client.find_recommendation(model="mlp", dataset="digits")
     assert TOKEN not in repr(client)
     assert [j.id for j in client.list(status="cancelled").data] == [job.id]
 
