@@ -15,8 +15,10 @@ FastAPI, versioned under ``/v1``, laid out like FastAPI's full-stack template:
 Importing it loads neither torch nor Optuna.
 
 Example:
+    >>> import tempfile, pathlib
     >>> from lrtune.api import Settings, create_app
-    >>> create_app(Settings(database_url="sqlite:///:memory:")).title
+    >>> url = f"sqlite:///{pathlib.Path(tempfile.mkdtemp()) / 'jobs.db'}"
+    >>> create_app(Settings(database_url=url)).title
     'lrtune'
 """
 
