@@ -1,0 +1,75 @@
+"""The service's settings: the job store's, plus what the HTTP API adds; read from the environment.
+
+One :class:`Settings` class for the service: it extends the job store's
+(:class:`lrtune.jobs.settings.Settings`: ``LRTUNE_DATABASE_URL``, pool sizes, attempts) with
+the API's fields, so that the API, the store it opens and the workers read one set of
+``LRTUNE_*`` variables. Nothing else in the API reads the environment.
+
+- ``LRTUNE_API_TOKEN``: when set, write endpoints need ``Authorization: Bearer <token>``
+  (and reads too when ``LRTUNE_API_TOKEN_FOR_READS`` is true). A :class:`~pydantic.SecretStr`,
+  so it never shows in a ``repr``, a log line or an error message.
+- ``LRTUNE_MAX_BODY_BYTES``: request bodies above it are refused with 413.
+- ``LRTUNE_MAX_QUEUED_JOBS``: a submit that finds this many jobs queued is refused with 429.
+- ``LRTUNE_HOST``/``LRTUNE_PORT``: where ``uvicorn`` binds (loopback by default).
+- ``LRTUNE_SSE_POLL_S``/``LRTUNE_SSE_PING_S``: how often an event stream reads the store for
+  new events, and how often it sends a keep-alive comment.
+
+Example:
+    >>> import os
+    >>> settings = Settings()
+    >>> settings.api_token is None, settings.max_body_bytes, settings.host
+    (True, 1048576, '127.0.0.1')
+    >>> os.environ["LRTUNE_API_TOKEN"] = "s3cret"
+    >>> settings = Settings.from_env()
+    >>> settings.api_token.get_secret_value(), "s3cret" in repr(settings)
+    ('s3cret', False)
+    >>> del os.environ["LRTUNE_API_TOKEN"]
+    >>> os.environ["LRTUNE_MAX_QUEUED_JOBS"] = "0"
+    >>> Settings.from_env()
+    Traceback (most recent call last):
+    ...
+    lrtune.exceptions.InvalidInputError: invalid settings: LRTUNE_MAX_QUEUED_JOBS='0': Input \
+should be greater than or equal to 1
+    >>> del os.environ["LRTUNE_MAX_QUEUED_JOBS"]
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, field_validator
+
+from lrtune.jobs.settings import Settings as StoreSettings
+
+__all__ = ["Settings"]
+
+
+class Settings(StoreSettings):
+    """The job store's settings plus the HTTP API's (every field from ``LRTUNE_<FIELD>``)."""
+
+    api_token: SecretStr | None = Field(
+        None,
+        description="bearer token that write endpoints require; unset: no auth (loopback use)",
+    )
+    api_token_for_reads: bool = Field(
+        False, description="also require the token on read endpoints (a non-loopback bind)"
+    )
+    max_body_bytes: int = Field(
+        1 << 20, ge=1024, description="largest request body accepted; larger ones get 413"
+    )
+    max_queued_jobs: int = Field(
+        1000, ge=1, description="queued jobs above which a submit is refused with 429"
+    )
+    host: str = Field("127.0.0.1", min_length=1, description="address the API binds")
+    port: int = Field(8000, ge=1, le=65535, description="port the API binds")
+    sse_poll_s: float = Field(
+        0.5, gt=0, le=60, description="seconds between an event stream's reads of the store"
+    )
+    sse_ping_s: float = Field(
+        15.0, gt=0, le=300, description="seconds between an event stream's keep-alive comments"
+    )
+
+    @field_validator("api_token")
+    @classmethod
+    def _non_empty_token(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and not token.get_secret_value().strip():
+            raise ValueError("the API token must not be empty or blank: unset it or set a token")
+        return token

@@ -1,0 +1,126 @@
+"""The routes' dependencies, defined once as ``Annotated`` aliases (FastAPI's template layout).
+
+- :data:`SettingsDep`: the app's :class:`~lrtune.api.config.Settings`;
+- :data:`StoreDep`: the app's :class:`~lrtune.jobs.JobStore`, opened on first use (so the
+  app starts, and ``/healthz`` answers, while the database is down; until it is up, routes
+  that need it answer 503);
+- :data:`WriteAuth`: with ``LRTUNE_API_TOKEN`` set, the request must carry
+  ``Authorization: Bearer <token>``; compared with :func:`hmac.compare_digest`, refused with
+  401 otherwise. Documented in OpenAPI as the ``HTTPBearer`` scheme;
+- :data:`ReadAuth`: the same check on reads, only when ``LRTUNE_API_TOKEN_FOR_READS`` is on.
+
+A route declares what it needs as parameters::
+
+    @router.post("/{job_id}/cancel")
+    def cancel_job(job_id: str, store: StoreDep, _: WriteAuth) -> JobRecord: ...
+
+The token is never logged or echoed: a refusal says only that it is missing or wrong.
+
+Example:
+    >>> from pydantic import SecretStr
+    >>> check_token(Settings(), None)  # no token configured: anyone may write
+    >>> check_token(Settings(api_token=SecretStr("s3cret")), "s3cret")
+    >>> check_token(Settings(api_token=SecretStr("s3cret")), "guess")
+    Traceback (most recent call last):
+    ...
+    starlette.exceptions.HTTPException: 401: the bearer token is not this server's \
+LRTUNE_API_TOKEN
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException
+
+from lrtune.api.config import Settings
+from lrtune.jobs import JobStore
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="the server's LRTUNE_API_TOKEN; needed by write endpoints when it is set",
+)
+
+
+class LazyStore:
+    """The app's job store, opened on the first request that needs it.
+
+    Opening checks the database's schema; when that fails (database down, schema out of
+    date) the :class:`~lrtune.exceptions.StorageUnavailableError` reaches the client as a
+    503 and the next request tries again.
+    """
+
+    def __init__(self, settings: Settings, store: JobStore | None = None) -> None:
+        self.settings = settings
+        self._store = store
+        self._lock = threading.Lock()
+
+    def get(self) -> JobStore:
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    self._store = JobStore(self.settings.database_url, settings=self.settings)
+        return self._store
+
+
+def get_settings(request: Request) -> Settings:
+    """The settings the app was created with."""
+    return request.app.state.settings
+
+
+def get_store(request: Request) -> JobStore:
+    """The app's job store (a plain ``def``: FastAPI runs it in its threadpool)."""
+    return request.app.state.store.get()
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[JobStore, Depends(get_store)]
+
+
+def check_token(settings: Settings, token: str | None) -> None:
+    """Return if ``token`` is the configured API token (or none is configured); else 401.
+
+    Raises:
+        HTTPException: 401 with ``WWW-Authenticate: Bearer``; the message never holds a token.
+    """
+    expected = settings.api_token
+    if expected is None:
+        return
+    if not token:
+        raise _unauthorized(
+            "this endpoint needs the header `Authorization: Bearer <token>` with the server's "
+            "LRTUNE_API_TOKEN"
+        )
+    if not hmac.compare_digest(token.encode(), expected.get_secret_value().encode()):
+        raise _unauthorized("the bearer token is not this server's LRTUNE_API_TOKEN")
+
+
+def require_write_token(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """The write endpoints' check (see :func:`check_token`)."""
+    check_token(settings, credentials.credentials if credentials else None)
+
+
+def require_read_token(
+    settings: SettingsDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> None:
+    """The read endpoints' check, when ``api_token_for_reads`` is on."""
+    if not settings.api_token_for_reads:
+        return
+    scheme, _, token = (authorization or "").partition(" ")
+    check_token(settings, token.strip() if scheme.lower() == "bearer" else None)
+
+
+WriteAuth = Annotated[None, Depends(require_write_token)]
+ReadAuth = Annotated[None, Depends(require_read_token)]
+
+
+def _unauthorized(message: str) -> HTTPException:
+    return HTTPException(401, message, headers={"WWW-Authenticate": "Bearer"})

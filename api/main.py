@@ -1,0 +1,86 @@
+"""Build the HTTP API: :func:`create_app` is the one constructor (FastAPI's template layout).
+
+The app holds its :class:`~lrtune.api.config.Settings` and a lazily opened job store on
+``app.state``; routers come from :mod:`lrtune.api.routes` (``/v1/...``, plus ``/healthz`` and
+``/readyz``), errors are mapped in :mod:`lrtune.api.errors`, and request bodies are capped by
+:mod:`lrtune.api.middleware`. Building the app and serving jobs imports neither torch nor
+Optuna (a schedule preview imports torch; deleting a job that has a study imports Optuna).
+
+Run it with uvicorn's factory mode (settings from ``LRTUNE_*``)::
+
+    uvicorn lrtune.api.main:create_app --factory --host 127.0.0.1 --port 8000
+
+Example:
+    >>> import tempfile, pathlib
+    >>> url = f"sqlite:///{pathlib.Path(tempfile.mkdtemp()) / 'jobs.db'}"
+    >>> app = create_app(Settings(database_url=url))
+    >>> "/v1/jobs/{job_id}/events" in app.openapi()["paths"]
+    True
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, FastAPI
+
+from lrtune import __version__
+from lrtune.api.config import Settings
+from lrtune.api.deps import LazyStore
+from lrtune.api.errors import install_error_handlers
+from lrtune.api.middleware import BodySizeLimit
+from lrtune.api.routes import datasets, health, jobs, models, recommendations, schedules
+from lrtune.api.routes._docs import error_responses
+from lrtune.jobs import JobStore
+from lrtune.jobs.db import get_engine
+
+API_PREFIX = "/v1"
+
+_DESCRIPTION = """\
+Find the learning rate and LR schedule of a PyTorch job: submit a job spec, follow its
+progress (or stream its events), and read the recommended schedule with its evidence and a
+paste-ready snippet.
+
+With `LRTUNE_API_TOKEN` set, write endpoints need `Authorization: Bearer <token>`. Errors
+always have the body `{"detail": "...", "errors": [...]}`; `errors` lists the invalid fields
+of a 422 with their paths.
+"""
+
+_TAGS = [
+    {"name": "jobs", "description": "Submit jobs, follow them, read their results"},
+    {"name": "recommendations", "description": "Stored answers: what LR should I use"},
+    {"name": "registry", "description": "The models and datasets a job may name"},
+    {"name": "schedules", "description": "What a schedule spec does, step by step"},
+    {"name": "health", "description": "Probes for orchestrators"},
+]
+
+
+def create_app(settings: Settings | None = None, *, store: JobStore | None = None) -> FastAPI:
+    """The API app for ``settings`` (default: from the environment).
+
+    ``store`` is the job store to serve (default: opened from ``settings.database_url`` on
+    the first request that needs it, so the app starts while the database is down; the URL
+    itself is checked now).
+
+    Raises:
+        InvalidInputError: an ``LRTUNE_*`` variable holds an invalid value, or the database
+            URL is not one lrtune can open (malformed, unknown database, driver missing).
+    """
+    settings = settings or Settings.from_env()
+    if store is None:
+        get_engine(settings.database_url, settings)  # connects to nothing
+    app = FastAPI(
+        title="lrtune",
+        version=__version__,
+        description=_DESCRIPTION,
+        openapi_tags=_TAGS,
+    )
+    app.state.settings = settings
+    app.state.store = LazyStore(settings, store)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    # Every /v1 route takes parameters, so any may answer 422 (in the one error body).
+    v1 = APIRouter(prefix=API_PREFIX, responses=error_responses(422))
+    for module in (jobs, recommendations, models, datasets, schedules):
+        v1.include_router(module.router)
+    app.include_router(v1)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

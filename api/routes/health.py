@@ -1,0 +1,50 @@
+"""``/healthz`` and ``/readyz``: is the process up, and can it serve.
+
+``/healthz`` answers 200 whenever the process runs (a liveness probe; it touches nothing).
+``/readyz`` answers 200 when the job store opens (an embedded SQLite file upgrades itself
+then) and its schema is at the revision this lrtune needs, and 503 with the reason otherwise
+(a readiness probe: the load balancer sends no traffic until it passes). Neither needs a token.
+
+Example:
+    >>> sorted(route.path for route in router.routes)
+    ['/healthz', '/readyz']
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from lrtune.api.deps import SettingsDep
+from lrtune.api.schemas import Health, Readiness
+from lrtune.exceptions import LRTuneError
+from lrtune.jobs import check_current
+from lrtune.jobs.db import safe_url
+from lrtune.jobs.schema import head_revision
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="Liveness")
+def healthz() -> Health:
+    """200 while the process runs."""
+    return Health()
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness",
+    responses={503: {"model": Readiness, "description": "The job store cannot be used"}},
+)
+def readyz(request: Request, settings: SettingsDep) -> Readiness:
+    """200 when the job store is reachable and its schema current; 503 with why not."""
+    readiness = Readiness(status="ready", database="", schema_revision=head_revision())
+    try:
+        readiness.database = safe_url(settings.database_url)
+        store = request.app.state.store.get()
+        check_current(store.url)
+    except LRTuneError as exc:  # unreachable, outdated, or a URL that is not a database's
+        readiness.status, readiness.detail = "unavailable", str(exc)
+        body = readiness.model_dump(mode="json")
+        return JSONResponse(body, status_code=503)  # type: ignore[return-value]
+    return readiness

@@ -1,0 +1,150 @@
+"""The HTTP API's own request and response shapes; everything else it serves is the library's.
+
+Jobs, pages of jobs, events and stored recommendations are served as the job store returns
+them (:mod:`lrtune.jobs.schemas`), and schedules as :mod:`lrtune.schedules` defines them. This
+module holds only what exists because of HTTP: the error body, list envelopes, the schedule
+preview's request and answer, the recommendation lookup's answer (which says how it matched)
+and the health reports. All are pydantic models, so the OpenAPI schema is derived from them.
+
+Example:
+    >>> body = ErrorBody(detail="no job 'x' in the job store")
+    >>> body.model_dump()
+    {'detail': "no job 'x' in the job store", 'errors': []}
+    >>> request = SchedulePreviewRequest.model_validate(
+    ...     {"schedule": {"family": "cosine", "T_max": 4}, "base_lr": 0.1, "epochs": 4})
+    >>> request.schedule.family, request.steps_per_epoch
+    ('cosine', 1)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from lrtune._schema import LRSteps
+from lrtune.jobs.schemas import StoredRecommendation
+from lrtune.schedules import ScheduleSpec
+from lrtune.spec import MAX_EPOCHS
+
+MAX_PREVIEW_STEPS = 20_000
+"""Most optimizer steps one schedule preview may ask for (epochs times steps per epoch)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class FieldError(_Strict):
+    """One invalid field of a request: where it is and what is wrong with it."""
+
+    loc: list[str | int] = Field(
+        description="path to the field, starting with body, query, path or header",
+        examples=[["body", "model", "name"]],
+    )
+    msg: str = Field(description="what is wrong and, where it helps, how to fix it")
+    type: str = Field(description="the kind of error, e.g. missing, unknown_name, int_parsing")
+
+
+class ErrorBody(_Strict):
+    """Every error response: a one-line message, plus the invalid fields for a 422."""
+
+    detail: str = Field(description="what went wrong, in one line, naming the bad value")
+    errors: list[FieldError] = Field(
+        default_factory=list, description="the invalid fields (422 only)"
+    )
+
+
+class RegistryEntry(_Strict):
+    """A model or dataset factory a job may name, with the JSON schema of its params."""
+
+    name: str
+    builtin: bool = Field(description="shipped with lrtune (else a plugin)")
+    params_schema: dict[str, Any] | None = Field(
+        description="JSON schema of the factory's params; null for a plugin, which validates "
+        "its params where it is installed"
+    )
+
+
+class RegistryList(_Strict):
+    """The factories of one kind, sorted by name."""
+
+    data: list[RegistryEntry]
+    count: int
+
+
+class SchedulePreviewRequest(_Strict):
+    """A schedule and the run it would drive: what ``POST /v1/schedules/preview`` takes."""
+
+    schedule: ScheduleSpec
+    base_lr: float = Field(
+        gt=0, le=1e4, description="the optimizer's LR for a parameter whose multiplier is 1"
+    )
+    epochs: int = Field(ge=1, le=MAX_EPOCHS)
+    steps_per_epoch: int = Field(1, ge=1, le=MAX_PREVIEW_STEPS)
+    group_multipliers: list[float] | None = Field(
+        None,
+        min_length=1,
+        max_length=32,
+        description="LR multiplier of each param group (default: one group at 1)",
+    )
+    metrics: list[float] | None = Field(
+        None, description="one validation loss per epoch: what the plateau family reacts to"
+    )
+
+    @model_validator(mode="after")
+    def _bounded(self) -> SchedulePreviewRequest:
+        steps = self.epochs * self.steps_per_epoch
+        if steps > MAX_PREVIEW_STEPS:
+            raise ValueError(
+                f"epochs * steps_per_epoch is {steps}: at most {MAX_PREVIEW_STEPS} steps"
+            )
+        if self.group_multipliers is not None and not all(
+            0 < m <= 1000 for m in self.group_multipliers
+        ):
+            raise ValueError("group_multipliers must each be in (0, 1000]")
+        return self
+
+
+class SchedulePreview(_Strict):
+    """A schedule's LR at every optimizer step and the PyTorch code that builds it."""
+
+    schedule: ScheduleSpec
+    epochs: int
+    steps_per_epoch: int
+    group_multipliers: list[float]
+    lr_curve: LRSteps = Field(description="the LR of every param group at every step")
+    code: str = Field(description="paste-ready PyTorch code building the same scheduler")
+
+
+class RecommendationMatch(_Strict):
+    """A stored recommendation that answers "what LR should I use", and how it was found.
+
+    ``match`` is ``fingerprint`` when the stored job's fingerprint equals the query's (the
+    query pinned everything the fingerprint covers, or named the fingerprint itself), and
+    ``names`` when it is the most recent succeeded job for the query's model and dataset
+    names; ``differs`` then lists the fields in which its spec differs from the query's.
+    """
+
+    match: Literal["fingerprint", "names"]
+    differs: list[str] = Field(
+        default_factory=list,
+        description="spec fields (model.params, batch_size, ...) in which the stored job "
+        "differs from the query; empty for a fingerprint match",
+    )
+    stored: StoredRecommendation
+
+
+class Health(_Strict):
+    """The process is up (``/healthz``); says nothing about the database."""
+
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(_Strict):
+    """The API can serve (``/readyz``): its database is reachable and at the current schema."""
+
+    status: Literal["ready", "unavailable"]
+    database: str = Field(description="the job store's URL, password hidden")
+    schema_revision: str = Field(description="the revision this lrtune needs")
+    detail: str | None = Field(None, description="why it is not ready")

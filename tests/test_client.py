@@ -1,0 +1,116 @@
+"""lrtune.client.Client against a live uvicorn serving the API, with a real worker process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from live_api import serve
+from test_imports import heavy_modules_after
+
+from lrtune.api import Settings, create_app
+from lrtune.client import Client, Unauthorized
+from lrtune.exceptions import ConflictError, InvalidInputError, NotFoundError
+from lrtune.jobs import JobStatus, JobStore, upgrade
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {
+    "model": {"name": "logreg"},
+    "dataset": {"name": "wine"},
+    "batch_size": 32,
+    "range_test": {"seeds": 2, "num_iter": 40},
+    "search": {"n_trials": 2, "epochs": 2, "families": ["cosine"], "confirm_seeds": 1},
+}
+TOKEN = "client-test-token"
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture
+def server(sqlite_url: str) -> Iterator[str]:
+    with serve(create_app(Settings(database_url=sqlite_url, api_token=TOKEN))) as url:
+        yield url
+
+
+@pytest.fixture
+def client(server: str) -> Iterator[Client]:
+    with Client(server, token=TOKEN) as client:
+        yield client
+
+
+def test_submit_wait_and_recommendation_through_the_api_with_a_real_worker(
+    client: Client, sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = client.submit(TINY, name="client-e2e")
+    assert (job.status, job.name) == (JobStatus.QUEUED, "client-e2e")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LRTUNE_TORCH_THREADS": "1"}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "lrtune.cli", "worker", "--database", sqlite_url, "--once"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        done = client.wait(job.id, timeout_s=240, poll_s=0.2, progress=True)
+    finally:
+        _, err = worker.communicate(timeout=240)
+    assert done.status is JobStatus.SUCCEEDED, (done.error, err)
+    assert done.progress.trials_done == 2
+    stored = client.recommendation(job.id)
+    assert stored.job_id == job.id and stored.fingerprint == job.fingerprint
+    assert "lr_scheduler.CosineAnnealingLR" in stored.recommendation.to_code()
+    found = client.find_recommendation(model="logreg", dataset="wine", batch_size=32)
+    assert (found.match, found.stored.job_id) == ("fingerprint", job.id)
+    near = client.find_recommendation(model="logreg", dataset="wine")  # batch size 64
+    assert (near.match, near.differs) == ("names", ["batch_size"])
+    bar = capsys.readouterr().err
+    assert f"job {job.id[:8]}" in bar and "succeeded" in bar
+
+
+def test_error_responses_come_back_as_lrtune_exceptions_with_the_servers_message(
+    client: Client, server: str
+) -> None:
+    with pytest.raises(InvalidInputError, match=r"HTTP 422: unknown model 'resnet'.*body\.model"):
+        client.submit({"model": {"name": "resnet"}, "dataset": {"name": "wine"}})
+    with pytest.raises(NotFoundError, match="HTTP 404: no job 'nope'"):
+        client.get("nope")
+    job = client.cancel(client.submit(TINY).id)
+    with pytest.raises(ConflictError, match="already cancelled"):
+        client.cancel(job.id)
+    with pytest.raises(NotFoundError, match="has no recommendation: it is cancelled"):
+        client.recommendation(job.id)
+    with Client(server, token="wrong") as intruder, pytest.raises(Unauthorized):
+        intruder.submit(TINY)
+    with pytest.raises(NotFoundError, match="submit one"):
+        client.find_recommendation(model="mlp", dataset="digits")
+    assert TOKEN not in repr(client)
+    assert [j.id for j in client.list(status="cancelled").data] == [job.id]
+
+
+def test_wait_gives_up_after_its_timeout(client: Client) -> None:
+    job = client.submit(TINY)
+    with pytest.raises(TimeoutError, match="still queued"):
+        client.wait(job.id, timeout_s=0.3, poll_s=0.1, progress=False)
+
+
+def test_the_client_loads_no_heavy_package(server: str, sqlite_url: str) -> None:
+    code = f"""
+        from lrtune.client import Client
+        with Client({server!r}, token={TOKEN!r}) as client:
+            job = client.submit({TINY!r})
+            assert client.get(job.id).status.value == "queued"
+            assert client.list().data[0].id == job.id
+    """
+    assert heavy_modules_after(code) == []
+    assert JobStore(sqlite_url).list().data[0].spec.model.name == "logreg"
