@@ -496,12 +496,17 @@ class UnitGate:
     ``search.max_parallel`` of the queue's trials run at once: a pop that would exceed it is
     refused (:class:`AtCapacity`) and the process helps another job.
 
-    The bound is exact while the lock is held by every process popping the job's units: the
-    count of RUNNING trials and the pop happen under it, and a trial counts until it finishes.
-    What can make more units than that look RUNNING at once: a dead worker's trial, until its
-    heartbeat goes stale (it is then FAILED and retried, and stops counting), and the moment a
-    queued trial is closed unrun (it is RUNNING for the two writes that close it). Without a
-    lock (one process: :func:`tune`) nothing is bounded but the target.
+    The bound is exact, with no race to overshoot it, when every process popping the job's
+    units uses the lock (workers do): the count of RUNNING trials and the pop happen under
+    it, and only a pop under it makes a trial RUNNING. A dead worker's trial keeps its place
+    until its heartbeat goes stale (it is then FAILED, stops counting, and its retry is
+    queued), so the job may briefly run fewer units than allowed. The one way more train at
+    once: a worker cut off from the database (not dead) whose trial went stale keeps training
+    it, unable to record it, while its retry runs elsewhere: one extra per such worker, until
+    it notices the database is gone. Trials closed
+    unrun are RUNNING only inside the lock, between two writes; in the trials' times they are
+    zero-length. Without a lock (:func:`tune`; :func:`run_worker` processes sharing a study
+    without a job store) only the target is enforced.
     ``handed_out`` counts the pops this gate let through (one may still find the queue
     empty, if another process took its last unit).
     """

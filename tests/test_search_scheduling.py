@@ -21,6 +21,9 @@ from test_worker import JOB, PLANNED_CONFIRMATION_RUNS, _start_worker
 from lrtune._optuna import ATTR_STOP_REASON, ATTR_WARM_START
 from lrtune.cli import main
 from lrtune.jobs import JobStatus, JobStore
+from lrtune.result import LRBounds
+from lrtune.schedules import FAMILIES
+from lrtune.space import schedule_params, suggest_schedule
 from lrtune.spec import JobSpec
 from lrtune.storage import open_storage
 from lrtune.tuner import prepare_study, tune, winner_starts
@@ -152,8 +155,8 @@ def test_a_worker_honours_search_timeout_s_counted_from_when_the_job_entered_sea
     jobs_url: str,
 ) -> None:
     store = JobStore(jobs_url)
-    # 40 trials of 10 epochs take several seconds; the search may hand out trials for 1 s
-    job = store.submit(JobSpec.model_validate(_job(n_trials=40, epochs=10, timeout_s=1.0)))
+    # 80 trials of 10 epochs take several seconds; the search may hand out trials for 1 s
+    job = store.submit(JobSpec.model_validate(_job(n_trials=80, epochs=10, timeout_s=1.0)))
 
     assert _run_once(store) == 1
 
@@ -161,11 +164,11 @@ def test_a_worker_honours_search_timeout_s_counted_from_when_the_job_entered_sea
     assert done.status is JobStatus.SUCCEEDED, done.error
     assert done.search_started_at is not None
     trials = _trials(jobs_url, job.study_name)
-    assert len(trials) == 40
+    assert len(trials) == 80
     _every_trial_explained(trials)
     ran = [t for t in trials if not t.user_attrs.get(ATTR_STOP_REASON, "").startswith("skip")]
-    assert 1 <= len(ran) < 40
-    assert done.progress.trials_skipped == 40 - len(ran)
+    assert 1 <= len(ran) < 80
+    assert done.progress.trials_skipped == 80 - len(ran)
     assert "search.timeout_s (1 s) passed" in (done.progress.search_stopped or "")
     # the running trial finished: no trial was started after the deadline ...
     first_start = min(t.datetime_start for t in ran)  # type: ignore[type-var]
@@ -270,3 +273,43 @@ def test_a_winner_lr_outside_the_new_bounds_is_clipped_and_the_clipping_recorded
     assert start["from"]["clipped"].startswith(f"lr {bounds.high * 1000:.4g} clipped to")
     other = JobSpec.model_validate({**_job(families=["onecycle"]), "batch_size": 16})
     assert winner_starts(other, bounds, 6, [("job-a", too_high)]) == []  # not a family it searches
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_winner_read_into_the_same_space_trains_the_same_schedule(family: str, seed: int) -> None:
+    """schedule_params inverts suggest_schedule: the fixed params give back the schedule."""
+    bounds = LRBounds(low=0.01, high=0.5, suggestion=0.1, divergence_lr=1.0)
+    epochs, steps_per_epoch = 10, 7
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    schedule, lr = suggest_schedule(study.ask(), [family], bounds, epochs, steps_per_epoch)
+
+    params, clipped = schedule_params(
+        schedule,
+        lr,
+        source_epochs=epochs,
+        source_steps_per_epoch=steps_per_epoch,
+        bounds=bounds,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+    )
+    again, again_lr = suggest_schedule(
+        optuna.trial.FixedTrial(params), [family], bounds, epochs, steps_per_epoch
+    )
+
+    assert clipped is None and again_lr == pytest.approx(lr)
+    assert _flat(again.model_dump()) == pytest.approx(_flat(schedule.model_dump()))
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat |= _flat(value, f"{prefix}{key}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[f"{prefix}{key}"] = value
+        elif isinstance(value, (list, tuple)):
+            flat |= {f"{prefix}{key}.{i}": v for i, v in enumerate(value)}
+        else:
+            flat[f"{prefix}{key}"] = str(value)
+    return flat

@@ -60,7 +60,7 @@ a worker; writes begin IMMEDIATE there, and lock the job's row on PostgreSQL.
 
 Example:
     >>> import tempfile, pathlib
-    >>> from lrtune.spec import JobSpec, SearchSpec
+    >>> from lrtune.spec import JobSpec
     >>> store = JobStore(f"sqlite:///{pathlib.Path(tempfile.mkdtemp()) / 'jobs.db'}")
     >>> spec = JobSpec.model_validate({"model": {"name": "mlp"}, "dataset": {"name": "digits"}})
     >>> job = store.submit(spec, name="digits-mlp")
