@@ -97,7 +97,6 @@ import fcntl
 import threading
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import and_, delete, inspect, or_, select, text, tuple_, update
@@ -119,6 +118,7 @@ from lrtune.jobs.schemas import (
     Provenance,
     StoredRecommendation,
     Submission,
+    _as_utc,
 )
 from lrtune.jobs.settings import Settings
 from lrtune.recommendation import Recommendation
@@ -272,7 +272,7 @@ class JobStore:
         started, now = row
         if started is None:
             return None
-        return (_utc(now) - _utc(started)).total_seconds()
+        return (_as_utc(now) - _as_utc(started)).total_seconds()
 
     @contextlib.contextmanager
     def unit_lock(self, job_id: str) -> Iterator[None]:
@@ -652,13 +652,6 @@ class JobStore:
 def _answer_config(search: SearchSpec) -> dict[str, Any]:
     """The search configuration that determines a job's answer (max_parallel does not)."""
     return search.model_dump(mode="json", exclude={"max_parallel"})
-
-
-def _utc(value: datetime) -> datetime:
-    """SQLite returns naive datetimes (and may return text); every stored time is UTC."""
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 _process_locks: dict[tuple[str, str], threading.Lock] = {}
