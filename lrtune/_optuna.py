@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 
 import optuna
 from optuna.trial import TrialState
@@ -54,6 +55,10 @@ ATTR_CANDIDATE = "lrtune.candidate"
 ATTR_SEED = "lrtune.seed"
 ATTR_SAME_AS = "lrtune.same_as"  # a finalist identical to a baseline is not trained twice
 
+# Search study and trials: the earlier jobs' winners a job was warm-started with.
+ATTR_WARM_STARTS = "lrtune.warm_starts"  # on the study: the winners, chosen once
+ATTR_WARM_START = "lrtune.warm_start"  # on a trial: which winner it is, and any LR clipping
+
 CONFIRM_SUFFIX = ":confirm"  # JobSpec names cannot hold ':', so this never names a user's study
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -64,19 +69,39 @@ class QueueEmpty(Exception):
     """The study's queue is empty: every queued trial has been handed out."""
 
 
+class QueueRefused(QueueEmpty):
+    """The study's gate handed out nothing although trials are queued (see :class:`Gate`)."""
+
+
+Gate = Callable[["QueuedStudy"], AbstractContextManager[None]]
+"""Wraps each pop of a :class:`QueuedStudy`: entered just before the pop, left after it.
+
+It may raise :class:`QueueRefused` on entering (nothing is handed out), and may hold a lock
+for the duration, so that what it checked still holds when the trial is popped.
+"""
+
+
 class QueuedStudy(optuna.Study):
     """A study whose ``ask`` only hands out queued trials instead of creating new ones.
 
     Optuna's ``_pop_waiting_trial_id`` claims a WAITING trial atomically in the storage (one
     conditional UPDATE), so two workers never get the same trial; refusing to fall back to
-    ``create_new_trial`` is what keeps the trial count exact under concurrency.
+    ``create_new_trial`` is what keeps the trial count exact under concurrency. ``gate``, when
+    set, wraps every pop (a job's ``max_parallel``, its target and its timeout).
     """
 
+    gate: Gate | None = None
+
     def _pop_waiting_trial_id(self) -> int | None:
-        trial_id = super()._pop_waiting_trial_id()
+        with self.gate(self) if self.gate is not None else contextlib.nullcontext():
+            trial_id = super()._pop_waiting_trial_id()
         if trial_id is None:
             raise QueueEmpty
         return trial_id
+
+    def pop_unstarted(self) -> int | None:
+        """Claim the oldest queued trial without the gate (to close it unrun); None if none."""
+        return super()._pop_waiting_trial_id()
 
 
 def open_queued_study(
@@ -124,6 +149,30 @@ def fail_stale_trials(study: optuna.Study) -> None:
 def has_unfinished(study: optuna.Study) -> bool:
     """Whether any trial is still queued or running (here or in another process)."""
     return bool(study.get_trials(deepcopy=False, states=UNFINISHED))
+
+
+def count_running(study: optuna.Study) -> int:
+    """How many of the study's trials are running now (here or in another process)."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def close_unstarted(study: QueuedStudy, reason: str) -> int:
+    """Finish every queued trial PRUNED, unrun, with ``reason`` as its stop reason.
+
+    Each is claimed first (atomically, as a worker claims one to run it), so two processes
+    closing the same queue never close one trial twice; the claim records a heartbeat, so a
+    process that dies in between leaves a trial that goes stale and is retried, not a stuck
+    one. Returns how many this call closed.
+    """
+    storage = storage_of(study)
+    closed = 0
+    while (trial_id := study.pop_unstarted()) is not None:
+        if heartbeat_interval(study):  # only storages with a heartbeat have an interval
+            storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+        storage.set_trial_user_attr(trial_id, ATTR_STOP_REASON, reason)
+        storage.set_trial_state_values(trial_id, TrialState.PRUNED)
+        closed += 1
+    return closed
 
 
 def has_waiting(study: optuna.Study) -> bool:

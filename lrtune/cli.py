@@ -157,6 +157,13 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--name", help="the job's name (default: the spec's name)")
     _database_option(submit)
     submit.add_argument("--json", action="store_true", help="print the job record as JSON")
+    submit.add_argument(
+        "--no-reuse",
+        dest="reuse",
+        action="store_false",
+        help="queue a new job even if an earlier succeeded job has the same fingerprint and "
+        "search configuration (default: answer from that job at once)",
+    )
     submit.set_defaults(run=_submit)
 
     status = sub.add_parser("status", help="show one job, or the most recent jobs")
@@ -383,6 +390,9 @@ def _report(rec: Recommendation) -> str:
     lines.append(f"search trials: {_counts(rec.n_trials)}")
     if any(rec.n_confirmation.values()):
         lines.append(f"confirmation runs: {_counts(rec.n_confirmation)}")
+    skipped = [e for e in rec.history if (e.stop_reason or "").startswith("skipped:")]
+    if skipped:
+        lines.append(f"  {len(skipped)} queued trials {skipped[0].stop_reason}")
     for entry in rec.history:
         if entry.state == "FAIL":
             what = "trial" if entry.kind == "search" else "confirmation run"
@@ -445,7 +455,13 @@ def _submit(args: argparse.Namespace) -> int:
     from lrtune.jobs import JobStore
 
     spec = JobSpec.from_file(args.job)
-    job = JobStore(args.database).submit(spec, name=args.name)
+    job = JobStore(args.database).submit(spec, name=args.name, reuse=args.reuse)
+    if job.reused_from is not None and not args.json:
+        print(
+            f"reused job {job.reused_from} (succeeded, same fingerprint and search "
+            "configuration): lrtune recommend prints its answer; --no-reuse queues a new job",
+            file=sys.stderr,
+        )
     print(job.model_dump_json() if args.json else job.id)
     return 0
 
@@ -519,6 +535,11 @@ def _describe_job(job: Any) -> str:
         f"trials {progress.trials_done}/{progress.trials_total or job.spec.search.n_trials}, "
         f"confirmation runs {progress.confirmations_done}/{progress.confirmations_total}",
     ]
+    if progress.search_stopped:
+        lines.append(
+            f"search stopped early ({progress.trials_skipped} queued trials skipped): "
+            f"{progress.search_stopped}"
+        )
     if job.holder_worker_id:
         lines.append(f"held by worker {job.holder_worker_id} until {job.lease_expires_at}")
     if job.error:

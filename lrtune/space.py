@@ -438,3 +438,135 @@ _FAMILY_PARAMS = {
     "cyclic": _cyclic,
     "plateau": _plateau,
 }
+
+
+def schedule_params(
+    schedule: ScheduleSpec,
+    lr: float,
+    *,
+    source_epochs: int,
+    source_steps_per_epoch: int,
+    bounds: LRBounds,
+    epochs: int,
+    steps_per_epoch: int,
+    warmup: bool = True,
+) -> tuple[dict[str, Any], str | None]:
+    """A schedule another job trained, as fixed parameters of this search space; and why its
+    LR was clipped (None if it was not).
+
+    The inverse of :func:`suggest_schedule`: lengths become fractions of the run that trained
+    it (``source_epochs`` of ``source_steps_per_epoch`` steps), so the same shape fits this
+    job's ``epochs``; each value is clipped into the range this space draws it from, and the
+    LR into ``bounds``. A parameter this space does not draw (a warm-up when it searches none)
+    is left out.
+
+    >>> bounds = LRBounds(low=0.01, high=0.5, suggestion=0.1, divergence_lr=1.0)
+    >>> cosine = parse_schedule({"family": "cosine", "T_max": 20, "eta_min": 0.002})
+    >>> params, clipped = schedule_params(cosine, 2.0, source_epochs=20,
+    ...     source_steps_per_epoch=10, bounds=bounds, epochs=5, steps_per_epoch=4)
+    >>> params["family"], params["lr"], params["cosine.t_max_frac"], clipped
+    ('cosine', 0.5, 1.0, "lr 2 clipped to 0.5: the top of this job's bounds 0.01 .. 0.5")
+    """
+    family = schedule.family
+    warm = schedule.warmup
+    source_warmup = 0.0
+    if warm is not None:
+        source_warmup = warm.steps / (source_steps_per_epoch if family == "cyclic" else 1)
+    source_main = max(1.0, source_epochs - source_warmup)
+    wanted = _inverse_params(schedule, lr, source_main, source_steps_per_epoch)
+    params: dict[str, Any] = {"family": family}
+    main_epochs = epochs
+    if family != "onecycle" and _searches_warmup(warmup, epochs):
+        top = max(1, epochs // 5)
+        params["warmup_epochs"] = min(top, max(0, round(source_warmup / source_epochs * epochs)))
+        main_epochs = epochs - params["warmup_epochs"]
+    reader = _SpaceReader()
+    _FAMILY_PARAMS[family](reader, lr, main_epochs, steps_per_epoch)  # type: ignore[arg-type]
+    for name, space in reader.ranges.items():
+        if name in wanted:
+            params[name] = _clip(wanted[name], space)
+    clipped_lr = min(max(lr, bounds.low), bounds.high)
+    params["lr"] = clipped_lr
+    clipped = None
+    if clipped_lr != lr:
+        end = "top" if lr > bounds.high else "bottom"
+        clipped = (
+            f"lr {lr:.4g} clipped to {clipped_lr:.4g}: the {end} of this job's bounds "
+            f"{bounds.low:.4g} .. {bounds.high:.4g}"
+        )
+    return params, clipped
+
+
+def _inverse_params(
+    schedule: ScheduleSpec, lr: float, main_epochs: float, steps_per_epoch: int
+) -> dict[str, Any]:
+    """The search parameters :data:`_FAMILY_PARAMS` would turn into ``schedule``."""
+    s: Any = schedule
+    if s.family == "step":
+        return {"step.step_frac": s.step_size / main_epochs, "step.gamma": s.gamma}
+    if s.family == "multistep":
+        first, *rest = s.milestones
+        gap = (rest[0] - first) / main_epochs if rest else 0.1
+        return {
+            "multistep.first": first / main_epochs,
+            "multistep.gap": gap,
+            "multistep.gamma": s.gamma,
+        }
+    if s.family == "exponential":
+        return {"exponential.final_ratio": s.gamma ** max(1.0, main_epochs)}
+    if s.family == "time_decay":
+        return {"time_decay.decay": s.decay}
+    if s.family == "cosine":
+        return {"cosine.t_max_frac": s.T_max / main_epochs, "cosine.eta_min_ratio": s.eta_min / lr}
+    if s.family == "cosine_warm_restarts":
+        return {
+            "cosine_warm_restarts.t0_frac": s.T_0 / main_epochs,
+            "cosine_warm_restarts.T_mult": s.T_mult,
+            "cosine_warm_restarts.eta_min_ratio": s.eta_min / lr,
+        }
+    if s.family == "onecycle":
+        return {
+            "onecycle.pct_start": s.pct_start,
+            "onecycle.div_factor": s.div_factor,
+            "onecycle.final_div_factor": s.final_div_factor,
+        }
+    if s.family == "cyclic":
+        return {
+            "cyclic.base_ratio": s.base_lr / s.max_lr,
+            "cyclic.half_cycle_frac": s.step_size_up / (main_epochs * steps_per_epoch),
+            "cyclic.mode": s.mode,
+        }
+    if s.family == "plateau":
+        return {"plateau.factor": s.factor, "plateau.patience": s.patience}
+    return {}
+
+
+Space = tuple[float, float] | tuple[int, int] | list[Any]
+
+
+class _SpaceReader:
+    """Stands in for a trial to read a family's space: each ``suggest_*`` records its range."""
+
+    def __init__(self) -> None:
+        self.ranges: dict[str, Space] = {}
+
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float:
+        self.ranges[name] = (float(low), float(high))
+        return low
+
+    def suggest_int(self, name: str, low: int, high: int) -> int:
+        self.ranges[name] = (int(low), int(high))
+        return low
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        self.ranges[name] = list(choices)
+        return choices[0]
+
+
+def _clip(value: Any, space: Space) -> Any:
+    if isinstance(space, list):
+        return value if value in space else space[0]
+    low, high = space
+    if isinstance(low, int) and isinstance(high, int):
+        return int(min(max(round(value), low), high))
+    return float(min(max(float(value), low), high))

@@ -34,6 +34,7 @@ MAX_SEEDS = 16
 MAX_BATCH_SIZE = 8192
 MAX_DATASET_SAMPLES = 200_000
 MAX_LR = 1e4
+MAX_PARALLEL = 256
 
 Metric = Literal["val_loss", "accuracy", "mse"]
 METRIC_DIRECTIONS: dict[str, Literal["minimize", "maximize"]] = {
@@ -133,7 +134,25 @@ class SearchSpec(_Strict):
     warmup: bool = Field(True, description="also search a linear warm-up in front")
     pruner: Literal["hyperband", "median", "none"] = "hyperband"
     sampler: Literal["tpe", "random"] = "tpe"
-    timeout_s: float | None = Field(None, gt=0, le=7 * 24 * 3600)
+    timeout_s: float | None = Field(
+        None,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="how long the search hands out trials: tune() stops starting them after "
+        "this many seconds and leaves the queue for a later run; workers stop this long after "
+        "the job entered searching, skip the queued rest and go on to confirmation",
+    )
+    target: float | None = Field(
+        None,
+        description="stop handing out search trials once a finished trial's metric reaches "
+        "this (<= when minimizing, >= when maximizing); the queued rest are skipped",
+    )
+    max_parallel: int = Field(
+        4,
+        ge=1,
+        le=MAX_PARALLEL,
+        description="workers that may run this job's trials (or confirmation runs) at once",
+    )
     metric: Metric = "val_loss"
     direction: Literal["minimize", "maximize"] | None = None
     lr_threshold: float | None = Field(

@@ -4,14 +4,18 @@ A job runs in four steps, which a single process (:func:`tune`) or a fleet can s
 
 1. :func:`prepare_study`, once per job: run the multi-seed range test, store its result and the
    LR bounds on the study, and enqueue all the work: ``n_trials`` WAITING search trials, the
-   first few fixed to the obvious answers (one-cycle, cosine, constant at the suggestion), the
-   rest left to the sampler; and, on a second study (the *confirmation study*), one WAITING unit
+   first few fixed to earlier close jobs' winners when given (:func:`winner_starts`), then to
+   the obvious answers (one-cycle, cosine, constant at the suggestion), the rest left to the
+   sampler; and, on a second study (the *confirmation study*), one WAITING unit
    per candidate and seed (see step 3). Enqueuing happens here only, never in workers.
 2. :func:`run_trials`, in any number of processes sharing the storage: each pops WAITING trials
    until none is left. Workers never create trials beyond the queue, so the study ends with
    exactly ``n_trials`` finished trials however many workers share it. A crashed worker's trial
    goes stale (Optuna's heartbeat), is re-queued with the same parameters, and resumes from the
-   last epoch checkpoint.
+   last epoch checkpoint. A :class:`UnitGate` checked before each pop closes the search early
+   once a finished trial reaches ``search.target`` (or a worker's ``search.timeout_s`` is up):
+   the queued rest are finished unrun with their reason, so the budget still adds up; with a
+   job store's lock it also bounds the workers on a job (``search.max_parallel``).
 3. :func:`run_confirmation`, once the search has no queued or running trial: the best
    ``search.finalists`` distinct schedules and the baselines (constant LR at the suggestion, the
    optimizer's default LR) are retrained on ``search.confirm_seeds`` fresh seeds
@@ -43,7 +47,8 @@ import json
 import logging
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -68,12 +73,17 @@ from lrtune._optuna import (
     ATTR_SLOT,
     ATTR_SPEC,
     ATTR_STOP_REASON,
+    ATTR_WARM_START,
+    ATTR_WARM_STARTS,
     CONFIRM_SUFFIX,
     FINISHED,
     STORAGE_ERRORS,
     UNFINISHED,
     QueuedStudy,
     QueueEmpty,
+    QueueRefused,
+    close_unstarted,
+    count_running,
     fail_stale_trials,
     has_unfinished,
     has_waiting,
@@ -88,7 +98,14 @@ from lrtune.params import MAX_SEED
 from lrtune.recommendation import Recommendation, SeedValue, TrainedSchedule, TrialSummary
 from lrtune.result import LRFinderResult
 from lrtune.schedules import parse_schedule
-from lrtune.space import LRBounds, search_bounds, suggest_schedule, warm_starts
+from lrtune.space import (
+    LRBounds,
+    runnable_families,
+    schedule_params,
+    search_bounds,
+    suggest_schedule,
+    warm_starts,
+)
 from lrtune.spec import JobSpec
 from lrtune.storage import open_storage
 from lrtune.training import StopTraining, TrainingRun, TrainingSetup, train
@@ -212,6 +229,7 @@ def prepare_study(
     progress: bool = True,
     study_name: str | None = None,
     callback: StepCallback | None = None,
+    earlier_winners: Sequence[tuple[str, Recommendation]] = (),
 ) -> QueuedStudy:
     """Run the range test and enqueue the trial budget and the confirmation units.
 
@@ -219,6 +237,11 @@ def prepare_study(
     and units that are not yet in the storage are enqueued (a FAILED one again, to resume).
     ``study_name`` is as in :func:`open_study`; ``callback`` is called after each range-test
     step (what it raises stops the range test before anything is stored).
+
+    ``earlier_winners`` (job id, recommendation) of earlier jobs close to this one (a job
+    store's ``warm_start_candidates``) warm-start the search: the first slots of the trial
+    budget try their recommended schedules (:func:`winner_starts`). Which winners is decided
+    once, on the first call, and kept on the study, so a re-run enqueues the same ones.
     """
     study = open_study(spec, storage, study_name)
     stored = study.user_attrs.get(ATTR_SPEC)
@@ -235,7 +258,11 @@ def prepare_study(
         study.set_user_attr(ATTR_RANGE_TEST, result.model_dump(mode="json"))
         study.set_user_attr(ATTR_BOUNDS, bounds.model_dump(mode="json"))
     bounds = stored_bounds(study)
-    _enqueue_missing(study, _search_slots(spec, bounds, setup.steps_per_epoch))
+    if ATTR_WARM_STARTS not in study.user_attrs:
+        starts = winner_starts(spec, bounds, setup.steps_per_epoch, earlier_winners)
+        study.set_user_attr(ATTR_WARM_STARTS, starts)
+    winners = study.user_attrs[ATTR_WARM_STARTS]
+    _enqueue_missing(study, _search_slots(spec, bounds, setup.steps_per_epoch, winners))
     _enqueue_missing(open_confirmation(study, spec), _confirmation_slots(spec, bounds))
     return study
 
@@ -251,12 +278,66 @@ def stored_range_test(study: optuna.Study) -> LRFinderResult:
 Slot = tuple[dict[str, Any], dict[str, Any]]  # (fixed params, user attrs) of one queued trial
 
 
-def _search_slots(spec: JobSpec, bounds: LRBounds, steps_per_epoch: int) -> list[Slot]:
+def _search_slots(
+    spec: JobSpec, bounds: LRBounds, steps_per_epoch: int, winners: Sequence[dict[str, Any]] = ()
+) -> list[Slot]:
+    """The trial budget: earlier jobs' winners, the obvious answers, then the sampler's."""
     search = spec.search
     starts = warm_starts(
         search.families, bounds, search.epochs, search.warmup, steps_per_epoch=steps_per_epoch
     )
-    return [(starts[k] if k < len(starts) else {}, {}) for k in range(search.n_trials)]
+    slots: list[Slot] = [(w["params"], {ATTR_WARM_START: w["from"]}) for w in winners]
+    slots += [(start, {}) for start in starts]
+    slots += [({}, {})] * search.n_trials
+    return slots[: search.n_trials]
+
+
+def winner_starts(
+    spec: JobSpec,
+    bounds: LRBounds,
+    steps_per_epoch: int,
+    earlier: Sequence[tuple[str, Recommendation]],
+) -> list[dict[str, Any]]:
+    """The fixed parameters of a trial per earlier winner this job can try, at most its budget.
+
+    Each earlier recommendation's schedule is expressed in this job's search space
+    (:func:`lrtune.space.schedule_params`: the same family, warm-up and hyperparameters as
+    fractions of the run, so another epoch count or batch size still means the same shape),
+    and its LR is clipped into this job's bounds. A winner whose family this job does not
+    search, or that repeats an earlier one, is left out. Each entry is ``{"params": ...,
+    "from": {"job": id, "family", "lr", "clipped": reason or None}}``.
+    """
+    search = spec.search
+    starts: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for job_id, rec in earlier:
+        runnable = runnable_families(search.families, search.epochs * steps_per_epoch)
+        if rec.best is None or rec.best.schedule.family not in runnable:
+            continue
+        params, clipped = schedule_params(
+            rec.best.schedule,
+            rec.best.base_lr,
+            source_epochs=rec.spec.search.epochs,
+            source_steps_per_epoch=rec.steps_per_epoch,
+            bounds=bounds,
+            epochs=search.epochs,
+            steps_per_epoch=steps_per_epoch,
+            warmup=search.warmup,
+        )
+        key = json.dumps(params, sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        origin = {
+            "job": job_id,
+            "family": rec.best.schedule.family,
+            "lr": rec.best.base_lr,
+            "clipped": clipped,
+        }
+        starts.append({"params": params, "from": origin})
+        if clipped:
+            logger.info("warm start from job %s: %s", job_id, clipped)
+    return starts[: search.n_trials]
 
 
 def _confirmation_slots(spec: JobSpec, bounds: LRBounds) -> list[Slot]:
@@ -352,6 +433,131 @@ def finalist_trials(study: optuna.Study, spec: JobSpec) -> list[FrozenTrial]:
 
 def _config_key(schedule: dict[str, Any], base_lr: float) -> str:
     return json.dumps([schedule, float(base_lr)], sort_keys=True)
+
+
+SKIPPED = "skipped"
+"""Stop reasons of queued trials closed unrun start with this: ``skipped: target reached ...``."""
+
+
+class SearchStopped(QueueRefused):
+    """The search hands out no more trials: its target was reached, or its time is up."""
+
+
+class AtCapacity(QueueRefused):
+    """``search.max_parallel`` of the job's units are running: this process takes none now."""
+
+
+def target_reached(study: optuna.Study, spec: JobSpec) -> str | None:
+    """Why the search is over because a finished trial reached ``search.target``; else None.
+
+    Only COMPLETE trials count (a pruned trial did not finish); of several, the earliest.
+    """
+    target = spec.search.target
+    if target is None:
+        return None
+    maximize = spec.search.direction == "maximize"
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    for trial in sorted(complete, key=lambda t: t.number):
+        value = float(trial.value)  # type: ignore[arg-type]  # COMPLETE trials have one
+        if (value >= target) if maximize else (value <= target):
+            relation = ">=" if maximize else "<="
+            return (
+                f"target reached: trial {trial.number}'s {spec.search.metric} {value:.4g} "
+                f"{relation} search.target {target:g}"
+            )
+    return None
+
+
+def timeout_passed(spec: JobSpec, searching_for_s: float | None) -> str | None:
+    """Why the search is over because ``search.timeout_s`` passed; else None."""
+    timeout = spec.search.timeout_s
+    if timeout is None or searching_for_s is None or searching_for_s < timeout:
+        return None
+    return f"search.timeout_s ({timeout:g} s) passed since the job entered searching"
+
+
+def skipped_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The search's queued trials that were closed unrun when it stopped early."""
+    pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+    return [t for t in pruned if str(t.user_attrs.get(ATTR_STOP_REASON, "")).startswith(SKIPPED)]
+
+
+class UnitGate:
+    """What a job's queues check each time they are about to hand out a unit.
+
+    Set on a :class:`QueuedStudy` (its ``gate``) by :func:`run_trials` and
+    :func:`run_confirmation`. On the search study: once :func:`target_reached`, or
+    ``stop_reason`` (called with no argument) names a reason (a worker's
+    :func:`timeout_passed`), the queued trials are closed unrun (PRUNED, stop reason
+    ``skipped: <why>``: :func:`lrtune._optuna.close_unstarted`) and nothing more is handed out
+    (:class:`SearchStopped`); the trials running finish, and the confirmation follows as after
+    a full search. With a ``lock`` (a context manager factory every process that pops the
+    job's units shares: :meth:`lrtune.jobs.JobStore.unit_lock`), at most
+    ``search.max_parallel`` of the queue's trials run at once: a pop that would exceed it is
+    refused (:class:`AtCapacity`) and the process helps another job.
+
+    The bound is exact, with no race to overshoot it, when every process popping the job's
+    units uses the lock (workers do): the count of RUNNING trials and the pop happen under
+    it, and only a pop under it makes a trial RUNNING. A dead worker's trial keeps its place
+    until its heartbeat goes stale (it is then FAILED, stops counting, and its retry is
+    queued), so the job may briefly run fewer units than allowed. The one way more train at
+    once: a worker cut off from the database (not dead) whose trial went stale keeps training
+    it, unable to record it, while its retry runs elsewhere: one extra per such worker, until
+    it notices the database is gone. Trials closed
+    unrun are RUNNING only inside the lock, between two writes; in the trials' times they are
+    zero-length. Without a lock (:func:`tune`; :func:`run_worker` processes sharing a study
+    without a job store) only the target is enforced.
+    ``handed_out`` counts the pops this gate let through (one may still find the queue
+    empty, if another process took its last unit).
+    """
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        *,
+        lock: Callable[[], AbstractContextManager[None]] | None = None,
+        stop_reason: Callable[[], str | None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.lock = lock
+        self.stop_reason = stop_reason
+        self.handed_out = 0
+
+    def full(self, queue: optuna.Study) -> bool:
+        """Whether the queue's running units already reach ``search.max_parallel`` (a read)."""
+        return self.lock is not None and count_running(queue) >= self.spec.search.max_parallel
+
+    @contextmanager
+    def __call__(self, queue: QueuedStudy) -> Iterator[None]:
+        with self.lock() if self.lock is not None else nullcontext():
+            if not queue.study_name.endswith(CONFIRM_SUFFIX):
+                why = target_reached(queue, self.spec) or (
+                    self.stop_reason() if self.stop_reason is not None else None
+                )
+                if why is not None:
+                    closed = close_unstarted(queue, f"{SKIPPED}: {why}")
+                    if closed:
+                        logger.info(
+                            "study=%s event=search_stopped skipped=%d %s",
+                            queue.study_name,
+                            closed,
+                            why,
+                        )
+                    raise SearchStopped(why)
+            if self.full(queue):
+                raise AtCapacity(
+                    f"{self.spec.search.max_parallel} units of {queue.study_name} are running "
+                    "(search.max_parallel)"
+                )
+            yield
+        self.handed_out += 1
+
+
+def stop_progress(study: optuna.Study) -> dict[str, Any]:
+    """``trials_skipped`` and ``search_stopped`` of a job's progress, from its search study."""
+    skipped = skipped_trials(study)
+    reason = skipped[0].user_attrs[ATTR_STOP_REASON] if skipped else None
+    return {"trials_skipped": len(skipped), "search_stopped": reason}
 
 
 def _guarded(trial: optuna.Trial, training: Callable[[], T]) -> T:
@@ -516,6 +722,7 @@ def run_trials(
     wait_for_others: bool = True,
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
+    gate: UnitGate | None = None,
 ) -> None:
     """Run queued trials of a prepared study until the queue is empty (or time is up).
 
@@ -523,8 +730,10 @@ def run_trials(
     worker died (stale heartbeat) is re-queued and run here. Without a heartbeat on the storage
     a dead worker's trial would never go stale, so then nothing is waited for.
     ``should_stop`` is asked after each trial; True stops the run there (e.g. the job was
-    cancelled), leaving the rest of the queue.
+    cancelled), leaving the rest of the queue. ``gate`` is checked before each trial is handed
+    out (default: one that stops the search at ``search.target``; see :class:`UnitGate`).
     """
+    study.gate = gate or UnitGate(setup.spec)
     _drain(
         study,
         TrialObjective(setup, stored_bounds(study), artifact_dir),
@@ -545,6 +754,7 @@ def run_confirmation(
     wait_for_others: bool = True,
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
+    gate: UnitGate | None = None,
 ) -> bool:
     """Run the confirmation units of a searched study until none is left; True if it ran them.
 
@@ -553,7 +763,8 @@ def run_confirmation(
     the search is unfinished and this returns False (a later run finishes and confirms it).
     While trials run in other processes, with ``wait_for_others`` (and a heartbeat on the
     storage) this waits for them; otherwise it returns False at once and leaves the units to
-    whichever process finishes the search. ``should_stop`` is as in :func:`run_trials`.
+    whichever process finishes the search. ``should_stop`` and ``gate`` are as in
+    :func:`run_trials`.
     """
     while has_unfinished(study):
         heartbeat = heartbeat_interval(study)
@@ -561,8 +772,10 @@ def run_confirmation(
             return False
         time.sleep(heartbeat / 2)
         fail_stale_trials(study)
+    confirm = open_confirmation(study, setup.spec)
+    confirm.gate = gate
     _drain(
-        open_confirmation(study, setup.spec),
+        confirm,
         ConfirmationObjective(setup, study, artifact_dir),
         desc="confirmation",
         timeout_s=None,

@@ -7,11 +7,14 @@ A :class:`Worker` repeats one step until it is stopped or, with ``once``, finds 
    store named, ``JobRecord.study_name``), then moves on to ``searching`` and the lease is
    released. A ``confirming`` job whose finisher died gets its recommendation written.
 2. Otherwise help the oldest job in a shared phase (:meth:`~lrtune.jobs.JobStore.shared_jobs`)
-   that has a queued unit: search trials while ``searching``, confirmation runs while
-   ``confirming``, popped from the job's Optuna queue (no lease: Optuna's heartbeat covers a
-   dead worker's trial). The worker that finds a job's queue empty and nothing running claims
-   the job by id: a ``searching`` job moves on to ``confirming``; a ``confirming`` job gets its
-   recommendation written (:func:`lrtune.tuner.recommend`, saved under the lease) and succeeds.
+   that has a queued unit and fewer running than its ``search.max_parallel``: search trials
+   while ``searching``, confirmation runs while ``confirming``, popped from the job's Optuna
+   queue (no lease: Optuna's heartbeat covers a dead worker's trial) through its
+   :class:`~lrtune.tuner.UnitGate` (``max_parallel`` under the store's unit lock; the search's
+   ``target`` and ``timeout_s`` close it early). The worker that finds a job's queue empty
+   and nothing running claims the job by id: a ``searching`` job moves on to ``confirming``;
+   a ``confirming`` job gets its recommendation written (:func:`lrtune.tuner.recommend`,
+   saved under the lease) and succeeds.
 
 While a worker holds a lease, a daemon thread renews it every ``lease_s / 3`` seconds, so a
 long training step never lets it expire. A renewal that meets
@@ -55,6 +58,7 @@ from lrtune.jobs import JobProgress, JobRecord, JobStatus, JobStore, Lease, Prov
 from lrtune.storage import open_storage
 from lrtune.training import TrainingSetup
 from lrtune.tuner import (
+    UnitGate,
     open_confirmation,
     open_study,
     prepare_study,
@@ -62,8 +66,10 @@ from lrtune.tuner import (
     requeue_interrupted,
     run_confirmation,
     run_trials,
+    stop_progress,
     stored_bounds,
     stored_range_test,
+    timeout_passed,
 )
 
 logger = logging.getLogger("lrtune.workers")
@@ -236,6 +242,9 @@ class Worker:
             progress=False,
             study_name=job.study_name,
             callback=heartbeat.check,
+            earlier_winners=[
+                (c.job_id, c.recommendation) for c in self.store.warm_start_candidates(job.spec)
+            ],
         )
         confirm = open_confirmation(study, job.spec)
         progress = job.progress.model_copy(
@@ -285,9 +294,14 @@ class Worker:
                 study = open_study(job.spec, self._optuna_storage(), job.study_name)
                 searching = job.status is JobStatus.SEARCHING
                 queue = study if searching else open_confirmation(study, job.spec)
+                gate = self._gate(job)
+                fail_stale_trials(queue)  # a dead worker's unit must not hold a place
+                if gate.full(queue):  # max_parallel workers are on it: help the next job
+                    return False
                 worked = has_waiting(queue)
                 if worked:
-                    self._run_units(job, study)
+                    self._run_units(job, study, gate)
+                    worked = gate.handed_out > 0
                 fail_stale_trials(queue)
                 unfinished = has_unfinished(queue)
         except KeyboardInterrupt:
@@ -308,13 +322,22 @@ class Worker:
             return True
         return worked
 
-    def _run_units(self, job: JobRecord, study: optuna.Study) -> None:
+    def _gate(self, job: JobRecord) -> UnitGate:
+        """The job's search.max_parallel (under the store's unit lock), target and timeout."""
+        return UnitGate(
+            job.spec,
+            lock=lambda: self.store.unit_lock(job.id),
+            stop_reason=lambda: timeout_passed(job.spec, self.store.searching_for_s(job.id)),
+        )
+
+    def _run_units(self, job: JobRecord, study: optuna.Study, gate: UnitGate) -> None:
         setup = self._setup(job)
         options: dict[str, Any] = {
             "artifact_dir": self.artifact_dir,
             "wait_for_others": False,
             "progress": False,
             "should_stop": lambda: self._has_ended(job.id),
+            "gate": gate,
         }
         _log(job.id, self.id, job.status.value, "helping")
         if job.status is JobStatus.SEARCHING:
@@ -388,7 +411,7 @@ def _progress(job: JobRecord, study: optuna.Study) -> JobProgress:
     }
     if any(t.state == optuna.trial.TrialState.COMPLETE for t in trials):
         update["best_value"] = study.best_value
-    return job.progress.model_copy(update=update)
+    return job.progress.model_copy(update=update | stop_progress(study))
 
 
 def _log(job_id: str, worker_id: str, phase: str, event: str, **fields: Any) -> None:

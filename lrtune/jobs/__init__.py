@@ -28,6 +28,7 @@ from lrtune.jobs.schemas import (
     Lease,
     Provenance,
     StoredRecommendation,
+    Submission,
 )
 from lrtune.jobs.settings import Settings
 from lrtune.jobs.store import JobStore
@@ -43,6 +44,7 @@ __all__ = [
     "Provenance",
     "Settings",
     "StoredRecommendation",
+    "Submission",
     "check_current",
     "upgrade",
 ]

@@ -70,6 +70,12 @@ class JobProgress(ResultModel):
     confirmations_done: int = 0
     confirmations_total: int = 0
     best_value: JsonFloat | None = Field(None, description="best search metric so far")
+    trials_skipped: int = Field(
+        0, description="queued search trials closed unrun once the search stopped early"
+    )
+    search_stopped: str | None = Field(
+        None, description="why the search stopped before its budget (target reached, timeout)"
+    )
 
 
 class JobRecord(ResultModel):
@@ -92,6 +98,9 @@ class JobRecord(ResultModel):
     finished_at: UtcDatetime | None
     holder_worker_id: str | None = Field(description="the worker holding its exclusive phase")
     lease_expires_at: UtcDatetime | None
+    search_started_at: UtcDatetime | None = Field(
+        None, description="when it entered searching (search.timeout_s counts from here)"
+    )
 
 
 class Lease(ResultModel):
@@ -147,3 +156,25 @@ class StoredRecommendation(ResultModel):
     provenance: Provenance
     recommendation: Recommendation
     created_at: UtcDatetime
+
+
+class Submission(JobRecord):
+    """What :meth:`~lrtune.jobs.JobStore.submit` answers: the job that holds the answer.
+
+    A new job (``reused_from`` None, ``recommendation`` None), or, when reuse found an earlier
+    succeeded job with the same fingerprint, search configuration and result format, that job
+    itself (``reused_from`` its id) with its stored ``recommendation``: the answer at once,
+    saying which job produced it.
+    """
+
+    reused_from: str | None = Field(
+        None, description="the earlier succeeded job whose recommendation answers this one"
+    )
+    recommendation: StoredRecommendation | None = Field(
+        None, description="the reused job's recommendation (None for a new job)"
+    )
+
+    @property
+    def record(self) -> JobRecord:
+        """The job's record alone (what :meth:`~lrtune.jobs.JobStore.get` returns)."""
+        return JobRecord.model_validate(self.model_dump(include=set(JobRecord.model_fields)))

@@ -14,7 +14,9 @@ with the same spec or name never share trials.
 
 Contract (who may change a job, in which state):
 
-- :meth:`JobStore.submit` creates a job ``queued``, with no holder and fencing token 0.
+- :meth:`JobStore.submit` creates a job ``queued``, with no holder and fencing token 0, unless
+  reuse (the default) finds an earlier succeeded job that already answers the spec
+  (:meth:`JobStore.reusable`): then nothing is created and that job is the answer.
 - The exclusive phases (``finding``: preparing the study and the range test; writing the
   recommendation, while ``confirming``) belong to the one worker holding the job's lease
   (``holder_worker_id`` until ``lease_expires_at``, by the database's clock). Every change of
@@ -40,7 +42,11 @@ Contract (who may change a job, in which state):
   :class:`~lrtune.exceptions.ConflictError`. Each change of state appends a ``status`` event
   in the same transaction.
 - ``searching``/``confirming`` units are shared by several workers through the job's Optuna
-  study (its own trial queue and heartbeat), not through this lease.
+  study (its own trial queue and heartbeat), not through this lease. Entering ``searching``
+  records ``search_started_at`` (the database's clock), from which ``search.timeout_s``
+  counts (:meth:`JobStore.searching_for_s`). A worker pops a unit only under the job's
+  :meth:`JobStore.unit_lock` (held for the count and the pop, milliseconds: not a lease), so
+  at most ``search.max_parallel`` units of a job run at once.
 - Anyone may :meth:`JobStore.cancel` a job that has not finished: it becomes ``cancelled``,
   loses its holder and its fencing token grows, so no worker's later write lands. Cancelling a
   finished job is a :class:`~lrtune.exceptions.ConflictError`.
@@ -86,7 +92,11 @@ Example:
 from __future__ import annotations
 
 import builtins
+import contextlib
+import fcntl
+import threading
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import and_, delete, inspect, or_, select, text, tuple_, update
@@ -107,10 +117,12 @@ from lrtune.jobs.schemas import (
     Lease,
     Provenance,
     StoredRecommendation,
+    Submission,
+    _as_utc,
 )
 from lrtune.jobs.settings import Settings
 from lrtune.recommendation import Recommendation
-from lrtune.spec import JobSpec
+from lrtune.spec import JobSpec, SearchSpec
 
 MAX_PAGE = 500
 MAX_NAME_LENGTH = 120
@@ -147,11 +159,21 @@ class JobStore:
     def __repr__(self) -> str:
         return f"JobStore({safe_url(self.url)!r})"
 
-    def submit(self, spec: JobSpec, name: str | None = None) -> JobRecord:
-        """Queue a new job for ``spec``, named ``name`` (default: the spec's name)."""
+    def submit(self, spec: JobSpec, name: str | None = None, *, reuse: bool = True) -> Submission:
+        """Queue a new job for ``spec``, named ``name`` (default: the spec's name).
+
+        With ``reuse`` (the default), a spec that an earlier succeeded job already answered
+        (:meth:`reusable`) queues nothing: the answer is that job, with ``reused_from`` set to
+        its id and its stored ``recommendation``. ``reuse=False`` always queues a new job.
+        """
         name = name if name is not None else spec.name
         if name is not None and not 1 <= len(name) <= MAX_NAME_LENGTH:
             raise InvalidInputError(f"job name must be 1 to {MAX_NAME_LENGTH} characters")
+        if reuse:
+            earlier = self.reusable(spec)
+            if earlier is not None:
+                record = self.get(earlier.job_id).model_dump()
+                return Submission(**record, reused_from=earlier.job_id, recommendation=earlier)
         job_id = str(uuid.uuid4())
         row = tables.Job(
             id=job_id,
@@ -171,7 +193,118 @@ class JobStore:
             _add_event(s, job_id, "submitted", {"status": JobStatus.QUEUED.value})
             s.flush()
             s.refresh(row)
-            return _job_record(row)
+            return Submission(**_job_record(row).model_dump())
+
+    def reusable(self, spec: JobSpec) -> StoredRecommendation | None:
+        """The newest recommendation that answers ``spec`` as a new job would, if any.
+
+        It must be a succeeded job's, with the same fingerprint (:meth:`JobSpec.fingerprint`),
+        the same search configuration (``search.max_parallel`` aside: it changes how many
+        workers share the search, not what it tries) and the current result format
+        (``RESULT_FORMAT_VERSION``).
+        """
+        wanted = _answer_config(spec.search)
+        query = (
+            select(tables.Recommendation)
+            .join(tables.Job, tables.Job.id == tables.Recommendation.job_id)
+            .where(
+                tables.Recommendation.fingerprint == spec.fingerprint(),
+                tables.Recommendation.format_version == RESULT_FORMAT_VERSION,
+                tables.Job.status == JobStatus.SUCCEEDED.value,
+            )
+            .order_by(tables.Recommendation.created_at.desc(), tables.Recommendation.id.desc())
+            .limit(MAX_PAGE)
+        )
+        with session(self._engine, write=False) as s:
+            for row in s.scalars(query):
+                stored = row.search_config and SearchSpec.model_validate(row.search_config)
+                if stored and _answer_config(stored) == wanted:
+                    return _stored_recommendation(row)
+        return None
+
+    def warm_start_candidates(
+        self, spec: JobSpec, limit: int = 3
+    ) -> builtins.list[StoredRecommendation]:
+        """Recommendations of recent succeeded jobs close to ``spec``, newest first.
+
+        Close: the same model and dataset names, but another fingerprint (other params, batch
+        size, optimizer or param groups), in the current result format, with a recommended
+        schedule. A new job's preparing worker enqueues their winners first
+        (:func:`lrtune.tuner.prepare_study`). The newest ``MAX_PAGE`` succeeded
+        recommendations are looked through (the names live in the spec's JSON).
+        """
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidInputError(f"limit must be 1 to {MAX_PAGE}, got {limit}")
+        query = (
+            select(tables.Recommendation, tables.Job.spec)
+            .join(tables.Job, tables.Job.id == tables.Recommendation.job_id)
+            .where(
+                tables.Recommendation.fingerprint != spec.fingerprint(),
+                tables.Recommendation.format_version == RESULT_FORMAT_VERSION,
+                tables.Job.status == JobStatus.SUCCEEDED.value,
+            )
+            .order_by(tables.Recommendation.created_at.desc(), tables.Recommendation.id.desc())
+            .limit(MAX_PAGE)
+        )
+        names = (spec.model.name, spec.dataset.name)
+        found: builtins.list[StoredRecommendation] = []
+        with session(self._engine, write=False) as s:
+            for row, stored_spec in s.execute(query):
+                if (stored_spec["model"]["name"], stored_spec["dataset"]["name"]) != names:
+                    continue
+                stored = _stored_recommendation(row)
+                if stored.recommendation.best is not None:
+                    found.append(stored)
+                if len(found) == limit:
+                    break
+        return found
+
+    def searching_for_s(self, job_id: str) -> float | None:
+        """Seconds since the job entered ``searching``, by the database's clock (None: never).
+
+        What a job's ``search.timeout_s`` is counted against, the same on every worker.
+        """
+        query = select(tables.Job.search_started_at, tables.utcnow()).where(tables.Job.id == job_id)
+        with session(self._engine, write=False) as s:
+            row = s.execute(query).one_or_none()
+        if row is None:
+            raise NotFoundError(f"no job {job_id!r} in the job store")
+        started, now = row
+        if started is None:
+            return None
+        return (_as_utc(now) - _as_utc(started)).total_seconds()
+
+    @contextlib.contextmanager
+    def unit_lock(self, job_id: str) -> Iterator[None]:
+        """Hold the job's unit lock for the block: one process at a time hands out its units.
+
+        Not a lease: it is held only while a worker counts the job's running units and pops
+        the next one (milliseconds), so that ``search.max_parallel`` is exact. PostgreSQL: a
+        transaction-level advisory lock (``pg_advisory_xact_lock``), which a dead process's
+        connection gives up. SQLite: an exclusive ``flock`` on a file beside the database
+        (``<database>.units.lock``; SQLite is one machine's), held by the open file, which
+        the kernel releases when a process dies. An in-memory SQLite database: a lock in
+        this process.
+        """
+        if self._engine.dialect.name == "postgresql":
+            with session(self._engine, write=False) as s:
+                s.execute(
+                    text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+                    {"key": f"lrtune-units:{job_id}"},
+                )
+                yield
+            return
+        database = self._engine.url.database
+        if self._engine.dialect.name != "sqlite" or not database or database == ":memory:":
+            with _process_lock(self.url, job_id):
+                yield
+            return
+        with open(f"{database}.units.lock", "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def get(self, job_id: str) -> JobRecord:
         """The job ``job_id``; :class:`NotFoundError` if there is none."""
@@ -516,6 +649,20 @@ class JobStore:
             optuna.delete_study(study_name=study_name, storage=open_storage(self.url))
 
 
+def _answer_config(search: SearchSpec) -> dict[str, Any]:
+    """The search configuration that determines a job's answer (max_parallel does not)."""
+    return search.model_dump(mode="json", exclude={"max_parallel"})
+
+
+_process_locks: dict[tuple[str, str], threading.Lock] = {}
+_process_locks_guard = threading.Lock()
+
+
+def _process_lock(url: str, job_id: str) -> threading.Lock:
+    with _process_locks_guard:
+        return _process_locks.setdefault((url, job_id), threading.Lock())
+
+
 def _status(status: JobStatus | str) -> JobStatus:
     try:
         return JobStatus(status)
@@ -649,6 +796,8 @@ def _write(
     """One fenced write of a lease holder, with its ``status`` and ``progress`` events."""
     if progress is not None:
         values["progress"] = progress.model_dump(mode="json")
+    if values.get("status") == JobStatus.SEARCHING.value:
+        values["search_started_at"] = tables.utcnow()  # search.timeout_s counts from here
     _fenced_update(s, lease, **values)
     status = values.get("status")
     if status is not None and status != was.value:

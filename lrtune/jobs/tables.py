@@ -164,6 +164,7 @@ class Job(Base):
     holder_worker_id: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None]
     fencing_token: Mapped[int] = mapped_column(BigInteger, default=0)
+    search_started_at: Mapped[datetime | None]
 
 
 class _JobResult:
