@@ -82,7 +82,7 @@ from lrtune._optuna import (
     storage_errors,
     storage_of,
 )
-from lrtune.exceptions import ConflictError, NotFoundError
+from lrtune.exceptions import ConflictError, InvalidInputError, NotFoundError
 from lrtune.finder import StepCallback, find_lr
 from lrtune.params import MAX_SEED
 from lrtune.recommendation import Recommendation, SeedValue, TrainedSchedule, TrialSummary
@@ -109,14 +109,16 @@ class TrialFailed(Exception):
     """
 
 
-class DeviceOutOfMemory(Exception):
-    """A unit or the range test ran the device out of memory: not retried, and not caught.
+class DeviceOutOfMemory(InvalidInputError):
+    """A unit or the range test ran the device out of memory: the job does not fit it.
 
     The unit's trial is recorded FAIL with the reason (what ran out, and what to change: the
-    batch size, the model, ``amp``, the units per GPU), and the error propagates, so a worker
-    fails the job with that reason instead of running the rest of its units into the same
-    wall: every unit of a job has the same model, data and batch size. Nothing re-queues such
-    a trial (:func:`requeue_interrupted` retries only interrupted ones).
+    batch size, the model, ``amp``, the units per GPU), and the error propagates instead of
+    being caught by the search, so a worker fails the job with that reason (and ``lrtune tune``
+    ends with it as one line) rather than running the rest of the units into the same wall:
+    every unit of a job has the same model, data and batch size. The worker never queues such
+    a trial again (:func:`requeue_interrupted` retries only interrupted ones); only preparing
+    the study again, an explicit resume (:func:`prepare_study`), retries it.
     """
 
 

@@ -20,7 +20,7 @@ from small_jobs import small_job
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lrtune import registry
+from lrtune import registry, training
 from lrtune._optuna import ATTR_FAIL_REASON
 from lrtune.batches import LoaderOrderRows, batch_loss, move_to
 from lrtune.jobs import JobStatus, JobStore
@@ -154,6 +154,36 @@ def test_amp_on_a_cpu_device_trains_in_full_precision_and_says_so(
     assert result.config["amp"] is False
     notes = [r.message for r in caplog.records if "amp=true needs CUDA" in r.message]
     assert notes == ["amp=true needs CUDA: training on cpu in full precision"]  # once a setup
+
+
+def test_a_checkpoint_keeps_the_grad_scalers_state_and_a_resume_restores_it(
+    tmp_path: Path,
+) -> None:
+    """What an amp trial's checkpoint does with its GradScaler, on torch's CPU GradScaler (a
+    CUDA run uses the same code with a CUDA one: tests/test_gpu.py)."""
+    setup = TrainingSetup.from_spec(_spec(), device="cpu")
+
+    def state(scaler: torch.amp.GradScaler) -> training._RunState:
+        model = setup.build_model()
+        optimizer = setup.build_optimizer(model, 0.05)
+        driver = drive(parse_schedule({"family": "constant"}), optimizer, 10, 2)
+        return training._RunState(model, optimizer, driver, torch.Generator(), scaler, setup.device)
+
+    trained = state(torch.amp.GradScaler("cpu", init_scale=512.0, growth_interval=3))
+    for _ in range(2):  # two unskipped steps: the growth tracker counts them
+        loss = batch_loss(trained.model, list(setup.bundle.train[:8]), setup.bundle.loss_fn())
+        trained.scaler.scale(loss).backward()
+        trained.scaler.step(trained.optimizer)
+        trained.scaler.update()
+    training._save(tmp_path / "t.pt", 0, trained, training.TrainingRun())
+
+    fresh = state(torch.amp.GradScaler("cpu"))
+    assert training._resume(tmp_path / "t.pt", fresh, training.TrainingRun()) == 1
+    assert fresh.scaler.state_dict() == trained.scaler.state_dict()
+    assert fresh.scaler.get_scale() == 512.0 and fresh.scaler.state_dict()["_growth_tracker"] == 2
+
+    without = state(None)  # a run without amp resumes from it too, ignoring the scaler
+    assert training._resume(tmp_path / "t.pt", without, training.TrainingRun()) == 1
 
 
 def test_cuda_kernel_settings_are_deterministic_unless_the_job_opts_in_and_are_restored() -> None:

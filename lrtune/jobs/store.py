@@ -41,6 +41,9 @@ Contract (who may change a job, in which state):
   in the same transaction.
 - ``searching``/``confirming`` units are shared by several workers through the job's Optuna
   study (its own trial queue and heartbeat), not through this lease.
+- A job whose spec needs CUDA (``device`` ``cuda`` or ``cuda:N``: the ``needs_cuda`` column,
+  set at submit) is claimed, and listed by :meth:`JobStore.shared_jobs`, only for a worker
+  that passes a CUDA ``device``; a CPU worker skips it and takes the next job.
 - Anyone may :meth:`JobStore.cancel` a job that has not finished: it becomes ``cancelled``,
   loses its holder and its fencing token grows, so no worker's later write lands. Cancelling a
   finished job is a :class:`~lrtune.exceptions.ConflictError`.
