@@ -154,10 +154,7 @@ class _ShuffledTensorBatches:
         n = len(self._tensors[0])
         # Drawn on the CPU (the generator's device), copied once a pass to where the rows are.
         order = torch.randperm(n, generator=self._generator).to(self._tensors[0].device)
-        stop = n - n % self._batch_size if self._drop_last else n
-        for start in range(0, stop, self._batch_size):
-            rows = order[start : start + self._batch_size]
-            yield [t.index_select(0, rows) for t in self._tensors]
+        yield from _row_batches(self._tensors, order, self._batch_size, self._drop_last)
 
 
 class LoaderOrderRows:
@@ -194,10 +191,18 @@ class LoaderOrderRows:
         order = torch.randperm(n, generator=self._generator)
         torch.randperm(n, generator=self._generator)  # RandomSampler's trailing order[:0]
         order = order.to(self._tensors[0].device, non_blocking=True)
-        stop = n - n % self._batch_size if self._drop_last else n
-        for start in range(0, stop, self._batch_size):
-            rows = order[start : start + self._batch_size]
-            yield [t.index_select(0, rows) for t in self._tensors]
+        yield from _row_batches(self._tensors, order, self._batch_size, self._drop_last)
+
+
+def _row_batches(
+    tensors: Sequence[Tensor], order: Tensor, batch_size: int, drop_last: bool
+) -> Iterator[list[Tensor]]:
+    """Batches of ``tensors``' rows in ``order`` (on their device), ``batch_size`` rows each."""
+    n = len(order)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        rows = order[start : start + batch_size]
+        yield [t.index_select(0, rows) for t in tensors]
 
 
 class _ShuffledSequence:
