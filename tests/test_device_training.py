@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ import pytest
 import torch
 from optuna.trial import TrialState
 from small_jobs import small_job
-from torch import nn
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader, TensorDataset
 
 from lrtune import registry, training
@@ -133,6 +135,47 @@ def test_cpu_runs_are_bit_for_bit_the_dataloader_loops_also_when_they_diverge(
         assert run.status == "completed" and reason is None
     else:
         assert run.status == "diverged" and outcome in run.reason and run.reason == reason
+
+
+class _ValueReads(TorchFunctionMode):
+    """Records each call that reads a tensor's value into Python: on CUDA, a host sync."""
+
+    READS = (Tensor.item, Tensor.tolist, Tensor.__bool__, Tensor.__float__, Tensor.__int__)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        if func in self.READS:
+            self.reads.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_an_epoch_reads_tensor_values_once_to_train_and_once_to_evaluate() -> None:
+    spec = _spec(model={"name": "mlp", "params": {"hidden": [16], "dropout": 0.1}}, batch_size=8)
+    setup = TrainingSetup.from_spec(spec, device="cpu")
+    model = setup.build_model()
+    optimizer = setup.build_optimizer(model, 0.05)
+    schedule = parse_schedule({"family": "onecycle", "max_lr": 0.1})
+    driver = drive(schedule, optimizer, setup.steps_per_epoch, 2)
+    state = training._RunState(model, optimizer, driver, torch.Generator(), None, setup.device)
+    batches = setup.train_batches(state.order)
+    assert len(batches) == setup.steps_per_epoch > 10
+
+    with _ValueReads() as epoch:
+        training._train_epoch(setup, state, batches, setup.bundle.loss_fn(), training.TrainingRun())
+    with _ValueReads() as evaluation:
+        training._evaluate(setup, model)
+
+    assert epoch.reads == ["tolist"]  # not one a batch: the loss sum and the finiteness count
+    assert evaluation.reads == ["tolist"]
 
 
 def test_amp_on_a_cpu_device_trains_in_full_precision_and_says_so(
