@@ -152,11 +152,57 @@ class _ShuffledTensorBatches:
 
     def __iter__(self) -> Iterator[list[Tensor]]:
         n = len(self._tensors[0])
+        # Drawn on the CPU (the generator's device), copied once a pass to where the rows are.
+        order = torch.randperm(n, generator=self._generator).to(self._tensors[0].device)
+        yield from _row_batches(self._tensors, order, self._batch_size, self._drop_last)
+
+
+class LoaderOrderRows:
+    """A TensorDataset's batches in the order of ``DataLoader(dataset, batch_size, shuffle=True,
+    generator=generator, drop_last=drop_last)``, sliced where the tensors are.
+
+    Each pass draws from ``generator`` exactly what that DataLoader's pass draws (its
+    iterator's base seed, then its sampler's permutation, and the sampler's final empty one),
+    so the batches are the same rows in the same order and the generator ends in the same
+    state: a checkpoint of the generator resumes either. The permutation is drawn on the CPU
+    and copied to the tensors' device once a pass; each batch is an ``index_select`` there, so
+    a dataset on a GPU is never copied from the host batch by batch.
+    """
+
+    def __init__(
+        self,
+        tensors: Sequence[Tensor],
+        batch_size: int,
+        generator: torch.Generator,
+        drop_last: bool,
+    ) -> None:
+        self._tensors = tensors
+        self._batch_size = batch_size
+        self._generator = generator
+        self._drop_last = drop_last
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self._tensors[0]), self._batch_size)
+        return full + (1 if rest and not self._drop_last else 0)
+
+    def __iter__(self) -> Iterator[list[Tensor]]:
+        n = len(self._tensors[0])
+        torch.empty((), dtype=torch.int64).random_(generator=self._generator)  # the base seed
         order = torch.randperm(n, generator=self._generator)
-        stop = n - n % self._batch_size if self._drop_last else n
-        for start in range(0, stop, self._batch_size):
-            rows = order[start : start + self._batch_size]
-            yield [t[rows] for t in self._tensors]
+        torch.randperm(n, generator=self._generator)  # RandomSampler's trailing order[:0]
+        order = order.to(self._tensors[0].device, non_blocking=True)
+        yield from _row_batches(self._tensors, order, self._batch_size, self._drop_last)
+
+
+def _row_batches(
+    tensors: Sequence[Tensor], order: Tensor, batch_size: int, drop_last: bool
+) -> Iterator[list[Tensor]]:
+    """Batches of ``tensors``' rows in ``order`` (on their device), ``batch_size`` rows each."""
+    n = len(order)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        rows = order[start : start + batch_size]
+        yield [t.index_select(0, rows) for t in tensors]
 
 
 class _ShuffledSequence:

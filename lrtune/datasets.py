@@ -105,7 +105,9 @@ class DatasetBundle:
 
         Runs in eval mode without gradients, then restores each submodule's train/eval mode.
         ``device`` is where batches are sent (the model must already be there); by default
-        the device of the model's first parameter.
+        the device of the model's first parameter. The sums are kept on that device (in
+        float64, as Python floats would add them) and read once at the end: one host sync
+        however many batches.
 
         Returns:
             ``{"loss": ..., self.metric_name: ...}``.
@@ -114,8 +116,7 @@ class DatasetBundle:
             raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
         target_device = _device_of(model) if device is None else torch.device(device)
         features, targets = self.val.tensors
-        loss_sum = 0.0
-        metric_sum = 0.0
+        sums = torch.zeros(2, dtype=_sum_dtype(target_device), device=target_device)
         modes = {module: module.training for module in model.modules()}
         model.eval()
         try:
@@ -123,24 +124,29 @@ class DatasetBundle:
                 for start in range(0, len(features), batch_size):
                     batch_x = features[start : start + batch_size].to(target_device)
                     batch_y = targets[start : start + batch_size].to(target_device)
-                    batch_loss, batch_metric = self._summed_loss_and_metric(model(batch_x), batch_y)
-                    loss_sum += batch_loss
-                    metric_sum += batch_metric
+                    sums += self._summed_loss_and_metric(model(batch_x), batch_y)
         finally:
             for module, training in modes.items():
                 module.training = training
+        loss_sum, metric_sum = sums.tolist()
         # Per sample for cross-entropy and accuracy, per element for MSE (as nn.MSELoss averages).
         count = len(targets) if self.task == "classification" else targets.numel()
         return {"loss": loss_sum / count, self.metric_name: metric_sum / count}
 
-    def _summed_loss_and_metric(
-        self, outputs: torch.Tensor, targets: torch.Tensor
-    ) -> tuple[float, float]:
+    def _summed_loss_and_metric(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The batch's summed loss and summed metric, as a tensor of two on the batch's device."""
+        dtype = _sum_dtype(outputs.device)
         if self.task == "classification":
-            loss = F.cross_entropy(outputs, targets, reduction="sum").item()
-            return loss, (outputs.argmax(dim=1) == targets).sum().item()
-        loss = F.mse_loss(outputs, targets, reduction="sum").item()
-        return loss, loss
+            loss = F.cross_entropy(outputs, targets, reduction="sum")
+            hits = (outputs.argmax(dim=1) == targets).sum()
+            return torch.stack([loss.to(dtype), hits.to(dtype)])
+        loss = F.mse_loss(outputs, targets, reduction="sum").to(dtype)
+        return torch.stack([loss, loss])
+
+
+def _sum_dtype(device: torch.device) -> torch.dtype:
+    """float64 where the device has it (MPS does not): sums then match Python's float adds."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -207,6 +207,18 @@ class JobSpec(_Strict):
     search: SearchSpec = Field(default_factory=SearchSpec)
     seed: int = Field(0, ge=0, le=MAX_SEED)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    amp: bool = Field(
+        False,
+        description="mixed precision on CUDA: fp16 autocast with a GradScaler, in the range test "
+        "and every trial (the scaler's state is checkpointed with the trial); on a CPU device "
+        "a no-op: full precision, and a logged note",
+    )
+    cuda_fast_kernels: bool = Field(
+        False,
+        description="on CUDA, trade bit-reproducibility for speed: cuDNN autotuning "
+        "(cudnn.benchmark) and TF32 matmuls and convolutions; off, CUDA runs use deterministic "
+        "cuDNN kernels in full fp32; ignored on CPU",
+    )
 
     @field_validator("param_groups")
     @classmethod
@@ -215,6 +227,11 @@ class JobSpec(_Strict):
         if len(set(prefixes)) != len(prefixes):
             raise ValueError("param group prefixes must be distinct")
         return groups
+
+    @property
+    def needs_cuda(self) -> bool:
+        """Whether only a CUDA worker may run the job (``device`` is ``cuda`` or ``cuda:N``)."""
+        return self.device.startswith("cuda")
 
     def fingerprint(self) -> str:
         """SHA-256 of what determines the answer: model, dataset, optimizer, batch, groups."""

@@ -3,8 +3,15 @@
 Each epoch trains on the job's train split (the scheduler stepped per batch or per epoch as its
 spec says, always after ``optimizer.step()``), evaluates on the validation split, reports to an
 ``on_epoch`` hook (the search prunes there), and writes a checkpoint of model, optimizer,
-scheduler, RNG and data-order state, so that a run resumed from it ends exactly as an
-uninterrupted one would.
+scheduler, RNG and data-order state (and the GradScaler's, with ``amp``), so that a run resumed
+from it ends exactly as an uninterrupted one would.
+
+On a GPU (see :class:`TrainingSetup`): the job's data is moved to the device once when it fits
+(:data:`DEVICE_DATA_FRACTION`), and batches are sliced there; ``spec.amp`` trains under fp16
+autocast with a GradScaler; an epoch reads the device once for its loss and its divergence
+check, and once for its evaluation (not once a batch); cuDNN runs deterministic kernels in full
+fp32 unless ``spec.cuda_fast_kernels`` opts in to autotuning and TF32. On the CPU all of this
+is a no-op and runs are bit-for-bit what they were without it.
 
 Example:
     >>> from lrtune.spec import JobSpec, OptimizerSpec
@@ -18,19 +25,22 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
+import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
-from lrtune.batches import batch_loss, move_to
+from lrtune.batches import LoaderOrderRows, batch_loss, move_to
 from lrtune.datasets import DatasetBundle
 from lrtune.device import resolve_device
 from lrtune.exceptions import InvalidInputError
@@ -40,6 +50,14 @@ from lrtune.schedules import ScheduleSpec, drive
 from lrtune.spec import JobSpec, OptimizerSpec
 
 EpochHook = Callable[[int, dict[str, float]], None]
+
+logger = logging.getLogger(__name__)
+
+DEVICE_DATA_FRACTION = 0.25
+"""A job's data (train and validation tensors) is kept on a CUDA device when it takes at most
+this fraction of the device's free memory at setup; the rest is left for the model, its
+activations and other units on the same GPU. Data that does not fit stays in host memory and is
+copied batch by batch."""
 
 
 class StopTraining(Exception):
@@ -58,6 +76,31 @@ class TrainingSetup:
     def from_spec(cls, spec: JobSpec, device: str | torch.device | None = None) -> TrainingSetup:
         bundle = load_dataset(spec.dataset.name, spec.dataset.params)
         return cls(spec, bundle, resolve_device(device if device is not None else spec.device))
+
+    @functools.cached_property
+    def data(self) -> DatasetBundle:
+        """The job's data where training reads it: :func:`on_device` (moved once, on first use)."""
+        return on_device(self.bundle, self.device)
+
+    @functools.cached_property
+    def amp(self) -> bool:
+        """Whether runs train in mixed precision: the spec asks and the device is CUDA.
+
+        On any other device ``spec.amp`` is a no-op: full precision, with one logged note.
+        """
+        if self.spec.amp and self.device.type != "cuda":
+            logger.info("amp=true needs CUDA: training on %s in full precision", self.device)
+        return self.spec.amp and self.device.type == "cuda"
+
+    def kernels(self) -> contextlib.AbstractContextManager[None]:
+        """A context with the job's CUDA kernel choice in force (see :func:`cuda_kernels`)."""
+        return cuda_kernels(self.device, fast=self.spec.cuda_fast_kernels)
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """fp16 autocast on CUDA with ``amp``; otherwise a context that changes nothing."""
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=torch.float16)
 
     @property
     def metric(self) -> str:
@@ -115,17 +158,79 @@ class TrainingSetup:
         and is pure noise otherwise.
         """
         return DataLoader(
-            self.bundle.train,
+            self.data.train,
             batch_size=self.spec.batch_size,
             shuffle=True,
             generator=generator,
             drop_last=len(self.bundle.train) % self.spec.batch_size == 1,
         )
 
+    def train_batches(self, generator: torch.Generator) -> Iterable[Any]:
+        """The batches of :meth:`train_loader`, the same rows in the same order for ``generator``.
+
+        A plain ``TensorDataset`` is sliced where it lies (:class:`~lrtune.batches.LoaderOrderRows`:
+        on the GPU when :attr:`data` put it there), with no collation and no host-to-device
+        copy per batch; any other dataset goes through the DataLoader.
+        """
+        train = self.data.train
+        if type(train) is not TensorDataset:
+            return self.train_loader(generator)
+        drop_last = len(train) % self.spec.batch_size == 1
+        return LoaderOrderRows(train.tensors, self.spec.batch_size, generator, drop_last)
+
     @property
     def steps_per_epoch(self) -> int:
         full, rest = divmod(len(self.bundle.train), self.spec.batch_size)
         return full + (1 if rest > 1 else 0)
+
+
+def on_device(bundle: DatasetBundle, device: torch.device) -> DatasetBundle:
+    """``bundle`` with its tensors on ``device`` when they fit there, else ``bundle`` itself.
+
+    On the CPU (and any device but CUDA) the bundle is returned as it is. On CUDA, a bundle of
+    plain ``TensorDataset`` splits whose tensors take at most :data:`DEVICE_DATA_FRACTION` of
+    the device's free memory is copied there once; a larger one stays in host memory (logged).
+    """
+    plain = type(bundle.train) is TensorDataset and type(bundle.val) is TensorDataset
+    if device.type != "cuda" or not plain:
+        return bundle
+    tensors = [*bundle.train.tensors, *bundle.val.tensors]
+    size = sum(t.numel() * t.element_size() for t in tensors)
+    free, _total = torch.cuda.mem_get_info(device)
+    if size > DEVICE_DATA_FRACTION * free:
+        logger.info(
+            "dataset %s (%d MiB) stays in host memory: more than %.0f%% of %s's free %d MiB",
+            bundle.name,
+            size >> 20,
+            100 * DEVICE_DATA_FRACTION,
+            device,
+            free >> 20,
+        )
+        return bundle
+    return dataclasses.replace(
+        bundle,
+        train=TensorDataset(*(t.to(device) for t in bundle.train.tensors)),
+        val=TensorDataset(*(t.to(device) for t in bundle.val.tensors)),
+    )
+
+
+@contextlib.contextmanager
+def cuda_kernels(device: torch.device, *, fast: bool) -> Iterator[None]:
+    """Inside, CUDA runs deterministic cuDNN kernels in full fp32, or with ``fast`` lets cuDNN
+    autotune (``cudnn.benchmark``) and matmuls and convolutions use TF32 (faster; results may
+    differ from run to run). The previous settings are restored on exit. Off CUDA: nothing.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32)
+    cudnn.benchmark, cudnn.deterministic = fast, not fast
+    cudnn.allow_tf32 = matmul.allow_tf32 = fast
+    try:
+        yield
+    finally:
+        cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32 = before
 
 
 def torch_optimizer(spec: OptimizerSpec, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
@@ -163,7 +268,30 @@ def train(
         checkpoint: a file to save after every epoch and to resume from when it exists.
         seed: the initial weights' and the data order's seed (default: the job's seed);
             confirmation runs retrain a schedule on other seeds.
+
+    A non-finite training loss is checked on the device and read at the end of the epoch:
+    the rest of that epoch still runs (on weights that are no longer finite), then the run
+    ends ``diverged`` in that epoch, its record and ``lr_steps`` exactly as if it had stopped
+    at the first non-finite batch.
+
+    Raises:
+        torch.OutOfMemoryError: the device ran out of memory (see
+            :func:`out_of_memory_reason` for what to tell the user).
     """
+    with setup.kernels():
+        return _train(setup, schedule, base_lr, epochs, lr_threshold, on_epoch, checkpoint, seed)
+
+
+def _train(
+    setup: TrainingSetup,
+    schedule: ScheduleSpec,
+    base_lr: float,
+    epochs: int,
+    lr_threshold: float | None,
+    on_epoch: EpochHook | None,
+    checkpoint: Path | None,
+    seed: int | None,
+) -> TrainingRun:
     seed = setup.spec.seed if seed is None else seed
     model = setup.build_model(seed)
     optimizer = setup.build_optimizer(model, base_lr)
@@ -175,16 +303,18 @@ def train(
         group_multipliers=setup.group_multipliers,
     )
     order = torch.Generator().manual_seed(seed)
+    scaler = torch.amp.GradScaler("cuda") if setup.amp else None
+    state = _RunState(model, optimizer, driver, order, scaler, setup.device)
     run = TrainingRun()
     start = 0
     if checkpoint is not None and checkpoint.exists():
-        start = _resume(checkpoint, model, optimizer, driver, order, run)
+        start = _resume(checkpoint, state, run)
     else:
         torch.manual_seed(seed)
     criterion = setup.bundle.loss_fn()
-    loader = setup.train_loader(order)
+    batches = setup.train_batches(order)
     for epoch in range(start, epochs):
-        train_loss = _train_epoch(model, optimizer, driver, loader, criterion, setup.device, run)
+        train_loss = _train_epoch(setup, state, batches, criterion, run)
         if train_loss is None:
             run.status, run.reason = "diverged", f"non-finite training loss in epoch {epoch}"
             break
@@ -195,7 +325,7 @@ def train(
             break
         driver.after_epoch(record["val_loss"])
         if checkpoint is not None:
-            _save(checkpoint, epoch, model, optimizer, driver, order, run)
+            _save(checkpoint, epoch, state, run)
         if on_epoch is not None:
             try:
                 on_epoch(epoch, record)
@@ -209,78 +339,124 @@ def train(
     return run
 
 
+@dataclass
+class _RunState:
+    """What a run changes as it trains, and its checkpoint saves."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    driver: Any
+    order: torch.Generator
+    scaler: torch.amp.GradScaler | None
+    device: torch.device
+
+
 def _train_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    driver: Any,
-    loader: DataLoader,
+    setup: TrainingSetup,
+    state: _RunState,
+    batches: Iterable[Any],
     criterion: nn.Module,
-    device: torch.device,
     run: TrainingRun,
 ) -> float | None:
-    """Mean training loss of one epoch, or None at the first non-finite loss."""
+    """Mean training loss of one epoch, or None if a loss in it was not finite.
+
+    The device is read once, at the end: the summed loss and how many batches passed before
+    the first non-finite loss. After a non-finite loss the epoch runs on, and ``run.lr_steps``
+    is cut back to end at that batch, as a stop there would have left it.
+    """
+    model, optimizer, scaler = state.model, state.optimizer, state.scaler
     model.train()
-    total, count = torch.zeros((), device=device), 0
-    for batch in loader:
+    total = torch.zeros((), device=state.device)
+    finite = torch.ones((), dtype=torch.bool, device=state.device)  # every loss so far
+    finite_steps = torch.zeros((), dtype=torch.int64, device=state.device)
+    steps_before = len(run.lr_steps)
+    count = 0
+    for batch in batches:
         run.lr_steps.append([float(g["lr"]) for g in optimizer.param_groups])
-        loss = batch_loss(model, move_to(batch, device), criterion)
-        if not torch.isfinite(loss):
-            return None
+        with setup.autocast():
+            loss = batch_loss(model, move_to(batch, state.device), criterion)
+        finite &= torch.isfinite(loss)
+        finite_steps += finite
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        driver.after_batch()
-        total += loss.detach()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:  # its skipped-step check reads the device once a batch (torch's GradScaler)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        state.driver.after_batch()
+        total += loss.detach().float()
         count += 1
-    return total.item() / max(count, 1)
+    loss_sum, passed = torch.stack([total.double(), finite_steps.double()]).tolist()
+    if passed < count:
+        del run.lr_steps[steps_before + int(passed) + 1 :]
+        return None
+    return loss_sum / max(count, 1)
 
 
 def _evaluate(setup: TrainingSetup, model: nn.Module) -> dict[str, float]:
-    scores = setup.bundle.evaluate(model, device=setup.device)
+    with setup.autocast():
+        scores = setup.data.evaluate(model, device=setup.device)
     record = {"val_loss": float(scores["loss"])}
     record.update({k: float(v) for k, v in scores.items() if k != "loss"})
     return record
 
 
-def _save(
-    path: Path,
-    epoch: int,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    driver: Any,
-    order: torch.Generator,
-    run: TrainingRun,
-) -> None:
+def out_of_memory_reason(setup: TrainingSetup, error: BaseException) -> str:
+    """What a unit that ran the device out of memory records: the error and what to change.
+
+    E.g. ``CUDA out of memory on cuda:0: lower batch_size (now 64) or the model's size, or set
+    amp: true, or run fewer units on this GPU (lrtune worker --concurrency) (CUDA out of
+    memory. Tried to allocate ...)``.
+    """
+    detail = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+    hint = (
+        f"lower batch_size (now {setup.spec.batch_size}) or the model's size"
+        + ("" if setup.spec.amp else ", or set amp: true")
+        + ", or run fewer units on this GPU (lrtune worker --concurrency)"
+    )
+    return f"{setup.device.type.upper()} out of memory on {setup.device}: {hint} ({detail})"
+
+
+def _save(path: Path, epoch: int, state: _RunState, run: TrainingRun) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
+    saved = {
         "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": driver.state_dict(),
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.driver.state_dict(),
         "torch_rng": torch.get_rng_state(),
-        "data_order": order.get_state(),
+        "data_order": state.order.get_state(),
         "run": run.model_dump(mode="json"),
     }
+    if state.device.type == "cuda":
+        saved["cuda_rng"] = torch.cuda.get_rng_state(state.device)
+    if state.scaler is not None:
+        saved["grad_scaler"] = state.scaler.state_dict()
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
+    torch.save(saved, tmp)
     os.replace(tmp, path)  # atomic: a crash mid-write leaves the previous checkpoint intact
 
 
-def _resume(
-    path: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    driver: Any,
-    order: torch.Generator,
-    run: TrainingRun,
-) -> int:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    driver.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    order.set_state(state["data_order"])
-    restored = TrainingRun.model_validate(state["run"])
+def _resume(path: Path, state: _RunState, run: TrainingRun) -> int:
+    """Load the checkpoint at ``path`` into ``state`` and ``run``; return the next epoch.
+
+    A checkpoint written on another kind of device resumes too: CUDA RNG state is restored
+    only on CUDA, and a GradScaler's state only into a run that has one (a run with ``amp``
+    resumed from one without starts a fresh scaler).
+    """
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    state.model.load_state_dict(saved["model"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.driver.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["torch_rng"])
+    if state.device.type == "cuda" and "cuda_rng" in saved:
+        torch.cuda.set_rng_state(saved["cuda_rng"], state.device)
+    if state.scaler is not None and "grad_scaler" in saved:
+        state.scaler.load_state_dict(saved["grad_scaler"])
+    state.order.set_state(saved["data_order"])
+    restored = TrainingRun.model_validate(saved["run"])
     run.epochs, run.lr_steps = restored.epochs, restored.lr_steps
-    run.resumed_from = int(state["epoch"]) + 1
+    run.resumed_from = int(saved["epoch"]) + 1
     return run.resumed_from

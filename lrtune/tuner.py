@@ -92,7 +92,7 @@ from lrtune._optuna import (
     storage_errors,
     storage_of,
 )
-from lrtune.exceptions import ConflictError, NotFoundError
+from lrtune.exceptions import ConflictError, InvalidInputError, NotFoundError
 from lrtune.finder import StepCallback, find_lr
 from lrtune.params import MAX_SEED
 from lrtune.recommendation import Recommendation, SeedValue, TrainedSchedule, TrialSummary
@@ -108,7 +108,7 @@ from lrtune.space import (
 )
 from lrtune.spec import JobSpec
 from lrtune.storage import open_storage
-from lrtune.training import StopTraining, TrainingRun, TrainingSetup, train
+from lrtune.training import StopTraining, TrainingRun, TrainingSetup, out_of_memory_reason, train
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +123,19 @@ class TrialFailed(Exception):
 
     Only errors of the training itself become this; errors of the storage propagate, so that a
     database outage stops the worker instead of burning the trial budget.
+    """
+
+
+class DeviceOutOfMemory(InvalidInputError):
+    """A unit or the range test ran the device out of memory: the job does not fit it.
+
+    The unit's trial is recorded FAIL with the reason (what ran out, and what to change: the
+    batch size, the model, ``amp``, the units per GPU), and the error propagates instead of
+    being caught by the search, so a worker fails the job with that reason (and ``lrtune tune``
+    ends with it as one line) rather than running the rest of the units into the same wall:
+    every unit of a job has the same model, data and batch size. The worker never queues such
+    a trial again (:func:`requeue_interrupted` retries only interrupted ones); only preparing
+    the study again, an explicit resume (:func:`prepare_study`), retries it.
     """
 
 
@@ -170,17 +183,22 @@ def range_test(
     spec, options = setup.spec, setup.spec.range_test
     model = setup.build_model()
     optimizer = setup.build_optimizer(model, options.start_lr)
-    result = find_lr(
-        model,
-        setup.train_loader(torch.Generator().manual_seed(spec.seed)),
-        optimizer,
-        setup.bundle.loss_fn(),
-        **options.model_dump(),  # RangeTestSpec's fields are find_lr's keyword names
-        seed=spec.seed,
-        device=setup.device,
-        progress=progress,
-        callback=callback,
-    )
+    try:
+        with setup.kernels():
+            result = find_lr(
+                model,
+                setup.train_loader(torch.Generator().manual_seed(spec.seed)),
+                optimizer,
+                setup.bundle.loss_fn(),
+                **options.model_dump(),  # RangeTestSpec's fields are find_lr's keyword names
+                seed=spec.seed,
+                device=setup.device,
+                amp=setup.amp,
+                progress=progress,
+                callback=callback,
+            )
+    except torch.OutOfMemoryError as exc:
+        raise DeviceOutOfMemory(f"range test: {out_of_memory_reason(setup, exc)}") from exc
     if not spec.param_groups:
         return result
     return result.rescaled(1 / setup.group_multipliers[0], "a parameter with lr_mult 1")
@@ -560,11 +578,13 @@ def stop_progress(study: optuna.Study) -> dict[str, Any]:
     return {"trials_skipped": len(skipped), "search_stopped": reason}
 
 
-def _guarded(trial: optuna.Trial, training: Callable[[], T]) -> T:
+def _guarded(trial: optuna.Trial, setup: TrainingSetup, training: Callable[[], T]) -> T:
     """Run ``training``; record why it failed on the trial (Optuna 5 keeps no reason).
 
     Errors of the training become :class:`TrialFailed`; storage errors propagate unchanged;
-    an interruption (Ctrl-C) is recorded and propagates, so the trial resumes on the next run.
+    running the device out of memory becomes :class:`DeviceOutOfMemory` (recorded, and it
+    propagates); an interruption (Ctrl-C) is recorded and propagates, so the trial resumes on
+    the next run.
     """
     try:
         return training()
@@ -572,6 +592,10 @@ def _guarded(trial: optuna.Trial, training: Callable[[], T]) -> T:
         raise trouble.error from None
     except (optuna.TrialPruned, *STORAGE_ERRORS):
         raise
+    except torch.OutOfMemoryError as exc:
+        reason = out_of_memory_reason(setup, exc)
+        trial.set_user_attr(ATTR_FAIL_REASON, reason)
+        raise DeviceOutOfMemory(reason) from exc
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
         trial.set_user_attr(ATTR_FAIL_REASON, reason)
@@ -600,7 +624,7 @@ class TrialObjective:
         self.artifact_dir = artifact_dir
 
     def __call__(self, trial: optuna.Trial) -> float:
-        run, checkpoint = _guarded(trial, lambda: self._train(trial))
+        run, checkpoint = _guarded(trial, self.setup, lambda: self._train(trial))
         trial.set_user_attr(ATTR_RUN, run.model_dump(mode="json"))
         if checkpoint is not None:
             checkpoint.unlink(missing_ok=True)
@@ -673,6 +697,7 @@ class ConfirmationObjective:
         spec = self.setup.spec
         run = _guarded(
             trial,
+            self.setup,
             lambda: train(
                 self.setup,
                 parse_schedule(attrs[ATTR_SCHEDULE]),

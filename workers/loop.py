@@ -199,13 +199,13 @@ class Worker:
             if lease is not None:
                 self._exclusive(lease)
                 return lease.job_id
-        for job in self.store.shared_jobs():
+        for job in self.store.shared_jobs(device=self.device):
             if (may_start or job.id in worked) and self._help(job):
                 return job.id
         return None
 
     def _claim(self, job_id: str | None = None) -> Lease | None:
-        lease = self.store.claim(self.id, self.lease_s, job_id=job_id)
+        lease = self.store.claim(self.id, self.lease_s, job_id=job_id, device=self.device)
         if lease is not None:
             _log(lease.job_id, self.id, lease.status.value, "claimed", attempts=lease.attempts)
         return lease

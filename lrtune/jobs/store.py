@@ -47,6 +47,9 @@ Contract (who may change a job, in which state):
   counts (:meth:`JobStore.searching_for_s`). A worker pops a unit only under the job's
   :meth:`JobStore.unit_lock` (held for the count and the pop, milliseconds: not a lease), so
   at most ``search.max_parallel`` units of a job run at once.
+- A job whose spec needs CUDA (``device`` ``cuda`` or ``cuda:N``: the ``needs_cuda`` column,
+  set at submit) is claimed, and listed by :meth:`JobStore.shared_jobs`, only for a worker
+  that passes a CUDA ``device``; a CPU worker skips it and takes the next job.
 - Anyone may :meth:`JobStore.cancel` a job that has not finished: it becomes ``cancelled``,
   loses its holder and its fencing token grows, so no worker's later write lands. Cancelling a
   finished job is a :class:`~lrtune.exceptions.ConflictError`.
@@ -99,7 +102,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import and_, delete, inspect, or_, select, text, tuple_, update
+from sqlalchemy import and_, delete, inspect, not_, or_, select, text, true, tuple_, update
 from sqlalchemy.orm import Session
 
 from lrtune.exceptions import ConflictError, InvalidInputError, LeaseLost, NotFoundError
@@ -186,6 +189,7 @@ class JobStore:
             progress=JobProgress().model_dump(mode="json"),
             attempts=0,
             fencing_token=0,
+            needs_cuda=spec.needs_cuda,
         )
         with session(self._engine, write=True) as s:
             s.add(row)
@@ -379,18 +383,21 @@ class JobStore:
             ).all()
             return [JobEvent.model_validate(row, from_attributes=True) for row in rows]
 
-    def shared_jobs(self, limit: int = 50) -> builtins.list[JobRecord]:
+    def shared_jobs(
+        self, limit: int = 50, *, device: str | None = None
+    ) -> builtins.list[JobRecord]:
         """Jobs in a shared phase (``searching``, ``confirming``), oldest first: a read.
 
         A free worker helps the first of them that has a unit it may take, so one huge job
-        does not starve the ones submitted after it.
+        does not starve the ones submitted after it. ``device`` is the asking worker's (as in
+        :meth:`claim`): a CPU worker is not shown jobs that need CUDA.
         """
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInputError(f"limit must be 1 to {MAX_PAGE}, got {limit}")
         shared = [JobStatus.SEARCHING.value, JobStatus.CONFIRMING.value]
         query = (
             select(tables.Job)
-            .where(tables.Job.status.in_(shared))
+            .where(tables.Job.status.in_(shared), _servable_by(device))
             .order_by(tables.Job.created_at, tables.Job.id)
             .limit(limit)
         )
@@ -406,13 +413,23 @@ class JobStore:
             s.refresh(row)
             return JobEvent.model_validate(row, from_attributes=True)
 
-    def claim(self, worker_id: str, lease_s: float, *, job_id: str | None = None) -> Lease | None:
+    def claim(
+        self,
+        worker_id: str,
+        lease_s: float,
+        *,
+        job_id: str | None = None,
+        device: str | None = None,
+    ) -> Lease | None:
         """Take a job's exclusive phase for ``lease_s`` seconds; ``None`` if there is none.
 
         Without ``job_id``: the oldest job that is ``queued`` (it becomes ``finding``) or whose
         lease expired while ``finding`` or ``confirming``. With ``job_id``: that job, if it is
-        unfinished and no live lease holds it. Atomic across workers (``FOR UPDATE SKIP
-        LOCKED`` on PostgreSQL, an IMMEDIATE transaction on SQLite): each job has one holder.
+        unfinished and no live lease holds it. ``device`` is the claiming worker's (``cpu``,
+        ``cuda:0``): a worker whose device is not CUDA never takes a job that needs CUDA
+        (``spec.device`` ``cuda`` or ``cuda:N``), and skips to the next; ``None`` takes any.
+        Atomic across workers (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, an IMMEDIATE
+        transaction on SQLite): each job has one holder.
         A job claimed ``Settings.max_attempts`` times without completing its phase is failed
         with the reason instead, and the next candidate is tried.
 
@@ -426,7 +443,7 @@ class JobStore:
             if job_id is not None:
                 _find(s, job_id)
             while True:
-                row = s.scalars(_claim_query(job_id)).first()
+                row = s.scalars(_claim_query(job_id, device)).first()
                 if row is None:
                     return None
                 if row.attempts >= self.settings.max_attempts:
@@ -691,8 +708,16 @@ def _check_lease_args(worker_id: str, lease_s: float) -> None:
         raise InvalidInputError(f"lease_s must be a positive number of seconds, got {lease_s}")
 
 
-def _claim_query(job_id: str | None) -> Any:
-    """The oldest claimable job, locked for this transaction (others skip it)."""
+def _servable_by(device: str | None) -> Any:
+    """The jobs a worker on ``device`` may run: any on CUDA (or unsaid), none needing it else."""
+    if device is None or device.startswith("cuda"):
+        return true()
+    return not_(tables.Job.needs_cuda)
+
+
+def _claim_query(job_id: str | None, device: str | None = None) -> Any:
+    """The oldest claimable job ``device`` can serve, locked for this transaction (others skip
+    it)."""
     job = tables.Job
     expired = and_(job.holder_worker_id.is_not(None), job.lease_expires_at < tables.utcnow())
     if job_id is None:
@@ -706,7 +731,7 @@ def _claim_query(job_id: str | None) -> Any:
         claimable = and_(job.id == job_id, job.status.in_(unfinished), free)
     return (
         select(job)
-        .where(claimable)
+        .where(claimable, _servable_by(device))
         .order_by(job.created_at, job.id)
         .limit(1)
         .with_for_update(skip_locked=True)

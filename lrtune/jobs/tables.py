@@ -8,7 +8,8 @@ two schemas, and any other application's, never collide; lrtune's alembic revisi
 - ``lrtune_jobs``: one row per submitted job, its spec (JSON), status and progress, and the
   lease of the worker holding its exclusive phase (``holder_worker_id``, ``lease_expires_at``
   and ``fencing_token``, which grows on every change of holder so that a worker that lost its
-  lease cannot write).
+  lease cannot write), and ``needs_cuda`` (its spec's device is CUDA: only a CUDA worker may
+  claim it).
 - ``lrtune_range_tests`` and ``lrtune_recommendations``: at most one of each per job, stored
   as JSON with a format version and the provenance of the result.
 - ``lrtune_workers``: live workers, their heartbeat and the plugin registry they serve.
@@ -32,6 +33,7 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Float,
@@ -41,6 +43,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    false,
     literal,
 )
 from sqlalchemy.ext.compiler import compiles
@@ -165,6 +168,7 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None]
     fencing_token: Mapped[int] = mapped_column(BigInteger, default=0)
     search_started_at: Mapped[datetime | None]
+    needs_cuda: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class _JobResult:
