@@ -8,7 +8,10 @@ two schemas, and any other application's, never collide; lrtune's alembic revisi
 - ``lrtune_jobs``: one row per submitted job, its spec (JSON), status and progress, and the
   lease of the worker holding its exclusive phase (``holder_worker_id``, ``lease_expires_at``
   and ``fencing_token``, which grows on every change of holder so that a worker that lost its
-  lease cannot write).
+  lease cannot write). ``submit_seq`` numbers the jobs in the order they were submitted (a
+  PostgreSQL sequence; on SQLite the next number inside the submit's IMMEDIATE transaction):
+  claims, the shared-phase rota and listings order by it, since two jobs submitted within
+  one clock tick have equal ``created_at``.
 - ``lrtune_range_tests`` and ``lrtune_recommendations``: at most one of each per job, stored
   as JSON with a format version and the provenance of the result.
 - ``lrtune_workers``: live workers, their heartbeat and the plugin registry they serve.
@@ -39,6 +42,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Sequence,
     String,
     Text,
     literal,
@@ -79,6 +83,10 @@ NAMING_CONVENTION = {
 
 # An autoincrementing 64-bit id; SQLite's rowid alias must be declared INTEGER.
 EventId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+SUBMIT_SEQ = Sequence("lrtune_jobs_submit_seq")
+"""Numbers submitted jobs on PostgreSQL; SQLite has no sequences (the store counts there)."""
 
 
 class utcnow(FunctionElement[datetime]):
@@ -145,6 +153,8 @@ class Job(Base):
         ),
         Index("ix_lrtune_jobs_created_at_id", "created_at", "id"),
         Index("ix_lrtune_jobs_status_created_at", "status", "created_at"),
+        Index("ix_lrtune_jobs_submit_seq", "submit_seq", unique=True),
+        Index("ix_lrtune_jobs_status_submit_seq", "status", "submit_seq"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -164,6 +174,7 @@ class Job(Base):
     holder_worker_id: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None]
     fencing_token: Mapped[int] = mapped_column(BigInteger, default=0)
+    submit_seq: Mapped[int] = mapped_column(BigInteger, SUBMIT_SEQ)
 
 
 class _JobResult:
