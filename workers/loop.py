@@ -235,15 +235,15 @@ class Worker:
     def _find(self, job: JobRecord, lease: Lease, heartbeat: _Heartbeat) -> None:
         """The range test and the study's queues; then the job is ``searching``."""
         setup = self._setup(job)
-        steps = RangeTestProgress(self.store, lease, job.spec, heartbeat.check)
-        study = prepare_study(
-            job.spec,
-            self._optuna_storage(),
-            setup=setup,
-            progress=False,
-            study_name=job.study_name,
-            callback=steps,
-        )
+        with RangeTestProgress(self.store, lease, job.spec, heartbeat.check) as steps:
+            study = prepare_study(
+                job.spec,
+                self._optuna_storage(),
+                setup=setup,
+                progress=False,
+                study_name=job.study_name,
+                callback=steps,
+            )
         save_range_test(self.store, lease, study, self._provenance(job, study))
         confirm = open_confirmation(study, job.spec)
         progress = job.progress.model_copy(

@@ -1,8 +1,9 @@
 """What a worker tells the job store as it works: progress, the range test, spent checkpoints.
 
 - :class:`RangeTestProgress` is the range test's step callback while a worker holds a
-  ``finding`` job: it checks the lease at every step and reports the steps done at most once
-  every ``interval_s`` seconds (default :data:`PROGRESS_INTERVAL_S`), under the lease.
+  ``finding`` job: it checks the lease at every step and counts the steps; a daemon thread
+  reports the count, under the lease, once every ``interval_s`` seconds (default
+  :data:`PROGRESS_INTERVAL_S`) while it moves, so the sweep never waits for the database.
 - :class:`UnitProgress` reports a shared job's finished trials (and the best value so far)
   or confirmation runs after each unit this worker finishes, without a lease: the store
   merges reports (:meth:`~lrtune.jobs.JobStore.record_progress`), so a slower worker's stale
@@ -13,7 +14,7 @@ A progress report that meets an unavailable store is logged and skipped: progres
 people watching, and the lease (the heartbeat's business) decides whether the work goes on.
 
 Example:
-    >>> import tempfile, pathlib
+    >>> import tempfile, pathlib, time
     >>> from lrtune.jobs import JobStore
     >>> from lrtune.spec import JobSpec
     >>> store = JobStore(f"sqlite:///{pathlib.Path(tempfile.mkdtemp()) / 'jobs.db'}")
@@ -21,12 +22,10 @@ Example:
     ...                                "range_test": {"seeds": 2, "num_iter": 50}})
     >>> job = store.submit(spec)
     >>> lease = store.claim("w1", lease_s=30)
-    >>> report = RangeTestProgress(store, lease, spec, interval_s=3600)
-    >>> for step in range(10):  # what find_lr calls: step, lr, one loss per seed
-    ...     report(step, 1e-3, [2.3, 2.2])
-    >>> store.get(job.id).progress.range_test_steps_done  # only the first step was written
-    2
-    >>> report.flush()
+    >>> with RangeTestProgress(store, lease, spec, interval_s=0.05) as report:
+    ...     for step in range(10):  # what find_lr calls: step, lr, one loss per seed
+    ...         report(step, 1e-3, [2.3, 2.2])
+    ...     time.sleep(0.5)  # the reporting thread writes within interval_s
     >>> store.get(job.id).progress.range_test_steps_done, report.total
     (20, 100)
 """
@@ -34,8 +33,7 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
-import time
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -43,7 +41,7 @@ import optuna
 from optuna.study import StudyDirection
 
 from lrtune._optuna import FINISHED
-from lrtune.exceptions import ConflictError, StorageUnavailableError
+from lrtune.exceptions import ConflictError, LeaseLost, StorageUnavailableError
 from lrtune.jobs import JobProgress, JobRecord, JobStatus, JobStore, Lease, Provenance
 from lrtune.spec import JobSpec
 from lrtune.tuner import open_confirmation, stored_bounds, stored_range_test
@@ -51,17 +49,19 @@ from lrtune.tuner import open_confirmation, stored_bounds, stored_range_test
 logger = logging.getLogger("lrtune.workers")
 
 PROGRESS_INTERVAL_S = 0.5
-"""Least seconds between two range-test progress writes of one worker (at most 2 a second)."""
+"""Seconds between two range-test progress writes of one worker (at most 2 a second)."""
 
 
 class RangeTestProgress:
-    """A range-test step callback: check the lease, report the steps done now and then.
+    """A range-test step callback: check the lease, count steps; a thread reports them.
 
+    Use it in a ``with`` block around the range test: the reporting thread runs inside it.
     Steps are counted over the seeds (``num_iter`` x ``seeds`` in all): a vectorised sweep
     reports one loss per seed at each step, a sequential one a single loss per call.
-    ``check`` (the heartbeat's :meth:`~workers.loop._Heartbeat.check`) raises
-    :class:`~lrtune.exceptions.LeaseLost` once the lease is lost, which stops the range test;
-    a report under a lost lease raises it too.
+    ``check`` (the heartbeat's ``check``) raises :class:`~lrtune.exceptions.LeaseLost` once the
+    lease is lost, which stops the range test; a report that finds the lease lost makes the
+    next step raise it too. The last count is the caller's to report (the worker's release
+    reports the completed range test).
     """
 
     def __init__(
@@ -79,24 +79,47 @@ class RangeTestProgress:
         self.interval_s = interval_s
         self.total = spec.range_test.num_iter * spec.range_test.seeds
         self.done = 0
-        self._written_at = -math.inf
+        self._reported = 0
+        self._lost: LeaseLost | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._report_until_stopped, name=f"steps-{lease.job_id[:8]}", daemon=True
+        )
+
+    def __enter__(self) -> RangeTestProgress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
 
     def __call__(self, step: int, lr: float, losses: Sequence[float]) -> None:
         if self.check is not None:
             self.check(step, lr, losses)
+        if self._lost is not None:
+            raise LeaseLost(str(self._lost))
         self.done = min(self.done + len(losses), self.total)
-        now = time.monotonic()
-        if now - self._written_at >= self.interval_s:
-            self._written_at = now
-            self.flush()
+
+    def _report_until_stopped(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            if self.done != self._reported:
+                self.flush()
 
     def flush(self) -> None:
-        """Report the steps done so far (the callback does so at most every ``interval_s``)."""
-        report = JobProgress(range_test_steps_done=self.done, range_test_steps_total=self.total)
+        """Report the steps done so far (the thread does, every ``interval_s`` they moved)."""
+        done = self.done
+        report = JobProgress(range_test_steps_done=done, range_test_steps_total=self.total)
         try:
             self.store.record_progress(self.lease.job_id, report, lease=self.lease)
+        except LeaseLost as exc:
+            self._lost = exc
+            self._stop.set()
         except StorageUnavailableError as exc:
             logger.warning("job=%s event=progress_failed error=%s", self.lease.job_id, exc)
+        else:
+            self._reported = done
 
 
 class UnitProgress:
