@@ -45,7 +45,7 @@ JOB = {
 }
 # A range test that runs every one of its steps (no divergence), long enough for several
 # throttled progress writes.
-LONG_RANGE_TEST = {**JOB, "range_test": {"seeds": 2, "num_iter": 1500, "diverge_threshold": 1e9}}
+LONG_RANGE_TEST = {**JOB, "range_test": {"seeds": 3, "num_iter": 2000, "diverge_threshold": 1e9}}
 
 
 def _spec(job: dict | None = None) -> JobSpec:
@@ -69,7 +69,7 @@ def _finished_study_best(url: str, study_name: str) -> float:
 # --- the range test, stored ------------------------------------------------------------------
 
 
-def test_a_worker_stores_the_range_test_once_readable_while_the_job_searches(
+def test_a_worker_stores_the_range_test_once_readable_while_searching_and_drops_checkpoints(
     jobs_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     artifacts = tmp_path / "artifacts"
@@ -149,7 +149,7 @@ def test_progress_grows_as_a_worker_runs_and_never_goes_backwards(
     _assert_never_backwards(polled)
     _assert_never_backwards(reports)
     assert reports[-1] == job.progress
-    total = 1500 * 2
+    total = 2000 * 3
     done = job.progress
     assert (done.range_test_steps_done, done.range_test_steps_total) == (total, total)
     assert (done.trials_done, done.trials_total) == (N_TRIALS, N_TRIALS)
