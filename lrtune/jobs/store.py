@@ -108,7 +108,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, delete, func, inspect, or_, select, text, update
+from sqlalchemy import and_, delete, inspect, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from lrtune.exceptions import ConflictError, InvalidInputError, LeaseLost, NotFoundError
@@ -188,8 +188,6 @@ class JobStore:
             fencing_token=0,
         )
         with session(self._engine, write=True) as s:
-            if s.get_bind().dialect.name != "postgresql":  # no sequence: the next number,
-                row.submit_seq = _next_submit_seq()  # inside this IMMEDIATE transaction
             s.add(row)
             s.flush()
             _add_event(s, job_id, "submitted", {"status": JobStatus.QUEUED.value})
@@ -815,12 +813,6 @@ def _write(
     s.flush()
     s.refresh(row)
     return _job_record(row)
-
-
-def _next_submit_seq() -> Any:
-    """The number after the highest ``submit_seq`` (SQLite: the submit's transaction is
-    IMMEDIATE, so no other submit reads the same highest number)."""
-    return select(func.coalesce(func.max(tables.Job.submit_seq), 0) + 1).scalar_subquery()
 
 
 def _job_record(row: tables.Job) -> JobRecord:

@@ -9,7 +9,7 @@ two schemas, and any other application's, never collide; lrtune's alembic revisi
   lease of the worker holding its exclusive phase (``holder_worker_id``, ``lease_expires_at``
   and ``fencing_token``, which grows on every change of holder so that a worker that lost its
   lease cannot write). ``submit_seq`` numbers the jobs in the order they were submitted (a
-  PostgreSQL sequence; on SQLite the next number inside the submit's IMMEDIATE transaction):
+  PostgreSQL sequence; on SQLite the next number, inside the insert's IMMEDIATE transaction):
   claims, the shared-phase rota and listings order by it, since two jobs submitted within
   one clock tick have equal ``created_at``.
 - ``lrtune_range_tests`` and ``lrtune_recommendations``: at most one of each per job, stored
@@ -45,8 +45,12 @@ from sqlalchemy import (
     Sequence,
     String,
     Text,
+    event,
+    func,
     literal,
+    select,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.functions import FunctionElement
@@ -175,6 +179,18 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None]
     fencing_token: Mapped[int] = mapped_column(BigInteger, default=0)
     submit_seq: Mapped[int] = mapped_column(BigInteger, SUBMIT_SEQ)
+
+
+@event.listens_for(Job, "before_insert")
+def _number_the_job(_mapper: Any, connection: Connection, job: Job) -> None:
+    """Give a new job on SQLite (no sequences) the number after the highest one.
+
+    Every write transaction on SQLite begins IMMEDIATE (:mod:`lrtune.jobs.db`), so no other
+    insert reads the same highest number before this one commits.
+    """
+    if job.submit_seq is None and connection.dialect.name != "postgresql":
+        highest = select(func.coalesce(func.max(Job.submit_seq), 0)).scalar_subquery()
+        job.submit_seq = highest + 1  # type: ignore[assignment]
 
 
 class _JobResult:
