@@ -1,5 +1,5 @@
 """The ``lrtune`` command: ``find`` (range test), ``tune`` (schedule search), ``list``, and the
-job store's ``db upgrade``, ``submit``, ``status`` and ``worker``.
+job store's ``db upgrade``, ``db prune``, ``submit``, ``status`` and ``worker``.
 
 Progress goes to stderr, answers to stdout (``--json`` for machines). Bad input ends with a
 one-line ``lrtune: error: ...`` and exit status 2, never a traceback.
@@ -12,18 +12,26 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import yaml
 from pydantic import ValidationError
 
-from lrtune.exceptions import InvalidInputError, LRTuneError, describe_validation_error
+from lrtune.exceptions import (
+    InvalidInputError,
+    LRTuneError,
+    NotFoundError,
+    describe_validation_error,
+)
 from lrtune.registry import dataset_names, model_names
 from lrtune.spec import JobSpec
 
@@ -151,6 +159,23 @@ def _parser() -> argparse.ArgumentParser:
     db_upgrade = db_sub.add_parser("upgrade", help="apply the job store's schema migrations")
     _database_option(db_upgrade)
     db_upgrade.set_defaults(run=_db_upgrade)
+    db_prune = db_sub.add_parser(
+        "prune", help="delete finished jobs older than an age, with their studies and checkpoints"
+    )
+    db_prune.add_argument(
+        "--older-than",
+        required=True,
+        metavar="AGE",
+        help="finished longer ago than this: a number and a unit, e.g. 30d, 12h, 90m, 2w",
+    )
+    db_prune.add_argument(
+        "--status",
+        action="append",
+        choices=["succeeded", "failed", "cancelled"],
+        help="only jobs that ended so (repeatable; default: every finished job)",
+    )
+    _database_option(db_prune)
+    db_prune.set_defaults(run=_db_prune)
 
     submit = sub.add_parser("submit", help="queue a job file in the job store; print its id")
     submit.add_argument("job", type=Path, help="job spec, YAML or JSON")
@@ -198,8 +223,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--artifact-dir",
         type=Path,
-        help="where trials checkpoint each epoch, so an interrupted one resumes (shared by "
-        "the workers that may resume it)",
+        help="where trials checkpoint each epoch, so an interrupted one resumes (default: "
+        "$LRTUNE_ARTIFACT_DIR, else ./lrtune-artifacts; shared by the workers that may resume "
+        "it and the store that deletes a job)",
     )
     worker.set_defaults(run=_worker)
     return parser
@@ -451,6 +477,41 @@ def _db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` (a number and a unit) as a timedelta.
+
+    Example:
+        >>> parse_duration("12h"), parse_duration("1.5d")
+        (datetime.timedelta(seconds=43200), datetime.timedelta(days=1, seconds=43200))
+    """
+    number, unit = text.strip()[:-1], text.strip()[-1:].lower()
+    try:
+        value = float(number)
+    except ValueError:
+        value = math.nan
+    if unit not in DURATION_UNITS or not math.isfinite(value) or value < 0:
+        raise CliError(
+            f"--older-than {text!r} is not an age: use a number and a unit, e.g. 30d, 12h, "
+            f"90m ({', '.join(DURATION_UNITS)})"
+        )
+    return timedelta(seconds=value * DURATION_UNITS[unit])
+
+
+def _db_prune(args: argparse.Namespace) -> int:
+    from lrtune.jobs import JobStore
+    from lrtune.jobs.store import FINISHED_STATUSES
+
+    older_than = parse_duration(args.older_than)
+    store = JobStore(args.database)
+    deleted = store.prune(older_than, args.status or FINISHED_STATUSES)
+    statuses = "/".join(args.status) if args.status else "finished"
+    print(f"deleted {len(deleted)} {statuses} jobs that ended more than {args.older_than} ago")
+    return 0
+
+
 def _submit(args: argparse.Namespace) -> int:
     from lrtune.jobs import JobStore
 
@@ -484,7 +545,12 @@ def _status(args: argparse.Namespace) -> int:
     store = JobStore(args.database)
     if args.job_id is not None:
         job = store.get(args.job_id)
-        print(job.model_dump_json() if args.json else _describe_job(job))
+        if args.json:
+            print(job.model_dump_json())
+            return 0
+        print(_describe_job(job))
+        with contextlib.suppress(NotFoundError):  # no range test completed yet
+            print(_describe_range_test(store.range_test(job.id)))
         return 0
     page = store.list(limit=args.limit)
     if args.json:
@@ -533,7 +599,8 @@ def _describe_job(job: Any) -> str:
         f"submitted {job.created_at:%Y-%m-%d %H:%M:%S} UTC, attempts {job.attempts}",
         f"range test steps {progress.range_test_steps_done}/{progress.range_test_steps_total}, "
         f"trials {progress.trials_done}/{progress.trials_total or job.spec.search.n_trials}, "
-        f"confirmation runs {progress.confirmations_done}/{progress.confirmations_total}",
+        f"confirmation runs {progress.confirmations_done}/{progress.confirmations_total}"
+        + ("" if progress.best_value is None else f", best so far {progress.best_value:.4g}"),
     ]
     if progress.search_stopped:
         lines.append(
@@ -544,6 +611,24 @@ def _describe_job(job: Any) -> str:
         lines.append(f"held by worker {job.holder_worker_id} until {job.lease_expires_at}")
     if job.error:
         lines.append(f"error: {job.error}")
+    return "\n".join(lines)
+
+
+def _describe_range_test(stored: Any) -> str:
+    """The stored range test's suggestion, the seeds' spread and the search's LR bounds."""
+    range_test, bounds = stored.range_test, stored.bounds
+    if range_test.suggestion is None:
+        suggested = f"no suggestion ({range_test.consensus.suggestion.reason})"
+    else:
+        suggested = f"suggested lr {range_test.suggestion:.3g}"
+    spread = range_test.spread_decades
+    agreement = "n/a" if spread is None else f"{spread:.2f} decades"
+    lines = [
+        f"range test: {suggested}, seeds' spread {agreement} "
+        f"(agreement {range_test.consensus.agreement}, rule {stored.provenance.rule})",
+        f"search bounds: lr {bounds.low:.3g} to {bounds.high:.3g}"
+        + (" (widened)" if bounds.widened else ""),
+    ]
     return "\n".join(lines)
 
 

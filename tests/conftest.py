@@ -16,6 +16,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def artifacts_in_a_temporary_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Workers' checkpoints (``LRTUNE_ARTIFACT_DIR``, inherited by worker processes) go to a
+    temporary folder, not ``./lrtune-artifacts`` in the repository, unless the caller set it."""
+    os.environ.setdefault("LRTUNE_ARTIFACT_DIR", str(tmp_path_factory.mktemp("artifacts")))
+
+
 @pytest.fixture
 def blobs() -> list[tuple[torch.Tensor, torch.Tensor]]:
     """A separable 3-class problem as 24 batches of 32."""

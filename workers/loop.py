@@ -20,6 +20,10 @@ While a worker holds a lease, a daemon thread renews it every ``lease_s / 3`` se
 long training step never lets it expire. A renewal that meets
 :class:`~lrtune.exceptions.LeaseLost` (the lease expired and another worker took the job, or
 the job was cancelled) stops the range test at its next step, and nothing more is written.
+Progress goes to the store as work goes (:mod:`lrtune.workers.reporting`): range-test steps
+a few times a second, and after each finished unit its trials or confirmation runs done; the
+range test and its LR bounds are stored before the job starts searching, and a succeeded
+job's checkpoints are removed.
 An error inside a phase fails the job with the reason. SIGTERM or SIGINT abandons the current
 unit (Optuna records the trial FAILED as interrupted, and the worker queues it again, so
 another worker resumes it from its checkpoint), hands a held lease back, and the worker exits
@@ -55,6 +59,7 @@ from lrtune._optuna import fail_stale_trials, has_unfinished, has_waiting, stora
 from lrtune.device import resolve_device
 from lrtune.exceptions import ConflictError, LeaseLost, LRTuneError, StorageUnavailableError
 from lrtune.jobs import JobProgress, JobRecord, JobStatus, JobStore, Lease, Provenance
+from lrtune.jobs.store import remove_checkpoints
 from lrtune.storage import open_storage
 from lrtune.training import TrainingSetup
 from lrtune.tuner import (
@@ -68,9 +73,9 @@ from lrtune.tuner import (
     run_trials,
     stop_progress,
     stored_bounds,
-    stored_range_test,
     timeout_passed,
 )
+from lrtune.workers.reporting import RangeTestProgress, UnitProgress, save_range_test
 
 logger = logging.getLogger("lrtune.workers")
 
@@ -140,7 +145,8 @@ class Worker:
         lease_s: how long a lease lasts without renewal.
         worker_id: its name in the store (default: ``host-pid``).
         artifact_dir: where trials checkpoint each epoch, so that an interrupted trial resumes
-            (a directory every worker that may resume it can read); None: no checkpoints.
+            (a directory every worker that may resume it can read), one folder per job;
+            None: the store's ``Settings.artifact_dir`` (``LRTUNE_ARTIFACT_DIR``).
         poll_s: how long it waits, idle, before looking for work again.
     """
 
@@ -158,7 +164,7 @@ class Worker:
         self.device = str(resolve_device(device))
         self.lease_s = lease_s
         self.id = (worker_id or f"{socket.gethostname()}-{os.getpid()}")[:64]
-        self.artifact_dir = Path(artifact_dir) if artifact_dir is not None else None
+        self.artifact_dir = Path(artifact_dir or store.settings.artifact_dir)
         self.poll_s = poll_s
         self._storage: optuna.storages.BaseStorage | None = None
         self._setups: dict[str, TrainingSetup] = {}
@@ -235,22 +241,24 @@ class Worker:
     def _find(self, job: JobRecord, lease: Lease, heartbeat: _Heartbeat) -> None:
         """The range test and the study's queues; then the job is ``searching``."""
         setup = self._setup(job)
-        study = prepare_study(
-            job.spec,
-            self._optuna_storage(),
-            setup=setup,
-            progress=False,
-            study_name=job.study_name,
-            callback=heartbeat.check,
-            earlier_winners=[
-                (c.job_id, c.recommendation) for c in self.store.warm_start_candidates(job.spec)
-            ],
-        )
+        with RangeTestProgress(self.store, lease, job.spec, heartbeat.check) as steps:
+            study = prepare_study(
+                job.spec,
+                self._optuna_storage(),
+                setup=setup,
+                progress=False,
+                study_name=job.study_name,
+                callback=steps,
+                earlier_winners=[
+                    (c.job_id, c.recommendation) for c in self.store.warm_start_candidates(job.spec)
+                ],
+            )
+        save_range_test(self.store, lease, study, self._provenance(job, study))
         confirm = open_confirmation(study, job.spec)
         progress = job.progress.model_copy(
             update={
-                "range_test_steps_done": len(stored_range_test(study).lrs),  # to divergence
-                "range_test_steps_total": job.spec.range_test.num_iter,
+                "range_test_steps_done": steps.total,  # completed (maybe stopped at divergence)
+                "range_test_steps_total": steps.total,
                 "trials_total": len(study.get_trials(deepcopy=False)),
                 "confirmations_total": len(confirm.get_trials(deepcopy=False)),
             }
@@ -286,6 +294,7 @@ class Worker:
             _log(job.id, self.id, "confirming", "recommendation_exists")
         progress = _progress(job, study)
         self.store.release(lease, status=JobStatus.SUCCEEDED, progress=progress)
+        remove_checkpoints(self.artifact_dir / job.study_name)  # no unit will resume
 
     def _help(self, job: JobRecord) -> bool:
         """Run the queued units of a shared job; move it on if none is left. True if it worked."""
@@ -332,11 +341,12 @@ class Worker:
 
     def _run_units(self, job: JobRecord, study: optuna.Study, gate: UnitGate) -> None:
         setup = self._setup(job)
+        report = UnitProgress(self.store, job, study)
         options: dict[str, Any] = {
             "artifact_dir": self.artifact_dir,
             "wait_for_others": False,
             "progress": False,
-            "should_stop": lambda: self._has_ended(job.id),
+            "should_stop": lambda: self._has_ended(job.id, report.record()),
             "gate": gate,
         }
         _log(job.id, self.id, job.status.value, "helping")
@@ -345,9 +355,12 @@ class Worker:
         else:
             run_confirmation(study, setup, **options)
 
-    def _has_ended(self, job_id: str) -> bool:
-        """Whether the job ended (was cancelled, or failed) while this worker ran its units."""
-        ended = self.store.get(job_id).status.finished
+    def _has_ended(self, job_id: str, job: JobRecord | None = None) -> bool:
+        """Whether the job ended (was cancelled, or failed) while this worker ran its units.
+
+        ``job``: the job as just read (e.g. by a progress report); None: read it now.
+        """
+        ended = (job or self.store.get(job_id)).status.finished
         if ended:
             _log(job_id, self.id, "shared", "stopped", reason="the job has ended")
         return ended

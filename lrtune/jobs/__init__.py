@@ -5,8 +5,10 @@ The HTTP API and the workers use this package, and only this package, to reach t
 - :class:`JobStore` (:mod:`lrtune.jobs.store`): submit, get, list, cancel, events, results,
   and the workers' leases (claim, renew, advance, release; :class:`Lease`);
 - :class:`Settings` (:mod:`lrtune.jobs.settings`): the database URL (``LRTUNE_DATABASE_URL``,
-  default ``sqlite:///lrtune.db``) and pool sizes;
+  default ``sqlite:///lrtune.db``), pool sizes and where checkpoints live
+  (``LRTUNE_ARTIFACT_DIR``);
 - :func:`upgrade` and :func:`check_current` (:mod:`lrtune.jobs.schema`): the schema revision;
+  :func:`~lrtune.jobs.stored_json.upgrade_json_rows` rewrites stored JSON in a migration;
 - the returned models (:mod:`lrtune.jobs.schemas`); the tables (:mod:`lrtune.jobs.tables`) and
   connections (:mod:`lrtune.jobs.db`) are internal.
 
@@ -27,6 +29,7 @@ from lrtune.jobs.schemas import (
     JobStatus,
     Lease,
     Provenance,
+    StoredRangeTest,
     StoredRecommendation,
     Submission,
 )
@@ -43,6 +46,7 @@ __all__ = [
     "Lease",
     "Provenance",
     "Settings",
+    "StoredRangeTest",
     "StoredRecommendation",
     "Submission",
     "check_current",

@@ -57,8 +57,11 @@ def current_revision(url: str) -> str | None:
         return _revision_of(conn)
 
 
-def upgrade(url: str) -> str:
+def upgrade(url: str, revision: str = "head") -> str:
     """Apply every migration the database at ``url`` lacks; return its revision (the head).
+
+    ``revision`` stops at an older revision instead (tests build a database as an older
+    lrtune left it, with rows, to check that the later migrations upgrade them).
 
     Raises:
         StorageUnavailableError: the database cannot be reached, or is at a revision this
@@ -71,8 +74,8 @@ def upgrade(url: str) -> str:
         _refuse_unknown(_revision_of(conn), engine)
         config = _config()
         config.attributes["connection"] = conn
-        command.upgrade(config, "head")
-    return head_revision()
+        command.upgrade(config, revision)
+    return head_revision() if revision == "head" else revision
 
 
 def check_current(url: str) -> None:

@@ -23,6 +23,7 @@ from pydantic import AfterValidator, Field
 
 from lrtune._schema import JsonFloat, ResultModel
 from lrtune.recommendation import Recommendation
+from lrtune.result import LRBounds, LRFinderResult
 from lrtune.spec import JobSpec, SearchSpec
 
 SPEC_FORMAT_VERSION = 1
@@ -61,7 +62,23 @@ UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 
 
 class JobProgress(ResultModel):
-    """How far a job has got; the workers fill it in as they go (all zero when queued)."""
+    """How far a job has got; the workers fill it in as they go (all zero when queued).
+
+    Range-test steps are counted over all its seeds (``num_iter`` x ``seeds`` in all; a
+    completed range test counts them all, even when its sweeps stopped early at divergence).
+    Trials and confirmation runs count the finished ones (complete or pruned).
+
+    Progress never goes backwards: the store keeps, field by field, the larger of what it has
+    and what a worker reports (:meth:`merged`), so two workers racing to report cannot undo
+    each other, and a worker may report only the fields its unit changed.
+
+    Example:
+        >>> stored = JobProgress(trials_done=3, trials_total=5, best_value=0.2)
+        >>> stored.merged(JobProgress(trials_done=2, best_value=0.4)) == stored  # stale
+        True
+        >>> stored.merged(JobProgress(trials_done=4, best_value=0.1)).best_value
+        0.1
+    """
 
     range_test_steps_done: int = 0
     range_test_steps_total: int = 0
@@ -76,6 +93,26 @@ class JobProgress(ResultModel):
     search_stopped: str | None = Field(
         None, description="why the search stopped before its budget (target reached, timeout)"
     )
+
+    def merged(self, report: JobProgress) -> JobProgress:
+        """This progress updated by a worker's ``report``: each count the larger of the two.
+
+        ``search_stopped`` is the first reason either gives (a stopped search stays stopped).
+
+        ``best_value`` is the report's when it has one and counts at least as many finished
+        trials (the study's best after more trials is at least as good), else this one's.
+        """
+        counts = {
+            name: max(getattr(self, name), getattr(report, name))
+            for name in type(self).model_fields
+            if name not in ("best_value", "search_stopped")
+        }
+        newer_best = report.best_value is not None and (
+            self.best_value is None or report.trials_done >= self.trials_done
+        )
+        best = report.best_value if newer_best else self.best_value
+        stopped = self.search_stopped or report.search_stopped  # set once, never unset
+        return JobProgress(**counts, best_value=best, search_stopped=stopped)
 
 
 class JobRecord(ResultModel):
@@ -100,6 +137,9 @@ class JobRecord(ResultModel):
     lease_expires_at: UtcDatetime | None
     search_started_at: UtcDatetime | None = Field(
         None, description="when it entered searching (search.timeout_s counts from here)"
+    )
+    submit_seq: int = Field(
+        description="grows with every job submitted to the store: the queue's order"
     )
 
 
@@ -178,3 +218,28 @@ class Submission(JobRecord):
     def record(self) -> JobRecord:
         """The job's record alone (what :meth:`~lrtune.jobs.JobStore.get` returns)."""
         return JobRecord.model_validate(self.model_dump(include=set(JobRecord.model_fields)))
+
+
+class StoredRangeTest(ResultModel):
+    """A job's completed range test as stored (one per job), readable while the job searches.
+
+    ``range_test`` holds the per-seed curves, every rule's suggestion, the chosen (consensus)
+    suggestion and the seeds' spread; ``bounds`` the LR range the search draws from.
+    """
+
+    job_id: str
+    format_version: int
+    provenance: Provenance
+    range_test: LRFinderResult
+    bounds: LRBounds
+    created_at: UtcDatetime
+
+    @property
+    def suggestion(self) -> float | None:
+        """The chosen suggestion (the consensus rule), or None when the seeds gave none."""
+        return self.range_test.suggestion
+
+    @property
+    def spread_decades(self) -> float | None:
+        """How far apart the seeds' suggestions are, in decades of LR (lower is better)."""
+        return self.range_test.spread_decades

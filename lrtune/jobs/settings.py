@@ -10,6 +10,15 @@ Pool sizes bound the connections one process opens to PostgreSQL: at most
 ``db_pool_size + db_max_overflow`` (default 4 + 4 = 8), shared by everything in the process
 that uses the store. Four workers and the API then hold at most 40 of PostgreSQL's default 100.
 
+Checkpoints: every worker writes a job's trial checkpoints under ``artifact_dir`` (default
+``lrtune-artifacts``, relative to the current directory, like the default database), one
+folder per job named after its study (``<artifact_dir>/lrtune-job-<id>/``). The store removes
+that folder when the job is deleted, and the worker that writes a job's success removes it
+then, so every process using one store must agree on it: set ``LRTUNE_ARTIFACT_DIR`` to an
+absolute path, and, for workers on several machines, to a shared filesystem (NFS, a cluster
+filesystem) mounted at the same path everywhere, since any worker may resume an interrupted
+trial from its checkpoint.
+
 Example:
     >>> import os
     >>> Settings().database_url  # nothing set: the embedded default
@@ -24,9 +33,13 @@ Example:
     lrtune.exceptions.InvalidInputError: invalid settings: LRTUNE_DB_POOL_SIZE='0': Input \
 should be greater than or equal to 1
     >>> del os.environ["LRTUNE_DB_POOL_SIZE"]
+    >>> Settings(artifact_dir="/shared/lrtune").checkpoint_dir("lrtune-job-1").as_posix()
+    '/shared/lrtune/lrtune-job-1'
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +48,7 @@ from lrtune.exceptions import InvalidInputError, describe_validation_error
 
 ENV_PREFIX = "LRTUNE_"
 DEFAULT_DATABASE_URL = "sqlite:///lrtune.db"
+DEFAULT_ARTIFACT_DIR = "lrtune-artifacts"
 
 
 class Settings(BaseSettings):
@@ -57,6 +71,16 @@ class Settings(BaseSettings):
         description="claims of a job's exclusive phase before a job whose lease keeps "
         "expiring (its worker died) is failed instead of claimed again",
     )
+
+    artifact_dir: Path = Field(
+        Path(DEFAULT_ARTIFACT_DIR),
+        description="where workers checkpoint trials, one folder per job; shared by every "
+        "worker that may resume a trial and by the store that deletes the job",
+    )
+
+    def checkpoint_dir(self, study_name: str) -> Path:
+        """The folder of one job's checkpoints (its study's name: ``lrtune-job-<id>``)."""
+        return self.artifact_dir / study_name
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -26,6 +26,9 @@ Contract (who may change a job, in which state):
   lease expired and another worker claimed the job, or the job was cancelled), and the worker
   must stop working on the job. A lease that expired but that nobody has claimed yet is still
   its holder's: renewing it succeeds.
+- Jobs are queued in the order they were submitted (``submit_seq``, which grows with every
+  submit, even within one clock tick): claims, :meth:`JobStore.shared_jobs` and
+  :meth:`JobStore.list` order by it.
 - :meth:`JobStore.claim` takes the oldest job that is ``queued`` (it becomes ``finding``), or
   that is ``finding`` or ``confirming`` under a lease that expired (its worker died; the phase
   is re-run from its start). ``claim(..., job_id=...)`` takes one named unfinished job that no
@@ -50,11 +53,23 @@ Contract (who may change a job, in which state):
 - A job whose spec needs CUDA (``device`` ``cuda`` or ``cuda:N``: the ``needs_cuda`` column,
   set at submit) is claimed, and listed by :meth:`JobStore.shared_jobs`, only for a worker
   that passes a CUDA ``device``; a CPU worker skips it and takes the next job.
+- Results: the ``finding`` holder stores the job's completed range test and LR bounds
+  (:meth:`JobStore.save_range_test`, under its lease, once per job) before the job starts
+  searching; the ``confirming`` holder stores the recommendation
+  (:meth:`JobStore.save_recommendation`) before it succeeds.
+- Progress: a lease holder reports with its lease; any worker running a shared job's units
+  reports after each finished unit, without one (:meth:`JobStore.record_progress`). The
+  store merges each report into what it has, count by count, so progress never goes
+  backwards however reports race, and each report that moves it appends a ``progress``
+  event.
 - Anyone may :meth:`JobStore.cancel` a job that has not finished: it becomes ``cancelled``,
   loses its holder and its fencing token grows, so no worker's later write lands. Cancelling a
   finished job is a :class:`~lrtune.exceptions.ConflictError`.
 - ``succeeded``, ``failed`` and ``cancelled`` are final. Only a finished job may be
-  :meth:`JobStore.delete`-d; deleting removes its results, events and Optuna study.
+  :meth:`JobStore.delete`-d; deleting removes its results, events, Optuna study and
+  checkpoints (its folder under ``Settings.artifact_dir``; the worker that writes a job's
+  success removes them then). :meth:`JobStore.prune` deletes the jobs finished longer ago
+  than a given age.
 - Events are append-only. Within a job their ids grow in commit order (appending locks the
   job's row), so :meth:`JobStore.events` with the last id seen never misses one.
 
@@ -97,12 +112,15 @@ from __future__ import annotations
 import builtins
 import contextlib
 import fcntl
+import shutil
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, delete, inspect, not_, or_, select, text, true, tuple_, update
+from sqlalchemy import and_, delete, inspect, not_, or_, select, text, true, update
 from sqlalchemy.orm import Session
 
 from lrtune.exceptions import ConflictError, InvalidInputError, LeaseLost, NotFoundError
@@ -119,12 +137,14 @@ from lrtune.jobs.schemas import (
     JobStatus,
     Lease,
     Provenance,
+    StoredRangeTest,
     StoredRecommendation,
     Submission,
     _as_utc,
 )
 from lrtune.jobs.settings import Settings
 from lrtune.recommendation import Recommendation
+from lrtune.result import LRBounds, LRFinderResult
 from lrtune.spec import JobSpec, SearchSpec
 
 MAX_PAGE = 500
@@ -141,6 +161,7 @@ NEXT_STATUS = {
 
 EXCLUSIVE_STATUSES = (JobStatus.FINDING, JobStatus.CONFIRMING)
 """States whose work a lease holds; an expired lease in them is claimed again."""
+FINISHED_STATUSES = tuple(status for status in JobStatus if status.finished)
 
 
 class JobStore:
@@ -321,8 +342,8 @@ class JobStore:
         """Jobs newest first, ``limit`` a page, optionally only those in ``status``.
 
         ``after`` is the ``next_after`` of the previous page (a job id): pages are keyed on
-        ``(created_at, id)``, so jobs submitted while a client pages through neither shift nor
-        repeat what it has not seen yet.
+        the jobs' ``submit_seq``, so jobs submitted while a client pages through neither shift
+        nor repeat what it has not seen yet.
         """
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInputError(f"limit must be 1 to {MAX_PAGE}, got {limit}")
@@ -333,12 +354,9 @@ class JobStore:
         with session(self._engine, write=False) as s:
             if after is not None:
                 cursor = _find(s, after)
-                query = query.where(
-                    tuple_(tables.Job.created_at, tables.Job.id)
-                    < tuple_(cursor.created_at, cursor.id)
-                )
-            order = (tables.Job.created_at.desc(), tables.Job.id.desc())
-            rows = s.scalars(query.order_by(*order).limit(limit + 1)).all()
+                query = query.where(tables.Job.submit_seq < cursor.submit_seq)
+            order = tables.Job.submit_seq.desc()
+            rows = s.scalars(query.order_by(order).limit(limit + 1)).all()
             page = [_job_record(row) for row in rows[:limit]]
         next_after = page[-1].id if len(rows) > limit else None
         return JobPage(data=page, next_after=next_after)
@@ -398,7 +416,7 @@ class JobStore:
         query = (
             select(tables.Job)
             .where(tables.Job.status.in_(shared), _servable_by(device))
-            .order_by(tables.Job.created_at, tables.Job.id)
+            .order_by(tables.Job.submit_seq)
             .limit(limit)
         )
         with session(self._engine, write=False) as s:
@@ -564,6 +582,92 @@ class JobStore:
         payload = {"from": row.status, "to": JobStatus.FAILED.value, "error": reason}
         _add_event(s, row.id, "status", payload)
 
+    def record_progress(
+        self, job_id: str, progress: JobProgress, *, lease: Lease | None = None
+    ) -> JobRecord:
+        """Merge a worker's progress report into the job's (:meth:`JobProgress.merged`).
+
+        Any worker may report on a job in a shared phase (no lease); the holder of an
+        exclusive phase passes its ``lease``, and the write then lands only while the lease
+        holds (:class:`~lrtune.exceptions.LeaseLost` otherwise). A report that moves nothing
+        forward writes nothing; one that does appends a ``progress`` event holding the merged
+        progress. Returns the job as stored after the write (so the caller also learns
+        whether it was cancelled meanwhile).
+
+        Raises:
+            NotFoundError: no job ``job_id``.
+            LeaseLost: ``lease`` no longer holds the job; nothing was written.
+        """
+        if lease is not None and lease.job_id != job_id:
+            raise InvalidInputError(f"the lease is for job {lease.job_id}, not {job_id}")
+        with session(self._engine, write=True) as s:
+            row = _fenced(s, lease) if lease is not None else _find(s, job_id, for_update=True)
+            stored = JobProgress.model_validate(row.progress)
+            merged = stored.merged(progress)
+            if merged != stored:
+                as_json = merged.model_dump(mode="json")
+                fenced = [] if lease is None else [tables.Job.fencing_token == lease.fencing_token]
+                s.execute(
+                    update(tables.Job)
+                    .where(tables.Job.id == job_id, *fenced)
+                    .values(progress=as_json, updated_at=tables.utcnow())
+                )
+                _add_event(s, job_id, "progress", as_json)
+                s.flush()
+                s.refresh(row)
+            return _job_record(row)
+
+    def save_range_test(
+        self,
+        job_id: str,
+        range_test: LRFinderResult,
+        bounds: LRBounds,
+        provenance: Provenance,
+        *,
+        lease: Lease | None = None,
+    ) -> StoredRangeTest:
+        """Store the job's completed range test and the LR bounds drawn from it.
+
+        One per job: a second is a :class:`ConflictError`. A worker passes its ``lease``, as
+        for :meth:`save_recommendation`.
+        """
+        if lease is not None and lease.job_id != job_id:
+            raise InvalidInputError(f"the lease is for job {lease.job_id}, not {job_id}")
+        result = {
+            "range_test": range_test.model_dump(mode="json"),
+            "bounds": bounds.model_dump(mode="json"),
+        }
+        with session(self._engine, write=True) as s:
+            if lease is not None:
+                _fenced(s, lease)
+            else:
+                _find(s, job_id, for_update=True)
+            row = tables.RangeTest(
+                job_id=job_id, format_version=RESULT_FORMAT_VERSION, result=result,
+                **_provenance_columns(provenance),
+            )  # fmt: skip
+            s.add(row)
+            s.flush()
+            s.refresh(row)
+            return _stored_range_test(row)
+
+    def range_test(self, job_id: str) -> StoredRangeTest:
+        """The range test a job stored (from the moment it starts searching).
+
+        Raises:
+            NotFoundError: no job has this id, or the job has not completed its range test.
+        """
+        job = self.get(job_id)  # NotFoundError for an unknown id
+        query = select(tables.RangeTest).where(tables.RangeTest.job_id == job_id)
+        with session(self._engine, write=False) as s:
+            row = s.scalars(query).first()
+            if row is None:
+                raise NotFoundError(
+                    f"job {job_id!r} has no range test yet: it is {job.status.value} (a job "
+                    "stores its range test when it starts searching)"
+                )
+            return _stored_range_test(row)
+
     def save_recommendation(
         self,
         job_id: str,
@@ -586,12 +690,7 @@ class JobStore:
                 fingerprint=job.fingerprint,
                 format_version=RESULT_FORMAT_VERSION,
                 result=recommendation.model_dump(mode="json"),
-                lrtune_version=provenance.lrtune_version,
-                rule=provenance.rule,
-                lr_min=provenance.lr_min,
-                lr_max=provenance.lr_max,
-                device=provenance.device,
-                search_config=provenance.search and provenance.search.model_dump(mode="json"),
+                **_provenance_columns(provenance),
             )
             s.add(row)
             s.flush()
@@ -636,7 +735,11 @@ class JobStore:
             return _stored_recommendation(row) if row is not None else None
 
     def delete(self, job_id: str) -> None:
-        """Delete a finished job with its results, events and Optuna study.
+        """Delete a finished job with its results, events, Optuna study and checkpoints.
+
+        The checkpoints are the job's folder under ``Settings.artifact_dir``
+        (:meth:`checkpoint_dir`); they go after the job's rows, so a delete that fails
+        leaves them to a job that still exists.
 
         Raises:
             NotFoundError: no such job.
@@ -649,6 +752,53 @@ class JobStore:
             study_name = row.study_name
             s.execute(delete(tables.Job).where(tables.Job.id == job_id))
         self._delete_study(study_name)
+        remove_checkpoints(self.settings.checkpoint_dir(study_name))
+
+    def checkpoint_dir(self, job_id: str) -> Path:
+        """Where workers keep the job's checkpoints (by this store's ``Settings.artifact_dir``)."""
+        return self.settings.checkpoint_dir(self.get(job_id).study_name)
+
+    def prune(
+        self,
+        older_than: timedelta,
+        statuses: Iterable[JobStatus | str] = FINISHED_STATUSES,
+    ) -> builtins.list[str]:
+        """Delete the jobs in ``statuses`` that finished more than ``older_than`` ago.
+
+        Each goes as with :meth:`delete` (results, events, study, checkpoints); ages are by
+        the database's clock. Returns the deleted jobs' ids, oldest first.
+
+        Raises:
+            InvalidInputError: ``older_than`` is negative, or a status is not a final one.
+        """
+        wanted = [_status(status) for status in statuses]
+        unfinished = [status.value for status in wanted if not status.finished]
+        if unfinished:
+            raise InvalidInputError(
+                f"only finished jobs can be pruned, not {', '.join(unfinished)}: use "
+                + ", ".join(status.value for status in FINISHED_STATUSES)
+            )
+        if older_than < timedelta(0):
+            raise InvalidInputError(f"older_than must not be negative, got {older_than}")
+        cutoff = tables.utc_after(-older_than.total_seconds())
+        query = (
+            select(tables.Job.id)
+            .where(
+                tables.Job.status.in_([status.value for status in wanted]),
+                tables.Job.finished_at < cutoff,
+            )
+            .order_by(tables.Job.submit_seq)
+        )
+        with session(self._engine, write=False) as s:
+            job_ids = s.scalars(query).all()
+        deleted = []
+        for job_id in job_ids:
+            try:
+                self.delete(job_id)
+            except NotFoundError:  # deleted meanwhile by someone else
+                continue
+            deleted.append(job_id)
+        return deleted
 
     def _delete_study(self, study_name: str) -> None:
         """Delete the job's Optuna study if one was created (imports Optuna only then)."""
@@ -732,7 +882,7 @@ def _claim_query(job_id: str | None, device: str | None = None) -> Any:
     return (
         select(job)
         .where(claimable, _servable_by(device))
-        .order_by(job.created_at, job.id)
+        .order_by(job.submit_seq)
         .limit(1)
         .with_for_update(skip_locked=True)
     )
@@ -820,6 +970,7 @@ def _write(
 ) -> JobRecord:
     """One fenced write of a lease holder, with its ``status`` and ``progress`` events."""
     if progress is not None:
+        progress = JobProgress.model_validate(row.progress).merged(progress)
         values["progress"] = progress.model_dump(mode="json")
     if values.get("status") == JobStatus.SEARCHING.value:
         values["search_started_at"] = tables.utcnow()  # search.timeout_s counts from here
@@ -841,8 +992,24 @@ def _job_record(row: tables.Job) -> JobRecord:
     return JobRecord.model_validate({name: getattr(row, name) for name in JobRecord.model_fields})
 
 
-def _stored_recommendation(row: tables.Recommendation) -> StoredRecommendation:
-    provenance = Provenance(
+def remove_checkpoints(folder: Path) -> None:
+    """Remove one job's checkpoint folder, if there is one (what cannot be removed stays)."""
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _provenance_columns(provenance: Provenance) -> dict[str, Any]:
+    return {
+        "lrtune_version": provenance.lrtune_version,
+        "rule": provenance.rule,
+        "lr_min": provenance.lr_min,
+        "lr_max": provenance.lr_max,
+        "device": provenance.device,
+        "search_config": provenance.search and provenance.search.model_dump(mode="json"),
+    }
+
+
+def _provenance(row: tables.RangeTest | tables.Recommendation) -> Provenance:
+    return Provenance(
         lrtune_version=row.lrtune_version,
         rule=row.rule,
         lr_min=row.lr_min,
@@ -850,11 +1017,25 @@ def _stored_recommendation(row: tables.Recommendation) -> StoredRecommendation:
         device=row.device,
         search=row.search_config,
     )
+
+
+def _stored_range_test(row: tables.RangeTest) -> StoredRangeTest:
+    return StoredRangeTest(
+        job_id=row.job_id,
+        format_version=row.format_version,
+        provenance=_provenance(row),
+        range_test=LRFinderResult.model_validate(row.result["range_test"]),
+        bounds=LRBounds.model_validate(row.result["bounds"]),
+        created_at=row.created_at,
+    )
+
+
+def _stored_recommendation(row: tables.Recommendation) -> StoredRecommendation:
     return StoredRecommendation(
         job_id=row.job_id,
         fingerprint=row.fingerprint,
         format_version=row.format_version,
-        provenance=provenance,
+        provenance=_provenance(row),
         recommendation=Recommendation.model_validate(row.result),
         created_at=row.created_at,
     )

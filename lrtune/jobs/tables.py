@@ -9,7 +9,10 @@ two schemas, and any other application's, never collide; lrtune's alembic revisi
   lease of the worker holding its exclusive phase (``holder_worker_id``, ``lease_expires_at``
   and ``fencing_token``, which grows on every change of holder so that a worker that lost its
   lease cannot write), and ``needs_cuda`` (its spec's device is CUDA: only a CUDA worker may
-  claim it).
+  claim it). ``submit_seq`` numbers the jobs in the order they were submitted (a PostgreSQL
+  sequence; on SQLite the next number, inside the insert's IMMEDIATE transaction): claims, the
+  shared-phase rota and listings order by it, since two jobs submitted within one clock tick
+  have equal ``created_at``.
 - ``lrtune_range_tests`` and ``lrtune_recommendations``: at most one of each per job, stored
   as JSON with a format version and the provenance of the result.
 - ``lrtune_workers``: live workers, their heartbeat and the plugin registry they serve.
@@ -41,11 +44,16 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Sequence,
     String,
     Text,
+    event,
     false,
+    func,
     literal,
+    select,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.functions import FunctionElement
@@ -82,6 +90,10 @@ NAMING_CONVENTION = {
 
 # An autoincrementing 64-bit id; SQLite's rowid alias must be declared INTEGER.
 EventId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+SUBMIT_SEQ = Sequence("lrtune_jobs_submit_seq")
+"""Numbers submitted jobs on PostgreSQL; SQLite has no sequences (the store counts there)."""
 
 
 class utcnow(FunctionElement[datetime]):
@@ -148,6 +160,8 @@ class Job(Base):
         ),
         Index("ix_lrtune_jobs_created_at_id", "created_at", "id"),
         Index("ix_lrtune_jobs_status_created_at", "status", "created_at"),
+        Index("ix_lrtune_jobs_submit_seq", "submit_seq", unique=True),
+        Index("ix_lrtune_jobs_status_submit_seq", "status", "submit_seq"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -169,6 +183,19 @@ class Job(Base):
     fencing_token: Mapped[int] = mapped_column(BigInteger, default=0)
     search_started_at: Mapped[datetime | None]
     needs_cuda: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    submit_seq: Mapped[int] = mapped_column(BigInteger, SUBMIT_SEQ)
+
+
+@event.listens_for(Job, "before_insert")
+def _number_the_job(_mapper: Any, connection: Connection, job: Job) -> None:
+    """Give a new job on SQLite (no sequences) the number after the highest one.
+
+    Every write transaction on SQLite begins IMMEDIATE (:mod:`lrtune.jobs.db`), so no other
+    insert reads the same highest number before this one commits.
+    """
+    if job.submit_seq is None and connection.dialect.name != "postgresql":
+        highest = select(func.coalesce(func.max(Job.submit_seq), 0)).scalar_subquery()
+        job.submit_seq = highest + 1  # type: ignore[assignment]
 
 
 class _JobResult:

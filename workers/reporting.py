@@ -1,0 +1,174 @@
+"""What a worker tells the job store as it works: progress, the range test, spent checkpoints.
+
+- :class:`RangeTestProgress` is the range test's step callback while a worker holds a
+  ``finding`` job: it checks the lease at every step and counts the steps; a daemon thread
+  reports the count, under the lease, once every ``interval_s`` seconds (default
+  :data:`PROGRESS_INTERVAL_S`) while it moves, so the sweep never waits for the database.
+- :class:`UnitProgress` reports a shared job's finished trials (and the best value so far)
+  or confirmation runs after each unit this worker finishes, without a lease: the store
+  merges reports (:meth:`~lrtune.jobs.JobStore.record_progress`), so a slower worker's stale
+  count never undoes a faster one's.
+- :func:`save_range_test` stores the job's completed range test and LR bounds, once.
+
+A progress report that meets an unavailable store is logged and skipped: progress is for the
+people watching, and the lease (the heartbeat's business) decides whether the work goes on.
+
+Example:
+    >>> import tempfile, pathlib, time
+    >>> from lrtune.jobs import JobStore
+    >>> from lrtune.spec import JobSpec
+    >>> store = JobStore(f"sqlite:///{pathlib.Path(tempfile.mkdtemp()) / 'jobs.db'}")
+    >>> spec = JobSpec.model_validate({"model": {"name": "logreg"}, "dataset": {"name": "wine"},
+    ...                                "range_test": {"seeds": 2, "num_iter": 50}})
+    >>> job = store.submit(spec)
+    >>> lease = store.claim("w1", lease_s=30)
+    >>> with RangeTestProgress(store, lease, spec, interval_s=0.05) as report:
+    ...     for step in range(10):  # what find_lr calls: step, lr, one loss per seed
+    ...         report(step, 1e-3, [2.3, 2.2])
+    ...     time.sleep(0.5)  # the reporting thread writes within interval_s
+    >>> store.get(job.id).progress.range_test_steps_done, report.total
+    (20, 100)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import optuna
+from optuna.study import StudyDirection
+
+from lrtune._optuna import FINISHED
+from lrtune.exceptions import ConflictError, LeaseLost, StorageUnavailableError
+from lrtune.jobs import JobProgress, JobRecord, JobStatus, JobStore, Lease, Provenance
+from lrtune.spec import JobSpec
+from lrtune.tuner import open_confirmation, stored_bounds, stored_range_test
+
+logger = logging.getLogger("lrtune.workers")
+
+PROGRESS_INTERVAL_S = 0.5
+"""Seconds between two range-test progress writes of one worker (at most 2 a second)."""
+
+
+class RangeTestProgress:
+    """A range-test step callback: check the lease, count steps; a thread reports them.
+
+    Use it in a ``with`` block around the range test: the reporting thread runs inside it.
+    Steps are counted over the seeds (``num_iter`` x ``seeds`` in all): a vectorised sweep
+    reports one loss per seed at each step, a sequential one a single loss per call.
+    ``check`` (the heartbeat's ``check``) raises :class:`~lrtune.exceptions.LeaseLost` once the
+    lease is lost, which stops the range test; a report that finds the lease lost makes the
+    next step raise it too. The last count is the caller's to report (the worker's release
+    reports the completed range test).
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        lease: Lease,
+        spec: JobSpec,
+        check: Callable[..., None] | None = None,
+        *,
+        interval_s: float = PROGRESS_INTERVAL_S,
+    ) -> None:
+        self.store = store
+        self.lease = lease
+        self.check = check
+        self.interval_s = interval_s
+        self.total = spec.range_test.num_iter * spec.range_test.seeds
+        self.done = 0
+        self._reported = 0
+        self._lost: LeaseLost | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._report_until_stopped, name=f"steps-{lease.job_id[:8]}", daemon=True
+        )
+
+    def __enter__(self) -> RangeTestProgress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def __call__(self, step: int, lr: float, losses: Sequence[float]) -> None:
+        if self.check is not None:
+            self.check(step, lr, losses)
+        if self._lost is not None:
+            raise LeaseLost(str(self._lost))
+        self.done = min(self.done + len(losses), self.total)
+
+    def _report_until_stopped(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            if self.done != self._reported:
+                self.flush()
+
+    def flush(self) -> None:
+        """Report the steps done so far (the thread does, every ``interval_s`` they moved)."""
+        done = self.done
+        report = JobProgress(range_test_steps_done=done, range_test_steps_total=self.total)
+        try:
+            self.store.record_progress(self.lease.job_id, report, lease=self.lease)
+        except LeaseLost as exc:
+            self._lost = exc
+            self._stop.set()
+        except StorageUnavailableError as exc:
+            logger.warning("job=%s event=progress_failed error=%s", self.lease.job_id, exc)
+        else:
+            self._reported = done
+
+
+class UnitProgress:
+    """After each finished unit of a shared job: report what its study holds now.
+
+    While ``searching``: the finished trials and the best value so far; while
+    ``confirming``: the finished confirmation runs. :meth:`record` returns the job as the
+    store has it after the report (None if the store could not be reached), so the caller
+    learns whether it was cancelled without another read.
+    """
+
+    def __init__(self, store: JobStore, job: JobRecord, study: optuna.Study) -> None:
+        self.store = store
+        self.job = job
+        self.searching = job.status is JobStatus.SEARCHING
+        self.queue = study if self.searching else open_confirmation(study, job.spec)
+        self._best = min if study.direction == StudyDirection.MINIMIZE else max
+
+    def record(self) -> JobRecord | None:
+        finished = self.queue.get_trials(deepcopy=False, states=FINISHED)
+        report: dict[str, Any]
+        if self.searching:
+            values = [t.value for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
+            best = self._best(values) if values else None  # type: ignore[type-var]
+            report = {"trials_done": len(finished), "best_value": best}
+        else:
+            report = {"confirmations_done": len(finished)}
+        try:
+            return self.store.record_progress(self.job.id, JobProgress(**report))
+        except StorageUnavailableError as exc:
+            logger.warning("job=%s event=progress_failed error=%s", self.job.id, exc)
+            return None
+
+
+def save_range_test(
+    store: JobStore, lease: Lease, study: optuna.Study, provenance: Provenance
+) -> None:
+    """Store the prepared study's range test and bounds under ``lease``, unless stored.
+
+    A holder that stored them and died before moving the job on left them there; the study
+    keeps the one range test, so what is stored is the same.
+    """
+    try:
+        store.save_range_test(
+            lease.job_id, stored_range_test(study), stored_bounds(study), provenance, lease=lease
+        )
+    except ConflictError:
+        logger.info(
+            "job=%s worker=%s phase=finding event=range_test_exists",
+            lease.job_id,
+            lease.worker_id,
+        )
