@@ -6,6 +6,10 @@ spec says, always after ``optimizer.step()``), evaluates on the validation split
 scheduler, RNG and data-order state, so that a run resumed from it ends exactly as an
 uninterrupted one would.
 
+A process that wants its runs to end cleanly (a worker told to stop by SIGTERM) calls
+:func:`request_stop`: every run then raises :class:`StopRequested` at its next epoch boundary,
+after the last finished epoch's checkpoint is on disk, so a later run resumes from there.
+
 Example:
     >>> from lrtune.spec import JobSpec, OptimizerSpec
     >>> from lrtune.schedules import parse_schedule
@@ -21,6 +25,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +49,43 @@ EpochHook = Callable[[int, dict[str, float]], None]
 
 class StopTraining(Exception):
     """Raised by an ``on_epoch`` hook to end the run early (e.g. a pruned trial)."""
+
+
+class StopRequested(KeyboardInterrupt):
+    """The process was asked to stop (:func:`request_stop`): raised between epochs.
+
+    A ``KeyboardInterrupt``, so that what runs the training treats it as an interruption (a
+    search trial is recorded as interrupted and queued again), not as the run's failure.
+    """
+
+
+_stop = threading.Event()
+
+
+def request_stop() -> None:
+    """Ask every run of this process to stop at its next epoch boundary (from any thread)."""
+    _stop.set()
+
+
+def stop_requested() -> bool:
+    """Whether :func:`request_stop` was called (and not cleared since)."""
+    return _stop.is_set()
+
+
+def wait_for_stop(timeout_s: float) -> bool:
+    """Sleep up to ``timeout_s`` seconds, waking at once if a stop is requested; return it."""
+    return _stop.wait(timeout_s)
+
+
+def clear_stop_request() -> None:
+    """Forget a requested stop (a process that goes on working, e.g. a test)."""
+    _stop.clear()
+
+
+def check_stop(where: str) -> None:
+    """Raise :class:`StopRequested` if a stop was requested; ``where`` says at which point."""
+    if _stop.is_set():
+        raise StopRequested(f"stop requested: stopped {where}")
 
 
 @dataclass
@@ -163,6 +205,10 @@ def train(
         checkpoint: a file to save after every epoch and to resume from when it exists.
         seed: the initial weights' and the data order's seed (default: the job's seed);
             confirmation runs retrain a schedule on other seeds.
+
+    Raises:
+        StopRequested: :func:`request_stop` was called; raised before the next epoch starts,
+            when the checkpoint of every finished epoch is written.
     """
     seed = setup.spec.seed if seed is None else seed
     model = setup.build_model(seed)
@@ -184,6 +230,7 @@ def train(
     criterion = setup.bundle.loss_fn()
     loader = setup.train_loader(order)
     for epoch in range(start, epochs):
+        check_stop(f"before epoch {epoch}")  # the last epoch's checkpoint is saved
         train_loss = _train_epoch(model, optimizer, driver, loader, criterion, setup.device, run)
         if train_loss is None:
             run.status, run.reason = "diverged", f"non-finite training loss in epoch {epoch}"

@@ -10,6 +10,12 @@ Pool sizes bound the connections one process opens to PostgreSQL: at most
 ``db_pool_size + db_max_overflow`` (default 4 + 4 = 8), shared by everything in the process
 that uses the store. Four workers and the API then hold at most 40 of PostgreSQL's default 100.
 
+Workers' heartbeats: a worker writes its row of ``lrtune_workers`` every
+``worker_heartbeat_s`` seconds (production default 10 s; tests shorten it), and counts as live
+while its last heartbeat is younger than ``LIVE_HEARTBEATS`` (3) of its own intervals. Its
+trials beat Optuna's heartbeat every ``trial_heartbeat_s`` seconds (default 20 s) and go stale,
+to be retried by another worker, after three missed beats.
+
 Example:
     >>> import os
     >>> Settings().database_url  # nothing set: the embedded default
@@ -35,6 +41,8 @@ from lrtune.exceptions import InvalidInputError, describe_validation_error
 
 ENV_PREFIX = "LRTUNE_"
 DEFAULT_DATABASE_URL = "sqlite:///lrtune.db"
+LIVE_HEARTBEATS = 3
+"""A worker is live while its last heartbeat is younger than this many of its intervals."""
 
 
 class Settings(BaseSettings):
@@ -56,6 +64,18 @@ class Settings(BaseSettings):
         ge=1,
         description="claims of a job's exclusive phase before a job whose lease keeps "
         "expiring (its worker died) is failed instead of claimed again",
+    )
+
+    worker_heartbeat_s: float = Field(
+        10.0,
+        gt=0,
+        description="seconds between a worker's heartbeats in lrtune_workers (lrtune workers)",
+    )
+    trial_heartbeat_s: int = Field(
+        20,
+        ge=1,
+        description="seconds between Optuna heartbeats of a running trial; a trial whose "
+        "worker died goes stale after three missed beats and is retried",
     )
 
     @classmethod

@@ -1,0 +1,346 @@
+"""A worker's process structure, with real ``lrtune worker`` processes: its row in the workers
+table (registered, beating, stopped; ``lrtune workers``; the plugins it serves),
+``--concurrency`` child processes (exact counts, a killed child replaced), and SIGTERM at an
+epoch boundary (the interrupted trial resumed by another worker from its checkpoint)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from test_worker import JOB, N_TRIALS, _range_tests_run, _submit, _trial_counts
+
+from lrtune._optuna import ATTR_FAIL_REASON, ATTR_RUN
+from lrtune.jobs import JobStatus, JobStore
+from lrtune.registry import model_names
+
+REPO = Path(__file__).resolve().parents[1]
+PLUGIN_DIST = Path(__file__).parent / "plugin_dist"
+HEARTBEAT_S = 0.3
+TRIAL_HEARTBEAT_S = 1  # Optuna's: a dead child's trial goes stale after 3 s
+
+# Epochs of about a second on one thread (digits, 1797 samples, batches of 8), so "stopped at
+# the next epoch boundary" is measurably sooner than the trial's end.
+SLOW_EPOCHS = {
+    **JOB,
+    "model": {"name": "mlp", "params": {"hidden": [256]}},
+    "dataset": {"name": "digits"},
+    "batch_size": 8,
+    "search": {**JOB["search"], "epochs": 10, "confirm_seeds": 0},
+}
+SLOW_CONFIRMATION_RUNS = 2  # no confirmation seeds: the two baselines on the search seed
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'jobs.db'}"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "LRTUNE_TORCH_THREADS": "1",
+        "LRTUNE_WORKER_HEARTBEAT_S": str(HEARTBEAT_S),
+        "LRTUNE_TRIAL_HEARTBEAT_S": str(TRIAL_HEARTBEAT_S),
+        **extra,
+    }
+
+
+def _lrtune(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lrtune.cli", *args],
+        cwd=REPO,
+        env=env or _env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _start_worker(url: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "lrtune.cli", "worker", "--database", url, "--lease-s", "6", *args],
+        cwd=REPO,
+        env=env or _env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_until(what: str, check: Callable[[], Any], timeout_s: float = 90) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _listed_workers(url: str, *options: str) -> list[dict[str, Any]]:
+    done = _lrtune("workers", "--database", url, "--json", *options)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)["data"]
+
+
+def _running_trial(url: str, store: JobStore, job_id: str) -> optuna.trial.FrozenTrial | None:
+    """The job's running search trial once it has finished an epoch (its checkpoint exists)."""
+    job = store.get(job_id)
+    if job.status is not JobStatus.SEARCHING:
+        return None
+    study = optuna.load_study(study_name=job.study_name, storage=url)
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return next((t for t in running if t.intermediate_values), None)
+
+
+def _check_finished_exactly(store: JobStore, url: str, job_id: str) -> None:
+    """As tests/test_worker.py's, for SLOW_EPOCHS' confirmation plan."""
+    job = store.get(job_id)
+    assert job.status is JobStatus.SUCCEEDED, job.error
+    assert job.holder_worker_id is None
+    assert _range_tests_run(store, job) == 1
+    counts = _trial_counts(url, job.study_name)
+    assert counts["complete"] + counts["pruned"] == N_TRIALS
+    assert counts["waiting"] == 0
+    confirm = _trial_counts(url, job.study_name + ":confirm")
+    assert confirm["complete"] + confirm["pruned"] == SLOW_CONFIRMATION_RUNS
+    assert confirm["fail"] == 0
+
+
+def _children(pid: int) -> list[int]:
+    """The ids of the unit processes of worker ``pid`` (Linux /proc), not multiprocessing's
+    resource tracker."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid and "spawn_main" in command:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_worker_is_listed_live_with_what_it_holds_and_the_plugins_it_serves(
+    jobs_url: str,
+) -> None:
+    (job_id,) = _submit(jobs_url, 1, SLOW_EPOCHS)
+    store = JobStore(jobs_url)
+    with_plugin = _env(PYTHONPATH=os.pathsep.join([str(PLUGIN_DIST), str(REPO)]))
+    worker = _start_worker(jobs_url, env=with_plugin)
+    try:
+        # while it trains a search trial, it is live, beating, and says which job it works on
+        holding = _wait_until(
+            "the worker to report a search trial",
+            lambda: [
+                w
+                for w in _listed_workers(jobs_url)
+                if w["pid"] == worker.pid
+                and {"job_id": job_id, "phase": "searching", "lease": False} in w["activity"]
+            ],
+        )
+        (listed,) = holding
+        assert listed["live"] and listed["heartbeat_age_s"] < 10 * HEARTBEAT_S
+        assert listed["device"] == "cpu" and listed["concurrency"] == 1
+        first_beat = store.list_workers().data[0].last_heartbeat
+        _wait_until(
+            "a later heartbeat",
+            lambda: store.list_workers().data[0].last_heartbeat > first_beat,
+        )
+        table = _lrtune("workers", "--database", jobs_url)
+        assert table.returncode == 0, table.stderr
+        assert listed["id"] in table.stdout and f"{job_id[:8]} searching" in table.stdout
+        # the plugin only the worker's environment has is known through it
+        assert "plugin_mlp" not in model_names()
+        known = store.known_registry()
+        assert {"plugin_mlp", "logreg"} <= set(known.models)
+        assert "plugin_blobs" in known.datasets
+        assert known.models["plugin_mlp"] is None  # a plugin's params: its factory checks them
+        assert known.models["mlp"]["properties"]["hidden"]  # a built-in's JSON schema
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = worker.communicate(timeout=60)
+
+    assert worker.returncode == 0, stderr
+    assert _listed_workers(jobs_url) == []  # stopped: no longer live
+    (stopped,) = _listed_workers(jobs_url, "--all")
+    assert stopped["stopped_at"] is not None and not stopped["live"]
+    assert stopped["activity"] == []
+    assert store.known_registry().models == {}
+    everything = _lrtune("workers", "--database", jobs_url, "--all")
+    assert "(stopped)" in everything.stdout
+
+
+def test_lrtune_workers_bad_input_is_a_one_line_error(tmp_path: Path) -> None:
+    for args, says in (
+        (["--database", "nope://x"], "unknown database"),
+        (["--database", str(tmp_path)], ""),
+        (["--bogus"], "unrecognized arguments"),
+    ):
+        done = _lrtune("workers", *args)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith("lrtune: error: ") and says in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_no_workers_listed_on_a_new_store(jobs_url: str) -> None:
+    done = _lrtune("workers", "--database", jobs_url)
+    assert done.returncode == 0 and done.stdout.strip() == "no live workers"
+
+
+@pytest.mark.slow
+def test_concurrency_2_finishes_jobs_exactly_and_replaces_a_killed_child(
+    jobs_url: str, tmp_path: Path
+) -> None:
+    slow = {**SLOW_EPOCHS, "search": {**SLOW_EPOCHS["search"], "epochs": 4}}
+    job_ids = _submit(jobs_url, 2, slow)
+    store = JobStore(jobs_url)
+    worker = _start_worker(
+        jobs_url, "--concurrency", "2", "--artifact-dir", str(tmp_path / "artifacts")
+    )
+    try:
+        _wait_until("two children", lambda: len(_children(worker.pid)) == 2)
+        children = _children(worker.pid)
+        _wait_until(  # both children busy, each an epoch into its trial
+            "two trials an epoch in",
+            lambda: sum(_running_trials(jobs_url, store, j) for j in job_ids) == 2,
+        )
+        os.kill(children[0], signal.SIGKILL)
+        _wait_until(
+            "the killed child replaced",
+            lambda: len(_children(worker.pid)) == 2 and children[0] not in _children(worker.pid),
+        )
+        _wait_until(
+            "both jobs to succeed",
+            lambda: all(store.get(j).status is JobStatus.SUCCEEDED for j in job_ids),
+            timeout_s=240,
+        )
+        live = _children(worker.pid)
+        assert len(live) == 2
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = worker.communicate(timeout=60)
+
+    assert worker.returncode == 0, stderr
+    assert "event=child_died" in stderr and stderr.count("event=child_started") == 3
+    assert not any(Path(f"/proc/{pid}").exists() for pid in live)  # the children exited too
+    assert "database is locked" not in stderr
+    for job_id in job_ids:
+        _check_finished_exactly(store, jobs_url, job_id)
+    failed = [t for j in job_ids for t in _trials(jobs_url, store, j, TrialState.FAIL)]
+    assert len(failed) == 1  # the killed child's trial, gone stale
+    (retry,) = [
+        t
+        for j in job_ids
+        for t in _trials(jobs_url, store, j, TrialState.COMPLETE, TrialState.PRUNED)
+        if t.params == failed[0].params and t.number > failed[0].number
+    ]
+    assert retry.user_attrs[ATTR_RUN]["resumed_from"] > 0  # from the dead child's checkpoint
+
+
+def _trials(
+    url: str, store: JobStore, job_id: str, *states: TrialState
+) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name=store.get(job_id).study_name, storage=url)
+    return study.get_trials(deepcopy=False, states=states)
+
+
+def _running_trials(url: str, store: JobStore, job_id: str) -> int:
+    """How many of the job's search trials run and have finished an epoch."""
+    if store.get(job_id).status is not JobStatus.SEARCHING:
+        return 0
+    return sum(bool(t.intermediate_values) for t in _trials(url, store, job_id, TrialState.RUNNING))
+
+
+def test_sigterm_during_a_range_test_hands_the_lease_back_and_exits_0(sqlite_url: str) -> None:
+    long_range_test = {  # seconds of steps on the MLP
+        **SLOW_EPOCHS,
+        "range_test": {"seeds": 2, "num_iter": 600, "diverge_threshold": 1e9},
+        "search": JOB["search"],
+    }
+    (job_id,) = _submit(sqlite_url, 1, long_range_test)
+    store = JobStore(sqlite_url)
+    worker = _start_worker(sqlite_url)
+    _wait_until("the range test", lambda: store.get(job_id).status is JobStatus.FINDING)
+    time.sleep(0.5)
+
+    worker.send_signal(signal.SIGTERM)
+    stopped_at = time.monotonic()
+    _, stderr = worker.communicate(timeout=30)
+
+    assert worker.returncode == 0, stderr
+    assert time.monotonic() - stopped_at < 10
+    assert "event=handed_back" in stderr
+    job = store.get(job_id)
+    assert job.status is JobStatus.QUEUED and job.holder_worker_id is None
+    second = _lrtune("worker", "--database", sqlite_url, "--once")
+    assert second.returncode == 0, second.stderr
+    assert store.get(job_id).status is JobStatus.SUCCEEDED
+    assert _range_tests_run(store, store.get(job_id)) == 1
+
+
+def test_sigterm_mid_trial_stops_at_the_epoch_boundary_and_the_next_worker_resumes_it(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    (job_id,) = _submit(sqlite_url, 1, SLOW_EPOCHS)
+    store = JobStore(sqlite_url)
+    artifacts = str(tmp_path / "artifacts")
+    first = _start_worker(sqlite_url, "--artifact-dir", artifacts)
+    trial = _wait_until("a trial an epoch in", lambda: _running_trial(sqlite_url, store, job_id))
+    epoch_s = _epoch_seconds(sqlite_url, store.get(job_id).study_name, trial.number)
+
+    signalled = datetime.now()  # the clock Optuna's trial times are in
+    first.send_signal(signal.SIGTERM)
+    _, stderr = first.communicate(timeout=60)
+
+    assert first.returncode == 0, stderr
+    study = optuna.load_study(study_name=store.get(job_id).study_name, storage=sqlite_url)
+    (interrupted,) = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    assert interrupted.number == trial.number
+    assert interrupted.user_attrs[ATTR_FAIL_REASON] == "interrupted (StopRequested)"
+    # it stopped at the next epoch boundary, long before the trial's end
+    assert interrupted.datetime_complete is not None
+    stopped_s = (interrupted.datetime_complete - signalled).total_seconds()
+    assert stopped_s < 2 * epoch_s + 1.5, (stopped_s, epoch_s)
+    assert len(interrupted.intermediate_values) < SLOW_EPOCHS["search"]["epochs"] - 2
+    assert store.get(job_id).status is JobStatus.SEARCHING
+
+    second = _lrtune("worker", "--database", sqlite_url, "--once", "--artifact-dir", artifacts)
+
+    assert second.returncode == 0, second.stderr
+    _check_finished_exactly(store, sqlite_url, job_id)
+    retried = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.number > trial.number and t.params == interrupted.params
+    ]
+    assert retried and retried[0].user_attrs[ATTR_RUN]["resumed_from"] > 0
+
+
+def _epoch_seconds(url: str, study_name: str, number: int) -> float:
+    """How long one epoch of the running trial ``number`` takes, from one report to the next."""
+    study = optuna.load_study(study_name=study_name, storage=url)
+
+    def reported() -> int:
+        return len(study.get_trials(deepcopy=False)[number].intermediate_values)
+
+    seen = reported()
+    _wait_until("an epoch boundary", lambda: reported() > seen)
+    start, seen = time.monotonic(), reported()
+    _wait_until("the next epoch boundary", lambda: reported() > seen)
+    return time.monotonic() - start
