@@ -22,8 +22,10 @@ from optuna.trial import TrialState
 from test_worker import JOB, N_TRIALS, _range_tests_run, _submit, _trial_counts
 
 from lrtune._optuna import ATTR_FAIL_REASON, ATTR_RUN
-from lrtune.jobs import JobStatus, JobStore
+from lrtune.exceptions import NotFoundError
+from lrtune.jobs import JobStatus, JobStore, PluginRegistry, WorkerActivity, WorkerRegistration
 from lrtune.registry import model_names
+from lrtune.workers.loop import available_cores, threads_per_unit
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_DIST = Path(__file__).parent / "plugin_dist"
@@ -145,26 +147,22 @@ def test_a_worker_is_listed_live_with_what_it_holds_and_the_plugins_it_serves(
     worker = _start_worker(jobs_url, env=with_plugin)
     try:
         # while it trains a search trial, it is live, beating, and says which job it works on
-        holding = _wait_until(
+        unit = WorkerActivity(job_id=job_id, phase=JobStatus.SEARCHING, lease=False)
+        (listed,) = _wait_until(
             "the worker to report a search trial",
             lambda: [
-                w
-                for w in _listed_workers(jobs_url)
-                if w["pid"] == worker.pid
-                and {"job_id": job_id, "phase": "searching", "lease": False} in w["activity"]
+                w for w in store.list_workers().data if w.pid == worker.pid and unit in w.activity
             ],
         )
-        (listed,) = holding
-        assert listed["live"] and listed["heartbeat_age_s"] < 10 * HEARTBEAT_S
-        assert listed["device"] == "cpu" and listed["concurrency"] == 1
-        first_beat = store.list_workers().data[0].last_heartbeat
+        assert listed.live and listed.heartbeat_age_s < 10 * HEARTBEAT_S
+        assert listed.device == "cpu" and listed.concurrency == 1 and listed.threads == 1
         _wait_until(
             "a later heartbeat",
-            lambda: store.list_workers().data[0].last_heartbeat > first_beat,
+            lambda: store.list_workers().data[0].last_heartbeat > listed.last_heartbeat,
         )
-        table = _lrtune("workers", "--database", jobs_url)
-        assert table.returncode == 0, table.stderr
-        assert listed["id"] in table.stdout and f"{job_id[:8]} searching" in table.stdout
+        (shown,) = _listed_workers(jobs_url)  # what lrtune workers --json prints
+        assert shown["id"] == listed.id and shown["live"]
+        assert {"job_id": job_id, "phase": "searching", "lease": False} in shown["activity"]
         # the plugin only the worker's environment has is known through it
         assert "plugin_mlp" not in model_names()
         known = store.known_registry()
@@ -177,13 +175,51 @@ def test_a_worker_is_listed_live_with_what_it_holds_and_the_plugins_it_serves(
         _, stderr = worker.communicate(timeout=60)
 
     assert worker.returncode == 0, stderr
-    assert _listed_workers(jobs_url) == []  # stopped: no longer live
-    (stopped,) = _listed_workers(jobs_url, "--all")
-    assert stopped["stopped_at"] is not None and not stopped["live"]
-    assert stopped["activity"] == []
+    assert store.list_workers().data == []  # stopped: no longer live
+    (stopped,) = store.list_workers(live_only=False).data
+    assert stopped.stopped_at is not None and not stopped.live and stopped.activity == []
     assert store.known_registry().models == {}
     everything = _lrtune("workers", "--database", jobs_url, "--all")
-    assert "(stopped)" in everything.stdout
+    assert everything.returncode == 0, everything.stderr
+    assert listed.id in everything.stdout and "(stopped)" in everything.stdout
+
+
+def test_a_silent_worker_drops_out_of_the_live_list_after_three_heartbeats(store: JobStore) -> None:
+    registration = WorkerRegistration(
+        id="w-silent",
+        host="h",
+        device="cpu",
+        pid=1,
+        version="0",
+        heartbeat_s=0.2,
+        plugin_registry=PluginRegistry(models={"only-here": None}),
+    )
+    assert store.register_worker(registration).live
+    assert store.known_registry().models == {"only-here": None}
+    time.sleep(0.7)  # more than 3 heartbeats without one: as if killed with SIGKILL
+
+    assert store.list_workers().data == [] and store.known_registry().models == {}
+    (silent,) = store.list_workers(live_only=False).data
+    assert not silent.live and silent.stopped_at is None and silent.heartbeat_age_s >= 0.6
+    store.beat("w-silent", [])  # it was only slow: live again
+    assert [w.id for w in store.list_workers().data] == ["w-silent"]
+    store.stop_worker("w-silent")
+    with pytest.raises(NotFoundError, match="register it first"):
+        store.beat("w-silent", [])
+    with pytest.raises(NotFoundError):
+        store.stop_worker("nobody")
+
+
+def test_threads_per_unit_share_the_cores_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LRTUNE_TORCH_THREADS", raising=False)
+    cores = available_cores()
+    for concurrency in (1, 2, 64):
+        threads, why = threads_per_unit(concurrency)
+        assert threads == max(1, cores // concurrency)
+        assert f"{cores} cores / concurrency {concurrency}" in why and "--threads" in why
+    assert threads_per_unit(4, threads=3) == (3, "--threads")
+    monkeypatch.setenv("LRTUNE_TORCH_THREADS", "2")
+    assert threads_per_unit(4) == (2, "LRTUNE_TORCH_THREADS")
 
 
 def test_lrtune_workers_bad_input_is_a_one_line_error(tmp_path: Path) -> None:
@@ -294,6 +330,7 @@ def test_sigterm_during_a_range_test_hands_the_lease_back_and_exits_0(sqlite_url
     assert _range_tests_run(store, store.get(job_id)) == 1
 
 
+@pytest.mark.slow
 def test_sigterm_mid_trial_stops_at_the_epoch_boundary_and_the_next_worker_resumes_it(
     sqlite_url: str, tmp_path: Path
 ) -> None:

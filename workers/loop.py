@@ -31,7 +31,8 @@ keeps the heartbeat and every lease (claims, range tests, moving jobs on, recomm
 hands each free child one queued unit of the oldest shared job that has more queued units than
 children already on it; during a range test it keeps handing out units from the range test's
 step callback. A child that dies is replaced, and its trial is retried through Optuna's
-heartbeat. While a range test runs here, N + 1 units train on the device.
+heartbeat (with ``once``, the worker waits for that trial to go stale before it leaves). While
+a range test runs here, N + 1 units train on the device.
 
 Threads: :func:`threads_per_unit` picks the torch threads of each unit: ``--threads`` (or
 ``LRTUNE_TORCH_THREADS``) if given, else the cores this process may use divided by the
@@ -55,6 +56,8 @@ Example:
     >>> worker = Worker(store, device="cpu", worker_id="w1")
     >>> worker.run(once=True)  # nothing queued: returns at once, having worked on no job
     0
+    >>> [(w.id, w.live, w.stopped_at is not None) for w in store.list_workers(live_only=False).data]
+    [('w1', False, True)]
 """
 
 from __future__ import annotations
@@ -307,6 +310,8 @@ class Worker:
         self._studies: dict[str, optuna.Study] = {}  # the pool's dispatcher's, per job
         self._orphans: dict[str, float] = {}  # job id -> when its dead child's unit is stale
         self._serviced_at = 0.0
+        self._worked: set[str] = set()  # the jobs run() has worked on, and its max_jobs
+        self._max_jobs: int | None = None
 
     def run(self, *, max_jobs: int | None = None, once: bool = False) -> int:
         """Work until interrupted; return how many jobs it worked on.
@@ -315,6 +320,7 @@ class Worker:
         at most that many distinct jobs, and return when they have none left for it.
         """
         worked: set[str] = set()
+        self._worked, self._max_jobs = worked, max_jobs
         logger.info(
             "worker=%s event=started device=%s concurrency=%d threads=%s",
             self.id,
@@ -534,7 +540,9 @@ class Worker:
         try:
             self._take_outcomes(pool.collect())
             if pool.free():
-                self._hand_out(pool, True, set(), move_on=False)
+                worked, max_jobs = self._worked, self._max_jobs
+                may_start = max_jobs is None or len(worked) < max_jobs
+                self._hand_out(pool, may_start, worked, move_on=False)
         except StorageUnavailableError as exc:  # the range test's own writes will tell
             logger.warning("worker=%s event=store_unavailable error=%s", self.id, exc)
 
