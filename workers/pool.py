@@ -300,9 +300,8 @@ def _child_main(config: ChildConfig, index: int, conn: Connection, parent_pid: i
             conn.send(worker.run_unit(JobRecord.model_validate_json(task)))
     except (KeyboardInterrupt, EOFError, OSError):
         pass
-    conn.close()
-    logging.shutdown()
-    os._exit(0)  # all is written; skip the seconds that tearing down torch's interpreter takes
+    finally:
+        conn.close()
 
 
 def _watch_parent(parent_pid: int) -> None:
