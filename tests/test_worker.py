@@ -109,7 +109,9 @@ def _range_tests_run(store: JobStore, job: JobRecord) -> int:
     )
 
 
-def _check_finished_exactly(store: JobStore, url: str, job_id: str) -> None:
+def _check_finished_exactly(
+    store: JobStore, url: str, job_id: str, confirmations: int = PLANNED_CONFIRMATION_RUNS
+) -> None:
     job = store.get(job_id)
     assert job.status is JobStatus.SUCCEEDED, job.error
     assert job.holder_worker_id is None
@@ -118,7 +120,7 @@ def _check_finished_exactly(store: JobStore, url: str, job_id: str) -> None:
     assert counts["complete"] + counts["pruned"] == N_TRIALS
     assert counts["waiting"] == 0
     confirm = _trial_counts(url, job.study_name + ":confirm")
-    assert confirm["complete"] + confirm["pruned"] == PLANNED_CONFIRMATION_RUNS
+    assert confirm["complete"] + confirm["pruned"] == confirmations
 
 
 def test_one_worker_runs_two_submitted_jobs_to_recommendations(

@@ -19,7 +19,8 @@ from typing import Any
 import optuna
 import pytest
 from optuna.trial import TrialState
-from test_worker import JOB, N_TRIALS, _range_tests_run, _submit, _trial_counts
+from test_worker import JOB, _range_tests_run, _submit
+from test_worker import _check_finished_exactly as check_finished_exactly
 
 from lrtune._optuna import ATTR_FAIL_REASON, ATTR_ROOT, ATTR_RUN
 from lrtune.exceptions import NotFoundError
@@ -119,16 +120,7 @@ def _running_trial(url: str, store: JobStore, job_id: str) -> optuna.trial.Froze
 
 def _check_finished_exactly(store: JobStore, url: str, job_id: str) -> None:
     """As tests/test_worker.py's, for SLOW_EPOCHS' confirmation plan."""
-    job = store.get(job_id)
-    assert job.status is JobStatus.SUCCEEDED, job.error
-    assert job.holder_worker_id is None
-    assert _range_tests_run(store, job) == 1
-    counts = _trial_counts(url, job.study_name)
-    assert counts["complete"] + counts["pruned"] == N_TRIALS
-    assert counts["waiting"] == 0
-    confirm = _trial_counts(url, job.study_name + ":confirm")
-    assert confirm["complete"] + confirm["pruned"] == SLOW_CONFIRMATION_RUNS
-    assert confirm["fail"] == 0
+    check_finished_exactly(store, url, job_id, confirmations=SLOW_CONFIRMATION_RUNS)
 
 
 def _children(pid: int) -> list[int]:

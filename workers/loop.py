@@ -415,7 +415,7 @@ class Worker:
             threads=self.threads or torch_threads(),
             log_level=logger.getEffectiveLevel(),
         )
-        self._pool = pool = UnitPool(self.concurrency, config)
+        self._pool = pool = UnitPool(self.concurrency, config, unit_runner)
         pool.start()
         try:
             yield
@@ -796,6 +796,18 @@ def _progress(job: JobRecord, study: optuna.Study) -> JobProgress:
     if any(t.state == optuna.trial.TrialState.COMPLETE for t in trials):
         update["best_value"] = study.best_value
     return job.progress.model_copy(update=update)
+
+
+def unit_runner(config: ChildConfig, worker_id: str) -> Callable[[JobRecord], UnitOutcome]:
+    """In a pool child: a worker like its parent, whose :meth:`Worker.run_unit` runs a task."""
+    worker = Worker(
+        JobStore(config.database_url),
+        device=config.device,
+        lease_s=config.lease_s,
+        worker_id=worker_id,
+        artifact_dir=config.artifact_dir,
+    )
+    return worker.run_unit
 
 
 def _reason(exc: BaseException) -> str:

@@ -2,10 +2,11 @@
 
 A :class:`UnitPool` keeps ``size`` child processes (multiprocessing's *spawn* context: a fresh
 interpreter each, no state inherited from the parent but what it is sent) on the parent
-worker's device. Each child pins its own torch threads, opens its own job store and Optuna
-storage, and waits for tasks on its pipe. A task is one job (a :class:`~lrtune.jobs.JobRecord`
-in a shared phase); the child runs one queued unit of it (a search trial or a confirmation
-run, popped from the job's Optuna queue by :meth:`lrtune.workers.loop.Worker.run_unit`) and
+worker's device. Each child pins its own torch threads, builds what runs a unit with the
+pool's runner (:func:`lrtune.workers.loop.unit_runner`: its own job store and Optuna storage),
+and waits for tasks on its pipe. A task is one job (a :class:`~lrtune.jobs.JobRecord` in a
+shared phase); the child runs one queued unit of it (a search trial or a confirmation run,
+popped from the job's Optuna queue by :meth:`lrtune.workers.loop.Worker.run_unit`) and
 answers with a :class:`UnitOutcome`. The parent decides what each child does next, holds the
 leases and the workers-table heartbeat, and moves jobs on; children never claim a lease.
 
@@ -35,6 +36,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -66,6 +68,11 @@ class ChildConfig:
     artifact_dir: Path | None
     threads: int
     log_level: int = logging.INFO
+
+
+RunnerFactory = Callable[[ChildConfig, str], Callable[[JobRecord], "UnitOutcome"]]
+"""Builds, in a child, what runs one unit: ``runner(config, child_worker_id)(job)``. A
+module-level function (the spawn context sends it by name)."""
 
 
 @dataclass(frozen=True)
@@ -104,9 +111,10 @@ class _Slot:
 class UnitPool:
     """``size`` child processes running shared units for one worker (see the module)."""
 
-    def __init__(self, size: int, config: ChildConfig) -> None:
+    def __init__(self, size: int, config: ChildConfig, runner: RunnerFactory) -> None:
         self.size = size
         self.config = config
+        self.runner = runner
         self._context = multiprocessing.get_context("spawn")
         self._slots = [_Slot(k) for k in range(size)]
         self._closing = False
@@ -212,7 +220,7 @@ class UnitPool:
         config = self.config
         process = self._context.Process(
             target=_child_main,
-            args=(config, slot.index, child_end, os.getpid()),
+            args=(config, slot.index, child_end, os.getpid(), self.runner),
             name=f"lrtune-unit-{slot.index}",
             daemon=False,
         )
@@ -258,7 +266,9 @@ class UnitPool:
                 self._start(slot)
 
 
-def _child_main(config: ChildConfig, index: int, conn: Connection, parent_pid: int) -> None:
+def _child_main(
+    config: ChildConfig, index: int, conn: Connection, parent_pid: int, runner: RunnerFactory
+) -> None:
     """A child's life: pin threads, then run one unit per task until told to stop."""
     from lrtune.device import set_torch_threads
     from lrtune.training import request_stop, stop_requested
@@ -280,16 +290,7 @@ def _child_main(config: ChildConfig, index: int, conn: Connection, parent_pid: i
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from lrtune.jobs import JobStore
-    from lrtune.workers.loop import Worker
-
-    worker = Worker(
-        JobStore(config.database_url),
-        device=config.device,
-        lease_s=config.lease_s,
-        worker_id=f"{config.worker_id[:60]}/{index}",
-        artifact_dir=config.artifact_dir,
-    )
+    run_unit = runner(config, f"{config.worker_id[:60]}/{index}")
     try:
         while not stop_requested():
             if not conn.poll(0.5):
@@ -297,7 +298,7 @@ def _child_main(config: ChildConfig, index: int, conn: Connection, parent_pid: i
             task = conn.recv()
             if task is None:
                 break
-            conn.send(worker.run_unit(JobRecord.model_validate_json(task)))
+            conn.send(run_unit(JobRecord.model_validate_json(task)))
     except (KeyboardInterrupt, EOFError, OSError):
         pass
     finally:
