@@ -28,11 +28,11 @@ stopped when it exits cleanly.
 Concurrency: with ``concurrency`` 1 everything runs in this process, as above. With N > 1 the
 units run in N child processes (:mod:`lrtune.workers.pool`, one unit per task): this process
 keeps the heartbeat and every lease (claims, range tests, moving jobs on, recommendations) and
-hands each free child one queued unit of the oldest shared job that has more queued units than
-children already on it; during a range test it keeps handing out units from the range test's
-step callback. A child that dies is replaced, and its trial is retried through Optuna's
-heartbeat (with ``once``, the worker waits for that trial to go stale before it leaves). While
-a range test runs here, N + 1 units train on the device.
+hands each free child one queued unit of the oldest shared job that has queued units; during
+a range test it keeps handing out units from the range test's step callback. A child that
+dies is replaced, and its trial is retried through Optuna's heartbeat (with ``once``, the
+worker waits for that trial to go stale before it leaves). While a range test runs here,
+N + 1 units train on the device.
 
 Threads: :func:`threads_per_unit` picks the torch threads of each unit: ``--threads`` (or
 ``LRTUNE_TORCH_THREADS``) if given, else the cores this process may use divided by the
@@ -491,18 +491,21 @@ class Worker:
         return None
 
     def _dispatch(self, pool: UnitPool, job: JobRecord) -> tuple[int, bool]:
-        """Hand free children one queued unit each of ``job``, no more than it has queued
-        beyond those already handed out; return how many, and whether the job's queue is done
-        (nothing queued or running anywhere, so it may move on)."""
+        """Hand free children one queued unit each of ``job``, no more than it has queued;
+        return how many, and whether the job's queue is done (nothing queued or running
+        anywhere, nor handed out by this worker, so it may move on)."""
         try:
             with storage_errors():
                 study = self._study(job)
                 queue = study if job.status is JobStatus.SEARCHING else self._confirm(job, study)
                 fail_stale_trials(queue)
                 handed = 0
-                wanted = self._waiting_units(job, queue) - pool.in_flight(job.id)
-                while handed < wanted and pool.free():
-                    pool.submit(job)
+                # Children already on the job may have popped their units: counting them
+                # against the queue would leave a free child idle beside a queued unit. One
+                # handed a unit that another took meanwhile finds the queue empty, and is free
+                # again.
+                wanted = self._waiting_units(job, queue)
+                while handed < wanted and pool.free() and pool.submit(job):
                     handed += 1
                 if handed:
                     _log(job.id, self.id, job.status.value, "handed_out", units=handed)

@@ -137,14 +137,19 @@ class UnitPool:
         """The jobs of the tasks in flight, one per task."""
         return [s.task for s in self._slots if s.task is not None]
 
-    def submit(self, job: JobRecord) -> None:
-        """Hand one unit of ``job`` to a free child; ValueError if none is free."""
+    def submit(self, job: JobRecord) -> bool:
+        """Hand one unit of ``job`` to a free child; False if the child has just died (the
+        next :meth:`collect` replaces it). ValueError if no child is free."""
         slot = next((s for s in self._slots if s.task is None and s.conn is not None), None)
         if slot is None:
             raise ValueError("no free child: check UnitPool.free() first")
         assert slot.conn is not None
+        try:
+            slot.conn.send(job.model_dump_json())
+        except OSError:  # a broken pipe: it died
+            return False
         slot.task = job
-        slot.conn.send(job.model_dump_json())
+        return True
 
     def collect(self, timeout_s: float = 0.0) -> list[UnitOutcome]:
         """The outcomes of finished tasks, waiting up to ``timeout_s`` for the first one.
