@@ -305,6 +305,7 @@ def _running_trials(url: str, store: JobStore, job_id: str) -> int:
     return sum(bool(t.intermediate_values) for t in _trials(url, store, job_id, TrialState.RUNNING))
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_range_test_hands_the_lease_back_and_exits_0(sqlite_url: str) -> None:
     long_range_test = {  # seconds of steps on the MLP
         **SLOW_EPOCHS,
