@@ -1,5 +1,5 @@
 """The ``lrtune`` command: ``find`` (range test), ``tune`` (schedule search), ``list``, and the
-job store's ``db upgrade``, ``db prune``, ``submit``, ``status`` and ``worker``.
+job store's ``db upgrade``, ``db prune``, ``submit``, ``status``, ``worker`` and ``workers``.
 
 Progress goes to stderr, answers to stdout (``--json`` for machines). Bad input ends with a
 one-line ``lrtune: error: ...`` and exit status 2, never a traceback.
@@ -221,6 +221,14 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds a job's exclusive phase is held without renewal (default 60)",
     )
     worker.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        metavar="N",
+        help="units (trials, confirmation runs) at once on the device, in N child processes "
+        "(default 1: in this process)",
+    )
+    worker.add_argument(
         "--artifact-dir",
         type=Path,
         help="where trials checkpoint each epoch, so an interrupted one resumes (default: "
@@ -228,6 +236,14 @@ def _parser() -> argparse.ArgumentParser:
         "it and the store that deletes a job)",
     )
     worker.set_defaults(run=_worker)
+
+    workers = sub.add_parser("workers", help="list the live workers and what each holds")
+    _database_option(workers)
+    workers.add_argument("--json", action="store_true", help="machine-readable output")
+    workers.add_argument(
+        "--all", action="store_true", help="stopped and silent workers too, not only live ones"
+    )
+    workers.set_defaults(run=_workers)
     return parser
 
 
@@ -237,8 +253,11 @@ def _database_option(parser: argparse.ArgumentParser, *, trains: bool = False) -
         metavar="URL",
         help="job store URL (default: $LRTUNE_DATABASE_URL, else sqlite:///lrtune.db)",
     )
-    if trains:  # the worker: one thread unless told, so that workers share the cores
-        worker_threads = "torch CPU threads (default: $LRTUNE_TORCH_THREADS, else 1)"
+    if trains:  # the worker: the cores shared among its units unless told
+        worker_threads = (
+            "torch CPU threads per unit (default: $LRTUNE_TORCH_THREADS, else the cores / "
+            "--concurrency; several workers on one machine: set it)"
+        )
         _threads_option(parser, argparse.SUPPRESS, worker_threads)
     else:
         _threads_option(parser, default=argparse.SUPPRESS)  # accepted everywhere; nothing trains
@@ -565,10 +584,12 @@ def _status(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from lrtune.device import set_torch_threads
     from lrtune.jobs import JobStore
-    from lrtune.workers.loop import DEFAULT_LEASE_S, Worker, stop_on_signals
+    from lrtune.workers.loop import DEFAULT_LEASE_S, Worker, stop_on_signals, threads_per_unit
 
     if args.max_jobs is not None and args.max_jobs < 1:
         raise CliError(f"--max-jobs must be >= 1, got {args.max_jobs}")
+    if args.concurrency < 1:
+        raise CliError(f"--concurrency must be >= 1, got {args.concurrency}")
     lease_s = DEFAULT_LEASE_S if args.lease_s is None else args.lease_s
     if not lease_s > 0:
         raise CliError(f"--lease-s must be a positive number of seconds, got {lease_s}")
@@ -576,18 +597,63 @@ def _worker(args: argparse.Namespace) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the worker logs one line per change
     logging.getLogger("lrtune.workers").setLevel(logging.INFO)
-    threads = getattr(args, "threads", None)
-    chosen = "--threads" if threads is not None else "LRTUNE_TORCH_THREADS"
-    if threads is None and not os.environ.get("LRTUNE_TORCH_THREADS"):
-        threads, chosen = 1, "a worker's default; change it with --threads"
+    threads, chosen = threads_per_unit(args.concurrency, getattr(args, "threads", None))
     threads = set_torch_threads(threads)
-    logging.getLogger("lrtune.workers").info("torch threads: %d (%s)", threads, chosen)
+    logging.getLogger("lrtune.workers").info("torch threads: %d per unit (%s)", threads, chosen)
     store = JobStore(args.database)
-    worker = Worker(store, device=args.device, lease_s=lease_s, artifact_dir=args.artifact_dir)
+    worker = Worker(
+        store,
+        device=args.device,
+        lease_s=lease_s,
+        artifact_dir=args.artifact_dir,
+        concurrency=args.concurrency,
+        threads=threads,
+    )
     with stop_on_signals():
         jobs = worker.run(max_jobs=args.max_jobs, once=args.once)
     print(f"worker {worker.id} ({threads} threads) stopped after working on {jobs} jobs")
     return 0
+
+
+def _workers(args: argparse.Namespace) -> int:
+    from lrtune.jobs import JobStore
+
+    workers = JobStore(args.database).list_workers(live_only=not args.all)
+    if args.json:
+        print(workers.model_dump_json())
+    elif not workers.data:
+        print("no live workers" if not args.all else "no workers")
+    else:
+        print(_workers_table(workers.data))
+    return 0
+
+
+def _workers_table(workers: list[Any]) -> str:
+    rows = [("id", "host", "device", "pid", "version", "units", "heartbeat", "holds")]
+    for w in workers:
+        state = "" if w.live else (" (stopped)" if w.stopped_at else " (silent)")
+        holds = ", ".join(
+            f"{a.job_id[:8]} {a.phase.value}{' (lease)' if a.lease else ''}" for a in w.activity
+        )
+        rows.append(
+            (
+                w.id,
+                w.host,
+                w.device,
+                str(w.pid),
+                w.version,
+                f"{w.concurrency}x{w.threads}t",
+                f"{w.heartbeat_age_s:.1f}s ago{state}",
+                holds or "idle",
+            )
+        )
+    return _table(rows)
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def _describe_job(job: Any) -> str:
@@ -644,9 +710,7 @@ def _jobs_table(jobs: list[Any]) -> str:
         )
         for job in jobs
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join(line.rstrip() for line in lines)
+    return _table(rows)
 
 
 if __name__ == "__main__":

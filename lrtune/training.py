@@ -13,6 +13,10 @@ check, and once for its evaluation (not once a batch); cuDNN runs deterministic 
 fp32 unless ``spec.cuda_fast_kernels`` opts in to autotuning and TF32. On the CPU all of this
 is a no-op and runs are bit-for-bit what they were without it.
 
+A process that wants its runs to end cleanly (a worker told to stop by SIGTERM) calls
+:func:`request_stop`: every run then raises :class:`StopRequested` at its next epoch boundary,
+after the last finished epoch's checkpoint is on disk, so a later run resumes from there.
+
 Example:
     >>> from lrtune.spec import JobSpec, OptimizerSpec
     >>> from lrtune.schedules import parse_schedule
@@ -31,6 +35,7 @@ import functools
 import logging
 import math
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +67,43 @@ copied batch by batch."""
 
 class StopTraining(Exception):
     """Raised by an ``on_epoch`` hook to end the run early (e.g. a pruned trial)."""
+
+
+class StopRequested(KeyboardInterrupt):
+    """The process was asked to stop (:func:`request_stop`): raised between epochs.
+
+    A ``KeyboardInterrupt``, so that what runs the training treats it as an interruption (a
+    search trial is recorded as interrupted and queued again), not as the run's failure.
+    """
+
+
+_stop = threading.Event()
+
+
+def request_stop() -> None:
+    """Ask every run of this process to stop at its next epoch boundary (from any thread)."""
+    _stop.set()
+
+
+def stop_requested() -> bool:
+    """Whether :func:`request_stop` was called (and not cleared since)."""
+    return _stop.is_set()
+
+
+def wait_for_stop(timeout_s: float) -> bool:
+    """Sleep up to ``timeout_s`` seconds, waking at once if a stop is requested; return it."""
+    return _stop.wait(timeout_s)
+
+
+def clear_stop_request() -> None:
+    """Forget a requested stop (a process that goes on working, e.g. a test)."""
+    _stop.clear()
+
+
+def check_stop(where: str) -> None:
+    """Raise :class:`StopRequested` if a stop was requested; ``where`` says at which point."""
+    if _stop.is_set():
+        raise StopRequested(f"stop requested: stopped {where}")
 
 
 @dataclass
@@ -277,6 +319,10 @@ def train(
     Raises:
         torch.OutOfMemoryError: the device ran out of memory (see
             :func:`out_of_memory_reason` for what to tell the user).
+
+    Raises:
+        StopRequested: :func:`request_stop` was called; raised before the next epoch starts,
+            when the checkpoint of every finished epoch is written.
     """
     with setup.kernels():
         return _train(setup, schedule, base_lr, epochs, lr_threshold, on_epoch, checkpoint, seed)
@@ -314,6 +360,7 @@ def _train(
     criterion = setup.bundle.loss_fn()
     batches = setup.train_batches(order)
     for epoch in range(start, epochs):
+        check_stop(f"before epoch {epoch}")  # the last epoch's checkpoint is saved
         train_loss = _train_epoch(setup, state, batches, criterion, run)
         if train_loss is None:
             run.status, run.reason = "diverged", f"non-finite training loss in epoch {epoch}"

@@ -1,11 +1,10 @@
 """``lrtune worker`` processes on a real job store: jobs submitted through the CLI are found,
-searched, confirmed and recommended, by one worker or several, and a worker stopped by
-SIGTERM hands its work to the next."""
+searched, confirmed and recommended, by one worker or several. (SIGTERM, concurrency and the
+workers table: tests/test_worker_runtime.py.)"""
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from lrtune._optuna import ATTR_BOUNDS, ATTR_FAIL_REASON
+from lrtune._optuna import ATTR_BOUNDS
 from lrtune.cli import main
 from lrtune.jobs import JobRecord, JobStatus, JobStore, upgrade
 from lrtune.jobs.schemas import StoredRecommendation
@@ -110,7 +109,9 @@ def _range_tests_run(store: JobStore, job: JobRecord) -> int:
     )
 
 
-def _check_finished_exactly(store: JobStore, url: str, job_id: str) -> None:
+def _check_finished_exactly(
+    store: JobStore, url: str, job_id: str, confirmations: int = PLANNED_CONFIRMATION_RUNS
+) -> None:
     job = store.get(job_id)
     assert job.status is JobStatus.SUCCEEDED, job.error
     assert job.holder_worker_id is None
@@ -119,7 +120,7 @@ def _check_finished_exactly(store: JobStore, url: str, job_id: str) -> None:
     assert counts["complete"] + counts["pruned"] == N_TRIALS
     assert counts["waiting"] == 0
     confirm = _trial_counts(url, job.study_name + ":confirm")
-    assert confirm["complete"] + confirm["pruned"] == PLANNED_CONFIRMATION_RUNS
+    assert confirm["complete"] + confirm["pruned"] == confirmations
 
 
 def test_one_worker_runs_two_submitted_jobs_to_recommendations(
@@ -184,47 +185,6 @@ def test_two_workers_share_three_jobs_and_run_each_range_test_once(
         _check_finished_exactly(store, sqlite_url, job_id)
         claims = [e for e in store.events(job_id, limit=500) if e.kind == "claimed"]
         assert all(not e.payload["took_over"] for e in claims)  # no lease ever expired
-
-
-def _wait_for_running_trial(url: str, store: JobStore, job_id: str, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        job = store.get(job_id)
-        if job.status is JobStatus.SEARCHING:
-            study = optuna.load_study(study_name=job.study_name, storage=url)
-            if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                return
-        time.sleep(0.02)
-    pytest.fail("the worker never started a search trial")
-
-
-def test_sigterm_stops_a_worker_mid_trial_and_another_finishes_the_job(
-    sqlite_url: str, tmp_path: Path
-) -> None:
-    long_trials = {**JOB, "search": {**JOB["search"], "epochs": 40}}
-    (job_id,) = _submit(sqlite_url, 1, long_trials)
-    store = JobStore(sqlite_url)
-    artifacts = str(tmp_path / "artifacts")
-    first = _start_worker(sqlite_url, "--artifact-dir", artifacts)
-    _wait_for_running_trial(sqlite_url, store, job_id, time.monotonic() + 60)
-
-    first.send_signal(signal.SIGTERM)
-    stopped_at = time.monotonic()
-    _, stderr = first.communicate(timeout=30)
-
-    assert first.returncode == 0, stderr
-    assert time.monotonic() - stopped_at < 10
-    assert "interrupted" in stderr
-    assert store.get(job_id).status is JobStatus.SEARCHING
-    second = _lrtune("worker", "--database", sqlite_url, "--once", "--artifact-dir", artifacts)
-    assert second.returncode == 0, second.stderr
-    job = store.get(job_id)
-    assert job.status is JobStatus.SUCCEEDED, job.error
-    counts = _trial_counts(sqlite_url, job.study_name)
-    assert counts["complete"] + counts["pruned"] == N_TRIALS
-    assert counts["fail"] == 1  # the interrupted trial, re-run by the second worker
-    study = optuna.load_study(study_name=job.study_name, storage=sqlite_url)
-    (failed,) = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-    assert failed.user_attrs[ATTR_FAIL_REASON].startswith("interrupted")
 
 
 # Long enough (seconds, even with warm caches) to outlive SHORT_LEASE_S several times.
@@ -334,7 +294,11 @@ def test_max_jobs_bounds_the_jobs_a_worker_takes_part_in(sqlite_url: str) -> Non
 
 @pytest.mark.parametrize(
     ("option", "message"),
-    [(["--max-jobs", "0"], "--max-jobs must be >= 1"), (["--lease-s", "0"], "--lease-s must be")],
+    [
+        (["--max-jobs", "0"], "--max-jobs must be >= 1"),
+        (["--lease-s", "0"], "--lease-s must be"),
+        (["--concurrency", "0"], "--concurrency must be >= 1"),
+    ],
 )
 def test_worker_options_out_of_range_are_one_line_errors(
     sqlite_url: str, option: list[str], message: str, capsys: pytest.CaptureFixture[str]

@@ -24,10 +24,37 @@ Progress goes to the store as work goes (:mod:`lrtune.workers.reporting`): range
 a few times a second, and after each finished unit its trials or confirmation runs done; the
 range test and its LR bounds are stored before the job starts searching, and a succeeded
 job's checkpoints are removed.
-An error inside a phase fails the job with the reason. SIGTERM or SIGINT abandons the current
-unit (Optuna records the trial FAILED as interrupted, and the worker queues it again, so
-another worker resumes it from its checkpoint), hands a held lease back, and the worker exits
-with status 0.
+An error inside a phase fails the job with the reason.
+
+Presence: :meth:`Worker.run` registers the worker in the store's workers table (host, device,
+pid, version, concurrency, threads, and the plugin registry this process serves), beats its
+heartbeat every ``Settings.worker_heartbeat_s`` seconds from a daemon thread (separate from
+the per-lease heartbeat) with what it holds (``lrtune workers`` shows it), and marks itself
+stopped when it exits cleanly.
+
+Concurrency: with ``concurrency`` 1 everything runs in this process, as above. With N > 1 the
+units run in N child processes (:mod:`lrtune.workers.pool`, one unit per task): this process
+keeps the heartbeat and every lease (claims, range tests, moving jobs on, recommendations) and
+hands each free child one queued unit of the oldest shared job that has queued units; during
+a range test it keeps handing out units from the range test's step callback. A child that
+dies is replaced, and its trial is retried through Optuna's heartbeat (with ``once``, the
+worker waits for that trial to go stale before it leaves). While a range test runs here,
+N + 1 units train on the device.
+
+Threads: :func:`threads_per_unit` picks the torch threads of each unit: ``--threads`` (or
+``LRTUNE_TORCH_THREADS``) if given, else the cores this process may use divided by the
+concurrency (at least 1), and says why in the log. Several workers on one machine each take
+every core that way: give each ``--threads``.
+
+Stopping: the first SIGTERM or SIGINT (:func:`stop_on_signals`) asks for a clean stop
+(:func:`lrtune.training.request_stop`): a running trial or confirmation run stops at its next
+epoch boundary, the checkpoint of its last finished epoch on disk; Optuna records it FAILED as
+interrupted and the worker queues it again, so another worker resumes it from the checkpoint
+(``TrainingRun.resumed_from``); a range test stops at its next step and its lease is handed
+back (the next claimer re-runs it from the start); no new unit starts; children stop the same
+way; the worker exits with status 0. A second signal stops at once (the unit is abandoned
+mid-epoch, still recorded as interrupted and queued again); later ones are ignored so that the
+hand-back completes.
 
 Example:
     >>> import tempfile, pathlib
@@ -36,6 +63,8 @@ Example:
     >>> worker = Worker(store, device="cpu", worker_id="w1")
     >>> worker.run(once=True)  # nothing queued: returns at once, having worked on no job
     0
+    >>> [(w.id, w.live, w.stopped_at is not None) for w in store.list_workers(live_only=False).data]
+    [('w1', False, True)]
 """
 
 from __future__ import annotations
@@ -46,22 +75,46 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from lrtune import __version__
-from lrtune._optuna import fail_stale_trials, has_unfinished, has_waiting, storage_errors
+from lrtune._optuna import count_running, fail_stale_trials, has_unfinished, storage_errors
 from lrtune.device import resolve_device
-from lrtune.exceptions import ConflictError, LeaseLost, LRTuneError, StorageUnavailableError
-from lrtune.jobs import JobProgress, JobRecord, JobStatus, JobStore, Lease, Provenance
+from lrtune.exceptions import (
+    ConflictError,
+    LeaseLost,
+    LRTuneError,
+    NotFoundError,
+    StorageUnavailableError,
+)
+from lrtune.jobs import (
+    JobProgress,
+    JobRecord,
+    JobStatus,
+    JobStore,
+    Lease,
+    PluginRegistry,
+    Provenance,
+    WorkerActivity,
+    WorkerRegistration,
+)
 from lrtune.jobs.store import remove_checkpoints
 from lrtune.storage import open_storage
-from lrtune.training import TrainingSetup
+from lrtune.training import (
+    StopRequested,
+    TrainingSetup,
+    check_stop,
+    request_stop,
+    stop_requested,
+    wait_for_stop,
+)
 from lrtune.tuner import (
     UnitGate,
     open_confirmation,
@@ -75,6 +128,7 @@ from lrtune.tuner import (
     stored_bounds,
     timeout_passed,
 )
+from lrtune.workers.pool import ChildConfig, UnitOutcome, UnitPool
 from lrtune.workers.reporting import RangeTestProgress, UnitProgress, save_range_test
 
 logger = logging.getLogger("lrtune.workers")
@@ -136,6 +190,92 @@ class _Heartbeat:
             raise LeaseLost(f"lost the lease of job {self.lease.job_id}: stopping its work")
 
 
+class _Presence:
+    """The worker's row in the workers table, beaten every ``interval_s`` from a daemon thread.
+
+    Registers in ``__enter__``; each beat records ``doing()``; a beat that finds the row gone
+    registers again, one that meets an unavailable store is retried at the next beat;
+    ``__exit__`` marks the worker stopped.
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        registration: WorkerRegistration,
+        doing: Callable[[], list[WorkerActivity]],
+    ) -> None:
+        self.store = store
+        self.registration = registration
+        self.doing = doing
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._beat_until_stopped, name="worker-heartbeat", daemon=True
+        )
+
+    def __enter__(self) -> _Presence:
+        self.store.register_worker(self.registration)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        try:
+            self.store.stop_worker(self.registration.id)
+        except LRTuneError as exc:  # unreachable: its heartbeat ages out on its own
+            logger.warning("worker=%s event=stop_unrecorded error=%s", self.registration.id, exc)
+
+    def _beat_until_stopped(self) -> None:
+        worker_id = self.registration.id
+        while not self._stop.wait(self.registration.heartbeat_s):
+            try:
+                self.store.beat(worker_id, self.doing())
+            except NotFoundError:
+                logger.warning("worker=%s event=registered_again", worker_id)
+                self._register_again()
+            except StorageUnavailableError as exc:
+                logger.warning("worker=%s event=beat_failed error=%s", worker_id, exc)
+
+    def _register_again(self) -> None:
+        try:
+            self.store.register_worker(self.registration)
+        except LRTuneError as exc:
+            logger.warning("worker=%s event=beat_failed error=%s", self.registration.id, exc)
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def threads_per_unit(concurrency: int, threads: int | None = None) -> tuple[int, str]:
+    """Torch CPU threads for each unit of a worker running ``concurrency`` units, and why.
+
+    ``threads`` (``--threads``) wins, then ``LRTUNE_TORCH_THREADS``; otherwise the available
+    cores divided among the units, at least 1. That default assumes the worker has the machine
+    to itself: several workers on one machine should each be given ``--threads``.
+
+    Example:
+        >>> threads_per_unit(2, threads=3)
+        (3, '--threads')
+    """
+    if threads is not None:
+        return threads, "--threads"
+    env = os.environ.get("LRTUNE_TORCH_THREADS")
+    if env:
+        return int(env), "LRTUNE_TORCH_THREADS"
+    cores = available_cores()
+    chosen = max(1, cores // concurrency)
+    why = (
+        f"{cores} cores / concurrency {concurrency}; several workers on one machine: "
+        "give each --threads"
+    )
+    return chosen, why
+
+
 class Worker:
     """One worker process's loop over the job store (see the module).
 
@@ -148,6 +288,9 @@ class Worker:
             (a directory every worker that may resume it can read), one folder per job;
             None: the store's ``Settings.artifact_dir`` (``LRTUNE_ARTIFACT_DIR``).
         poll_s: how long it waits, idle, before looking for work again.
+        concurrency: units run at once; above 1, in that many child processes.
+        threads: torch CPU threads per unit (children pin it; reported in the workers table;
+            default: what this process's torch uses).
     """
 
     def __init__(
@@ -159,15 +302,28 @@ class Worker:
         worker_id: str | None = None,
         artifact_dir: str | Path | None = None,
         poll_s: float = IDLE_POLL_S,
+        concurrency: int = 1,
+        threads: int | None = None,
     ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         self.store = store
         self.device = str(resolve_device(device))
         self.lease_s = lease_s
         self.id = (worker_id or f"{socket.gethostname()}-{os.getpid()}")[:64]
         self.artifact_dir = Path(artifact_dir or store.settings.artifact_dir)
         self.poll_s = poll_s
+        self.concurrency = concurrency
+        self.threads = threads
         self._storage: optuna.storages.BaseStorage | None = None
         self._setups: dict[str, TrainingSetup] = {}
+        self._pool: UnitPool | None = None
+        self._holding: dict[str, WorkerActivity] = {}  # "lease", "unit": what it does here
+        self._studies: dict[str, optuna.Study] = {}  # the pool's dispatcher's, per job
+        self._orphans: dict[str, float] = {}  # job id -> when its dead child's unit is stale
+        self._serviced_at = 0.0
+        self._worked: set[str] = set()  # the jobs run() has worked on, and its max_jobs
+        self._max_jobs: int | None = None
 
     def run(self, *, max_jobs: int | None = None, once: bool = False) -> int:
         """Work until interrupted; return how many jobs it worked on.
@@ -176,30 +332,125 @@ class Worker:
         at most that many distinct jobs, and return when they have none left for it.
         """
         worked: set[str] = set()
-        logger.info("worker=%s event=started device=%s", self.id, self.device)
+        self._worked, self._max_jobs = worked, max_jobs
+        logger.info(
+            "worker=%s event=started device=%s concurrency=%d threads=%s",
+            self.id,
+            self.device,
+            self.concurrency,
+            self.threads or torch_threads(),
+        )
         try:
-            while True:
-                may_start = max_jobs is None or len(worked) < max_jobs
-                try:
-                    job_id = self._step(may_start, worked)
-                except StorageUnavailableError as exc:  # back off; the store may come back
-                    logger.warning("worker=%s event=store_unavailable error=%s", self.id, exc)
-                    time.sleep(self.poll_s)
-                    continue
-                if job_id is not None:
-                    worked.add(job_id)
-                    continue
-                if once or not may_start:
-                    break
-                time.sleep(self.poll_s)
+            with self._presence(), self._units():
+                while not stop_requested():
+                    may_start = max_jobs is None or len(worked) < max_jobs
+                    try:
+                        job_id = self._step(may_start, worked)
+                    except StorageUnavailableError as exc:  # back off; the store may come back
+                        logger.warning("worker=%s event=store_unavailable error=%s", self.id, exc)
+                        wait_for_stop(self.poll_s)
+                        continue
+                    if job_id is not None:
+                        worked.add(job_id)
+                        continue
+                    if once or not may_start:
+                        break
+                    wait_for_stop(self.poll_s)
         except KeyboardInterrupt:
             logger.info("worker=%s event=stopped reason=signal", self.id)
         else:
-            logger.info("worker=%s event=stopped reason=no_work jobs=%d", self.id, len(worked))
+            reason = "signal" if stop_requested() else "no_work"
+            logger.info("worker=%s event=stopped reason=%s jobs=%d", self.id, reason, len(worked))
         return len(worked)
+
+    def run_unit(self, job: JobRecord) -> UnitOutcome:
+        """Run one queued unit of a shared job here and say how it went (a pool child's task).
+
+        An interruption (a requested stop, or SIGUSR1 from the parent) queues the unit again.
+        """
+        try:
+            with storage_errors():
+                study = open_study(job.spec, self._optuna_storage(), job.study_name)
+                ran = self._run_units(job, study, one=True)
+        except KeyboardInterrupt:
+            try:
+                with storage_errors():
+                    self._requeue(job)
+            except StorageUnavailableError as exc:  # its trial goes stale and is retried
+                _log(job.id, self.id, job.status.value, "requeue_failed", reason=str(exc))
+            return UnitOutcome(job_id=job.id, interrupted=True)
+        except StorageUnavailableError as exc:
+            return UnitOutcome(job_id=job.id, storage_error=str(exc))
+        except Exception as exc:  # the job's own error: the parent fails the job
+            return UnitOutcome(job_id=job.id, error=_reason(exc))
+        return UnitOutcome(job_id=job.id, ran=ran)
+
+    @contextmanager
+    def _presence(self) -> Iterator[None]:
+        """This worker's row in the workers table, beaten while in the ``with``."""
+        registration = WorkerRegistration(
+            id=self.id,
+            host=socket.gethostname(),
+            device=self.device,
+            pid=os.getpid(),
+            version=__version__,
+            concurrency=self.concurrency,
+            threads=self.threads or torch_threads(),
+            heartbeat_s=self.store.settings.worker_heartbeat_s,
+            plugin_registry=PluginRegistry.of_this_process(),
+        )
+        with _Presence(self.store, registration, self._doing):
+            yield
+
+    def _doing(self) -> list[WorkerActivity]:
+        """What this worker holds now: its lease, its in-process unit, its children's units."""
+        doing = list(self._holding.values())
+        if self._pool is not None:
+            doing += [
+                WorkerActivity(job_id=job.id, phase=job.status, lease=False)
+                for job in self._pool.running()
+            ]
+        return doing
+
+    @contextmanager
+    def _units(self) -> Iterator[None]:
+        """The pool of child processes while in the ``with`` (none with concurrency 1)."""
+        if self.concurrency == 1:
+            yield
+            return
+        config = ChildConfig(
+            database_url=self.store.url,
+            device=self.device,
+            worker_id=self.id,
+            lease_s=self.lease_s,
+            artifact_dir=self.artifact_dir,
+            threads=self.threads or torch_threads(),
+            log_level=logger.getEffectiveLevel(),
+        )
+        self._pool = pool = UnitPool(self.concurrency, config, unit_runner)
+        pool.start()
+        try:
+            yield
+        except BaseException as exc:  # a second signal (or a bug): stop the children at once
+            pool.stop(now=not isinstance(exc, StopRequested))
+            pool.close()
+            raise
+        else:
+            if stop_requested():
+                pool.stop()
+            try:
+                pool.close()
+            except KeyboardInterrupt:
+                pool.stop(now=True)
+                pool.close()
+                raise
+        finally:
+            self._pool = None
 
     def _step(self, may_start: bool, worked: set[str]) -> str | None:
         """Do one piece of work; return the id of the job it was for, None if there was none."""
+        if self._pool is not None:
+            return self._pool_step(self._pool, may_start, worked)
         if may_start:
             lease = self._claim()
             if lease is not None:
@@ -209,6 +460,143 @@ class Worker:
             if (may_start or job.id in worked) and self._help(job):
                 return job.id
         return None
+
+    def _pool_step(self, pool: UnitPool, may_start: bool, worked: set[str]) -> str | None:
+        """:meth:`_step` with children: take in their outcomes, claim, hand out units.
+
+        Returns a job id while any unit is running (waiting for the children is work for their
+        jobs), so ``once`` and ``max_jobs`` end the loop only when the children are idle.
+        """
+        self._take_outcomes(pool.collect())
+        if may_start:
+            lease = self._claim()
+            if lease is not None:
+                self._exclusive(lease)
+                return lease.job_id
+        moved = self._hand_out(pool, may_start, worked, move_on=True)
+        if moved is not None:
+            return moved
+        now = time.monotonic()
+        self._orphans = {job: until for job, until in self._orphans.items() if until > now}
+        busy = [job.id for job in pool.running()] + list(self._orphans)
+        if busy:  # wait for the children, or for a dead child's unit to go stale and be retried
+            self._take_outcomes(pool.collect(timeout_s=self.poll_s))
+            return busy[0]
+        return None
+
+    def _hand_out(
+        self, pool: UnitPool, may_start: bool, worked: set[str], *, move_on: bool
+    ) -> str | None:
+        """Give free children units of the oldest shared jobs; move on a job with none left
+        (if ``move_on``). Return the id of a job moved on, if any."""
+        for job in self.store.shared_jobs(device=self.device):
+            if not pool.free():
+                break
+            if not (may_start or job.id in worked):
+                continue
+            handed, finished = self._dispatch(pool, job)
+            if handed:
+                worked.add(job.id)
+            elif finished and move_on and self._move_on(job):
+                worked.add(job.id)
+                return job.id
+        return None
+
+    def _dispatch(self, pool: UnitPool, job: JobRecord) -> tuple[int, bool]:
+        """Hand free children one queued unit each of ``job``, no more than it has queued;
+        return how many, and whether the job's queue is done (nothing queued or running
+        anywhere, nor handed out by this worker, so it may move on)."""
+        try:
+            with storage_errors():
+                study = self._study(job)
+                queue = study if job.status is JobStatus.SEARCHING else self._confirm(job, study)
+                fail_stale_trials(queue)
+                handed = 0
+                # Children already on the job may have popped their units: counting them
+                # against the queue would leave a free child idle beside a queued unit. One
+                # handed a unit that another took meanwhile finds the queue empty, and is free
+                # again.
+                wanted = self._waiting_units(job, queue)
+                while handed < wanted and pool.free() and pool.submit(job):
+                    handed += 1
+                if handed:
+                    _log(job.id, self.id, job.status.value, "handed_out", units=handed)
+                    return handed, False
+                finished = not pool.in_flight(job.id) and not has_unfinished(queue)
+        except StorageUnavailableError:
+            raise
+        except Exception as exc:  # the job's own error (its stored spec, its study): fail it
+            self._fail_job(job.id, _reason(exc))
+            return 0, False
+        return 0, finished
+
+    def _take_outcomes(self, outcomes: list[UnitOutcome]) -> None:
+        """Fail the jobs whose units failed in a child; the rest needs nothing here."""
+        for outcome in outcomes:
+            if outcome.died:  # its trial goes stale after Optuna's grace period, then retried
+                grace_s = 3 * self.store.settings.trial_heartbeat_s + 2 * self.poll_s
+                self._orphans[outcome.job_id] = time.monotonic() + grace_s
+            elif outcome.error is not None:
+                self._fail_job(outcome.job_id, outcome.error)
+            elif outcome.storage_error is not None:
+                logger.warning(
+                    "job=%s worker=%s event=store_unavailable error=%s",
+                    outcome.job_id,
+                    self.id,
+                    outcome.storage_error,
+                )
+
+    def _keep_children_busy(self) -> None:
+        """Hand out units while this process runs a range test (at most every ``poll_s``)."""
+        pool = self._pool
+        if pool is None or time.monotonic() - self._serviced_at < self.poll_s:
+            return
+        self._serviced_at = time.monotonic()
+        try:
+            self._take_outcomes(pool.collect())
+            if pool.free():
+                worked, max_jobs = self._worked, self._max_jobs
+                may_start = max_jobs is None or len(worked) < max_jobs
+                self._hand_out(pool, may_start, worked, move_on=False)
+        except StorageUnavailableError as exc:  # the range test's own writes will tell
+            logger.warning("worker=%s event=store_unavailable error=%s", self.id, exc)
+
+    def _study(self, job: JobRecord) -> optuna.Study:
+        """The job's search study, opened once per job by the dispatcher."""
+        if job.id not in self._studies:
+            if len(self._studies) >= 4 * SETUPS_KEPT:
+                del self._studies[next(iter(self._studies))]
+            self._studies[job.id] = open_study(job.spec, self._optuna_storage(), job.study_name)
+        return self._studies[job.id]
+
+    def _confirm(self, job: JobRecord, study: optuna.Study) -> optuna.Study:
+        key = job.id + ":confirm"
+        if key not in self._studies:
+            self._studies[key] = open_confirmation(study, job.spec)
+        return self._studies[key]
+
+    def _waiting_units(self, job: JobRecord, queue: optuna.Study) -> int:
+        """How many queued units of ``job`` this worker may start now: those queued, no more
+        than ``search.max_parallel`` leaves room for (a read; the pops themselves are bounded
+        exactly, under the store's unit lock: :class:`~lrtune.tuner.UnitGate`)."""
+        waiting = len(queue.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        room = job.spec.search.max_parallel - count_running(queue)
+        return max(0, min(waiting, room))
+
+    def _move_on(self, job: JobRecord) -> bool:
+        """Claim a shared job whose queue is done and move it on; True if this worker did."""
+        if stop_requested():  # the next worker will
+            return False
+        lease = self._claim(job.id)
+        if lease is None:
+            return False
+        self._exclusive(lease)
+        return True
+
+    def _fail_job(self, job_id: str, reason: str) -> None:
+        lease = self._claim(job_id)
+        if lease is not None:
+            self._fail_with(lease, reason)
 
     def _claim(self, job_id: str | None = None) -> Lease | None:
         lease = self.store.claim(self.id, self.lease_s, job_id=job_id, device=self.device)
@@ -220,6 +608,7 @@ class Worker:
         """Run the phase ``lease`` holds; fail the job on an error, hand it back on a signal."""
         job = self.store.get(lease.job_id)
         started = time.monotonic()
+        self._holding["lease"] = WorkerActivity(job_id=job.id, phase=lease.status, lease=True)
         try:
             with _Heartbeat(self.store, lease, self.lease_s) as heartbeat, storage_errors():
                 if lease.status is JobStatus.FINDING:
@@ -237,11 +626,15 @@ class Worker:
             self._fail(lease, exc)
         else:
             _log(job.id, self.id, lease.status.value, "done", s=time.monotonic() - started)
+        finally:
+            self._holding.pop("lease", None)
 
     def _find(self, job: JobRecord, lease: Lease, heartbeat: _Heartbeat) -> None:
         """The range test and the study's queues; then the job is ``searching``."""
         setup = self._setup(job)
-        with RangeTestProgress(self.store, lease, job.spec, heartbeat.check) as steps:
+        with RangeTestProgress(
+            self.store, lease, job.spec, self._range_test_step(heartbeat)
+        ) as steps:
             study = prepare_study(
                 job.spec,
                 self._optuna_storage(),
@@ -266,6 +659,17 @@ class Worker:
         heartbeat.stop()
         heartbeat.check()
         self.store.release(lease, status=JobStatus.SEARCHING, progress=progress)
+
+    def _range_test_step(self, heartbeat: _Heartbeat) -> Callable[..., None]:
+        """The range test's step callback: stop on a lost lease or a requested stop, and keep
+        the children busy meanwhile."""
+
+        def step(*_step: Any) -> None:
+            heartbeat.check()
+            check_stop("during the range test")
+            self._keep_children_busy()
+
+        return step
 
     def _end_search(self, job: JobRecord, lease: Lease, heartbeat: _Heartbeat) -> None:
         """Move a ``searching`` job whose search is over to ``confirming``."""
@@ -303,15 +707,8 @@ class Worker:
                 study = open_study(job.spec, self._optuna_storage(), job.study_name)
                 searching = job.status is JobStatus.SEARCHING
                 queue = study if searching else open_confirmation(study, job.spec)
-                gate = self._gate(job)
                 fail_stale_trials(queue)  # a dead worker's unit must not hold a place
-                if gate.full(queue):  # max_parallel workers are on it: help the next job
-                    return False
-                worked = has_waiting(queue)
-                if worked:
-                    self._run_units(job, study, gate)
-                    worked = gate.handed_out > 0
-                fail_stale_trials(queue)
+                worked = self._waiting_units(job, queue) > 0 and self._run_units(job, study)
                 unfinished = has_unfinished(queue)
         except KeyboardInterrupt:
             self._requeue(job)
@@ -325,11 +722,7 @@ class Worker:
             return True
         if unfinished:
             return worked
-        lease = self._claim(job.id)
-        if lease is not None:
-            self._exclusive(lease)
-            return True
-        return worked
+        return self._move_on(job) or worked
 
     def _gate(self, job: JobRecord) -> UnitGate:
         """The job's search.max_parallel (under the store's unit lock), target and timeout."""
@@ -339,21 +732,35 @@ class Worker:
             stop_reason=lambda: timeout_passed(job.spec, self.store.searching_for_s(job.id)),
         )
 
-    def _run_units(self, job: JobRecord, study: optuna.Study, gate: UnitGate) -> None:
+    def _run_units(self, job: JobRecord, study: optuna.Study, *, one: bool = False) -> bool:
+        """Run the job's queued units here until none is left (``one``: a single unit), the
+        job ends, or a stop is requested; True if any ran."""
         setup = self._setup(job)
         report = UnitProgress(self.store, job, study)
+        ran: list[bool] = []
+
+        def should_stop() -> bool:  # asked after each unit
+            ran.append(True)
+            ended = self._has_ended(job.id, report.record())
+            return one or stop_requested() or ended
+
         options: dict[str, Any] = {
             "artifact_dir": self.artifact_dir,
             "wait_for_others": False,
             "progress": False,
-            "should_stop": lambda: self._has_ended(job.id, report.record()),
-            "gate": gate,
+            "should_stop": should_stop,
+            "gate": self._gate(job),
         }
         _log(job.id, self.id, job.status.value, "helping")
-        if job.status is JobStatus.SEARCHING:
-            run_trials(study, setup, **options)
-        else:
-            run_confirmation(study, setup, **options)
+        self._holding["unit"] = WorkerActivity(job_id=job.id, phase=job.status, lease=False)
+        try:
+            if job.status is JobStatus.SEARCHING:
+                run_trials(study, setup, **options)
+            else:
+                run_confirmation(study, setup, **options)
+        finally:
+            self._holding.pop("unit", None)
+        return bool(ran)
 
     def _has_ended(self, job_id: str, job: JobRecord | None = None) -> bool:
         """Whether the job ended (was cancelled, or failed) while this worker ran its units.
@@ -381,7 +788,9 @@ class Worker:
             _log(lease.job_id, self.id, lease.status.value, "hand_back_failed", reason=str(exc))
 
     def _fail(self, lease: Lease, exc: BaseException) -> None:
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        self._fail_with(lease, _reason(exc))
+
+    def _fail_with(self, lease: Lease, reason: str) -> None:
         try:
             self.store.release(lease, status=JobStatus.FAILED, error=reason)
             _log(lease.job_id, self.id, lease.status.value, "failed", reason=reason)
@@ -398,7 +807,8 @@ class Worker:
 
     def _optuna_storage(self) -> optuna.storages.BaseStorage:
         if self._storage is None:
-            self._storage = open_storage(self.store.url)
+            beat_s = self.store.settings.trial_heartbeat_s
+            self._storage = open_storage(self.store.url, heartbeat_interval=beat_s)
         return self._storage
 
     def _provenance(self, job: JobRecord, study: optuna.Study) -> Provenance:
@@ -427,6 +837,30 @@ def _progress(job: JobRecord, study: optuna.Study) -> JobProgress:
     return job.progress.model_copy(update=update | stop_progress(study))
 
 
+def unit_runner(config: ChildConfig, worker_id: str) -> Callable[[JobRecord], UnitOutcome]:
+    """In a pool child: a worker like its parent, whose :meth:`Worker.run_unit` runs a task."""
+    worker = Worker(
+        JobStore(config.database_url),
+        device=config.device,
+        lease_s=config.lease_s,
+        worker_id=worker_id,
+        artifact_dir=config.artifact_dir,
+    )
+    return worker.run_unit
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a job failed, on one line: the error's class and first line."""
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+
+
+def torch_threads() -> int:
+    """The torch CPU threads this process uses now."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _log(job_id: str, worker_id: str, phase: str, event: str, **fields: Any) -> None:
     """One structured line per state change: job, worker, phase, event, and its details."""
     details = " ".join(
@@ -437,19 +871,27 @@ def _log(job_id: str, worker_id: str, phase: str, event: str, **fields: Any) -> 
 
 @contextmanager
 def stop_on_signals(signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
-    """Turn the first of ``signals`` into a KeyboardInterrupt in the main thread; ignore the rest.
+    """The first of ``signals`` asks for a clean stop, the second stops at once; later ones are
+    ignored.
 
-    The interrupt abandons the current unit (see the module); a second signal while the worker
-    cleans up is ignored, so the hand-back completes.
+    A clean stop (:func:`lrtune.training.request_stop`) ends the running unit at its next epoch
+    boundary and a range test at its next step (see the module); stopping at once raises
+    KeyboardInterrupt in the main thread, abandoning the unit mid-epoch. A signal after that is
+    ignored, so that the hand-back completes.
     """
     received: list[int] = []
 
     def handle(signum: int, frame: FrameType | None) -> None:
-        if not received:
-            received.append(signum)
-            logger.info("event=signal signal=%s: stopping", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        received.append(signum)
+        if len(received) == 1:
+            logger.info("event=signal signal=%s: stopping at the next epoch boundary", name)
+            request_stop()
+        elif len(received) == 2:
+            logger.info("event=signal signal=%s: stopping now", name)
             raise KeyboardInterrupt
-        logger.info("event=signal signal=%s: already stopping", signal.Signals(signum).name)
+        else:
+            logger.info("event=signal signal=%s: already stopping", name)
 
     previous = {signum: signal.signal(signum, handle) for signum in signals}
     try:

@@ -3,7 +3,8 @@
 The HTTP API and the workers use this package, and only this package, to reach the database:
 
 - :class:`JobStore` (:mod:`lrtune.jobs.store`): submit, get, list, cancel, events, results,
-  and the workers' leases (claim, renew, advance, release; :class:`Lease`);
+  the workers' leases (claim, renew, advance, release; :class:`Lease`), and the workers
+  themselves (register_worker, beat, stop_worker, list_workers, known_registry);
 - :class:`Settings` (:mod:`lrtune.jobs.settings`): the database URL (``LRTUNE_DATABASE_URL``,
   default ``sqlite:///lrtune.db``), pool sizes and where checkpoints live
   (``LRTUNE_ARTIFACT_DIR``);
@@ -28,10 +29,15 @@ from lrtune.jobs.schemas import (
     JobRecord,
     JobStatus,
     Lease,
+    PluginRegistry,
     Provenance,
     StoredRangeTest,
     StoredRecommendation,
     Submission,
+    WorkerActivity,
+    WorkerList,
+    WorkerRecord,
+    WorkerRegistration,
 )
 from lrtune.jobs.settings import Settings
 from lrtune.jobs.store import JobStore
@@ -44,11 +50,16 @@ __all__ = [
     "JobStatus",
     "JobStore",
     "Lease",
+    "PluginRegistry",
     "Provenance",
     "Settings",
     "StoredRangeTest",
     "StoredRecommendation",
     "Submission",
+    "WorkerActivity",
+    "WorkerList",
+    "WorkerRecord",
+    "WorkerRegistration",
     "check_current",
     "upgrade",
 ]

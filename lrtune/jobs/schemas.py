@@ -243,3 +243,92 @@ class StoredRangeTest(ResultModel):
     def spread_decades(self) -> float | None:
         """How far apart the seeds' suggestions are, in decades of LR (lower is better)."""
         return self.range_test.spread_decades
+
+
+ParamsSchema = dict[str, Any] | None
+"""A factory's params as a JSON schema; None for a plugin's (its factory validates them)."""
+
+
+class PluginRegistry(ResultModel):
+    """The model and dataset names a worker can build, each with its params' JSON schema.
+
+    What a worker serves, as its process's :mod:`lrtune.registry` knows it (built-ins and
+    entry-point plugins); :meth:`JobStore.known_registry` merges those of the live workers, so
+    the HTTP API can accept names that only the workers' plugins know.
+    """
+
+    models: dict[str, ParamsSchema] = Field(default_factory=dict)
+    datasets: dict[str, ParamsSchema] = Field(default_factory=dict)
+
+    @classmethod
+    def of_this_process(cls) -> PluginRegistry:
+        """This process's registry, plugins included (reads no factory, imports no torch)."""
+        from lrtune import registry
+
+        def schema(params: type | None) -> ParamsSchema:
+            return params.model_json_schema() if params is not None else None  # type: ignore[attr-defined]
+
+        return cls(
+            models={n: schema(registry.model_params_schema(n)) for n in registry.model_names()},
+            datasets={
+                n: schema(registry.dataset_params_schema(n)) for n in registry.dataset_names()
+            },
+        )
+
+    def merged(self, other: PluginRegistry) -> PluginRegistry:
+        """Both registries' names; where both know a name, this one's schema unless it has none."""
+
+        def merge(mine: dict[str, ParamsSchema], theirs: dict[str, ParamsSchema]) -> dict:
+            names = sorted({*mine, *theirs})
+            return {n: mine.get(n) if mine.get(n) is not None else theirs.get(n) for n in names}
+
+        return PluginRegistry(
+            models=merge(self.models, other.models), datasets=merge(self.datasets, other.datasets)
+        )
+
+
+class WorkerActivity(ResultModel):
+    """One thing a worker is doing: a job's exclusive phase under its lease, or a shared unit."""
+
+    job_id: str
+    phase: JobStatus = Field(description="the job's state the work belongs to")
+    lease: bool = Field(
+        description="True: the worker holds the job's exclusive-phase lease (range test, "
+        "moving it on, writing the recommendation); False: it runs a search trial or a "
+        "confirmation run of the job"
+    )
+
+
+class WorkerRegistration(ResultModel):
+    """What a worker says about itself when it starts (:meth:`JobStore.register_worker`)."""
+
+    id: str = Field(
+        min_length=1, max_length=64, description="unique among the store's workers, e.g. host-pid"
+    )
+    host: str
+    device: str = Field(description="where it trains: cpu, cuda:0, ...")
+    pid: int
+    version: str = Field(description="lrtune's version")
+    concurrency: int = Field(1, ge=1, description="units it runs at once")
+    threads: int = Field(1, ge=1, description="torch CPU threads per unit")
+    heartbeat_s: float = Field(gt=0, description="seconds between its heartbeats")
+    plugin_registry: PluginRegistry
+
+
+class WorkerRecord(WorkerRegistration):
+    """A worker as stored, with what it holds and how long ago it last beat its heartbeat."""
+
+    started_at: UtcDatetime
+    last_heartbeat: UtcDatetime
+    stopped_at: UtcDatetime | None = Field(description="set when it exited cleanly")
+    activity: list[WorkerActivity] = Field(description="what it was doing at its last beat")
+    heartbeat_age_s: float = Field(description="seconds since its last heartbeat (database clock)")
+    live: bool = Field(
+        description="not stopped, and its last heartbeat is younger than 3 of its intervals"
+    )
+
+
+class WorkerList(ResultModel):
+    """Workers, most recent heartbeat first."""
+
+    data: list[WorkerRecord]

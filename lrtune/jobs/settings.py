@@ -19,6 +19,12 @@ absolute path, and, for workers on several machines, to a shared filesystem (NFS
 filesystem) mounted at the same path everywhere, since any worker may resume an interrupted
 trial from its checkpoint.
 
+Workers' heartbeats: a worker writes its row of ``lrtune_workers`` every
+``worker_heartbeat_s`` seconds (production default 10 s; tests shorten it), and counts as live
+while its last heartbeat is younger than ``LIVE_HEARTBEATS`` (3) of its own intervals. Its
+trials beat Optuna's heartbeat every ``trial_heartbeat_s`` seconds (default 20 s) and go stale,
+to be retried by another worker, after three missed beats.
+
 Example:
     >>> import os
     >>> Settings().database_url  # nothing set: the embedded default
@@ -49,6 +55,8 @@ from lrtune.exceptions import InvalidInputError, describe_validation_error
 ENV_PREFIX = "LRTUNE_"
 DEFAULT_DATABASE_URL = "sqlite:///lrtune.db"
 DEFAULT_ARTIFACT_DIR = "lrtune-artifacts"
+LIVE_HEARTBEATS = 3
+"""A worker is live while its last heartbeat is younger than this many of its intervals."""
 
 
 class Settings(BaseSettings):
@@ -81,6 +89,18 @@ class Settings(BaseSettings):
     def checkpoint_dir(self, study_name: str) -> Path:
         """The folder of one job's checkpoints (its study's name: ``lrtune-job-<id>``)."""
         return self.artifact_dir / study_name
+
+    worker_heartbeat_s: float = Field(
+        10.0,
+        gt=0,
+        description="seconds between a worker's heartbeats in lrtune_workers (lrtune workers)",
+    )
+    trial_heartbeat_s: int = Field(
+        20,
+        ge=1,
+        description="seconds between Optuna heartbeats of a running trial; a trial whose "
+        "worker died goes stale after three missed beats and is retried",
+    )
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -73,6 +73,12 @@ Contract (who may change a job, in which state):
 - Events are append-only. Within a job their ids grow in commit order (appending locks the
   job's row), so :meth:`JobStore.events` with the last id seen never misses one.
 
+Workers register themselves (:meth:`JobStore.register_worker`), beat a heartbeat saying what
+they hold (:meth:`JobStore.beat`) and mark themselves stopped on a clean exit
+(:meth:`JobStore.stop_worker`); :meth:`JobStore.list_workers` lists the live ones and
+:meth:`JobStore.known_registry` merges the plugin registries they serve. Only a worker writes
+its own row.
+
 Reads never take SQLite's write lock, so the API and the dashboard's feed do not wait behind
 a worker; writes begin IMMEDIATE there, and lock the job's row on PostgreSQL.
 
@@ -105,6 +111,21 @@ Example:
     ... except LeaseLost:
     ...     print("lease lost")
     lease lost
+
+    A worker's presence:
+
+    >>> me = WorkerRegistration(id="w1", host="gpu-7", device="cuda:0", pid=4242,
+    ...     version="0.1", heartbeat_s=10, plugin_registry=PluginRegistry.of_this_process())
+    >>> store.register_worker(me).live
+    True
+    >>> store.beat("w1", [WorkerActivity(job_id=job.id, phase="searching", lease=False)])
+    >>> [(w.id, w.activity[0].phase.value) for w in store.list_workers().data]
+    [('w1', 'searching')]
+    >>> "logreg" in store.known_registry().models
+    True
+    >>> store.stop_worker("w1")
+    >>> store.list_workers().data, store.list_workers(live_only=False).data[0].live
+    ([], False)
 """
 
 from __future__ import annotations
@@ -116,11 +137,11 @@ import shutil
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, delete, inspect, not_, or_, select, text, true, update
+from sqlalchemy import and_, delete, func, inspect, not_, or_, select, text, true, update
 from sqlalchemy.orm import Session
 
 from lrtune.exceptions import ConflictError, InvalidInputError, LeaseLost, NotFoundError
@@ -136,13 +157,18 @@ from lrtune.jobs.schemas import (
     JobRecord,
     JobStatus,
     Lease,
+    PluginRegistry,
     Provenance,
     StoredRangeTest,
     StoredRecommendation,
     Submission,
+    WorkerActivity,
+    WorkerList,
+    WorkerRecord,
+    WorkerRegistration,
     _as_utc,
 )
-from lrtune.jobs.settings import Settings
+from lrtune.jobs.settings import LIVE_HEARTBEATS, Settings
 from lrtune.recommendation import Recommendation
 from lrtune.result import LRBounds, LRFinderResult
 from lrtune.spec import JobSpec, SearchSpec
@@ -815,6 +841,97 @@ class JobStore:
 
             optuna.delete_study(study_name=study_name, storage=open_storage(self.url))
 
+    # --- workers: who is out there, what each holds, which plugins they serve -----------------
+
+    def register_worker(self, worker: WorkerRegistration) -> WorkerRecord:
+        """Record a worker that starts (replacing an earlier row with its id); return it.
+
+        Its heartbeat starts now, by the database's clock; it then calls :meth:`beat` every
+        ``worker.heartbeat_s`` seconds and :meth:`stop_worker` when it exits cleanly.
+
+        """
+        values = worker.model_dump(mode="json")
+        with session(self._engine, write=True) as s:
+            s.execute(delete(tables.Worker).where(tables.Worker.id == worker.id))
+            s.add(tables.Worker(**values, activity=[]))
+        return self._worker(worker.id)
+
+    def beat(self, worker_id: str, activity: builtins.list[WorkerActivity]) -> None:
+        """The worker's heartbeat: it is alive now, doing ``activity`` (empty: idle).
+
+        Raises:
+            NotFoundError: no live row for the worker (never registered, or stopped): register
+                again.
+        """
+        with session(self._engine, write=True) as s:
+            done = s.execute(
+                update(tables.Worker)
+                .where(tables.Worker.id == worker_id, tables.Worker.stopped_at.is_(None))
+                .values(
+                    last_heartbeat=tables.utcnow(),
+                    activity=[a.model_dump(mode="json") for a in activity],
+                )
+            )
+            if done.rowcount != 1:
+                raise NotFoundError(
+                    f"no running worker {worker_id!r} in the job store: register it first"
+                )
+
+    def stop_worker(self, worker_id: str) -> None:
+        """Mark the worker stopped (a clean exit): it holds nothing and is no longer live.
+
+        Raises:
+            NotFoundError: no worker ``worker_id``.
+        """
+        with session(self._engine, write=True) as s:
+            done = s.execute(
+                update(tables.Worker)
+                .where(tables.Worker.id == worker_id)
+                .values(
+                    stopped_at=func.coalesce(tables.Worker.stopped_at, tables.utcnow()),
+                    activity=[],
+                )
+            )
+            if done.rowcount != 1:
+                raise NotFoundError(f"no worker {worker_id!r} in the job store")
+
+    def list_workers(self, *, live_only: bool = True) -> WorkerList:
+        """Workers, most recent heartbeat first; by default only the live ones.
+
+        A worker is live while it has not stopped and its last heartbeat is younger than
+        ``LIVE_HEARTBEATS`` (3) of its own heartbeat intervals, by the database's clock (a
+        worker killed with SIGKILL drops out after that). With ``live_only=False``, stopped
+        and silent workers too (their ``live`` is False).
+        """
+        query = select(tables.Worker, tables.utcnow()).order_by(
+            tables.Worker.last_heartbeat.desc(), tables.Worker.id
+        )
+        if live_only:
+            query = query.where(tables.Worker.stopped_at.is_(None))
+        with session(self._engine, write=False) as s:
+            rows = s.execute(query).all()
+        workers = [_worker_record(row, now) for row, now in rows]
+        return WorkerList(data=[w for w in workers if w.live or not live_only])
+
+    def known_registry(self) -> PluginRegistry:
+        """The models and datasets the live workers can build, merged (see
+        :class:`PluginRegistry`): a job naming one of them has a worker to run it.
+
+        Where two workers give a name different schemas, the one with the latest heartbeat
+        wins.
+        """
+        known = PluginRegistry()
+        for worker in self.list_workers().data:
+            known = known.merged(worker.plugin_registry)
+        return known
+
+    def _worker(self, worker_id: str) -> WorkerRecord:
+        with session(self._engine, write=False) as s:
+            row, now = s.execute(
+                select(tables.Worker, tables.utcnow()).where(tables.Worker.id == worker_id)
+            ).one()
+            return _worker_record(row, now)
+
 
 def _answer_config(search: SearchSpec) -> dict[str, Any]:
     """The search configuration that determines a job's answer (max_parallel does not)."""
@@ -990,6 +1107,23 @@ def _write(
 
 def _job_record(row: tables.Job) -> JobRecord:
     return JobRecord.model_validate({name: getattr(row, name) for name in JobRecord.model_fields})
+
+
+def _worker_record(row: tables.Worker, now: datetime) -> WorkerRecord:
+    """The row as a record, its heartbeat's age and liveness by the database clock ``now``."""
+    fields = {name: getattr(row, name) for name in WorkerRecord.model_fields if hasattr(row, name)}
+    fields["activity"] = row.activity or []
+    age = (_utc(now) - _utc(row.last_heartbeat)).total_seconds()
+    live = row.stopped_at is None and age < LIVE_HEARTBEATS * row.heartbeat_s
+    return WorkerRecord.model_validate({**fields, "heartbeat_age_s": max(age, 0.0), "live": live})
+
+
+def _utc(value: datetime | str) -> datetime:
+    """A time read from the database, as an aware UTC datetime (SQLite returns naive ones, and
+    a bare ``SELECT`` of its clock returns text)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def remove_checkpoints(folder: Path) -> None:

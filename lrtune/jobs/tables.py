@@ -15,7 +15,8 @@ two schemas, and any other application's, never collide; lrtune's alembic revisi
   have equal ``created_at``.
 - ``lrtune_range_tests`` and ``lrtune_recommendations``: at most one of each per job, stored
   as JSON with a format version and the provenance of the result.
-- ``lrtune_workers``: live workers, their heartbeat and the plugin registry they serve.
+- ``lrtune_workers``: one row per worker process: its heartbeat, what it is doing, when it
+  stopped, and the plugin registry it serves.
 - ``lrtune_job_events``: append-only; its ids grow, so a reader resumes from the last id seen.
 
 Deleting a job deletes its results and events (``ON DELETE CASCADE``; SQLite enforces it
@@ -239,6 +240,13 @@ class Worker(Base):
     plugin_registry: Mapped[dict[str, Any]] = mapped_column(
         doc="model and dataset names with their params schemas, as the worker's plugins know them"
     )
+    concurrency: Mapped[int] = mapped_column(server_default="1")
+    threads: Mapped[int] = mapped_column(server_default="1")
+    heartbeat_s: Mapped[float] = mapped_column(Float, server_default="10")
+    activity: Mapped[list[Any] | None] = mapped_column(
+        JSON, doc="what the worker was doing at its last heartbeat (WorkerActivity list)"
+    )
+    stopped_at: Mapped[datetime | None]
 
 
 class JobEvent(Base):
