@@ -39,11 +39,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -107,6 +108,32 @@ class TrialFailed(Exception):
     Only errors of the training itself become this; errors of the storage propagate, so that a
     database outage stops the worker instead of burning the trial budget.
     """
+
+
+class _StorageLost(BaseException):
+    """A storage error inside a trial, carried past Optuna's ``except Exception``.
+
+    Optuna would record the trial FAIL, and a FAIL written without a reason (a database that
+    came back in time for the write) is never retried: its slot would be lost. Left RUNNING,
+    the trial goes stale once its heartbeat stops, and the storage's retry callback queues a
+    clone that resumes from its checkpoint, as for a worker killed mid-trial. :func:`_drain`
+    re-raises the storage's own error.
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@contextlib.contextmanager
+def _storage_errors_leave_the_trial_running() -> Iterator[None]:
+    """Inside an objective: turn storage errors into :class:`_StorageLost` (see there)."""
+    try:
+        yield
+    except _StorageTrouble as trouble:
+        raise _StorageLost(trouble.error) from trouble.error
+    except STORAGE_ERRORS as exc:
+        raise _StorageLost(exc) from exc
 
 
 class _StorageTrouble(Exception):
@@ -212,6 +239,7 @@ def prepare_study(
     progress: bool = True,
     study_name: str | None = None,
     callback: StepCallback | None = None,
+    fence: Callable[[], None] | None = None,
 ) -> QueuedStudy:
     """Run the range test and enqueue the trial budget and the confirmation units.
 
@@ -219,6 +247,16 @@ def prepare_study(
     and units that are not yet in the storage are enqueued (a FAILED one again, to resume).
     ``study_name`` is as in :func:`open_study`; ``callback`` is called after each range-test
     step (what it raises stops the range test before anything is stored).
+
+    ``fence`` guards the writes for a caller that may do them only while it holds a lease
+    (a worker: it renews its lease, raising :class:`~lrtune.exceptions.LeaseLost` if it lost
+    it). It is called right before the first write (the range test's result, or the first
+    enqueue when the result is already stored) and again after the last: what it raises
+    before stops the writes; raised after, it tells the caller its writes may have overlapped
+    a new holder's. What remains is a window, not a guarantee: writes that take longer than
+    one lease after the renewal before them (a process paused, or a connection stalled, for a
+    whole lease mid-write) can land while a new holder runs the phase, who may enqueue the
+    same slots again. The writes take milliseconds against a lease of a minute.
     """
     study = open_study(spec, storage, study_name)
     stored = study.user_attrs.get(ATTR_SPEC)
@@ -228,15 +266,20 @@ def prepare_study(
             "name, or use another storage"
         )
     setup = setup or TrainingSetup.from_spec(spec)
+    hold = fence or (lambda: None)
     if ATTR_BOUNDS not in study.user_attrs:
         result = range_test(setup, progress=progress, callback=callback)
         bounds = search_bounds(result)
+        hold()
         study.set_user_attr(ATTR_SPEC, spec.model_dump(mode="json"))
         study.set_user_attr(ATTR_RANGE_TEST, result.model_dump(mode="json"))
         study.set_user_attr(ATTR_BOUNDS, bounds.model_dump(mode="json"))
+    else:
+        hold()
     bounds = stored_bounds(study)
     _enqueue_missing(study, _search_slots(spec, bounds, setup.steps_per_epoch))
     _enqueue_missing(open_confirmation(study, spec), _confirmation_slots(spec, bounds))
+    hold()
     return study
 
 
@@ -321,6 +364,20 @@ def requeue_interrupted(study: optuna.Study) -> int:
     return retried
 
 
+def unit_failure(study: optuna.Study) -> str | None:
+    """Why a unit of ``study`` failed for a reason of its own (its training raised); else None.
+
+    Such a unit is not retried (the same parameters would fail again), so its job cannot
+    finish its budget; interrupted units and units whose worker died are retried, and are not
+    failures here. The reason names the trial: ``"trial 3 failed: ValueError: ..."``.
+    """
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        reason = trial.user_attrs.get(ATTR_FAIL_REASON)
+        if reason is not None and not str(reason).startswith(INTERRUPTED):
+            return f"trial {trial.number} of {study.study_name} failed: {reason}"
+    return None
+
+
 def baseline_schedules(spec: JobSpec, bounds: LRBounds) -> list[tuple[str, dict[str, Any], float]]:
     """(name, schedule, LR) of each baseline: constant at the suggestion, the default LR."""
     if not spec.search.baselines:
@@ -357,14 +414,13 @@ def _config_key(schedule: dict[str, Any], base_lr: float) -> str:
 def _guarded(trial: optuna.Trial, training: Callable[[], T]) -> T:
     """Run ``training``; record why it failed on the trial (Optuna 5 keeps no reason).
 
-    Errors of the training become :class:`TrialFailed`; storage errors propagate unchanged;
-    an interruption (Ctrl-C) is recorded and propagates, so the trial resumes on the next run.
+    Errors of the training become :class:`TrialFailed`; storage errors (also those a hook met,
+    as :class:`_StorageTrouble`) propagate unchanged; an interruption (Ctrl-C) is recorded and
+    propagates, so the trial resumes on the next run.
     """
     try:
         return training()
-    except _StorageTrouble as trouble:
-        raise trouble.error from None
-    except (optuna.TrialPruned, *STORAGE_ERRORS):
+    except (optuna.TrialPruned, _StorageTrouble, *STORAGE_ERRORS):
         raise
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
@@ -394,6 +450,10 @@ class TrialObjective:
         self.artifact_dir = artifact_dir
 
     def __call__(self, trial: optuna.Trial) -> float:
+        with _storage_errors_leave_the_trial_running():
+            return self._run(trial)
+
+    def _run(self, trial: optuna.Trial) -> float:
         run, checkpoint = _guarded(trial, lambda: self._train(trial))
         trial.set_user_attr(ATTR_RUN, run.model_dump(mode="json"))
         if checkpoint is not None:
@@ -458,6 +518,10 @@ class ConfirmationObjective:
         self._finalists: list[FrozenTrial] | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
+        with _storage_errors_leave_the_trial_running():
+            return self._run(trial)
+
+    def _run(self, trial: optuna.Trial) -> float:
         if ATTR_ROOT not in trial.user_attrs:
             trial.set_user_attr(ATTR_ROOT, trial.number)
         if ATTR_SCHEDULE not in trial.user_attrs:
@@ -616,6 +680,8 @@ def _drain(
             except QueueEmpty:
                 if stopped:
                     break
+            except _StorageLost as lost:
+                raise lost.error from None
             heartbeat = heartbeat_interval(study)
             if not (wait_for_others and heartbeat and has_unfinished(study)):
                 break

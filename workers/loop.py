@@ -55,6 +55,7 @@ from lrtune.jobs import JobProgress, JobRecord, JobStatus, JobStore, Lease, Prov
 from lrtune.storage import open_storage
 from lrtune.training import TrainingSetup
 from lrtune.tuner import (
+    TrialFailed,
     open_confirmation,
     open_study,
     prepare_study,
@@ -64,7 +65,9 @@ from lrtune.tuner import (
     run_trials,
     stored_bounds,
     stored_range_test,
+    unit_failure,
 )
+from lrtune.workers.backoff import Backoff
 
 logger = logging.getLogger("lrtune.workers")
 
@@ -81,15 +84,21 @@ SUGGESTION_RULE = "consensus"
 class _Heartbeat:
     """Renews ``lease`` every ``lease_s / 3`` seconds from a daemon thread while in a ``with``.
 
-    ``lost`` is set once a renewal meets :class:`LeaseLost`; renewals that meet an unavailable
-    store are retried (the lease may still hold when the store comes back).
+    A renewal that meets an unavailable store is retried with ``backoff`` (the lease may still
+    hold when the store comes back). The lease counts as lost (``lost`` set, :meth:`check`
+    raises :class:`LeaseLost`) once a renewal meets :class:`LeaseLost`, or once the last
+    successful renewal (timed from its start) is older than ``lease_s``: by then the lease
+    may have expired and another worker may hold the job, so the holder stops instead of
+    writing stale results.
     """
 
-    def __init__(self, store: JobStore, lease: Lease, lease_s: float) -> None:
+    def __init__(self, store: JobStore, lease: Lease, lease_s: float, backoff: Backoff) -> None:
         self.store = store
         self.lease = lease
         self.lease_s = lease_s
+        self.backoff = backoff
         self.lost = threading.Event()
+        self._renewed_at = time.monotonic()  # just after the claim: a slight overestimate
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._renew_until_stopped, name=f"lease-{lease.job_id[:8]}", daemon=True
@@ -109,19 +118,57 @@ class _Heartbeat:
             self._thread.join()
 
     def _renew_until_stopped(self) -> None:
-        while not self._stop.wait(self.lease_s / 3):
+        wait = self.lease_s / 3
+        while not self._stop.wait(wait):
             try:
-                self.store.renew(self.lease, self.lease_s)
+                self.renew_now()
             except LeaseLost:
-                logger.warning("job=%s event=lease_lost", self.lease.job_id)
-                self.lost.set()
                 return
             except StorageUnavailableError as exc:
-                logger.warning("job=%s event=renew_failed error=%s", self.lease.job_id, exc)
+                if self._expired():
+                    return
+                left = self.lease_s - (time.monotonic() - self._renewed_at)
+                wait = max(0.0, min(self.backoff.next_s(), left))
+                logger.warning(
+                    "job=%s event=renew_failed retry_in=%.2f error=%s",
+                    self.lease.job_id,
+                    wait,
+                    exc,
+                )
+            else:
+                self.backoff.reset()
+                wait = self.lease_s / 3
+
+    def renew_now(self) -> None:
+        """Renew the lease at once (the guard of the exclusive phase's writes).
+
+        On return the lease holds for ``lease_s`` more seconds by the database's clock.
+
+        Raises:
+            LeaseLost: the lease was lost (see the class), now or before.
+            StorageUnavailableError: the store cannot be reached: whether the lease holds is
+                unknown.
+        """
+        self.check()
+        started = time.monotonic()
+        try:
+            self.store.renew(self.lease, self.lease_s)
+        except LeaseLost:
+            logger.warning("job=%s event=lease_lost reason=taken", self.lease.job_id)
+            self.lost.set()
+            raise
+        self._renewed_at = started
+
+    def _expired(self) -> bool:
+        """Whether the last successful renewal is older than the lease (then mark it lost)."""
+        if time.monotonic() - self._renewed_at > self.lease_s and not self.lost.is_set():
+            logger.warning("job=%s event=lease_lost reason=no_renewal", self.lease.job_id)
+            self.lost.set()
+        return self.lost.is_set()
 
     def check(self, *_step: Any) -> None:
         """Raise :class:`LeaseLost` if the lease was lost (also a range-test step callback)."""
-        if self.lost.is_set():
+        if self._expired():
             raise LeaseLost(f"lost the lease of job {self.lease.job_id}: stopping its work")
 
 
@@ -164,6 +211,7 @@ class Worker:
         at most that many distinct jobs, and return when they have none left for it.
         """
         worked: set[str] = set()
+        backoff = self._backoff()
         logger.info("worker=%s event=started device=%s", self.id, self.device)
         try:
             while True:
@@ -171,9 +219,16 @@ class Worker:
                 try:
                     job_id = self._step(may_start, worked)
                 except StorageUnavailableError as exc:  # back off; the store may come back
-                    logger.warning("worker=%s event=store_unavailable error=%s", self.id, exc)
-                    time.sleep(self.poll_s)
+                    wait = backoff.next_s()
+                    logger.warning(
+                        "worker=%s event=store_unavailable retry_in=%.2f error=%s",
+                        self.id,
+                        wait,
+                        exc,
+                    )
+                    time.sleep(wait)
                     continue
+                backoff.reset()
                 if job_id is not None:
                     worked.add(job_id)
                     continue
@@ -185,6 +240,13 @@ class Worker:
         else:
             logger.info("worker=%s event=stopped reason=no_work jobs=%d", self.id, len(worked))
         return len(worked)
+
+    def _backoff(self) -> Backoff:
+        """Waits between tries of an unavailable store (``Settings.retry_*``)."""
+        settings = self.store.settings
+        return Backoff(
+            settings.retry_initial_s, max(settings.retry_max_s, settings.retry_initial_s)
+        )
 
     def _step(self, may_start: bool, worked: set[str]) -> str | None:
         """Do one piece of work; return the id of the job it was for, None if there was none."""
@@ -209,7 +271,8 @@ class Worker:
         job = self.store.get(lease.job_id)
         started = time.monotonic()
         try:
-            with _Heartbeat(self.store, lease, self.lease_s) as heartbeat, storage_errors():
+            heartbeat = _Heartbeat(self.store, lease, self.lease_s, self._backoff())
+            with heartbeat, storage_errors():
                 if lease.status is JobStatus.FINDING:
                     self._find(job, lease, heartbeat)
                 elif lease.status is JobStatus.SEARCHING:
@@ -236,6 +299,7 @@ class Worker:
             progress=False,
             study_name=job.study_name,
             callback=heartbeat.check,
+            fence=heartbeat.renew_now,
         )
         confirm = open_confirmation(study, job.spec)
         progress = job.progress.model_copy(
@@ -253,6 +317,7 @@ class Worker:
     def _end_search(self, job: JobRecord, lease: Lease, heartbeat: _Heartbeat) -> None:
         """Move a ``searching`` job whose search is over to ``confirming``."""
         study = open_study(job.spec, self._optuna_storage(), job.study_name)
+        _raise_unit_failure(study)
         heartbeat.stop()
         if has_unfinished(study):  # a unit was re-queued meanwhile: still searching
             self.store.release(lease)
@@ -262,6 +327,7 @@ class Worker:
     def _finish(self, job: JobRecord, lease: Lease, heartbeat: _Heartbeat) -> None:
         """Write the recommendation of a job whose confirmation is over; it succeeds."""
         study = open_study(job.spec, self._optuna_storage(), job.study_name)
+        _raise_unit_failure(open_confirmation(study, job.spec))
         if has_unfinished(open_confirmation(study, job.spec)):  # units left for the helpers
             heartbeat.stop()
             self.store.release(lease)
@@ -285,9 +351,11 @@ class Worker:
                 study = open_study(job.spec, self._optuna_storage(), job.study_name)
                 searching = job.status is JobStatus.SEARCHING
                 queue = study if searching else open_confirmation(study, job.spec)
+                _raise_unit_failure(queue)
                 worked = has_waiting(queue)
                 if worked:
                     self._run_units(job, study)
+                _raise_unit_failure(queue)
                 fail_stale_trials(queue)
                 unfinished = has_unfinished(queue)
         except KeyboardInterrupt:
@@ -310,11 +378,14 @@ class Worker:
 
     def _run_units(self, job: JobRecord, study: optuna.Study) -> None:
         setup = self._setup(job)
+        searching = job.status is JobStatus.SEARCHING
+        queue = study if searching else open_confirmation(study, job.spec)
         options: dict[str, Any] = {
             "artifact_dir": self.artifact_dir,
             "wait_for_others": False,
             "progress": False,
-            "should_stop": lambda: self._has_ended(job.id),
+            # a unit that failed for a reason of its own fails the job: no point going on
+            "should_stop": lambda: self._has_ended(job.id) or unit_failure(queue) is not None,
         }
         _log(job.id, self.id, job.status.value, "helping")
         if job.status is JobStatus.SEARCHING:
@@ -362,7 +433,12 @@ class Worker:
 
     def _optuna_storage(self) -> optuna.storages.BaseStorage:
         if self._storage is None:
-            self._storage = open_storage(self.store.url)
+            settings = self.store.settings
+            self._storage = open_storage(
+                self.store.url,
+                heartbeat_interval=settings.trial_heartbeat_s,
+                grace_period=settings.trial_grace_s,
+            )
         return self._storage
 
     def _provenance(self, job: JobRecord, study: optuna.Study) -> Provenance:
@@ -375,6 +451,17 @@ class Worker:
             device=self.device,
             search=job.spec.search,
         )
+
+
+def _raise_unit_failure(queue: optuna.Study) -> None:
+    """Raise :class:`TrialFailed` if a unit of ``queue`` failed for a reason of its own.
+
+    Such a unit is not retried, so its job would end short of its budget: the job fails with
+    the unit's reason instead (as it does when its range test raises).
+    """
+    failure = unit_failure(queue)
+    if failure is not None:
+        raise TrialFailed(failure)
 
 
 def _progress(job: JobRecord, study: optuna.Study) -> JobProgress:

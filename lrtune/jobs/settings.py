@@ -8,7 +8,13 @@ of workers on several machines shares a PostgreSQL database instead, e.g.
 
 Pool sizes bound the connections one process opens to PostgreSQL: at most
 ``db_pool_size + db_max_overflow`` (default 4 + 4 = 8), shared by everything in the process
-that uses the store. Four workers and the API then hold at most 40 of PostgreSQL's default 100.
+that uses the database: its job stores and every Optuna study it opens (one engine per
+process and URL). Four workers and the API then hold at most 40 of PostgreSQL's default 100.
+
+A worker that meets an unavailable database retries after ``retry_initial_s``, doubling the
+wait up to ``retry_max_s``, each wait drawn at random between its half and its whole (so a
+fleet that lost its database does not come back in lockstep). Trials send Optuna heartbeats
+every ``trial_heartbeat_s``; a trial silent for ``trial_grace_s`` is failed and retried.
 
 Example:
     >>> import os
@@ -56,6 +62,22 @@ class Settings(BaseSettings):
         ge=1,
         description="claims of a job's exclusive phase before a job whose lease keeps "
         "expiring (its worker died) is failed instead of claimed again",
+    )
+
+    retry_initial_s: float = Field(
+        0.5, gt=0, description="first wait before retrying an unavailable database"
+    )
+    retry_max_s: float = Field(
+        15.0, gt=0, description="longest wait between retries of an unavailable database"
+    )
+    trial_heartbeat_s: int = Field(
+        20, ge=1, description="seconds between the heartbeats of a running trial (Optuna's)"
+    )
+    trial_grace_s: int = Field(
+        60,
+        ge=1,
+        description="seconds without a heartbeat after which a running trial counts as dead: "
+        "failed, and queued again to resume from its checkpoint",
     )
 
     @classmethod
