@@ -212,13 +212,17 @@ STORAGE_ERRORS: tuple[type[BaseException], ...] = (
 def storage_errors() -> Iterator[None]:
     """Turn a storage failure inside the block into :class:`StorageUnavailableError`.
 
-    The message keeps the error's class and first line (a server address, never a password:
-    SQLAlchemy's messages do not carry the URL's credentials). Usable as a decorator.
+    The message keeps the error's class and first line (for Optuna's StorageInternalError, its
+    cause's: the driver's error), which name a server address, never a password
+    (SQLAlchemy's messages do not carry the URL's credentials). Usable as a decorator.
     """
     try:
         yield
     except STORAGE_ERRORS as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        cause = exc
+        if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__:
+            cause = exc.__cause__  # Optuna's own message guesses at "invalid data"
+        first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
         raise StorageUnavailableError(
-            f"storage unavailable: {type(exc).__name__}: {first_line}"
+            f"storage unavailable: {type(cause).__name__}: {first_line}"
         ) from exc

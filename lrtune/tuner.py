@@ -681,7 +681,7 @@ def _drain(
                 if stopped:
                     break
             except _StorageLost as lost:
-                raise lost.error from None
+                raise lost.error from lost.error.__cause__
             heartbeat = heartbeat_interval(study)
             if not (wait_for_others and heartbeat and has_unfinished(study)):
                 break
