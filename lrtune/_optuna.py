@@ -155,8 +155,10 @@ class SharedEngineStorage(optuna.storages.RDBStorage):
         self.scoped_session = scoped_session(sessionmaker(bind=engine))
         rdb_models.BaseModel.metadata.create_all(engine)
         # Optuna's schema check reads on one connection while a session of its own writes on
-        # another: with both IMMEDIATE, SQLite's second would wait for the first forever.
-        reads = engine.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"})
+        # another: with both IMMEDIATE, SQLite's second would wait for the first forever; with
+        # DEFERRED, a write after a read fails at once if another process wrote in between.
+        # Statements that commit on their own are what Optuna's check was written for.
+        reads = engine.execution_options(**{SQLITE_BEGIN_OPTION: "AUTOCOMMIT"})
         versions = scoped_session(sessionmaker(bind=reads))
         self._version_manager = _VersionManager(self.url, reads, versions)
         self._version_manager.check_table_schema_compatibility()

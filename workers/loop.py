@@ -16,8 +16,15 @@ A :class:`Worker` repeats one step until it is stopped or, with ``once``, finds 
 While a worker holds a lease, a daemon thread renews it every ``lease_s / 3`` seconds, so a
 long training step never lets it expire. A renewal that meets
 :class:`~lrtune.exceptions.LeaseLost` (the lease expired and another worker took the job, or
-the job was cancelled) stops the range test at its next step, and nothing more is written.
-An error inside a phase fails the job with the reason. SIGTERM or SIGINT abandons the current
+the job was cancelled) stops the range test at its next step, and nothing more is written;
+so does a lease whose last successful renewal is older than ``lease_s`` (the store was out of
+reach for longer than the lease: another worker may hold the job now). The range test's study
+writes happen right after a successful renewal (``prepare_study``'s ``fence``).
+An unavailable store is retried with exponential backoff and jitter (``Settings.retry_*``,
+:mod:`lrtune.workers.backoff`), by the loop and by the lease's renewals.
+An error inside a phase fails the job with the reason, and so does a unit that fails for a
+reason of its own (:func:`lrtune.tuner.unit_failure`): it is not retried, and the job must not
+succeed short of its budget. SIGTERM or SIGINT abandons the current
 unit (Optuna records the trial FAILED as interrupted, and the worker queues it again, so
 another worker resumes it from its checkpoint), hands a held lease back, and the worker exits
 with status 0.
