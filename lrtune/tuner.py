@@ -117,7 +117,9 @@ class _StorageLost(BaseException):
     came back in time for the write) is never retried: its slot would be lost. Left RUNNING,
     the trial goes stale once its heartbeat stops, and the storage's retry callback queues a
     clone that resumes from its checkpoint, as for a worker killed mid-trial. :func:`_drain`
-    re-raises the storage's own error.
+    re-raises the storage's own error. (A trial whose first heartbeat never reached the
+    database cannot go stale, and would stay RUNNING: the storage would have to fail between
+    popping the trial and its first beat, milliseconds, as a kill there would.)
     """
 
     def __init__(self, error: BaseException) -> None:

@@ -288,6 +288,7 @@ def test_a_job_survives_workers_killed_mid_range_test_and_mid_trial(
     _until(lambda: store.get(job_id).status.finished, "the job to finish")
 
     assert fleet.stop()[-1] == 0, fleet.log_text()[-3000:]
+    assert "database is locked" not in fleet.log_text()
     _check_finished_exactly(store, jobs_url, job_id)  # one completed range test, full counts
     claims = _check_held_by_one_worker_at_a_time(store, job_id)
     assert claims[1]["took_over"] == claims[0]["worker_id"]  # the killed range test's lease
