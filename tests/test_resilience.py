@@ -172,3 +172,20 @@ def test_a_trial_that_raises_fails_its_job_with_the_reason(
     states = [t.state.name for t in study.get_trials()]
     assert states[0] == "FAIL" and states.count("FAIL") == 1
     assert "WAITING" in states  # it stopped at the failure instead of using up the queue
+
+
+def test_prepare_study_calls_its_fence_right_before_its_writes_and_after_them(
+    tmp_path,
+) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path / 'fence.db'}")
+    spec = small_job(n_trials=2, confirm_seeds=1, finalists=1)
+    seen: list[tuple[bool, int]] = []
+
+    def fence() -> None:  # what the study holds each time the fence is asked
+        study = open_study(spec, storage)
+        seen.append((ATTR_BOUNDS in study.user_attrs, len(study.get_trials())))
+
+    prepare_study(spec, storage, progress=False, fence=fence)
+    prepare_study(spec, storage, progress=False, fence=fence)  # again: nothing more to write
+
+    assert seen == [(False, 0), (True, 2), (True, 2), (True, 2)]
