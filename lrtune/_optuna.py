@@ -1,7 +1,7 @@
 """The one place lrtune talks to Optuna's internals: attribute keys, the exact queue, heartbeats.
 
 lrtune keeps its state on Optuna studies and trials under the ``ATTR_*`` keys below; nothing
-else in the library spells those strings. It relies on three behaviours of Optuna that are not
+else in the library spells those strings. It relies on these behaviours of Optuna that are not
 (all) public API, each pinned by a test in ``tests/test_optuna_adapter.py``:
 
 - ``Study._pop_waiting_trial_id`` claims the oldest WAITING trial atomically (RUNNING for one
@@ -10,6 +10,13 @@ else in the library spells those strings. It relies on three behaviours of Optun
 - ``Study.enqueue_trial(params, user_attrs=...)`` creates a WAITING trial carrying those attrs.
 - ``optuna.storages.fail_stale_trials`` marks a RUNNING trial whose heartbeat is older than the
   grace period FAIL (and the storage's retry callback queues a clone with the same attrs).
+- ``RDBStorage`` keeps its engine in ``engine``, its sessions in ``scoped_session`` and its
+  schema check in ``_version_manager``, and its methods read only the attributes its
+  ``__init__`` sets: :class:`SharedEngineStorage` sets them itself on an engine lrtune owns, so
+  the studies and the job store of a process share one connection pool. Optuna's heartbeat
+  thread calls ``record_heartbeat`` in a loop and dies at its first exception: the shared
+  storage's ``record_heartbeat`` logs a storage error instead, so a trial keeps its heartbeat
+  through a database restart.
 
 Example:
     >>> import optuna
@@ -26,14 +33,20 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 
 import optuna
-from optuna.trial import TrialState
+from optuna.storages._rdb import models as rdb_models
+from optuna.storages._rdb.storage import _VersionManager
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import scoped_session, sessionmaker
 
+from lrtune._rdb import SQLITE_BEGIN_OPTION
 from lrtune.exceptions import StorageUnavailableError
 
 # Study attributes: what prepare_study stores once per job.
@@ -63,6 +76,9 @@ CONFIRM_SUFFIX = ":confirm"  # JobSpec names cannot hold ':', so this never name
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 UNFINISHED = (TrialState.WAITING, TrialState.RUNNING)
+
+
+logger = logging.getLogger(__name__)
 
 
 class QueueEmpty(Exception):
@@ -126,6 +142,59 @@ def open_queued_study(
     )
 
 
+class SharedEngineStorage(optuna.storages.RDBStorage):
+    """An Optuna ``RDBStorage`` on ``engine``: no engine or pool of its own.
+
+    ``RDBStorage(url)`` creates an engine, and so a pool, per storage (optuna#1347: many
+    studies exhaust PostgreSQL's connections). This one sets the attributes Optuna's
+    ``__init__`` would set, with ``engine`` in place of a new engine; it creates Optuna's tables
+    if needed and checks their schema as ``RDBStorage`` does. ``record_heartbeat`` survives a
+    storage error (logged; the next beat tries again), so a database restart shorter than the
+    grace period does not fail the running trial. A pickled copy opens its own engine (Optuna's
+    ``__setstate__``).
+
+    Raises:
+        ValueError: ``heartbeat_interval`` or ``grace_period`` is not positive.
+        sqlalchemy.exc.SQLAlchemyError: the database cannot be reached.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        heartbeat_interval: int | None = None,
+        grace_period: int | None = None,
+        heartbeat_stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+    ) -> None:  # no super().__init__(): it would create the engine this class exists to share
+        for name, value in (("heartbeat_interval", heartbeat_interval), ("grace", grace_period)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+        self.engine_kwargs: dict[str, object] = {}
+        self.url = engine.url.render_as_string(hide_password=False)
+        self.skip_compatibility_check = False
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+        self.heartbeat_stale_trial_callback = heartbeat_stale_trial_callback
+        self.failed_trial_callback = heartbeat_stale_trial_callback
+        self.engine = engine
+        self.scoped_session = scoped_session(sessionmaker(bind=engine))
+        rdb_models.BaseModel.metadata.create_all(engine)
+        # Optuna's schema check reads on one connection while a session of its own writes on
+        # another: with both IMMEDIATE, SQLite's second would wait for the first forever; with
+        # DEFERRED, a write after a read fails at once if another process wrote in between.
+        # Statements that commit on their own are what Optuna's check was written for.
+        reads = engine.execution_options(**{SQLITE_BEGIN_OPTION: "AUTOCOMMIT"})
+        versions = scoped_session(sessionmaker(bind=reads))
+        self._version_manager = _VersionManager(self.url, reads, versions)
+        self._version_manager.check_table_schema_compatibility()
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except STORAGE_ERRORS as exc:
+            logger.warning("trial_id=%d event=heartbeat_failed error=%s", trial_id, exc)
+
+
 def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
     return study._storage  # Study has no public accessor for its storage
 
@@ -181,9 +250,12 @@ def has_waiting(study: optuna.Study) -> bool:
 
 
 # Errors of the storage, not of a trial: a run that meets one stops instead of recording a FAIL.
+# UpdateFinishedTrialError: another worker failed the trial (its heartbeat went stale while the
+# database was away) and queued its retry; this run's results must not be written.
 STORAGE_ERRORS: tuple[type[BaseException], ...] = (
     SQLAlchemyError,
     optuna.exceptions.StorageInternalError,
+    optuna.exceptions.UpdateFinishedTrialError,
 )
 
 
@@ -191,13 +263,17 @@ STORAGE_ERRORS: tuple[type[BaseException], ...] = (
 def storage_errors() -> Iterator[None]:
     """Turn a storage failure inside the block into :class:`StorageUnavailableError`.
 
-    The message keeps the error's class and first line (a server address, never a password:
-    SQLAlchemy's messages do not carry the URL's credentials). Usable as a decorator.
+    The message keeps the error's class and first line (for Optuna's StorageInternalError, its
+    cause's: the driver's error), which name a server address, never a password
+    (SQLAlchemy's messages do not carry the URL's credentials). Usable as a decorator.
     """
     try:
         yield
     except STORAGE_ERRORS as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        cause = exc
+        if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__:
+            cause = exc.__cause__  # Optuna's own message guesses at "invalid data"
+        first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
         raise StorageUnavailableError(
-            f"storage unavailable: {type(exc).__name__}: {first_line}"
+            f"storage unavailable: {type(cause).__name__}: {first_line}"
         ) from exc

@@ -8,7 +8,8 @@ One place knows how lrtune opens a SQL database:
   timeout, so several processes on one machine share it without "database is locked";
 - on SQLite every transaction begins IMMEDIATE (takes the write lock at once), except on a
   connection given the execution option ``lrtune_sqlite_begin="DEFERRED"``: a reader that never
-  writes need not queue behind a writer.
+  writes need not queue behind a writer; or ``"AUTOCOMMIT"``: no transaction, each statement
+  commits on its own (for code that reads on one connection while writing on another).
 
 Example:
     >>> parse_url("sqlite:///lrtune.db").get_backend_name()
@@ -35,7 +36,8 @@ from lrtune.exceptions import InvalidInputError, StorageUnavailableError
 
 SQLITE_BUSY_TIMEOUT_S = 60
 SQLITE_BEGIN_OPTION = "lrtune_sqlite_begin"
-"""Execution option naming how a SQLite transaction begins: "IMMEDIATE" (default) or "DEFERRED"."""
+"""Execution option naming how a SQLite transaction begins: "IMMEDIATE" (default), "DEFERRED",
+or "AUTOCOMMIT" (it does not: each statement commits on its own)."""
 
 
 def parse_url(url: str) -> URL:
@@ -63,7 +65,8 @@ def begin_immediate(engine: Engine) -> None:
     can both read WAITING and both claim the trial. BEGIN IMMEDIATE (SQLAlchemy's recipe for
     pysqlite) makes the read and the write one atomic step; PostgreSQL needs none of this.
     A connection with the execution option ``lrtune_sqlite_begin="DEFERRED"`` begins a plain
-    read transaction instead (under WAL it neither waits for nor blocks the writer).
+    read transaction instead (under WAL it neither waits for nor blocks the writer); with
+    ``"AUTOCOMMIT"`` it begins none, and each statement commits on its own.
     """
 
     @event.listens_for(engine, "connect")
@@ -73,6 +76,8 @@ def begin_immediate(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
         mode = connection.get_execution_options().get(SQLITE_BEGIN_OPTION, "IMMEDIATE")
+        if mode == "AUTOCOMMIT":
+            return
         connection.exec_driver_sql(f"BEGIN {'DEFERRED' if mode == 'DEFERRED' else 'IMMEDIATE'}")
 
     engine.dispose()  # pooled connections were opened before the hooks: reopen them

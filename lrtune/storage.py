@@ -1,5 +1,9 @@
 """Optuna storage for lrtune studies: in-memory, a SQLite file, or PostgreSQL.
 
+An RDB storage runs on the process's one engine for its URL (:func:`lrtune.jobs.db.get_engine`,
+with the pool sizes of :class:`lrtune.jobs.Settings`), the engine the job store uses too: a
+worker holds one pool however many studies it opens.
+
 RDB storages run with Optuna's heartbeat: a trial whose process died goes stale after
 ``grace_period`` seconds, is marked FAIL, and a WAITING clone with the same parameters (and its
 intermediate values) is queued by ``RetryHeartbeatStaleTrialCallback``; lrtune's trials then
@@ -16,15 +20,12 @@ from __future__ import annotations
 import warnings
 
 import optuna
-from sqlalchemy.exc import DBAPIError, NoSuchModuleError
+from sqlalchemy.exc import DBAPIError
 
-from lrtune._rdb import (
-    begin_immediate,
-    engine_kwargs,
-    first_line,
-    parse_url,
-)
-from lrtune.exceptions import InvalidInputError, StorageUnavailableError
+from lrtune._optuna import SharedEngineStorage
+from lrtune._rdb import first_line, parse_url
+from lrtune.exceptions import StorageUnavailableError
+from lrtune.jobs.db import get_engine
 
 
 def open_storage(
@@ -49,44 +50,20 @@ def open_storage(
     """
     if url is None:
         return optuna.storages.InMemoryStorage()
-    parsed = parse_url(url)
-    safe = parsed.render_as_string(hide_password=True)
-    kwargs = engine_kwargs(parsed, safe)
+    safe = parse_url(url).render_as_string(hide_password=True)
+    engine = get_engine(url)  # InvalidInputError for an unusable URL
     with warnings.catch_warnings():  # heartbeat and retry are "experimental" since Optuna 2.8
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(
             max_retry=max_retry, inherit_intermediate_values=True
         )
         try:
-            storage = optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=kwargs,
+            return SharedEngineStorage(
+                engine,
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period or 3 * heartbeat_interval,
                 heartbeat_stale_trial_callback=retry,
             )
-        except NoSuchModuleError as exc:
-            raise InvalidInputError(
-                f"unknown database in storage URL {safe}: {first_line(exc)}"
-            ) from exc
-        except ImportError as exc:
-            raise InvalidInputError(
-                f"storage URL {safe} needs a database driver that is not installed"
-                f" ({_missing_module(exc)})"
-            ) from exc
         except DBAPIError as exc:  # OperationalError (unreachable, login) and the like
             cause = first_line(getattr(exc, "orig", None) or exc)
             raise StorageUnavailableError(f"cannot open the storage at {safe}: {cause}") from exc
-    if parsed.get_backend_name() == "sqlite":
-        begin_immediate(storage.engine)
-    return storage
-
-
-def _missing_module(exc: ImportError) -> str:
-    """Name the module whose import failed (Optuna re-raises the driver's ImportError)."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ImportError) and cause.name:
-            return f"no module named {cause.name!r}"
-        cause = cause.__cause__ or cause.__context__
-    return first_line(exc)

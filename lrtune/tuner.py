@@ -43,6 +43,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -137,6 +138,34 @@ class DeviceOutOfMemory(InvalidInputError):
     a trial again (:func:`requeue_interrupted` retries only interrupted ones); only preparing
     the study again, an explicit resume (:func:`prepare_study`), retries it.
     """
+
+
+class _StorageLost(BaseException):
+    """A storage error inside a trial, carried past Optuna's ``except Exception``.
+
+    Optuna would record the trial FAIL, and a FAIL written without a reason (a database that
+    came back in time for the write) is never retried: its slot would be lost. Left RUNNING,
+    the trial goes stale once its heartbeat stops, and the storage's retry callback queues a
+    clone that resumes from its checkpoint, as for a worker killed mid-trial. :func:`_drain`
+    re-raises the storage's own error. (A trial whose first heartbeat never reached the
+    database cannot go stale, and would stay RUNNING: the storage would have to fail between
+    popping the trial and its first beat, milliseconds, as a kill there would.)
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@contextlib.contextmanager
+def _storage_errors_leave_the_trial_running() -> Iterator[None]:
+    """Inside an objective: turn storage errors into :class:`_StorageLost` (see there)."""
+    try:
+        yield
+    except _StorageTrouble as trouble:
+        raise _StorageLost(trouble.error) from trouble.error
+    except STORAGE_ERRORS as exc:
+        raise _StorageLost(exc) from exc
 
 
 class _StorageTrouble(Exception):
@@ -248,6 +277,7 @@ def prepare_study(
     study_name: str | None = None,
     callback: StepCallback | None = None,
     earlier_winners: Sequence[tuple[str, Recommendation]] = (),
+    fence: Callable[[], None] | None = None,
 ) -> QueuedStudy:
     """Run the range test and enqueue the trial budget and the confirmation units.
 
@@ -260,6 +290,16 @@ def prepare_study(
     store's ``warm_start_candidates``) warm-start the search: the first slots of the trial
     budget try their recommended schedules (:func:`winner_starts`). Which winners is decided
     once, on the first call, and kept on the study, so a re-run enqueues the same ones.
+
+    ``fence`` guards the writes for a caller that may do them only while it holds a lease
+    (a worker: it renews its lease, raising :class:`~lrtune.exceptions.LeaseLost` if it lost
+    it). It is called right before the first write (the range test's result, or the first
+    enqueue when the result is already stored) and again after the last: what it raises
+    before stops the writes; raised after, it tells the caller its writes may have overlapped
+    a new holder's. What remains is a window, not a guarantee: writes that take longer than
+    one lease after the renewal before them (a process paused, or a connection stalled, for a
+    whole lease mid-write) can land while a new holder runs the phase, who may enqueue the
+    same slots again. The writes take milliseconds against a lease of a minute.
     """
     study = open_study(spec, storage, study_name)
     stored = study.user_attrs.get(ATTR_SPEC)
@@ -269,12 +309,16 @@ def prepare_study(
             "name, or use another storage"
         )
     setup = setup or TrainingSetup.from_spec(spec)
+    hold = fence or (lambda: None)
     if ATTR_BOUNDS not in study.user_attrs:
         result = range_test(setup, progress=progress, callback=callback)
         bounds = search_bounds(result)
+        hold()
         study.set_user_attr(ATTR_SPEC, spec.model_dump(mode="json"))
         study.set_user_attr(ATTR_RANGE_TEST, result.model_dump(mode="json"))
         study.set_user_attr(ATTR_BOUNDS, bounds.model_dump(mode="json"))
+    else:
+        hold()
     bounds = stored_bounds(study)
     if ATTR_WARM_STARTS not in study.user_attrs:
         starts = winner_starts(spec, bounds, setup.steps_per_epoch, earlier_winners)
@@ -282,6 +326,7 @@ def prepare_study(
     winners = study.user_attrs[ATTR_WARM_STARTS]
     _enqueue_missing(study, _search_slots(spec, bounds, setup.steps_per_epoch, winners))
     _enqueue_missing(open_confirmation(study, spec), _confirmation_slots(spec, bounds))
+    hold()
     return study
 
 
@@ -418,6 +463,20 @@ def requeue_interrupted(study: optuna.Study) -> int:
             study.enqueue_trial(trial.params, user_attrs=retry)
             retried += 1
     return retried
+
+
+def unit_failure(study: optuna.Study) -> str | None:
+    """Why a unit of ``study`` failed for a reason of its own (its training raised); else None.
+
+    Such a unit is not retried (the same parameters would fail again), so its job cannot
+    finish its budget; interrupted units and units whose worker died are retried, and are not
+    failures here. The reason names the trial: ``"trial 3 failed: ValueError: ..."``.
+    """
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        reason = trial.user_attrs.get(ATTR_FAIL_REASON)
+        if reason is not None and not str(reason).startswith(INTERRUPTED):
+            return f"trial {trial.number} of {study.study_name} failed: {reason}"
+    return None
 
 
 def baseline_schedules(spec: JobSpec, bounds: LRBounds) -> list[tuple[str, dict[str, Any], float]]:
@@ -581,16 +640,14 @@ def stop_progress(study: optuna.Study) -> dict[str, Any]:
 def _guarded(trial: optuna.Trial, setup: TrainingSetup, training: Callable[[], T]) -> T:
     """Run ``training``; record why it failed on the trial (Optuna 5 keeps no reason).
 
-    Errors of the training become :class:`TrialFailed`; storage errors propagate unchanged;
-    running the device out of memory becomes :class:`DeviceOutOfMemory` (recorded, and it
-    propagates); an interruption (Ctrl-C) is recorded and propagates, so the trial resumes on
-    the next run.
+    Errors of the training become :class:`TrialFailed`; storage errors (also those a hook met,
+    as :class:`_StorageTrouble`) propagate unchanged; running the device out of memory becomes
+    :class:`DeviceOutOfMemory` (recorded, and it propagates); an interruption (Ctrl-C) is
+    recorded and propagates, so the trial resumes on the next run.
     """
     try:
         return training()
-    except _StorageTrouble as trouble:
-        raise trouble.error from None
-    except (optuna.TrialPruned, *STORAGE_ERRORS):
+    except (optuna.TrialPruned, _StorageTrouble, *STORAGE_ERRORS):
         raise
     except torch.OutOfMemoryError as exc:
         reason = out_of_memory_reason(setup, exc)
@@ -624,6 +681,10 @@ class TrialObjective:
         self.artifact_dir = artifact_dir
 
     def __call__(self, trial: optuna.Trial) -> float:
+        with _storage_errors_leave_the_trial_running():
+            return self._run(trial)
+
+    def _run(self, trial: optuna.Trial) -> float:
         run, checkpoint = _guarded(trial, self.setup, lambda: self._train(trial))
         trial.set_user_attr(ATTR_RUN, run.model_dump(mode="json"))
         if checkpoint is not None:
@@ -688,6 +749,10 @@ class ConfirmationObjective:
         self._finalists: list[FrozenTrial] | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
+        with _storage_errors_leave_the_trial_running():
+            return self._run(trial)
+
+    def _run(self, trial: optuna.Trial) -> float:
         if ATTR_ROOT not in trial.user_attrs:
             trial.set_user_attr(ATTR_ROOT, trial.number)
         if ATTR_SCHEDULE not in trial.user_attrs:
@@ -854,6 +919,8 @@ def _drain(
             except QueueEmpty:
                 if stopped:
                     break
+            except _StorageLost as lost:
+                raise lost.error from lost.error.__cause__
             heartbeat = heartbeat_interval(study)
             if not (wait_for_others and heartbeat and has_unfinished(study)):
                 break

@@ -84,3 +84,47 @@ def test_fail_stale_trials_fails_a_silent_trial_and_queues_a_clone(tmp_path) -> 
 def test_an_in_memory_study_has_no_heartbeat() -> None:
     study = open_queued_study(optuna.storages.InMemoryStorage(), "m", direction="maximize")
     assert heartbeat_interval(study) is None
+
+
+def test_the_shared_storage_sets_what_rdbstorage_sets_on_the_engine_it_is_given(
+    tmp_path,
+) -> None:
+    """SharedEngineStorage replaces RDBStorage.__init__: an Optuna that sets another attribute
+    there (which its methods would then read) must be followed, or the storage breaks."""
+    from lrtune._optuna import SharedEngineStorage
+    from lrtune.jobs.db import get_engine
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        own = optuna.storages.RDBStorage(url, heartbeat_interval=1)
+    own.engine.dispose()
+    engine = get_engine(url)
+    shared = SharedEngineStorage(engine, heartbeat_interval=1, grace_period=2)
+
+    assert set(vars(shared)) == set(vars(own))
+    assert shared.engine is engine
+    assert shared.scoped_session().get_bind() is engine
+    assert shared._version_manager.engine.pool is engine.pool
+    study = optuna.create_study(storage=shared, study_name="s")  # the tables exist, usable
+    study.enqueue_trial({})
+    assert shared.get_current_version() == shared.get_head_version()
+
+
+def test_a_heartbeat_that_meets_a_storage_error_survives_it(tmp_path) -> None:
+    """Optuna's heartbeat thread dies at the first exception of record_heartbeat; the shared
+    storage's logs it instead, so the trial keeps beating once the database is back."""
+    from lrtune.jobs.db import get_engine
+
+    url = f"sqlite:///{tmp_path / 'beat.db'}"
+    storage = open_storage(url, heartbeat_interval=1, grace_period=2)
+    study = open_queued_study(storage, "beat", direction="minimize")
+    study.enqueue_trial({})
+    trial_id = study._pop_waiting_trial_id()
+    with get_engine(url).begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE trial_heartbeats RENAME TO away")
+    storage.record_heartbeat(trial_id)  # the table is gone: logged, not raised
+    with get_engine(url).begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE away RENAME TO trial_heartbeats")
+    storage.record_heartbeat(trial_id)
+    assert storage._get_stale_trial_ids(study._study_id) == []

@@ -19,12 +19,19 @@ A :class:`Worker` repeats one step until it is stopped or, with ``once``, finds 
 While a worker holds a lease, a daemon thread renews it every ``lease_s / 3`` seconds, so a
 long training step never lets it expire. A renewal that meets
 :class:`~lrtune.exceptions.LeaseLost` (the lease expired and another worker took the job, or
-the job was cancelled) stops the range test at its next step, and nothing more is written.
+the job was cancelled) stops the range test at its next step, and nothing more is written;
+so does a lease whose last successful renewal is older than ``lease_s`` (the store was out of
+reach for longer than the lease: another worker may hold the job now). The range test's study
+writes happen right after a successful renewal (``prepare_study``'s ``fence``).
+An unavailable store is retried with exponential backoff and jitter (``Settings.retry_*``,
+:mod:`lrtune.workers.backoff`), by the loop and by the lease's renewals.
 Progress goes to the store as work goes (:mod:`lrtune.workers.reporting`): range-test steps
 a few times a second, and after each finished unit its trials or confirmation runs done; the
 range test and its LR bounds are stored before the job starts searching, and a succeeded
 job's checkpoints are removed.
-An error inside a phase fails the job with the reason.
+An error inside a phase fails the job with the reason, and so does a unit that fails for a
+reason of its own (:func:`lrtune.tuner.unit_failure`): it is not retried, and the job must not
+succeed short of its budget.
 
 Presence: :meth:`Worker.run` registers the worker in the store's workers table (host, device,
 pid, version, concurrency, threads, and the plugin registry this process serves), beats its
@@ -116,6 +123,7 @@ from lrtune.training import (
     wait_for_stop,
 )
 from lrtune.tuner import (
+    TrialFailed,
     UnitGate,
     open_confirmation,
     open_study,
@@ -127,7 +135,9 @@ from lrtune.tuner import (
     stop_progress,
     stored_bounds,
     timeout_passed,
+    unit_failure,
 )
+from lrtune.workers.backoff import Backoff
 from lrtune.workers.pool import ChildConfig, UnitOutcome, UnitPool
 from lrtune.workers.reporting import RangeTestProgress, UnitProgress, save_range_test
 
@@ -146,15 +156,21 @@ SUGGESTION_RULE = "consensus"
 class _Heartbeat:
     """Renews ``lease`` every ``lease_s / 3`` seconds from a daemon thread while in a ``with``.
 
-    ``lost`` is set once a renewal meets :class:`LeaseLost`; renewals that meet an unavailable
-    store are retried (the lease may still hold when the store comes back).
+    A renewal that meets an unavailable store is retried with ``backoff`` (the lease may still
+    hold when the store comes back). The lease counts as lost (``lost`` set, :meth:`check`
+    raises :class:`LeaseLost`) once a renewal meets :class:`LeaseLost`, or once the last
+    successful renewal (timed from its start) is older than ``lease_s``: by then the lease
+    may have expired and another worker may hold the job, so the holder stops instead of
+    writing stale results.
     """
 
-    def __init__(self, store: JobStore, lease: Lease, lease_s: float) -> None:
+    def __init__(self, store: JobStore, lease: Lease, lease_s: float, backoff: Backoff) -> None:
         self.store = store
         self.lease = lease
         self.lease_s = lease_s
+        self.backoff = backoff
         self.lost = threading.Event()
+        self._renewed_at = time.monotonic()  # just after the claim: a slight overestimate
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._renew_until_stopped, name=f"lease-{lease.job_id[:8]}", daemon=True
@@ -174,19 +190,57 @@ class _Heartbeat:
             self._thread.join()
 
     def _renew_until_stopped(self) -> None:
-        while not self._stop.wait(self.lease_s / 3):
+        wait = self.lease_s / 3
+        while not self._stop.wait(wait):
             try:
-                self.store.renew(self.lease, self.lease_s)
+                self.renew_now()
             except LeaseLost:
-                logger.warning("job=%s event=lease_lost", self.lease.job_id)
-                self.lost.set()
                 return
             except StorageUnavailableError as exc:
-                logger.warning("job=%s event=renew_failed error=%s", self.lease.job_id, exc)
+                if self._expired():
+                    return
+                left = self.lease_s - (time.monotonic() - self._renewed_at)
+                wait = max(0.0, min(self.backoff.next_s(), left))
+                logger.warning(
+                    "job=%s event=renew_failed retry_in=%.2f error=%s",
+                    self.lease.job_id,
+                    wait,
+                    exc,
+                )
+            else:
+                self.backoff.reset()
+                wait = self.lease_s / 3
+
+    def renew_now(self) -> None:
+        """Renew the lease at once (the guard of the exclusive phase's writes).
+
+        On return the lease holds for ``lease_s`` more seconds by the database's clock.
+
+        Raises:
+            LeaseLost: the lease was lost (see the class), now or before.
+            StorageUnavailableError: the store cannot be reached: whether the lease holds is
+                unknown.
+        """
+        self.check()
+        started = time.monotonic()
+        try:
+            self.store.renew(self.lease, self.lease_s)
+        except LeaseLost:
+            logger.warning("job=%s event=lease_lost reason=taken", self.lease.job_id)
+            self.lost.set()
+            raise
+        self._renewed_at = started
+
+    def _expired(self) -> bool:
+        """Whether the last successful renewal is older than the lease (then mark it lost)."""
+        if time.monotonic() - self._renewed_at > self.lease_s and not self.lost.is_set():
+            logger.warning("job=%s event=lease_lost reason=no_renewal", self.lease.job_id)
+            self.lost.set()
+        return self.lost.is_set()
 
     def check(self, *_step: Any) -> None:
         """Raise :class:`LeaseLost` if the lease was lost (also a range-test step callback)."""
-        if self.lost.is_set():
+        if self._expired():
             raise LeaseLost(f"lost the lease of job {self.lease.job_id}: stopping its work")
 
 
@@ -340,6 +394,7 @@ class Worker:
             self.concurrency,
             self.threads or torch_threads(),
         )
+        backoff = self._backoff()
         try:
             with self._presence(), self._units():
                 while not stop_requested():
@@ -347,9 +402,16 @@ class Worker:
                     try:
                         job_id = self._step(may_start, worked)
                     except StorageUnavailableError as exc:  # back off; the store may come back
-                        logger.warning("worker=%s event=store_unavailable error=%s", self.id, exc)
-                        wait_for_stop(self.poll_s)
+                        wait = backoff.next_s()
+                        logger.warning(
+                            "worker=%s event=store_unavailable retry_in=%.2f error=%s",
+                            self.id,
+                            wait,
+                            exc,
+                        )
+                        wait_for_stop(wait)
                         continue
+                    backoff.reset()
                     if job_id is not None:
                         worked.add(job_id)
                         continue
@@ -447,6 +509,13 @@ class Worker:
         finally:
             self._pool = None
 
+    def _backoff(self) -> Backoff:
+        """Waits between tries of an unavailable store (``Settings.retry_*``)."""
+        settings = self.store.settings
+        return Backoff(
+            settings.retry_initial_s, max(settings.retry_max_s, settings.retry_initial_s)
+        )
+
     def _step(self, may_start: bool, worked: set[str]) -> str | None:
         """Do one piece of work; return the id of the job it was for, None if there was none."""
         if self._pool is not None:
@@ -511,6 +580,7 @@ class Worker:
                 study = self._study(job)
                 queue = study if job.status is JobStatus.SEARCHING else self._confirm(job, study)
                 fail_stale_trials(queue)
+                _raise_unit_failure(queue)
                 handed = 0
                 # Children already on the job may have popped their units: counting them
                 # against the queue would leave a free child idle beside a queued unit. One
@@ -610,7 +680,8 @@ class Worker:
         started = time.monotonic()
         self._holding["lease"] = WorkerActivity(job_id=job.id, phase=lease.status, lease=True)
         try:
-            with _Heartbeat(self.store, lease, self.lease_s) as heartbeat, storage_errors():
+            heartbeat = _Heartbeat(self.store, lease, self.lease_s, self._backoff())
+            with heartbeat, storage_errors():
                 if lease.status is JobStatus.FINDING:
                     self._find(job, lease, heartbeat)
                 elif lease.status is JobStatus.SEARCHING:
@@ -642,6 +713,7 @@ class Worker:
                 progress=False,
                 study_name=job.study_name,
                 callback=steps,
+                fence=heartbeat.renew_now,
                 earlier_winners=[
                     (c.job_id, c.recommendation) for c in self.store.warm_start_candidates(job.spec)
                 ],
@@ -674,6 +746,7 @@ class Worker:
     def _end_search(self, job: JobRecord, lease: Lease, heartbeat: _Heartbeat) -> None:
         """Move a ``searching`` job whose search is over to ``confirming``."""
         study = open_study(job.spec, self._optuna_storage(), job.study_name)
+        _raise_unit_failure(study)
         heartbeat.stop()
         if has_unfinished(study):  # a unit was re-queued meanwhile: still searching
             self.store.release(lease)
@@ -683,6 +756,7 @@ class Worker:
     def _finish(self, job: JobRecord, lease: Lease, heartbeat: _Heartbeat) -> None:
         """Write the recommendation of a job whose confirmation is over; it succeeds."""
         study = open_study(job.spec, self._optuna_storage(), job.study_name)
+        _raise_unit_failure(open_confirmation(study, job.spec))
         if has_unfinished(open_confirmation(study, job.spec)):  # units left for the helpers
             heartbeat.stop()
             self.store.release(lease)
@@ -708,7 +782,9 @@ class Worker:
                 searching = job.status is JobStatus.SEARCHING
                 queue = study if searching else open_confirmation(study, job.spec)
                 fail_stale_trials(queue)  # a dead worker's unit must not hold a place
+                _raise_unit_failure(queue)
                 worked = self._waiting_units(job, queue) > 0 and self._run_units(job, study)
+                _raise_unit_failure(queue)
                 unfinished = has_unfinished(queue)
         except KeyboardInterrupt:
             self._requeue(job)
@@ -736,13 +812,16 @@ class Worker:
         """Run the job's queued units here until none is left (``one``: a single unit), the
         job ends, or a stop is requested; True if any ran."""
         setup = self._setup(job)
+        searching = job.status is JobStatus.SEARCHING
+        queue = study if searching else open_confirmation(study, job.spec)
         report = UnitProgress(self.store, job, study)
         ran: list[bool] = []
 
         def should_stop() -> bool:  # asked after each unit
             ran.append(True)
             ended = self._has_ended(job.id, report.record())
-            return one or stop_requested() or ended
+            failed = unit_failure(queue) is not None  # fails the job: no point going on
+            return one or stop_requested() or ended or failed
 
         options: dict[str, Any] = {
             "artifact_dir": self.artifact_dir,
@@ -807,8 +886,12 @@ class Worker:
 
     def _optuna_storage(self) -> optuna.storages.BaseStorage:
         if self._storage is None:
-            beat_s = self.store.settings.trial_heartbeat_s
-            self._storage = open_storage(self.store.url, heartbeat_interval=beat_s)
+            settings = self.store.settings
+            self._storage = open_storage(
+                self.store.url,
+                heartbeat_interval=settings.trial_heartbeat_s,
+                grace_period=settings.trial_grace_s,
+            )
         return self._storage
 
     def _provenance(self, job: JobRecord, study: optuna.Study) -> Provenance:
@@ -821,6 +904,17 @@ class Worker:
             device=self.device,
             search=job.spec.search,
         )
+
+
+def _raise_unit_failure(queue: optuna.Study) -> None:
+    """Raise :class:`TrialFailed` if a unit of ``queue`` failed for a reason of its own.
+
+    Such a unit is not retried, so its job would end short of its budget: the job fails with
+    the unit's reason instead (as it does when its range test raises).
+    """
+    failure = unit_failure(queue)
+    if failure is not None:
+        raise TrialFailed(failure)
 
 
 def _progress(job: JobRecord, study: optuna.Study) -> JobProgress:

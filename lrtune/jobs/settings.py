@@ -8,7 +8,13 @@ of workers on several machines shares a PostgreSQL database instead, e.g.
 
 Pool sizes bound the connections one process opens to PostgreSQL: at most
 ``db_pool_size + db_max_overflow`` (default 4 + 4 = 8), shared by everything in the process
-that uses the store. Four workers and the API then hold at most 40 of PostgreSQL's default 100.
+that uses the database: its job stores and every Optuna study it opens (one engine per
+process and URL). Four workers and the API then hold at most 40 of PostgreSQL's default 100.
+
+A worker that meets an unavailable database retries after ``retry_initial_s``, doubling the
+wait up to ``retry_max_s``, each wait drawn at random between its half and its whole (so a
+fleet that lost its database does not come back in lockstep). Trials send Optuna heartbeats
+every ``trial_heartbeat_s``; a trial silent for ``trial_grace_s`` is failed and retried.
 
 Checkpoints: every worker writes a job's trial checkpoints under ``artifact_dir`` (default
 ``lrtune-artifacts``, relative to the current directory, like the default database), one
@@ -85,22 +91,30 @@ class Settings(BaseSettings):
         description="where workers checkpoint trials, one folder per job; shared by every "
         "worker that may resume a trial and by the store that deletes the job",
     )
-
-    def checkpoint_dir(self, study_name: str) -> Path:
-        """The folder of one job's checkpoints (its study's name: ``lrtune-job-<id>``)."""
-        return self.artifact_dir / study_name
-
     worker_heartbeat_s: float = Field(
         10.0,
         gt=0,
         description="seconds between a worker's heartbeats in lrtune_workers (lrtune workers)",
     )
-    trial_heartbeat_s: int = Field(
-        20,
-        ge=1,
-        description="seconds between Optuna heartbeats of a running trial; a trial whose "
-        "worker died goes stale after three missed beats and is retried",
+    retry_initial_s: float = Field(
+        0.5, gt=0, description="first wait before retrying an unavailable database"
     )
+    retry_max_s: float = Field(
+        15.0, gt=0, description="longest wait between retries of an unavailable database"
+    )
+    trial_heartbeat_s: int = Field(
+        20, ge=1, description="seconds between the heartbeats of a running trial (Optuna's)"
+    )
+    trial_grace_s: int = Field(
+        60,
+        ge=1,
+        description="seconds without a heartbeat after which a running trial counts as dead: "
+        "failed, and queued again to resume from its checkpoint",
+    )
+
+    def checkpoint_dir(self, study_name: str) -> Path:
+        """The folder of one job's checkpoints (its study's name: ``lrtune-job-<id>``)."""
+        return self.artifact_dir / study_name
 
     @classmethod
     def from_env(cls) -> Settings:
