@@ -19,7 +19,8 @@ Example:
     >>> read_finder(storage, "lrtune-job-none")
     (None, None)
     >>> study = optuna.create_study(storage=storage, study_name="doc")
-    >>> study.enqueue_trial({}, user_attrs={"schedule": {"family": "cosine"}, "base_lr": 0.1})
+    >>> schedule = {"family": "cosine", "T_max": 4}
+    >>> study.enqueue_trial({}, user_attrs={"schedule": schedule, "base_lr": 0.1})
     >>> [(t.number, t.state, t.family, t.base_lr) for t in read_trials(storage, "doc")]
     [(0, 'WAITING', 'cosine', 0.1)]
 """
@@ -27,12 +28,13 @@ Example:
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
 from lrtune._schema import JsonFloat, LRSteps, ResultModel
 from lrtune.result import LRBounds, LRFinderResult, TrainingRun
+from lrtune.schedules import ScheduleSpec, parse_schedule
 
 if TYPE_CHECKING:
     import optuna
@@ -57,8 +59,10 @@ class TrialView(ResultModel):
     number: int
     state: str = Field(description="Optuna's trial state: COMPLETE, PRUNED, FAIL, RUNNING, ...")
     family: str | None
-    params: dict[str, Any] = Field(description="the sampled parameters")
-    schedule: dict[str, Any] | None = Field(description="the schedule spec it trained with")
+    params: dict[str, float | int | str | bool | None] = Field(
+        description="the parameters Optuna sampled (or the queue fixed)"
+    )
+    schedule: ScheduleSpec | None = Field(description="the schedule spec it trained with")
     base_lr: float | None
     value: JsonFloat | None = Field(description="the final (or last reported) metric")
     status: str | None = Field(description="how the run ended: completed, pruned, diverged, ...")
@@ -100,13 +104,14 @@ class TrialView(ResultModel):
         else:
             epochs = [{"epoch": k, metric: v} for k, v in sorted(trial.intermediate_values.items())]
         schedule = attrs.get(ATTR_SCHEDULE)
+        spec = parse_schedule(schedule) if schedule is not None else None
         return cls(
             kind=kind,
             number=trial.number,
             state=trial.state.name,
-            family=(schedule or {}).get("family", trial.params.get("family")),
+            family=spec.family if spec is not None else trial.params.get("family"),
             params=dict(trial.params),
-            schedule=schedule,
+            schedule=spec,
             base_lr=attrs.get(ATTR_BASE_LR),
             value=value,
             status=run.status if run is not None else None,

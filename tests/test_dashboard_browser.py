@@ -204,9 +204,57 @@ def _measure_job_page(browser, url: str) -> dict[str, float]:
             decoded_bytes: nav.decodedBodySize + sum(res, "decodedBodySize"),
             first_chart_ms: window.__firstChartAt,
             dom_content_loaded_ms: nav.domContentLoadedEventEnd,
+            by_resource: Object.fromEntries(res.map(
+              (e) => [new URL(e.name).pathname, [e.transferSize, e.decodedBodySize]])),
           };
         }"""
     )
     figures["first_chart_wall_ms"] = round(wall_ms, 1)
     context.close()
     return figures
+
+
+def test_a_range_test_curve_grows_from_progress_events_behind_the_login(tmp_path: Path) -> None:
+    """Progress events carrying range-test points ([lr, loss, seed]) draw a growing curve; the
+    page gets in with the login cookie (EventSource sends no header)."""
+    from live_api import serve
+    from small_jobs import small_job
+
+    from lrtune.api import Settings, create_app
+    from lrtune.jobs import JobStore
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    store = JobStore(url)
+    job = store.submit(small_job(n_trials=2))
+    assert store.claim("test-worker", lease_s=60, job_id=job.id) is not None  # now finding
+    settings = Settings(
+        database_url=url, api_token="br0wser-t0ken", api_token_for_reads=True, sse_poll_s=0.1
+    )
+    lrs = [1e-5 * 1.1**k for k in range(120)]
+
+    def send(start: int, stop: int) -> None:
+        points = [[lrs[k], 2.0 - k / 100, s] for k in range(start, stop) for s in (0, 1)]
+        progress = {"range_test_steps_done": 2 * stop, "range_test_steps_total": 2 * len(lrs)}
+        store.append_event(job.id, "progress", {**progress, "points": points})
+
+    send(0, 40)
+    with (
+        serve(create_app(settings, store=store)) as base,
+        playwright_sync.sync_playwright() as p,
+    ):
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{base}/jobs/{job.id}")
+        page.wait_for_url("**/login?next=*")  # the API said 401
+        page.fill("#token", "br0wser-t0ken")
+        page.click("#login-form button[type=submit]")
+        page.wait_for_url(f"**/jobs/{job.id}")
+        page.wait_for_selector("#finder-chart[data-points='80'] canvas", timeout=30_000)
+        _shot(page, "6-range-test-partial")
+        send(40, 120)
+        page.wait_for_selector("#finder-chart[data-points='240']", timeout=30_000)
+        assert "range test 240/240 steps" in page.locator("#job-progress-text").inner_text()
+        assert page.locator("#job-status [data-status='finding']").count() == 1
+        _shot(page, "7-range-test-grown")
+        browser.close()

@@ -5,7 +5,7 @@ import { PALETTE, PHASES, api, badge, bar, decodeSteps, el, fmtDuration, fmtLR, 
 const jobId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
 const base = `/v1/jobs/${encodeURIComponent(jobId)}`;
 const REFRESH_MS = 1000; // at most one round of reads a second, however fast events come
-const state = { job: null, finder: null, trials: null, rec: null, charts: {}, partial: [] };
+const state = { job: null, finder: null, trials: null, rec: null, charts: {}, partial: [], live: {} };
 
 // ---------------------------------------------------------------- charts
 function chartWidth(node) {
@@ -119,19 +119,45 @@ function drawFinder(view) {
   rows.push(el("tr", { class: "recommended" }, el("td", {}, "consensus (chosen)"), el("td", { class: "num" }, fmtLR(chosen)),
     el("td", {}, `median of ${rt.consensus.per_seed.length} seeds' suggestions`)));
   document.querySelector("#suggestions tbody").replaceChildren(...rows);
+  document.getElementById("suggestions").hidden = false;
 }
 
-/** The range test while it runs: points from progress events (when the store sends them). */
+/**
+ * The range test while it runs, from the points its progress events carry: each point is
+ * [lr, smoothed loss] or [lr, smoothed loss, seed]. The seeds sweep the same LR grid, so
+ * their points share x values. Redrawn at most every 250 ms.
+ */
+let partialTimer = null;
 function drawPartial() {
+  if (partialTimer || state.finder?.range_test) return;
+  partialTimer = setTimeout(() => { partialTimer = null; drawPartialNow(); }, 250);
+}
+
+function drawPartialNow() {
   const pts = state.partial;
   if (pts.length < 2 || state.finder?.range_test) return;
+  const xs = [...new Set(pts.map((p) => p[0]))].sort((a, b) => a - b);
+  const index = new Map(xs.map((x, i) => [x, i]));
+  const seeds = [...new Set(pts.map((p) => p[2] ?? 0))].sort((a, b) => a - b);
+  const ys = seeds.map(() => new Array(xs.length).fill(null));
+  for (const [lr, loss, seed] of pts) ys[seeds.indexOf(seed ?? 0)][index.get(lr)] = isFinite(loss) ? loss : null;
+  const series = [{ label: "LR", value: (u, v) => fmtLR(v) }, ...seeds.map((s) => ({ label: `seed ${s + 1}`,
+    stroke: seeds.length > 1 ? "rgba(37, 99, 235, 0.55)" : "#1e3a8a", width: 1.5, spanGaps: true }))];
   const node = document.getElementById("finder-chart");
-  const sorted = [...pts].sort((a, b) => a[0] - b[0]);
-  mount("finder", node, {
-    scales: { x: { distr: 3, time: false } },
-    axes: [lrAxis, { label: "training loss (so far)", size: 60 }],
-    series: [{}, { label: "loss", stroke: "#1e3a8a", width: 1.5 }],
-  }, [sorted.map((p) => p[0]), sorted.map((p) => p[1])]);
+  const chart = state.charts.finder;
+  if (chart && chart.series.length === series.length && node.dataset.partial === "1") {
+    chart.setData([xs, ...ys]); // grow in place
+  } else {
+    mount("finder", node, {
+      scales: { x: { distr: 3, time: false } },
+      axes: [lrAxis, { label: "training loss (so far)", size: 60, values: (u, s) => s.map((v) => fmtNum(v, 3)) }],
+      series, legend: { live: false },
+    }, [xs, ...ys]);
+    node.dataset.partial = "1";
+  }
+  node.dataset.points = String(pts.length);
+  document.getElementById("finder-note").textContent =
+    `The range test is running: ${pts.length} points so far; the median, band and suggestions follow when it has finished.`;
 }
 
 function drawTrials(view) {
@@ -241,11 +267,15 @@ function renderRecommendation(stored) {
 // ---------------------------------------------------------------- live updates
 async function refresh() {
   const job = await api(base);
+  // Progress events may be ahead of the stored progress: keep the furthest of the two.
+  for (const [key, value] of Object.entries(state.live)) {
+    if (!(job.progress[key] >= value)) job.progress[key] = value;
+  }
   renderJob(job);
   const reads = [];
   if (!state.finder?.range_test) reads.push(api(`${base}/finder`).then((view) => {
     state.finder = view;
-    if (view.range_test) drawFinder(view);
+    if (view.range_test) { document.getElementById("finder-chart").dataset.partial = "0"; drawFinder(view); }
   }));
   if (job.status !== "queued" && job.status !== "finding") reads.push(api(`${base}/trials`).then(renderTrials));
   if (job.status === "succeeded" && !state.rec) reads.push(api(`${base}/recommendation`).then(renderRecommendation));
@@ -268,8 +298,10 @@ function onEvent(message) {
   const payload = event.payload || {};
   // A progress event may carry new range-test points: [[lr, loss], ...] (drawn as they come).
   if (Array.isArray(payload.points)) { state.partial.push(...payload.points); drawPartial(); }
-  if (state.job && payload.range_test_steps_done !== undefined) {
-    state.job.progress = { ...state.job.progress, ...pick(payload, Object.keys(state.job.progress)) };
+  const progress = payload.progress || payload; // the job's progress fields, flat or nested
+  if (state.job && progress.range_test_steps_done !== undefined) {
+    state.live = pick(progress, Object.keys(state.job.progress).filter((k) => k !== "best_value"));
+    state.job.progress = { ...state.job.progress, ...state.live };
     renderJob(state.job);
   }
   scheduleRefresh();
