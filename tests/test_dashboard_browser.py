@@ -216,7 +216,7 @@ def _measure_job_page(browser, url: str) -> dict[str, float]:
 
 def test_a_range_test_curve_grows_from_progress_events_behind_the_login(tmp_path: Path) -> None:
     """Progress events carrying range-test points ([lr, loss, seed]) draw a growing curve; the
-    page gets in with the login cookie (EventSource sends no header)."""
+    page gets in with the login cookie (EventSource sends no header), and cancels the job."""
     from live_api import serve
     from small_jobs import small_job
 
@@ -257,4 +257,9 @@ def test_a_range_test_curve_grows_from_progress_events_behind_the_login(tmp_path
         assert "range test 240/240 steps" in page.locator("#job-progress-text").inner_text()
         assert page.locator("#job-status [data-status='finding']").count() == 1
         _shot(page, "7-range-test-grown")
+        page.on("dialog", lambda dialog: dialog.accept())  # "Cancel this job?"
+        page.click("#cancel")
+        page.wait_for_selector("#job-status [data-status='cancelled']", timeout=30_000)
+        assert page.locator("#cancel").is_hidden()
+        assert store.get(job.id).status.value == "cancelled"  # through the cookie's auth
         browser.close()
