@@ -6,8 +6,10 @@ The recommendation, with its LR-vs-step curve, confirmation table and snippet, i
 ``GET /v1/jobs/{id}/recommendation`` (:mod:`.jobs`).
 
 While the range test runs, ``/finder`` answers 200 with ``range_test: null`` and the steps
-done so far; a growing curve needs the store to keep the curve's points as they are
-measured (see the dashboard's notes in the README).
+done so far. The job page draws the growing curve from the job's ``progress`` events instead:
+an event whose payload carries ``points``, ``[[lr, smoothed_loss, seed], ...]`` (the points
+measured since the previous event), adds them to the chart; its progress fields
+(``range_test_steps_done``, ``range_test_steps_total``) move the progress bar.
 
 Example:
     >>> [route.path for route in router.routes]
