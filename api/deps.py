@@ -95,9 +95,9 @@ class LazyStudies:
         if self._storage is None:
             with self._lock:
                 if self._storage is None:
-                    from lrtune.storage import open_storage
+                    from lrtune.study_view import open_reader
 
-                    self._storage = open_storage(self.store.get().url)
+                    self._storage = open_reader(self.store.get().url)
         return self._storage
 
 

@@ -10,6 +10,9 @@ that serves these pages never loads torch.
 - :func:`read_finder`: the stored :class:`~lrtune.result.LRFinderResult` and
   :class:`~lrtune.result.LRBounds`, or ``None`` for each while the range test has not finished
   (the study does not exist yet, or holds no result).
+- :func:`open_reader`: the Optuna storage to read them from: no heartbeat and, on SQLite,
+  deferred transactions, so that a dashboard reading a study never takes the write lock that
+  the workers' IMMEDIATE transactions wait for (:mod:`lrtune.storage` opens workers' storages).
 - :func:`read_trials`: every search trial and confirmation run as a :class:`TrialView`:
   family, params, state, value, per-epoch records, why it stopped, LR per step.
 
@@ -40,7 +43,7 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-__all__ = ["TrialView", "read_finder", "read_trials"]
+__all__ = ["TrialView", "open_reader", "read_finder", "read_trials"]
 
 NO_FAIL_REASON = "failed (no reason recorded)"
 
@@ -123,6 +126,24 @@ class TrialView(ResultModel):
             started=trial.datetime_start,
             finished=trial.datetime_complete,
         )
+
+
+def open_reader(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage over ``url`` for reading studies (see the module).
+
+    Raises:
+        InvalidInputError: the URL does not parse.
+        StorageUnavailableError: the database cannot be reached.
+    """
+    import optuna
+
+    from lrtune._optuna import storage_errors
+    from lrtune._rdb import engine_kwargs, parse_url
+
+    parsed = parse_url(url)
+    kwargs = engine_kwargs(parsed, parsed.render_as_string(hide_password=True))
+    with storage_errors():
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
 
 
 def _load(storage: optuna.storages.BaseStorage, study_name: str) -> optuna.Study | None:

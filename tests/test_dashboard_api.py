@@ -155,3 +155,22 @@ def test_serving_the_finder_and_trials_loads_no_torch(tmp_path) -> None:
         assert http.get(f"/v1/jobs/{{job.id}}/trials").status_code == 200
     """
     assert "torch" not in heavy_modules_after(code)
+
+
+def test_reading_a_study_does_not_wait_for_the_sqlite_write_lock(tmp_path) -> None:
+    """A worker holding SQLite's write lock (its transactions begin IMMEDIATE) does not hold
+    up the dashboard's reads of the study."""
+    import sqlite3
+
+    path = tmp_path / "jobs.db"
+    sqlite_store = JobStore(f"sqlite:///{path}")
+    spec = small_job(n_trials=2, epochs=1, families=["constant"], confirm_seeds=0)
+    job = sqlite_store.submit(spec)
+    Worker(sqlite_store, device="cpu", poll_s=0.05).run(once=True)
+    with client(sqlite_store) as http, contextlib.closing(sqlite3.connect(path)) as writer:
+        assert http.get(f"/v1/jobs/{job.id}/finder").status_code == 200  # storage opened
+        writer.execute("BEGIN IMMEDIATE")  # what a worker's write transaction holds
+        for url_path in (f"/v1/jobs/{job.id}/finder", f"/v1/jobs/{job.id}/trials"):
+            answer = http.get(url_path, timeout=10)
+            assert answer.status_code == 200 and answer.elapsed.total_seconds() < 5
+        writer.rollback()
