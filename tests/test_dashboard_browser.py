@@ -247,6 +247,10 @@ def test_a_range_test_curve_grows_from_progress_events_behind_the_login(tmp_path
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{base}/jobs/{job.id}")
         page.wait_for_url("**/login?next=*")  # the API said 401
+        page.fill("#token", "wrong")
+        page.click("#login-form button[type=submit]")
+        page.wait_for_selector("#login-error:not([hidden])")
+        _shot(page, "0-login-refused")
         page.fill("#token", "br0wser-t0ken")
         page.click("#login-form button[type=submit]")
         page.wait_for_url(f"**/jobs/{job.id}")

@@ -30,7 +30,7 @@ import hmac
 import logging
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from fastapi import APIRouter, Request
 from fastapi import Path as PathParam
@@ -103,7 +103,7 @@ async def login(request: Request, settings: SettingsDep) -> Response:
         token.encode(), expected.get_secret_value().encode()
     ):
         _logger.info("event=login_refused")
-        return RedirectResponse(f"/login?error=1&next={target}", status_code=303)
+        return RedirectResponse(f"/login?error=1&next={quote(target)}", status_code=303)
     response = RedirectResponse(target, status_code=303)
     if expected is not None:
         response.set_cookie(
