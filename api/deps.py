@@ -7,7 +7,13 @@
 - :data:`WriteAuth`: with ``LRTUNE_API_TOKEN`` set, the request must carry
   ``Authorization: Bearer <token>``; compared with :func:`hmac.compare_digest`, refused with
   401 otherwise. Documented in OpenAPI as the ``HTTPBearer`` scheme;
-- :data:`ReadAuth`: the same check on reads, only when ``LRTUNE_API_TOKEN_FOR_READS`` is on.
+- :data:`ReadAuth`: the same check on reads, only when ``LRTUNE_API_TOKEN_FOR_READS`` is on;
+- :data:`StudiesDep`: the Optuna storage over the same database (the jobs' studies), opened
+  on first use; importing Optuna then, never at start.
+
+Both checks also accept the token in the :data:`TOKEN_COOKIE` cookie, which the dashboard's
+login form sets (HttpOnly, SameSite=Strict): a browser's ``EventSource`` cannot send headers.
+The header wins when both are sent.
 
 A route declares what it needs as parameters::
 
@@ -31,14 +37,20 @@ from __future__ import annotations
 
 import hmac
 import threading
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import Depends, Header, Request
+from fastapi import Cookie, Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 
 from lrtune.api.config import Settings
 from lrtune.jobs import JobStore
+
+if TYPE_CHECKING:
+    import optuna
+
+TOKEN_COOKIE = "lrtune_token"
+"""The cookie the dashboard's login sets to the API token (HttpOnly, SameSite=Strict)."""
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -67,6 +79,28 @@ class LazyStore:
         return self._store
 
 
+class LazyStudies:
+    """The Optuna storage of the jobs' studies (the job store's database), opened on first use.
+
+    Opening imports Optuna (never torch); a failure reaches the client as a 503 and the next
+    request tries again.
+    """
+
+    def __init__(self, store: LazyStore) -> None:
+        self.store = store
+        self._storage: optuna.storages.BaseStorage | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> optuna.storages.BaseStorage:
+        if self._storage is None:
+            with self._lock:
+                if self._storage is None:
+                    from lrtune.study_view import open_reader
+
+                    self._storage = open_reader(self.store.get().url)
+        return self._storage
+
+
 def get_settings(request: Request) -> Settings:
     """The settings the app was created with."""
     return request.app.state.settings
@@ -77,8 +111,15 @@ def get_store(request: Request) -> JobStore:
     return request.app.state.store.get()
 
 
+def get_studies(request: Request) -> optuna.storages.BaseStorage:
+    """The Optuna storage of the jobs' studies (a plain ``def``: run in the threadpool)."""
+    return request.app.state.studies.get()
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
+StudiesDep = Annotated[Any, Depends(get_studies)]
+"""The Optuna storage (typed ``Any`` here: Optuna is imported only when it is opened)."""
 
 
 def check_token(settings: Settings, token: str | None) -> None:
@@ -99,23 +140,28 @@ def check_token(settings: Settings, token: str | None) -> None:
         raise _unauthorized("the bearer token is not this server's LRTUNE_API_TOKEN")
 
 
+CookieToken = Annotated[str | None, Cookie(alias=TOKEN_COOKIE, include_in_schema=False)]
+
+
 def require_write_token(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    cookie: CookieToken = None,
 ) -> None:
-    """The write endpoints' check (see :func:`check_token`)."""
-    check_token(settings, credentials.credentials if credentials else None)
+    """The write endpoints' check (see :func:`check_token`): the bearer header or the cookie."""
+    check_token(settings, credentials.credentials if credentials else cookie)
 
 
 def require_read_token(
     settings: SettingsDep,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    cookie: CookieToken = None,
 ) -> None:
     """The read endpoints' check, when ``api_token_for_reads`` is on."""
     if not settings.api_token_for_reads:
         return
     scheme, _, token = (authorization or "").partition(" ")
-    check_token(settings, token.strip() if scheme.lower() == "bearer" else None)
+    check_token(settings, token.strip() if scheme.lower() == "bearer" else cookie)
 
 
 WriteAuth = Annotated[None, Depends(require_write_token)]

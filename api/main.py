@@ -2,9 +2,11 @@
 
 The app holds its :class:`~lrtune.api.config.Settings` and a lazily opened job store on
 ``app.state``; routers come from :mod:`lrtune.api.routes` (``/v1/...``, plus ``/healthz`` and
-``/readyz``), errors are mapped in :mod:`lrtune.api.errors`, and request bodies are capped by
+``/readyz``, and the dashboard's pages at ``/`` with its assets at ``/ui``), errors are
+mapped in :mod:`lrtune.api.errors`, and request bodies are capped by
 :mod:`lrtune.api.middleware`. Building the app and serving jobs imports neither torch nor
-Optuna (a schedule preview imports torch; deleting a job that has a study imports Optuna).
+Optuna (a schedule preview imports torch; deleting a job that has a study, and reading a
+job's range test or trials, import Optuna).
 
 Run it with uvicorn's factory mode (settings from ``LRTUNE_*``)::
 
@@ -24,10 +26,19 @@ from fastapi import APIRouter, FastAPI
 
 from lrtune import __version__
 from lrtune.api.config import Settings
-from lrtune.api.deps import LazyStore
+from lrtune.api.deps import LazyStore, LazyStudies
 from lrtune.api.errors import install_error_handlers
 from lrtune.api.middleware import BodySizeLimit
-from lrtune.api.routes import datasets, health, jobs, models, recommendations, schedules
+from lrtune.api.routes import (
+    dashboard,
+    datasets,
+    health,
+    jobs,
+    models,
+    recommendations,
+    results,
+    schedules,
+)
 from lrtune.api.routes._docs import error_responses
 from lrtune.jobs import JobStore
 from lrtune.jobs.db import get_engine
@@ -75,12 +86,15 @@ def create_app(settings: Settings | None = None, *, store: JobStore | None = Non
     )
     app.state.settings = settings
     app.state.store = LazyStore(settings, store)
+    app.state.studies = LazyStudies(app.state.store)
     install_error_handlers(app)
     app.include_router(health.router)
     # Every /v1 route takes parameters, so any may answer 422 (in the one error body).
     v1 = APIRouter(prefix=API_PREFIX, responses=error_responses(422))
-    for module in (jobs, recommendations, models, datasets, schedules):
+    for module in (jobs, results, recommendations, models, datasets, schedules):
         v1.include_router(module.router)
     app.include_router(v1)
+    app.include_router(dashboard.router)
+    app.mount(dashboard.ASSETS_PATH, dashboard.assets(), name="assets")
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

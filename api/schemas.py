@@ -3,8 +3,9 @@
 Jobs, pages of jobs, events and stored recommendations are served as the job store returns
 them (:mod:`lrtune.jobs.schemas`), and schedules as :mod:`lrtune.schedules` defines them. This
 module holds only what exists because of HTTP: the error body, list envelopes, the schedule
-preview's request and answer, the recommendation lookup's answer (which says how it matched)
-and the health reports. All are pydantic models, so the OpenAPI schema is derived from them.
+preview's request and answer, the recommendation lookup's answer (which says how it matched),
+the health reports, and the dashboard's views of a job's range test and trials. All are
+pydantic models, so the OpenAPI schema is derived from them.
 
 Example:
     >>> body = ErrorBody(detail="no job 'x' in the job store")
@@ -24,8 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lrtune._schema import LRSteps
 from lrtune.jobs.schemas import StoredRecommendation
+from lrtune.result import LRBounds, LRFinderResult
 from lrtune.schedules import ScheduleSpec
 from lrtune.spec import MAX_EPOCHS
+from lrtune.study_view import TrialView
 
 MAX_PREVIEW_STEPS = 20_000
 """Most optimizer steps one schedule preview may ask for (epochs times steps per epoch)."""
@@ -148,3 +151,37 @@ class Readiness(_Strict):
     database: str = Field(description="the job store's URL, password hidden")
     schema_revision: str = Field(description="the revision this lrtune needs")
     detail: str | None = Field(None, description="why it is not ready")
+
+
+class FinderView(_Strict):
+    """A job's range test as the dashboard draws it: ``GET /v1/jobs/{id}/finder``.
+
+    ``range_test`` holds the per-seed curves (``seeds``), the ``median`` and the band
+    (``band_low``/``band_high``), every rule's suggestion (``suggestions``), the chosen one
+    (``consensus.suggestion``, with the seeds' ``spread_decades``); ``bounds`` the LR range the
+    search draws from. Both are null until the range test has finished; meanwhile
+    ``steps_done``/``steps_total`` say how far it has got (from the job's progress).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str
+    status: str = Field(description="the job's state")
+    steps_done: int = Field(description="range-test steps done (all seeds' sweeps together)")
+    steps_total: int = Field(description="range-test steps in all (0 until known)")
+    chosen_rule: str = Field(
+        "consensus", description="the rule whose suggestion the search used (consensus)"
+    )
+    range_test: LRFinderResult | None = Field(description="null until the range test finished")
+    bounds: LRBounds | None = Field(description="null until the range test finished")
+
+
+class TrialsView(_Strict):
+    """A job's search trials, then its confirmation runs: ``GET /v1/jobs/{id}/trials``."""
+
+    job_id: str
+    status: str = Field(description="the job's state")
+    metric: str = Field(description="the searched metric (the trials' `value`)")
+    direction: Literal["minimize", "maximize"]
+    data: list[TrialView]
+    count: int

@@ -61,6 +61,18 @@ def test_the_wheel_installs_only_lrtune_with_api_workers_and_migrations_inside(
     assert {"lrtune/api/__init__.py", "lrtune/workers/__init__.py"} <= set(names)
     assert {"lrtune/jobs/migrations/env.py", "lrtune/jobs/migrations/script.py.mako"} <= set(names)
     assert _expected_modules() <= set(names)  # every package listed in pyproject.toml
+    assert _dashboard_assets() <= set(names)  # package data: pages, scripts, vendored uPlot
+    assert "lrtune/api/static/vendor/uplot/LICENSE" in names
+
+
+def _dashboard_assets() -> set[str]:
+    """Every file of the dashboard's static folder, at its path in the wheel."""
+    static = REPO / "api" / "static"
+    return {
+        f"lrtune/api/static/{path.relative_to(static).as_posix()}"
+        for path in static.rglob("*")
+        if path.is_file()
+    }
 
 
 def test_an_editable_install_maps_api_and_workers_under_lrtune(

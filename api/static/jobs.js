@@ -1,0 +1,38 @@
+// The jobs list: polled every few seconds (GET /v1/jobs).
+import { PHASES, age, api, badge, bar, el, fmtDuration, fmtNum, progressOf } from "./common.js";
+
+const POLL_MS = 3000;
+const body = document.querySelector("#jobs tbody");
+
+function row(job) {
+  const progress = progressOf(job);
+  const name = job.name || job.id.slice(0, 8);
+  return el("tr", { "data-job": job.id },
+    el("td", {}, el("a", { href: `/jobs/${job.id}` }, name),
+      el("div", { class: "muted" }, `${job.spec.model.name} / ${job.spec.dataset.name}`)),
+    el("td", {}, badge(job.status)),
+    el("td", {}, PHASES[job.status] || job.status),
+    el("td", { title: progress.label }, bar(progress.fraction),
+      el("div", { class: "muted" }, progress.label)),
+    el("td", {}, progress.eta === null ? "–" : fmtDuration(progress.eta)),
+    el("td", { class: "num" }, fmtNum(job.progress.best_value),
+      el("div", { class: "muted" }, job.spec.search.metric)),
+    el("td", { title: job.created_at }, age(job.created_at)),
+  );
+}
+
+async function refresh() {
+  const error = document.getElementById("jobs-error");
+  try {
+    const page = await api("/v1/jobs?limit=100");
+    body.replaceChildren(...page.data.map(row));
+    document.getElementById("jobs-empty").hidden = page.data.length > 0;
+    error.hidden = true;
+  } catch (exc) {
+    error.textContent = `Cannot read the jobs: ${exc.message}`;
+    error.hidden = false;
+  }
+}
+
+refresh();
+setInterval(() => { if (!document.hidden) refresh(); }, POLL_MS);

@@ -1,0 +1,198 @@
+"""What a job's Optuna study holds, read without torch: the range test and the trials.
+
+The HTTP API serves a job's range test (``GET /v1/jobs/{id}/finder``) and its trials
+(``GET /v1/jobs/{id}/trials``) from the job's study, where the worker stored them
+(:mod:`lrtune.tuner` writes the ``lrtune.*`` attributes named in :mod:`lrtune._optuna`).
+:mod:`lrtune.tuner` imports torch; this module imports neither torch nor, until a
+function here is called, Optuna: the API's schemas use :class:`TrialView`, and an API process
+that serves these pages never loads torch.
+
+- :func:`read_finder`: the stored :class:`~lrtune.result.LRFinderResult` and
+  :class:`~lrtune.result.LRBounds`, or ``None`` for each while the range test has not finished
+  (the study does not exist yet, or holds no result).
+- :func:`open_reader`: the Optuna storage to read them from: no heartbeat and, on SQLite,
+  deferred transactions, so that a dashboard reading a study never takes the write lock that
+  the workers' IMMEDIATE transactions wait for (:mod:`lrtune.storage` opens workers' storages).
+- :func:`read_trials`: every search trial and confirmation run as a :class:`TrialView`:
+  family, params, state, value, per-epoch records, why it stopped, LR per step.
+
+Example:
+    >>> import optuna
+    >>> storage = optuna.storages.InMemoryStorage()
+    >>> read_finder(storage, "lrtune-job-none")
+    (None, None)
+    >>> study = optuna.create_study(storage=storage, study_name="doc")
+    >>> schedule = {"family": "cosine", "T_max": 4}
+    >>> study.enqueue_trial({}, user_attrs={"schedule": schedule, "base_lr": 0.1})
+    >>> [(t.number, t.state, t.family, t.base_lr) for t in read_trials(storage, "doc")]
+    [(0, 'WAITING', 'cosine', 0.1)]
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field
+
+from lrtune._schema import JsonFloat, LRSteps, ResultModel
+from lrtune.result import LRBounds, LRFinderResult, TrainingRun
+from lrtune.schedules import ScheduleSpec, parse_schedule
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+__all__ = ["TrialView", "open_reader", "read_finder", "read_trials"]
+
+NO_FAIL_REASON = "failed (no reason recorded)"
+
+
+class TrialView(ResultModel):
+    """One search trial or confirmation run as the dashboard shows it.
+
+    ``epochs`` holds the per-epoch records (``epoch``, ``train_loss``, ``val_loss`` and the
+    dataset's metrics) of a finished run, or, while it runs, the metric values reported so far
+    (``{"epoch": k, "<metric>": v}``); ``reason`` says why it was pruned, stopped early or
+    failed; ``lr_steps`` is the LR of every param group at every step (run-length encoded in
+    JSON).
+    """
+
+    kind: Literal["search", "confirmation"]
+    number: int
+    state: str = Field(description="Optuna's trial state: COMPLETE, PRUNED, FAIL, RUNNING, ...")
+    family: str | None
+    params: dict[str, float | int | str | bool | None] = Field(
+        description="the parameters Optuna sampled (or the queue fixed)"
+    )
+    schedule: ScheduleSpec | None = Field(description="the schedule spec it trained with")
+    base_lr: float | None
+    value: JsonFloat | None = Field(description="the final (or last reported) metric")
+    status: str | None = Field(description="how the run ended: completed, pruned, diverged, ...")
+    reason: str | None = Field(description="why it was pruned, stopped early or failed")
+    candidate: str | None = Field(None, description="a confirmation run's candidate")
+    seed: int | None = Field(None, description="a confirmation run's seed")
+    epochs: list[dict[str, JsonFloat]] = Field(default_factory=list)
+    lr_steps: LRSteps = Field(default_factory=list)
+    started: datetime | None = None
+    finished: datetime | None = None
+
+    @classmethod
+    def read(
+        cls, trial: FrozenTrial, kind: Literal["search", "confirmation"], metric: str
+    ) -> TrialView:
+        from lrtune._optuna import (
+            ATTR_BASE_LR,
+            ATTR_CANDIDATE,
+            ATTR_FAIL_REASON,
+            ATTR_RUN,
+            ATTR_SCHEDULE,
+            ATTR_SEED,
+            ATTR_STOP_REASON,
+        )
+
+        attrs = trial.user_attrs
+        run = TrainingRun.model_validate(attrs[ATTR_RUN]) if ATTR_RUN in attrs else None
+        value = trial.value
+        if value is None and trial.intermediate_values:
+            value = trial.intermediate_values[max(trial.intermediate_values)]
+        reason = attrs.get(ATTR_STOP_REASON)
+        if trial.state.name == "FAIL":
+            reason = attrs.get(ATTR_FAIL_REASON, NO_FAIL_REASON)
+        candidate = attrs.get(ATTR_CANDIDATE)
+        if candidate is not None:
+            candidate = candidate.get("name") or f"finalist {candidate['rank'] + 1}"
+        if run is not None:
+            epochs = run.epochs
+        else:
+            epochs = [{"epoch": k, metric: v} for k, v in sorted(trial.intermediate_values.items())]
+        schedule = attrs.get(ATTR_SCHEDULE)
+        spec = parse_schedule(schedule) if schedule is not None else None
+        return cls(
+            kind=kind,
+            number=trial.number,
+            state=trial.state.name,
+            family=spec.family if spec is not None else trial.params.get("family"),
+            params=dict(trial.params),
+            schedule=spec,
+            base_lr=attrs.get(ATTR_BASE_LR),
+            value=value,
+            status=run.status if run is not None else None,
+            reason=reason or (run.reason if run is not None else None),
+            candidate=candidate,
+            seed=attrs.get(ATTR_SEED),
+            epochs=epochs,
+            lr_steps=run.lr_steps if run is not None else [],
+            started=trial.datetime_start,
+            finished=trial.datetime_complete,
+        )
+
+
+def open_reader(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage over ``url`` for reading studies (see the module).
+
+    Raises:
+        InvalidInputError: the URL does not parse.
+        StorageUnavailableError: the database cannot be reached.
+    """
+    import optuna
+
+    from lrtune._optuna import storage_errors
+    from lrtune._rdb import engine_kwargs, parse_url
+
+    parsed = parse_url(url)
+    kwargs = engine_kwargs(parsed, parsed.render_as_string(hide_password=True))
+    with storage_errors():
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+
+
+def _load(storage: optuna.storages.BaseStorage, study_name: str) -> optuna.Study | None:
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:  # no such study (yet)
+        return None
+
+
+def read_finder(
+    storage: optuna.storages.BaseStorage, study_name: str
+) -> tuple[LRFinderResult | None, LRBounds | None]:
+    """The study's range test and LR bounds; ``None`` for each not stored yet.
+
+    Raises:
+        StorageUnavailableError: the storage failed.
+    """
+    from lrtune._optuna import ATTR_BOUNDS, ATTR_RANGE_TEST, storage_errors
+
+    with storage_errors():
+        study = _load(storage, study_name)
+        attrs = study.user_attrs if study is not None else {}
+    result = attrs.get(ATTR_RANGE_TEST)
+    bounds = attrs.get(ATTR_BOUNDS)
+    return (
+        LRFinderResult.model_validate(result) if result is not None else None,
+        LRBounds.model_validate(bounds) if bounds is not None else None,
+    )
+
+
+def read_trials(
+    storage: optuna.storages.BaseStorage, study_name: str, metric: str = "value"
+) -> list[TrialView]:
+    """Every search trial, then every confirmation run, in trial order (empty before any).
+
+    ``metric`` names the value a running trial's reported values are (the spec's
+    ``search.metric``).
+
+    Raises:
+        StorageUnavailableError: the storage failed.
+    """
+    from lrtune._optuna import CONFIRM_SUFFIX, storage_errors
+
+    views = []
+    for name, kind in ((study_name, "search"), (study_name + CONFIRM_SUFFIX, "confirmation")):
+        with storage_errors():
+            study = _load(storage, name)
+            trials = study.get_trials(deepcopy=False) if study is not None else []
+        views += [TrialView.read(t, kind, metric) for t in trials]  # type: ignore[arg-type]
+    return views

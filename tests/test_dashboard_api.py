@@ -1,0 +1,176 @@
+"""The dashboard's server side over real HTTP: its pages and assets, the range-test and trials
+endpoints on a job a real worker ran, and the login cookie the browser authenticates with.
+
+The browser itself is tested in tests/test_dashboard_browser.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from live_api import serve
+from small_jobs import small_job
+from test_imports import heavy_modules_after
+
+from lrtune.api import Settings, create_app
+from lrtune.api.deps import TOKEN_COOKIE
+from lrtune.jobs import JobRecord, JobStatus, JobStore
+from lrtune.workers.loop import Worker
+
+TOKEN = "c00kie-t0ken-never-shown"
+N_TRIALS = 3
+
+
+@pytest.fixture
+def finished(store: JobStore) -> JobRecord:
+    """A tiny job run to its recommendation by a real worker (in this process)."""
+    spec = small_job(n_trials=N_TRIALS, epochs=2, families=["constant", "cosine"], confirm_seeds=1)
+    job = store.submit(spec)
+    Worker(store, device="cpu", poll_s=0.05).run(once=True)
+    job = store.get(job.id)
+    assert job.status is JobStatus.SUCCEEDED, job.error
+    return job
+
+
+@contextlib.contextmanager
+def client(store: JobStore, **fields: object) -> Iterator[httpx.Client]:
+    app = create_app(Settings(database_url=store.url, **fields), store=store)
+    with serve(app) as url, httpx.Client(base_url=url, timeout=60) as http:
+        yield http
+
+
+def test_the_finder_serves_curves_band_rules_the_chosen_one_and_bounds(
+    store: JobStore, finished: JobRecord
+) -> None:
+    with client(store) as http:
+        view = http.get(f"/v1/jobs/{finished.id}/finder").json()
+    rt = view["range_test"]
+    assert view["status"] == "succeeded" and view["chosen_rule"] == "consensus"
+    assert len(rt["seeds"]) == 2 and len(rt["lrs"]) == len(rt["seeds"][0]["smoothed"])
+    assert 0 < len(rt["median"]) == len(rt["band_low"]) == len(rt["band_high"]) <= len(rt["lrs"])
+    assert {"steepest", "longest_run"} <= set(rt["suggestions"])
+    chosen = rt["consensus"]["suggestion"]["lr"]
+    assert chosen == rt["suggestion"] and rt["spread_decades"] is not None
+    bounds = view["bounds"]
+    assert bounds["low"] < bounds["high"] and math.isclose(bounds["suggestion"], chosen)
+    assert view["steps_done"] > 0
+
+
+def test_the_trials_carry_family_params_state_epochs_reason_and_lr_curve(
+    store: JobStore, finished: JobRecord
+) -> None:
+    with client(store) as http:
+        view = http.get(f"/v1/jobs/{finished.id}/trials").json()
+    search = [t for t in view["data"] if t["kind"] == "search"]
+    confirmation = [t for t in view["data"] if t["kind"] == "confirmation"]
+    assert view["metric"] == "val_loss" and view["count"] == len(view["data"])
+    assert [t["number"] for t in search] == list(range(N_TRIALS))
+    assert confirmation and all(t["candidate"] and t["seed"] is not None for t in confirmation)
+    for trial in search:
+        assert trial["family"] in {"constant", "cosine"}
+        assert trial["state"] in {"COMPLETE", "PRUNED"}
+        assert trial["epochs"] and "val_loss" in trial["epochs"][0]
+        rows = sum(count for _, count in trial["lr_steps"])  # run-length encoded
+        assert rows == len(trial["epochs"]) * (rows // len(trial["epochs"])) > 0
+        if trial["state"] == "PRUNED":
+            assert trial["reason"]
+
+
+def test_the_range_test_is_null_with_its_progress_before_it_has_run(store: JobStore) -> None:
+    job = store.submit(small_job(n_trials=2))
+    with client(store) as http:
+        finder = http.get(f"/v1/jobs/{job.id}/finder")
+        trials = http.get(f"/v1/jobs/{job.id}/trials")
+        missing = http.get("/v1/jobs/no-such-job/finder")
+    assert finder.status_code == 200, finder.text
+    assert finder.json()["range_test"] is None and finder.json()["steps_total"] == 0
+    assert trials.json()["data"] == [] and trials.json()["status"] == "queued"
+    assert missing.status_code == 404 and "no-such-job" in missing.json()["detail"]
+
+
+def test_pages_and_vendored_assets_are_served_with_their_types(store: JobStore) -> None:
+    with client(store) as http:
+        for path in ("/", "/jobs/anything", "/submit", "/login"):
+            page = http.get(path)
+            assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+            assert "/ui/lrtune.css" in page.text and "cdn" not in page.text.lower()
+        script = http.get("/ui/vendor/uplot/uPlot.iife.min.js")
+        assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+        assert script.text.startswith("/*! https://github.com/leeoniya/uPlot (v1.6.32) */")
+        assert "MIT" in http.get("/ui/vendor/uplot/LICENSE").text
+        assert http.get("/ui/job.js").status_code == 200
+        assert http.get("/ui/../main.py").status_code == 404
+        assert "/" not in {p for p in http.get("/openapi.json").json()["paths"]}
+
+
+def test_the_login_cookie_authenticates_reads_writes_and_the_event_stream(
+    store: JobStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    for server_side in ("lrtune", "uvicorn", "fastapi", "starlette"):  # not the test's client
+        caplog.set_level(logging.DEBUG, logger=server_side)
+    job = store.submit(small_job(n_trials=2))
+    with client(store, api_token=TOKEN, api_token_for_reads=True) as http:
+        assert http.get("/v1/jobs").status_code == 401
+        assert http.get("/").status_code == 200  # pages hold no data
+        wrong = http.post("/login", data={"token": "guess", "next": "/"})
+        assert wrong.status_code == 303 and wrong.headers["location"].startswith("/login?error")
+        assert TOKEN_COOKIE not in wrong.cookies and "guess" not in wrong.text
+        ok = http.post("/login", data={"token": TOKEN, "next": f"/jobs/{job.id}"})
+        assert ok.status_code == 303 and ok.headers["location"] == f"/jobs/{job.id}"
+        cookie = ok.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+        assert http.get("/v1/jobs").status_code == 200  # httpx keeps the cookie
+        with http.stream("GET", f"/v1/jobs/{job.id}/events") as stream:
+            assert stream.status_code == 200
+            assert stream.headers["content-type"].startswith("text/event-stream")
+        assert http.post(f"/v1/jobs/{job.id}/cancel").status_code == 200
+        http.cookies.set(TOKEN_COOKIE, "forged")
+        refused = http.get("/v1/jobs")
+        assert refused.status_code == 401 and "forged" not in refused.text
+        assert (
+            http.post("/login", data={"token": TOKEN, "next": "//evil.example"}).headers["location"]
+            == "/"
+        )
+    assert TOKEN not in caplog.text and "forged" not in caplog.text
+
+
+def test_serving_the_finder_and_trials_loads_no_torch(tmp_path) -> None:
+    code = f"""
+        from fastapi.testclient import TestClient
+        from lrtune.api import Settings, create_app
+        from lrtune.jobs import JobStore
+        from lrtune.spec import JobSpec
+        url = "sqlite:///{tmp_path / "jobs.db"}"
+        store = JobStore(url)
+        job = store.submit(JobSpec.model_validate(
+            {{"model": {{"name": "logreg"}}, "dataset": {{"name": "wine"}}}}))
+        http = TestClient(create_app(Settings(database_url=url), store=store))
+        assert http.get("/").status_code == 200
+        assert http.get(f"/v1/jobs/{{job.id}}/finder").status_code == 200
+        assert http.get(f"/v1/jobs/{{job.id}}/trials").status_code == 200
+    """
+    assert "torch" not in heavy_modules_after(code)
+
+
+def test_reading_a_study_does_not_wait_for_the_sqlite_write_lock(tmp_path) -> None:
+    """A worker holding SQLite's write lock (its transactions begin IMMEDIATE) does not hold
+    up the dashboard's reads of the study."""
+    import sqlite3
+
+    path = tmp_path / "jobs.db"
+    sqlite_store = JobStore(f"sqlite:///{path}")
+    spec = small_job(n_trials=2, epochs=1, families=["constant"], confirm_seeds=0)
+    job = sqlite_store.submit(spec)
+    Worker(sqlite_store, device="cpu", poll_s=0.05).run(once=True)
+    with client(sqlite_store) as http, contextlib.closing(sqlite3.connect(path)) as writer:
+        assert http.get(f"/v1/jobs/{job.id}/finder").status_code == 200  # storage opened
+        writer.execute("BEGIN IMMEDIATE")  # what a worker's write transaction holds
+        for url_path in (f"/v1/jobs/{job.id}/finder", f"/v1/jobs/{job.id}/trials"):
+            answer = http.get(url_path, timeout=10)
+            assert answer.status_code == 200 and answer.elapsed.total_seconds() < 5
+        writer.rollback()

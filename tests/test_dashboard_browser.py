@@ -1,0 +1,269 @@
+"""The dashboard in a real headless Chromium (Debian's ``chromium``, driven by Playwright).
+
+uvicorn serves the API and a real ``lrtune worker`` process runs the jobs, both on one SQLite
+file. The test submits a job through the form (after a 422 shown inline), follows the job
+page as the worker runs it (progress, the range test's chart, the trials, the
+recommendation), copies the snippet, and measures the job page's transfer size and its time
+to the first drawn chart. Screenshots and the figures go to ``test-artifacts/dashboard/``
+(gitignored): look at them.
+
+Skipped when Playwright or ``/usr/bin/chromium`` is missing, unless ``LRTUNE_BROWSER_TESTS``
+is ``require`` (``.ci/run`` sets it, after installing Chromium): then their absence fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lrtune.jobs import upgrade
+
+CHROMIUM = Path("/usr/bin/chromium")
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts" / "dashboard"
+
+REQUIRED = os.environ.get("LRTUNE_BROWSER_TESTS") == "require"
+
+if REQUIRED:
+    import playwright.sync_api as playwright_sync
+
+    assert CHROMIUM.exists(), "LRTUNE_BROWSER_TESTS=require, but /usr/bin/chromium is missing"
+else:
+    playwright_sync = pytest.importorskip("playwright.sync_api")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin"),
+]
+
+# Slow enough to watch (a long range test, a few epochs per trial), small enough for CI.
+JOB = {
+    "name": "browser-wine",
+    "model": {"params": {}},
+    "dataset": {"params": {"val_fraction": 0.25}},
+    "optimizer": {"name": "adamw", "weight_decay": 0.01},
+    "batch_size": 16,
+    "range_test": {"seeds": 3, "num_iter": 300},
+    "search": {
+        "n_trials": 5,
+        "epochs": 4,
+        "families": ["constant", "cosine", "onecycle"],
+        "confirm_seeds": 2,
+    },
+}
+
+
+def _env(url: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "LRTUNE_DATABASE_URL": url,
+        "OMP_NUM_THREADS": "1",
+        "LRTUNE_TORCH_THREADS": "1",
+        "LRTUNE_SSE_POLL_S": "0.25",
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    with log.open("w") as out:
+        proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            yield proc
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[str]:
+    """uvicorn (the API and dashboard) and one ``lrtune worker``, on one SQLite file."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    upgrade(url)
+    port = _free_port()
+    server = [sys.executable, "-m", "uvicorn", "lrtune.api.main:create_app", "--factory"]
+    server += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    worker = [sys.executable, "-m", "lrtune.cli", "worker", "--database", url, "--lease-s", "20"]
+    with (
+        _process(server, _env(url), ARTIFACTS / "uvicorn.log"),
+        _process(worker, _env(url), ARTIFACTS / "worker.log"),
+    ):
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, (ARTIFACTS / "uvicorn.log").read_text()
+            time.sleep(0.2)
+        yield base
+
+
+def _shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_submit_watch_and_copy_in_a_real_browser(service: str) -> None:
+    with playwright_sync.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        context.grant_permissions(["clipboard-read", "clipboard-write"], origin=service)
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+        # The form: the registry fills the selects; a bad field is a 422 shown beside it.
+        page.goto(f"{service}/submit")
+        page.wait_for_selector("#submit-form[data-ready='1']")
+        assert page.locator("#model option[value='logreg']").count() == 1
+        page.select_option("#model", "logreg")
+        page.select_option("#dataset", "wine")
+        bad = {**JOB, "search": {**JOB["search"], "n_trials": 0}}
+        page.fill("#spec", json.dumps(bad, indent=2))
+        page.click("#submit")
+        error = page.wait_for_selector("#spec-errors li[data-loc='search.n_trials']")
+        assert "greater than or equal" in error.inner_text()
+        _shot(page, "1-submit-422")
+        page.fill("#spec", json.dumps(JOB, indent=2))
+        page.click("#submit")
+        page.wait_for_url("**/jobs/*")
+        job_id = page.url.rstrip("/").split("/")[-1]
+
+        # Live: the page follows the job as the worker runs it.
+        started = "#job-status [data-status]:not([data-status='queued'])"
+        page.wait_for_selector(started, timeout=60_000)
+        _shot(page, "2-job-running")
+        page.wait_for_selector("#finder-chart[data-drawn='1'] canvas", timeout=120_000)
+        assert page.locator("#suggestions tbody tr").count() >= 3
+        assert "chosen" in page.locator("#finder-note").inner_text()
+        page.wait_for_selector("#trials tbody tr", timeout=120_000)
+        _shot(page, "3-job-searching")
+        page.wait_for_selector("#rec-body:not([hidden])", timeout=240_000)
+        assert page.locator("#job-status [data-status='succeeded']").count() == 1
+        assert page.locator("#trials tbody tr").count() >= JOB["search"]["n_trials"]
+        page.wait_for_selector("#trials-chart[data-drawn='1'] canvas")
+        page.wait_for_selector("#schedule-chart[data-drawn='1'] canvas")
+        assert page.locator("#confirmation tbody tr.recommended").count() == 1
+        snippet = page.locator("#snippet").inner_text()
+        assert "lr_scheduler" in snippet or "optim" in snippet
+        page.click("#copy")
+        page.wait_for_selector("#copy:text('Copied')")
+        assert page.evaluate("navigator.clipboard.readText()") == snippet
+        assert page.locator("#cancel").is_hidden()
+        _shot(page, "4-job-succeeded")
+
+        # The jobs list shows it finished.
+        page.goto(service)
+        page.wait_for_selector(f"tr[data-job='{job_id}'] [data-status='succeeded']")
+        _shot(page, "5-jobs")
+
+        figures = _measure_job_page(browser, f"{service}/jobs/{job_id}")
+        (ARTIFACTS / "figures.json").write_text(json.dumps(figures, indent=2))
+        print("dashboard job page:", figures)
+        assert errors == [], errors
+        browser.close()
+
+
+def _measure_job_page(browser, url: str) -> dict[str, float]:
+    """Transfer size (bytes over the wire, cold cache) and time to the first drawn chart."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    started = time.monotonic()
+    page.goto(url)
+    page.wait_for_function("window.__firstChartAt !== undefined", timeout=30_000)
+    wall_ms = (time.monotonic() - started) * 1000
+    page.wait_for_load_state("networkidle")
+    figures = page.evaluate(
+        """() => {
+          const nav = performance.getEntriesByType("navigation")[0];
+          const res = performance.getEntriesByType("resource");
+          const sum = (xs, key) => xs.reduce((a, e) => a + (e[key] || 0), 0);
+          return {
+            requests: res.length + 1,
+            transfer_bytes: nav.transferSize + sum(res, "transferSize"),
+            decoded_bytes: nav.decodedBodySize + sum(res, "decodedBodySize"),
+            first_chart_ms: window.__firstChartAt,
+            dom_content_loaded_ms: nav.domContentLoadedEventEnd,
+            by_resource: Object.fromEntries(res.map(
+              (e) => [new URL(e.name).pathname, [e.transferSize, e.decodedBodySize]])),
+          };
+        }"""
+    )
+    figures["first_chart_wall_ms"] = round(wall_ms, 1)
+    context.close()
+    return figures
+
+
+def test_a_range_test_curve_grows_from_progress_events_behind_the_login(tmp_path: Path) -> None:
+    """Progress events carrying range-test points ([lr, loss, seed]) draw a growing curve; the
+    page gets in with the login cookie (EventSource sends no header), and cancels the job."""
+    from live_api import serve
+    from small_jobs import small_job
+
+    from lrtune.api import Settings, create_app
+    from lrtune.jobs import JobStore
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    store = JobStore(url)
+    job = store.submit(small_job(n_trials=2))
+    assert store.claim("test-worker", lease_s=60, job_id=job.id) is not None  # now finding
+    settings = Settings(
+        database_url=url, api_token="br0wser-t0ken", api_token_for_reads=True, sse_poll_s=0.1
+    )
+    lrs = [1e-5 * 1.1**k for k in range(120)]
+
+    def send(start: int, stop: int) -> None:
+        points = [[lrs[k], 2.0 - k / 100, s] for k in range(start, stop) for s in (0, 1)]
+        progress = {"range_test_steps_done": 2 * stop, "range_test_steps_total": 2 * len(lrs)}
+        store.append_event(job.id, "progress", {**progress, "points": points})
+
+    send(0, 40)
+    with (
+        serve(create_app(settings, store=store)) as base,
+        playwright_sync.sync_playwright() as p,
+    ):
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{base}/jobs/{job.id}")
+        page.wait_for_url("**/login?next=*")  # the API said 401
+        page.fill("#token", "wrong")
+        page.click("#login-form button[type=submit]")
+        page.wait_for_selector("#login-error:not([hidden])")
+        _shot(page, "0-login-refused")
+        page.fill("#token", "br0wser-t0ken")
+        page.click("#login-form button[type=submit]")
+        page.wait_for_url(f"**/jobs/{job.id}")
+        page.wait_for_selector("#finder-chart[data-points='80'] canvas", timeout=30_000)
+        _shot(page, "6-range-test-partial")
+        send(40, 120)
+        page.wait_for_selector("#finder-chart[data-points='240']", timeout=30_000)
+        assert "range test 240/240 steps" in page.locator("#job-progress-text").inner_text()
+        assert page.locator("#job-status [data-status='finding']").count() == 1
+        _shot(page, "7-range-test-grown")
+        page.on("dialog", lambda dialog: dialog.accept())  # "Cancel this job?"
+        page.click("#cancel")
+        page.wait_for_selector("#job-status [data-status='cancelled']", timeout=30_000)
+        assert page.locator("#cancel").is_hidden()
+        assert store.get(job.id).status.value == "cancelled"  # through the cookie's auth
+        browser.close()
