@@ -27,7 +27,15 @@ from lrtune.api.config import Settings
 from lrtune.api.deps import LazyStore
 from lrtune.api.errors import install_error_handlers
 from lrtune.api.middleware import BodySizeLimit
-from lrtune.api.routes import datasets, health, jobs, models, recommendations, schedules
+from lrtune.api.routes import (
+    datasets,
+    health,
+    jobs,
+    metrics,
+    models,
+    recommendations,
+    schedules,
+)
 from lrtune.api.routes._docs import error_responses
 from lrtune.jobs import JobStore
 from lrtune.jobs.db import get_engine
@@ -77,6 +85,7 @@ def create_app(settings: Settings | None = None, *, store: JobStore | None = Non
     app.state.store = LazyStore(settings, store)
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     # Every /v1 route takes parameters, so any may answer 422 (in the one error body).
     v1 = APIRouter(prefix=API_PREFIX, responses=error_responses(422))
     for module in (jobs, recommendations, models, datasets, schedules):
