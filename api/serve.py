@@ -61,6 +61,7 @@ class ServeOptions:
     """What ``lrtune serve`` was asked to do (see the module)."""
 
     settings: Settings
+    port: int | None = None  # overrides settings.port; 0 binds any free port
     workers: int = 1
     threads: int | None = None
     device: str = "auto"
@@ -135,7 +136,7 @@ def serve(options: ServeOptions) -> int:
         settings = settings.model_copy(update={"api_token_for_reads": True})
     setup_logging()
     store = JobStore(settings.database_url, settings=settings)  # upgrades an embedded SQLite
-    sock = _bind(settings.host, settings.port)
+    sock = _bind(settings.host, settings.port if options.port is None else options.port)
     url = base_url(settings.host, sock.getsockname()[1])
     stop = _StopSignals()
     workers: list[subprocess.Popen[bytes]] = []

@@ -204,7 +204,9 @@ def _serve_parser(sub: Any) -> None:
         "serve", help="serve the HTTP API and dashboard, with an embedded worker"
     )
     serve.add_argument("--host", help="address to bind (default: $LRTUNE_HOST, else 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default: $LRTUNE_PORT, else 8000)")
+    serve.add_argument(
+        "--port", type=int, help="port (default: $LRTUNE_PORT, else 8000; 0: any free port)"
+    )
     _database_option(serve, trains=True)
     serve.add_argument(
         "--no-worker", action="store_true", help="no embedded worker (the fleet layout)"
@@ -238,7 +240,9 @@ def _serve(args: argparse.Namespace) -> int:
         raise CliError("--exit-when-done needs --submit JOB")
     if args.submit is not None:
         _load_job(args.submit)  # a bad job file fails now, before anything starts
-    overrides = {"database_url": args.database, "host": args.host, "port": args.port}
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise CliError(f"--port must be 0 (any free port) to 65535, got {args.port}")
+    overrides = {"database_url": args.database, "host": args.host}
     settings = Settings.from_env()
     try:
         settings = Settings.model_validate(
@@ -248,6 +252,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise CliError(describe_validation_error(exc)) from None
     options = ServeOptions(
         settings=settings,
+        port=args.port,
         workers=0 if args.no_worker else args.workers,
         threads=getattr(args, "threads", None),
         device=args.device,
