@@ -37,6 +37,7 @@ bench: setup
 	$(PY) bench/finder.py
 	$(PY) bench/search.py
 	$(PY) bench/suggest.py
+	$(PY) bench/api.py
 
 clean:
 	rm -rf $(VENV) out artifacts .pytest_cache .ruff_cache

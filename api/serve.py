@@ -234,9 +234,9 @@ class _StopSignals:
         return scope()
 
 
-def _worker_command(options: ServeOptions, database_url: str) -> list[str]:
-    command = [sys.executable, "-m", "lrtune.cli"]
-    command += ["worker", "--database", database_url, "--device", options.device]
+def _worker_command(options: ServeOptions) -> list[str]:
+    # The database URL goes in the environment, not the command line: `ps` shows no password.
+    command = [sys.executable, "-m", "lrtune.cli", "worker", "--device", options.device]
     if options.threads is not None:
         command += ["--threads", str(options.threads)]
     return command + options.worker_args
@@ -249,7 +249,7 @@ def _start_worker(options: ServeOptions, database_url: str) -> subprocess.Popen[
     threads = options.threads or int(env.get("LRTUNE_TORCH_THREADS") or 1)
     env.setdefault("OMP_NUM_THREADS", str(threads))  # numpy/sklearn's pools, like torch's
     return subprocess.Popen(
-        _worker_command(options, database_url),
+        _worker_command(options),
         env=env,
         stdin=subprocess.DEVNULL,
         preexec_fn=_die_with_parent if sys.platform == "linux" else None,

@@ -118,6 +118,8 @@ def start_idle(services: list[Service], tmp_path: Path) -> tuple[Service, str, i
     url = service.wait_for(r"dashboard at (http://127\.0\.0\.1:\d+)/").group(1)
     pid = int(service.wait_for(r"embedded worker\(s\), pid (\d+)").group(1))
     service.wait_for(r"event=started")  # the worker is in its loop (torch imported)
+    command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert b"worker" in command and not any(b"jobs.db" in part for part in command)  # no URL
     assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200
     return service, url, pid
 
