@@ -678,9 +678,11 @@ API_MODULES = [
     "lrtune.api.routes.datasets",
     "lrtune.api.routes.health",
     "lrtune.api.routes.jobs",
+    "lrtune.api.routes.metrics",
     "lrtune.api.routes.models",
     "lrtune.api.routes.recommendations",
     "lrtune.api.routes.schedules",
+    "lrtune.api.serve",
 ]
 
 
@@ -739,7 +741,7 @@ def test_the_openapi_schema_documents_every_operation_with_typed_results(
         for path, methods in schema["paths"].items()
         for method, op in methods.items()
     ]
-    assert len(operations) == 13
+    assert len(operations) == 14  # with GET /metrics
     for path, method, op in operations:
         where = f"{method.upper()} {path}"
         assert op.get("summary") and op.get("description"), where

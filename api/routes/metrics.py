@@ -198,7 +198,7 @@ def _rate_of(request: Request) -> TrialRate:
             "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
             "description": "Prometheus text exposition format",
         },
-        **error_responses(401, 503),
+        **error_responses(401, 422, 503),
     },
 )
 def metrics(request: Request, store: StoreDep, _: ReadAuth) -> Response:
