@@ -144,7 +144,11 @@ def test_a_killed_server_leaves_no_orphan_worker(services: list[Service], tmp_pa
     service, _, worker_pid = start_idle(services, tmp_path)
     service.process.kill()  # no chance to clean up: the worker's parent-death signal does
     service.process.wait()
-    assert wait_gone(worker_pid), f"worker {worker_pid} outlived its server"
+    try:
+        assert wait_gone(worker_pid), f"worker {worker_pid} outlived its server"
+    finally:
+        if alive(worker_pid):
+            os.kill(worker_pid, signal.SIGKILL)
 
 
 def test_no_worker_serves_the_api_alone(services: list[Service], tmp_path: Path) -> None:
