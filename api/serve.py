@@ -38,7 +38,7 @@ import socket
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -68,7 +68,6 @@ class ServeOptions:
     submit: Path | None = None
     exit_when_done: bool = False
     access_log: bool = False
-    worker_args: list[str] = field(default_factory=list)
 
 
 def is_loopback(host: str) -> bool:
@@ -142,7 +141,7 @@ def serve(options: ServeOptions) -> int:
     workers: list[subprocess.Popen[bytes]] = []
     outcome = _Outcome()
     try:
-        with stop.installed():
+        with stop:
             workers = [
                 _start_worker(options, settings.database_url) for _ in range(options.workers)
             ]
@@ -212,26 +211,21 @@ class _StopSignals:
     def __init__(self) -> None:
         self.received: str | None = None
         self.server: Any = None  # set once uvicorn's server exists: a signal then stops it
+        self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.received = signal.Signals(signum).name
         if self.server is not None:
             self.server.should_exit = True
 
-    def installed(self) -> Any:
-        import contextlib
+    def __enter__(self) -> _StopSignals:
+        signums = (signal.SIGINT, signal.SIGTERM)
+        self._previous = {signum: signal.signal(signum, self._handle) for signum in signums}
+        return self
 
-        @contextlib.contextmanager
-        def scope() -> Any:
-            signums = (signal.SIGINT, signal.SIGTERM)
-            previous = {signum: signal.signal(signum, self._handle) for signum in signums}
-            try:
-                yield
-            finally:
-                for signum, handler in previous.items():
-                    signal.signal(signum, handler)
-
-        return scope()
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 def _worker_command(options: ServeOptions) -> list[str]:
@@ -239,7 +233,7 @@ def _worker_command(options: ServeOptions) -> list[str]:
     command = [sys.executable, "-m", "lrtune.cli", "worker", "--device", options.device]
     if options.threads is not None:
         command += ["--threads", str(options.threads)]
-    return command + options.worker_args
+    return command
 
 
 def _start_worker(options: ServeOptions, database_url: str) -> subprocess.Popen[bytes]:
