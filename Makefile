@@ -18,10 +18,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e '.[dev,bench]'
 	touch $(STAMP)
 
-# The main job end to end: range test, schedule search, recommendation, plots in out/.
+# The service on 127.0.0.1:8000 with an embedded worker; submits the built-in job over HTTP,
+# prints the dashboard's URL and the recommendation, keeps serving until Ctrl-C.
+# `make demo DEMO_ARGS=--exit-when-done` stops once the recommendation has arrived.
+DEMO_ARGS ?=
 demo: setup
-	$(VENV)/bin/lrtune tune examples/digits_mlp.yaml --storage sqlite:///out/lrtune.db \
-		--artifacts out/artifacts --plots out/
+	$(VENV)/bin/lrtune serve --database sqlite:///out/lrtune.db \
+		--submit examples/digits_mlp.yaml $(DEMO_ARGS)
 
 lint: setup
 	$(PY) -m ruff check .
@@ -34,6 +37,7 @@ bench: setup
 	$(PY) bench/finder.py
 	$(PY) bench/search.py
 	$(PY) bench/suggest.py
+	$(PY) bench/api.py
 
 clean:
 	rm -rf $(VENV) out artifacts .pytest_cache .ruff_cache

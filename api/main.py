@@ -34,6 +34,7 @@ from lrtune.api.routes import (
     datasets,
     health,
     jobs,
+    metrics,
     models,
     recommendations,
     results,
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None, *, store: JobStore | None = Non
     app.state.studies = LazyStudies(app.state.store)
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     # Every /v1 route takes parameters, so any may answer 422 (in the one error body).
     v1 = APIRouter(prefix=API_PREFIX, responses=error_responses(422))
     for module in (jobs, results, recommendations, models, datasets, schedules):

@@ -244,7 +244,73 @@ def _parser() -> argparse.ArgumentParser:
         "--all", action="store_true", help="stopped and silent workers too, not only live ones"
     )
     workers.set_defaults(run=_workers)
+
+    _serve_parser(sub)
     return parser
+
+
+def _serve_parser(sub: Any) -> None:
+    serve = sub.add_parser(
+        "serve", help="serve the HTTP API and dashboard, with an embedded worker"
+    )
+    serve.add_argument("--host", help="address to bind (default: $LRTUNE_HOST, else 127.0.0.1)")
+    serve.add_argument(
+        "--port", type=int, help="port (default: $LRTUNE_PORT, else 8000; 0: any free port)"
+    )
+    _database_option(serve, trains=True)
+    serve.add_argument(
+        "--no-worker", action="store_true", help="no embedded worker (the fleet layout)"
+    )
+    serve.add_argument(
+        "--workers", type=int, default=1, metavar="N", help="embedded workers (default 1)"
+    )
+    serve.add_argument("--device", default="auto", help="the workers' device (default auto)")
+    serve.add_argument(
+        "--submit",
+        type=Path,
+        metavar="JOB",
+        help="once serving, submit this job file over HTTP, follow it, print its recommendation",
+    )
+    serve.add_argument(
+        "--exit-when-done",
+        action="store_true",
+        help="with --submit: stop once the job has finished (exit 1 if it did not succeed)",
+    )
+    serve.add_argument("--access-log", action="store_true", help="log every HTTP request")
+    serve.set_defaults(run=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from lrtune.api.config import Settings
+    from lrtune.api.serve import ServeOptions, serve
+
+    if args.workers < 1:
+        raise CliError(f"--workers must be >= 1, got {args.workers} (or pass --no-worker)")
+    if args.exit_when_done and args.submit is None:
+        raise CliError("--exit-when-done needs --submit JOB")
+    if args.submit is not None:
+        _load_job(args.submit)  # a bad job file fails now, before anything starts
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise CliError(f"--port must be 0 (any free port) to 65535, got {args.port}")
+    overrides = {"database_url": args.database, "host": args.host}
+    settings = Settings.from_env()
+    try:
+        settings = Settings.model_validate(
+            {**settings.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
+        )
+    except ValidationError as exc:
+        raise CliError(describe_validation_error(exc)) from None
+    options = ServeOptions(
+        settings=settings,
+        port=args.port,
+        workers=0 if args.no_worker else args.workers,
+        threads=getattr(args, "threads", None),
+        device=args.device,
+        submit=args.submit,
+        exit_when_done=args.exit_when_done,
+        access_log=args.access_log,
+    )
+    return serve(options)
 
 
 def _database_option(parser: argparse.ArgumentParser, *, trains: bool = False) -> None:

@@ -6,8 +6,6 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
-from sqlalchemy.engine import make_url
 
 from lrtune.spec import JobSpec
 
@@ -17,29 +15,6 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("path", sorted((ROOT / "examples").iterdir()), ids=lambda p: p.name)
 def test_example_jobs_are_valid_specs(path: Path) -> None:
     JobSpec.from_file(path)
-
-
-def test_compose_services_are_consistent() -> None:
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    services = compose["services"]
-    postgres = services["postgres"]["environment"]
-    for name, service in services.items():
-        if "build" in service:
-            context = ROOT / (service["build"] if isinstance(service["build"], str) else ".")
-            assert (context / "Dockerfile").exists(), name
-        for dependency in service.get("depends_on", {}):
-            assert dependency in services, f"{name} depends on unknown {dependency}"
-        for volume in service.get("volumes", []):
-            named = volume.split(":")[0]
-            if not named.startswith((".", "/")):
-                assert named in compose.get("volumes", {}), f"undeclared volume {named}"
-    command = services["tune"]["command"]
-    assert command[0] == "tune"
-    JobSpec.from_file(ROOT / command[1])
-    url = make_url(command[command.index("--storage") + 1])
-    assert url.host == "postgres" and url.username == postgres["POSTGRES_USER"]
-    assert url.password == postgres["POSTGRES_PASSWORD"]
-    assert url.database == postgres["POSTGRES_DB"]
 
 
 def test_dockerfile_copies_what_exists_and_pins_torch_first() -> None:

@@ -1,0 +1,337 @@
+"""``lrtune serve``: the HTTP API in uvicorn, with an embedded worker process, in one command.
+
+:func:`serve` binds the API (``http://127.0.0.1:8000/`` by default), starts ``--workers``
+child processes running ``lrtune worker`` on the same database (none with ``--no-worker``:
+the fleet layout, where ``lrtune worker`` processes run elsewhere), prints the dashboard's
+URL, and serves until SIGINT (Ctrl-C) or SIGTERM. Then uvicorn finishes its requests, each
+worker gets SIGTERM (it hands its unit and lease back and exits 0), and the command exits 0.
+A worker is started with ``PR_SET_PDEATHSIG`` on Linux, so even a ``kill -9`` of the server
+leaves no orphan worker behind.
+
+With ``submit`` (``lrtune serve --submit job.yaml``, the README's demo) a thread submits the
+job over HTTP once the server is up (with :class:`lrtune.client.Client`, as any user would),
+prints the job's URL, shows a progress bar until it finishes and prints the recommendation;
+with ``exit_when_done`` the service then stops (exit 0 if the job succeeded, 1 if not).
+
+Binding a non-loopback address needs ``LRTUNE_API_TOKEN``; with it, reads need the token too
+(:func:`check_bind`).
+
+Example:
+    >>> check_bind("127.0.0.1", token=None)  # loopback: no token needed
+    False
+    >>> check_bind("0.0.0.0", token=None)
+    Traceback (most recent call last):
+    ...
+    lrtune.exceptions.InvalidInputError: refusing to serve on 0.0.0.0 without a token: set \
+LRTUNE_API_TOKEN (every request then needs 'Authorization: Bearer <token>'), or bind 127.0.0.1
+    >>> check_bind("0.0.0.0", token="s3cret")  # allowed, and reads need the token too
+    True
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from lrtune.api.config import Settings
+from lrtune.exceptions import InvalidInputError, LRTuneError
+
+__all__ = ["ServeOptions", "base_url", "check_bind", "is_loopback", "serve"]
+
+logger = logging.getLogger("lrtune.api")
+
+WORKER_STOP_S = 60.0
+"""Seconds a worker gets, after SIGTERM, to hand its unit back before it is killed."""
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+"""The service's log lines: the API's, uvicorn's and (in their own processes) the workers'."""
+
+
+@dataclass
+class ServeOptions:
+    """What ``lrtune serve`` was asked to do (see the module)."""
+
+    settings: Settings
+    port: int | None = None  # overrides settings.port; 0 binds any free port
+    workers: int = 1
+    threads: int | None = None
+    device: str = "auto"
+    submit: Path | None = None
+    exit_when_done: bool = False
+    access_log: bool = False
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) only accepts connections from this
+    machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def check_bind(host: str, token: str | None) -> bool:
+    """Whether reads must need the token too (a non-loopback bind); raise if it is refused.
+
+    Raises:
+        InvalidInputError: ``host`` is not a loopback address and no token is configured.
+    """
+    if is_loopback(host):
+        return False
+    if not token:
+        raise InvalidInputError(
+            f"refusing to serve on {host} without a token: set LRTUNE_API_TOKEN (every request "
+            "then needs 'Authorization: Bearer <token>'), or bind 127.0.0.1"
+        )
+    return True
+
+
+def base_url(host: str, port: int) -> str:
+    """The URL a browser on this machine opens (``0.0.0.0`` is reached as 127.0.0.1)."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    if ":" in shown:
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}"
+
+
+def setup_logging() -> None:
+    """INFO lines from the API and uvicorn on stderr, one format (workers log the same way)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format=LOG_FORMAT)
+    for handler in root.handlers:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger("lrtune").setLevel(logging.INFO)
+
+
+def serve(options: ServeOptions) -> int:
+    """Run the service until a signal (or, with ``exit_when_done``, the job's end); return the
+    exit status.
+
+    Raises:
+        InvalidInputError: a non-loopback bind without a token, or the port cannot be bound.
+        StorageUnavailableError: the job store cannot be opened (down, or its schema is out of
+            date: run ``lrtune db upgrade``).
+    """
+    import uvicorn
+
+    from lrtune.api.main import create_app
+    from lrtune.jobs import JobStore
+
+    settings = options.settings
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    if check_bind(settings.host, token):
+        settings = settings.model_copy(update={"api_token_for_reads": True})
+    setup_logging()
+    store = JobStore(settings.database_url, settings=settings)  # upgrades an embedded SQLite
+    sock = _bind(settings.host, settings.port if options.port is None else options.port)
+    url = base_url(settings.host, sock.getsockname()[1])
+    stop = _StopSignals()
+    workers: list[subprocess.Popen[bytes]] = []
+    outcome = _Outcome()
+    try:
+        with stop:
+            workers = [
+                _start_worker(options, settings.database_url) for _ in range(options.workers)
+            ]
+            app = create_app(settings, store=store)
+            config = uvicorn.Config(
+                app,
+                log_config=None,
+                log_level="info",
+                access_log=options.access_log,
+                lifespan="off",
+                timeout_graceful_shutdown=5,
+                ws="none",
+            )
+            server = stop.server = uvicorn.Server(config)
+            if stop.received:  # a signal while the workers started
+                server.should_exit = True
+            _announce(url, store, workers)
+            helpers = [threading.Thread(target=_watch_workers, args=(workers, server), daemon=True)]
+            if options.submit is not None:
+                args = (options, url, token, server, outcome)
+                helpers.append(threading.Thread(target=_submit_and_wait, args=args, daemon=True))
+            for thread in helpers:
+                thread.start()
+            server.run(sockets=[sock])
+    finally:
+        _stop_workers(workers)
+        sock.close()
+    if stop.received:
+        logger.info("event=stopped signal=%s", stop.received)
+    return outcome.status
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise InvalidInputError(
+            f"cannot bind {host}:{port}: {exc.strerror or exc}; choose another --port"
+        ) from None
+    sock.set_inheritable(False)
+    return sock
+
+
+def _announce(url: str, store: Any, workers: list[subprocess.Popen[bytes]]) -> None:
+    from lrtune.jobs.db import safe_url
+
+    who = f"{len(workers)} embedded worker(s), pid {', '.join(str(w.pid) for w in workers)}"
+    print(f"lrtune: dashboard at {url}/", file=sys.stderr, flush=True)
+    print(
+        f"lrtune: API at {url}/v1 (docs {url}/docs), job store {safe_url(store.url)}, "
+        f"{who if workers else 'no embedded worker (run lrtune worker on the same database)'}; "
+        "Ctrl-C stops",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+class _StopSignals:
+    """SIGINT/SIGTERM set aside while uvicorn serves: uvicorn takes them over while it runs,
+    and delivers them again to these handlers when it returns; they only record the signal,
+    so that the workers are stopped and the command exits 0."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self.server: Any = None  # set once uvicorn's server exists: a signal then stops it
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.received = signal.Signals(signum).name
+        if self.server is not None:
+            self.server.should_exit = True
+
+    def __enter__(self) -> _StopSignals:
+        signums = (signal.SIGINT, signal.SIGTERM)
+        self._previous = {signum: signal.signal(signum, self._handle) for signum in signums}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _worker_command(options: ServeOptions) -> list[str]:
+    # The database URL goes in the environment, not the command line: `ps` shows no password.
+    command = [sys.executable, "-m", "lrtune.cli", "worker", "--device", options.device]
+    if options.threads is not None:
+        command += ["--threads", str(options.threads)]
+    return command
+
+
+def _start_worker(options: ServeOptions, database_url: str) -> subprocess.Popen[bytes]:
+    """``lrtune worker`` on the service's database, in this process group (so a terminal's
+    Ctrl-C reaches it too), killed with SIGTERM if this process dies first (Linux)."""
+    env = dict(os.environ, LRTUNE_DATABASE_URL=database_url)
+    threads = options.threads or int(env.get("LRTUNE_TORCH_THREADS") or 1)
+    env.setdefault("OMP_NUM_THREADS", str(threads))  # numpy/sklearn's pools, like torch's
+    return subprocess.Popen(
+        _worker_command(options),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+    )
+
+
+def _die_with_parent() -> None:
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each running worker, wait for it (``WORKER_STOP_S``), kill it if it hangs."""
+    for worker in workers:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+    for worker in workers:
+        try:
+            status = worker.wait(timeout=WORKER_STOP_S)
+        except subprocess.TimeoutExpired:
+            logger.warning(
+                "event=worker_killed pid=%d: no exit %.0f s after SIGTERM",
+                worker.pid,
+                WORKER_STOP_S,
+            )
+            worker.kill()
+            status = worker.wait()
+        logger.info("event=worker_stopped pid=%d status=%d", worker.pid, status)
+
+
+def _watch_workers(workers: list[subprocess.Popen[bytes]], server: Any) -> None:
+    """Log an embedded worker that exits by itself (the API keeps serving)."""
+    running = list(workers)
+    while running and not server.should_exit:
+        for worker in list(running):
+            if worker.poll() is not None:
+                running.remove(worker)
+                if not server.should_exit:
+                    logger.warning(
+                        "event=worker_exited pid=%d status=%d: jobs wait for another worker",
+                        worker.pid,
+                        worker.returncode,
+                    )
+        threading.Event().wait(0.5)
+
+
+@dataclass
+class _Outcome:
+    status: int = 0
+
+
+def _submit_and_wait(
+    options: ServeOptions, url: str, token: str | None, server: Any, outcome: _Outcome
+) -> None:
+    """The demo: submit ``options.submit`` over HTTP, follow it, print the recommendation."""
+    from lrtune.client import Client
+    from lrtune.spec import JobSpec
+
+    while not server.started:
+        if server.should_exit:
+            return
+        threading.Event().wait(0.05)
+    try:
+        spec = JobSpec.from_file(options.submit)
+        with Client(url, token) as client:
+            job = client.submit(spec)
+            print(f"lrtune: submitted job {job.id}: {url}/jobs/{job.id}", file=sys.stderr)
+            print(f"lrtune: its API resource: {url}/v1/jobs/{job.id}", file=sys.stderr, flush=True)
+            job = client.wait(job.id, poll_s=1.0)
+            if job.status.value != "succeeded":
+                outcome.status = 1
+                print(f"lrtune: job {job.id} {job.status.value}: {job.error or ''}", flush=True)
+            else:
+                _print_recommendation(client.recommendation(job.id))
+    except (LRTuneError, OSError, ValueError) as exc:
+        outcome.status = 1
+        text = str(exc).strip().splitlines()
+        print(f"lrtune: error: {text[0] if text else type(exc).__name__}", file=sys.stderr)
+    if options.exit_when_done:
+        server.should_exit = True
+    else:
+        print(f"lrtune: still serving at {url}/; Ctrl-C stops", file=sys.stderr, flush=True)
+
+
+def _print_recommendation(stored: Any) -> None:
+    from lrtune.cli import _report
+
+    print(f"job {stored.job_id}: recommendation written {stored.created_at:%H:%M:%S} UTC")
+    print(_report(stored.recommendation), flush=True)

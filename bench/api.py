@@ -1,0 +1,445 @@
+"""The HTTP API's read latency and throughput at 32 concurrent clients, against a bare ceiling.
+
+What it measures, in one run, on 127.0.0.1 only:
+
+1. A job store (a fresh SQLite file, or ``--database``) with one real finished job: a tiny job
+   (logistic regression on wine) submitted to the store and run by ``lrtune worker --once``,
+   so ``GET /v1/recommendations`` answers from a stored recommendation.
+2. Two servers, each its own process, with the same uvicorn settings (``--workers`` processes,
+   ``--loop``, ``--http``, access log off): lrtune's API (``create_app()`` on that store), and
+   the ceiling, a bare Starlette app whose one endpoint returns, as a ``JSONResponse``, the
+   body the API answered for the endpoint under test (so both serialise the same JSON of the
+   same size; the ceiling reads no database and validates nothing).
+3. For each endpoint (``GET /v1/recommendations?fingerprint=``,
+   ``GET /v1/recommendations?model=&dataset=``, ``GET /v1/jobs/{id}``, and
+   ``GET /v1/jobs/{id}/finder`` when the API has it), ``--clients`` asyncio tasks on one
+   ``httpx.AsyncClient`` (one keep-alive connection each) send requests in a closed loop for
+   ``--seconds``, alternating ceiling and API ``--rounds`` times so that both see the same load
+   on the machine. Reported: requests/s, p50 and p99 latency, errors, and the API's
+   throughput as a share of the ceiling's. Targets: >= 50% of the ceiling, p99 < 25 ms.
+
+The client runs in this process, on the same cores as the servers; on a small machine it is
+a large part of what is measured (the report gives the load average at the start and the end).
+
+Run:
+    .venv/bin/python bench/api.py              # ~1-2 min: Markdown report on stdout
+    .venv/bin/python bench/api.py --write      # ... and write docs/benchmark_api.md
+    .venv/bin/python bench/api.py --quick      # one short round per endpoint, a smoke test
+    .venv/bin/python bench/api.py --loop asyncio --http h11 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import importlib.util
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "benchmark_api.md"
+ANALYSIS = "<!-- analysis: kept by --write -->"
+TARGET_SHARE = 0.5
+TARGET_P99_MS = 25.0
+TINY_JOB = {
+    "name": "bench-api",
+    "model": {"name": "logreg"},
+    "dataset": {"name": "wine"},
+    "batch_size": 32,
+    "range_test": {"seeds": 2, "num_iter": 40},
+    "search": {"n_trials": 2, "epochs": 2, "families": ["cosine"], "confirm_seeds": 2},
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database", help="job store URL (default: a fresh SQLite file)")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per round and side")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument(
+        "--client",
+        nargs="+",
+        choices=["httpx", "raw"],
+        default=["httpx", "raw"],
+        help="httpx.AsyncClient and/or a minimal HTTP/1.1 client on asyncio streams (cheaper)",
+    )
+    parser.add_argument("--loop", default=_default("uvloop", "asyncio"))
+    parser.add_argument("--http", default=_default("httptools", "h11"))
+    parser.add_argument("--quick", action="store_true", help="one 2 s round per side")
+    parser.add_argument("--write", action="store_true", help=f"write {DOC.relative_to(REPO)}")
+    parser.add_argument("--serve", nargs=2, metavar=("KIND", "PORT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        return _serve(args.serve[0], int(args.serve[1]), args)
+    if args.quick:
+        args.seconds, args.rounds = 2.0, 1
+    report = run(args)
+    print(report)
+    if args.write:
+        kept = DOC.read_text().partition(ANALYSIS)[2] if DOC.exists() else "\n"
+        DOC.write_text(f"{report}\n{ANALYSIS}{kept}")
+        print(f"written to {DOC.relative_to(REPO)}", file=sys.stderr)
+    return 0
+
+
+def _default(module: str, fallback: str) -> str:
+    return module if importlib.util.find_spec(module) else fallback
+
+
+# --- the servers -------------------------------------------------------------------------
+
+
+def ceiling_app() -> Any:
+    """A bare Starlette app: every GET answers the JSON in ``$LRTUNE_BENCH_BODY`` (a file)."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    body = json.loads(Path(os.environ["LRTUNE_BENCH_BODY"]).read_text())
+
+    async def answer(request: Any) -> JSONResponse:
+        return JSONResponse(body)
+
+    return Starlette(routes=[Route("/{path:path}", answer)])
+
+
+def _serve(kind: str, port: int, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    target = "bench.api:ceiling_app" if kind == "ceiling" else "lrtune.api.main:create_app"
+    uvicorn.run(
+        target,
+        factory=True,
+        host="127.0.0.1",
+        port=port,
+        workers=args.workers,
+        loop=args.loop,
+        http=args.http,
+        access_log=False,
+        log_level="warning",
+        lifespan="off",
+        ws="none",
+    )
+    return 0
+
+
+@dataclass
+class Server:
+    kind: str
+    url: str
+    process: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_server(kind: str, args: argparse.Namespace, env: dict[str, str]) -> Server:
+    port = _free_port()
+    command = [sys.executable, str(Path(__file__).resolve()), "--serve", kind, str(port)]
+    command += ["--workers", str(args.workers), "--loop", args.loop, "--http", args.http]
+    process = subprocess.Popen(
+        command, cwd=REPO, env={**os.environ, **env, "PYTHONPATH": str(REPO)}
+    )
+    server = Server(kind, f"http://127.0.0.1:{port}", process)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the {kind} server exited with {process.returncode}")
+        try:
+            httpx.get(f"{server.url}/healthz", timeout=1)
+            return server
+        except httpx.TransportError:
+            time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"the {kind} server did not start")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- the store with a finished job ------------------------------------------------------------
+
+
+def finished_job(database: str) -> tuple[str, str]:
+    """A job of ``TINY_JOB`` run to its recommendation by a real worker: (job id, fingerprint)."""
+    from lrtune.jobs import JobStore
+    from lrtune.spec import JobSpec
+
+    store = JobStore(database)
+    job = store.submit(JobSpec.model_validate(TINY_JOB))
+    subprocess.run(
+        [sys.executable, "-m", "lrtune.cli", "worker", "--once", "--database", database],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        check=True,
+        capture_output=True,
+    )
+    job = store.get(job.id)
+    if job.status.value != "succeeded":
+        raise RuntimeError(f"the benchmark's job ended {job.status.value}: {job.error}")
+    return job.id, job.fingerprint
+
+
+# --- the load -------------------------------------------------------------------------------
+
+
+@dataclass
+class Side:
+    """One server's figures on one endpoint, over its rounds."""
+
+    latencies_s: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    errors: int = 0
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies_s) / self.seconds if self.seconds else 0.0
+
+    def percentile_ms(self, q: float) -> float:
+        ordered = sorted(self.latencies_s)
+        if not ordered:
+            return float("nan")
+        return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def closed_loop(
+    url: str, clients: int, seconds: float, side: Side, kind: str = "httpx"
+) -> None:
+    """``clients`` tasks, each sending the next request when the last one answered."""
+    if kind == "raw":
+        await _raw_closed_loop(url, clients, seconds, side)
+        return
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+        await asyncio.gather(*(client.get(url) for _ in range(clients)))  # open the connections
+        deadline = time.perf_counter() + seconds
+
+        async def one_client() -> None:
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                response = await client.get(url)
+                if response.status_code == 200:
+                    side.latencies_s.append(time.perf_counter() - started)
+                else:
+                    side.errors += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+        side.seconds += time.perf_counter() - started
+
+
+async def _raw_closed_loop(url: str, clients: int, seconds: float, side: Side) -> None:
+    """The same load from a minimal HTTP/1.1 client on asyncio streams (keep-alive, reads
+    ``Content-Length`` bytes): a far cheaper client than httpx, so more of the machine is left
+    to the server."""
+    parsed = httpx.URL(url)
+    target = parsed.raw_path.decode()
+    request = f"GET {target} HTTP/1.1\r\nHost: {parsed.host}\r\n\r\n".encode()
+
+    async def one_client(deadline: float) -> None:
+        reader, writer = await asyncio.open_connection(parsed.host, parsed.port)
+        try:
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                await reader.readexactly(length)
+                if head.startswith(b"HTTP/1.1 200"):
+                    side.latencies_s.append(time.perf_counter() - started)
+                else:
+                    side.errors += 1
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    deadline = started + seconds
+    await asyncio.gather(*(one_client(deadline) for _ in range(clients)))
+    side.seconds += time.perf_counter() - started
+
+
+@dataclass
+class Row:
+    client: str
+    endpoint: str
+    body_bytes: int
+    api: Side
+    ceiling: Side
+
+
+def measure(path: str, api: Server, args: argparse.Namespace, env: dict[str, str]) -> list[Row]:
+    response = httpx.get(f"{api.url}{path}", timeout=30)
+    response.raise_for_status()
+    body_file = Path(env["LRTUNE_BENCH_BODY"])
+    body_file.write_bytes(response.content)
+    ceiling = start_server("ceiling", args, env)
+    try:
+        assert httpx.get(f"{ceiling.url}{path}").json() == response.json()
+        rows = [Row(kind, path, len(response.content), Side(), Side()) for kind in args.client]
+        for _ in range(args.rounds):
+            for row in rows:
+                for server, side in ((ceiling, row.ceiling), (api, row.api)):
+                    url = f"{server.url}{path}"
+                    asyncio.run(closed_loop(url, args.clients, args.seconds, side, row.client))
+    finally:
+        ceiling.stop()
+    return rows
+
+
+def run(args: argparse.Namespace) -> str:
+    load_start = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        database = args.database or f"sqlite:///{Path(tmp) / 'jobs.db'}"
+        job_id, fingerprint = finished_job(database)
+        env = {"LRTUNE_DATABASE_URL": database, "LRTUNE_BENCH_BODY": str(Path(tmp) / "body")}
+        api = start_server("api", args, env)
+        try:
+            paths = [
+                f"/v1/recommendations?fingerprint={fingerprint}",
+                "/v1/recommendations?model=logreg&dataset=wine",
+                f"/v1/jobs/{job_id}",
+            ]
+            has_finder = httpx.get(f"{api.url}/v1/jobs/{job_id}/finder").status_code == 200
+            if has_finder:
+                paths.append(f"/v1/jobs/{job_id}/finder")
+            rows = [row for path in paths for row in measure(path, api, args, env)]
+        finally:
+            api.stop()
+        steps = profile(database, job_id, fingerprint)
+    return report(rows, args, load_start, os.getloadavg(), has_finder, database, steps)
+
+
+def profile(database: str, job_id: str, fingerprint: str, repeats: int = 200) -> list[str]:
+    """Where one lookup's time goes, in this process, with no HTTP: the store's read and the
+    response model's validation and serialisation (what FastAPI does with the return value)."""
+    from lrtune.api.schemas import RecommendationMatch
+    from lrtune.jobs import JobRecord, JobStore
+
+    store = JobStore(database)
+    stored = store.latest_recommendation(fingerprint)
+    match = RecommendationMatch(match="fingerprint", stored=stored)
+    body = match.model_dump(mode="json")
+    job = store.get(job_id)
+    steps = {
+        "`JobStore.latest_recommendation` (SQL + `Recommendation` validation)": lambda: (
+            store.latest_recommendation(fingerprint)
+        ),
+        "`RecommendationMatch` validated again from a dict": lambda: (
+            RecommendationMatch.model_validate(body)
+        ),
+        "`RecommendationMatch.model_dump_json()`": match.model_dump_json,
+        "`json.dumps` of the same body (the ceiling's serialisation)": lambda: json.dumps(body),
+        "`JobStore.get` (a job: SQL + `JobRecord` validation)": lambda: store.get(job_id),
+        "`JobRecord.model_dump_json()`": job.model_dump_json,
+        "`JobRecord` validated again from a dict": lambda: JobRecord.model_validate(
+            job.model_dump(mode="json")
+        ),
+    }
+    lines = ["| step (in-process, no HTTP) | ms per call |", "|---|---:|"]
+    for name, step in steps.items():
+        step()
+        started = time.perf_counter()
+        for _ in range(repeats):
+            step()
+        lines.append(f"| {name} | {(time.perf_counter() - started) / repeats * 1000:.2f} |")
+    return lines
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+def report(
+    rows: list[Row],
+    args: argparse.Namespace,
+    load_start: tuple[float, ...],
+    load_end: tuple[float, ...],
+    has_finder: bool,
+    database: str,
+    steps: list[str],
+) -> str:
+    import fastapi
+    import starlette
+    import uvicorn
+
+    store = "PostgreSQL" if database.startswith("postgresql") else "SQLite (a fresh file)"
+    lines = [
+        "# HTTP API: read latency and throughput (bench/api.py)",
+        "",
+        f"Run {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node()}: "
+        f"{os.cpu_count()} CPU cores, Python {platform.python_version()}, uvicorn "
+        f"{uvicorn.__version__}, FastAPI {fastapi.__version__}, Starlette "
+        f"{starlette.__version__}, httpx {httpx.__version__}. Load average "
+        f"{load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end.",
+        "",
+        f"Servers: one uvicorn process each ({args.workers} worker(s), loop `{args.loop}`, "
+        f"http `{args.http}`, access log off, 127.0.0.1). Store: {store}, one finished job. "
+        f"Load: {args.clients} concurrent clients, each with one keep-alive connection, closed "
+        f"loop, {args.rounds} round(s) of {args.seconds:g} s per side, ceiling and API "
+        "alternating; client `httpx`: asyncio tasks on one `httpx.AsyncClient`; client `raw`: "
+        "a minimal HTTP/1.1 client on asyncio streams (much cheaper, so more of the CPU is left "
+        "to the server). The client runs on the same cores as the server.",
+        "",
+        "| endpoint | body | client | side | req/s | p50 ms | p99 ms | errors | API / ceiling "
+        "| met |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        share = row.api.rps / row.ceiling.rps if row.ceiling.rps else float("nan")
+        met = share >= TARGET_SHARE and row.api.percentile_ms(0.99) < TARGET_P99_MS
+        for name, side in (("ceiling", row.ceiling), ("API", row.api)):
+            extra = f"{share:.0%} | {'yes' if met else 'no'}" if name == "API" else " | "
+            lines.append(
+                f"| `{_label(row.endpoint)}` "
+                f"| {row.body_bytes / 1024:.1f} KiB | {row.client} | {name} | {side.rps:.0f} "
+                f"| {side.percentile_ms(0.5):.1f} | {side.percentile_ms(0.99):.1f} "
+                f"| {side.errors} | {extra} |"
+            )
+    lines += [
+        "",
+        f"Targets: the API's throughput >= {TARGET_SHARE:.0%} of the ceiling's and p99 < "
+        f"{TARGET_P99_MS:g} ms at {args.clients} clients (which needs more than "
+        f"{args.clients * 1000 / TARGET_P99_MS:,.0f} requests/s in a closed loop).",
+    ]
+    if not has_finder:
+        lines.append("`GET /v1/jobs/{id}/finder` did not exist in this build: not measured.")
+    lines += ["", "Where a request's time goes, measured in this process after the load:", ""]
+    lines += steps
+    return "\n".join(lines) + "\n"
+
+
+def _label(endpoint: str) -> str:
+    """``/v1/jobs/{id}``, ``/v1/recommendations?fingerprint=..``: the endpoint, not the ids."""
+    path, _, query = endpoint.partition("?")
+    parts = path.split("/")
+    if len(parts) > 3 and parts[2] == "jobs":
+        parts[3] = "{id}"
+    names = "&".join(part.split("=")[0] + "=.." for part in query.split("&")) if query else ""
+    return "/".join(parts) + (f"?{names}" if names else "")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
