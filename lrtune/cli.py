@@ -1,5 +1,6 @@
 """The ``lrtune`` command: ``find`` (range test), ``tune`` (schedule search), ``list``, and the
-job store's ``db upgrade``, ``db prune``, ``submit``, ``status``, ``worker`` and ``workers``.
+job store's ``db upgrade``, ``db prune``, ``submit``, ``status``, ``recommend``, ``cancel``,
+``worker`` and ``workers``; ``serve``, the HTTP service.
 
 Progress goes to stderr, answers to stdout (``--json`` for machines). Bad input ends with a
 one-line ``lrtune: error: ...`` and exit status 2, never a traceback.
@@ -203,6 +204,12 @@ def _parser() -> argparse.ArgumentParser:
     _database_option(recommend)
     recommend.add_argument("--json", action="store_true", help="machine-readable output")
     recommend.set_defaults(run=_recommend)
+
+    cancel = sub.add_parser("cancel", help="cancel a job that has not finished")
+    cancel.add_argument("job_id", help="a job id (see lrtune status)")
+    _database_option(cancel)
+    cancel.add_argument("--json", action="store_true", help="print the job record as JSON")
+    cancel.set_defaults(run=_cancel)
 
     worker = sub.add_parser("worker", help="take jobs from the job store and run them")
     _database_option(worker, trains=True)
@@ -621,6 +628,15 @@ def _recommend(args: argparse.Namespace) -> int:
     else:
         print(f"job {stored.job_id}, written {stored.created_at:%Y-%m-%d %H:%M:%S} UTC")
         print(_report(stored.recommendation))
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    """Its running units stop after their epoch; a finished job is a one-line error."""
+    from lrtune.jobs import JobStore
+
+    job = JobStore(args.database).cancel(args.job_id)
+    print(job.model_dump_json() if args.json else f"job {job.id} cancelled")
     return 0
 
 

@@ -670,15 +670,32 @@ def _checkpoint_path(
     return artifact_dir / study_name / f"{kind}-{trial.user_attrs[ATTR_ROOT]}.pt"
 
 
+UnitStop = Callable[[], "str | None"]
+"""Asked after each epoch of a unit: why to stop it there (e.g. its job was cancelled), else None.
+
+A unit stopped so ends PRUNED with that reason (its stop reason), like a pruned trial."""
+
+
+def _check_unit_stop(stop_unit: UnitStop | None) -> None:
+    reason = stop_unit() if stop_unit is not None else None
+    if reason is not None:
+        raise StopTraining(reason)
+
+
 class TrialObjective:
     """Train one sampled schedule; report each epoch's metric; prune, stop or finish."""
 
     def __init__(
-        self, setup: TrainingSetup, bounds: LRBounds, artifact_dir: Path | None = None
+        self,
+        setup: TrainingSetup,
+        bounds: LRBounds,
+        artifact_dir: Path | None = None,
+        stop_unit: UnitStop | None = None,
     ) -> None:
         self.setup = setup
         self.bounds = bounds
         self.artifact_dir = artifact_dir
+        self.stop_unit = stop_unit
 
     def __call__(self, trial: optuna.Trial) -> float:
         with _storage_errors_leave_the_trial_running():
@@ -720,6 +737,7 @@ class TrialObjective:
                 raise _StorageTrouble(exc) from exc
             if prune:
                 raise StopTraining(f"pruned after epoch {epoch} ({record[metric]:.4g} {metric})")
+            _check_unit_stop(self.stop_unit)
 
         run = train(
             self.setup,
@@ -741,11 +759,16 @@ class ConfirmationObjective:
     """
 
     def __init__(
-        self, setup: TrainingSetup, search: optuna.Study, artifact_dir: Path | None = None
+        self,
+        setup: TrainingSetup,
+        search: optuna.Study,
+        artifact_dir: Path | None = None,
+        stop_unit: UnitStop | None = None,
     ) -> None:
         self.setup = setup
         self.search = search
         self.artifact_dir = artifact_dir
+        self.stop_unit = stop_unit
         self._finalists: list[FrozenTrial] | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -769,6 +792,7 @@ class ConfirmationObjective:
                 attrs[ATTR_BASE_LR],
                 spec.search.epochs,
                 lr_threshold=spec.search.lr_threshold,
+                on_epoch=lambda _epoch, _record: _check_unit_stop(self.stop_unit),
                 checkpoint=checkpoint,
                 seed=attrs[ATTR_SEED],
             ),
@@ -776,7 +800,8 @@ class ConfirmationObjective:
         trial.set_user_attr(ATTR_RUN, run.model_dump(mode="json"))
         if checkpoint is not None:
             checkpoint.unlink(missing_ok=True)
-        if run.status == "diverged":  # a result (the worst), not a failure to retry
+        # diverged: a result (the worst), not a failure to retry; pruned: stopped by stop_unit
+        if run.status in ("diverged", "pruned"):
             trial.set_user_attr(ATTR_STOP_REASON, run.reason)
             raise optuna.TrialPruned(run.reason)
         return run.final(self.setup.metric)
@@ -813,6 +838,7 @@ def run_trials(
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
     gate: UnitGate | None = None,
+    stop_unit: UnitStop | None = None,
 ) -> None:
     """Run queued trials of a prepared study until the queue is empty (or time is up).
 
@@ -822,11 +848,13 @@ def run_trials(
     ``should_stop`` is asked after each trial; True stops the run there (e.g. the job was
     cancelled), leaving the rest of the queue. ``gate`` is checked before each trial is handed
     out (default: one that stops the search at ``search.target``; see :class:`UnitGate`).
+    ``stop_unit`` is asked after each epoch of the running trial (see :data:`UnitStop`), so a
+    cancelled job's trial stops within an epoch instead of at its end.
     """
     study.gate = gate or UnitGate(setup.spec)
     _drain(
         study,
-        TrialObjective(setup, stored_bounds(study), artifact_dir),
+        TrialObjective(setup, stored_bounds(study), artifact_dir, stop_unit),
         desc="trials",
         timeout_s=timeout_s,
         wait_for_others=wait_for_others,
@@ -845,6 +873,7 @@ def run_confirmation(
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
     gate: UnitGate | None = None,
+    stop_unit: UnitStop | None = None,
 ) -> bool:
     """Run the confirmation units of a searched study until none is left; True if it ran them.
 
@@ -853,7 +882,7 @@ def run_confirmation(
     the search is unfinished and this returns False (a later run finishes and confirms it).
     While trials run in other processes, with ``wait_for_others`` (and a heartbeat on the
     storage) this waits for them; otherwise it returns False at once and leaves the units to
-    whichever process finishes the search. ``should_stop`` and ``gate`` are as in
+    whichever process finishes the search. ``should_stop``, ``gate`` and ``stop_unit`` are as in
     :func:`run_trials`.
     """
     while has_unfinished(study):
@@ -866,7 +895,7 @@ def run_confirmation(
     confirm.gate = gate
     _drain(
         confirm,
-        ConfirmationObjective(setup, study, artifact_dir),
+        ConfirmationObjective(setup, study, artifact_dir, stop_unit),
         desc="confirmation",
         timeout_s=None,
         wait_for_others=wait_for_others,

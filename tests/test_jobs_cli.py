@@ -97,3 +97,24 @@ def test_store_errors_are_one_line_and_exit_2(
     assert code == 2 and out == ""
     assert err.startswith("lrtune: error: ") and expected in err, err
     assert len(err.splitlines()) == 1 and "pw-123" not in err
+
+
+def test_cancel_stops_a_queued_job_and_refuses_a_finished_one(
+    tmp_path: Path, job_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    _, out, _ = run(capsys, "submit", str(job_file), "--database", url)
+    job_id = out.strip()
+
+    code, out, _ = run(capsys, "cancel", job_id, "--database", url)
+    assert (code, out) == (0, f"job {job_id} cancelled\n")
+    assert JobStore(url).get(job_id).status is JobStatus.CANCELLED
+
+    code, out, err = run(capsys, "cancel", job_id, "--database", url)
+    assert code == 2 and out == ""
+    assert err == (
+        f"lrtune: error: job {job_id} is already cancelled: only an unfinished job can be "
+        "cancelled\n"
+    )
+    code, _, err = run(capsys, "cancel", "no-such-job", "--database", url)
+    assert code == 2 and err.count("\n") == 1 and "no job 'no-such-job'" in err

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from lrtune._optuna import ATTR_BOUNDS
+from lrtune._optuna import ATTR_BOUNDS, ATTR_STOP_REASON
 from lrtune.cli import main
 from lrtune.jobs import JobRecord, JobStatus, JobStore, upgrade
 from lrtune.jobs.schemas import StoredRecommendation
@@ -260,24 +260,36 @@ def test_a_job_whose_range_test_raises_fails_with_the_reason(sqlite_url: str) ->
     assert job.holder_worker_id is None
 
 
-def test_a_cancelled_job_stops_its_search_after_the_running_trial(sqlite_url: str) -> None:
-    many_trials = {**JOB, "search": {**JOB["search"], "n_trials": 40, "epochs": 10}}
+def test_a_cancelled_job_stops_its_running_trial_within_an_epoch(sqlite_url: str) -> None:
+    epochs = 200  # trials of several seconds, epochs of tens of milliseconds
+    search = {**JOB["search"], "n_trials": 40, "epochs": epochs, "pruner": "none"}
+    many_trials = {**JOB, "model": {"name": "mlp"}, "dataset": {"name": "digits"}}
+    many_trials |= {"batch_size": 8, "search": search}
     (job_id,) = _submit(sqlite_url, 1, many_trials)
     store = JobStore(sqlite_url)
     thread = _run_in_thread(Worker(store, device="cpu", worker_id="w1"))
     _wait_for_status(store, job_id, JobStatus.SEARCHING)
     study = optuna.load_study(study_name=store.get(job_id).study_name, storage=sqlite_url)
-    while not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+    while not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         time.sleep(0.02)
+    time.sleep(0.5)  # into the trial, past the worker's first read of the job
 
     store.cancel(job_id)
+    cancelled_at = time.monotonic()
     thread.join(timeout=30)
 
     assert not thread.is_alive()
+    assert time.monotonic() - cancelled_at < 10  # not the rest of 40 trials of 400 epochs
     assert store.get(job_id).status is JobStatus.CANCELLED
+    stopped = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+        if "cancelled" in str(t.user_attrs.get(ATTR_STOP_REASON, ""))
+    ]
+    assert len(stopped) == 1  # the running trial, stopped mid-way with the reason
+    assert len(stopped[0].intermediate_values) < epochs
     counts = _trial_counts(sqlite_url, study.study_name)
     assert counts["waiting"] > 30  # the rest of the queue was left, its results readable
-    assert counts["complete"] + counts["pruned"] >= 1
 
 
 def test_max_jobs_bounds_the_jobs_a_worker_takes_part_in(sqlite_url: str) -> None:

@@ -29,6 +29,9 @@ Progress goes to the store as work goes (:mod:`lrtune.workers.reporting`): range
 a few times a second, and after each finished unit its trials or confirmation runs done; the
 range test and its LR bounds are stored before the job starts searching, and a succeeded
 job's checkpoints are removed.
+A unit of a job that is cancelled (or fails) while it runs stops after its current epoch (the
+job is read at most every ``ENDED_POLL_S`` seconds), recorded PRUNED with the reason, on every
+worker and child on the job; the rest of the queue is left, and what finished stays readable.
 An error inside a phase fails the job with the reason, and so does a unit that fails for a
 reason of its own (:func:`lrtune.tuner.unit_failure`): it is not retried, and the job must not
 succeed short of its budget.
@@ -147,6 +150,8 @@ DEFAULT_LEASE_S = 60.0
 """Seconds a lease lasts without renewal: how long a dead worker's exclusive phase waits."""
 IDLE_POLL_S = 1.0
 """Seconds an idle worker waits before looking for work again."""
+ENDED_POLL_S = 0.5
+"""Seconds between a running unit's reads of whether its job was cancelled (or failed)."""
 SETUPS_KEPT = 4
 """Jobs whose loaded data a worker keeps, so that helping them again does not reload it."""
 SUGGESTION_RULE = "consensus"
@@ -829,6 +834,7 @@ class Worker:
             "progress": False,
             "should_stop": should_stop,
             "gate": self._gate(job),
+            "stop_unit": self._stop_when_ended(job.id),
         }
         _log(job.id, self.id, job.status.value, "helping")
         self._holding["unit"] = WorkerActivity(job_id=job.id, phase=job.status, lease=False)
@@ -840,6 +846,24 @@ class Worker:
         finally:
             self._holding.pop("unit", None)
         return bool(ran)
+
+    def _stop_when_ended(self, job_id: str) -> Callable[[], str | None]:
+        """Asked after each epoch of a unit: why to stop it now (its job was cancelled or
+        failed), else None. Reads the job at most every ``ENDED_POLL_S`` seconds, so a unit of
+        a cancelled job stops within one epoch or ``ENDED_POLL_S``, whichever is longer."""
+        checked = [time.monotonic()]
+
+        def why() -> str | None:
+            if time.monotonic() - checked[0] < ENDED_POLL_S:
+                return None
+            checked[0] = time.monotonic()
+            try:
+                status = self.store.get(job_id).status
+            except StorageUnavailableError:  # keep training: the heartbeats handle outages
+                return None
+            return f"stopped: the job was {status.value}" if status.finished else None
+
+        return why
 
     def _has_ended(self, job_id: str, job: JobRecord | None = None) -> bool:
         """Whether the job ended (was cancelled, or failed) while this worker ran its units.
