@@ -376,3 +376,28 @@ def test_jobs_submitted_in_the_same_millisecond_are_claimed_in_submit_order(
         assert lease is not None
         store.release(lease, status="searching")
     assert [job.id for job in store.shared_jobs()] == submitted[:4]
+
+
+def test_the_live_feed_carries_the_range_test_curve_as_it_grows(
+    jobs_url: str, tmp_path: Path
+) -> None:
+    store = _store(jobs_url, tmp_path / "artifacts")
+    job = store.submit(_spec(LONG_RANGE_TEST))
+    _run_in_thread(Worker(store, device="cpu", worker_id="w1")).join()
+
+    events = store.events(job.id, limit=500)
+    batches = [e for e in events if e.kind == "range_test_points"]
+    assert len(batches) >= 2  # several while it ran, not one at the end
+    points = [point for event in batches for point in event.payload["points"]]
+    stored = store.range_test(job.id).range_test
+    # every point the feed carried is a point of the stored curves: (lr, smoothed loss, seed)
+    assert len(points) == len(stored.lrs) * len(stored.seeds)
+    for lr, loss, seed in points[:: max(1, len(points) // 200)]:
+        step = min(range(len(stored.lrs)), key=lambda i: abs(stored.lrs[i] - lr))
+        assert lr == pytest.approx(stored.lrs[step], rel=1e-9)
+        assert loss == pytest.approx(stored.seeds[seed].smoothed[step], rel=1e-5)
+    # each batch follows the progress event it belongs to
+    for batch in batches:
+        before = [e for e in events if e.id < batch.id]
+        assert before[-1].kind == "progress"
+        assert before[-1].payload["range_test_steps_done"] > 0

@@ -1,9 +1,11 @@
 """What a worker tells the job store as it works: progress, the range test, spent checkpoints.
 
 - :class:`RangeTestProgress` is the range test's step callback while a worker holds a
-  ``finding`` job: it checks the lease at every step and counts the steps; a daemon thread
-  reports the count, under the lease, once every ``interval_s`` seconds (default
-  :data:`PROGRESS_INTERVAL_S`) while it moves, so the sweep never waits for the database.
+  ``finding`` job: it checks the lease at every step, counts the steps and keeps each seed's
+  smoothed loss (the range test's own bias-corrected moving average); a daemon thread
+  reports the count and the new ``(lr, smoothed loss, seed)`` points, under the lease, once
+  every ``interval_s`` seconds (default :data:`PROGRESS_INTERVAL_S`) while it moves, so the
+  sweep never waits for the database and the dashboard draws the curve as it grows.
 - :class:`UnitProgress` reports a shared job's finished trials (and the best value so far)
   or confirmation runs after each unit this worker finishes, without a lease: the store
   merges reports (:meth:`~lrtune.jobs.JobStore.record_progress`), so a slower worker's stale
@@ -33,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -80,6 +83,7 @@ class RangeTestProgress:
         self.total = spec.range_test.num_iter * spec.range_test.seeds
         self.done = 0
         self._reported = 0
+        self._curves = _LiveCurves(spec.range_test.smooth_beta, spec.range_test.diverge_threshold)
         self._lost: LeaseLost | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -90,10 +94,12 @@ class RangeTestProgress:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
+        if exc_type is None and self.done != self._reported:
+            self.flush()  # the last steps and points: the live curve ends where the test did
 
     def __call__(self, step: int, lr: float, losses: Sequence[float]) -> None:
         if self.check is not None:
@@ -101,6 +107,7 @@ class RangeTestProgress:
         if self._lost is not None:
             raise LeaseLost(str(self._lost))
         self.done = min(self.done + len(losses), self.total)
+        self._curves.add(step, lr, losses)
 
     def _report_until_stopped(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -111,8 +118,9 @@ class RangeTestProgress:
         """Report the steps done so far (the thread does, every ``interval_s`` they moved)."""
         done = self.done
         report = JobProgress(range_test_steps_done=done, range_test_steps_total=self.total)
+        points = self._curves.take()
         try:
-            self.store.record_progress(self.lease.job_id, report, lease=self.lease)
+            self.store.record_progress(self.lease.job_id, report, lease=self.lease, points=points)
         except LeaseLost as exc:
             self._lost = exc
             self._stop.set()
@@ -120,6 +128,58 @@ class RangeTestProgress:
             logger.warning("job=%s event=progress_failed error=%s", self.lease.job_id, exc)
         else:
             self._reported = done
+
+
+class _LiveCurves:
+    """Each seed's smoothed loss as the range test reports it, for the live feed.
+
+    The same bias-corrected exponential moving average as the range test's own curves
+    (``beta`` is ``range_test.smooth_beta``). A vectorised sweep reports every seed at each
+    step; a sequential one reports one seed's sweep after another, its step counting from 0
+    again for the next seed. Points past a seed's divergence (smoothed loss above
+    ``diverge_threshold`` times its best) or not finite are left out: JSON has no infinity,
+    and the stored range test, complete, replaces the live curve.
+    """
+
+    def __init__(self, beta: float, diverge_threshold: float) -> None:
+        self.beta = beta
+        self.diverge_threshold = diverge_threshold
+        self._seed = 0  # sequential sweeps: the seed whose sweep is being reported
+        self._last_step = -1
+        self._avg: dict[int, float] = {}
+        self._count: dict[int, int] = {}
+        self._best: dict[int, float] = {}
+        self._new: list[tuple[float, float, int]] = []
+        self._lock = threading.Lock()
+
+    def add(self, step: int, lr: float, losses: Sequence[float]) -> None:
+        if len(losses) == 1:  # one seed's sweep after another (or a single seed)
+            if step <= self._last_step:
+                self._seed += 1
+            seeds: Sequence[int] = [self._seed]
+        else:
+            seeds = range(len(losses))
+        self._last_step = step
+        for seed, loss in zip(seeds, losses, strict=True):
+            smoothed = self._smooth(seed, loss)
+            if not math.isfinite(smoothed):
+                continue
+            best = self._best[seed] = min(self._best.get(seed, smoothed), smoothed)
+            if best > 0 and smoothed > self.diverge_threshold * best:
+                continue
+            with self._lock:
+                self._new.append((lr, smoothed, seed))
+
+    def take(self) -> list[tuple[float, float, int]]:
+        """The points added since the last call."""
+        with self._lock:
+            new, self._new = self._new, []
+        return new
+
+    def _smooth(self, seed: int, loss: float) -> float:
+        count = self._count[seed] = self._count.get(seed, 0) + 1
+        avg = self._avg[seed] = self.beta * self._avg.get(seed, 0.0) + (1 - self.beta) * loss
+        return avg / (1 - self.beta**count)
 
 
 class UnitProgress:

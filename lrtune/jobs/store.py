@@ -609,7 +609,12 @@ class JobStore:
         _add_event(s, row.id, "status", payload)
 
     def record_progress(
-        self, job_id: str, progress: JobProgress, *, lease: Lease | None = None
+        self,
+        job_id: str,
+        progress: JobProgress,
+        *,
+        lease: Lease | None = None,
+        points: builtins.list[tuple[float, float, int]] | None = None,
     ) -> JobRecord:
         """Merge a worker's progress report into the job's (:meth:`JobProgress.merged`).
 
@@ -617,8 +622,12 @@ class JobStore:
         exclusive phase passes its ``lease``, and the write then lands only while the lease
         holds (:class:`~lrtune.exceptions.LeaseLost` otherwise). A report that moves nothing
         forward writes nothing; one that does appends a ``progress`` event holding the merged
-        progress. Returns the job as stored after the write (so the caller also learns
-        whether it was cancelled meanwhile).
+        progress. ``points`` (the range test's new ``(lr, smoothed loss, seed)`` points since
+        the last report) follow it in a ``range_test_points`` event (``{"points": [...]}``):
+        the live feed draws the curve growing from them; they are not kept elsewhere, since the
+        stored range test has every point once it is complete.
+        Returns the job as stored after the write (so the caller also learns whether it was
+        cancelled meanwhile).
 
         Raises:
             NotFoundError: no job ``job_id``.
@@ -639,6 +648,9 @@ class JobStore:
                     .values(progress=as_json, updated_at=tables.utcnow())
                 )
                 _add_event(s, job_id, "progress", as_json)
+                if points:
+                    curve = {"points": [list(point) for point in points]}
+                    _add_event(s, job_id, "range_test_points", curve)
                 s.flush()
                 s.refresh(row)
             return _job_record(row)
