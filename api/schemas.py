@@ -151,6 +151,12 @@ class Readiness(_Strict):
     database: str = Field(description="the job store's URL, password hidden")
     schema_revision: str = Field(description="the revision this lrtune needs")
     detail: str | None = Field(None, description="why it is not ready")
+    live_workers: int | None = Field(
+        None, description="workers with a recent heartbeat (null when the store is unavailable)"
+    )
+    note: str | None = Field(
+        None, description="what a ready API still lacks, e.g. no live worker to run jobs"
+    )
 
 
 class FinderView(_Strict):

@@ -312,7 +312,14 @@ def _submit_and_wait(
         spec = JobSpec.from_file(options.submit)
         with Client(url, token) as client:
             job = client.submit(spec)
-            print(f"lrtune: submitted job {job.id}: {url}/jobs/{job.id}", file=sys.stderr)
+            if job.reused_from is not None:
+                print(
+                    f"lrtune: job {job.id} already answered this spec (reused; its page: "
+                    f"{url}/jobs/{job.id})",
+                    file=sys.stderr,
+                )
+            else:
+                print(f"lrtune: submitted job {job.id}: {url}/jobs/{job.id}", file=sys.stderr)
             print(f"lrtune: its API resource: {url}/v1/jobs/{job.id}", file=sys.stderr, flush=True)
             job = client.wait(job.id, poll_s=1.0)
             if job.status.value != "succeeded":

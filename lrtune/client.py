@@ -49,7 +49,14 @@ from lrtune.exceptions import (
     NotFoundError,
     StorageUnavailableError,
 )
-from lrtune.jobs.schemas import JobPage, JobProgress, JobRecord, JobStatus, StoredRecommendation
+from lrtune.jobs.schemas import (
+    JobPage,
+    JobProgress,
+    JobRecord,
+    JobStatus,
+    StoredRecommendation,
+    Submission,
+)
 from lrtune.spec import JobSpec
 
 if TYPE_CHECKING:
@@ -96,11 +103,20 @@ class Client:
         """Close the connections."""
         self._http.close()
 
-    def submit(self, spec: JobSpec | Mapping[str, Any], name: str | None = None) -> JobRecord:
-        """Queue a job; ``spec`` a :class:`~lrtune.spec.JobSpec` or its JSON as a mapping."""
+    def submit(
+        self, spec: JobSpec | Mapping[str, Any], name: str | None = None, *, reuse: bool = True
+    ) -> Submission:
+        """Queue a job; ``spec`` a :class:`~lrtune.spec.JobSpec` or its JSON as a mapping.
+
+        With ``reuse`` (the default) a spec an earlier succeeded job answered is answered by it
+        at once: the :class:`~lrtune.jobs.Submission` is that job, ``reused_from`` its id and
+        ``recommendation`` its answer; ``reuse=False`` always queues a new job.
+        """
         body = spec.model_dump(mode="json") if isinstance(spec, JobSpec) else dict(spec)
-        params = {"name": name} if name is not None else None
-        return JobRecord.model_validate(self._call("POST", "/v1/jobs", json=body, params=params))
+        params: dict[str, Any] = {"reuse": "true" if reuse else "false"}
+        if name is not None:
+            params["name"] = name
+        return Submission.model_validate(self._call("POST", "/v1/jobs", json=body, params=params))
 
     def get(self, job_id: str) -> JobRecord:
         """The job: its state, progress, timings and error."""

@@ -49,7 +49,7 @@ def serve(app: FastAPI) -> Iterator[str]:
 def finish_with(store: JobStore, spec: JobSpec, recommendation: Recommendation) -> JobRecord:
     """Submit ``spec`` and take it to ``succeeded`` with ``recommendation``, as a worker would:
     under a lease, one state at a time, the recommendation written before the release."""
-    job = store.submit(spec)
+    job = store.submit(spec, reuse=False)
     lease = store.claim("test-worker", lease_s=60, job_id=job.id)
     assert lease is not None
     store.advance(lease, "searching")

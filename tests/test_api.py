@@ -27,7 +27,7 @@ from test_imports import heavy_modules_after
 
 from lrtune.api import Settings, create_app
 from lrtune.exceptions import InvalidInputError
-from lrtune.jobs import JobStore, upgrade
+from lrtune.jobs import JobStore, PluginRegistry, WorkerRegistration, upgrade
 from lrtune.recommendation import Recommendation
 
 MINIMAL = {"model": {"name": "logreg"}, "dataset": {"name": "wine"}}
@@ -90,8 +90,82 @@ def test_a_submitted_job_is_201_with_its_url_and_reads_back(api: httpx.Client) -
     assert job["status"] == "queued" and job["name"] == "wine-1"
     assert response.headers["location"] == f"{api.base_url}/v1/jobs/{job['id']}"
     again = api.get(response.headers["location"]).json()
+    assert job.pop("reused_from") is None and job.pop("recommendation") is None  # a new job
     assert again == job
     assert again["spec"]["model"] == {"name": "logreg", "params": {}}
+
+
+def test_a_spec_an_earlier_job_answered_is_answered_at_once_unless_reuse_is_off(
+    api: httpx.Client, store: JobStore, recommendation: Recommendation
+) -> None:
+    spec = small_job()
+    earlier = finish_with(store, spec, recommendation)
+    body = spec.model_dump(mode="json")
+
+    reused = submit(api, body)
+    assert reused.status_code == 200, reused.text
+    answer = reused.json()
+    assert answer["id"] == answer["reused_from"] == earlier.id
+    assert answer["recommendation"]["job_id"] == earlier.id
+    assert reused.headers["location"] == f"{api.base_url}/v1/jobs/{earlier.id}"
+    assert store.count() == 1  # nothing was queued
+
+    fresh = submit(api, body, params={"reuse": "false"})
+    assert fresh.status_code == 201 and fresh.json()["reused_from"] is None
+    assert fresh.json()["id"] != earlier.id and store.count("queued") == 1
+
+
+def test_a_model_only_a_live_worker_knows_is_accepted_and_listed(
+    api: httpx.Client, store: JobStore
+) -> None:
+    unknown = submit(api, {"model": {"name": "worker_only_mlp"}, "dataset": {"name": "wine"}})
+    assert_field_error(unknown, ["body", "model", "name"])
+    ready = api.get("/readyz").json()
+    assert ready["live_workers"] == 0 and "no live worker" in ready["note"]
+
+    schema = {"type": "object", "properties": {"width": {"type": "integer"}}}
+    store.register_worker(
+        WorkerRegistration(
+            id="gpu-box-1",
+            host="gpu-box",
+            device="cuda:0",
+            pid=1,
+            version="0.1.0",
+            heartbeat_s=30,
+            plugin_registry=PluginRegistry(models={"worker_only_mlp": schema}),
+        )
+    )
+    accepted = submit(api, {"model": {"name": "worker_only_mlp"}, "dataset": {"name": "wine"}})
+    assert accepted.status_code == 201, accepted.text
+    models = {m["name"]: m for m in api.get("/v1/models").json()["data"]}
+    assert models["worker_only_mlp"] == {
+        "name": "worker_only_mlp",
+        "builtin": False,
+        "params_schema": schema,
+    }
+    assert models["mlp"]["builtin"]
+    ready = api.get("/readyz").json()
+    assert ready["live_workers"] == 1 and ready["note"] is None
+    assert "lrtune_workers_live 1.0" in api.get("/metrics").text
+
+
+def test_a_sequential_layer_that_does_not_fit_the_data_is_422_at_its_path(
+    api: httpx.Client,
+) -> None:
+    layers = [
+        {"type": "reshape", "shape": [1, 8, 8]},
+        {"type": "conv2d", "out_channels": 4, "kernel_size": 9},
+        {"type": "flatten"},
+        {"type": "linear", "out_features": 10},
+    ]
+    spec = {"model": {"name": "sequential", "params": {"layers": layers}}}
+    response = submit(api, {**spec, "dataset": {"name": "digits"}})
+    detail = assert_field_error(
+        response, ["body", "model", "params", "layers", 1, "conv2d", "kernel_size"]
+    )
+    assert "larger than the input" in detail
+    layers[1]["kernel_size"] = 3
+    assert submit(api, {**spec, "dataset": {"name": "digits"}}).status_code == 201
 
 
 def test_job_pages_are_keyset_pages_newest_first_and_filter_by_status(api: httpx.Client) -> None:

@@ -1,6 +1,7 @@
 """``/v1/datasets``: the datasets a job may name, with the JSON schema of each one's params.
 
-The API's own registry (:mod:`lrtune.registry`: built-ins and plugins installed beside it).
+The API's own registry (:mod:`lrtune.registry`: built-ins and plugins installed beside it) and
+what the live workers registered (a plugin installed only on the workers).
 
 Example:
     >>> router.prefix, [route.path for route in router.routes]
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from lrtune.api.deps import ReadAuth
+from lrtune.api.deps import ReadAuth, StoreDep
 from lrtune.api.routes._docs import error_responses
 from lrtune.api.routes._registry import registry_list
 from lrtune.api.schemas import RegistryList
@@ -19,7 +20,7 @@ from lrtune.api.schemas import RegistryList
 router = APIRouter(prefix="/datasets", tags=["registry"])
 
 
-@router.get("", summary="List datasets", responses=error_responses(401))
-def list_datasets(_: ReadAuth) -> RegistryList:
+@router.get("", summary="List datasets", responses=error_responses(401, 503))
+def list_datasets(store: StoreDep, _: ReadAuth) -> RegistryList:
     """Every dataset name a job may use, and its params' JSON schema (null for a plugin)."""
-    return registry_list("dataset")
+    return registry_list("dataset", store.known_registry())

@@ -3,7 +3,9 @@
 ``/healthz`` answers 200 whenever the process runs (a liveness probe; it touches nothing).
 ``/readyz`` answers 200 when the job store opens (an embedded SQLite file upgrades itself
 then) and its schema is at the revision this lrtune needs, and 503 with the reason otherwise
-(a readiness probe: the load balancer sends no traffic until it passes). Neither needs a token.
+(a readiness probe: the load balancer sends no traffic until it passes). It also counts the
+live workers, with a note when there is none (the API serves; jobs wait). Neither needs a
+token.
 
 Example:
     >>> sorted(route.path for route in router.routes)
@@ -43,8 +45,11 @@ def readyz(request: Request, settings: SettingsDep) -> Readiness:
         readiness.database = safe_url(settings.database_url)
         store = request.app.state.store.get()
         check_current(store.url)
+        readiness.live_workers = len(store.list_workers().data)
     except LRTuneError as exc:  # unreachable, outdated, or a URL that is not a database's
         readiness.status, readiness.detail = "unavailable", str(exc)
         body = readiness.model_dump(mode="json")
         return JSONResponse(body, status_code=503)  # type: ignore[return-value]
+    if not readiness.live_workers:
+        readiness.note = "no live worker: submitted jobs wait until one starts (lrtune worker)"
     return readiness

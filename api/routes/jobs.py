@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -42,9 +43,21 @@ from lrtune.api.errors import FieldInvalid
 from lrtune.api.routes._docs import error_responses
 from lrtune.api.schemas import ErrorBody
 from lrtune.exceptions import InvalidInputError, NotFoundError, StorageUnavailableError
-from lrtune.jobs import JobPage, JobRecord, JobStatus, JobStore, StoredRecommendation
+from lrtune.jobs import (
+    JobPage,
+    JobRecord,
+    JobStatus,
+    JobStore,
+    StoredRecommendation,
+    Submission,
+)
 from lrtune.jobs.store import MAX_NAME_LENGTH, MAX_PAGE
-from lrtune.registry import UnknownNameError, validate_dataset_params, validate_model_params
+from lrtune.registry import (
+    UnknownNameError,
+    dataset_shapes,
+    validate_dataset_params,
+    validate_model_params,
+)
 from lrtune.spec import JobSpec
 
 EVENT_BATCH = 100
@@ -107,6 +120,12 @@ _EVENT_STREAM_DOC: dict[int | str, dict[str, Any]] = {
     summary="Submit a job",
     responses={
         201: {"description": "The job, queued; `Location` is its URL"},
+        200: {
+            "model": Submission,
+            "description": "Reused: an earlier succeeded job with the same fingerprint, search "
+            "configuration and result format answers it (`reused_from`, `recommendation`); "
+            "`Location` is that job's URL",
+        },
         **error_responses(401, 413, 422, 429, 503),
     },
 )
@@ -126,14 +145,27 @@ def submit_job(
             description="the job's name (default: the spec's `name`)",
         ),
     ] = None,
-) -> JobRecord:
-    """Queue a job for the spec; 201 with the job and its URL in `Location`."""
-    check_registry(spec)
-    check_queue_room(store, settings.max_queued_jobs)
-    job = store.submit(spec, name=name)
+    reuse: Annotated[
+        bool,
+        Query(
+            description="answer at once from an earlier succeeded job with the same "
+            "fingerprint, search configuration and result format, if there is one (200); "
+            "false always queues a new job"
+        ),
+    ] = True,
+) -> Submission:
+    """Queue a job for the spec; 201 with the job and its URL in `Location`, or 200 with an
+    earlier job's answer when `reuse` finds one."""
+    check_registry(spec, store)
+    if not (reuse and store.reusable(spec)):  # a reused answer queues nothing
+        check_queue_room(store, settings.max_queued_jobs)
+    job = store.submit(spec, name=name, reuse=reuse)
+    if job.reused_from is not None:
+        response.status_code = 200
     response.headers["Location"] = str(request.url_for("get_job", job_id=job.id))
+    event = "reused" if job.reused_from else "submitted"
     _logger.info(
-        "job=%s event=submitted model=%s dataset=%s", job.id, spec.model.name, spec.dataset.name
+        "job=%s event=%s model=%s dataset=%s", job.id, event, spec.model.name, spec.dataset.name
     )
     return job
 
@@ -301,44 +333,53 @@ def _end(payload: dict[str, str]) -> ServerSentEvent:
     return ServerSentEvent(json.dumps(payload), event="end")
 
 
-def check_registry(spec: JobSpec) -> None:
-    """Refuse a spec whose model or dataset is not in the registry, or whose params misfit.
+def check_registry(spec: JobSpec, store: JobStore) -> None:
+    """Refuse a spec whose model or dataset no one can build, or whose params misfit.
+
+    A name is known when this process's registry has it (built-ins and plugins installed
+    beside the API) or a live worker registered it (:meth:`JobStore.known_registry`: a plugin
+    installed only on the workers, whose params the worker checks when it runs the job). A
+    built-in model whose layers depend on the data (``sequential``) is checked against a
+    built-in dataset's shapes here, with the path of the layer that does not fit.
 
     Raises:
         FieldInvalid: at ``body.model.name``/``body.dataset.name`` for an unknown name, at
-            ``body.model.params``/``body.dataset.params`` for params a built-in refuses.
+            ``body.model.params``/``body.dataset.params`` (or the layer's path inside them)
+            for params a built-in refuses.
     """
+    shapes = None
+    with contextlib.suppress(InvalidInputError):  # the dataset's own check below says why
+        shapes = dataset_shapes(spec.dataset.name, spec.dataset.params)
     checks = (
-        ("model", spec.model.name, spec.model.params, validate_model_params),
-        ("dataset", spec.dataset.name, spec.dataset.params, validate_dataset_params),
+        ("model", spec.model.name, spec.model.params, validate_model_params, (shapes,)),
+        ("dataset", spec.dataset.name, spec.dataset.params, validate_dataset_params, ()),
     )
-    for kind, name, params, validate in checks:
+    for kind, name, params, validate, extra in checks:
         try:
-            validate(name, params)
+            validate(name, params, *extra)
         except UnknownNameError as exc:
-            raise FieldInvalid(["body", kind, "name"], str(exc), "unknown_name") from None
+            if name not in _worker_names(store, kind):
+                raise FieldInvalid(["body", kind, "name"], str(exc), "unknown_name") from None
         except InvalidInputError as exc:
-            raise FieldInvalid(["body", kind, "params"], str(exc), "invalid_params") from None
+            loc = ["body", kind, "params", *getattr(exc, "loc", ())]
+            raise FieldInvalid(loc, str(exc), "invalid_params") from None
+
+
+def _worker_names(store: JobStore, kind: str) -> set[str]:
+    """The model or dataset names the live workers' registries hold."""
+    known = store.known_registry()
+    return set(known.models if kind == "model" else known.datasets)
 
 
 def check_queue_room(store: JobStore, cap: int) -> None:
     """Return if fewer than ``cap`` jobs are queued; else 429 with ``Retry-After``.
 
-    Counts by paging through the queued jobs (at most ``cap`` rows are read): with 1000 jobs
-    queued a submit took about 0.5 s on the 2-core test machine, against 50 ms with few queued;
-    a count query in the store would make it constant. The cap is soft: two submits at once
-    may both pass it by one.
+    One count query. The cap is soft: two submits at once may both pass it by one.
     """
-    seen, after = 0, None
-    while True:
-        page = store.list(status=JobStatus.QUEUED, limit=min(MAX_PAGE, cap - seen), after=after)
-        seen += len(page.data)
-        if seen >= cap:
-            raise HTTPException(
-                429,
-                f"{seen} jobs are queued, the limit (LRTUNE_MAX_QUEUED_JOBS={cap}): retry later",
-                headers={"Retry-After": str(QUEUE_FULL_RETRY_S)},
-            )
-        if page.next_after is None:
-            return
-        after = page.next_after
+    queued = store.count(JobStatus.QUEUED)
+    if queued >= cap:
+        raise HTTPException(
+            429,
+            f"{queued} jobs are queued, the limit (LRTUNE_MAX_QUEUED_JOBS={cap}): retry later",
+            headers={"Retry-After": str(QUEUE_FULL_RETRY_S)},
+        )

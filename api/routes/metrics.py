@@ -1,6 +1,6 @@
 """``GET /metrics``: the job store's state in Prometheus' text format (``prometheus-client``).
 
-Each scrape reads the store (one aggregate query over the jobs table, by the database's clock)
+Each scrape reads the store (:meth:`~lrtune.jobs.JobStore.stats`, by the database's clock)
 into a fresh registry, so every API replica reports the same numbers:
 
 - ``lrtune_jobs{state}``: jobs in each state (every state listed, 0 included);
@@ -12,12 +12,8 @@ into a fresh registry, so every API replica reports the same numbers:
   in PromQL, ``rate(lrtune_units_finished_total{kind="trial"}[5m]) * 60`` is the same figure
   over any window;
 - ``lrtune_queue_age_seconds``: how long the oldest queued job has waited (0: none queued);
-- ``lrtune_workers_holding_lease``: workers holding a job's exclusive phase now (a lower bound
-  of the live workers: a worker helping a shared phase holds no lease).
-
-Live workers (``lrtune_workers_live``) are not exported yet: the workers table's reader
-(``JobStore.live_workers()``, issue 7's workers registry) is not in this store; when it is,
-:func:`_collect` adds its count as a gauge.
+- ``lrtune_workers_holding_lease``: workers holding a job's exclusive phase now;
+- ``lrtune_workers_live``: workers whose heartbeat is recent (``lrtune workers`` lists them).
 
 Like the other reads, it needs the token when ``LRTUNE_API_TOKEN_FOR_READS`` is on (Prometheus'
 ``authorization`` scrape setting sends it).
@@ -34,20 +30,16 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 
 from lrtune.api.deps import ReadAuth, StoreDep
 from lrtune.api.routes._docs import error_responses
-from lrtune.jobs import JobStore
-from lrtune.jobs import tables as t
-from lrtune.jobs.db import get_engine, session
+from lrtune.jobs import JobStats, JobStore
 
 router = APIRouter(tags=["health"])
 
@@ -55,54 +47,6 @@ RATE_WINDOW_S = (60.0, 300.0)
 """The per-minute rate uses the oldest kept scrape at least 60 s old, none older than 300 s."""
 MIN_RATE_SPAN_S = 10.0
 """Below this span between two scrapes, the per-minute rate is reported as 0."""
-
-
-@dataclass(frozen=True)
-class JobStats:
-    """What one scrape read from the store."""
-
-    by_state: dict[str, int]
-    trials_done: int
-    confirmations_done: int
-    queue_age_s: float
-    lease_holders: int
-
-
-def read_stats(store: JobStore) -> JobStats:
-    """The jobs' counts, finished units, oldest queued job's age and lease holders: one read
-    transaction, times by the database's clock.
-
-    Raises:
-        StorageUnavailableError: the database cannot be reached.
-    """
-    engine = get_engine(store.url, store.settings)  # the store's own (shared) engine
-    job = t.Job
-    with session(engine, write=False) as s:
-        now = _utc(s.scalar(select(t.utcnow())))
-        counts = dict(s.execute(select(job.status, func.count()).group_by(job.status)).all())
-        oldest = s.scalar(select(func.min(job.created_at)).where(job.status == "queued"))
-        holders = s.scalar(
-            select(func.count(func.distinct(job.holder_worker_id))).where(
-                job.holder_worker_id.is_not(None), job.lease_expires_at > t.utcnow()
-            )
-        )
-        trials = confirmations = 0
-        for (progress,) in s.execute(select(job.progress)):
-            trials += int((progress or {}).get("trials_done", 0))
-            confirmations += int((progress or {}).get("confirmations_done", 0))
-    return JobStats(
-        by_state={state: int(counts.get(state, 0)) for state in t.JOB_STATUSES},
-        trials_done=trials,
-        confirmations_done=confirmations,
-        queue_age_s=max(0.0, (now - _utc(oldest)).total_seconds()) if oldest else 0.0,
-        lease_holders=int(holders or 0),
-    )
-
-
-def _utc(value: datetime | str) -> datetime:
-    if isinstance(value, str):  # SQLite's strftime text
-        value = datetime.fromisoformat(value)
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 @dataclass
@@ -167,12 +111,14 @@ class _StoreCollector(Collector):
             "Workers holding a job's exclusive phase (range test or final write) now",
             value=stats.lease_holders,
         )
-        # lrtune_workers_live: from JobStore.live_workers() once the workers table is read.
+        yield GaugeMetricFamily(
+            "lrtune_workers_live", "Workers whose heartbeat is recent", value=stats.live_workers
+        )
 
 
 def render(store: JobStore, rate: TrialRate) -> bytes:
     """The metrics' text exposition for ``store``, updating ``rate``."""
-    stats = read_stats(store)
+    stats = store.stats()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_StoreCollector(stats, rate.observe(stats.trials_done)))
     return generate_latest(registry)
@@ -202,5 +148,5 @@ def _rate_of(request: Request) -> TrialRate:
     },
 )
 def metrics(request: Request, store: StoreDep, _: ReadAuth) -> Response:
-    """Jobs by state, units finished, trials per minute, queue age, workers holding a lease."""
+    """Jobs by state, units finished, trials per minute, queue age, lease holders, workers."""
     return Response(render(store, _rate_of(request)), media_type=CONTENT_TYPE_LATEST)

@@ -332,3 +332,14 @@ class WorkerList(ResultModel):
     """Workers, most recent heartbeat first."""
 
     data: list[WorkerRecord]
+
+
+class JobStats(ResultModel):
+    """The store at a glance, for monitoring (``GET /metrics``): :meth:`JobStore.stats`."""
+
+    by_state: dict[str, int] = Field(description="jobs in each state, every state listed")
+    trials_done: int = Field(description="search trials finished, over the stored jobs")
+    confirmations_done: int = Field(description="confirmation runs finished, over the jobs")
+    queue_age_s: float = Field(description="seconds the oldest queued job has waited (0: none)")
+    lease_holders: int = Field(description="workers holding a job's exclusive phase now")
+    live_workers: int = Field(description="workers whose heartbeat is recent (list_workers)")

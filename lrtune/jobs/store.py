@@ -155,6 +155,7 @@ from lrtune.jobs.schemas import (
     JobPage,
     JobProgress,
     JobRecord,
+    JobStats,
     JobStatus,
     Lease,
     PluginRegistry,
@@ -386,6 +387,41 @@ class JobStore:
             page = [_job_record(row) for row in rows[:limit]]
         next_after = page[-1].id if len(rows) > limit else None
         return JobPage(data=page, next_after=next_after)
+
+    def count(self, status: JobStatus | str | None = None) -> int:
+        """How many jobs there are, or how many in ``status``: one aggregate read."""
+        query = select(func.count()).select_from(tables.Job)
+        if status is not None:
+            query = query.where(tables.Job.status == _status(status).value)
+        with session(self._engine, write=False) as s:
+            return int(s.scalar(query) or 0)
+
+    def stats(self) -> JobStats:
+        """Jobs by state, finished units summed over the jobs' progress, the oldest queued
+        job's age, the workers holding a lease and the live workers; times by the database's
+        clock."""
+        job = tables.Job
+        with session(self._engine, write=False) as s:
+            now = _utc(s.scalar(select(tables.utcnow())))
+            counts = dict(s.execute(select(job.status, func.count()).group_by(job.status)).all())
+            oldest = s.scalar(select(func.min(job.created_at)).where(job.status == "queued"))
+            holders = s.scalar(
+                select(func.count(func.distinct(job.holder_worker_id))).where(
+                    job.holder_worker_id.is_not(None), job.lease_expires_at > tables.utcnow()
+                )
+            )
+            trials = confirmations = 0
+            for (progress,) in s.execute(select(job.progress)):
+                trials += int((progress or {}).get("trials_done", 0))
+                confirmations += int((progress or {}).get("confirmations_done", 0))
+        return JobStats(
+            by_state={state: int(counts.get(state, 0)) for state in tables.JOB_STATUSES},
+            trials_done=trials,
+            confirmations_done=confirmations,
+            queue_age_s=max(0.0, (now - _utc(oldest)).total_seconds()) if oldest else 0.0,
+            lease_holders=int(holders or 0),
+            live_workers=len(self.list_workers().data),
+        )
 
     def cancel(self, job_id: str) -> JobRecord:
         """Cancel a job that has not finished; :class:`ConflictError` if it has."""
