@@ -78,11 +78,26 @@ class StopRequested(KeyboardInterrupt):
 
 
 _stop = threading.Event()
+_stop_listeners: list[Callable[[], None]] = []
 
 
 def request_stop() -> None:
-    """Ask every run of this process to stop at its next epoch boundary (from any thread)."""
+    """Ask every run of this process to stop at its next epoch boundary (from any thread or a
+    signal handler), and tell the :func:`stop_listener`-s at once."""
     _stop.set()
+    for listener in list(_stop_listeners):
+        listener()
+
+
+@contextlib.contextmanager
+def stop_listener(listener: Callable[[], None]) -> Iterator[None]:
+    """Call ``listener`` when a stop is requested while in the ``with`` (e.g. a worker passes
+    the request on to its child processes at once, not when its loop next looks)."""
+    _stop_listeners.append(listener)
+    try:
+        yield
+    finally:
+        _stop_listeners.remove(listener)
 
 
 def stop_requested() -> bool:

@@ -338,7 +338,11 @@ def test_sigterm_during_a_range_test_hands_the_lease_back_and_exits_0(sqlite_url
 def test_sigterm_mid_trial_stops_at_the_epoch_boundary_and_the_next_worker_resumes_it(
     sqlite_url: str, tmp_path: Path, concurrency: int
 ) -> None:
-    (job_id,) = _submit(sqlite_url, 1, SLOW_EPOCHS)
+    # Long trials: the children start their first units up to a few epochs apart (each loads
+    # the data first), and neither may reach its end before the signal's epoch boundary.
+    epochs = 30
+    long_trials = {**SLOW_EPOCHS, "search": {**SLOW_EPOCHS["search"], "epochs": epochs}}
+    (job_id,) = _submit(sqlite_url, 1, long_trials)
     store = JobStore(sqlite_url)
     artifacts = str(tmp_path / "artifacts")
     first = _start_worker(
@@ -367,7 +371,7 @@ def test_sigterm_mid_trial_stops_at_the_epoch_boundary_and_the_next_worker_resum
         assert trial.datetime_complete is not None
         stopped_s = (trial.datetime_complete - signalled).total_seconds()
         assert stopped_s < 2 * epoch_s + 1.5, (stopped_s, epoch_s)
-        assert len(trial.intermediate_values) < SLOW_EPOCHS["search"]["epochs"] - 2
+        assert len(trial.intermediate_values) < epochs - 2
     assert store.get(job_id).status is JobStatus.SEARCHING
 
     second = _lrtune("worker", "--database", sqlite_url, "--once", "--artifact-dir", artifacts)

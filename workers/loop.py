@@ -122,6 +122,7 @@ from lrtune.training import (
     TrainingSetup,
     check_stop,
     request_stop,
+    stop_listener,
     stop_requested,
     wait_for_stop,
 )
@@ -497,7 +498,8 @@ class Worker:
         self._pool = pool = UnitPool(self.concurrency, config, unit_runner)
         pool.start()
         try:
-            yield
+            with stop_listener(pool.stop):  # a signal reaches the children at once
+                yield
         except BaseException as exc:  # a second signal (or a bug): stop the children at once
             pool.stop(now=not isinstance(exc, StopRequested))
             pool.close()
