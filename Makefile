@@ -38,6 +38,7 @@ bench: setup
 	$(PY) bench/search.py
 	$(PY) bench/suggest.py
 	$(PY) bench/api.py
+	$(PY) bench/workers.py
 
 clean:
 	rm -rf $(VENV) out artifacts .pytest_cache .ruff_cache
