@@ -153,7 +153,10 @@ def test_submit_watch_and_copy_in_a_real_browser(service: str) -> None:
         started = "#job-status [data-status]:not([data-status='queued'])"
         page.wait_for_selector(started, timeout=60_000)
         _shot(page, "2-job-running")
-        page.wait_for_selector("#finder-chart[data-drawn='1'] canvas", timeout=120_000)
+        # the finished range test's chart (a partial one, growing from the live points, comes
+        # first while the range test runs)
+        finished = "#finder-chart[data-drawn='1'][data-partial='0'] canvas"
+        page.wait_for_selector(finished, timeout=120_000)
         assert page.locator("#suggestions tbody tr").count() >= 3
         assert "chosen" in page.locator("#finder-note").inner_text()
         page.wait_for_selector("#trials tbody tr", timeout=120_000)

@@ -70,7 +70,10 @@ def test_three_workers_run_a_max_parallel_1_job_one_unit_at_a_time_and_help_the_
     store = JobStore(jobs_url)
     # the older job takes one worker at a time; the newer one may take all of them
     bounded = store.submit(JobSpec.model_validate(_job(n_trials=6, epochs=8, max_parallel=1)))
-    shared = store.submit(JobSpec.model_validate(_job(n_trials=6, epochs=8, max_parallel=3)))
+    # its trials long enough (unpruned, about a second each) that the idle workers, polling
+    # every second, join the one that finished its range test before it has run them all
+    long_trials = _job(n_trials=6, epochs=200, max_parallel=3, pruner="none")
+    shared = store.submit(JobSpec.model_validate(long_trials))
 
     workers = [_start_worker(jobs_url) for _ in range(3)]  # they poll until stopped
     deadline = time.monotonic() + 300

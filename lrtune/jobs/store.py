@@ -167,7 +167,6 @@ from lrtune.jobs.schemas import (
     WorkerList,
     WorkerRecord,
     WorkerRegistration,
-    _as_utc,
 )
 from lrtune.jobs.settings import LIVE_HEARTBEATS, Settings
 from lrtune.recommendation import Recommendation
@@ -324,7 +323,7 @@ class JobStore:
         started, now = row
         if started is None:
             return None
-        return (_as_utc(now) - _as_utc(started)).total_seconds()
+        return (_utc(now) - _utc(started)).total_seconds()
 
     @contextlib.contextmanager
     def unit_lock(self, job_id: str) -> Iterator[None]:
