@@ -243,7 +243,8 @@ def test_no_workers_listed_on_a_new_store(jobs_url: str) -> None:
 def test_concurrency_2_finishes_jobs_exactly_and_replaces_a_killed_child(
     jobs_url: str, tmp_path: Path
 ) -> None:
-    slow = {**SLOW_EPOCHS, "search": {**SLOW_EPOCHS["search"], "epochs": 4}}
+    # trials of a few seconds: the child killed an epoch into its trial is surely still in it
+    slow = {**SLOW_EPOCHS, "search": {**SLOW_EPOCHS["search"], "epochs": 12}}
     job_ids = _submit(jobs_url, 2, slow)
     store = JobStore(jobs_url)
     worker = _start_worker(
