@@ -539,7 +539,7 @@ def _counts(states: dict[str, int]) -> str:
 def _write_plots(rec: Any, directory: Path) -> None:
     from lrtune.plots import plot_history, plot_schedule
 
-    _save_figure(rec.range_test.plot(), directory / "loss_vs_lr.png")
+    _save_figure(rec.range_test.plot(bounds=rec.bounds), directory / "loss_vs_lr.png")
     if rec.best is not None:
         _save_figure(plot_schedule(rec), directory / "schedule.png")
     _save_figure(plot_history(rec.history, rec.metric, rec.direction), directory / "history.png")

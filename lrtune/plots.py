@@ -1,7 +1,9 @@
-"""Figures for a finished job: the recommended LR schedule and the trial history.
+"""Figures of a job: the recommended LR schedule, the trial history, the range test as it runs.
 
-Both return a matplotlib ``Figure`` built without pyplot (safe off the main thread and
-headless); the loss-vs-LR curve is :meth:`lrtune.LRFinderResult.plot`.
+Each returns a matplotlib ``Figure`` built without pyplot (headless, no GUI backend); the
+finished range test's loss-vs-LR curve is :meth:`lrtune.LRFinderResult.plot`.
+:func:`render_png` turns a figure into PNG bytes with the Agg backend, one figure at a time
+(matplotlib is not thread-safe; a server renders from its threadpool).
 
 Example:
     >>> from lrtune.recommendation import TrialSummary
@@ -10,17 +12,75 @@ Example:
     >>> fig = plot_history([trial], metric="val_loss", direction="minimize")
     >>> fig.axes[0].get_xlabel()
     'trial'
+    >>> live = plot_live_range_test([(1e-4, 2.3, 0), (1e-3, 2.1, 0), (1e-4, 2.4, 1)])
+    >>> render_png(lambda: live)[:8] == PNG_SIGNATURE
+    True
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import io
+import threading
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from lrtune.recommendation import Recommendation, TrialSummary
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+"""The eight bytes every PNG file starts with."""
+
+_render_lock = threading.Lock()
+
+
+def render_png(draw: Callable[[], Figure], dpi: int = 100) -> bytes:
+    """The figure ``draw`` builds, as PNG bytes (Agg); one figure is drawn at a time."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    with _render_lock:
+        fig = draw()
+        FigureCanvasAgg(fig)  # the figure's canvas from now on: savefig draws with Agg
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def plot_live_range_test(
+    points: Sequence[tuple[float, float, int]], lr_reference: str = "param group 0"
+) -> Figure:
+    """The range test while it runs: each seed's smoothed loss so far, by LR (log axis).
+
+    ``points`` are ``(lr, smoothed loss, seed)`` as the live feed carries them (the workers'
+    progress reports); the median, band and suggestions come with the finished test.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    seeds = sorted({seed for _, _, seed in points})
+    for seed in seeds:
+        curve = sorted((lr, loss) for lr, loss, s in points if s == seed)
+        ax.plot(
+            *zip(*curve, strict=True),
+            color="tab:blue",
+            alpha=0.6 if len(seeds) > 1 else 1.0,
+            lw=1.2,
+            label=f"seed {seed + 1}" if len(seeds) <= 5 else None,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel(f"learning rate ({lr_reference})")
+    ax.set_ylabel("loss (smoothed, so far)")
+    ax.set_title(
+        f"range test running: {len(points)} points from {len(seeds)} seed"
+        f"{'s' if len(seeds) > 1 else ''}; suggestions follow when it ends",
+        fontsize="medium",
+    )
+    if len(seeds) <= 5:
+        ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    return fig
 
 
 def plot_schedule(rec: Recommendation) -> Figure:

@@ -193,8 +193,10 @@ class LRFinderResult(ResultModel):
             lines.append(f"  diverged at lr {self.divergence_lr:.3g} (step {self.diverged_at})")
         return "\n".join(lines)
 
-    def plot(self, ax: Axes | None = None) -> Figure:
-        """Loss vs LR on a log axis: seeds faint, median bold, band shaded, suggestions marked."""
+    def plot(self, ax: Axes | None = None, *, bounds: LRBounds | None = None) -> Figure:
+        """Loss vs LR on a log axis: seeds faint, median bold, band shaded, every rule's
+        suggestion dotted, the chosen one (the consensus) bold red, and, given ``bounds``, the
+        LR range the search draws from shaded."""
         from matplotlib.figure import Figure
 
         if ax is None:
@@ -204,13 +206,14 @@ class LRFinderResult(ResultModel):
             fig = ax.figure
         lrs = np.asarray(self.lrs)
         multi = len(self.seeds) > 1
-        for curve in self.seeds:
+        for k, curve in enumerate(self.seeds):
             ax.plot(
                 lrs[: len(curve.smoothed)],
                 curve.smoothed,
                 color="tab:blue",
                 alpha=0.25 if multi else 1.0,
                 lw=1,
+                label=("seeds" if multi else "loss") if k == 0 else None,
             )
         if multi:
             n = len(self.median)
@@ -223,16 +226,25 @@ class LRFinderResult(ResultModel):
                 label="25-75% of seeds",
             )
             ax.plot(lrs[:n], self.median, color="tab:blue", lw=2.5, label="median")
+        if bounds is not None:
+            ax.axvspan(
+                bounds.low,
+                bounds.high,
+                color="tab:green",
+                alpha=0.08,
+                label=f"search range {bounds.low:.2g}-{bounds.high:.2g}",
+            )
         for (name, s), color in zip(
             self.suggestions.items(), ("C1", "C2", "C4", "C5", "C6"), strict=False
         ):
             if s.lr is not None:
-                ax.axvline(s.lr, color=color, ls=":", lw=1, label=f"{name} {s.lr:.2g}")
+                ax.axvline(s.lr, color=color, ls=":", lw=1.2, label=f"{name} {s.lr:.2g}")
         if self.suggestion is not None:
-            ax.axvline(self.suggestion, color="C3", lw=2, label=f"suggested {self.suggestion:.2g}")
+            ax.axvline(self.suggestion, color="C3", lw=2.5, label=f"chosen {self.suggestion:.2g}")
         ax.set_xscale("log")
         ax.set_xlabel(f"learning rate ({self.lr_reference})")
         ax.set_ylabel("loss (smoothed)")
+        ax.set_title(self._plot_title(), fontsize="medium")
         finite = [v for v in self.median if math.isfinite(v)]
         if finite:
             ax.set_ylim(
@@ -241,6 +253,14 @@ class LRFinderResult(ResultModel):
         ax.legend(fontsize="small")
         ax.grid(alpha=0.3)
         return fig
+
+    def _plot_title(self) -> str:
+        seeds = f"{len(self.seeds)} seed{'s' if len(self.seeds) > 1 else ''}"
+        if self.suggestion is None:
+            return f"range test, {seeds}: no suggestion ({self.consensus.suggestion.reason})"
+        spread = self.spread_decades
+        agree = "" if spread is None else f", seeds within {spread:.2f} decades"
+        return f"range test, {seeds}: chosen lr {self.suggestion:.3g}{agree}"
 
 
 class LRBounds(ResultModel):

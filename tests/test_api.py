@@ -817,7 +817,7 @@ def test_the_openapi_schema_documents_every_operation_with_typed_results(
         for path, methods in schema["paths"].items()
         for method, op in methods.items()
     ]
-    assert len(operations) == 16  # with GET /metrics, /finder and /trials
+    assert len(operations) == 17  # with GET /metrics, /finder, /finder.png and /trials
     for path, method, op in operations:
         where = f"{method.upper()} {path}"
         assert op.get("summary") and op.get("description"), where

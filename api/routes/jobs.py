@@ -217,7 +217,7 @@ def get_job(
     """
     job = store.get(job_id)
     etag = entity_tag(job)
-    if if_none_match is not None and etag in _listed_tags(if_none_match):
+    if if_none_match is not None and etag in listed_tags(if_none_match):
         return Response(status_code=304, headers={"ETag": etag})  # type: ignore[return-value]
     response.headers["ETag"] = etag
     return job
@@ -229,7 +229,8 @@ def entity_tag(job: JobRecord) -> str:
     return f'"{digest}"'
 
 
-def _listed_tags(header: str) -> set[str]:
+def listed_tags(header: str) -> set[str]:
+    """The entity tags an ``If-None-Match`` header lists (weak ones compared as strong)."""
     return {tag.strip().removeprefix("W/") for tag in header.split(",")}
 
 

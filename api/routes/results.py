@@ -11,19 +11,31 @@ an event whose payload carries ``points``, ``[[lr, smoothed_loss, seed], ...]`` 
 measured since the previous event), adds them to the chart; its progress fields
 (``range_test_steps_done``, ``range_test_steps_total``) move the progress bar.
 
+``/finder.png`` is the same range test as a PNG (matplotlib's Agg, imported on the first
+request): the finished test as :meth:`~lrtune.result.LRFinderResult.plot` draws it with the LR
+bounds shaded, or, while it runs, each seed's curve so far from those events' points. Its
+``ETag`` changes when a new batch of points arrives and when the test finishes.
+
 Example:
     >>> [route.path for route in router.routes]
-    ['/jobs/{job_id}/finder', '/jobs/{job_id}/trials']
+    ['/jobs/{job_id}/finder', '/jobs/{job_id}/finder.png', '/jobs/{job_id}/trials']
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import hashlib
+from functools import partial
+from typing import Annotated
 
+from fastapi import APIRouter, Header, Response
+
+from lrtune import __version__
 from lrtune.api.deps import ReadAuth, StoreDep, StudiesDep
 from lrtune.api.routes._docs import error_responses
-from lrtune.api.routes.jobs import JobId
+from lrtune.api.routes.jobs import JobId, listed_tags
 from lrtune.api.schemas import FinderView, TrialsView
+from lrtune.exceptions import NotFoundError
+from lrtune.jobs import JobRecord, JobStore
 from lrtune.study_view import read_finder, read_trials
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -49,6 +61,81 @@ def get_finder(job_id: JobId, store: StoreDep, studies: StudiesDep, _: ReadAuth)
         range_test=result,
         bounds=bounds,
     )
+
+
+PNG_RESPONSE = {
+    "description": "The loss-vs-LR plot: finished, or the curves so far while it runs",
+    "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+}
+
+
+@router.get(
+    "/{job_id}/finder.png",
+    summary="A job's range test as a PNG plot",
+    response_class=Response,
+    responses={
+        200: PNG_RESPONSE,
+        304: {"description": "Unchanged since the `ETag` sent in `If-None-Match`"},
+        **error_responses(401, 404, 422, 503),
+    },
+)
+def get_finder_png(
+    job_id: JobId,
+    store: StoreDep,
+    studies: StudiesDep,
+    _: ReadAuth,
+    if_none_match: Annotated[
+        str | None, Header(description="the `ETag` of the copy the client has")
+    ] = None,
+) -> Response:
+    """Loss vs LR on a log axis: per-seed curves faint, the median bold with its band, every
+    rule's suggestion marked, the chosen one highlighted and the search's LR bounds shaded.
+    While the range test runs: each seed's curve so far. 404 until it has a first point."""
+    from lrtune.plots import plot_live_range_test, render_png
+
+    job = store.get(job_id)
+    result, bounds = read_finder(studies, job.study_name)
+    if result is not None:
+        etag = _png_tag(job, "finished")
+        draw = partial(result.plot, bounds=bounds)
+    else:
+        points, last_event = _live_points(store, job)
+        etag = _png_tag(job, f"live-{last_event}")
+        draw = partial(plot_live_range_test, points)
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if if_none_match is not None and etag in listed_tags(if_none_match):
+        return Response(status_code=304, headers=headers)
+    return Response(render_png(draw), media_type="image/png", headers=headers)
+
+
+def _live_points(store: JobStore, job: JobRecord) -> tuple[list[tuple[float, float, int]], int]:
+    """The range-test points the job's events carried so far, and the last such event's id.
+
+    Raises:
+        NotFoundError: none yet, with what to wait for.
+    """
+    points: list[tuple[float, float, int]] = []
+    last_event, after = 0, 0
+    while batch := store.events(job.id, after_id=after, limit=500):
+        for event in batch:
+            carried = event.payload.get("points")
+            if isinstance(carried, list) and carried:
+                points += [(p[0], p[1], p[2] if len(p) > 2 else 0) for p in carried]
+                last_event = event.id
+        after = batch[-1].id
+    if not points:
+        raise NotFoundError(
+            f"job {job.id!r} has no range-test points to plot: it is {job.status.value}. The "
+            "plot appears once its range test has reported its first steps "
+            f"(GET /v1/jobs/{job.id}/finder says how far it has got)"
+        )
+    return points, last_event
+
+
+def _png_tag(job: JobRecord, state: str) -> str:
+    """A strong ETag of the PNG: what it is drawn from, and the code that draws it."""
+    digest = hashlib.sha256(f"{__version__}:{job.id}:{state}".encode()).hexdigest()[:32]
+    return f'"{digest}"'
 
 
 @router.get(
