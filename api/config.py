@@ -11,6 +11,8 @@ the API's fields, so that the API, the store it opens and the workers read one s
 - ``LRTUNE_MAX_BODY_BYTES``: request bodies above it are refused with 413.
 - ``LRTUNE_MAX_QUEUED_JOBS``: a submit that finds this many jobs queued is refused with 429.
 - ``LRTUNE_HOST``/``LRTUNE_PORT``: where ``uvicorn`` binds (loopback by default).
+- ``LRTUNE_OPTUNA_DASHBOARD``: serve optuna-dashboard at ``/dashboard`` over the jobs'
+  studies, behind the token (:mod:`lrtune.api.routes.optuna_dashboard`); true by default.
 - ``LRTUNE_SSE_POLL_S``/``LRTUNE_SSE_PING_S``: how often an event stream reads the store for
   new events, and how often it sends a keep-alive comment.
 
@@ -60,6 +62,9 @@ class Settings(StoreSettings):
     )
     host: str = Field("127.0.0.1", min_length=1, description="address the API binds")
     port: int = Field(8000, ge=1, le=65535, description="port the API binds")
+    optuna_dashboard: bool = Field(
+        True, description="serve optuna-dashboard at /dashboard, behind the API's token"
+    )
     sse_poll_s: float = Field(
         0.5, gt=0, le=60, description="seconds between an event stream's reads of the store"
     )

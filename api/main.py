@@ -2,7 +2,8 @@
 
 The app holds its :class:`~lrtune.api.config.Settings` and a lazily opened job store on
 ``app.state``; routers come from :mod:`lrtune.api.routes` (``/v1/...``, plus ``/healthz`` and
-``/readyz``, and the dashboard's pages at ``/`` with its assets at ``/ui``), errors are
+``/readyz``, the dashboard's pages at ``/`` with its assets at ``/ui``, and optuna-dashboard
+at ``/dashboard``), errors are
 mapped in :mod:`lrtune.api.errors`, and request bodies are capped by
 :mod:`lrtune.api.middleware`. Building the app and serving jobs imports neither torch nor
 Optuna (a schedule preview imports torch; deleting a job that has a study, and reading a
@@ -36,6 +37,7 @@ from lrtune.api.routes import (
     jobs,
     metrics,
     models,
+    optuna_dashboard,
     recommendations,
     results,
     schedules,
@@ -98,5 +100,6 @@ def create_app(settings: Settings | None = None, *, store: JobStore | None = Non
     app.include_router(v1)
     app.include_router(dashboard.router)
     app.mount(dashboard.ASSETS_PATH, dashboard.assets(), name="assets")
+    optuna_dashboard.install(app)  # last: at the root, off every path above
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

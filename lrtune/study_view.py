@@ -13,6 +13,8 @@ that serves these pages never loads torch.
 - :func:`open_reader`: the Optuna storage to read them from: no heartbeat and, on SQLite,
   deferred transactions, so that a dashboard reading a study never takes the write lock that
   the workers' IMMEDIATE transactions wait for (:mod:`lrtune.storage` opens workers' storages).
+- :func:`find_study_id`: the storage's id of a study (optuna-dashboard's pages name studies
+  by it), or ``None`` while it does not exist.
 - :func:`read_trials`: every search trial and confirmation run as a :class:`TrialView`:
   family, params, state, value, per-epoch records, why it stopped, LR per step.
 
@@ -43,7 +45,7 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-__all__ = ["TrialView", "open_reader", "read_finder", "read_trials"]
+__all__ = ["TrialView", "find_study_id", "open_reader", "read_finder", "read_trials"]
 
 NO_FAIL_REASON = "failed (no reason recorded)"
 
@@ -153,6 +155,21 @@ def _load(storage: optuna.storages.BaseStorage, study_name: str) -> optuna.Study
         return optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:  # no such study (yet)
         return None
+
+
+def find_study_id(storage: optuna.storages.BaseStorage, study_name: str) -> int | None:
+    """The id of the study named ``study_name``, or ``None`` if there is none (yet).
+
+    Raises:
+        StorageUnavailableError: the storage failed.
+    """
+    from lrtune._optuna import storage_errors
+
+    with storage_errors():
+        try:
+            return storage.get_study_id_from_name(study_name)
+        except KeyError:
+            return None
 
 
 def read_finder(

@@ -4,7 +4,8 @@ uvicorn serves the API and a real ``lrtune worker`` process runs the jobs, both 
 file. The test submits a job through the form (after a 422 shown inline), follows the job
 page as the worker runs it (progress, the range test's chart, the trials, the
 recommendation), copies the snippet, and measures the job page's transfer size and its time
-to the first drawn chart. Screenshots and the figures go to ``test-artifacts/dashboard/``
+to the first drawn chart. Another opens optuna-dashboard, which the API serves, on a finished
+job's study, through the login. Screenshots and the figures go to ``test-artifacts/dashboard/``
 (gitignored): look at them.
 
 Skipped when Playwright or ``/usr/bin/chromium`` is missing, unless ``LRTUNE_BROWSER_TESTS``
@@ -269,4 +270,54 @@ def test_a_range_test_curve_grows_from_progress_events_behind_the_login(tmp_path
         page.wait_for_selector("#job-status [data-status='cancelled']", timeout=30_000)
         assert page.locator("#cancel").is_hidden()
         assert store.get(job.id).status.value == "cancelled"  # through the cookie's auth
+        browser.close()
+
+
+def test_optuna_dashboard_shows_a_finished_jobs_study_behind_the_login(tmp_path: Path) -> None:
+    """optuna-dashboard, served by the API: the browser is sent to the login first, then the
+    job page's link opens the job's study there, drawn by optuna-dashboard's own page."""
+    from live_api import serve
+    from small_jobs import small_job
+
+    from lrtune.api import Settings, create_app
+    from lrtune.jobs import JobStatus, JobStore
+    from lrtune.workers.loop import Worker
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    store = JobStore(url)
+    spec = small_job(n_trials=4, epochs=2, families=["constant", "cosine"], confirm_seeds=0)
+    job = store.submit(spec)
+    Worker(store, device="cpu", poll_s=0.05).run(once=True)
+    assert store.get(job.id).status is JobStatus.SUCCEEDED
+    settings = Settings(database_url=url, api_token="0ptuna-br0wser")
+    with (
+        serve(create_app(settings, store=store)) as base,
+        playwright_sync.sync_playwright() as p,
+    ):
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{base}/dashboard")
+        page.wait_for_url("**/login?next=/dashboard")  # no cookie: optuna-dashboard is shut
+        page.fill("#token", "0ptuna-br0wser")
+        page.click("#login-form button[type=submit]")
+        page.wait_for_url(f"{base}/dashboard")
+        page.wait_for_selector(f"text={job.study_name}", timeout=30_000)
+        _shot(page, "8-optuna-dashboard-studies")
+
+        page.goto(f"{base}/jobs/{job.id}")
+        link = page.wait_for_selector("#optuna-link:not([hidden])")
+        assert link.get_attribute("href") == f"/jobs/{job.id}/optuna"
+        assert page.get_attribute("#finder-png", "href") == f"/v1/jobs/{job.id}/finder.png"
+        page.wait_for_selector("#rec-body:not([hidden])")
+        _shot(page, "8-job-with-its-links")
+        link.click()
+        page.wait_for_url("**/dashboard/studies/*")
+        page.wait_for_selector(f"text={job.study_name}", timeout=30_000)
+        page.wait_for_selector(".js-plotly-plot", timeout=30_000)  # its history chart
+        page.wait_for_timeout(1000)  # plotly's transitions
+        _shot(page, "9-optuna-dashboard-study")
+        assert errors == [], errors
         browser.close()

@@ -4,7 +4,9 @@
 - :mod:`.recommendations`: ``/v1/recommendations`` ("what LR should I use");
 - :mod:`.models` and :mod:`.datasets`: the registry with each factory's params schema;
 - :mod:`.schedules`: ``/v1/schedules/preview``;
-- :mod:`.health`: ``/healthz`` and ``/readyz`` (not versioned: they are for orchestrators).
+- :mod:`.health`: ``/healthz`` and ``/readyz`` (not versioned: they are for orchestrators);
+- :mod:`.dashboard`: the dashboard's pages; :mod:`.optuna_dashboard`: optuna-dashboard at
+  ``/dashboard``, behind the token (both unversioned, outside the OpenAPI schema).
 
 Example:
     >>> from lrtune.api.routes import jobs

@@ -318,9 +318,13 @@ function listen() {
   source.addEventListener("unavailable", () => scheduleRefresh()); // EventSource retries itself
 }
 
-// optuna-dashboard, when it is mounted at the root over the same database.
+document.getElementById("finder-png").href = `${base}/finder.png`;
+
+// optuna-dashboard, when the API serves it (a 401 until logged in: the link leads to the login).
 fetch("/dashboard", { method: "HEAD" }).then((r) => {
-  if (r.ok) document.getElementById("optuna-link").hidden = false;
+  const link = document.getElementById("optuna-link");
+  link.href = `/jobs/${encodeURIComponent(jobId)}/optuna`;
+  if (r.status !== 404) link.hidden = false;
 }).catch(() => {});
 
 document.getElementById("cancel").addEventListener("click", async (event) => {

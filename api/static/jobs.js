@@ -34,5 +34,10 @@ async function refresh() {
   }
 }
 
+// optuna-dashboard, when the API serves it (a 401 until logged in: the link leads to the login).
+fetch("/dashboard", { method: "HEAD" }).then((r) => {
+  if (r.status !== 404) document.getElementById("optuna-note").hidden = false;
+}).catch(() => {});
+
 refresh();
 setInterval(() => { if (!document.hidden) refresh(); }, POLL_MS);
