@@ -87,6 +87,15 @@ def test_every_optuna_dashboard_path_needs_the_token_reads_and_writes(
         login = http.post("/login", data={"token": TOKEN, "next": "/dashboard"})
         assert login.status_code == 303 and TOKEN_COOKIE in login.cookies
         assert _study_id(http, finished.study_name) == study_id  # the cookie lets it in
+        for sender in ("cross-site", "same-site"):  # another site's page, or another port's
+            forged = http.delete(f"/api/studies/{study_id}", headers={"Sec-Fetch-Site": sender})
+            assert forged.status_code == 403 and sender in forged.json()["detail"]
+        assert _study_id(http, finished.study_name) == study_id
+        note = {"version": 1, "body": "from the dashboard's own page"}
+        own = http.put(
+            f"/api/studies/{study_id}/note", json=note, headers={"Sec-Fetch-Site": "same-origin"}
+        )
+        assert own.status_code == 204, own.text
         html = http.get("/dashboard", headers={"Accept": "text/html"})
         assert html.status_code == 200 and "/static/bundle.js" in html.text
         assert http.get("/static/bundle.js").status_code == 200
@@ -104,6 +113,8 @@ def test_the_jobs_study_is_listed_and_the_job_links_to_its_page(
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         detail = http.get(f"/api/studies/{study_id}").json()
         assert detail["name"] == finished.study_name and len(detail["trials"]) == 2
+        forged = http.delete(f"/api/studies/{study_id}", headers={"Sec-Fetch-Site": "cross-site"})
+        assert forged.status_code == 403
         queued = store.submit(small_job(n_trials=2))
         pending = http.get(f"/jobs/{queued.id}/optuna")
         assert pending.status_code == 404 and "queued" in pending.json()["detail"]

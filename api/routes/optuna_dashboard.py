@@ -14,7 +14,10 @@ unknown path is still lrtune's JSON 404.
   reads included, needs the token: ``Authorization: Bearer <token>`` or the dashboard login's
   cookie (:data:`~lrtune.api.deps.TOKEN_COOKIE`). A browser navigating there without it is
   sent to ``/login`` (and back); anything else gets 401. Without a token the service binds
-  loopback only (:mod:`lrtune.api.serve`), like the rest of the API.
+  loopback only (:mod:`lrtune.api.serve`), like the rest of the API. Its writes are taken
+  only from its own pages: a browser's request that another site (another port on the same
+  host included) sends, by its ``Sec-Fetch-Site`` header, is refused with 403 (the login
+  cookie is SameSite=Strict, but another port is the same site).
 - Lazy: ``optuna_dashboard`` (with Optuna and bottle) is imported, and its app built over the
   API's Optuna storage (:class:`~lrtune.api.deps.LazyStudies`), on the first request to one of
   its paths; a2wsgi runs it in its own threadpool.
@@ -74,6 +77,8 @@ ROUTE_PATHS = tuple(
 )
 """:data:`PATHS` as Starlette route paths."""
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
 router = APIRouter(include_in_schema=False)
 
 
@@ -116,7 +121,14 @@ class OptunaDashboard:
         await app(scope, receive, send)
 
     def _refusal(self, request: Request) -> Response | None:
-        """None if the request may go on; else where to send it (raises the 401)."""
+        """None if the request may go on; else where to send it (raises the 401 or 403)."""
+        sender = request.headers.get("sec-fetch-site", "none")  # absent: not a browser
+        if request.method not in SAFE_METHODS and sender not in ("same-origin", "none"):
+            raise HTTPException(
+                403,
+                "optuna-dashboard's write endpoints take requests from its own pages only "
+                f"(this one came from a {sender} page)",
+            )
         if self.settings.api_token is None:
             return None
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
