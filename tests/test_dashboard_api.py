@@ -99,6 +99,10 @@ def test_pages_and_vendored_assets_are_served_with_their_types(store: JobStore) 
             page = http.get(path)
             assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
             assert "/ui/lrtune.css" in page.text and "cdn" not in page.text.lower()
+            # the shared top (static/_layout.html), then the page's own title and body
+            head, _, body = page.text.partition("</head>")
+            assert page.text.startswith("<!doctype html>") and page.text.count("<title>") == 1
+            assert "<title>lrtune · " in head and "<header>" in body and "<main>" in body
         script = http.get("/ui/vendor/uplot/uPlot.iife.min.js")
         assert script.status_code == 200 and "javascript" in script.headers["content-type"]
         assert script.text.startswith("/*! https://github.com/leeoniya/uPlot (v1.6.32) */")

@@ -179,6 +179,7 @@ def test_submit_watch_and_copy_in_a_real_browser(service: str) -> None:
         # The jobs list shows it finished.
         page.goto(service)
         page.wait_for_selector(f"tr[data-job='{job_id}'] [data-status='succeeded']")
+        page.wait_for_selector("#optuna-note:not([hidden]) a[href='/dashboard']")
         _shot(page, "5-jobs")
 
         figures = _measure_job_page(browser, f"{service}/jobs/{job_id}")

@@ -2,11 +2,12 @@
 ``/ui/``.
 
 The pages are static HTML shipped in the package (``lrtune/api/static``, package data), each
-driven by a plain JavaScript module beside it that reads the ``/v1`` API; charts are drawn
-with the vendored uPlot (``static/vendor/uplot``, MIT). Nothing is fetched from elsewhere,
-so the dashboard works offline, and nothing is built at install time. The paths stay off
-``/api``, ``/dashboard``, ``/static`` and ``/csv``, where optuna-dashboard lives when it is
-mounted at the root.
+driven by a plain JavaScript module beside it that reads the ``/v1`` API; their shared
+``<head>`` and ``<header>`` are one file, ``_layout.html``, put before each page's own part
+when it is served. Charts are drawn with the vendored uPlot (``static/vendor/uplot``, MIT).
+Nothing is fetched from elsewhere, so the dashboard works offline, and nothing is built at
+install time. The paths stay off ``/api``, ``/dashboard``, ``/static`` and ``/csv``, where
+optuna-dashboard lives (:mod:`.optuna_dashboard`).
 
 - ``/``: the jobs, live (polled every few seconds): state, phase, progress with an ETA, best
   metric so far, age.
@@ -34,7 +35,7 @@ from urllib.parse import parse_qs, quote
 
 from fastapi import APIRouter, Request
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp
@@ -45,6 +46,9 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 """The dashboard's pages, scripts, styles and the vendored uPlot (package data)."""
 ASSETS_PATH = "/ui"
 """Where the static folder is served."""
+LAYOUT = "_layout.html"
+"""Every page's ``<head>`` and ``<header>``, shared (the pages hold only their own part)."""
+_TITLE_SLOT = "<!-- the page's <title>, its file's first line -->"
 COOKIE_MAX_AGE_S = 7 * 24 * 3600
 
 _logger = logging.getLogger("lrtune.api")
@@ -58,33 +62,39 @@ def assets() -> ASGIApp:
     return GZipMiddleware(StaticFiles(directory=STATIC_DIR), minimum_size=1024)
 
 
-def _page(name: str) -> FileResponse:
-    return FileResponse(STATIC_DIR / name, media_type="text/html", headers=_NO_STORE)
+def _page(name: str) -> HTMLResponse:
+    """The page ``name``: the shared top (:data:`LAYOUT`) with the page's title, then the page.
+
+    A page's file holds its ``<title>`` on its first line, then its ``<main>`` and scripts.
+    """
+    title, body = (STATIC_DIR / name).read_text(encoding="utf-8").split("\n", 1)
+    top = (STATIC_DIR / LAYOUT).read_text(encoding="utf-8").replace(_TITLE_SLOT, title, 1)
+    return HTMLResponse(top + body, headers=_NO_STORE)
 
 
 _NO_STORE = {"Cache-Control": "no-cache"}
 
 
 @router.get("/")
-def jobs_page() -> FileResponse:
+def jobs_page() -> HTMLResponse:
     """The jobs list."""
     return _page("jobs.html")
 
 
 @router.get("/jobs/{job_id}")
-def job_page(job_id: Annotated[str, PathParam(max_length=64)]) -> FileResponse:
+def job_page(job_id: Annotated[str, PathParam(max_length=64)]) -> HTMLResponse:
     """One job's page (the script reads the id from the URL)."""
     return _page("job.html")
 
 
 @router.get("/submit")
-def submit_page() -> FileResponse:
+def submit_page() -> HTMLResponse:
     """The submit form."""
     return _page("submit.html")
 
 
 @router.get("/login")
-def login_page() -> FileResponse:
+def login_page() -> HTMLResponse:
     """The token form."""
     return _page("login.html")
 
