@@ -755,6 +755,7 @@ API_MODULES = [
     "lrtune.api.routes.jobs",
     "lrtune.api.routes.metrics",
     "lrtune.api.routes.models",
+    "lrtune.api.routes.optuna_dashboard",
     "lrtune.api.routes.recommendations",
     "lrtune.api.routes.results",
     "lrtune.api.routes.schedules",
