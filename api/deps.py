@@ -160,8 +160,13 @@ def require_read_token(
     """The read endpoints' check, when ``api_token_for_reads`` is on."""
     if not settings.api_token_for_reads:
         return
+    check_token(settings, presented_token(authorization, cookie))
+
+
+def presented_token(authorization: str | None, cookie: str | None) -> str | None:
+    """The token a request presents: the ``Authorization: Bearer`` header's, else the cookie's."""
     scheme, _, token = (authorization or "").partition(" ")
-    check_token(settings, token.strip() if scheme.lower() == "bearer" else cookie)
+    return token.strip() if scheme.lower() == "bearer" else cookie
 
 
 WriteAuth = Annotated[None, Depends(require_write_token)]

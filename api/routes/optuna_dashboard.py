@@ -53,6 +53,7 @@ from lrtune.api.deps import (
     StoreDep,
     StudiesDep,
     check_token,
+    presented_token,
 )
 from lrtune.api.routes.jobs import JobId
 from lrtune.exceptions import NotFoundError
@@ -131,16 +132,16 @@ class OptunaDashboard:
             )
         if self.settings.api_token is None:
             return None
-        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        bearer = credentials.strip() if scheme.lower() == "bearer" else None
-        token = bearer or request.cookies.get(TOKEN_COOKIE)
+        authorization = request.headers.get("authorization")
         try:
-            check_token(self.settings, token)
+            check_token(
+                self.settings, presented_token(authorization, request.cookies.get(TOKEN_COOKIE))
+            )
         except HTTPException:
             navigating = request.method == "GET" and "text/html" in request.headers.get(
                 "accept", ""
             )
-            if navigating and not bearer:
+            if navigating and authorization is None:
                 target = quote(request.url.path, safe="/")
                 return RedirectResponse(f"/login?next={target}", status_code=303)
             raise
