@@ -78,7 +78,7 @@ def plot_live_range_test(
         fontsize="medium",
     )
     if len(seeds) <= 5:
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="small", loc="upper right")  # the curve starts at the left
     ax.grid(alpha=0.3)
     return fig
 

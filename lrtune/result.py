@@ -200,7 +200,7 @@ class LRFinderResult(ResultModel):
         from matplotlib.figure import Figure
 
         if ax is None:
-            fig = Figure(figsize=(7, 4.5), layout="constrained")
+            fig = Figure(figsize=(8.5, 4.5), layout="constrained")
             ax = fig.add_subplot()
         else:
             fig = ax.figure
@@ -250,7 +250,8 @@ class LRFinderResult(ResultModel):
             ax.set_ylim(
                 min(finite) * 0.95 if min(finite) > 0 else None, max(finite[0], min(finite)) * 1.6
             )
-        ax.legend(fontsize="small")
+        # beside the axes: up to a dozen entries would hide part of the curve
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
         ax.grid(alpha=0.3)
         return fig
 

@@ -27,15 +27,16 @@ from lrtune.workers.loop import Worker
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "dashboard"
 # Long enough to be caught running (several half-second progress reports), short to search.
 LONG_RANGE_TEST = {"seeds": 3, "num_iter": 1500, "diverge_threshold": 1e9}
+LIVE_SIZE, FINISHED_SIZE = (700, 450), (850, 450)  # the finished plot's legend is beside it
 
 
-def _decoded(response: httpx.Response) -> Image.Image:
+def _decoded(response: httpx.Response, size: tuple[int, int]) -> Image.Image:
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "image/png"
     assert response.content[:8] == PNG_SIGNATURE
     image = Image.open(io.BytesIO(response.content))
     image.load()  # decodes every row: a truncated or corrupt PNG raises
-    assert image.format == "PNG" and image.size == (700, 450)
+    assert image.format == "PNG" and image.size == size
     return image
 
 
@@ -77,14 +78,14 @@ def test_the_plot_is_404_then_grows_while_the_range_test_runs_then_is_the_finish
 
         _wait_for(caught_running)
         first, grown = running[0], running[-1]
-        _decoded(first)
-        _decoded(grown)
+        _decoded(first, LIVE_SIZE)
+        _decoded(grown, LIVE_SIZE)
         (ARTIFACTS / "finder-running.png").write_bytes(grown.content)
         thread.join(timeout=300)
         assert store.get(job.id).status is JobStatus.SUCCEEDED, store.get(job.id).error
 
         final = http.get(path)
-        _decoded(final)
+        _decoded(final, FINISHED_SIZE)
         (ARTIFACTS / "finder-finished.png").write_bytes(final.content)
         assert final.headers["etag"] not in {r.headers["etag"] for r in running}
         assert final.content != grown.content
