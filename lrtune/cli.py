@@ -242,6 +242,14 @@ def _parser() -> argparse.ArgumentParser:
         "$LRTUNE_ARTIFACT_DIR, else ./lrtune-artifacts; shared by the workers that may resume "
         "it and the store that deletes a job)",
     )
+    worker.add_argument(
+        "--wait-for-db",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="at start, wait up to S seconds for an unavailable database, retrying with "
+        "backoff (default 120; 0: fail at once)",
+    )
     worker.set_defaults(run=_worker)
 
     workers = sub.add_parser("workers", help="list the live workers and what each holds")
@@ -665,8 +673,13 @@ def _status(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     from lrtune.device import set_torch_threads
-    from lrtune.jobs import JobStore
-    from lrtune.workers.loop import DEFAULT_LEASE_S, Worker, stop_on_signals, threads_per_unit
+    from lrtune.workers.loop import (
+        DEFAULT_LEASE_S,
+        Worker,
+        open_store,
+        stop_on_signals,
+        threads_per_unit,
+    )
 
     if args.max_jobs is not None and args.max_jobs < 1:
         raise CliError(f"--max-jobs must be >= 1, got {args.max_jobs}")
@@ -675,6 +688,8 @@ def _worker(args: argparse.Namespace) -> int:
     lease_s = DEFAULT_LEASE_S if args.lease_s is None else args.lease_s
     if not lease_s > 0:
         raise CliError(f"--lease-s must be a positive number of seconds, got {lease_s}")
+    if not args.wait_for_db >= 0:
+        raise CliError(f"--wait-for-db must be >= 0 seconds, got {args.wait_for_db}")
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the worker logs one line per change
@@ -682,7 +697,7 @@ def _worker(args: argparse.Namespace) -> int:
     threads, chosen = threads_per_unit(args.concurrency, getattr(args, "threads", None))
     threads = set_torch_threads(threads)
     logging.getLogger("lrtune.workers").info("torch threads: %d per unit (%s)", threads, chosen)
-    store = JobStore(args.database)
+    store = open_store(args.database, wait_s=args.wait_for_db)
     worker = Worker(
         store,
         device=args.device,

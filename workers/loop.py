@@ -115,6 +115,7 @@ from lrtune.jobs import (
     WorkerActivity,
     WorkerRegistration,
 )
+from lrtune.jobs.settings import Settings as StoreSettings
 from lrtune.jobs.store import remove_checkpoints
 from lrtune.storage import open_storage
 from lrtune.training import (
@@ -301,6 +302,31 @@ class _Presence:
             self.store.register_worker(self.registration)
         except LRTuneError as exc:
             logger.warning("worker=%s event=beat_failed error=%s", self.registration.id, exc)
+
+
+def open_store(url: str | None, wait_s: float) -> JobStore:
+    """The job store at ``url``, waited for up to ``wait_s`` seconds while it is unavailable.
+
+    A worker may start before its database does (a fleet's PostgreSQL restarting, the migration
+    job not yet done): each failed try is logged and retried after a backoff (the store
+    settings' ``retry_*``), until ``wait_s`` has passed. ``wait_s=0`` tries once.
+
+    Raises:
+        StorageUnavailableError: the store still cannot be opened after ``wait_s`` seconds.
+    """
+    settings = StoreSettings.from_env()
+    backoff = Backoff(settings.retry_initial_s, max(settings.retry_max_s, settings.retry_initial_s))
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return JobStore(url, settings=settings)
+        except StorageUnavailableError as exc:
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                raise
+            wait = min(backoff.next_s(), left_s)
+            logger.warning("event=store_unavailable retry_in=%.1fs error=%s", wait, exc)
+            time.sleep(wait)
 
 
 def available_cores() -> int:
