@@ -2,12 +2,16 @@
 job store's ``db upgrade``, ``db prune``, ``submit``, ``status``, ``recommend``, ``cancel``,
 ``worker`` and ``workers``; ``serve``, the HTTP service.
 
+``submit``, ``status``, ``recommend`` and ``cancel`` work on the job store (``--database``), or
+through the HTTP API with ``--url`` (or ``LRTUNE_URL``), printing the same either way.
+
 Progress goes to stderr, answers to stdout (``--json`` for machines). Bad input ends with a
 one-line ``lrtune: error: ...`` and exit status 2, never a traceback.
 
 Example:
     $ lrtune find --model mlp --dataset digits --seeds 4 --plot curve.png
     $ lrtune tune examples/digits_mlp.yaml --storage sqlite:///lrtune.db --plots out/
+    $ lrtune submit examples/digits_mlp.yaml --url http://127.0.0.1:8765 --wait
 """
 
 from __future__ import annotations

@@ -40,10 +40,10 @@ http://127.0.0.1:1: ConnectError: ...
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lrtune.exceptions import (
@@ -52,6 +52,7 @@ from lrtune.exceptions import (
     LRTuneError,
     NotFoundError,
     StorageUnavailableError,
+    describe_validation_error,
 )
 from lrtune.jobs.schemas import (
     JobPage,
@@ -69,6 +70,8 @@ if TYPE_CHECKING:
     from lrtune.api.schemas import FinderView
 
 __all__ = ["Client", "ClientSettings", "Unauthorized"]
+
+Answer = TypeVar("Answer", bound=BaseModel)
 
 
 class ClientSettings(BaseSettings):
@@ -105,7 +108,7 @@ class Client:
         timeout_s: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = {"Authorization": f"Bearer {_checked_token(token)}"} if token else {}
         self.url = _checked_url(url)
         self._http = httpx.Client(
             base_url=self.url, headers=headers, timeout=timeout_s, transport=transport
@@ -137,11 +140,11 @@ class Client:
         params: dict[str, Any] = {"reuse": "true" if reuse else "false"}
         if name is not None:
             params["name"] = name
-        return Submission.model_validate(self._call("POST", "/v1/jobs", json=body, params=params))
+        return self._parsed(Submission, self._call("POST", "/v1/jobs", json=body, params=params))
 
     def get(self, job_id: str) -> JobRecord:
         """The job: its state, progress, timings and error."""
-        return JobRecord.model_validate(self._call("GET", f"/v1/jobs/{job_id}"))
+        return self._parsed(JobRecord, self._call("GET", f"/v1/jobs/{job_id}"))
 
     def list(
         self, status: JobStatus | str | None = None, limit: int = 50, after: str | None = None
@@ -152,16 +155,16 @@ class Client:
             params["status"] = JobStatus(status).value
         if after is not None:
             params["after"] = after
-        return JobPage.model_validate(self._call("GET", "/v1/jobs", params=params))
+        return self._parsed(JobPage, self._call("GET", "/v1/jobs", params=params))
 
     def cancel(self, job_id: str) -> JobRecord:
         """Cancel a job that has not finished."""
-        return JobRecord.model_validate(self._call("POST", f"/v1/jobs/{job_id}/cancel"))
+        return self._parsed(JobRecord, self._call("POST", f"/v1/jobs/{job_id}/cancel"))
 
     def recommendation(self, job_id: str) -> StoredRecommendation:
         """The recommendation the job wrote (:class:`NotFoundError` until it has)."""
         data = self._call("GET", f"/v1/jobs/{job_id}/recommendation")
-        return StoredRecommendation.model_validate(data)
+        return self._parsed(StoredRecommendation, data)
 
     def finder(self, job_id: str) -> FinderView:
         """The job's range test (``GET /v1/jobs/{id}/finder``): the loss-vs-LR curves of its
@@ -169,7 +172,7 @@ class Client:
         ``range_test`` is None until it has finished."""
         from lrtune.api.schemas import FinderView
 
-        return FinderView.model_validate(self._call("GET", f"/v1/jobs/{job_id}/finder"))
+        return self._parsed(FinderView, self._call("GET", f"/v1/jobs/{job_id}/finder"))
 
     def find_recommendation(
         self,
@@ -194,7 +197,7 @@ class Client:
         }
         params = {key: value for key, value in query.items() if value is not None}
         data = self._call("GET", "/v1/recommendations", params=params)
-        return RecommendationMatch.model_validate(data)
+        return self._parsed(RecommendationMatch, data)
 
     def wait(
         self,
@@ -213,6 +216,16 @@ class Client:
             TimeoutError: the job had not finished after ``timeout_s`` seconds.
         """
         return wait_for(job_id, self.get, timeout_s=timeout_s, poll_s=poll_s, progress=progress)
+
+    def _parsed(self, model: type[Answer], data: Any) -> Answer:
+        """``data`` as ``model``; a body this client cannot read is an error saying so."""
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            raise LRTuneError(
+                f"{self.url} answered with a {model.__name__} this client cannot read (another "
+                f"lrtune version?): {describe_validation_error(exc)}"
+            ) from None
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
@@ -246,6 +259,16 @@ def _checked_url(url: str) -> str:
             "http://127.0.0.1:8000"
         )
     return url.rstrip("/")
+
+
+def _checked_token(token: str) -> str:
+    """``token``, if a header can carry it; the error never shows it."""
+    if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
+        raise InvalidInputError(
+            "the API token must be printable ASCII without spaces or line breaks (check "
+            "LRTUNE_API_TOKEN or --token)"
+        )
+    return token
 
 
 def _error(response: httpx.Response) -> LRTuneError:

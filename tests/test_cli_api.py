@@ -7,11 +7,14 @@ subprocess); the other tests read it, or submit jobs that no worker takes.
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -260,6 +263,8 @@ def test_the_url_and_token_default_to_the_environment(
             ["status", "--limit", "0"],
             "HTTP 422: query.limit='0': Input should be greater than or equal to 1\n",
         ),
+        (["status", "--token", "wrong\ntoken"], "the API token must be printable ASCII without"),
+        (["status", "--token", "wrong-tökén"], "the API token must be printable ASCII without"),
         (["status", "--url", UNREACHABLE], f"cannot reach the lrtune API at {UNREACHABLE}: "),
         (["status", "--url", "localhost:8000"], "the API URL 'localhost:8000' is not an http://"),
         (["status", "--database", "sqlite:///x.db"], "give --url (the HTTP API) or --database"),
@@ -282,7 +287,7 @@ def test_api_errors_are_one_line_and_exit_2_without_the_token(
     code, out, err = run(capsys, *argv)
     assert (code, out) == (2, ""), err
     assert err.startswith("lrtune: error: ") and expected in err, err
-    assert len(err.splitlines()) == 1 and TOKEN not in err and "wrong-token" not in err
+    assert len(err.splitlines()) == 1 and TOKEN not in err and "wrong" not in err
     if "resnet" in expected:
         assert "(at body.model.name: " in err  # a 422 names the field's path
 
@@ -326,3 +331,47 @@ def test_submit_wait_on_the_store_ends_with_one_line_when_the_job_is_cancelled(
     assert waiting.returncode == 1 and out == ""
     assert err.splitlines()[-1] == f"lrtune: error: job {job.id} cancelled"
     assert "Traceback" not in err
+
+
+class NotLrtune(http.server.BaseHTTPRequestHandler):
+    """Another HTTP server: HTML for /html/..., JSON of another shape for /json/..."""
+
+    def do_GET(self) -> None:
+        html = self.path.startswith("/html/")
+        body = b"<html>hello</html>" if html else b'{"data": [{"id": 1}]}'
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html" if html else "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def not_lrtune() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotLrtune)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("prefix", "expected"),
+    [
+        ("html", "/html/v1/jobs answered 200 with no JSON: is http://"),
+        ("json", "answered with a JobPage this client cannot read (another lrtune version?): "),
+    ],
+)
+def test_a_server_that_is_not_lrtunes_api_is_one_line(
+    capsys: pytest.CaptureFixture[str], prefix: str, expected: str
+) -> None:
+    with not_lrtune() as url:
+        code, out, err = run(capsys, "status", "--url", f"{url}/{prefix}")
+    assert (code, out) == (2, "") and len(err.splitlines()) == 1
+    assert err.startswith("lrtune: error: ") and expected in err, err
