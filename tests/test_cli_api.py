@@ -23,21 +23,14 @@ from pathlib import Path
 import pytest
 import yaml
 from live_api import serve
+from test_client import TINY as CLIENT_TINY
+from test_jobs_cli import run
 
 from lrtune.api import Settings, create_app
-from lrtune.cli import main
 from lrtune.jobs import JobStatus, JobStore, Submission, upgrade
 
-REPO = Path(__file__).resolve().parents[1]
 TOKEN = "cli-test-token-never-shown"
-TINY = {
-    "name": "cli-tiny",
-    "model": {"name": "logreg"},
-    "dataset": {"name": "wine"},
-    "batch_size": 32,
-    "range_test": {"seeds": 2, "num_iter": 40},
-    "search": {"n_trials": 2, "epochs": 2, "families": ["cosine"], "confirm_seeds": 1},
-}
+TINY = {**CLIENT_TINY, "name": "cli-tiny"}
 UNREACHABLE = "http://127.0.0.1:1"
 
 
@@ -118,16 +111,6 @@ def no_api_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """The commands here get their URL and token from their flags unless a test sets these."""
     monkeypatch.delenv("LRTUNE_URL", raising=False)
     monkeypatch.delenv("LRTUNE_API_TOKEN", raising=False)
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """``lrtune ARGV`` in this process: exit status, stdout, stderr."""
-    try:
-        code = main(list(argv))
-    except SystemExit as exit:
-        code = int(exit.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_submit_wait_shows_progress_then_prints_the_recommendation(

@@ -18,10 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import optuna
 import pytest
+from optuna.trial import TrialState
 
 from lrtune.client import Client
-from lrtune.jobs import JobStatus, JobStore
+from lrtune.jobs import JobRecord, JobStatus, JobStore
+from lrtune.storage import open_storage
 from tests.test_api import sse_messages
 from tests.test_fleet import (
     Fleet,
@@ -34,6 +37,7 @@ from tests.test_serve import Service
 
 TOKEN = "e2e-token"
 N_TRIALS = 4
+EPOCHS = 60  # trials of seconds, two at once: the kill lands inside one
 JOB = {
     "name": "e2e-fleet",
     "model": {"name": "logreg"},
@@ -42,7 +46,7 @@ JOB = {
     "range_test": {"seeds": 2, "num_iter": 30},
     "search": {
         "n_trials": N_TRIALS,
-        "epochs": 30,  # trials of seconds: the kill lands inside one
+        "epochs": EPOCHS,
         "pruner": "none",
         "families": ["constant", "cosine"],
         "baselines": False,
@@ -74,13 +78,34 @@ class EventReader(threading.Thread):
             self.error = exc
 
 
-def _unit_holder(store: JobStore, job_id: str) -> Any:
-    """A live worker whose heartbeat says it runs one of the job's search trials, if any."""
-    for worker in store.list_workers().data:
-        for held in worker.activity:
-            if held.job_id == job_id and held.phase is JobStatus.SEARCHING and not held.lease:
-                return worker
-    return None
+def _unit_holders(store: JobStore, job_id: str) -> list[Any]:
+    """The live workers whose heartbeat says they help with the job's search."""
+    return [
+        worker
+        for worker in store.list_workers().data
+        if any(
+            held.job_id == job_id and held.phase is JobStatus.SEARCHING and not held.lease
+            for held in worker.activity
+        )
+    ]
+
+
+def _trials_mid_run(url: str, study_name: str) -> int:
+    """How many of the study's trials are running, an epoch in and far from their end."""
+    try:
+        study = optuna.load_study(study_name=study_name, storage=open_storage(url))
+    except KeyError:  # not created yet
+        return 0
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return sum(1 <= len(t.intermediate_values) <= EPOCHS - 10 for t in running)
+
+
+def _both_workers_mid_trial(store: JobStore, url: str, job: JobRecord) -> list[Any]:
+    """Both workers' units, once each of them is inside a trial (one trial each at a time)."""
+    holders = _unit_holders(store, job.id)
+    if len(holders) == 2 and _trials_mid_run(url, job.study_name) == 2:
+        return holders
+    return []
 
 
 @pytest.mark.slow
@@ -108,8 +133,10 @@ def test_a_job_submitted_over_http_survives_a_worker_killed_mid_trial(
             events = EventReader(url, job.id)
             events.start()
 
-            holder = _until(lambda: _unit_holder(store, job.id), "a worker running a trial", 120)
-            (victim,) = [w for w in fleet.workers if w.pid == holder.pid]
+            holders = _until(
+                lambda: _both_workers_mid_trial(store, postgres_url, job), "both in a trial", 120
+            )
+            (victim,) = [w for w in fleet.workers if w.pid == holders[0].pid]
             victim.send_signal(signal.SIGKILL)
             victim.wait()
 
