@@ -80,14 +80,15 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 @pytest.fixture(scope="module")
 def finished(service: Service) -> FinishedJob:
     """``lrtune submit job.yaml --wait`` through the API while a real worker runs the job."""
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "lrtune.cli", "worker", "--database", service.database],
-        cwd=service.tmp,
-        env=child_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    log_path = service.tmp / "worker.log"
+    with log_path.open("wb") as log:  # a file: a pipe nobody reads could fill and block it
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "lrtune.cli", "worker", "--database", service.database],
+            cwd=service.tmp,
+            env=child_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         submit = lrtune(
             "submit",
@@ -100,8 +101,8 @@ def finished(service: Service) -> FinishedJob:
         )
     finally:
         worker.send_signal(signal.SIGTERM)  # hands back what it holds, exits 0
-        log, _ = worker.communicate(timeout=120)
-    assert submit.returncode == 0, (submit.stderr, log)
+        worker.wait(timeout=120)
+    assert submit.returncode == 0 and worker.returncode == 0, (submit.stderr, log_path.read_text())
     job_id = submit.stdout.split(",")[0].removeprefix("job ")
     return FinishedJob(job_id, submit)
 
