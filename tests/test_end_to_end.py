@@ -1,6 +1,6 @@
-"""The fleet layout end to end on PostgreSQL: ``lrtune serve --no-worker`` and two real
-``lrtune worker`` processes; a job submitted over HTTP with :class:`lrtune.client.Client`, its
-event stream read live, one worker SIGKILLed while it runs one of the job's trials, and the
+"""The fleet layout end to end on PostgreSQL (and SQLite): ``lrtune serve --no-worker`` and two
+real ``lrtune worker`` processes; a job submitted over HTTP with :class:`lrtune.client.Client`,
+its event stream read live, one worker SIGKILLed while it runs one of the job's trials, and the
 job still succeeding, its recommendation read back over HTTP.
 
 Leases, Optuna's trial heartbeat and the workers' own heartbeat are shortened through the
@@ -23,7 +23,7 @@ import pytest
 from optuna.trial import TrialState
 
 from lrtune.client import Client
-from lrtune.jobs import JobRecord, JobStatus, JobStore
+from lrtune.jobs import JobRecord, JobStatus, JobStore, upgrade
 from lrtune.storage import open_storage
 from tests.test_api import sse_messages
 from tests.test_fleet import (
@@ -108,33 +108,44 @@ def _both_workers_mid_trial(store: JobStore, url: str, job: JobRecord) -> list[A
     return []
 
 
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres), "sqlite"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A job store with a current schema and nothing in it: the scratch PostgreSQL database
+    (the fleet layout's), or a SQLite file (one machine's)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'jobs.db'}"
+        upgrade(url)
+        return url
+    postgres_url = request.getfixturevalue("postgres_url")
+    _fresh_schema(postgres_url)
+    return postgres_url
+
+
 @pytest.mark.slow
-@pytest.mark.postgres
 @pytest.mark.timeout(300)
 def test_a_job_submitted_over_http_survives_a_worker_killed_mid_trial(
-    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     started = time.monotonic()
-    _fresh_schema(postgres_url)
     fleet: Fleet | None = None
     service = Service(
-        ["--no-worker", "--port", "0", "--database", postgres_url],
+        ["--no-worker", "--port", "0", "--database", database],
         tmp_path,
         env={"LRTUNE_API_TOKEN": TOKEN, "LRTUNE_SSE_POLL_S": "0.1"},
     )
     try:
         url = service.wait_for(r"dashboard at (http://127\.0\.0\.1:\d+)/").group(1)
         monkeypatch.setenv("LRTUNE_WORKER_HEARTBEAT_S", "0.5")  # what each holds, twice a second
-        fleet = Fleet(postgres_url, tmp_path / "logs", "--artifact-dir", str(tmp_path / "art"))
+        fleet = Fleet(database, tmp_path / "logs", "--artifact-dir", str(tmp_path / "art"))
         fleet.start(2)
-        store = JobStore(postgres_url)
+        store = JobStore(database)
         with Client(url, TOKEN) as client:
             job = client.submit(JOB)
             events = EventReader(url, job.id)
             events.start()
 
             holders = _until(
-                lambda: _both_workers_mid_trial(store, postgres_url, job), "both in a trial", 120
+                lambda: _both_workers_mid_trial(store, database, job), "both in a trial", 120
             )
             (victim,) = [w for w in fleet.workers if w.pid == holders[0].pid]
             victim.send_signal(signal.SIGKILL)
@@ -169,7 +180,7 @@ def test_a_job_submitted_over_http_survives_a_worker_killed_mid_trial(
     assert ["queued", *moves] == STATES
 
     # The killed worker's trial failed with no reason of its own and its slot was retried.
-    (killed,) = _check_no_duplicate_or_unexplained_fail(postgres_url, done.study_name)
+    (killed,) = _check_no_duplicate_or_unexplained_fail(database, done.study_name)
     assert killed.kind == "search"
     _check_held_by_one_worker_at_a_time(store, job.id)
     print(f"end to end in {time.monotonic() - started:.1f} s")
