@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field
 
@@ -196,6 +196,24 @@ class StoredRecommendation(ResultModel):
     provenance: Provenance
     recommendation: Recommendation
     created_at: UtcDatetime
+
+
+class RecommendationMatch(ResultModel):
+    """A stored recommendation that answers "what LR should I use", and how it was found.
+
+    ``match`` is ``fingerprint`` when the stored job's fingerprint equals the query's (the
+    query pinned everything the fingerprint covers, or named the fingerprint itself), and
+    ``names`` when it is the most recent succeeded job for the query's model and dataset
+    names; ``differs`` then lists the fields in which its spec differs from the query's.
+    """
+
+    match: Literal["fingerprint", "names"]
+    differs: list[str] = Field(
+        default_factory=list,
+        description="spec fields (model.params, batch_size, ...) in which the stored job "
+        "differs from the query; empty for a fingerprint match",
+    )
+    stored: StoredRecommendation
 
 
 class Submission(JobRecord):

@@ -145,7 +145,7 @@ from sqlalchemy import and_, delete, func, inspect, not_, or_, select, text, tru
 from sqlalchemy.orm import Session
 
 from lrtune.exceptions import ConflictError, InvalidInputError, LeaseLost, NotFoundError
-from lrtune.jobs import tables
+from lrtune.jobs import matching, tables
 from lrtune.jobs.db import get_engine, safe_url, session
 from lrtune.jobs.schema import ensure_current
 from lrtune.jobs.schemas import (
@@ -160,6 +160,7 @@ from lrtune.jobs.schemas import (
     Lease,
     PluginRegistry,
     Provenance,
+    RecommendationMatch,
     StoredRangeTest,
     StoredRecommendation,
     Submission,
@@ -806,6 +807,34 @@ class JobStore:
         with session(self._engine, write=False) as s:
             row = s.scalars(query).first()
             return _stored_recommendation(row) if row is not None else None
+
+    def find_recommendation(
+        self,
+        *,
+        fingerprint: str | None = None,
+        model: str | None = None,
+        dataset: str | None = None,
+        optimizer: str | None = None,
+        batch_size: int | None = None,
+    ) -> RecommendationMatch:
+        """A stored recommendation by fingerprint, or by model and dataset names (optionally
+        the optimizer and batch size): how :mod:`lrtune.jobs.matching` answers "what LR should
+        I use", the same for ``GET /v1/recommendations`` and ``lrtune recommend``.
+
+        Raises:
+            InvalidInputError: neither a fingerprint nor both names, or both kinds of query.
+            NotFoundError: nothing matches; the message says what to submit.
+        """
+        names = (model, dataset, optimizer, batch_size)
+        if fingerprint is not None:
+            if any(value is not None for value in names):
+                raise InvalidInputError(
+                    "give either a fingerprint or model and dataset names, not both"
+                )
+            return matching.match_fingerprint(self, fingerprint)
+        if model is None or dataset is None:
+            raise InvalidInputError("give a fingerprint, or both model and dataset names")
+        return matching.match_names(self, model, dataset, optimizer, batch_size)
 
     def delete(self, job_id: str) -> None:
         """Delete a finished job with its results, events, Optuna study and checkpoints.
