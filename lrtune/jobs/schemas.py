@@ -343,3 +343,37 @@ class JobStats(ResultModel):
     queue_age_s: float = Field(description="seconds the oldest queued job has waited (0: none)")
     lease_holders: int = Field(description="workers holding a job's exclusive phase now")
     live_workers: int = Field(description="workers whose heartbeat is recent (list_workers)")
+
+
+class DatasetUpload(ResultModel):
+    """A dataset uploaded to the store (``POST /v1/datasets``): what a job names it by, and
+    its shapes; its arrays stay in the database."""
+
+    id: str = Field(description="SHA-256 hex of the canonical data: the same data, the same id")
+    name: str | None = Field(description="the uploader's label")
+    task: str = Field(description="classification or regression")
+    x_shape: list[int] = Field(description="the features' shape, samples first")
+    n_classes: int | None = Field(description="classes of a classification target; else null")
+    bytes: int = Field(description="the stored size (a compressed .npz)")
+    created_at: UtcDatetime
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One sample's shape, as a model sees it."""
+        return tuple(self.x_shape[1:])
+
+    @property
+    def output_dim(self) -> int:
+        """What a model must output: the class count, or 1 for regression."""
+        return self.n_classes or 1
+
+    def dataset_ref(self) -> dict[str, Any]:
+        """How a job spec names it: ``{"name": "uploaded", "params": {"id": ...}}``."""
+        return {"name": "uploaded", "params": {"id": self.id}}
+
+
+class DatasetUploadList(ResultModel):
+    """The uploaded datasets, newest first."""
+
+    data: list[DatasetUpload]
+    count: int

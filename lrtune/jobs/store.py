@@ -169,6 +169,7 @@ from lrtune.jobs.schemas import (
     WorkerRegistration,
 )
 from lrtune.jobs.settings import LIVE_HEARTBEATS, Settings
+from lrtune.jobs.uploads import DatasetUploads
 from lrtune.recommendation import Recommendation
 from lrtune.result import LRBounds, LRFinderResult
 from lrtune.spec import JobSpec, SearchSpec
@@ -205,6 +206,8 @@ class JobStore:
         self.url = url or settings.database_url
         self._engine = get_engine(self.url, settings)
         ensure_current(self.url)
+        self.uploads = DatasetUploads(self._engine)
+        """The uploaded datasets (:mod:`lrtune.jobs.uploads`)."""
 
     def __repr__(self) -> str:
         return f"JobStore({safe_url(self.url)!r})"
