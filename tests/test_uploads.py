@@ -394,3 +394,30 @@ def test_migration_0006_adds_the_uploads_table_and_its_downgrade_drops_it(
     assert not sa.inspect(engine).has_table(tables.Upload.__tablename__)
     upgrade(empty_jobs_url)
     assert JobStore(empty_jobs_url).uploads.list().count == 0
+
+
+def test_the_client_uploads_a_file_bytes_or_arrays_and_deletes(
+    start: Start, tmp_path: Path
+) -> None:
+    from lrtune.client import Client
+    from lrtune.exceptions import ConflictError, InvalidInputError, NotFoundError
+
+    api = start()
+    x, y = three_blobs()
+    with Client(str(api.base_url)) as client:
+        from_arrays = client.upload_dataset((x, y), name="blobs")
+        path = tmp_path / "blobs.npz"
+        path.write_bytes(npz(x=x, y=y))
+        assert client.upload_dataset(path).id == from_arrays.id
+        csv = client.upload_dataset(CSV, target="label")
+        assert (csv.x_shape, csv.n_classes) == ([30, 2], 2)
+        with pytest.raises(InvalidInputError, match=r"its columns are.*body\.target"):
+            client.upload_dataset(CSV, target="nope")
+        job = client.submit(image_job(csv.id, [{"type": "linear", "out_features": 2}]))
+        assert job.spec.dataset.params["id"] == csv.id
+        with pytest.raises(ConflictError, match=job.id):
+            client.delete_dataset(csv.id)
+        client.cancel(job.id)
+        client.delete_dataset(csv.id)
+        with pytest.raises(NotFoundError):
+            client.delete_dataset(csv.id)
