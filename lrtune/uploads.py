@@ -116,9 +116,18 @@ class UploadedArrays:
         return digest.hexdigest()
 
     def to_npz(self) -> bytes:
-        """The arrays as a compressed ``.npz`` (``x``, ``y``): how the store keeps them."""
+        """The arrays as a compressed ``.npz`` (``x``, ``y``): how the store keeps them.
+
+        Deflate at level 1: images and tokens shrink nearly as much as at numpy's level 6,
+        in a fraction of the time, and float noise hardly shrinks at any level.
+        """
+        from numpy.lib import format as npy_format
+
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, x=self.x, y=self.y)
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+            for name, array in (("x", self.x), ("y", self.y)):
+                with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    npy_format.write_array(member, array, allow_pickle=False)
         return buffer.getvalue()
 
 
@@ -219,7 +228,8 @@ def _read_header(stream: io.BufferedIOBase, name: str) -> tuple[tuple[int, ...],
 def parse_csv(data: bytes, target: str, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
     """Features and target of a CSV with a header row; ``target`` names the target column.
 
-    Features must be numbers. The target may be numbers or class names (text).
+    Features must be numbers. The target may be numbers or class names (text). The cells are
+    parsed by :func:`numpy.loadtxt` (C speed, no Python object per cell).
 
     Raises:
         UploadError: not UTF-8, no header, no such column, a cell that is not a number.
@@ -228,54 +238,74 @@ def parse_csv(data: bytes, target: str, max_bytes: int) -> tuple[np.ndarray, np.
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise UploadError(f"the CSV is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
-    rows = [row for row in csv.reader(io.StringIO(text)) if row]
-    if not rows:
+    header = [cell.strip() for cell in next(csv.reader(io.StringIO(text)), [])]
+    if not any(header):
         raise UploadError("the CSV is empty: it needs a header row and one row per sample")
-    header = [cell.strip() for cell in rows[0]]
     if target not in header:
         raise UploadError(
             f"the CSV has no column {target!r}: its columns are {', '.join(header)}", "target"
         )
     if len(header) < 2:
         raise UploadError("the CSV needs at least one feature column besides the target")
-    target_at = header.index(target)
-    body = rows[1:]
-    if (len(body) * len(header)) * 8 > max_bytes:
+    rows = text.count("\n")
+    if rows * (len(header) - 1) * 4 > max_bytes:
         raise UploadError(
-            f"the CSV's {len(body)} rows of {len(header)} columns exceed {max_bytes} bytes as "
-            "float64 (LRTUNE_MAX_UPLOAD_BYTES): upload fewer rows"
+            f"the CSV's {rows} rows of {len(header) - 1} features exceed {max_bytes} bytes as "
+            "float32 (LRTUNE_MAX_UPLOAD_BYTES): upload fewer rows"
         )
-    features = np.empty((len(body), len(header) - 1), dtype=np.float64)
-    labels = []
-    for line, row in enumerate(body, start=2):
-        if len(row) != len(header):
-            raise UploadError(
-                f"CSV line {line} has {len(row)} cells, the header {len(header)}: "
-                "every row needs one value per column"
-            )
-        labels.append(row[target_at].strip())
-        cells = row[:target_at] + row[target_at + 1 :]
-        columns = header[:target_at] + header[target_at + 1 :]
-        for at, (cell, column) in enumerate(zip(cells, columns, strict=True)):
-            features[line - 2, at] = _number(cell, line, column)
+    target_at = header.index(target)
+    feature_at = [at for at in range(len(header)) if at != target_at]
+    try:
+        features = _load_columns(text, feature_at, np.float32)
+        labels = _load_columns(text, [target_at], str).reshape(-1)
+    except ValueError as exc:  # find the first bad cell, with its line, for the message
+        raise UploadError(_first_problem(text, header, target_at) or f"the CSV: {exc}") from None
     return features, _csv_target(labels)
 
 
-def _number(cell: str, line: int, column: str) -> float:
-    try:
-        return float(cell)
-    except ValueError:
-        raise UploadError(
-            f"CSV line {line}, column {column!r}: {cell.strip()[:40]!r} is not a number "
-            "(features must be numeric)"
-        ) from None
+def _load_columns(text: str, columns: list[int], dtype: type) -> np.ndarray:
+    return np.loadtxt(
+        io.StringIO(text),
+        delimiter=",",
+        skiprows=1,
+        usecols=columns,
+        dtype=dtype,
+        ndmin=2,
+        quotechar='"',
+        comments=None,
+    )
 
 
-def _csv_target(labels: list[str]) -> np.ndarray:
+def _first_problem(text: str, header: list[str], target_at: int) -> str | None:
+    """What is wrong with the first row that numpy could not read (a slow scan, in Python)."""
+    rows = csv.reader(io.StringIO(text))
+    next(rows)
+    for line, row in enumerate(rows, start=2):
+        if not row:
+            continue
+        if len(row) != len(header):
+            return (
+                f"CSV line {line} has {len(row)} cells, the header {len(header)}: "
+                "every row needs one value per column"
+            )
+        for at, (cell, column) in enumerate(zip(row, header, strict=True)):
+            if at == target_at:
+                continue
+            try:
+                float(cell)
+            except ValueError:
+                return (
+                    f"CSV line {line}, column {column!r}: {cell.strip()[:40]!r} is not a "
+                    "number (features must be numeric)"
+                )
+    return None
+
+
+def _csv_target(labels: np.ndarray) -> np.ndarray:
     try:
-        values = np.array([float(label) for label in labels])
+        values = labels.astype(np.float64)
     except ValueError:
-        return np.array(labels)  # class names
+        return labels  # class names
     if values.size and np.all(np.isfinite(values)) and np.all(values == np.round(values)):
         return values.astype(np.int64)
     return values
