@@ -24,7 +24,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Path, Request, Response, UploadFile
 
@@ -46,6 +46,19 @@ DatasetId = Annotated[
     str, Path(max_length=64, pattern=_NO_NUL, description="the upload's id (SHA-256 hex)")
 ]
 
+_UPLOAD_EXAMPLES: dict[str, Any] = {
+    "examples": {
+        "npz": {
+            "summary": "An .npz of x (n, C, H, W) images and y class labels",
+            "value": {"file": "(images.npz: numpy.savez(f, x=x, y=y))", "name": "digits-8x8"},
+        },
+        "csv": {
+            "summary": "A CSV with a header row, predicting its column `species`",
+            "value": {"file": "(iris.csv)", "target": "species"},
+        },
+    }
+}
+
 
 @router.get("", summary="List datasets", responses=error_responses(401, 503))
 def list_datasets(store: StoreDep, _: ReadAuth) -> RegistryList:
@@ -62,6 +75,7 @@ def list_datasets(store: StoreDep, _: ReadAuth) -> RegistryList:
         200: {"model": DatasetUpload, "description": "The same data was stored already"},
         **error_responses(401, 413, 422, 503),
     },
+    openapi_extra={"requestBody": {"content": {"multipart/form-data": _UPLOAD_EXAMPLES}}},
 )
 def upload_dataset(
     file: Annotated[
