@@ -27,6 +27,7 @@ from lrtune.api import Settings, create_app
 from lrtune.jobs import JobStore, tables, upgrade
 from lrtune.jobs.db import get_engine
 from lrtune.jobs.schema import current_revision
+from lrtune.spec import JobSpec
 from lrtune.uploads import UploadError, check_arrays, parse_upload
 
 REPO = Path(__file__).resolve().parents[1]
@@ -366,6 +367,13 @@ def test_a_worker_process_runs_a_conv_job_on_uploaded_images_to_a_recommendation
     assert finished["status"] == "succeeded", finished["error"]
     answer = api.get(f"/v1/jobs/{job['id']}/recommendation").json()
     assert answer["recommendation"]["base_lr"] > 0
+    # Its winner warm-starts jobs on the same upload only: every upload is named "uploaded".
+    store = JobStore(jobs_url)
+    same = image_job(upload_id)
+    same["dataset"]["params"]["val_fraction"] = 0.3
+    assert len(store.warm_start_candidates(JobSpec.model_validate(same))) == 1
+    other = post(api, npz(x=x[::-1].copy(), y=y[::-1].copy())).json()["id"]
+    assert store.warm_start_candidates(JobSpec.model_validate(image_job(other))) == []
 
 
 # --- the migration -----------------------------------------------------------------------------

@@ -171,6 +171,14 @@ def uses_upload(dataset: Mapping[str, Any], upload_id: str) -> bool:
     return dataset.get("name") == UPLOADED and params.get("id") == upload_id
 
 
+def dataset_identity(dataset: Mapping[str, Any]) -> str:
+    """What makes a spec's ``dataset`` (as JSON) the same data as another's, params aside: its
+    name, and for an uploaded dataset the upload's id (every upload is named ``uploaded``)."""
+    if dataset.get("name") != UPLOADED:
+        return str(dataset.get("name"))
+    return f"{UPLOADED}:{(dataset.get('params') or {}).get('id')}"
+
+
 def _unfinished_jobs_using(s: Any, upload_id: str) -> list[str]:
     # Few jobs are unfinished at a time, so their specs are read and matched here: a JSON path
     # query would differ between SQLite and PostgreSQL.
