@@ -48,7 +48,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import warnings
 import zipfile
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -181,7 +184,18 @@ def parse_npz(data: bytes, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
                 array = _read_member(archive, members[name], name, budget)
                 budget -= array.nbytes
                 arrays.append(array)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
+    except UploadError:
+        raise
+    # What zipfile and zlib raise on a damaged archive (a bad offset is a ValueError, an
+    # unknown compression method a NotImplementedError).
+    except (
+        zipfile.BadZipFile,
+        EOFError,
+        OSError,
+        zlib.error,
+        ValueError,
+        NotImplementedError,
+    ) as exc:
         raise UploadError(f"not a readable .npz (truncated or corrupt?): {exc}") from None
     return arrays[0], arrays[1]
 
@@ -237,8 +251,14 @@ def parse_csv(data: bytes, target: str, max_bytes: int) -> tuple[np.ndarray, np.
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise UploadError(f"the CSV is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
-    header = [cell.strip() for cell in next(csv.reader(io.StringIO(text)), [])]
+        raise UploadError(
+            "the file is neither an .npz (a zip of x.npy and y.npy) nor CSV text in UTF-8: "
+            f"{exc.reason} at byte {exc.start}"
+        ) from None
+    try:
+        header = [cell.strip() for cell in next(csv.reader(io.StringIO(text)), [])]
+    except csv.Error as exc:
+        raise UploadError(f"the CSV's header row cannot be read: {exc}") from None
     if not any(header):
         raise UploadError("the CSV is empty: it needs a header row and one row per sample")
     if target not in header:
@@ -258,28 +278,37 @@ def parse_csv(data: bytes, target: str, max_bytes: int) -> tuple[np.ndarray, np.
     try:
         features = _load_columns(text, feature_at, np.float32)
         labels = _load_columns(text, [target_at], str).reshape(-1)
-    except ValueError as exc:  # find the first bad cell, with its line, for the message
+    except (ValueError, csv.Error) as exc:  # find the first bad cell and its line, to say it
         raise UploadError(_first_problem(text, header, target_at) or f"the CSV: {exc}") from None
     return features, _csv_target(labels)
 
 
 def _load_columns(text: str, columns: list[int], dtype: type) -> np.ndarray:
-    return np.loadtxt(
-        io.StringIO(text),
-        delimiter=",",
-        skiprows=1,
-        usecols=columns,
-        dtype=dtype,
-        ndmin=2,
-        quotechar='"',
-        comments=None,
-    )
+    with warnings.catch_warnings():  # no rows: the sample count check says so
+        warnings.simplefilter("ignore", UserWarning)
+        return np.loadtxt(
+            io.StringIO(text),
+            delimiter=",",
+            skiprows=1,
+            usecols=columns,
+            dtype=dtype,
+            ndmin=2,
+            quotechar='"',
+            comments=None,
+        )
 
 
 def _first_problem(text: str, header: list[str], target_at: int) -> str | None:
     """What is wrong with the first row that numpy could not read (a slow scan, in Python)."""
     rows = csv.reader(io.StringIO(text))
     next(rows)
+    try:
+        return _first_bad_row(rows, header, target_at)
+    except csv.Error as exc:
+        return f"the CSV cannot be read on line {rows.line_num}: {exc}"
+
+
+def _first_bad_row(rows: Iterator[list[str]], header: list[str], target_at: int) -> str | None:
     for line, row in enumerate(rows, start=2):
         if not row:
             continue

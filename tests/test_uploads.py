@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import random
 import struct
 import subprocess
 import sys
@@ -192,6 +193,48 @@ def test_a_zip_bomb_is_refused_without_being_inflated() -> None:
         parse_upload(buffer.getvalue(), max_bytes=8 << 20)
 
 
+def mutations(seed: int, count: int) -> Iterator[tuple[bytes, str | None]]:
+    """Valid uploads (an .npz, a compressed one, a CSV) with random bytes changed, inserted or
+    cut off; each with the target its kind takes."""
+    rng = random.Random(seed)
+    x, y = three_blobs(30, 3)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, x=x, y=y)
+    csv = ("a,b,t\n" + "".join(f"{i},{i / 7:.3f},{i % 2}\n" for i in range(30))).encode()
+    bases = [(npz(x=x, y=y), None), (buffer.getvalue(), None), (csv, "t")]
+    for _ in range(count):
+        base, target = rng.choice(bases)
+        data = bytearray(base)
+        for _ in range(rng.randint(1, 8)):
+            roll = rng.random()
+            if roll < 0.5 and data:
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            elif roll < 0.75:
+                data = data[: rng.randrange(len(data) + 1)]
+            else:
+                at = rng.randrange(len(data) + 1)
+                data[at:at] = rng.randbytes(rng.randint(1, 16))
+        yield bytes(data), target
+
+
+def test_mutated_uploads_parse_or_are_refused_with_an_upload_error() -> None:
+    refused = 0
+    for data, target in mutations(seed=0, count=3000):
+        try:
+            parse_upload(data, target=target, max_bytes=1 << 20)
+        except UploadError:
+            refused += 1
+    assert refused > 2900  # nearly all are damaged; anything but an UploadError fails the test
+
+
+def test_mutated_uploads_over_http_are_never_a_server_error(start: Start) -> None:
+    api = start()
+    for data, target in mutations(seed=1, count=60):
+        response = post(api, data, **({"target": target} if target else {}))
+        assert response.status_code in (200, 201, 422), response.text
+        assert "Traceback" not in response.text
+
+
 CSV = b"f1,f2,label\n" + b"".join(
     b"%d,%.2f,%s\n" % (i, i / 3, b"ab"[i % 2 : i % 2 + 1]) for i in range(30)
 )
@@ -214,7 +257,7 @@ def test_a_csv_upload_takes_its_target_column_and_class_names(start: Start) -> N
         (CSV.replace(b"1,0.33", b"1,oops"), {"target": "label"}, "file", "'oops' is not a number"),
         (CSV.replace(b"1,0.33", b"nan,1"), {"target": "label"}, "file", "NaN"),
         (CSV + b"1,2\n", {"target": "label"}, "file", "has 2 cells"),
-        (b"\xff\xfe" + CSV, {"target": "label"}, "file", "not UTF-8"),
+        (b"\xff\xfe" + CSV, {"target": "label"}, "file", "nor CSV text in UTF-8"),
         (b"", {"target": "label"}, "file", "empty"),
         (CSV, {"target": "label", "task": "regression"}, "file", "regression target must be"),
         (npz(x=np.ones((20, 2)), y=np.arange(20) % 2), {"target": "y"}, "target", "no target"),
