@@ -279,6 +279,13 @@ def test_an_upload_over_its_cap_is_413_naming_the_setting(start: Start) -> None:
     assert response.status_code == 413
     assert "LRTUNE_MAX_UPLOAD_BYTES" in response.json()["detail"]
     assert "65536 bytes" in response.json()["detail"]
+    # Sent in chunks, without a Content-Length: refused once the count passes the cap.
+    request = httpx.Request("POST", "/v1/datasets", files={"file": ("big.npz", big)})
+    body = request.read()
+    chunks = (body[at : at + 8192] for at in range(0, len(body), 8192))
+    headers = {"content-type": request.headers["content-type"]}
+    chunked = api.post("/v1/datasets", content=chunks, headers=headers)
+    assert chunked.status_code == 413 and "LRTUNE_MAX_UPLOAD_BYTES" in chunked.text
     # Compressed within the body cap, but its arrays decode larger than the cap: 422.
     buffer = io.BytesIO()
     np.savez_compressed(buffer, x=np.zeros((20_000, 8)), y=np.arange(20_000) % 2)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field
 
@@ -351,7 +351,7 @@ class DatasetUpload(ResultModel):
 
     id: str = Field(description="SHA-256 hex of the canonical data: the same data, the same id")
     name: str | None = Field(description="the uploader's label")
-    task: str = Field(description="classification or regression")
+    task: Literal["classification", "regression"]
     x_shape: list[int] = Field(description="the features' shape, samples first")
     n_classes: int | None = Field(description="classes of a classification target; else null")
     bytes: int = Field(description="the stored size (a compressed .npz)")

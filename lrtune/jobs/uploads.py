@@ -192,7 +192,7 @@ def _record(row: tables.Upload) -> DatasetUpload:
     return DatasetUpload(
         id=row.id,
         name=row.name,
-        task=row.task or "classification",
+        task=row.task,
         x_shape=list(row.x_shape),
         n_classes=row.n_classes,
         bytes=row.bytes,
