@@ -48,6 +48,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import math
 import warnings
 import zipfile
 import zlib
@@ -209,7 +210,9 @@ def _read_member(archive: zipfile.ZipFile, member: str, name: str, budget: int) 
                 f"{name} has dtype {dtype}: use a bool, integer or float array "
                 "(no object, string, complex or structured dtypes)"
             )
-        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize if shape else dtype.itemsize
+        if any(size < 0 for size in shape):
+            raise UploadError(f"{name}.npy has a header with a negative size in shape {shape}")
+        size = math.prod(shape) * dtype.itemsize  # Python ints: a forged shape cannot overflow
         if size > budget:
             raise UploadError(
                 f"{name} has shape {shape} of {dtype}, {size} bytes: the arrays may hold "

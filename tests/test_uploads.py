@@ -138,6 +138,23 @@ def test_an_npz_upload_is_stored_once_and_listed(start: Start) -> None:
             ),
             "upload fewer samples",
         ),
+        # Shapes whose product overflows int64, or is negative (a read of "all the rest").
+        (
+            lambda: zipped(
+                x=forged_npy(
+                    b"{'descr': '<f8', 'fortran_order': False, 'shape': (4294967296, 4294967296), }"
+                ),
+                y=y_npy(),
+            ),
+            "upload fewer samples",
+        ),
+        (
+            lambda: zipped(
+                x=forged_npy(b"{'descr': '<f8', 'fortran_order': False, 'shape': (-1, 2), }"),
+                y=y_npy(),
+            ),
+            "negative size",
+        ),
         # A header over numpy's safe size, and a pickled object array behind a forged header.
         (
             lambda: zipped(
