@@ -496,3 +496,14 @@ def test_the_client_uploads_a_file_bytes_or_arrays_and_deletes(
         client.delete_dataset(csv.id)
         with pytest.raises(NotFoundError):
             client.delete_dataset(csv.id)
+
+
+@pytest.mark.parametrize(
+    ("form", "field"),
+    [({"name": "a\x00b"}, "name"), ({"name": "n" * 121}, "name"), ({"task": "ranking"}, "task")],
+)
+def test_bad_form_fields_are_422_at_the_field(
+    start: Start, form: dict[str, str], field: str
+) -> None:
+    x, y = three_blobs()
+    assert_field_error(post(start(), npz(x=x, y=y), **form), ["body", field])

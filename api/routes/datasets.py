@@ -32,6 +32,7 @@ from lrtune.api.deps import ReadAuth, SettingsDep, StoreDep, WriteAuth
 from lrtune.api.errors import FieldInvalid
 from lrtune.api.routes._docs import error_responses
 from lrtune.api.routes._registry import registry_list
+from lrtune.api.routes.jobs import NO_NUL
 from lrtune.api.schemas import RegistryList
 from lrtune.jobs.schemas import DatasetUpload, DatasetUploadList
 from lrtune.uploads import UploadError, parse_upload
@@ -41,9 +42,8 @@ UPLOAD_PATH = "/datasets"
 
 router = APIRouter(prefix=UPLOAD_PATH, tags=["registry"])
 
-_NO_NUL = r"^[^\x00]*$"
 DatasetId = Annotated[
-    str, Path(max_length=64, pattern=_NO_NUL, description="the upload's id (SHA-256 hex)")
+    str, Path(max_length=64, pattern=NO_NUL, description="the upload's id (SHA-256 hex)")
 ]
 
 _UPLOAD_EXAMPLES: dict[str, Any] = {
@@ -88,14 +88,14 @@ def upload_dataset(
     settings: SettingsDep,
     _: WriteAuth,
     target: Annotated[
-        str | None, Form(max_length=256, pattern=_NO_NUL, description="a CSV's target column")
+        str | None, Form(max_length=256, pattern=NO_NUL, description="a CSV's target column")
     ] = None,
     task: Annotated[
         Literal["classification", "regression"] | None,
         Form(description="default: an integer y is classification, a float y regression"),
     ] = None,
     name: Annotated[
-        str | None, Form(min_length=1, max_length=120, pattern=_NO_NUL, description="a label")
+        str | None, Form(min_length=1, max_length=120, pattern=NO_NUL, description="a label")
     ] = None,
 ) -> DatasetUpload:
     """Check and store a dataset; a job then names it as `uploaded` with its `id`."""
