@@ -24,7 +24,7 @@ Example:
             job = client.submit({"model": {"name": "mlp"}, "dataset": {"name": "digits"}})
             # or on data of one's own: an .npz (x, y), a CSV with a target column, or arrays
             # upload = client.upload_dataset("train.csv", target="label")
-            # job = client.submit({"model": {"name": "mlp"}, "dataset": upload.dataset_ref()})
+            # job = client.submit({"model": {"name": "mlp"}, "dataset": upload.dataset})
             client.wait(job.id)  # a progress bar until the job has finished
             print(client.recommendation(job.id).recommendation.to_code())
 
@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from pydantic_core import to_jsonable_python
 
 from lrtune.exceptions import (
     ConflictError,
@@ -117,7 +118,10 @@ class Client:
         at once: the :class:`~lrtune.jobs.Submission` is that job, ``reused_from`` its id and
         ``recommendation`` its answer; ``reuse=False`` always queues a new job.
         """
-        body = spec.model_dump(mode="json") if isinstance(spec, JobSpec) else dict(spec)
+        # A mapping may hold models, e.g. an upload's ``dataset``: they are sent as their JSON.
+        body = (
+            spec.model_dump(mode="json") if isinstance(spec, JobSpec) else to_jsonable_python(spec)
+        )
         params: dict[str, Any] = {"reuse": "true" if reuse else "false"}
         if name is not None:
             params["name"] = name
@@ -131,7 +135,7 @@ class Client:
         task: str | None = None,
         name: str | None = None,
     ) -> DatasetUpload:
-        """Upload a dataset; a job then names it by :meth:`DatasetUpload.dataset_ref`.
+        """Upload a dataset; a job names it by the answer's ``dataset`` (a ``DatasetRef``).
 
         ``source``: a path to an ``.npz`` (arrays ``x`` and ``y``) or a CSV (then ``target``
         names its target column), the file's bytes, or arrays ``(x, y)``. ``task`` overrides

@@ -94,6 +94,7 @@ def test_an_npz_upload_is_stored_once_and_listed(start: Start) -> None:
     upload = first.json()
     assert upload["task"] == "classification" and upload["x_shape"] == [60, 4]
     assert upload["n_classes"] == 3 and upload["name"] == "blobs"
+    assert upload["dataset"] == {"name": "uploaded", "params": {"id": upload["id"]}}
     # The same data in another dtype and container (compressed, float32) is the same dataset.
     buffer = io.BytesIO()
     np.savez_compressed(buffer, y=y.astype(np.int32), x=x.astype(np.float32))
@@ -488,7 +489,9 @@ def test_the_client_uploads_a_file_bytes_or_arrays_and_deletes(
         assert (csv.x_shape, csv.n_classes) == ([30, 2], 2)
         with pytest.raises(InvalidInputError, match=r"its columns are.*body\.target"):
             client.upload_dataset(CSV, target="nope")
-        job = client.submit(image_job(csv.id, [{"type": "linear", "out_features": 2}]))
+        layers = [{"type": "linear", "out_features": 2}]
+        model = {"name": "sequential", "params": {"layers": layers}}
+        job = client.submit({"model": model, "dataset": csv.dataset})
         assert job.spec.dataset.params["id"] == csv.id
         with pytest.raises(ConflictError, match=job.id):
             client.delete_dataset(csv.id)

@@ -51,7 +51,8 @@ function showFieldErrors(errors) {
 function useUpload(upload) {
   let spec;
   try { spec = JSON.parse(textarea.value || "{}"); } catch { spec = withoutNames(DEFAULT_SPEC); }
-  spec.dataset = { params: { val_fraction: 0.25, ...((spec.dataset || {}).params || {}), id: upload.id } };
+  const params = { val_fraction: 0.25, ...((spec.dataset || {}).params || {}), ...upload.dataset.params };
+  spec.dataset = { params };
   textarea.value = JSON.stringify(spec, null, 2);
   datasets.value = "uploaded";
   const shape = upload.x_shape.join("×");

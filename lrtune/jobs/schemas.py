@@ -19,12 +19,12 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, computed_field
 
 from lrtune._schema import JsonFloat, ResultModel
 from lrtune.recommendation import Recommendation
 from lrtune.result import LRBounds, LRFinderResult
-from lrtune.spec import JobSpec, SearchSpec
+from lrtune.spec import DatasetRef, JobSpec, SearchSpec
 
 SPEC_FORMAT_VERSION = 1
 """Format of the job spec JSON stored in ``lrtune_jobs.spec``."""
@@ -367,9 +367,13 @@ class DatasetUpload(ResultModel):
         """What a model must output: the class count, or 1 for regression."""
         return self.n_classes or 1
 
-    def dataset_ref(self) -> dict[str, Any]:
-        """How a job spec names it: ``{"name": "uploaded", "params": {"id": ...}}``."""
-        return {"name": "uploaded", "params": {"id": self.id}}
+    @computed_field(
+        description='how a job spec names it: {"name": "uploaded", "params": {"id": ...}}'
+    )
+    @property
+    def dataset(self) -> DatasetRef:
+        """How a job spec names it (add split params such as ``val_fraction`` to its params)."""
+        return DatasetRef(name="uploaded", params={"id": self.id})
 
 
 class DatasetUploadList(ResultModel):
