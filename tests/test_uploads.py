@@ -47,6 +47,18 @@ def start(jobs_url: str) -> Iterator[Start]:
         yield start_api
 
 
+@pytest.fixture(scope="module")
+def checker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    """One API on SQLite for the tests of refused uploads, which never reach the database."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('checker') / 'jobs.db'}"
+    upgrade(url)
+    with (
+        serve(create_app(Settings(database_url=url))) as base,
+        httpx.Client(base_url=base, timeout=60) as client,
+    ):
+        yield client
+
+
 def npz(**arrays: Any) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
@@ -190,8 +202,10 @@ def test_an_npz_upload_is_stored_once_and_listed(start: Start) -> None:
         ),
     ],
 )
-def test_bad_npz_uploads_are_422_saying_what_to_fix(start: Start, make: Any, needle: str) -> None:
-    response = post(start(), make())
+def test_bad_npz_uploads_are_422_saying_what_to_fix(
+    checker: httpx.Client, make: Any, needle: str
+) -> None:
+    response = post(checker, make())
     detail = assert_field_error(response, ["body", "file"])
     assert needle in detail
 
@@ -282,9 +296,9 @@ def test_a_csv_upload_takes_its_target_column_and_class_names(start: Start) -> N
     ],
 )
 def test_bad_csv_uploads_are_422_at_the_field_to_fix(
-    start: Start, data: bytes, form: dict[str, str], field: str, needle: str
+    checker: httpx.Client, data: bytes, form: dict[str, str], field: str, needle: str
 ) -> None:
-    detail = assert_field_error(post(start(), data, "d.csv", **form), ["body", field])
+    detail = assert_field_error(post(checker, data, "d.csv", **form), ["body", field])
     assert needle in detail
 
 
@@ -506,7 +520,7 @@ def test_the_client_uploads_a_file_bytes_or_arrays_and_deletes(
     [({"name": "a\x00b"}, "name"), ({"name": "n" * 121}, "name"), ({"task": "ranking"}, "task")],
 )
 def test_bad_form_fields_are_422_at_the_field(
-    start: Start, form: dict[str, str], field: str
+    checker: httpx.Client, form: dict[str, str], field: str
 ) -> None:
     x, y = three_blobs()
-    assert_field_error(post(start(), npz(x=x, y=y), **form), ["body", field])
+    assert_field_error(post(checker, npz(x=x, y=y), **form), ["body", field])
