@@ -25,6 +25,9 @@ Example:
 
         with Client("http://127.0.0.1:8000", token="...") as client:
             job = client.submit({"model": {"name": "mlp"}, "dataset": {"name": "digits"}})
+            # or on data of one's own: an .npz (x, y), a CSV with a target column, or arrays
+            # upload = client.upload_dataset("train.csv", target="label")
+            # job = client.submit({"model": {"name": "mlp"}, "dataset": upload.dataset})
             client.wait(job.id)  # a progress bar until the job has finished
             print(client.recommendation(job.id).recommendation.to_code())
 
@@ -40,10 +43,12 @@ http://127.0.0.1:1: ConnectError: ...
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic_core import to_jsonable_python
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lrtune.exceptions import (
@@ -55,6 +60,7 @@ from lrtune.exceptions import (
     describe_validation_error,
 )
 from lrtune.jobs.schemas import (
+    DatasetUpload,
     JobPage,
     JobRecord,
     JobStatus,
@@ -136,11 +142,39 @@ class Client:
         at once: the :class:`~lrtune.jobs.Submission` is that job, ``reused_from`` its id and
         ``recommendation`` its answer; ``reuse=False`` always queues a new job.
         """
-        body = spec.model_dump(mode="json") if isinstance(spec, JobSpec) else dict(spec)
+        # A mapping may hold models, e.g. an upload's ``dataset``: they are sent as their JSON.
+        body = (
+            spec.model_dump(mode="json") if isinstance(spec, JobSpec) else to_jsonable_python(spec)
+        )
         params: dict[str, Any] = {"reuse": "true" if reuse else "false"}
         if name is not None:
             params["name"] = name
         return self._parsed(Submission, self._call("POST", "/v1/jobs", json=body, params=params))
+
+    def upload_dataset(
+        self,
+        source: str | Path | bytes | tuple[Any, Any],
+        *,
+        target: str | None = None,
+        task: str | None = None,
+        name: str | None = None,
+    ) -> DatasetUpload:
+        """Upload a dataset; a job names it by the answer's ``dataset`` (a ``DatasetRef``).
+
+        ``source``: a path to an ``.npz`` (arrays ``x`` and ``y``) or a CSV (then ``target``
+        names its target column), the file's bytes, or arrays ``(x, y)``. ``task`` overrides
+        the task the server infers from ``y``. The same data uploaded again returns the
+        stored upload (same id).
+        """
+        filename, data = _upload_body(source)
+        form = {"target": target, "task": task, "name": name}
+        fields = {key: value for key, value in form.items() if value is not None}
+        answer = self._call("POST", "/v1/datasets", files={"file": (filename, data)}, data=fields)
+        return DatasetUpload.model_validate(answer)
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Delete an uploaded dataset (:class:`ConflictError` while an unfinished job uses it)."""
+        self._call("DELETE", f"/v1/datasets/{dataset_id}")
 
     def get(self, job_id: str) -> JobRecord:
         """The job: its state, progress, timings and error."""
@@ -269,6 +303,23 @@ def _checked_token(token: str) -> str:
             "LRTUNE_API_TOKEN or --token)"
         )
     return token
+
+
+def _upload_body(source: str | Path | bytes | tuple[Any, Any]) -> tuple[str, bytes]:
+    """The file name and bytes an upload sends."""
+    if isinstance(source, bytes):
+        return "dataset", source
+    if isinstance(source, tuple):
+        import io
+
+        import numpy as np
+
+        x, y = source
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, x=np.asarray(x), y=np.asarray(y))
+        return "arrays.npz", buffer.getvalue()
+    path = Path(source)
+    return path.name, path.read_bytes()
 
 
 def _error(response: httpx.Response) -> LRTuneError:

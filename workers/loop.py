@@ -117,6 +117,8 @@ from lrtune.jobs import (
 )
 from lrtune.jobs.settings import Settings as StoreSettings
 from lrtune.jobs.store import remove_checkpoints
+from lrtune.jobs.uploads import UPLOADED
+from lrtune.spec import JobSpec
 from lrtune.storage import open_storage
 from lrtune.training import (
     StopRequested,
@@ -933,8 +935,17 @@ class Worker:
         if job.id not in self._setups:
             if len(self._setups) >= SETUPS_KEPT:
                 del self._setups[next(iter(self._setups))]  # the oldest
-            self._setups[job.id] = TrainingSetup.from_spec(job.spec, self.device)
+            self._setups[job.id] = self._new_setup(job.spec)
         return self._setups[job.id]
+
+    def _new_setup(self, spec: JobSpec) -> TrainingSetup:
+        """A job's setup; an uploaded dataset is read from this worker's job store."""
+        dataset = spec.dataset
+        if dataset.name != UPLOADED:
+            return TrainingSetup.from_spec(spec, self.device)
+        params = {key: value for key, value in dataset.params.items() if key != "id"}
+        bundle = self.store.uploads.bundle(str(dataset.params.get("id")), params)
+        return TrainingSetup(spec, bundle, resolve_device(self.device))
 
     def _optuna_storage(self) -> optuna.storages.BaseStorage:
         if self._storage is None:

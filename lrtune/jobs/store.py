@@ -170,6 +170,7 @@ from lrtune.jobs.schemas import (
     WorkerRegistration,
 )
 from lrtune.jobs.settings import LIVE_HEARTBEATS, Settings
+from lrtune.jobs.uploads import DatasetUploads, dataset_identity
 from lrtune.recommendation import Recommendation
 from lrtune.result import LRBounds, LRFinderResult
 from lrtune.spec import JobSpec, SearchSpec
@@ -206,6 +207,8 @@ class JobStore:
         self.url = url or settings.database_url
         self._engine = get_engine(self.url, settings)
         ensure_current(self.url)
+        self.uploads = DatasetUploads(self._engine)
+        """The uploaded datasets (:mod:`lrtune.jobs.uploads`)."""
 
     def __repr__(self) -> str:
         return f"JobStore({safe_url(self.url)!r})"
@@ -279,11 +282,12 @@ class JobStore:
     ) -> builtins.list[StoredRecommendation]:
         """Recommendations of recent succeeded jobs close to ``spec``, newest first.
 
-        Close: the same model and dataset names, but another fingerprint (other params, batch
-        size, optimizer or param groups), in the current result format, with a recommended
-        schedule. A new job's preparing worker enqueues their winners first
-        (:func:`lrtune.tuner.prepare_study`). The newest ``MAX_PAGE`` succeeded
-        recommendations are looked through (the names live in the spec's JSON).
+        Close: the same model and dataset names (and for an uploaded dataset the same upload),
+        but another fingerprint (other params, batch size, optimizer or param groups), in the
+        current result format, with a recommended schedule. A new job's preparing worker
+        enqueues their winners first (:func:`lrtune.tuner.prepare_study`). The newest
+        ``MAX_PAGE`` succeeded recommendations are looked through (the names live in the
+        spec's JSON).
         """
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInputError(f"limit must be 1 to {MAX_PAGE}, got {limit}")
@@ -298,11 +302,15 @@ class JobStore:
             .order_by(tables.Recommendation.created_at.desc(), tables.Recommendation.id.desc())
             .limit(MAX_PAGE)
         )
-        names = (spec.model.name, spec.dataset.name)
+        names = (spec.model.name, dataset_identity(spec.dataset.model_dump()))
         found: builtins.list[StoredRecommendation] = []
         with session(self._engine, write=False) as s:
             for row, stored_spec in s.execute(query):
-                if (stored_spec["model"]["name"], stored_spec["dataset"]["name"]) != names:
+                stored_names = (
+                    stored_spec["model"]["name"],
+                    dataset_identity(stored_spec["dataset"]),
+                )
+                if stored_names != names:
                     continue
                 stored = _stored_recommendation(row)
                 if stored.recommendation.best is not None:
