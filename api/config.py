@@ -9,6 +9,8 @@ the API's fields, so that the API, the store it opens and the workers read one s
   (and reads too when ``LRTUNE_API_TOKEN_FOR_READS`` is true). A :class:`~pydantic.SecretStr`,
   so it never shows in a ``repr``, a log line or an error message.
 - ``LRTUNE_MAX_BODY_BYTES``: request bodies above it are refused with 413.
+- ``LRTUNE_MAX_UPLOAD_BYTES``: the cap of a dataset upload's body (``POST /v1/datasets``), and
+  of its arrays once decoded; above it, 413 (or 422 for arrays that decode larger).
 - ``LRTUNE_MAX_QUEUED_JOBS``: a submit that finds this many jobs queued is refused with 429.
 - ``LRTUNE_HOST``/``LRTUNE_PORT``: where ``uvicorn`` binds (loopback by default).
 - ``LRTUNE_OPTUNA_DASHBOARD``: serve optuna-dashboard at ``/dashboard`` over the jobs'
@@ -56,6 +58,12 @@ class Settings(StoreSettings):
     )
     max_body_bytes: int = Field(
         1 << 20, ge=1024, description="largest request body accepted; larger ones get 413"
+    )
+    max_upload_bytes: int = Field(
+        32 << 20,
+        ge=1024,
+        description="largest dataset upload accepted (the body, and its arrays decoded); "
+        "larger ones get 413",
     )
     max_queued_jobs: int = Field(
         1000, ge=1, description="queued jobs above which a submit is refused with 429"

@@ -101,5 +101,10 @@ def create_app(settings: Settings | None = None, *, store: JobStore | None = Non
     app.include_router(dashboard.router)
     app.mount(dashboard.ASSETS_PATH, dashboard.assets(), name="assets")
     optuna_dashboard.install(app)  # last: at the root, off every path above
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        upload_bytes=settings.max_upload_bytes,
+        upload_paths={f"{API_PREFIX}{datasets.UPLOAD_PATH}"},
+    )
     return app

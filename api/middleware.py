@@ -1,5 +1,8 @@
 """The request body cap: a body over ``Settings.max_body_bytes`` is refused with 413.
 
+Uploads have their own, larger cap: a ``POST`` to a path in ``upload_paths`` may send up to
+``Settings.max_upload_bytes`` (and a 413 then names that setting).
+
 A declared ``Content-Length`` over the cap is refused before the app reads a byte. A body
 without one (chunked) is counted as it arrives; the chunk that crosses the cap raises a 413
 ``HTTPException`` from ``receive``, which FastAPI passes on to the error handlers (it never
@@ -7,11 +10,14 @@ parses a partial body). A pure ASGI middleware, so the SSE stream is not buffere
 
 Example:
     >>> async def app(scope, receive, send): ...
-    >>> BodySizeLimit(app, max_bytes=1024).max_bytes
-    1024
+    >>> limit = BodySizeLimit(app, max_bytes=1024, upload_bytes=4096, upload_paths={"/up"})
+    >>> limit.max_bytes, limit.cap_of({"method": "POST", "path": "/up"})
+    (1024, (4096, 'LRTUNE_MAX_UPLOAD_BYTES'))
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,21 +28,37 @@ from lrtune.api.schemas import ErrorBody
 class BodySizeLimit:
     """Refuse request bodies over ``max_bytes`` with 413 (see the module)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        *,
+        upload_bytes: int | None = None,
+        upload_paths: Collection[str] = (),
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.upload_bytes = upload_bytes if upload_bytes is not None else max_bytes
+        self.upload_paths = frozenset(upload_paths)
+
+    def cap_of(self, scope: Scope) -> tuple[int, str]:
+        """The request's body cap and the setting that sets it."""
+        if scope.get("method") == "POST" and scope.get("path") in self.upload_paths:
+            return self.upload_bytes, "LRTUNE_MAX_UPLOAD_BYTES"
+        return self.max_bytes, "LRTUNE_MAX_BODY_BYTES"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        cap = self.cap_of(scope)
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await self._refuse(send, f"declares {declared} bytes")
+        if declared is not None and declared > cap[0]:
+            await self._refuse(send, _message(f"declares {declared} bytes", cap))
             return
-        await self.app(scope, self._counting(receive), send)
+        await self.app(scope, self._counting(receive, cap), send)
 
-    def _counting(self, receive: Receive) -> Receive:
+    def _counting(self, receive: Receive, cap: tuple[int, str]) -> Receive:
         seen = 0
 
         async def counted() -> Message:
@@ -44,20 +66,14 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise HTTPException(413, self._message(f"sent more than {self.max_bytes}"))
+                if seen > cap[0]:
+                    raise HTTPException(413, _message(f"sent more than {cap[0]}", cap))
             return message
 
         return counted
 
-    def _message(self, what: str) -> str:
-        return (
-            f"request body too large: it {what}, the limit is {self.max_bytes} bytes "
-            "(LRTUNE_MAX_BODY_BYTES)"
-        )
-
-    async def _refuse(self, send: Send, what: str) -> None:
-        body = ErrorBody(detail=self._message(what)).model_dump_json().encode()
+    async def _refuse(self, send: Send, message: str) -> None:
+        body = ErrorBody(detail=message).model_dump_json().encode()
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
@@ -65,6 +81,11 @@ class BodySizeLimit:
         ]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _message(what: str, cap: tuple[int, str]) -> str:
+    limit, setting = cap
+    return f"request body too large: it {what}, the limit is {limit} bytes ({setting})"
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -3,9 +3,10 @@
 Jobs, pages of jobs, events and stored recommendations are served as the job store returns
 them (:mod:`lrtune.jobs.schemas`), and schedules as :mod:`lrtune.schedules` defines them. This
 module holds only what exists because of HTTP: the error body, list envelopes, the schedule
-preview's request and answer, the recommendation lookup's answer (which says how it matched),
-the health reports, and the dashboard's views of a job's range test and trials. All are
-pydantic models, so the OpenAPI schema is derived from them.
+preview's request and answer, the health reports, and the dashboard's views of a job's range
+test and trials. All are pydantic models, so the OpenAPI schema is derived from them. (The
+recommendation lookup's answer is the job store's :class:`~lrtune.jobs.RecommendationMatch`,
+re-exported here.)
 
 Example:
     >>> body = ErrorBody(detail="no job 'x' in the job store")
@@ -24,7 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lrtune._schema import LRSteps
-from lrtune.jobs.schemas import StoredRecommendation
+from lrtune.jobs.schemas import RecommendationMatch as RecommendationMatch
 from lrtune.result import LRBounds, LRFinderResult
 from lrtune.schedules import ScheduleSpec
 from lrtune.spec import MAX_EPOCHS
@@ -118,24 +119,6 @@ class SchedulePreview(_Strict):
     group_multipliers: list[float]
     lr_curve: LRSteps = Field(description="the LR of every param group at every step")
     code: str = Field(description="paste-ready PyTorch code building the same scheduler")
-
-
-class RecommendationMatch(_Strict):
-    """A stored recommendation that answers "what LR should I use", and how it was found.
-
-    ``match`` is ``fingerprint`` when the stored job's fingerprint equals the query's (the
-    query pinned everything the fingerprint covers, or named the fingerprint itself), and
-    ``names`` when it is the most recent succeeded job for the query's model and dataset
-    names; ``differs`` then lists the fields in which its spec differs from the query's.
-    """
-
-    match: Literal["fingerprint", "names"]
-    differs: list[str] = Field(
-        default_factory=list,
-        description="spec fields (model.params, batch_size, ...) in which the stored job "
-        "differs from the query; empty for a fingerprint match",
-    )
-    stored: StoredRecommendation
 
 
 class Health(_Strict):

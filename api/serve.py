@@ -301,6 +301,7 @@ def _submit_and_wait(
     options: ServeOptions, url: str, token: str | None, server: Any, outcome: _Outcome
 ) -> None:
     """The demo: submit ``options.submit`` over HTTP, follow it, print the recommendation."""
+    from lrtune.cli import _print_recommendation
     from lrtune.client import Client
     from lrtune.spec import JobSpec
 
@@ -326,7 +327,8 @@ def _submit_and_wait(
                 outcome.status = 1
                 print(f"lrtune: job {job.id} {job.status.value}: {job.error or ''}", flush=True)
             else:
-                _print_recommendation(client.recommendation(job.id))
+                _print_recommendation(client.recommendation(job.id), as_json=False)  # as the CLI
+                sys.stdout.flush()
     except (LRTuneError, OSError, ValueError) as exc:
         outcome.status = 1
         text = str(exc).strip().splitlines()
@@ -335,10 +337,3 @@ def _submit_and_wait(
         server.should_exit = True
     else:
         print(f"lrtune: still serving at {url}/; Ctrl-C stops", file=sys.stderr, flush=True)
-
-
-def _print_recommendation(stored: Any) -> None:
-    from lrtune.cli import _report
-
-    print(f"job {stored.job_id}: recommendation written {stored.created_at:%H:%M:%S} UTC")
-    print(_report(stored.recommendation), flush=True)

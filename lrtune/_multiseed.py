@@ -84,7 +84,12 @@ class VmapEngine:
         if reinit:
             for replica, seed in zip(replicas, seeds, strict=True):
                 reinitialize(replica, seed)
-        params, buffers = stack_module_state(replicas)
+        try:
+            params, buffers = stack_module_state(replicas)
+        except RuntimeError as exc:
+            # Each deepcopy of a torch.fx GraphModule (fx.symbolic_trace, onnx2torch) has a
+            # class of its own, which stack_module_state refuses.
+            raise VectorizeUnsupported(f"the model's copies cannot be stacked: {exc}") from exc
         self.params = {f"model.{k}": v for k, v in params.items()}
         self.buffers = {f"model.{k}": v for k, v in buffers.items()}
         self.loss_module = _LossModule(copy.deepcopy(model), compute_loss)

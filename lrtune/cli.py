@@ -2,12 +2,16 @@
 job store's ``db upgrade``, ``db prune``, ``submit``, ``status``, ``recommend``, ``cancel``,
 ``worker`` and ``workers``; ``serve``, the HTTP service.
 
+``submit``, ``status``, ``recommend`` and ``cancel`` work on the job store (``--database``), or
+through the HTTP API with ``--url`` (or ``LRTUNE_URL``), printing the same either way.
+
 Progress goes to stderr, answers to stdout (``--json`` for machines). Bad input ends with a
 one-line ``lrtune: error: ...`` and exit status 2, never a traceback.
 
 Example:
     $ lrtune find --model mlp --dataset digits --seeds 4 --plot curve.png
     $ lrtune tune examples/digits_mlp.yaml --storage sqlite:///lrtune.db --plots out/
+    $ lrtune submit examples/digits_mlp.yaml --url http://127.0.0.1:8765 --wait
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -37,7 +41,10 @@ from lrtune.registry import dataset_names, model_names
 from lrtune.spec import JobSpec
 
 if TYPE_CHECKING:
+    from lrtune.client import Client
+    from lrtune.jobs import JobStore, StoredRecommendation
     from lrtune.recommendation import Recommendation
+    from lrtune.result import LRBounds, LRFinderResult
 
 # This module imports torch, Optuna and scikit-learn only inside the commands that train, so
 # that ``lrtune list`` and ``--help`` answer at once.
@@ -181,7 +188,7 @@ def _parser() -> argparse.ArgumentParser:
     submit = sub.add_parser("submit", help="queue a job file in the job store; print its id")
     submit.add_argument("job", type=Path, help="job spec, YAML or JSON")
     submit.add_argument("--name", help="the job's name (default: the spec's name)")
-    _database_option(submit)
+    _job_service_options(submit)
     submit.add_argument("--json", action="store_true", help="print the job record as JSON")
     submit.add_argument(
         "--no-reuse",
@@ -190,24 +197,39 @@ def _parser() -> argparse.ArgumentParser:
         help="queue a new job even if an earlier succeeded job has the same fingerprint and "
         "search configuration (default: answer from that job at once)",
     )
+    submit.add_argument(
+        "--wait",
+        action="store_true",
+        help="show a progress bar until the job has finished, then print its recommendation "
+        "as lrtune recommend does (exit 1 if the job failed or was cancelled)",
+    )
     submit.set_defaults(run=_submit)
 
     status = sub.add_parser("status", help="show one job, or the most recent jobs")
     status.add_argument("job_id", nargs="?", help="a job id (default: list recent jobs)")
     status.add_argument("--limit", type=int, default=20, help="jobs listed (default 20)")
-    _database_option(status)
+    _job_service_options(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(run=_status)
 
-    recommend = sub.add_parser("recommend", help="print the recommendation a job wrote")
-    recommend.add_argument("job_id", help="a job id (see lrtune status)")
-    _database_option(recommend)
+    recommend = sub.add_parser(
+        "recommend",
+        help="print the recommendation a job wrote, or the stored one for a model and dataset",
+    )
+    recommend.add_argument("job_id", nargs="?", help="a job id (see lrtune status)")
+    recommend.add_argument("--model", help="instead of a job id: the model's registry name")
+    recommend.add_argument("--dataset", help="with --model: the dataset's registry name")
+    recommend.add_argument(
+        "--optimizer", choices=["sgd", "adam", "adamw"], help="with --model (default sgd)"
+    )
+    recommend.add_argument("--batch-size", type=int, help="with --model (default 64)")
+    _job_service_options(recommend)
     recommend.add_argument("--json", action="store_true", help="machine-readable output")
     recommend.set_defaults(run=_recommend)
 
     cancel = sub.add_parser("cancel", help="cancel a job that has not finished")
     cancel.add_argument("job_id", help="a job id (see lrtune status)")
-    _database_option(cancel)
+    _job_service_options(cancel)
     cancel.add_argument("--json", action="store_true", help="print the job record as JSON")
     cancel.set_defaults(run=_cancel)
 
@@ -241,6 +263,14 @@ def _parser() -> argparse.ArgumentParser:
         help="where trials checkpoint each epoch, so an interrupted one resumes (default: "
         "$LRTUNE_ARTIFACT_DIR, else ./lrtune-artifacts; shared by the workers that may resume "
         "it and the store that deletes a job)",
+    )
+    worker.add_argument(
+        "--wait-for-db",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="at start, wait up to S seconds for an unavailable database, retrying with "
+        "backoff (default 120; 0: fail at once)",
     )
     worker.set_defaults(run=_worker)
 
@@ -334,6 +364,21 @@ def _database_option(parser: argparse.ArgumentParser, *, trains: bool = False) -
         _threads_option(parser, argparse.SUPPRESS, worker_threads)
     else:
         _threads_option(parser, default=argparse.SUPPRESS)  # accepted everywhere; nothing trains
+
+
+def _job_service_options(parser: argparse.ArgumentParser) -> None:
+    """``--database``, or ``--url`` and ``--token``: the job store, or the HTTP API before it."""
+    _database_option(parser)
+    parser.add_argument(
+        "--url",
+        help="go through lrtune's HTTP API at this URL, e.g. http://127.0.0.1:8000, instead "
+        "of the job store (default: $LRTUNE_URL, unless --database is given)",
+    )
+    parser.add_argument(
+        "--token",
+        help="the API's token (default: $LRTUNE_API_TOKEN, better: a command line is visible "
+        "to the machine's other users)",
+    )
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -604,69 +649,157 @@ def _db_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _job_service(args: argparse.Namespace) -> Iterator[JobStore | Client]:
+    """Where ``submit``, ``status``, ``recommend`` and ``cancel`` go.
+
+    The HTTP API at ``--url`` (else ``$LRTUNE_URL``) with ``--token`` (else
+    ``$LRTUNE_API_TOKEN``), through :class:`~lrtune.client.Client`; else the job store at
+    ``--database`` (else ``$LRTUNE_DATABASE_URL``). ``--database`` wins over ``$LRTUNE_URL``.
+    Both answer the commands' calls with the same models, so every command prints the same
+    for the same job either way.
+    """
+    from lrtune.client import Client, ClientSettings
+
+    if args.url is not None and args.database is not None:
+        raise CliError("give --url (the HTTP API) or --database (the job store), not both")
+    remote = ClientSettings()
+    url = args.url or (None if args.database is not None else remote.url)
+    if url is None:
+        if args.token is not None:
+            raise CliError("--token is for the HTTP API: give --url or set LRTUNE_URL")
+        from lrtune.jobs import JobStore
+
+        yield JobStore(args.database)
+        return
+    token = args.token
+    if token is None and remote.api_token is not None:
+        token = remote.api_token.get_secret_value()
+    with Client(url, token) as client:
+        yield client
+
+
 def _submit(args: argparse.Namespace) -> int:
-    from lrtune.jobs import JobStore
+    from lrtune.jobs import JobStatus
+    from lrtune.jobs.waiting import wait_for
 
     spec = JobSpec.from_file(args.job)
-    job = JobStore(args.database).submit(spec, name=args.name, reuse=args.reuse)
-    if job.reused_from is not None and not args.json:
+    with _job_service(args) as jobs:
+        job = jobs.submit(spec, name=args.name, reuse=args.reuse)
+        if job.reused_from is not None and not args.json:
+            print(
+                f"reused job {job.reused_from} (succeeded, same fingerprint and search "
+                "configuration): lrtune recommend prints its answer; --no-reuse queues a new job",
+                file=sys.stderr,
+            )
+        if not args.wait:
+            print(job.model_dump_json() if args.json else job.id)
+            return 0
         print(
-            f"reused job {job.reused_from} (succeeded, same fingerprint and search "
-            "configuration): lrtune recommend prints its answer; --no-reuse queues a new job",
+            f"job {job.id} {job.status.value}; waiting for it (Ctrl-C stops waiting, not the job)",
             file=sys.stderr,
         )
-    print(job.model_dump_json() if args.json else job.id)
+        finished = wait_for(job.id, jobs.get)
+        if finished.status is not JobStatus.SUCCEEDED:
+            reason = f": {_first_line(finished.error)}" if finished.error else ""
+            print(f"lrtune: error: job {job.id} {finished.status.value}{reason}", file=sys.stderr)
+            return 1
+        _print_recommendation(jobs.recommendation(job.id), as_json=args.json)
     return 0
 
 
 def _recommend(args: argparse.Namespace) -> int:
-    from lrtune.jobs import JobStore
-
-    stored = JobStore(args.database).recommendation(args.job_id)
+    query = {"model": args.model, "dataset": args.dataset}
+    query |= {"optimizer": args.optimizer, "batch_size": args.batch_size}
+    by_names = any(value is not None for value in query.values())
+    if args.job_id is not None and by_names:
+        raise CliError("give a job id or --model and --dataset, not both")
+    if args.job_id is None and (args.model is None or args.dataset is None):
+        raise CliError("give a job id, or --model and --dataset (see lrtune status for ids)")
+    with _job_service(args) as jobs:
+        if args.job_id is not None:
+            _print_recommendation(jobs.recommendation(args.job_id), as_json=args.json)
+            return 0
+        found = jobs.find_recommendation(**query)
     if args.json:
-        print(stored.model_dump_json())
+        print(found.model_dump_json())
+        return 0
+    if found.match == "fingerprint":
+        print(f"stored for exactly this query (fingerprint {found.stored.fingerprint[:12]})")
     else:
-        print(f"job {stored.job_id}, written {stored.created_at:%Y-%m-%d %H:%M:%S} UTC")
-        print(_report(stored.recommendation))
+        print(
+            f"nothing stored for exactly this query; the newest job for {args.model} on "
+            f"{args.dataset} differs in: {', '.join(found.differs)}"
+        )
+    _print_recommendation(found.stored, as_json=False)
     return 0
+
+
+def _print_recommendation(stored: StoredRecommendation, *, as_json: bool) -> None:
+    """What ``lrtune recommend JOB`` prints: the stored record as JSON, or the report."""
+    if as_json:
+        print(stored.model_dump_json())
+        return
+    print(f"job {stored.job_id}, written {stored.created_at:%Y-%m-%d %H:%M:%S} UTC")
+    print(_report(stored.recommendation))
 
 
 def _cancel(args: argparse.Namespace) -> int:
     """Its running units stop after their epoch; a finished job is a one-line error."""
-    from lrtune.jobs import JobStore
-
-    job = JobStore(args.database).cancel(args.job_id)
+    with _job_service(args) as jobs:
+        job = jobs.cancel(args.job_id)
     print(job.model_dump_json() if args.json else f"job {job.id} cancelled")
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    from lrtune.jobs import JobStore
-
-    store = JobStore(args.database)
-    if args.job_id is not None:
-        job = store.get(args.job_id)
+    with _job_service(args) as jobs:
+        if args.job_id is None:
+            page = jobs.list(limit=args.limit)
+            if args.json:
+                print(page.model_dump_json())
+            else:
+                print(_jobs_table(page.data) if page.data else "no jobs")
+            return 0
+        job = jobs.get(args.job_id)
         if args.json:
             print(job.model_dump_json())
             return 0
         print(_describe_job(job))
-        with contextlib.suppress(NotFoundError):  # no range test completed yet
-            print(_describe_range_test(store.range_test(job.id)))
-        return 0
-    page = store.list(limit=args.limit)
-    if args.json:
-        print(page.model_dump_json())
-    elif not page.data:
-        print("no jobs")
-    else:
-        print(_jobs_table(page.data))
+        range_test = _completed_range_test(jobs, job.id)
+    if range_test is not None:
+        print(_describe_range_test(*range_test))
     return 0
+
+
+def _completed_range_test(
+    jobs: JobStore | Client, job_id: str
+) -> tuple[LRFinderResult, LRBounds, str] | None:
+    """The job's range test, its LR bounds and the rule that chose its suggestion; None while
+    the range test has not completed. The API serves it as the dashboard's finder view."""
+    from lrtune.client import Client
+
+    if isinstance(jobs, Client):
+        view = jobs.finder(job_id)
+        if view.range_test is None or view.bounds is None:
+            return None
+        return view.range_test, view.bounds, view.chosen_rule
+    try:
+        stored = jobs.range_test(job_id)
+    except NotFoundError:
+        return None
+    return stored.range_test, stored.bounds, stored.provenance.rule
 
 
 def _worker(args: argparse.Namespace) -> int:
     from lrtune.device import set_torch_threads
-    from lrtune.jobs import JobStore
-    from lrtune.workers.loop import DEFAULT_LEASE_S, Worker, stop_on_signals, threads_per_unit
+    from lrtune.workers.loop import (
+        DEFAULT_LEASE_S,
+        Worker,
+        open_store,
+        stop_on_signals,
+        threads_per_unit,
+    )
 
     if args.max_jobs is not None and args.max_jobs < 1:
         raise CliError(f"--max-jobs must be >= 1, got {args.max_jobs}")
@@ -675,6 +808,8 @@ def _worker(args: argparse.Namespace) -> int:
     lease_s = DEFAULT_LEASE_S if args.lease_s is None else args.lease_s
     if not lease_s > 0:
         raise CliError(f"--lease-s must be a positive number of seconds, got {lease_s}")
+    if not args.wait_for_db >= 0:
+        raise CliError(f"--wait-for-db must be >= 0 seconds, got {args.wait_for_db}")
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the worker logs one line per change
@@ -682,7 +817,7 @@ def _worker(args: argparse.Namespace) -> int:
     threads, chosen = threads_per_unit(args.concurrency, getattr(args, "threads", None))
     threads = set_torch_threads(threads)
     logging.getLogger("lrtune.workers").info("torch threads: %d per unit (%s)", threads, chosen)
-    store = JobStore(args.database)
+    store = open_store(args.database, wait_s=args.wait_for_db)
     worker = Worker(
         store,
         device=args.device,
@@ -762,9 +897,8 @@ def _describe_job(job: Any) -> str:
     return "\n".join(lines)
 
 
-def _describe_range_test(stored: Any) -> str:
-    """The stored range test's suggestion, the seeds' spread and the search's LR bounds."""
-    range_test, bounds = stored.range_test, stored.bounds
+def _describe_range_test(range_test: LRFinderResult, bounds: LRBounds, rule: str) -> str:
+    """The range test's suggestion, the seeds' spread and the search's LR bounds."""
     if range_test.suggestion is None:
         suggested = f"no suggestion ({range_test.consensus.suggestion.reason})"
     else:
@@ -773,7 +907,7 @@ def _describe_range_test(stored: Any) -> str:
     agreement = "n/a" if spread is None else f"{spread:.2f} decades"
     lines = [
         f"range test: {suggested}, seeds' spread {agreement} "
-        f"(agreement {range_test.consensus.agreement}, rule {stored.provenance.rule})",
+        f"(agreement {range_test.consensus.agreement}, rule {rule})",
         f"search bounds: lr {bounds.low:.3g} to {bounds.high:.3g}"
         + (" (widened)" if bounds.widened else ""),
     ]

@@ -14,6 +14,9 @@ imports. It returns the same pydantic models the API serves (:class:`~lrtune.job
 - 429, 503 and an unreachable server: :class:`~lrtune.exceptions.StorageUnavailableError`
   (retrying later may succeed).
 
+:class:`ClientSettings` reads ``LRTUNE_URL`` and ``LRTUNE_API_TOKEN``, what ``lrtune submit``,
+``status``, ``recommend`` and ``cancel`` use when given no ``--url``/``--token``.
+
 Example:
 
     .. code-block:: python
@@ -22,6 +25,9 @@ Example:
 
         with Client("http://127.0.0.1:8000", token="...") as client:
             job = client.submit({"model": {"name": "mlp"}, "dataset": {"name": "digits"}})
+            # or on data of one's own: an .npz (x, y), a CSV with a target column, or arrays
+            # upload = client.upload_dataset("train.csv", target="label")
+            # job = client.submit({"model": {"name": "mlp"}, "dataset": upload.dataset})
             client.wait(job.id)  # a progress bar until the job has finished
             print(client.recommendation(job.id).recommendation.to_code())
 
@@ -36,11 +42,14 @@ http://127.0.0.1:1: ConnectError: ...
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
+from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic_core import to_jsonable_python
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lrtune.exceptions import (
     ConflictError,
@@ -48,21 +57,42 @@ from lrtune.exceptions import (
     LRTuneError,
     NotFoundError,
     StorageUnavailableError,
+    describe_validation_error,
 )
 from lrtune.jobs.schemas import (
+    DatasetUpload,
     JobPage,
-    JobProgress,
     JobRecord,
     JobStatus,
+    RecommendationMatch,
     StoredRecommendation,
     Submission,
 )
+from lrtune.jobs.settings import ENV_PREFIX
+from lrtune.jobs.waiting import wait_for
 from lrtune.spec import JobSpec
 
 if TYPE_CHECKING:
-    from lrtune.api.schemas import RecommendationMatch
+    from lrtune.api.schemas import FinderView
 
-__all__ = ["Client", "Unauthorized"]
+__all__ = ["Client", "ClientSettings", "Unauthorized"]
+
+Answer = TypeVar("Answer", bound=BaseModel)
+
+
+class ClientSettings(BaseSettings):
+    """Where a client finds the API, from the environment: the one place the client side
+    reads it (``lrtune submit/status/recommend/cancel`` without ``--url``/``--token``).
+
+    ``LRTUNE_URL`` is the API's base URL; ``LRTUNE_API_TOKEN`` is the token the server
+    requires (the same variable the server reads), a :class:`~pydantic.SecretStr` so that it
+    never shows in a ``repr``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    url: str | None = None
+    api_token: SecretStr | None = None
 
 
 class Unauthorized(InvalidInputError):
@@ -84,8 +114,8 @@ class Client:
         timeout_s: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {_checked_token(token)}"} if token else {}
+        self.url = _checked_url(url)
         self._http = httpx.Client(
             base_url=self.url, headers=headers, timeout=timeout_s, transport=transport
         )
@@ -112,15 +142,43 @@ class Client:
         at once: the :class:`~lrtune.jobs.Submission` is that job, ``reused_from`` its id and
         ``recommendation`` its answer; ``reuse=False`` always queues a new job.
         """
-        body = spec.model_dump(mode="json") if isinstance(spec, JobSpec) else dict(spec)
+        # A mapping may hold models, e.g. an upload's ``dataset``: they are sent as their JSON.
+        body = (
+            spec.model_dump(mode="json") if isinstance(spec, JobSpec) else to_jsonable_python(spec)
+        )
         params: dict[str, Any] = {"reuse": "true" if reuse else "false"}
         if name is not None:
             params["name"] = name
-        return Submission.model_validate(self._call("POST", "/v1/jobs", json=body, params=params))
+        return self._parsed(Submission, self._call("POST", "/v1/jobs", json=body, params=params))
+
+    def upload_dataset(
+        self,
+        source: str | Path | bytes | tuple[Any, Any],
+        *,
+        target: str | None = None,
+        task: str | None = None,
+        name: str | None = None,
+    ) -> DatasetUpload:
+        """Upload a dataset; a job names it by the answer's ``dataset`` (a ``DatasetRef``).
+
+        ``source``: a path to an ``.npz`` (arrays ``x`` and ``y``) or a CSV (then ``target``
+        names its target column), the file's bytes, or arrays ``(x, y)``. ``task`` overrides
+        the task the server infers from ``y``. The same data uploaded again returns the
+        stored upload (same id).
+        """
+        filename, data = _upload_body(source)
+        form = {"target": target, "task": task, "name": name}
+        fields = {key: value for key, value in form.items() if value is not None}
+        answer = self._call("POST", "/v1/datasets", files={"file": (filename, data)}, data=fields)
+        return DatasetUpload.model_validate(answer)
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Delete an uploaded dataset (:class:`ConflictError` while an unfinished job uses it)."""
+        self._call("DELETE", f"/v1/datasets/{dataset_id}")
 
     def get(self, job_id: str) -> JobRecord:
         """The job: its state, progress, timings and error."""
-        return JobRecord.model_validate(self._call("GET", f"/v1/jobs/{job_id}"))
+        return self._parsed(JobRecord, self._call("GET", f"/v1/jobs/{job_id}"))
 
     def list(
         self, status: JobStatus | str | None = None, limit: int = 50, after: str | None = None
@@ -131,16 +189,24 @@ class Client:
             params["status"] = JobStatus(status).value
         if after is not None:
             params["after"] = after
-        return JobPage.model_validate(self._call("GET", "/v1/jobs", params=params))
+        return self._parsed(JobPage, self._call("GET", "/v1/jobs", params=params))
 
     def cancel(self, job_id: str) -> JobRecord:
         """Cancel a job that has not finished."""
-        return JobRecord.model_validate(self._call("POST", f"/v1/jobs/{job_id}/cancel"))
+        return self._parsed(JobRecord, self._call("POST", f"/v1/jobs/{job_id}/cancel"))
 
     def recommendation(self, job_id: str) -> StoredRecommendation:
         """The recommendation the job wrote (:class:`NotFoundError` until it has)."""
         data = self._call("GET", f"/v1/jobs/{job_id}/recommendation")
-        return StoredRecommendation.model_validate(data)
+        return self._parsed(StoredRecommendation, data)
+
+    def finder(self, job_id: str) -> FinderView:
+        """The job's range test (``GET /v1/jobs/{id}/finder``): the loss-vs-LR curves of its
+        seeds and their median, every rule's suggestion, the chosen one and the LR bounds;
+        ``range_test`` is None until it has finished."""
+        from lrtune.api.schemas import FinderView
+
+        return self._parsed(FinderView, self._call("GET", f"/v1/jobs/{job_id}/finder"))
 
     def find_recommendation(
         self,
@@ -156,8 +222,6 @@ class Client:
         The answer says how it matched (``match``) and, for a match by names, the spec fields
         the stored job differs in (``differs``); see ``GET /v1/recommendations``.
         """
-        from lrtune.api.schemas import RecommendationMatch
-
         query = {
             "fingerprint": fingerprint,
             "model": model,
@@ -167,7 +231,7 @@ class Client:
         }
         params = {key: value for key, value in query.items() if value is not None}
         data = self._call("GET", "/v1/recommendations", params=params)
-        return RecommendationMatch.model_validate(data)
+        return self._parsed(RecommendationMatch, data)
 
     def wait(
         self,
@@ -185,23 +249,17 @@ class Client:
         Raises:
             TimeoutError: the job had not finished after ``timeout_s`` seconds.
         """
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        bar = _progress_bar(job_id) if progress else None
+        return wait_for(job_id, self.get, timeout_s=timeout_s, poll_s=poll_s, progress=progress)
+
+    def _parsed(self, model: type[Answer], data: Any) -> Answer:
+        """``data`` as ``model``; a body this client cannot read is an error saying so."""
         try:
-            while True:
-                job = self.get(job_id)
-                if bar is not None:
-                    _show(bar, job)
-                if job.status.finished:
-                    return job
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise TimeoutError(
-                        f"job {job_id} is still {job.status.value} after {timeout_s} s"
-                    )
-                time.sleep(poll_s)
-        finally:
-            if bar is not None:
-                bar.close()
+            return model.model_validate(data)
+        except ValidationError as exc:
+            raise LRTuneError(
+                f"{self.url} answered with a {model.__name__} this client cannot read (another "
+                f"lrtune version?): {describe_validation_error(exc)}"
+            ) from None
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
@@ -210,18 +268,68 @@ class Client:
             raise StorageUnavailableError(
                 f"cannot reach the lrtune API at {self.url}: {type(exc).__name__}: {exc}"
             ) from None
-        if response.is_success:
-            return response.json() if response.content else None
-        raise _error(response)
+        if not response.is_success:
+            raise _error(response)
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise LRTuneError(
+                f"{self.url}{path} answered {response.status_code} with no JSON: is {self.url} "
+                "lrtune's API?"
+            ) from None
+
+
+def _checked_url(url: str) -> str:
+    """``url`` without its trailing slash, if it is an http(s) URL with a host."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise InvalidInputError(
+            f"the API URL {url!r} is not an http:// or https:// URL with a host, e.g. "
+            "http://127.0.0.1:8000"
+        )
+    return url.rstrip("/")
+
+
+def _checked_token(token: str) -> str:
+    """``token``, if a header can carry it; the error never shows it."""
+    if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
+        raise InvalidInputError(
+            "the API token must be printable ASCII without spaces or line breaks (check "
+            "LRTUNE_API_TOKEN or --token)"
+        )
+    return token
+
+
+def _upload_body(source: str | Path | bytes | tuple[Any, Any]) -> tuple[str, bytes]:
+    """The file name and bytes an upload sends."""
+    if isinstance(source, bytes):
+        return "dataset", source
+    if isinstance(source, tuple):
+        import io
+
+        import numpy as np
+
+        x, y = source
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, x=np.asarray(x), y=np.asarray(y))
+        return "arrays.npz", buffer.getvalue()
+    path = Path(source)
+    return path.name, path.read_bytes()
 
 
 def _error(response: httpx.Response) -> LRTuneError:
     try:
         body = response.json()
         message = str(body["detail"])
-        fields = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in body.get("errors", [])]
+        paths = [(".".join(map(str, e["loc"])), e["msg"]) for e in body.get("errors", [])]
     except (ValueError, KeyError, TypeError):
-        message, fields = response.text[:200] or response.reason_phrase, []
+        message, paths = response.text[:200] or response.reason_phrase, []
+    fields = [f"{path}: {msg}" for path, msg in paths if path not in message]  # not twice
     if fields and response.status_code == 422:
         message = f"{message} (at {'; '.join(fields)})"
     status = response.status_code
@@ -239,25 +347,3 @@ def _error(response: httpx.Response) -> LRTuneError:
     else:
         kind = LRTuneError
     return kind(f"HTTP {status}: {message}")
-
-
-def _progress_bar(job_id: str) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=0, desc=f"job {job_id[:8]}", unit="unit", dynamic_ncols=True)
-
-
-def _units(progress: JobProgress) -> tuple[int, int]:
-    done = progress.range_test_steps_done + progress.trials_done + progress.confirmations_done
-    total = progress.range_test_steps_total + progress.trials_total + progress.confirmations_total
-    return done, max(total, done)
-
-
-def _show(bar: Any, job: JobRecord) -> None:
-    done, total = _units(job.progress)
-    bar.total = total
-    bar.n = done
-    phase = job.status.value
-    best = job.progress.best_value
-    bar.set_postfix_str(phase if best is None else f"{phase}, best {best:.4g}", refresh=False)
-    bar.refresh()

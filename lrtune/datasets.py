@@ -24,7 +24,9 @@ Example:
     ['accuracy', 'loss']
 
 Users load datasets by name through :func:`lrtune.registry.load_dataset`, which also finds
-datasets added by plugins.
+datasets added by plugins. Arrays of one's own become a bundle with :func:`from_arrays` (the
+same checks and split as an upload to the service, :mod:`lrtune.uploads`); a job names an
+uploaded dataset as ``uploaded`` with its ``id``, which a worker reads from its job store.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ from torch.utils.data import TensorDataset
 
 from lrtune.exceptions import InvalidInputError
 from lrtune.params import FactoryParams as FactoryParams  # re-exported for plugins
-from lrtune.params import SplitParams, SyntheticParams, parse_params
+from lrtune.params import SplitParams, SyntheticParams, UploadedParams, parse_params
+from lrtune.uploads import UploadedArrays, check_arrays
 
 Task = Literal["classification", "regression"]
 
@@ -217,6 +220,60 @@ def synthetic(**params: Any) -> DatasetBundle:
     )
     return _make_bundle(
         "synthetic", "classification", features, labels, parsed, standardize_features=True
+    )
+
+
+def from_arrays(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    task: Task | None = None,
+    name: str = "arrays",
+    **params: Any,
+) -> DatasetBundle:
+    """A bundle of your own arrays, checked as an upload is (:func:`lrtune.uploads.check_arrays`).
+
+    ``x`` is ``(n, F)``, ``(n, T)`` token ids, ``(n, C, L)`` or ``(n, C, H, W)``; ``y`` holds
+    class labels (integers: classification) or values (floats: regression), or say ``task``.
+    Params: ``val_fraction`` (0.2), ``seed`` (0), ``max_samples`` (None), ``standardize``
+    (None: only ``(n, F)`` features that are not all whole numbers).
+
+    Example:
+        >>> x = np.random.default_rng(0).normal(size=(40, 3))
+        >>> bundle = from_arrays(x, (x[:, 0] > 0).astype(int), val_fraction=0.25)
+        >>> bundle.task, bundle.input_shape, bundle.output_dim, len(bundle.val)
+        ('classification', (3,), 2, 10)
+
+    Raises:
+        InvalidInputError: the arrays fail a check, or the params are invalid.
+    """
+    return bundle_of(check_arrays(x, y, task=task), name, params)
+
+
+def bundle_of(arrays: UploadedArrays, name: str, params: dict[str, Any]) -> DatasetBundle:
+    """The bundle of checked arrays (an upload read back from the store) with split params:
+    those of :class:`~lrtune.params.UploadedParams`, ``id`` aside."""
+    split = parse_params(UploadedParams, {"id": "0" * 64, **params}, f"dataset {name!r}")
+    standardize = split.standardize
+    if standardize is None:
+        standardize = arrays.x.ndim == 2 and not bool(np.all(arrays.x == np.round(arrays.x)))
+    return _make_bundle(
+        name, arrays.task, arrays.x, arrays.y, split, standardize_features=standardize
+    )
+
+
+def uploaded(**params: Any) -> DatasetBundle:
+    """A dataset uploaded to the job store (``POST /v1/datasets``), by its ``id``.
+
+    Its arrays live in the job store's database: a worker reads them there
+    (:meth:`lrtune.jobs.uploads.DatasetUploads.bundle`), so this factory, which has no store,
+    only says so. Params: :class:`~lrtune.params.UploadedParams`.
+    """
+    parse_params(UploadedParams, params, "dataset 'uploaded'")
+    raise InvalidInputError(
+        "dataset 'uploaded' is read from a job store: run the job on a worker of the store it "
+        "was uploaded to (lrtune worker), or build a bundle of the arrays with "
+        "lrtune.datasets.from_arrays"
     )
 
 

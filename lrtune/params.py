@@ -134,6 +134,18 @@ class SyntheticParams(SplitParams):
     n_classes: int = Field(2, ge=2, le=10)
 
 
+class UploadedParams(SplitParams):
+    """Params of the ``uploaded`` dataset: a dataset uploaded to the job store, by its id.
+
+    ``standardize``: shift and scale each feature by the train split's statistics; by default
+    (null) only ``(n, F)`` features that are not all whole numbers (integer token ids and
+    images are left as uploaded).
+    """
+
+    id: str = Field(pattern=r"^[0-9a-f]{64}$", description="the upload's id (SHA-256 hex)")
+    standardize: bool | None = None
+
+
 MODEL_PARAMS: dict[str, type[FactoryParams]] = {
     "logreg": LogRegParams,
     "mlp": MLPParams,
@@ -146,4 +158,5 @@ DATASET_PARAMS: dict[str, type[FactoryParams]] = {
     "wine": SplitParams,
     "diabetes": SplitParams,
     "synthetic": SyntheticParams,
+    "uploaded": UploadedParams,
 }

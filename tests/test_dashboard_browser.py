@@ -5,8 +5,8 @@ file. The test submits a job through the form (after a 422 shown inline), follow
 page as the worker runs it (progress, the range test's chart, the trials, the
 recommendation), copies the snippet, and measures the job page's transfer size and its time
 to the first drawn chart. Another opens optuna-dashboard, which the API serves, on a finished
-job's study, through the login. Screenshots and the figures go to ``test-artifacts/dashboard/``
-(gitignored): look at them.
+job's study, through the login. Screenshots and the figures go to
+``test-artifacts/dashboard/`` (gitignored): look at them.
 
 Skipped when Playwright or ``/usr/bin/chromium`` is missing, unless ``LRTUNE_BROWSER_TESTS``
 is ``require`` (``.ci/run`` sets it, after installing Chromium): then their absence fails.
@@ -271,6 +271,54 @@ def test_a_range_test_curve_grows_from_progress_events_behind_the_login(tmp_path
         page.wait_for_selector("#job-status [data-status='cancelled']", timeout=30_000)
         assert page.locator("#cancel").is_hidden()
         assert store.get(job.id).status.value == "cancelled"  # through the cookie's auth
+        browser.close()
+
+
+def test_a_dataset_uploaded_on_the_submit_page_becomes_the_jobs_dataset(tmp_path: Path) -> None:
+    """A CSV chosen in the form: a missing target column is a 422 shown under the upload, the
+    right one selects the upload as the dataset, and the job submitted names it by id."""
+    from live_api import serve
+
+    from lrtune.api import Settings, create_app
+    from lrtune.jobs import JobStore
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    store = JobStore(url)
+    csv = tmp_path / "blobs.csv"
+    rows = [f"{i % 3 + 0.1 * i},{(i * 7) % 5},{'abc'[i % 3]}" for i in range(60)]
+    csv.write_text("width,height,kind\n" + "\n".join(rows) + "\n")
+    with (
+        serve(create_app(Settings(database_url=url), store=store)) as base,
+        playwright_sync.sync_playwright() as p,
+    ):
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{base}/submit")
+        page.wait_for_selector("#submit-form[data-ready='1']")
+        page.set_input_files("#upload-file", str(csv))
+        page.fill("#upload-target", "label")
+        page.click("#upload")
+        refused = page.wait_for_selector("#upload-errors li[data-loc='target']")
+        assert "its columns are width, height, kind" in refused.inner_text()
+        page.fill("#upload-target", "kind")
+        page.click("#upload")
+        page.wait_for_selector("#upload-box[data-upload-id]")
+        upload_id = page.get_attribute("#upload-box", "data-upload-id")
+        assert "x 60×2, 3 classes" in page.locator("#upload-status").inner_text()
+        assert page.eval_on_selector("#dataset", "select => select.value") == "uploaded"
+        assert page.locator(f"#upload-choice option[value='{upload_id}']").count() == 1
+        _shot(page, "8-submit-uploaded")
+        spec = json.loads(page.input_value("#spec"))
+        spec["model"] = {"params": {}}
+        page.fill("#spec", json.dumps(spec))
+        page.click("#submit")
+        page.wait_for_url("**/jobs/*")
+        job = store.get(page.url.rstrip("/").split("/")[-1])
+        assert (job.spec.dataset.name, job.spec.dataset.params["id"]) == ("uploaded", upload_id)
+        assert errors == [], errors
         browser.close()
 
 

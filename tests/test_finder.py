@@ -377,6 +377,18 @@ def test_unvectorizable_optimizer_falls_back_to_sequential() -> None:
         find_lr(model, loader(), optimizer, seeds=2, num_iter=20, vectorize=True, progress=False)
 
 
+def test_fx_graph_module_falls_back_to_sequential_with_the_same_curves() -> None:
+    # Every deepcopy of a GraphModule has its own class, which torch.func cannot stack.
+    kwargs = {"seeds": 2, "seed": 0, "num_iter": 20, "progress": False}
+    traced = find_lr(torch.fx.symbolic_trace(mlp()), loader(), **kwargs)
+    plain = find_lr(mlp(), loader(), vectorize=False, **kwargs)
+    assert traced.config["engine"] == "sequential"
+    for a, b in zip(traced.seeds, plain.seeds, strict=True):
+        assert np.allclose(a.raw, b.raw)
+    with pytest.raises(ValueError, match="cannot be stacked"):
+        find_lr(torch.fx.symbolic_trace(mlp()), loader(), vectorize=True, **kwargs)
+
+
 def test_multi_seed_needs_reshufflable_data(blobs) -> None:
     with pytest.raises(ValueError, match="re-shuffle"):
         find_lr(mlp(), iter(blobs), seeds=2, num_iter=10, progress=False)

@@ -223,7 +223,7 @@ def test_the_demo_submits_over_http_and_exits_with_the_recommendation(tmp_path: 
     url = re.search(r"dashboard at (http://127\.0\.0\.1:\d+)/", done.stderr).group(1)
     job_id = re.search(rf"submitted job (\S+): {re.escape(url)}/", done.stderr).group(1)
     assert f"{url}/v1/jobs/{job_id}" in done.stderr
-    assert f"job {job_id}: recommendation written" in done.stdout
+    assert f"job {job_id}, written " in done.stdout  # as lrtune recommend prints it
     assert "recommended: cosine at lr" in done.stdout and "optimizer = torch.optim" in done.stdout
     assert "event=worker_stopped" in done.stderr and "status=0" in done.stderr
     assert (tmp_path / "lrtune.db").exists()

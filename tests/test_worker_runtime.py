@@ -5,6 +5,8 @@ epoch boundary (the interrupted trial resumed by another worker from its checkpo
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import os
 import signal
@@ -232,6 +234,42 @@ def test_lrtune_workers_bad_input_is_a_one_line_error(tmp_path: Path) -> None:
         assert done.returncode == 2, done.stderr
         assert done.stderr.startswith("lrtune: error: ") and says in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_worker_waits_for_its_database_and_starts_once_it_is_there(
+    empty_jobs_url: str, tmp_path: Path
+) -> None:
+    from lrtune.jobs import upgrade
+
+    if empty_jobs_url.startswith("sqlite"):  # a file where its folder should be: cannot open
+        folder = tmp_path / "blocked"
+        folder.write_text("not a folder")
+        url = f"sqlite:///{folder / 'jobs.db'}"
+        make_available: Callable[[], Any] = folder.unlink
+    else:  # no schema yet: the migration job has not run
+        url = empty_jobs_url
+        make_available = functools.partial(upgrade, url)
+    worker = _start_worker(url, "--once", "--wait-for-db", "60")
+    try:
+        first_lines = itertools.islice(iter(worker.stderr.readline, ""), 5)
+        said = next((line for line in first_lines if "event=store_unavailable" in line), None)
+        assert said, "the worker did not say it waits for its database"
+        make_available()
+        out, err = worker.communicate(timeout=60)
+    finally:
+        worker.kill()
+    assert worker.returncode == 0, err
+    assert "stopped after working on 0 jobs" in out
+
+
+def test_a_worker_told_not_to_wait_fails_at_once_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "blocked").write_text("not a folder")
+    url = f"sqlite:///{tmp_path / 'blocked' / 'jobs.db'}"
+    done = _lrtune("worker", "--database", url, "--once", "--wait-for-db", "0")
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if not line.startswith("INFO ")]
+    assert len(errors) == 1 and errors[0].startswith("lrtune: error: cannot open"), done.stderr
+    assert _lrtune("worker", "--wait-for-db", "-1").returncode == 2
 
 
 def test_no_workers_listed_on_a_new_store(jobs_url: str) -> None:

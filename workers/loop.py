@@ -115,7 +115,10 @@ from lrtune.jobs import (
     WorkerActivity,
     WorkerRegistration,
 )
+from lrtune.jobs.settings import Settings as StoreSettings
 from lrtune.jobs.store import remove_checkpoints
+from lrtune.jobs.uploads import UPLOADED
+from lrtune.spec import JobSpec
 from lrtune.storage import open_storage
 from lrtune.training import (
     StopRequested,
@@ -301,6 +304,31 @@ class _Presence:
             self.store.register_worker(self.registration)
         except LRTuneError as exc:
             logger.warning("worker=%s event=beat_failed error=%s", self.registration.id, exc)
+
+
+def open_store(url: str | None, wait_s: float) -> JobStore:
+    """The job store at ``url``, waited for up to ``wait_s`` seconds while it is unavailable.
+
+    A worker may start before its database does (a fleet's PostgreSQL restarting, the migration
+    job not yet done): each failed try is logged and retried after a backoff (the store
+    settings' ``retry_*``), until ``wait_s`` has passed. ``wait_s=0`` tries once.
+
+    Raises:
+        StorageUnavailableError: the store still cannot be opened after ``wait_s`` seconds.
+    """
+    settings = StoreSettings.from_env()
+    backoff = Backoff(settings.retry_initial_s, max(settings.retry_max_s, settings.retry_initial_s))
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return JobStore(url, settings=settings)
+        except StorageUnavailableError as exc:
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                raise
+            wait = min(backoff.next_s(), left_s)
+            logger.warning("event=store_unavailable retry_in=%.1fs error=%s", wait, exc)
+            time.sleep(wait)
 
 
 def available_cores() -> int:
@@ -907,8 +935,17 @@ class Worker:
         if job.id not in self._setups:
             if len(self._setups) >= SETUPS_KEPT:
                 del self._setups[next(iter(self._setups))]  # the oldest
-            self._setups[job.id] = TrainingSetup.from_spec(job.spec, self.device)
+            self._setups[job.id] = self._new_setup(job.spec)
         return self._setups[job.id]
+
+    def _new_setup(self, spec: JobSpec) -> TrainingSetup:
+        """A job's setup; an uploaded dataset is read from this worker's job store."""
+        dataset = spec.dataset
+        if dataset.name != UPLOADED:
+            return TrainingSetup.from_spec(spec, self.device)
+        params = {key: value for key, value in dataset.params.items() if key != "id"}
+        bundle = self.store.uploads.bundle(str(dataset.params.get("id")), params)
+        return TrainingSetup(spec, bundle, resolve_device(self.device))
 
     def _optuna_storage(self) -> optuna.storages.BaseStorage:
         if self._storage is None:

@@ -52,6 +52,7 @@ from lrtune.jobs import (
     Submission,
 )
 from lrtune.jobs.store import MAX_NAME_LENGTH, MAX_PAGE
+from lrtune.jobs.uploads import UPLOADED
 from lrtune.registry import (
     UnknownNameError,
     dataset_shapes,
@@ -341,16 +342,19 @@ def check_registry(spec: JobSpec, store: JobStore) -> None:
     beside the API) or a live worker registered it (:meth:`JobStore.known_registry`: a plugin
     installed only on the workers, whose params the worker checks when it runs the job). A
     built-in model whose layers depend on the data (``sequential``) is checked against a
-    built-in dataset's shapes here, with the path of the layer that does not fit.
+    built-in dataset's shapes here, with the path of the layer that does not fit, or against
+    an uploaded dataset's stored shapes (``uploaded``: its ``params.id`` must be in the store).
 
     Raises:
         FieldInvalid: at ``body.model.name``/``body.dataset.name`` for an unknown name, at
             ``body.model.params``/``body.dataset.params`` (or the layer's path inside them)
-            for params a built-in refuses.
+            for params a built-in refuses, at ``body.dataset.params.id`` for an unknown upload.
     """
     shapes = None
     with contextlib.suppress(InvalidInputError):  # the dataset's own check below says why
         shapes = dataset_shapes(spec.dataset.name, spec.dataset.params)
+    if spec.dataset.name == UPLOADED and isinstance(spec.dataset.params.get("id"), str):
+        shapes = _upload_shapes(store, spec.dataset.params["id"])
     checks = (
         ("model", spec.model.name, spec.model.params, validate_model_params, (shapes,)),
         ("dataset", spec.dataset.name, spec.dataset.params, validate_dataset_params, ()),
@@ -364,6 +368,19 @@ def check_registry(spec: JobSpec, store: JobStore) -> None:
         except InvalidInputError as exc:
             loc = ["body", kind, "params", *getattr(exc, "loc", ())]
             raise FieldInvalid(loc, str(exc), "invalid_params") from None
+
+
+def _upload_shapes(store: JobStore, upload_id: str) -> tuple[tuple[int, ...], int]:
+    """An uploaded dataset's input shape and output dimension, from its stored row."""
+    try:
+        upload = store.uploads.get(upload_id)
+    except NotFoundError as exc:
+        raise FieldInvalid(
+            ["body", "dataset", "params", "id"],
+            f"{exc}: upload it first (POST /v1/datasets) and use the id it returns",
+            "unknown_upload",
+        ) from None
+    return upload.input_shape, upload.output_dim
 
 
 def _worker_names(store: JobStore, kind: str) -> set[str]:

@@ -1,6 +1,7 @@
 """``/v1/recommendations``: "what LR should I use?", answered from stored results.
 
-Two ways to ask, and how each matches (the answer's ``match`` says which one did):
+Two ways to ask, and how each matches (the answer's ``match`` says which one did; the matching
+itself is the job store's, :mod:`lrtune.jobs.matching`, which ``lrtune recommend`` uses too):
 
 - ``?fingerprint=``: the newest recommendation of a succeeded job with exactly that
   fingerprint (:meth:`JobSpec.fingerprint`, on every job record).
@@ -11,36 +12,25 @@ Two ways to ask, and how each matches (the answer's ``match`` says which one did
   dataset names answers (``match: names``), and ``differs`` lists the spec fields in which it
   differs from the query (``model.params.hidden``, ``batch_size``, ...).
 
-404 with the job to submit when nothing matches. The name match reads succeeded jobs newest
-first, at most :data:`MAX_SCANNED` of them.
+404 with the job to submit when nothing matches; 422 at the query field for a question that
+is neither kind or both.
 
 Example:
-    >>> differences({"batch_size": 64, "model": {"name": "mlp", "params": {}}},
-    ...             {"batch_size": 32, "model": {"name": "mlp", "params": {"hidden": [64]}}})
-    ['batch_size', 'model.params.hidden']
+    >>> [route.path for route in router.routes]
+    ['/recommendations']
 """
 
 from __future__ import annotations
 
-import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
 from lrtune.api.deps import ReadAuth, StoreDep
 from lrtune.api.errors import FieldInvalid
 from lrtune.api.routes._docs import error_responses
-from lrtune.api.schemas import RecommendationMatch
-from lrtune.exceptions import NotFoundError
-from lrtune.jobs import JobRecord, JobStatus, JobStore
-from lrtune.jobs.store import MAX_PAGE
-from lrtune.spec import MAX_BATCH_SIZE, JobSpec
-
-MAX_SCANNED = 2000
-"""Most succeeded jobs a name match reads before it gives up."""
-
-FINGERPRINT_FIELDS = {"model", "dataset", "optimizer", "batch_size", "param_groups"}
-"""What :meth:`JobSpec.fingerprint` covers, so what ``differs`` compares."""
+from lrtune.jobs import RecommendationMatch
+from lrtune.spec import MAX_BATCH_SIZE
 
 router = APIRouter(prefix="/recommendations", tags=["recommendations"])
 
@@ -66,89 +56,12 @@ def find_recommendation(
                 ["query", "fingerprint"],
                 "give either fingerprint or model and dataset names, not both",
             )
-        return _by_fingerprint(store, fingerprint)
+        return store.find_recommendation(fingerprint=fingerprint)
     for field, value in (("model", model), ("dataset", dataset)):
         if value is None:
             raise FieldInvalid(
                 ["query", field], f"{field} is required (or give a fingerprint)", "missing"
             )
-    query = _query_spec(model, dataset, optimizer, batch_size)
-    stored = store.latest_recommendation(query.fingerprint())
-    if stored is not None:
-        return RecommendationMatch(match="fingerprint", stored=stored)
-    job = _latest_succeeded(store, query)
-    if job is None:
-        raise NotFoundError(
-            f"no succeeded job for model {model!r} and dataset {dataset!r} yet: submit one, "
-            f"e.g. POST /v1/jobs with {json.dumps(_submit_hint(query))}"
-        )
-    return RecommendationMatch(
-        match="names",
-        differs=differences(_covered(query), _covered(job.spec)),
-        stored=store.recommendation(job.id),
+    return store.find_recommendation(
+        model=model, dataset=dataset, optimizer=optimizer, batch_size=batch_size
     )
-
-
-def _by_fingerprint(store: JobStore, fingerprint: str) -> RecommendationMatch:
-    stored = store.latest_recommendation(fingerprint)
-    if stored is None:
-        raise NotFoundError(
-            f"no succeeded job has fingerprint {fingerprint}: submit the job (POST /v1/jobs), "
-            "or ask by model and dataset names (?model=..&dataset=..)"
-        )
-    return RecommendationMatch(match="fingerprint", stored=stored)
-
-
-def _query_spec(model: str, dataset: str, optimizer: str | None, batch_size: int | None) -> JobSpec:
-    data: dict[str, Any] = {"model": {"name": model}, "dataset": {"name": dataset}}
-    if optimizer is not None:
-        data["optimizer"] = {"name": optimizer}
-    if batch_size is not None:
-        data["batch_size"] = batch_size
-    return JobSpec.model_validate(data)
-
-
-def _latest_succeeded(store: JobStore, query: JobSpec) -> JobRecord | None:
-    """The newest succeeded job with the query's model and dataset names (within the bound)."""
-    after, scanned = None, 0
-    while scanned < MAX_SCANNED:
-        page = store.list(status=JobStatus.SUCCEEDED, limit=MAX_PAGE, after=after)
-        for job in page.data:
-            if (job.spec.model.name, job.spec.dataset.name) == (
-                query.model.name,
-                query.dataset.name,
-            ):
-                return job
-        scanned += len(page.data)
-        if page.next_after is None:
-            return None
-        after = page.next_after
-    return None
-
-
-def _covered(spec: JobSpec) -> dict[str, Any]:
-    return spec.model_dump(mode="json", include=FINGERPRINT_FIELDS)
-
-
-def _submit_hint(query: JobSpec) -> dict[str, Any]:
-    hint: dict[str, Any] = {
-        "model": {"name": query.model.name},
-        "dataset": {"name": query.dataset.name},
-    }
-    if query.optimizer.name != "sgd":
-        hint["optimizer"] = {"name": query.optimizer.name}
-    return hint
-
-
-def differences(wanted: Any, found: Any, path: str = "") -> list[str]:
-    """Dotted paths of the leaves in which ``found`` differs from ``wanted``, sorted."""
-    if isinstance(wanted, dict) and isinstance(found, dict):
-        paths: list[str] = []
-        for key in sorted(set(wanted) | set(found)):
-            where = f"{path}.{key}" if path else key
-            if key not in wanted or key not in found:
-                paths.append(where)
-            else:
-                paths += differences(wanted[key], found[key], where)
-        return paths
-    return [] if wanted == found else [path]

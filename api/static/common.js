@@ -3,7 +3,8 @@
 /** Call the API; a 401 sends the browser to the login form. Errors carry the API's body. */
 export async function api(path, options = {}) {
   const headers = { Accept: "application/json", ...(options.headers || {}) };
-  if (options.body !== undefined) headers["Content-Type"] = "application/json";
+  // A FormData body (an upload) sets its own multipart Content-Type.
+  if (options.body !== undefined && !(options.body instanceof FormData)) headers["Content-Type"] = "application/json";
   const response = await fetch(path, { credentials: "same-origin", ...options, headers });
   if (response.status === 401) {
     location.href = "/login?next=" + encodeURIComponent(location.pathname);

@@ -1,5 +1,6 @@
 // The submit form: model and dataset from the registry, the rest of the spec as JSON; the
-// API's 422 field errors are shown beside the field they name.
+// API's 422 field errors are shown beside the field they name. A dataset uploaded here (or one
+// uploaded before) becomes the form's dataset: "uploaded" with its id in dataset.params.
 import { api, el } from "./common.js";
 
 const DEFAULT_SPEC = {
@@ -47,6 +48,61 @@ function showFieldErrors(errors) {
   }
 }
 
+function useUpload(upload) {
+  let spec;
+  try { spec = JSON.parse(textarea.value || "{}"); } catch { spec = withoutNames(DEFAULT_SPEC); }
+  const params = { val_fraction: 0.25, ...((spec.dataset || {}).params || {}), ...upload.dataset.params };
+  spec.dataset = { params };
+  textarea.value = JSON.stringify(spec, null, 2);
+  datasets.value = "uploaded";
+  const shape = upload.x_shape.join("×");
+  const what = upload.task === "classification" ? `${upload.n_classes} classes` : "regression";
+  document.getElementById("upload-status").textContent =
+    `Using ${upload.name || "the upload"}: x ${shape}, ${what} (id ${upload.id.slice(0, 12)}…)`;
+  document.getElementById("upload-box").setAttribute("data-upload-id", upload.id);
+}
+
+function fillUploads(uploads) {
+  const choice = document.getElementById("upload-choice");
+  choice.replaceChildren(el("option", { value: "" }, "(choose one)"), ...uploads.map((u) =>
+    el("option", { value: u.id }, `${u.name || u.id.slice(0, 12)} (${u.x_shape.join("×")})`)));
+  choice.onchange = () => {
+    const upload = uploads.find((u) => u.id === choice.value);
+    if (upload) useUpload(upload);
+  };
+}
+
+async function upload() {
+  const errors = document.getElementById("upload-errors");
+  const status = document.getElementById("upload-status");
+  errors.replaceChildren();
+  const file = document.getElementById("upload-file").files[0];
+  if (!file) { errors.append(el("li", {}, "choose a file first")); return; }
+  const body = new FormData();
+  body.append("file", file);
+  const target = document.getElementById("upload-target").value.trim();
+  if (target) body.append("target", target);
+  const button = document.getElementById("upload");
+  button.disabled = true;
+  status.textContent = "Uploading…";
+  try {
+    const stored = await api("/v1/datasets", { method: "POST", body });
+    useUpload(stored);
+    fillUploads((await api("/v1/datasets/uploads")).data);
+    document.getElementById("upload-choice").value = stored.id;
+  } catch (exc) {
+    status.textContent = "";
+    const fields = (exc.body && exc.body.errors) || [];
+    if (!fields.length) errors.append(el("li", {}, `Not uploaded (${exc.status || "network"}): ${exc.message}`));
+    for (const error of fields) {
+      const loc = error.loc.filter((part) => part !== "body").join(".");
+      errors.append(el("li", { "data-loc": loc }, el("code", {}, loc), `: ${error.msg}`));
+    }
+  } finally {
+    button.disabled = false;
+  }
+}
+
 async function submit(event) {
   event.preventDefault();
   clearErrors();
@@ -81,10 +137,12 @@ async function submit(event) {
 
 async function main() {
   textarea.value = JSON.stringify(withoutNames(DEFAULT_SPEC), null, 2);
-  const [m, d] = await Promise.all([api("/v1/models"), api("/v1/datasets")]);
+  const [m, d, u] = await Promise.all([api("/v1/models"), api("/v1/datasets"), api("/v1/datasets/uploads")]);
   fill(models, m.data, DEFAULT_SPEC.model.name);
   fill(datasets, d.data, DEFAULT_SPEC.dataset.name);
+  fillUploads(u.data);
   form.addEventListener("submit", submit);
+  document.getElementById("upload").addEventListener("click", upload);
   form.setAttribute("data-ready", "1"); // (form.dataset is the select named "dataset")
 }
 

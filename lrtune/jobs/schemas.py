@@ -17,14 +17,14 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, computed_field
 
 from lrtune._schema import JsonFloat, ResultModel
 from lrtune.recommendation import Recommendation
 from lrtune.result import LRBounds, LRFinderResult
-from lrtune.spec import JobSpec, SearchSpec
+from lrtune.spec import DatasetRef, JobSpec, SearchSpec
 
 SPEC_FORMAT_VERSION = 1
 """Format of the job spec JSON stored in ``lrtune_jobs.spec``."""
@@ -198,6 +198,24 @@ class StoredRecommendation(ResultModel):
     created_at: UtcDatetime
 
 
+class RecommendationMatch(ResultModel):
+    """A stored recommendation that answers "what LR should I use", and how it was found.
+
+    ``match`` is ``fingerprint`` when the stored job's fingerprint equals the query's (the
+    query pinned everything the fingerprint covers, or named the fingerprint itself), and
+    ``names`` when it is the most recent succeeded job for the query's model and dataset
+    names; ``differs`` then lists the fields in which its spec differs from the query's.
+    """
+
+    match: Literal["fingerprint", "names"]
+    differs: list[str] = Field(
+        default_factory=list,
+        description="spec fields (model.params, batch_size, ...) in which the stored job "
+        "differs from the query; empty for a fingerprint match",
+    )
+    stored: StoredRecommendation
+
+
 class Submission(JobRecord):
     """What :meth:`~lrtune.jobs.JobStore.submit` answers: the job that holds the answer.
 
@@ -343,3 +361,41 @@ class JobStats(ResultModel):
     queue_age_s: float = Field(description="seconds the oldest queued job has waited (0: none)")
     lease_holders: int = Field(description="workers holding a job's exclusive phase now")
     live_workers: int = Field(description="workers whose heartbeat is recent (list_workers)")
+
+
+class DatasetUpload(ResultModel):
+    """A dataset uploaded to the store (``POST /v1/datasets``): what a job names it by, and
+    its shapes; its arrays stay in the database."""
+
+    id: str = Field(description="SHA-256 hex of the canonical data: the same data, the same id")
+    name: str | None = Field(description="the uploader's label")
+    task: Literal["classification", "regression"]
+    x_shape: list[int] = Field(description="the features' shape, samples first")
+    n_classes: int | None = Field(description="classes of a classification target; else null")
+    bytes: int = Field(description="the stored size (a compressed .npz)")
+    created_at: UtcDatetime
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One sample's shape, as a model sees it."""
+        return tuple(self.x_shape[1:])
+
+    @property
+    def output_dim(self) -> int:
+        """What a model must output: the class count, or 1 for regression."""
+        return self.n_classes or 1
+
+    @computed_field(
+        description='how a job spec names it: {"name": "uploaded", "params": {"id": ...}}'
+    )
+    @property
+    def dataset(self) -> DatasetRef:
+        """How a job spec names it (add split params such as ``val_fraction`` to its params)."""
+        return DatasetRef(name="uploaded", params={"id": self.id})
+
+
+class DatasetUploadList(ResultModel):
+    """The uploaded datasets, newest first."""
+
+    data: list[DatasetUpload]
+    count: int

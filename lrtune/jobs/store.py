@@ -145,7 +145,7 @@ from sqlalchemy import and_, delete, func, inspect, not_, or_, select, text, tru
 from sqlalchemy.orm import Session
 
 from lrtune.exceptions import ConflictError, InvalidInputError, LeaseLost, NotFoundError
-from lrtune.jobs import tables
+from lrtune.jobs import matching, tables
 from lrtune.jobs.db import get_engine, safe_url, session
 from lrtune.jobs.schema import ensure_current
 from lrtune.jobs.schemas import (
@@ -160,6 +160,7 @@ from lrtune.jobs.schemas import (
     Lease,
     PluginRegistry,
     Provenance,
+    RecommendationMatch,
     StoredRangeTest,
     StoredRecommendation,
     Submission,
@@ -169,6 +170,7 @@ from lrtune.jobs.schemas import (
     WorkerRegistration,
 )
 from lrtune.jobs.settings import LIVE_HEARTBEATS, Settings
+from lrtune.jobs.uploads import DatasetUploads, dataset_identity
 from lrtune.recommendation import Recommendation
 from lrtune.result import LRBounds, LRFinderResult
 from lrtune.spec import JobSpec, SearchSpec
@@ -205,6 +207,8 @@ class JobStore:
         self.url = url or settings.database_url
         self._engine = get_engine(self.url, settings)
         ensure_current(self.url)
+        self.uploads = DatasetUploads(self._engine)
+        """The uploaded datasets (:mod:`lrtune.jobs.uploads`)."""
 
     def __repr__(self) -> str:
         return f"JobStore({safe_url(self.url)!r})"
@@ -278,11 +282,12 @@ class JobStore:
     ) -> builtins.list[StoredRecommendation]:
         """Recommendations of recent succeeded jobs close to ``spec``, newest first.
 
-        Close: the same model and dataset names, but another fingerprint (other params, batch
-        size, optimizer or param groups), in the current result format, with a recommended
-        schedule. A new job's preparing worker enqueues their winners first
-        (:func:`lrtune.tuner.prepare_study`). The newest ``MAX_PAGE`` succeeded
-        recommendations are looked through (the names live in the spec's JSON).
+        Close: the same model and dataset names (and for an uploaded dataset the same upload),
+        but another fingerprint (other params, batch size, optimizer or param groups), in the
+        current result format, with a recommended schedule. A new job's preparing worker
+        enqueues their winners first (:func:`lrtune.tuner.prepare_study`). The newest
+        ``MAX_PAGE`` succeeded recommendations are looked through (the names live in the
+        spec's JSON).
         """
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInputError(f"limit must be 1 to {MAX_PAGE}, got {limit}")
@@ -297,11 +302,15 @@ class JobStore:
             .order_by(tables.Recommendation.created_at.desc(), tables.Recommendation.id.desc())
             .limit(MAX_PAGE)
         )
-        names = (spec.model.name, spec.dataset.name)
+        names = (spec.model.name, dataset_identity(spec.dataset.model_dump()))
         found: builtins.list[StoredRecommendation] = []
         with session(self._engine, write=False) as s:
             for row, stored_spec in s.execute(query):
-                if (stored_spec["model"]["name"], stored_spec["dataset"]["name"]) != names:
+                stored_names = (
+                    stored_spec["model"]["name"],
+                    dataset_identity(stored_spec["dataset"]),
+                )
+                if stored_names != names:
                     continue
                 stored = _stored_recommendation(row)
                 if stored.recommendation.best is not None:
@@ -806,6 +815,34 @@ class JobStore:
         with session(self._engine, write=False) as s:
             row = s.scalars(query).first()
             return _stored_recommendation(row) if row is not None else None
+
+    def find_recommendation(
+        self,
+        *,
+        fingerprint: str | None = None,
+        model: str | None = None,
+        dataset: str | None = None,
+        optimizer: str | None = None,
+        batch_size: int | None = None,
+    ) -> RecommendationMatch:
+        """A stored recommendation by fingerprint, or by model and dataset names (optionally
+        the optimizer and batch size): how :mod:`lrtune.jobs.matching` answers "what LR should
+        I use", the same for ``GET /v1/recommendations`` and ``lrtune recommend``.
+
+        Raises:
+            InvalidInputError: neither a fingerprint nor both names, or both kinds of query.
+            NotFoundError: nothing matches; the message says what to submit.
+        """
+        names = (model, dataset, optimizer, batch_size)
+        if fingerprint is not None:
+            if any(value is not None for value in names):
+                raise InvalidInputError(
+                    "give either a fingerprint or model and dataset names, not both"
+                )
+            return matching.match_fingerprint(self, fingerprint)
+        if model is None or dataset is None:
+            raise InvalidInputError("give a fingerprint, or both model and dataset names")
+        return matching.match_names(self, model, dataset, optimizer, batch_size)
 
     def delete(self, job_id: str) -> None:
         """Delete a finished job with its results, events, Optuna study and checkpoints.

@@ -18,6 +18,9 @@ two schemas, and any other application's, never collide; lrtune's alembic revisi
 - ``lrtune_workers``: one row per worker process: its heartbeat, what it is doing, when it
   stopped, and the plugin registry it serves.
 - ``lrtune_job_events``: append-only; its ids grow, so a reader resumes from the last id seen.
+- ``lrtune_uploads``: content-addressed uploads (``id``: SHA-256 hex of the canonical data),
+  each with its bytes (``data``, an ``.npz``) and what a submit checks without reading them;
+  ``kind`` is ``dataset`` (the column leaves room for other kinds of upload).
 
 Deleting a job deletes its results and events (``ON DELETE CASCADE``; SQLite enforces it
 because :mod:`lrtune.jobs.db` turns foreign keys on for every connection).
@@ -44,6 +47,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Sequence,
     String,
@@ -263,3 +267,24 @@ class JobEvent(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=utcnow())
     kind: Mapped[str] = mapped_column(String(32))
     payload: Mapped[dict[str, Any]]
+
+
+UPLOAD_KINDS = ("dataset",)
+
+
+class Upload(Base):
+    __tablename__ = "lrtune_uploads"
+    __table_args__ = (
+        CheckConstraint("kind IN (" + ", ".join(f"'{k}'" for k in UPLOAD_KINDS) + ")", name="kind"),
+        Index("ix_lrtune_uploads_created_at_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), default="dataset", server_default="dataset")
+    name: Mapped[str | None] = mapped_column(String(120))
+    task: Mapped[str | None] = mapped_column(String(16))
+    x_shape: Mapped[list[Any]] = mapped_column(JSON)
+    n_classes: Mapped[int | None]
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(server_default=utcnow())
+    data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
