@@ -140,15 +140,40 @@ def check_token(settings: Settings, token: str | None) -> None:
         raise _unauthorized("the bearer token is not this server's LRTUNE_API_TOKEN")
 
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
 CookieToken = Annotated[str | None, Cookie(alias=TOKEN_COOKIE, include_in_schema=False)]
 
 
+def refuse_cross_site(request: Request, what: str = "lrtune's write endpoints") -> None:
+    """Return unless a browser sent this write from another site's page; then 403.
+
+    A page on another site (another port of this host included, which is the same site to
+    the cookie) can send a form's POST to a loopback service with no token, or carrying the
+    login cookie; the browser says so in ``Sec-Fetch-Site``. Requests without the header
+    (curl, the client, the CLI) and the dashboard's own pages (``same-origin``) go on.
+
+    Raises:
+        HTTPException: 403 saying where the request came from.
+    """
+    sender = request.headers.get("sec-fetch-site", "none")
+    if request.method not in SAFE_METHODS and sender not in ("same-origin", "none"):
+        raise HTTPException(
+            403,
+            f"{what} take requests from the service's own pages only (this one came "
+            f"from a {sender} page)",
+        )
+
+
 def require_write_token(
+    request: Request,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     cookie: CookieToken = None,
 ) -> None:
-    """The write endpoints' check (see :func:`check_token`): the bearer header or the cookie."""
+    """The write endpoints' check (see :func:`check_token`): the bearer header or the cookie,
+    from anywhere but another site's page (:func:`refuse_cross_site`)."""
+    refuse_cross_site(request)
     check_token(settings, credentials.credentials if credentials else cookie)
 
 

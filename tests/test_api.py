@@ -342,6 +342,20 @@ def test_cancel_and_delete_follow_the_jobs_state(api: httpx.Client) -> None:
     assert api.get(f"/v1/jobs/{job['id']}").status_code == 404
 
 
+def test_writes_sent_by_another_sites_page_are_refused(api: httpx.Client) -> None:
+    """A page on another site (or another port of this host) may post a form to a loopback
+    service with no token: the browser's Sec-Fetch-Site header tells, and such writes get 403."""
+    job = submit(api).json()
+    for sender in ("cross-site", "same-site"):
+        forged = api.post(f"/v1/jobs/{job['id']}/cancel", headers={"Sec-Fetch-Site": sender})
+        assert forged.status_code == 403 and f"from a {sender} page" in forged.json()["detail"]
+    assert api.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"
+    own_page = api.post(f"/v1/jobs/{job['id']}/cancel", headers={"Sec-Fetch-Site": "same-origin"})
+    assert own_page.status_code == 200 and own_page.json()["status"] == "cancelled"
+    read = api.get(f"/v1/jobs/{job['id']}", headers={"Sec-Fetch-Site": "cross-site"})
+    assert read.status_code == 200
+
+
 # --- results ----------------------------------------------------------------------------------
 
 

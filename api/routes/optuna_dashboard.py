@@ -54,6 +54,7 @@ from lrtune.api.deps import (
     StudiesDep,
     check_token,
     presented_token,
+    refuse_cross_site,
 )
 from lrtune.api.routes.jobs import JobId
 from lrtune.exceptions import NotFoundError
@@ -78,7 +79,6 @@ ROUTE_PATHS = tuple(
 )
 """:data:`PATHS` as Starlette route paths."""
 
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 router = APIRouter(include_in_schema=False)
 
@@ -123,13 +123,7 @@ class OptunaDashboard:
 
     def _refusal(self, request: Request) -> Response | None:
         """None if the request may go on; else where to send it (raises the 401 or 403)."""
-        sender = request.headers.get("sec-fetch-site", "none")  # absent: not a browser
-        if request.method not in SAFE_METHODS and sender not in ("same-origin", "none"):
-            raise HTTPException(
-                403,
-                "optuna-dashboard's write endpoints take requests from its own pages only "
-                f"(this one came from a {sender} page)",
-            )
+        refuse_cross_site(request, "optuna-dashboard's write endpoints")
         if self.settings.api_token is None:
             return None
         authorization = request.headers.get("authorization")
