@@ -44,6 +44,7 @@ from lrtune.api.routes._docs import error_responses
 from lrtune.api.schemas import ErrorBody
 from lrtune.exceptions import InvalidInputError, NotFoundError, StorageUnavailableError
 from lrtune.jobs import (
+    JobEvent,
     JobPage,
     JobRecord,
     JobStatus,
@@ -96,6 +97,40 @@ _SPEC_EXAMPLES: dict[str, Any] = {
     },
 }
 
+_STREAM_END = {
+    "type": "object",
+    "properties": {"status": {"type": "string", "description": "the job's final state"}},
+    "required": ["status"],
+    "additionalProperties": False,
+}
+_STREAM_EVENT = {
+    "type": "object",
+    "description": "One Server-Sent Event: a job event (its `id` is the JobEvent's), `end` or "
+    "`unavailable` (with `retry`)",
+    "properties": {
+        "id": {"type": "string", "description": "the event's id: resume with `Last-Event-ID`"},
+        "event": {
+            "type": "string",
+            "enum": ["message", "end", "unavailable"],
+            "description": "absent on a job event (a browser dispatches it as `message`)",
+        },
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "anyOf": [
+                    JobEvent.model_json_schema(mode="serialization"),
+                    _STREAM_END,
+                    {"$ref": "#/components/schemas/ErrorBody"},
+                ]
+            },
+        },
+        "retry": {"type": "integer", "minimum": 0},
+    },
+    "required": ["data"],
+}
+"""Each event of the stream, as OpenAPI 3.2 documents Server-Sent Events (``itemSchema``)."""
+
 _EVENT_STREAM_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Server-Sent Events: `id` is the event's id (resume with "
@@ -103,7 +138,7 @@ _EVENT_STREAM_DOC: dict[int | str, dict[str, Any]] = {
         "stream, `event: unavailable` one whose store went away",
         "content": {
             "text/event-stream": {
-                "schema": {"type": "string"},
+                "itemSchema": _STREAM_EVENT,
                 "example": 'id: 7\ndata: {"id": 7, "job_id": "1b0c...", "created_at": '
                 '"2026-12-01T07:00:00Z", "kind": "status", "payload": {"from": "queued", '
                 '"to": "finding"}}\n\nevent: end\ndata: {"status": "succeeded"}\n\n',
