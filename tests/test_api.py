@@ -377,6 +377,69 @@ def test_an_unknown_job_id_is_404(api: httpx.Client, method: str, path: str) -> 
     assert response.json() == {"detail": f"no job {unknown!r} in the job store", "errors": []}
 
 
+# --- every endpoint's bad input, from the live schema (so routes added later are covered) ----
+
+UNKNOWN_JOB = "6d1f2a0e-0000-4000-8000-000000000000"
+PROBES = {"/healthz", "/readyz"}  # open to orchestrators whatever the token settings
+
+
+def operations(api: httpx.Client) -> list[tuple[str, str, dict[str, Any]]]:
+    """(method, path, operation) of every operation in the served OpenAPI schema."""
+    paths = api.get("/openapi.json").json()["paths"]
+    return [(m.upper(), path, op) for path, methods in paths.items() for m, op in methods.items()]
+
+
+def test_every_job_route_answers_an_unknown_id_404_and_a_malformed_one_422(
+    api: httpx.Client,
+) -> None:
+    job_routes = [(method, path) for method, path, _ in operations(api) if "{job_id}" in path]
+    assert len(job_routes) >= 7
+    for method, path in job_routes:
+        unknown = api.request(method, path.format(job_id=UNKNOWN_JOB))
+        assert unknown.status_code == 404, (method, path, unknown.text)
+        assert UNKNOWN_JOB in unknown.json()["detail"]
+        for malformed in ("x" * 65, "a%00b"):
+            response = api.request(method, path.format(job_id=malformed))
+            assert_field_error(response, ["path", "job_id"])
+
+
+def test_every_write_needs_the_token_and_every_read_too_when_reads_are_protected(
+    start: Start,
+) -> None:
+    writes = start(api_token=TOKEN)
+    protected = start(api_token=TOKEN, api_token_for_reads=True)
+    tried = 0
+    for method, path, op in operations(writes):
+        if path in PROBES:
+            continue
+        url = path.format(job_id=UNKNOWN_JOB)
+        body = MINIMAL if "requestBody" in op else None
+        wrong = {"Authorization": "Bearer wrong"}
+        if op.get("security"):  # a write: refused on both servers, without or with a wrong token
+            assert writes.request(method, url, json=body).status_code == 401, (method, path)
+            assert writes.request(method, url, json=body, headers=wrong).status_code == 401
+        response = protected.request(method, url, json=body)
+        assert response.status_code == 401, (method, path, response.text)
+        assert response.headers["www-authenticate"] == "Bearer"
+        tried += 1
+    assert tried >= 14
+
+
+def test_every_body_over_the_cap_is_413(start: Start) -> None:
+    api = start(max_body_bytes=4096)
+    with_body = [(m, path) for m, path, op in operations(api) if "requestBody" in op]
+    assert len(with_body) >= 2
+    for method, path in with_body:
+        response = api.request(
+            method,
+            path.format(job_id=UNKNOWN_JOB),
+            content=b'{"pad": "' + b"x" * 5000 + b'"}',
+            headers={"content-type": "application/json"},
+        )
+        assert response.status_code == 413, (method, path, response.text)
+        assert "LRTUNE_MAX_BODY_BYTES" in response.json()["detail"]
+
+
 def test_cancel_and_delete_follow_the_jobs_state(api: httpx.Client) -> None:
     job = submit(api).json()
     unfinished = api.delete(f"/v1/jobs/{job['id']}")
@@ -387,6 +450,16 @@ def test_cancel_and_delete_follow_the_jobs_state(api: httpx.Client) -> None:
     assert again.status_code == 409 and "already cancelled" in again.json()["detail"]
     assert api.delete(f"/v1/jobs/{job['id']}").status_code == 204
     assert api.get(f"/v1/jobs/{job['id']}").status_code == 404
+
+
+def test_a_succeeded_job_cannot_be_cancelled_and_can_be_deleted(
+    api: httpx.Client, store: JobStore, recommendation: Recommendation
+) -> None:
+    job = finish_with(store, small_job(), recommendation)
+    refused = api.post(f"/v1/jobs/{job.id}/cancel")
+    assert refused.status_code == 409 and "already succeeded" in refused.json()["detail"]
+    assert api.get(f"/v1/jobs/{job.id}").json()["status"] == "succeeded"
+    assert api.delete(f"/v1/jobs/{job.id}").status_code == 204
 
 
 # --- results ----------------------------------------------------------------------------------
@@ -438,6 +511,7 @@ def test_recommendations_match_by_fingerprint_or_by_names_with_the_differences(
         ({"fingerprint": "abc"}, 422, ["query", "fingerprint"]),
         ({"fingerprint": "0" * 64, "model": "mlp"}, 422, ["query", "fingerprint"]),
         ({"model": "mlp", "dataset": "digits", "batch_size": 0}, 422, ["query", "batch_size"]),
+        ({"model": "mlp\u0000", "dataset": "digits"}, 422, ["query", "model"]),
         ({"fingerprint": "0" * 64}, 404, None),
         ({"model": "mlp", "dataset": "digits"}, 404, None),
     ],
