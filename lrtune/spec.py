@@ -44,40 +44,9 @@ METRIC_DIRECTIONS: dict[str, Literal["minimize", "maximize"]] = {
 }
 
 
-def nul_at(value: Any) -> str | None:
-    """Where a NUL character is in ``value``: ``""`` for a string holding one, ``"['k'][0]"``
-    for one inside a mapping or list (keys too), None if there is none.
-
-    >>> nul_at("ok"), nul_at("a" + chr(0)), nul_at({"hidden": [4, "8" + chr(0)]})
-    (None, '', "['hidden'][1]")
-    """
-    if isinstance(value, str):
-        return "" if "\x00" in value else None
-    items: Any = ()
-    if isinstance(value, dict):
-        items = [(f"[{k!r}]", k) for k in value] + [(f"[{k!r}]", v) for k, v in value.items()]
-    elif isinstance(value, (list, tuple)):
-        items = [(f"[{i}]", v) for i, v in enumerate(value)]
-    for where, item in items:
-        inner = nul_at(item)
-        if inner is not None:
-            return where + inner
-    return None
-
-
 class _Strict(BaseModel):
     # Unknown keys are typos; NaN/inf would not survive a JSON round trip (JSON has neither).
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    @field_validator("*")
-    @classmethod
-    def _no_nul(cls, value: Any) -> Any:
-        # The job store keeps spec fields as text, which PostgreSQL refuses to hold a NUL in.
-        where = nul_at(value)
-        if where is not None:
-            inside = f" at {where}" if where else ""
-            raise ValueError(f"text may not hold a NUL character (\\u0000){inside}: remove it")
-        return value
 
 
 class ModelRef(_Strict):

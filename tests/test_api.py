@@ -29,6 +29,7 @@ from lrtune.api import Settings, create_app
 from lrtune.exceptions import InvalidInputError
 from lrtune.jobs import JobStore, PluginRegistry, WorkerRegistration, upgrade
 from lrtune.recommendation import Recommendation
+from lrtune.spec import JobSpec
 
 MINIMAL = {"model": {"name": "logreg"}, "dataset": {"name": "wine"}}
 TOKEN = "t0ken-never-shown"
@@ -280,11 +281,11 @@ def test_hostile_input_is_never_a_server_error(
         ({**MINIMAL, "model": {"name": "logreg\u0000"}}, ["body", "model", "name"]),
         (
             {**MINIMAL, "model": {"name": "plugin_mlp", "params": {"act": "relu\u0000"}}},
-            ["body", "model", "params"],
+            ["body", "model", "params", "act"],
         ),
         (
             {**MINIMAL, "model": {"name": "plugin_mlp", "params": {"a\u0000": 1}}},
-            ["body", "model", "params"],
+            ["body", "model", "params", "a\u0000"],
         ),
         (
             {**MINIMAL, "param_groups": [{"prefix": "0.\u0000", "lr_mult": 2}]},
@@ -310,6 +311,16 @@ def test_a_nul_character_in_a_job_spec_is_422_at_its_field(
     detail = assert_field_error(submit(api, body, params={"reuse": "false"}), loc)
     assert "NUL character" in detail
     assert store.count() == 0
+
+
+def test_a_job_stored_with_a_nul_before_the_api_refused_one_still_reads(
+    api: httpx.Client, store: JobStore
+) -> None:
+    groups = [{"prefix": "0\u0000", "lr_mult": 2}]
+    spec = JobSpec.model_validate({**MINIMAL, "param_groups": groups})
+    job = store.submit(spec)  # what a submit stored before
+    assert api.get(f"/v1/jobs/{job.id}").json()["spec"]["param_groups"][0]["prefix"] == "0\u0000"
+    assert [j["id"] for j in api.get("/v1/jobs").json()["data"]] == [job.id]
 
 
 @pytest.mark.parametrize("path", ["/v1/jobs", "/v1/schedules/preview"])

@@ -191,6 +191,7 @@ def submit_job(
 ) -> Submission:
     """Queue a job for the spec; 201 with the job and its URL in `Location`, or 200 with an
     earlier job's answer when `reuse` finds one."""
+    check_text(spec)
     check_registry(spec, store)
     if not (reuse and store.reusable(spec)):  # a reused answer queues nothing
         check_queue_room(store, settings.max_queued_jobs)
@@ -366,6 +367,46 @@ async def event_stream(
 
 def _end(payload: dict[str, str]) -> ServerSentEvent:
     return ServerSentEvent(json.dumps(payload), event="end")
+
+
+def check_text(spec: JobSpec) -> None:
+    """Refuse a spec with a NUL character in any of its strings (params' keys included).
+
+    The store keeps the spec, and workers its parts (names, params) in Optuna's tables, as
+    text, which PostgreSQL refuses to hold a NUL in; a stored job reads back as it was, so the
+    check is made here, on what a client submits.
+
+    Raises:
+        FieldInvalid: at the string's path, e.g. ``body.model.params.act``.
+    """
+    where = nul_path(spec.model_dump(mode="json"))
+    if where is not None:
+        field = ".".join(map(str, where))
+        raise FieldInvalid(
+            ["body", *where],
+            f"{field} holds a NUL character (\\u0000), which the job store cannot keep: remove it",
+            "string_nul",
+        )
+
+
+def nul_path(value: Any) -> tuple[str | int, ...] | None:
+    """The path to the first string in JSON ``value`` that holds a NUL, or None.
+
+    >>> nul_path({"model": {"params": {"hidden": [4, "8" + chr(0)]}}}), nul_path(["ok"])
+    (('model', 'params', 'hidden', 1), None)
+    """
+    if isinstance(value, str):
+        return () if "\x00" in value else None
+    items: list[tuple[str | int, Any]] = []
+    if isinstance(value, dict):
+        items = [(k, k) for k in value if "\x00" in k] + list(value.items())
+    elif isinstance(value, list):
+        items = list(enumerate(value))
+    for key, item in items:
+        inner = nul_path(item)
+        if inner is not None:
+            return (key, *inner)
+    return None
 
 
 def check_registry(spec: JobSpec, store: JobStore) -> None:
