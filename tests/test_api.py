@@ -626,6 +626,10 @@ def test_an_event_stream_with_a_bad_cursor_is_422(api: httpx.Client) -> None:
     path = f"/v1/jobs/{job['id']}/events"
     assert_field_error(api.get(path, headers={"Last-Event-ID": "x"}), ["header", "last-event-id"])
     assert_field_error(api.get(path, params={"after": -1}), ["query", "after"])
+    beyond = 2**63  # over any id the store holds (SQLite raised, PostgreSQL said "unavailable")
+    assert_field_error(api.get(path, params={"after": beyond}), ["query", "after"])
+    last = {"Last-Event-ID": str(beyond)}
+    assert_field_error(api.get(path, headers=last), ["header", "last-event-id"])
 
 
 # --- registry and schedules -------------------------------------------------------------------

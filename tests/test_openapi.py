@@ -109,6 +109,7 @@ not_a_server_error.enabled = true
 status_code_conformance.enabled = true
 content_type_conformance.enabled = true
 response_schema_conformance.enabled = true
+ignored_auth.enabled = true  # a write without the token, or with a wrong one, is refused
 """
 
 

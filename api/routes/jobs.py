@@ -66,6 +66,8 @@ EVENT_BATCH = 100
 UNAVAILABLE_RETRY_MS = 5000
 """The SSE ``retry`` sent with ``event: unavailable``: when a browser reconnects."""
 QUEUE_FULL_RETRY_S = 30
+MAX_EVENT_ID = 2**63 - 1
+"""The largest event id the store can hold (a 64-bit column): no cursor is above it."""
 
 _logger = logging.getLogger("lrtune.api")
 
@@ -318,11 +320,14 @@ async def job_events(
     settings: SettingsDep,
     _: ReadAuth,
     after: Annotated[
-        int | None, Query(ge=0, description="send events with ids above this one")
+        int | None,
+        Query(ge=0, le=MAX_EVENT_ID, description="send events with ids above this one"),
     ] = None,
     last_event_id: Annotated[
         int | None,
-        Header(ge=0, description="resume after this event id (what EventSource sends)"),
+        Header(
+            ge=0, le=MAX_EVENT_ID, description="resume after this event id (what EventSource sends)"
+        ),
     ] = None,
 ) -> EventSourceResponse:
     """The job's events as Server-Sent Events, from the start or after a cursor, live."""
