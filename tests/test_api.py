@@ -697,6 +697,14 @@ def test_a_schedule_preview_is_the_schedulers_curve_and_its_code_reproduces_it(
             ["body"],
         ),
         ({"schedule": {"family": "plateau"}, "base_lr": 0.1, "epochs": 3}, ["body"]),
+        (  # found by schemathesis: the LR overflowed to -inf, and the answer was a 500
+            {
+                "schedule": {"family": "cosine_warm_restarts", "T_0": 2, "eta_min": 1.7e308},
+                "base_lr": 6000.0,
+                "epochs": 4,
+            },
+            ["body", "schedule"],
+        ),
     ],
 )
 def test_a_schedule_the_scheduler_cannot_run_is_422(
