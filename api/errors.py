@@ -10,7 +10,8 @@ Every error response has the body :class:`~lrtune.api.schemas.ErrorBody`: a one-
 - :class:`~lrtune.exceptions.InvalidInputError`: 422;
 - :class:`~lrtune.exceptions.ConflictError`: 409;
 - :class:`~lrtune.exceptions.StorageUnavailableError`: 503 with ``Retry-After``;
-- Starlette's ``HTTPException`` (401, 413, 429, ...): its status, in the same body.
+- Starlette's ``HTTPException`` (401, 413, 429, ...): its status, in the same body; but a
+  JSON body that is not UTF-8 (FastAPI's bare 400) is a 422 like any other invalid body.
 
 No response carries a traceback; anything else escaping a route is a bug, answered by
 Starlette's plain 500 and logged with its traceback on the server only.
@@ -118,7 +119,17 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+        return _response(422, _undecodable_body(exc.__cause__))
     return _response(exc.status_code, ErrorBody(detail=str(exc.detail)), exc.headers)
+
+
+def _undecodable_body(error: UnicodeDecodeError) -> ErrorBody:
+    """FastAPI answers a JSON body that is not UTF-8 with a bare 400; it is an invalid body."""
+    message = f"the body is not UTF-8 text (byte {error.start}): send JSON encoded as UTF-8"
+    return ErrorBody(
+        detail=message, errors=[FieldError(loc=["body"], msg=message, type="json_invalid")]
+    )
 
 
 def _response(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -300,7 +300,7 @@ def check_seeds(setup: Setup) -> list[Agreement]:
     vec = lrtune_run(setup, setup.loader, seeds=SEEDS, vectorize=True, seed=0)
     seq = lrtune_run(setup, setup.loader, seeds=SEEDS, vectorize=False, seed=0)
     setup.check_restored("lrtune (multi-seed)")
-    engines = (vec.config["engine"], seq.config["engine"])
+    engines = (vec.config.engine, seq.config.engine)
     if engines != ("vectorized", "sequential"):
         raise SystemExit(f"expected vectorized and sequential engines, got {engines}")
     low = int(np.argmin(seq.median)) + 1

@@ -420,7 +420,7 @@ def _find(args: argparse.Namespace) -> int:
     else:
         print(
             f"{spec.model.name} on {spec.dataset.name}, {spec.optimizer.name}, "
-            f"{spec.range_test.seeds} seed(s), {result.config['engine']} on {setup.device}"
+            f"{spec.range_test.seeds} seed(s), {result.config.engine} on {setup.device}"
         )
         print(result.summary())
     sys.stdout.flush()  # the answer is out even if writing the plot fails

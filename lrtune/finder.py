@@ -39,7 +39,7 @@ from lrtune._state import preserved, reinitialize, seed_torch
 from lrtune.batches import Criterion, LossFn, batch_loss, endless, move_to, seeded_order
 from lrtune.device import resolve_device
 from lrtune.optimizers import clone_optimizer, group_lr_ratios
-from lrtune.result import LRFinderResult, SeedCurve
+from lrtune.result import LRFinderResult, RangeTestConfig, SeedCurve
 
 logger = logging.getLogger(__name__)
 
@@ -389,22 +389,22 @@ def find_lr(
         lrs=lrs,
         curves=curves,
         group_lr_ratios=ratios,
-        config={
-            "start_lr": start_lr,
-            "end_lr": end_lr,
-            "num_iter": num_iter,
-            "mode": mode,
-            "smooth_beta": smooth_beta,
-            "diverge_threshold": diverge_threshold,
-            "accumulation_steps": accumulation_steps,
-            "seeds": seeds,
-            "seed": seed,
-            "reinit": reinit,
-            "optimizer": type(optimizer).__name__,
-            "device": str(target),
-            "amp": amp,
-            "engine": engine_name,
-        },
+        config=RangeTestConfig(
+            start_lr=start_lr,
+            end_lr=end_lr,
+            num_iter=num_iter,
+            mode=mode,
+            smooth_beta=smooth_beta,
+            diverge_threshold=diverge_threshold,
+            accumulation_steps=accumulation_steps,
+            seeds=seeds,
+            seed=seed,
+            reinit=reinit,
+            optimizer=type(optimizer).__name__,
+            device=str(target),
+            amp=amp,
+            engine=engine_name,
+        ),
     )
 
 

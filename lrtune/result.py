@@ -11,7 +11,8 @@ Example:
     >>> lrs = np.geomspace(1e-4, 1, 50)
     >>> losses = list((np.log10(lrs) + 1.5) ** 2 + 1)
     >>> curve = SeedCurve(raw=losses, smoothed=losses, diverged_at=None)
-    >>> result = LRFinderResult.from_curves(lrs, [curve], group_lr_ratios=[1.0], config={})
+    >>> config = RangeTestConfig(start_lr=1e-4, end_lr=1.0, num_iter=50)
+    >>> result = LRFinderResult.from_curves(lrs, [curve], group_lr_ratios=[1.0], config=config)
     >>> 1e-4 < result.suggestion < 10**-1.5  # on the way down, left of the minimum
     True
     >>> again = LRFinderResult.model_validate(result.model_dump(mode="json"))
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import ConfigDict, Field, computed_field
@@ -45,6 +46,37 @@ class SeedCurve(ResultModel):
     diverged_at: int | None = Field(description="the step at which the sweep stopped, if it did")
     val: list[tuple[int, JsonFloat]] = Field(
         default_factory=list, description="(step, loss on the validation subset) pairs"
+    )
+
+
+class RangeTestConfig(ResultModel):
+    """The options a range test ran with, as :func:`lrtune.find_lr` records them.
+
+    The sweep's options are required; the rest default to ``find_lr``'s defaults, and
+    ``optimizer``/``device``/``engine`` to what it resolves them to with one seed on a CPU.
+    Every field is in the JSON (a reader can rely on each being there): range tests stored
+    since the first release hold exactly these keys.
+    """
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+    start_lr: float = Field(description="the LR of the first step")
+    end_lr: float = Field(description="the LR of the last step")
+    num_iter: int = Field(description="steps in a sweep (fewer were recorded if it diverged)")
+    mode: Literal["exp", "linear"] = Field("exp", description="how the LR grows step by step")
+    smooth_beta: float = Field(0.98, description="EMA factor of the loss smoothing")
+    diverge_threshold: float | None = Field(
+        4.0, description="how far above its best the smoothed loss may rise; null: never stop"
+    )
+    accumulation_steps: int = Field(1, description="micro-batches per optimizer step")
+    seeds: int = Field(1, description="independent sweeps")
+    seed: int | None = Field(None, description="base seed of the data orders")
+    reinit: bool = Field(False, description="each seed re-initialised the weights")
+    optimizer: str = Field("SGD", description="the emulated optimizer's class name")
+    device: str = Field("cpu", description="where the sweeps ran, e.g. cpu or cuda:0")
+    amp: bool = Field(False, description="mixed precision was on")
+    engine: Literal["sequential", "vectorized"] = Field(
+        "sequential", description="seeds one after another, or as one vmap sweep"
     )
 
 
@@ -82,7 +114,7 @@ class LRFinderResult(ResultModel):
     suggestions: dict[str, Suggestion]
     consensus: Consensus
     group_lr_ratios: list[float]
-    config: dict[str, Any]
+    config: RangeTestConfig
 
     @classmethod
     def from_curves(
@@ -90,7 +122,7 @@ class LRFinderResult(ResultModel):
         lrs: Sequence[float],
         curves: list[SeedCurve],
         group_lr_ratios: Sequence[float],
-        config: dict[str, Any],
+        config: RangeTestConfig,
     ) -> LRFinderResult:
         steps = max(len(c.smoothed) for c in curves)
         lrs = [float(lr) for lr in lrs[:steps]]
@@ -111,7 +143,7 @@ class LRFinderResult(ResultModel):
             suggestions=suggest_all(lrs[:end], median_curve),
             consensus=consensus(lrs, [c.smoothed for c in curves]),
             group_lr_ratios=[float(r) for r in group_lr_ratios],
-            config=dict(config),
+            config=config,
         )
 
     def rescaled(self, factor: float, lr_reference: str) -> LRFinderResult:

@@ -151,13 +151,14 @@ def curve_descent(result: LRFinderResult) -> CurveDescent:
     of, so a fall smaller than a fraction of it is no descent, whatever the loss's scale.
 
     Example:
-        >>> from lrtune.result import SeedCurve
+        >>> from lrtune.result import RangeTestConfig, SeedCurve
         >>> lrs = np.geomspace(1e-5, 1, 60)
+        >>> config = RangeTestConfig(start_lr=1e-5, end_lr=1.0, num_iter=60)
         >>> wiggle = 0.05 * np.sin(np.arange(60) * 2.0)
         >>> falling = list(2 - np.clip(np.log10(lrs) + 3, 0, None) + wiggle)
         >>> def descent_of(losses):
         ...     curve = SeedCurve(raw=list(losses), smoothed=list(losses), diverged_at=None)
-        ...     return curve_descent(LRFinderResult.from_curves(lrs, [curve], [1.0], {}))
+        ...     return curve_descent(LRFinderResult.from_curves(lrs, [curve], [1.0], config))
         >>> descent = descent_of(falling)
         >>> descent.clear, round(descent.noise_sds), f"{descent.first_clear_lr:.0e}"
         (True, 42, '1e-03')

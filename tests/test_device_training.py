@@ -194,7 +194,7 @@ def test_amp_on_a_cpu_device_trains_in_full_precision_and_says_so(
     assert run == train(plain, schedule, 0.05, 2)
     unchanged = range_test(plain, progress=False)
     assert result.model_dump(mode="json")["seeds"] == unchanged.model_dump(mode="json")["seeds"]
-    assert result.config["amp"] is False
+    assert result.config.amp is False
     notes = [r.message for r in caplog.records if "amp=true needs CUDA" in r.message]
     assert notes == ["amp=true needs CUDA: training on cpu in full precision"]  # once a setup
 

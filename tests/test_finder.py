@@ -336,7 +336,7 @@ def loader() -> DataLoader:
 
 def test_multi_seed_gives_per_seed_curves_median_band_and_confidence() -> None:
     result = find_lr(mlp(), loader(), seeds=4, seed=0, num_iter=60, progress=False)
-    assert result.config["engine"] == "vectorized"
+    assert result.config.engine == "vectorized"
     assert len(result.seeds) == 4
     assert len({tuple(c.raw[:5]) for c in result.seeds}) == 4  # data orders differ
     n = len(result.median)
@@ -352,7 +352,7 @@ def test_vectorized_and_sequential_seeds_agree(batchnorm: bool) -> None:
     kwargs = {"seeds": 3, "seed": 5, "num_iter": 40, "end_lr": 1.0, "progress": False}
     vec = find_lr(mlp(batchnorm=batchnorm), loader(), vectorize=True, **kwargs)
     seq = find_lr(mlp(batchnorm=batchnorm), loader(), vectorize=False, **kwargs)
-    assert vec.config["engine"] == "vectorized" and seq.config["engine"] == "sequential"
+    assert vec.config.engine == "vectorized" and seq.config.engine == "sequential"
     for a, b in zip(vec.seeds, seq.seeds, strict=True):
         n = min(len(a.raw), len(b.raw), 30)
         assert np.allclose(a.raw[:n], b.raw[:n], rtol=1e-3, atol=1e-4)
@@ -362,7 +362,7 @@ def test_multi_seed_with_reinit_and_dropout_runs_vectorized() -> None:
     result = find_lr(
         mlp(dropout=0.3), loader(), seeds=3, seed=0, reinit=True, num_iter=30, progress=False
     )
-    assert result.config["engine"] == "vectorized"
+    assert result.config.engine == "vectorized"
     starts = [c.raw[0] for c in result.seeds]
     assert len(set(starts)) == 3  # different weights give different first losses
 
@@ -371,7 +371,7 @@ def test_unvectorizable_optimizer_falls_back_to_sequential() -> None:
     model = mlp()
     optimizer = torch.optim.Adafactor(model.parameters(), lr=1e-3)
     result = find_lr(model, loader(), optimizer, seeds=2, num_iter=20, progress=False)
-    assert result.config["engine"] == "sequential"
+    assert result.config.engine == "sequential"
     assert len(result.seeds) == 2
     with pytest.raises(ValueError, match="cannot be vectorized"):
         find_lr(model, loader(), optimizer, seeds=2, num_iter=20, vectorize=True, progress=False)
@@ -427,8 +427,8 @@ def test_cuda_sweep_with_and_without_amp_restores_a_cpu_model(blobs, amp: bool) 
     model = mlp()
     before = snapshot(model)
     result = find_lr(model, blobs, device="cuda", amp=amp, num_iter=50, progress=False)
-    assert result.config["device"].startswith("cuda")
-    assert result.config["amp"] is amp
+    assert result.config.device.startswith("cuda")
+    assert result.config.amp is amp
     assert result.suggestion is not None
     assert next(model.parameters()).device.type == "cpu"
     assert_same_state(model, before)
@@ -439,8 +439,8 @@ def test_cuda_multi_seed_vectorized() -> None:
     result = find_lr(
         mlp(batchnorm=True), loader(), device="auto", seeds=4, seed=0, num_iter=50, progress=False
     )
-    assert result.config["device"].startswith("cuda")
-    assert result.config["engine"] == "vectorized"
+    assert result.config.device.startswith("cuda")
+    assert result.config.engine == "vectorized"
 
 
 @pytest.mark.parametrize(
@@ -458,7 +458,7 @@ def test_common_optimizers_are_cloned_with_their_hyperparameters(make_optimizer,
     model = mlp()
     optimizer = make_optimizer(model.parameters())
     result = find_lr(model, loader(), optimizer, seeds=seeds, num_iter=20, progress=False)
-    assert result.config["optimizer"] == type(optimizer).__name__
+    assert result.config.optimizer == type(optimizer).__name__
     assert len(result.seeds) == seeds
 
 
@@ -536,7 +536,7 @@ def test_sequential_sweeps_restore_grads_and_non_persistent_buffers(blobs, seeds
 
     result = find_lr(model, blobs, num_iter=20, seeds=seeds, vectorize=False, progress=False)
 
-    assert result.config["engine"] == "sequential"
+    assert result.config.engine == "sequential"
     assert model[0].linear.weight.grad is weight_grad  # the caller's tensor, not a copy
     assert torch.equal(model[0].linear.weight.grad, grad_before)
     assert model[0].linear.bias.grad is None
@@ -572,7 +572,7 @@ def test_uneven_batches_with_several_seeds_fall_back_to_the_sequential_curves(bl
     kwargs = {"seeds": 3, "seed": 0, "num_iter": 60, "end_lr": 1.0, "progress": False}
     auto = find_lr(mlp(), data, **kwargs)
     sequential = find_lr(mlp(), data, vectorize=False, **kwargs)
-    assert auto.config["engine"] == "sequential"
+    assert auto.config.engine == "sequential"
     assert [c.raw for c in auto.seeds] == [c.raw for c in sequential.seeds]
     assert auto.suggestion == sequential.suggestion
     with pytest.raises(ValueError, match="cannot be vectorized"):

@@ -20,9 +20,10 @@ import sqlalchemy as sa
 from lrtune import __version__
 from lrtune.cli import main
 from lrtune.exceptions import InvalidInputError, NotFoundError
-from lrtune.jobs import JobProgress, JobStatus, JobStore, Settings, tables, upgrade
+from lrtune.jobs import JobProgress, JobStatus, JobStore, Provenance, Settings, tables, upgrade
 from lrtune.jobs.db import get_engine
 from lrtune.jobs.stored_json import upgrade_json_rows
+from lrtune.result import LRBounds, LRFinderResult
 from lrtune.spec import JobSpec
 from lrtune.storage import open_storage
 from lrtune.tuner import stored_bounds, stored_range_test
@@ -401,3 +402,32 @@ def test_the_live_feed_carries_the_range_test_curve_as_it_grows(
         before = [e for e in events if e.id < batch.id]
         assert before[-1].kind == "progress"
         assert before[-1].payload["range_test_steps_done"] > 0
+
+
+STORED = Path(__file__).parent / "stored"
+
+
+def test_a_range_test_stored_with_its_config_as_a_plain_dict_still_loads(store: JobStore) -> None:
+    # What find_lr wrote before RangeTestConfig (the result's `config` was a dict[str, Any]):
+    # the same keys, so rows stored then load unchanged, and serve the same JSON.
+    old = json.loads((STORED / "range_test_with_config_dict.json").read_text())
+    job = store.submit(_spec())
+    provenance = Provenance(
+        lrtune_version=__version__,
+        rule="consensus",
+        lr_min=None,
+        lr_max=None,
+        device="cpu",
+        search=None,
+    )
+    bounds = LRBounds(low=1e-3, high=1.0, suggestion=0.03, divergence_lr=None)
+    store.save_range_test(job.id, LRFinderResult.model_validate(old), bounds, provenance)
+    with get_engine(store.url).begin() as conn:  # the row exactly as the old code stored it
+        conn.execute(
+            sa.update(tables.RangeTest.__table__)
+            .where(tables.RangeTest.job_id == job.id)
+            .values(result={"range_test": old, "bounds": bounds.model_dump(mode="json")})
+        )
+    loaded = store.range_test(job.id).range_test
+    assert loaded.config.engine == "vectorized" and loaded.config.seed == 3
+    assert loaded.model_dump(mode="json") == old

@@ -10,7 +10,7 @@ import numpy as np
 import optuna
 import pytest
 
-from lrtune.result import LRFinderResult, SeedCurve
+from lrtune.result import LRFinderResult, RangeTestConfig, SeedCurve
 from lrtune.schedules import FAMILIES, preview
 from lrtune.space import (
     MAX_SEED_SPREAD_DECADES,
@@ -48,7 +48,8 @@ def sweep(per_seed_raw: list[np.ndarray], lrs: np.ndarray, diverged_at: int | No
         SeedCurve(raw=list(raw), smoothed=smoothed(raw), diverged_at=diverged_at)
         for raw in per_seed_raw
     ]
-    return LRFinderResult.from_curves(lrs, curves, [1.0], {})
+    config = RangeTestConfig(start_lr=float(lrs[0]), end_lr=float(lrs[-1]), num_iter=len(lrs))
+    return LRFinderResult.from_curves(lrs, curves, [1.0], config)
 
 
 # --- LRBounds ------------------------------------------------------------------------------------

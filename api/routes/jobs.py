@@ -44,6 +44,7 @@ from lrtune.api.routes._docs import error_responses
 from lrtune.api.schemas import ErrorBody
 from lrtune.exceptions import InvalidInputError, NotFoundError, StorageUnavailableError
 from lrtune.jobs import (
+    JobEvent,
     JobPage,
     JobRecord,
     JobStatus,
@@ -66,6 +67,8 @@ EVENT_BATCH = 100
 UNAVAILABLE_RETRY_MS = 5000
 """The SSE ``retry`` sent with ``event: unavailable``: when a browser reconnects."""
 QUEUE_FULL_RETRY_S = 30
+MAX_EVENT_ID = 2**63 - 1
+"""The largest event id the store can hold (a 64-bit column): no cursor is above it."""
 
 _logger = logging.getLogger("lrtune.api")
 
@@ -97,6 +100,40 @@ _SPEC_EXAMPLES: dict[str, Any] = {
     },
 }
 
+_STREAM_END = {
+    "type": "object",
+    "properties": {"status": {"type": "string", "description": "the job's final state"}},
+    "required": ["status"],
+    "additionalProperties": False,
+}
+_STREAM_EVENT = {
+    "type": "object",
+    "description": "One Server-Sent Event: a job event (its `id` is the JobEvent's), `end` or "
+    "`unavailable` (with `retry`)",
+    "properties": {
+        "id": {"type": "string", "description": "the event's id: resume with `Last-Event-ID`"},
+        "event": {
+            "type": "string",
+            "enum": ["message", "end", "unavailable"],
+            "description": "absent on a job event (a browser dispatches it as `message`)",
+        },
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "anyOf": [
+                    JobEvent.model_json_schema(mode="serialization"),
+                    _STREAM_END,
+                    {"$ref": "#/components/schemas/ErrorBody"},
+                ]
+            },
+        },
+        "retry": {"type": "integer", "minimum": 0},
+    },
+    "required": ["data"],
+}
+"""Each event of the stream, as OpenAPI 3.2 documents Server-Sent Events (``itemSchema``)."""
+
 _EVENT_STREAM_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Server-Sent Events: `id` is the event's id (resume with "
@@ -104,7 +141,7 @@ _EVENT_STREAM_DOC: dict[int | str, dict[str, Any]] = {
         "stream, `event: unavailable` one whose store went away",
         "content": {
             "text/event-stream": {
-                "schema": {"type": "string"},
+                "itemSchema": _STREAM_EVENT,
                 "example": 'id: 7\ndata: {"id": 7, "job_id": "1b0c...", "created_at": '
                 '"2026-12-01T07:00:00Z", "kind": "status", "payload": {"from": "queued", '
                 '"to": "finding"}}\n\nevent: end\ndata: {"status": "succeeded"}\n\n',
@@ -157,6 +194,7 @@ def submit_job(
 ) -> Submission:
     """Queue a job for the spec; 201 with the job and its URL in `Location`, or 200 with an
     earlier job's answer when `reuse` finds one."""
+    check_text(spec)
     check_registry(spec, store)
     if not (reuse and store.reusable(spec)):  # a reused answer queues nothing
         check_queue_room(store, settings.max_queued_jobs)
@@ -284,11 +322,14 @@ async def job_events(
     settings: SettingsDep,
     _: ReadAuth,
     after: Annotated[
-        int | None, Query(ge=0, description="send events with ids above this one")
+        int | None,
+        Query(ge=0, le=MAX_EVENT_ID, description="send events with ids above this one"),
     ] = None,
     last_event_id: Annotated[
         int | None,
-        Header(ge=0, description="resume after this event id (what EventSource sends)"),
+        Header(
+            ge=0, le=MAX_EVENT_ID, description="resume after this event id (what EventSource sends)"
+        ),
     ] = None,
 ) -> EventSourceResponse:
     """The job's events as Server-Sent Events, from the start or after a cursor, live."""
@@ -333,6 +374,46 @@ async def event_stream(
 
 def _end(payload: dict[str, str]) -> ServerSentEvent:
     return ServerSentEvent(json.dumps(payload), event="end")
+
+
+def check_text(spec: JobSpec) -> None:
+    """Refuse a spec with a NUL character in any of its strings (params' keys included).
+
+    The store keeps the spec, and workers its parts (names, params) in Optuna's tables, as
+    text, which PostgreSQL refuses to hold a NUL in; a stored job reads back as it was, so the
+    check is made here, on what a client submits.
+
+    Raises:
+        FieldInvalid: at the string's path, e.g. ``body.model.params.act``.
+    """
+    where = nul_path(spec.model_dump(mode="json"))
+    if where is not None:
+        field = ".".join(map(str, where))
+        raise FieldInvalid(
+            ["body", *where],
+            f"{field} holds a NUL character (\\u0000), which the job store cannot keep: remove it",
+            "string_nul",
+        )
+
+
+def nul_path(value: Any) -> tuple[str | int, ...] | None:
+    """The path to the first string in JSON ``value`` that holds a NUL, or None.
+
+    >>> nul_path({"model": {"params": {"hidden": [4, "8" + chr(0)]}}}), nul_path(["ok"])
+    (('model', 'params', 'hidden', 1), None)
+    """
+    if isinstance(value, str):
+        return () if "\x00" in value else None
+    items: list[tuple[str | int, Any]] = []
+    if isinstance(value, dict):
+        items = [(k, k) for k in value if "\x00" in k] + list(value.items())
+    elif isinstance(value, list):
+        items = list(enumerate(value))
+    for key, item in items:
+        inner = nul_path(item)
+        if inner is not None:
+            return (key, *inner)
+    return None
 
 
 def check_registry(spec: JobSpec, store: JobStore) -> None:

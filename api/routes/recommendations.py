@@ -29,12 +29,13 @@ from fastapi import APIRouter, Query
 from lrtune.api.deps import ReadAuth, StoreDep
 from lrtune.api.errors import FieldInvalid
 from lrtune.api.routes._docs import error_responses
+from lrtune.api.routes.jobs import NO_NUL
 from lrtune.jobs import RecommendationMatch
 from lrtune.spec import MAX_BATCH_SIZE
 
 router = APIRouter(prefix="/recommendations", tags=["recommendations"])
 
-Name = Annotated[str | None, Query(min_length=1, max_length=64)]
+Name = Annotated[str | None, Query(min_length=1, max_length=64, pattern=NO_NUL)]
 
 
 @router.get("", summary="Find a stored recommendation", responses=error_responses(401, 404, 422))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Body
 
 from lrtune.api.deps import ReadAuth
@@ -84,6 +85,13 @@ def schedule_preview(request: SchedulePreviewRequest) -> SchedulePreview:
         )
     except ValueError as exc:
         raise FieldInvalid(["body"], f"the schedule cannot run: {exc}", "schedule_error") from None
+    if not np.isfinite(lrs).all():  # e.g. an eta_min near the float limit overflows
+        step = int(np.argmax(~np.isfinite(lrs).all(axis=1)))
+        raise FieldInvalid(
+            ["body", "schedule"],
+            f"the schedule's LR is not a finite number at step {step}: use smaller values",
+            "schedule_error",
+        )
     return SchedulePreview(
         schedule=request.schedule,
         epochs=request.epochs,
