@@ -11,7 +11,8 @@ Every error response has the body :class:`~lrtune.api.schemas.ErrorBody`: a one-
 - :class:`~lrtune.exceptions.ConflictError`: 409;
 - :class:`~lrtune.exceptions.StorageUnavailableError`: 503 with ``Retry-After``;
 - Starlette's ``HTTPException`` (401, 413, 429, ...): its status, in the same body; but a
-  JSON body that is not UTF-8 (FastAPI's bare 400) is a 422 like any other invalid body.
+  JSON body that is not UTF-8 (FastAPI's bare 400) is a 422 like any other invalid body, and
+  so is a multipart body Starlette cannot parse.
 
 No response carries a traceback; anything else escaping a route is a bug, answered by
 Starlette's plain 500 and logged with its traceback on the server only.
@@ -121,6 +122,8 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
         return _response(422, _undecodable_body(exc.__cause__))
+    if exc.status_code == 400:  # lrtune raises no 400: Starlette's unparsable form body is one
+        return _response(422, _unparsable_body(str(exc.detail)))
     return _response(exc.status_code, ErrorBody(detail=str(exc.detail)), exc.headers)
 
 
@@ -129,6 +132,17 @@ def _undecodable_body(error: UnicodeDecodeError) -> ErrorBody:
     message = f"the body is not UTF-8 text (byte {error.start}): send JSON encoded as UTF-8"
     return ErrorBody(
         detail=message, errors=[FieldError(loc=["body"], msg=message, type="json_invalid")]
+    )
+
+
+def _unparsable_body(reason: str) -> ErrorBody:
+    """Starlette answers a form body it cannot parse with a bare 400; it is an invalid body."""
+    message = (
+        f"the body could not be parsed ({reason.rstrip('.')}): send a multipart/form-data "
+        "body as an HTTP client builds it, or JSON where the endpoint takes JSON"
+    )
+    return ErrorBody(
+        detail=message, errors=[FieldError(loc=["body"], msg=message, type="body_invalid")]
     )
 
 

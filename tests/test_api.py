@@ -391,6 +391,7 @@ def test_an_unknown_job_id_is_404(api: httpx.Client, method: str, path: str) -> 
 # --- every endpoint's bad input, from the live schema (so routes added later are covered) ----
 
 UNKNOWN_JOB = "6d1f2a0e-0000-4000-8000-000000000000"
+UNKNOWN_DATASET = "0" * 64
 PROBES = {"/healthz", "/readyz"}  # open to orchestrators whatever the token settings
 
 
@@ -423,7 +424,7 @@ def test_every_write_needs_the_token_and_every_read_too_when_reads_are_protected
     for method, path, op in operations(writes):
         if path in PROBES:
             continue
-        url = path.format(job_id=UNKNOWN_JOB)
+        url = path.format(job_id=UNKNOWN_JOB, dataset_id=UNKNOWN_DATASET)
         body = MINIMAL if "requestBody" in op else None
         wrong = {"Authorization": "Bearer wrong"}
         if op.get("security"):  # a write: refused on both servers, without or with a wrong token
@@ -437,9 +438,9 @@ def test_every_write_needs_the_token_and_every_read_too_when_reads_are_protected
 
 
 def test_every_body_over_the_cap_is_413(start: Start) -> None:
-    api = start(max_body_bytes=4096)
+    api = start(max_body_bytes=4096, max_upload_bytes=4096)
     with_body = [(m, path) for m, path, op in operations(api) if "requestBody" in op]
-    assert len(with_body) >= 2
+    assert len(with_body) >= 3
     for method, path in with_body:
         response = api.request(
             method,
@@ -448,7 +449,8 @@ def test_every_body_over_the_cap_is_413(start: Start) -> None:
             headers={"content-type": "application/json"},
         )
         assert response.status_code == 413, (method, path, response.text)
-        assert "LRTUNE_MAX_BODY_BYTES" in response.json()["detail"]
+        cap = "LRTUNE_MAX_UPLOAD_BYTES" if path == "/v1/datasets" else "LRTUNE_MAX_BODY_BYTES"
+        assert cap in response.json()["detail"]
 
 
 def test_cancel_and_delete_follow_the_jobs_state(api: httpx.Client) -> None:

@@ -267,6 +267,19 @@ def test_mutated_uploads_over_http_are_never_a_server_error(start: Start) -> Non
         assert "Traceback" not in response.text
 
 
+def test_a_body_that_is_not_multipart_is_a_422_at_the_body(start: Start) -> None:
+    api = start()
+    boundary = "387f40bf197e09a85726c59872521530"
+    response = api.post(
+        "/v1/datasets",
+        content=f"--{boundary}\r\n[[-5.5e-72], {{}}]--{boundary}--\r\n".encode(),
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["loc"] == ["body"]
+    assert "multipart/form-data" in response.json()["detail"]
+
+
 CSV = b"f1,f2,label\n" + b"".join(
     b"%d,%.2f,%s\n" % (i, i / 3, b"ab"[i % 2 : i % 2 + 1]) for i in range(30)
 )
