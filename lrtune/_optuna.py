@@ -53,11 +53,11 @@ from optuna.storages._rdb.storage import _VersionManager
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import asc, case, desc, func, select
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import scoped_session, sessionmaker
 
-from lrtune._rdb import SQLITE_BEGIN_OPTION
+from lrtune._rdb import SQLITE_BEGIN_OPTION, read_only
 from lrtune.exceptions import StorageUnavailableError
 
 # Study attributes: what prepare_study stores once per job.
@@ -265,7 +265,7 @@ def trial_counts(study: optuna.Study) -> collections.Counter[TrialState]:
         .where(trial.study_id == study._study_id)
         .group_by(trial.state)
     )
-    with _reading(storage) as connection:
+    with read_only(storage.engine) as connection:
         return collections.Counter(dict(connection.execute(query).all()))
 
 
@@ -281,7 +281,7 @@ def waiting_trial_ids(study: optuna.Study) -> list[int]:
         .where(trial.study_id == study._study_id, trial.state == TrialState.WAITING)
         .order_by(trial.trial_id)
     )
-    with _reading(storage) as connection:
+    with read_only(storage.engine) as connection:
         return list(connection.execute(query).scalars())
 
 
@@ -316,19 +316,9 @@ def best_value(study: optuna.Study) -> float | None:
         .order_by(order(rank), order(value.value))
         .limit(1)
     )
-    with _reading(storage) as connection:
+    with read_only(storage.engine) as connection:
         best = connection.execute(query).first()
     return None if best is None else value.stored_repr_to_value(best[0], best[1])
-
-
-@contextlib.contextmanager
-def _reading(storage: optuna.storages.RDBStorage) -> Iterator[Connection]:
-    """A read-only connection on the storage's engine: DEFERRED on SQLite, so that a count
-    never takes the write lock (lrtune's SQLite engines begin IMMEDIATE otherwise)."""
-    engine = storage.engine.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"})
-    with engine.connect() as connection:
-        yield connection
-        connection.rollback()
 
 
 def has_unfinished(study: optuna.Study) -> bool:

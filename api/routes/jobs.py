@@ -38,7 +38,8 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from lrtune.api.deps import ReadAuth, SettingsDep, StoreDep, WriteAuth
+from lrtune.api.cache import listed_tags
+from lrtune.api.deps import ReadAuth, ResponsesDep, SettingsDep, StoreDep, WriteAuth
 from lrtune.api.errors import FieldInvalid
 from lrtune.api.routes._docs import error_responses
 from lrtune.api.schemas import ErrorBody
@@ -217,7 +218,7 @@ def get_job(
     """
     job = store.get(job_id)
     etag = entity_tag(job)
-    if if_none_match is not None and etag in _listed_tags(if_none_match):
+    if if_none_match is not None and etag in listed_tags(if_none_match):
         return Response(status_code=304, headers={"ETag": etag})  # type: ignore[return-value]
     response.headers["ETag"] = etag
     return job
@@ -227,10 +228,6 @@ def entity_tag(job: JobRecord) -> str:
     """A strong ETag of the job as served: it changes whenever any field does."""
     digest = hashlib.sha256(job.model_dump_json().encode()).hexdigest()[:32]
     return f'"{digest}"'
-
-
-def _listed_tags(header: str) -> set[str]:
-    return {tag.strip().removeprefix("W/") for tag in header.split(",")}
 
 
 @router.post(
@@ -251,9 +248,10 @@ def cancel_job(job_id: JobId, store: StoreDep, _: WriteAuth) -> JobRecord:
     summary="Delete a finished job",
     responses={204: {"description": "Deleted"}, **error_responses(401, 404, 409, 422, 503)},
 )
-def delete_job(job_id: JobId, store: StoreDep, _: WriteAuth) -> None:
+def delete_job(job_id: JobId, store: StoreDep, responses: ResponsesDep, _: WriteAuth) -> None:
     """Delete a finished job with its results, events and study (409 if unfinished)."""
     store.delete(job_id)
+    responses.forget(job_id)  # its cached answers go with it
     _logger.info("job=%s event=deleted", job_id)
 
 

@@ -14,6 +14,11 @@ Two ways to ask, and how each matches (the answer's ``match`` says which one did
 404 with the job to submit when nothing matches. The name match reads succeeded jobs newest
 first, at most :data:`MAX_SCANNED` of them.
 
+An answer is a stored recommendation, which never changes: the route asks the store only
+which job's recommendation answers (one read of an id), and serves that answer's body from the
+process's :class:`~lrtune.api.cache.ResponseCache` (serialized once, as
+:class:`RecommendationMatch`, with an ``ETag``; ``If-None-Match`` gets 304).
+
 Example:
     >>> differences({"batch_size": 64, "model": {"name": "mlp", "params": {}}},
     ...             {"batch_size": 32, "model": {"name": "mlp", "params": {"hidden": [64]}}})
@@ -25,15 +30,16 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query
+from starlette.responses import Response
 
-from lrtune.api.deps import ReadAuth, StoreDep
+from lrtune.api.cache import CachedBody, ResponseCache
+from lrtune.api.deps import ReadAuth, ResponsesDep, StoreDep
 from lrtune.api.errors import FieldInvalid
 from lrtune.api.routes._docs import error_responses
 from lrtune.api.schemas import RecommendationMatch
 from lrtune.exceptions import NotFoundError
-from lrtune.jobs import JobRecord, JobStatus, JobStore
-from lrtune.jobs.store import MAX_PAGE
+from lrtune.jobs import JobStore
 from lrtune.spec import MAX_BATCH_SIZE, JobSpec
 
 MAX_SCANNED = 2000
@@ -47,9 +53,18 @@ router = APIRouter(prefix="/recommendations", tags=["recommendations"])
 Name = Annotated[str | None, Query(min_length=1, max_length=64)]
 
 
-@router.get("", summary="Find a stored recommendation", responses=error_responses(401, 404, 422))
+@router.get(
+    "",
+    summary="Find a stored recommendation",
+    response_model=RecommendationMatch,
+    responses={
+        304: {"description": "Unchanged since the `ETag` sent in `If-None-Match`"},
+        **error_responses(401, 404, 422),
+    },
+)
 def find_recommendation(
     store: StoreDep,
+    responses: ResponsesDep,
     _: ReadAuth,
     fingerprint: Annotated[
         str | None, Query(pattern=r"^[0-9a-f]{64}$", description="a job's fingerprint")
@@ -58,7 +73,10 @@ def find_recommendation(
     dataset: Name = None,
     optimizer: Annotated[Literal["sgd", "adam", "adamw"] | None, Query()] = None,
     batch_size: Annotated[int | None, Query(ge=1, le=MAX_BATCH_SIZE)] = None,
-) -> RecommendationMatch:
+    if_none_match: Annotated[
+        str | None, Header(description="the `ETag` of the copy the client has")
+    ] = None,
+) -> Response:
     """The stored recommendation for a fingerprint, or for model and dataset names."""
     if fingerprint is not None:
         if model or dataset or optimizer or batch_size:
@@ -66,37 +84,67 @@ def find_recommendation(
                 ["query", "fingerprint"],
                 "give either fingerprint or model and dataset names, not both",
             )
-        return _by_fingerprint(store, fingerprint)
+        return _by_fingerprint(store, responses, fingerprint).response(if_none_match)
     for field, value in (("model", model), ("dataset", dataset)):
         if value is None:
             raise FieldInvalid(
                 ["query", field], f"{field} is required (or give a fingerprint)", "missing"
             )
     query = _query_spec(model, dataset, optimizer, batch_size)
-    stored = store.latest_recommendation(query.fingerprint())
-    if stored is not None:
-        return RecommendationMatch(match="fingerprint", stored=stored)
-    job = _latest_succeeded(store, query)
-    if job is None:
-        raise NotFoundError(
-            f"no succeeded job for model {model!r} and dataset {dataset!r} yet: submit one, "
-            f"e.g. POST /v1/jobs with {json.dumps(_submit_hint(query))}"
-        )
-    return RecommendationMatch(
-        match="names",
-        differs=differences(_covered(query), _covered(job.spec)),
-        stored=store.recommendation(job.id),
-    )
+    exact = _exact(store, responses, query.fingerprint())
+    if exact is not None:
+        return exact.response(if_none_match)
+    return _by_names(store, responses, query).response(if_none_match)
 
 
-def _by_fingerprint(store: JobStore, fingerprint: str) -> RecommendationMatch:
-    stored = store.latest_recommendation(fingerprint)
-    if stored is None:
+def _by_fingerprint(store: JobStore, responses: ResponseCache, fingerprint: str) -> CachedBody:
+    exact = _exact(store, responses, fingerprint)
+    if exact is None:
         raise NotFoundError(
             f"no succeeded job has fingerprint {fingerprint}: submit the job (POST /v1/jobs), "
             "or ask by model and dataset names (?model=..&dataset=..)"
         )
-    return RecommendationMatch(match="fingerprint", stored=stored)
+    return exact
+
+
+def _exact(store: JobStore, responses: ResponseCache, fingerprint: str) -> CachedBody | None:
+    """The ``match: fingerprint`` answer's body, if a succeeded job has that fingerprint."""
+    job_id = store.latest_recommendation_job(fingerprint)
+    if job_id is None:
+        return None
+    key = ("fingerprint", job_id)
+    cached = responses.get(key)
+    if cached is None:
+        match = RecommendationMatch(match="fingerprint", stored=store.recommendation(job_id))
+        cached = responses.put(key, _body(match))
+    return cached
+
+
+def _by_names(store: JobStore, responses: ResponseCache, query: JobSpec) -> CachedBody:
+    """The ``match: names`` answer: the newest succeeded job for the query's names."""
+    model, dataset = query.model.name, query.dataset.name
+    job_id = store.latest_succeeded_job(model, dataset, MAX_SCANNED)
+    if job_id is None:
+        raise NotFoundError(
+            f"no succeeded job for model {model!r} and dataset {dataset!r} yet: submit one, "
+            f"e.g. POST /v1/jobs with {json.dumps(_submit_hint(query))}"
+        )
+    key = ("names", job_id, query.fingerprint())  # differs depends on the covered fields only
+    cached = responses.get(key)
+    if cached is None:
+        job = store.get(job_id)
+        match = RecommendationMatch(
+            match="names",
+            differs=differences(_covered(query), _covered(job.spec)),
+            stored=store.recommendation(job.id),
+        )
+        cached = responses.put(key, _body(match))
+    return cached
+
+
+def _body(match: RecommendationMatch) -> bytes:
+    """The bytes FastAPI would send for ``match`` as the route's response model."""
+    return match.model_dump_json(by_alias=True).encode()
 
 
 def _query_spec(model: str, dataset: str, optimizer: str | None, batch_size: int | None) -> JobSpec:
@@ -106,24 +154,6 @@ def _query_spec(model: str, dataset: str, optimizer: str | None, batch_size: int
     if batch_size is not None:
         data["batch_size"] = batch_size
     return JobSpec.model_validate(data)
-
-
-def _latest_succeeded(store: JobStore, query: JobSpec) -> JobRecord | None:
-    """The newest succeeded job with the query's model and dataset names (within the bound)."""
-    after, scanned = None, 0
-    while scanned < MAX_SCANNED:
-        page = store.list(status=JobStatus.SUCCEEDED, limit=MAX_PAGE, after=after)
-        for job in page.data:
-            if (job.spec.model.name, job.spec.dataset.name) == (
-                query.model.name,
-                query.dataset.name,
-            ):
-                return job
-        scanned += len(page.data)
-        if page.next_after is None:
-            return None
-        after = page.next_after
-    return None
 
 
 def _covered(spec: JobSpec) -> dict[str, Any]:
