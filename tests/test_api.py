@@ -798,6 +798,7 @@ from lrtune.api.schemas import RecommendationMatch
 
 API_MODULES = [
     "lrtune.api",
+    "lrtune.api.cache",
     "lrtune.api.config",
     "lrtune.api.deps",
     "lrtune.api.errors",
