@@ -9,7 +9,9 @@
   401 otherwise. Documented in OpenAPI as the ``HTTPBearer`` scheme;
 - :data:`ReadAuth`: the same check on reads, only when ``LRTUNE_API_TOKEN_FOR_READS`` is on;
 - :data:`StudiesDep`: the Optuna storage over the same database (the jobs' studies), opened
-  on first use; importing Optuna then, never at start.
+  on first use; importing Optuna then, never at start;
+- :data:`ResponsesDep`: the app's :class:`~lrtune.api.cache.ResponseCache` of answers that
+  never change.
 
 Both checks also accept the token in the :data:`TOKEN_COOKIE` cookie, which the dashboard's
 login form sets (HttpOnly, SameSite=Strict): a browser's ``EventSource`` cannot send headers.
@@ -41,8 +43,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Cookie, Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from lrtune.api.cache import ResponseCache
 from lrtune.api.config import Settings
 from lrtune.jobs import JobStore
 
@@ -71,6 +75,11 @@ class LazyStore:
         self._store = store
         self._lock = threading.Lock()
 
+    @property
+    def opened(self) -> JobStore | None:
+        """The store once open, else None (a read, no I/O)."""
+        return self._store
+
     def get(self) -> JobStore:
         if self._store is None:
             with self._lock:
@@ -91,6 +100,11 @@ class LazyStudies:
         self._storage: optuna.storages.BaseStorage | None = None
         self._lock = threading.Lock()
 
+    @property
+    def opened(self) -> optuna.storages.BaseStorage | None:
+        """The storage once open, else None (a read, no I/O)."""
+        return self._storage
+
     def get(self) -> optuna.storages.BaseStorage:
         if self._storage is None:
             with self._lock:
@@ -101,22 +115,33 @@ class LazyStudies:
         return self._storage
 
 
-def get_settings(request: Request) -> Settings:
-    """The settings the app was created with."""
+async def get_settings(request: Request) -> Settings:
+    """The settings the app was created with (``async``, as every dependency that does no
+    I/O: FastAPI runs a plain ``def`` dependency in its threadpool, a thread hop per request)."""
     return request.app.state.settings
 
 
-def get_store(request: Request) -> JobStore:
-    """The app's job store (a plain ``def``: FastAPI runs it in its threadpool)."""
-    return request.app.state.store.get()
+async def get_store(request: Request) -> JobStore:
+    """The app's job store; opened in the threadpool the first time (that reads the schema)."""
+    lazy: LazyStore = request.app.state.store
+    store = lazy.opened
+    return store if store is not None else await run_in_threadpool(lazy.get)
 
 
-def get_studies(request: Request) -> optuna.storages.BaseStorage:
-    """The Optuna storage of the jobs' studies (a plain ``def``: run in the threadpool)."""
-    return request.app.state.studies.get()
+async def get_studies(request: Request) -> optuna.storages.BaseStorage:
+    """The Optuna storage of the jobs' studies; opened in the threadpool the first time."""
+    lazy: LazyStudies = request.app.state.studies
+    storage = lazy.opened
+    return storage if storage is not None else await run_in_threadpool(lazy.get)
+
+
+async def get_responses(request: Request) -> ResponseCache:
+    """The app's cache of serialized answers (``async``: no threadpool hop for a lookup)."""
+    return request.app.state.responses
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+ResponsesDep = Annotated[ResponseCache, Depends(get_responses)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 StudiesDep = Annotated[Any, Depends(get_studies)]
 """The Optuna storage (typed ``Any`` here: Optuna is imported only when it is opened)."""
@@ -165,7 +190,7 @@ def refuse_cross_site(request: Request, what: str = "lrtune's write endpoints") 
         )
 
 
-def require_write_token(
+async def require_write_token(
     request: Request,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -177,7 +202,7 @@ def require_write_token(
     check_token(settings, credentials.credentials if credentials else cookie)
 
 
-def require_read_token(
+async def require_read_token(
     settings: SettingsDep,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
     cookie: CookieToken = None,

@@ -26,6 +26,7 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 
 from lrtune import __version__
+from lrtune.api.cache import ResponseCache
 from lrtune.api.config import Settings
 from lrtune.api.deps import LazyStore, LazyStudies
 from lrtune.api.errors import install_error_handlers
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None, *, store: JobStore | None = Non
     app.state.settings = settings
     app.state.store = LazyStore(settings, store)
     app.state.studies = LazyStudies(app.state.store)
+    app.state.responses = ResponseCache()
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(metrics.router)

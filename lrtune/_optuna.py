@@ -17,6 +17,14 @@ else in the library spells those strings. It relies on these behaviours of Optun
   thread calls ``record_heartbeat`` in a loop and dies at its first exception: the shared
   storage's ``record_heartbeat`` logs a storage error instead, so a trial keeps its heartbeat
   through a database restart.
+- The RDB schema's ``trials`` table (``TrialModel``: ``trial_id``, ``study_id``, ``state``) and
+  ``trial_values`` (``TrialValueModel``: ``objective``, ``value``, ``value_type``), read through
+  Optuna's own ORM classes by :func:`trial_counts`, :func:`waiting_trial_ids` and
+  :func:`best_value`: one aggregate or one id list per read, where ``Study.get_trials`` loads
+  every matching trial with its params, values and attributes (five queries more, and rows that
+  grow with the study). ``Study._study_id`` names the study's row. Read-only, on the
+  storage's own engine; a storage that is not an ``RDBStorage`` is read through
+  ``get_trials``, with the same answers.
 
 Example:
     >>> import optuna
@@ -32,6 +40,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import warnings
@@ -41,12 +50,14 @@ from contextlib import AbstractContextManager
 import optuna
 from optuna.storages._rdb import models as rdb_models
 from optuna.storages._rdb.storage import _VersionManager
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import asc, case, desc, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import scoped_session, sessionmaker
 
-from lrtune._rdb import SQLITE_BEGIN_OPTION
+from lrtune._rdb import SQLITE_BEGIN_OPTION, read_only
 from lrtune.exceptions import StorageUnavailableError
 
 # Study attributes: what prepare_study stores once per job.
@@ -110,14 +121,26 @@ class QueuedStudy(optuna.Study):
 
     def _pop_waiting_trial_id(self) -> int | None:
         with self.gate(self) if self.gate is not None else contextlib.nullcontext():
-            trial_id = super()._pop_waiting_trial_id()
+            trial_id = self.pop_unstarted()
         if trial_id is None:
             raise QueueEmpty
         return trial_id
 
     def pop_unstarted(self) -> int | None:
-        """Claim the oldest queued trial without the gate (to close it unrun); None if none."""
-        return super()._pop_waiting_trial_id()
+        """Claim the oldest queued trial without the gate (to close it unrun); None if none.
+
+        Optuna's own claim (``Study._pop_waiting_trial_id``), reading only the queued trials'
+        ids from an RDB storage instead of the whole trials.
+        """
+        if rdb_storage(self) is None:
+            return super()._pop_waiting_trial_id()
+        for trial_id in waiting_trial_ids(self):
+            try:  # False, or UpdateFinishedTrialError: another process took it first
+                if self._storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                    return trial_id
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+        return None
 
 
 def open_queued_study(
@@ -199,6 +222,18 @@ def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
     return study._storage  # Study has no public accessor for its storage
 
 
+def rdb_storage(study: optuna.Study) -> optuna.storages.RDBStorage | None:
+    """The study's RDB storage, unwrapped from the cache ``Study`` puts around it; else None.
+
+    ``optuna.storages.get_storage`` wraps every ``RDBStorage`` in ``_CachedStorage``, which
+    keeps the finished trials and reads the rest again on each ``get_trials``: the
+    ``_backend`` attribute is the RDB storage itself.
+    """
+    storage = storage_of(study)
+    storage = getattr(storage, "_backend", storage)
+    return storage if isinstance(storage, optuna.storages.RDBStorage) else None
+
+
 def heartbeat_interval(study: optuna.Study) -> float | None:
     """The storage's heartbeat interval in seconds, None when it has no heartbeat."""
     interval = getattr(storage_of(study), "get_heartbeat_interval", lambda: None)()
@@ -215,14 +250,86 @@ def fail_stale_trials(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
+def trial_counts(study: optuna.Study) -> collections.Counter[TrialState]:
+    """How many of the study's trials are in each state now (here or in other processes).
+
+    On an RDB storage one ``GROUP BY`` over Optuna's ``trials`` table; states with no trial
+    count 0.
+    """
+    storage = rdb_storage(study)
+    if storage is None:
+        return collections.Counter(t.state for t in study.get_trials(deepcopy=False))
+    trial = rdb_models.TrialModel
+    query = (
+        select(trial.state, func.count())
+        .where(trial.study_id == study._study_id)
+        .group_by(trial.state)
+    )
+    with read_only(storage.engine) as connection:
+        return collections.Counter(dict(connection.execute(query).all()))
+
+
+def waiting_trial_ids(study: optuna.Study) -> list[int]:
+    """The ids of the study's queued (WAITING) trials, oldest first: one read of ids only."""
+    storage = rdb_storage(study)
+    if storage is None:
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        return [t._trial_id for t in waiting]
+    trial = rdb_models.TrialModel
+    query = (
+        select(trial.trial_id)
+        .where(trial.study_id == study._study_id, trial.state == TrialState.WAITING)
+        .order_by(trial.trial_id)
+    )
+    with read_only(storage.engine) as connection:
+        return list(connection.execute(query).scalars())
+
+
+def best_value(study: optuna.Study) -> float | None:
+    """The best value of the study's COMPLETE trials (single objective); None before any.
+
+    On an RDB storage one query, ordered as Optuna's ``get_best_trial`` orders (infinities
+    included), instead of reading the best trial whole.
+    """
+    storage = rdb_storage(study)
+    if storage is None:
+        try:
+            return study.best_value
+        except ValueError:  # no trial has completed yet
+            return None
+    trial, value = rdb_models.TrialModel, rdb_models.TrialValueModel
+    kinds = value.TrialValueType
+    rank = case(
+        (value.value_type == kinds.INF_NEG, -1),
+        (value.value_type == kinds.FINITE, 0),
+        (value.value_type == kinds.INF_POS, 1),
+    )
+    order = desc if study.direction == StudyDirection.MAXIMIZE else asc
+    query = (
+        select(value.value, value.value_type)
+        .join(trial, trial.trial_id == value.trial_id)
+        .where(
+            trial.study_id == study._study_id,
+            trial.state == TrialState.COMPLETE,
+            value.objective == 0,
+        )
+        .order_by(order(rank), order(value.value))
+        .limit(1)
+    )
+    with read_only(storage.engine) as connection:
+        best = connection.execute(query).first()
+    return None if best is None else value.stored_repr_to_value(best[0], best[1])
+
+
 def has_unfinished(study: optuna.Study) -> bool:
     """Whether any trial is still queued or running (here or in another process)."""
-    return bool(study.get_trials(deepcopy=False, states=UNFINISHED))
+    counts = trial_counts(study)
+    return any(counts[state] for state in UNFINISHED)
 
 
 def count_running(study: optuna.Study) -> int:
     """How many of the study's trials are running now (here or in another process)."""
-    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    return trial_counts(study)[TrialState.RUNNING]
 
 
 def close_unstarted(study: QueuedStudy, reason: str) -> int:
@@ -246,7 +353,7 @@ def close_unstarted(study: QueuedStudy, reason: str) -> int:
 
 def has_waiting(study: optuna.Study) -> bool:
     """Whether any trial is still queued, not yet claimed by a process."""
-    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    return trial_counts(study)[TrialState.WAITING] > 0
 
 
 # Errors of the storage, not of a trial: a run that meets one stops instead of recording a FAIL.

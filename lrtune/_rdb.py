@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError
 
 from lrtune.exceptions import InvalidInputError, StorageUnavailableError
@@ -81,6 +82,15 @@ def begin_immediate(engine: Engine) -> None:
         connection.exec_driver_sql(f"BEGIN {'DEFERRED' if mode == 'DEFERRED' else 'IMMEDIATE'}")
 
     engine.dispose()  # pooled connections were opened before the hooks: reopen them
+
+
+@contextlib.contextmanager
+def read_only(engine: Engine) -> Iterator[Connection]:
+    """A connection on ``engine`` for reads, no ORM session: its transaction begins DEFERRED on
+    SQLite (it never takes or waits for the write lock) and is rolled back at the end."""
+    with engine.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"}).connect() as connection:
+        yield connection
+        connection.rollback()
 
 
 def enable_wal(database: str | None, safe_url: str) -> None:

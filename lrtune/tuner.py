@@ -83,6 +83,7 @@ from lrtune._optuna import (
     QueuedStudy,
     QueueEmpty,
     QueueRefused,
+    best_value,
     close_unstarted,
     count_running,
     fail_stale_trials,
@@ -92,6 +93,7 @@ from lrtune._optuna import (
     open_queued_study,
     storage_errors,
     storage_of,
+    trial_counts,
 )
 from lrtune.exceptions import ConflictError, InvalidInputError, NotFoundError
 from lrtune.finder import StepCallback, find_lr
@@ -472,6 +474,8 @@ def unit_failure(study: optuna.Study) -> str | None:
     finish its budget; interrupted units and units whose worker died are retried, and are not
     failures here. The reason names the trial: ``"trial 3 failed: ValueError: ..."``.
     """
+    if not trial_counts(study)[TrialState.FAIL]:  # one aggregate: the usual answer
+        return None
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
         reason = trial.user_attrs.get(ATTR_FAIL_REASON)
         if reason is not None and not str(reason).startswith(INTERRUPTED):
@@ -923,11 +927,13 @@ def _drain(
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
 
     def update_bar(study: optuna.Study, trial: FrozenTrial) -> None:
-        bar.n = len(study.get_trials(deepcopy=False, states=FINISHED))
-        if show_best:
-            best = _best_value(study)
-            bar.set_postfix(best=f"{best:.4g}" if best is not None else "-")
-        bar.refresh()
+        if not bar.disable:  # a worker shows no bar: it reads nothing for one
+            counts = trial_counts(study)
+            bar.n = sum(counts[state] for state in FINISHED)
+            if show_best:
+                best = best_value(study)
+                bar.set_postfix(best=f"{best:.4g}" if best is not None else "-")
+            bar.refresh()
         if should_stop is not None and should_stop():
             stopped.append(trial.number)
             study.stop()
@@ -955,13 +961,6 @@ def _drain(
                 break
             time.sleep(heartbeat / 2)
             fail_stale_trials(study)
-
-
-def _best_value(study: optuna.Study) -> float | None:
-    try:
-        return study.best_trial.value
-    except ValueError:  # no trial has completed yet
-        return None
 
 
 def recommend(study: optuna.Study, setup: TrainingSetup) -> Recommendation:

@@ -26,6 +26,7 @@ from small_jobs import small_job
 from test_imports import heavy_modules_after
 
 from lrtune.api import Settings, create_app
+from lrtune.api.schemas import RecommendationMatch
 from lrtune.exceptions import InvalidInputError
 from lrtune.jobs import JobStore, PluginRegistry, WorkerRegistration, upgrade
 from lrtune.recommendation import Recommendation
@@ -530,6 +531,62 @@ def test_recommendations_match_by_fingerprint_or_by_names_with_the_differences(
     assert near["differs"] == ["batch_size", "optimizer.name"]
 
 
+def test_a_served_recommendation_is_kept_until_its_job_is_deleted(
+    launch: Start, jobs_url: str, store: JobStore, recommendation: Recommendation
+) -> None:
+    """The lookups serve a recommendation's body from the process's cache: the same bytes
+    and ETag each time (304 for a client that has it), gone with its job; a newer
+    recommendation for the same spec is served in its place, with another ETag."""
+    app = create_app(Settings(database_url=jobs_url))
+    with serve(app) as url, httpx.Client(base_url=url, timeout=60) as api:
+        spec = small_job()
+        first = finish_with(store, spec, recommendation)
+        by_fingerprint = {"fingerprint": first.fingerprint}
+        by_names = {"model": "logreg", "dataset": "wine", "optimizer": "adam"}
+        served = api.get("/v1/recommendations", params=by_fingerprint)
+        again = api.get("/v1/recommendations", params=by_fingerprint)
+        assert served.status_code == again.status_code == 200
+        assert again.content == served.content and again.headers["etag"] == served.headers["etag"]
+        schema = RecommendationMatch(
+            match="fingerprint", stored=store.latest_recommendation(first.fingerprint)
+        )
+        assert served.content == schema.model_dump_json().encode()  # as FastAPI serialises it
+        etag = served.headers["etag"]
+        has_it = {"If-None-Match": etag}
+        cached = api.get("/v1/recommendations", params=by_fingerprint, headers=has_it)
+        assert cached.status_code == 304 and cached.headers["etag"] == etag
+        near = api.get("/v1/recommendations", params=by_names)
+        assert near.json()["stored"]["job_id"] == first.id and len(app.state.responses) == 2
+
+        assert api.delete(f"/v1/jobs/{first.id}").status_code == 204
+        assert len(app.state.responses) == 0  # the deleted job's answers are gone
+        assert api.get("/v1/recommendations", params=by_fingerprint).status_code == 404
+        assert api.get("/v1/recommendations", params=by_names).status_code == 404
+
+        newer = recommendation.model_copy(update={"base_lr": recommendation.base_lr / 2})
+        second = finish_with(store, spec, newer)
+        assert second.fingerprint == first.fingerprint
+        replaced = api.get("/v1/recommendations", params=by_fingerprint, headers=has_it)
+        assert replaced.status_code == 200 and replaced.headers["etag"] != etag
+        assert replaced.json()["stored"]["job_id"] == second.id
+        assert replaced.json()["stored"]["recommendation"]["base_lr"] == newer.base_lr
+        near = api.get("/v1/recommendations", params=by_names).json()
+        assert (near["match"], near["stored"]["job_id"]) == ("names", second.id)
+
+
+def test_the_response_cache_is_bounded_and_forgets_a_job() -> None:
+    from lrtune.api.cache import ResponseCache
+
+    cache = ResponseCache(max_entries=2)
+    cache.put(("fingerprint", "a"), b"1")
+    cache.put(("names", "b", "q"), b"2")
+    assert cache.get(("fingerprint", "a")) is not None  # used: "b" is now the oldest
+    cache.put(("finder", "c"), b"3")
+    assert cache.get(("names", "b", "q")) is None and len(cache) == 2
+    cache.forget("a")
+    assert cache.get(("fingerprint", "a")) is None and cache.get(("finder", "c")).body == b"3"
+
+
 @pytest.mark.parametrize(
     ("params", "status", "loc"),
     [
@@ -908,6 +965,7 @@ def test_the_app_starts_and_serves_jobs_without_importing_torch(jobs_url: str) -
     code = f"""
         import asyncio, httpx
         from lrtune.api import Settings, create_app
+from lrtune.api.schemas import RecommendationMatch
         app = create_app(Settings(database_url={jobs_url!r}))
         async def main():
             transport = httpx.ASGITransport(app=app)
@@ -925,6 +983,7 @@ def test_the_app_starts_and_serves_jobs_without_importing_torch(jobs_url: str) -
 
 API_MODULES = [
     "lrtune.api",
+    "lrtune.api.cache",
     "lrtune.api.config",
     "lrtune.api.deps",
     "lrtune.api.errors",

@@ -61,6 +61,34 @@ def test_the_finder_serves_curves_band_rules_the_chosen_one_and_bounds(
     assert view["steps_done"] > 0
 
 
+def test_a_finished_range_test_is_served_from_the_cache_until_its_job_is_deleted(
+    store: JobStore, finished: JobRecord
+) -> None:
+    from lrtune.api.schemas import FinderView
+    from lrtune.study_view import open_reader, read_finder
+
+    app = create_app(Settings(database_url=store.url), store=store)
+    with serve(app) as url, httpx.Client(base_url=url, timeout=60) as http:
+        path = f"/v1/jobs/{finished.id}/finder"
+        first, second = http.get(path), http.get(path)
+        assert first.content == second.content and first.headers["etag"] == second.headers["etag"]
+        result, bounds = read_finder(open_reader(store.url), finished.study_name)
+        progress = finished.progress
+        view = FinderView(
+            job_id=finished.id,
+            status="succeeded",
+            steps_done=progress.range_test_steps_done,
+            steps_total=progress.range_test_steps_total,
+            range_test=result,
+            bounds=bounds,
+        )
+        assert first.content == view.model_dump_json().encode()  # the schema's bytes
+        unchanged = http.get(path, headers={"If-None-Match": first.headers["etag"]})
+        assert unchanged.status_code == 304 and len(app.state.responses) == 1
+        assert http.delete(f"/v1/jobs/{finished.id}").status_code == 204
+        assert len(app.state.responses) == 0 and http.get(path).status_code == 404
+
+
 def test_the_trials_carry_family_params_state_epochs_reason_and_lr_curve(
     store: JobStore, finished: JobRecord
 ) -> None:

@@ -19,10 +19,14 @@ from lrtune._optuna import (
     ATTR_SLOT,
     QueuedStudy,
     QueueEmpty,
+    best_value,
     fail_stale_trials,
     has_unfinished,
     heartbeat_interval,
     open_queued_study,
+    rdb_storage,
+    trial_counts,
+    waiting_trial_ids,
 )
 from lrtune.storage import open_storage
 
@@ -41,6 +45,50 @@ def test_pop_claims_waiting_trials_in_order_and_returns_none_when_empty(storage_
     assert first is not None and second is not None and first != second
     assert [t.state for t in study.get_trials()] == [TrialState.RUNNING] * 2
     assert study._pop_waiting_trial_id() is None and other._pop_waiting_trial_id() is None
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_the_sql_reads_of_optunas_tables_answer_as_get_trials_does(storage_url, direction) -> None:
+    """trial_counts, waiting_trial_ids and best_value read Optuna's RDB schema directly (one
+    query each): they must agree with Optuna's own trial objects, infinities included."""
+    storage = open_storage(storage_url)
+    name = f"counts-{uuid.uuid4().hex[:12]}"
+    plain = optuna.create_study(storage=storage, study_name=name, direction=direction)
+    study = open_queued_study(storage, name, direction=direction)
+    assert rdb_storage(study) is not None  # the SQL path, not the get_trials fallback
+    assert best_value(study) is None and waiting_trial_ids(study) == []
+    for value in (3.0, float("-inf"), 1.5, float("inf")):
+        plain.tell(plain.ask(), value)
+    plain.tell(plain.ask(), state=TrialState.PRUNED)
+    plain.tell(plain.ask(), state=TrialState.FAIL)
+    plain.ask()  # RUNNING
+    for _ in range(3):
+        study.enqueue_trial({})
+    trials = study.get_trials(deepcopy=False)
+    counts = trial_counts(study)
+    assert {state: counts[state] for state in TrialState} == {
+        state: sum(t.state == state for t in trials) for state in TrialState
+    }
+    waiting = [t._trial_id for t in trials if t.state == TrialState.WAITING]
+    assert waiting_trial_ids(study) == waiting and len(waiting) == 3
+    assert best_value(study) == study.best_value  # -inf when minimizing, inf when maximizing
+    finite = optuna.create_study(storage=storage, study_name=f"{name}-f", direction=direction)
+    for value in (2.0, 0.5, 4.0):
+        finite.tell(finite.ask(), value)
+    assert best_value(finite) == finite.best_value == (0.5 if direction == "minimize" else 4.0)
+    assert study.pop_unstarted() == waiting[0]  # the oldest queued trial, now RUNNING
+    assert trial_counts(study)[TrialState.WAITING] == 2
+
+
+def test_the_sql_reads_fall_back_to_get_trials_off_an_rdb_storage() -> None:
+    study = open_queued_study(optuna.storages.InMemoryStorage(), "mem", direction="minimize")
+    study.enqueue_trial({})
+    study.tell(study.ask(), 2.0)  # the queued trial
+    study.enqueue_trial({})
+    assert rdb_storage(study) is None
+    assert trial_counts(study)[TrialState.WAITING] == 1
+    assert trial_counts(study)[TrialState.COMPLETE] == 1
+    assert best_value(study) == 2.0 and len(waiting_trial_ids(study)) == 1
 
 
 def test_enqueue_trial_keeps_user_attrs_and_fixes_params() -> None:

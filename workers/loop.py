@@ -95,7 +95,7 @@ import optuna
 from optuna.trial import TrialState
 
 from lrtune import __version__
-from lrtune._optuna import count_running, fail_stale_trials, has_unfinished, storage_errors
+from lrtune._optuna import fail_stale_trials, has_unfinished, storage_errors, trial_counts
 from lrtune.device import resolve_device
 from lrtune.exceptions import (
     ConflictError,
@@ -684,9 +684,9 @@ class Worker:
         """How many queued units of ``job`` this worker may start now: those queued, no more
         than ``search.max_parallel`` leaves room for (a read; the pops themselves are bounded
         exactly, under the store's unit lock: :class:`~lrtune.tuner.UnitGate`)."""
-        waiting = len(queue.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-        room = job.spec.search.max_parallel - count_running(queue)
-        return max(0, min(waiting, room))
+        counts = trial_counts(queue)
+        room = job.spec.search.max_parallel - counts[TrialState.RUNNING]
+        return max(0, min(counts[TrialState.WAITING], room))
 
     def _move_on(self, job: JobRecord) -> bool:
         """Claim a shared job whose queue is done and move it on; True if this worker did."""

@@ -41,9 +41,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
-from optuna.study import StudyDirection
 
-from lrtune._optuna import FINISHED
+from lrtune._optuna import FINISHED, best_value, trial_counts
 from lrtune.exceptions import ConflictError, LeaseLost, StorageUnavailableError
 from lrtune.jobs import JobProgress, JobRecord, JobStatus, JobStore, Lease, Provenance
 from lrtune.spec import JobSpec
@@ -196,17 +195,15 @@ class UnitProgress:
         self.job = job
         self.searching = job.status is JobStatus.SEARCHING
         self.queue = study if self.searching else open_confirmation(study, job.spec)
-        self._best = min if study.direction == StudyDirection.MINIMIZE else max
 
     def record(self) -> JobRecord | None:
-        finished = self.queue.get_trials(deepcopy=False, states=FINISHED)
+        counts = trial_counts(self.queue)  # one aggregate, not the finished trials whole
+        finished = sum(counts[state] for state in FINISHED)
         report: dict[str, Any]
         if self.searching:
-            values = [t.value for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
-            best = self._best(values) if values else None  # type: ignore[type-var]
-            report = {"trials_done": len(finished), "best_value": best}
+            report = {"trials_done": finished, "best_value": best_value(self.queue)}
         else:
-            report = {"confirmations_done": len(finished)}
+            report = {"confirmations_done": finished}
         try:
             return self.store.record_progress(self.job.id, JobProgress(**report))
         except StorageUnavailableError as exc:

@@ -38,7 +38,8 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from lrtune.api.deps import ReadAuth, SettingsDep, StoreDep, WriteAuth
+from lrtune.api.cache import listed_tags
+from lrtune.api.deps import ReadAuth, ResponsesDep, SettingsDep, StoreDep, WriteAuth
 from lrtune.api.errors import FieldInvalid
 from lrtune.api.routes._docs import error_responses
 from lrtune.api.schemas import ErrorBody
@@ -268,11 +269,6 @@ def entity_tag(job: JobRecord) -> str:
     return f'"{digest}"'
 
 
-def listed_tags(header: str) -> set[str]:
-    """The entity tags an ``If-None-Match`` header lists (weak ones compared as strong)."""
-    return {tag.strip().removeprefix("W/") for tag in header.split(",")}
-
-
 @router.post(
     "/{job_id}/cancel",
     summary="Cancel a job",
@@ -291,9 +287,10 @@ def cancel_job(job_id: JobId, store: StoreDep, _: WriteAuth) -> JobRecord:
     summary="Delete a finished job",
     responses={204: {"description": "Deleted"}, **error_responses(401, 404, 409, 422, 503)},
 )
-def delete_job(job_id: JobId, store: StoreDep, _: WriteAuth) -> None:
+def delete_job(job_id: JobId, store: StoreDep, responses: ResponsesDep, _: WriteAuth) -> None:
     """Delete a finished job with its results, events and study (409 if unfinished)."""
     store.delete(job_id)
+    responses.forget(job_id)  # its cached answers go with it
     _logger.info("job=%s event=deleted", job_id)
 
 

@@ -15,6 +15,12 @@ itself is the job store's, :mod:`lrtune.jobs.matching`, which ``lrtune recommend
 404 with the job to submit when nothing matches; 422 at the query field for a question that
 is neither kind or both.
 
+An answer is a stored recommendation, which never changes: the route asks the store only
+which job's recommendation answers (:func:`~lrtune.jobs.matching.answer_names`: one read of
+an id), and serves that answer's body from the process's
+:class:`~lrtune.api.cache.ResponseCache` (serialized once, as :class:`RecommendationMatch`, with
+an ``ETag``; ``If-None-Match`` gets 304).
+
 Example:
     >>> [route.path for route in router.routes]
     ['/recommendations']
@@ -24,13 +30,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query
+from starlette.responses import Response
 
-from lrtune.api.deps import ReadAuth, StoreDep
+from lrtune.api.cache import CachedBody, ResponseCache
+from lrtune.api.deps import ReadAuth, ResponsesDep, StoreDep
 from lrtune.api.errors import FieldInvalid
 from lrtune.api.routes._docs import error_responses
 from lrtune.api.routes.jobs import NO_NUL
-from lrtune.jobs import RecommendationMatch
+from lrtune.jobs import JobStore, RecommendationMatch, matching
 from lrtune.spec import MAX_BATCH_SIZE
 
 router = APIRouter(prefix="/recommendations", tags=["recommendations"])
@@ -38,9 +46,18 @@ router = APIRouter(prefix="/recommendations", tags=["recommendations"])
 Name = Annotated[str | None, Query(min_length=1, max_length=64, pattern=NO_NUL)]
 
 
-@router.get("", summary="Find a stored recommendation", responses=error_responses(401, 404, 422))
+@router.get(
+    "",
+    summary="Find a stored recommendation",
+    response_model=RecommendationMatch,
+    responses={
+        304: {"description": "Unchanged since the `ETag` sent in `If-None-Match`"},
+        **error_responses(401, 404, 422),
+    },
+)
 def find_recommendation(
     store: StoreDep,
+    responses: ResponsesDep,
     _: ReadAuth,
     fingerprint: Annotated[
         str | None, Query(pattern=r"^[0-9a-f]{64}$", description="a job's fingerprint")
@@ -49,7 +66,10 @@ def find_recommendation(
     dataset: Name = None,
     optimizer: Annotated[Literal["sgd", "adam", "adamw"] | None, Query()] = None,
     batch_size: Annotated[int | None, Query(ge=1, le=MAX_BATCH_SIZE)] = None,
-) -> RecommendationMatch:
+    if_none_match: Annotated[
+        str | None, Header(description="the `ETag` of the copy the client has")
+    ] = None,
+) -> Response:
     """The stored recommendation for a fingerprint, or for model and dataset names."""
     if fingerprint is not None:
         if model or dataset or optimizer or batch_size:
@@ -57,12 +77,24 @@ def find_recommendation(
                 ["query", "fingerprint"],
                 "give either fingerprint or model and dataset names, not both",
             )
-        return store.find_recommendation(fingerprint=fingerprint)
-    for field, value in (("model", model), ("dataset", dataset)):
-        if value is None:
-            raise FieldInvalid(
-                ["query", field], f"{field} is required (or give a fingerprint)", "missing"
-            )
-    return store.find_recommendation(
-        model=model, dataset=dataset, optimizer=optimizer, batch_size=batch_size
-    )
+        answer = matching.answer_fingerprint(store, fingerprint)
+    else:
+        for field, value in (("model", model), ("dataset", dataset)):
+            if value is None:
+                raise FieldInvalid(
+                    ["query", field], f"{field} is required (or give a fingerprint)", "missing"
+                )
+        answer = matching.answer_names(store, model, dataset, optimizer, batch_size)
+    return _served(store, responses, answer).response(if_none_match)
+
+
+def _served(store: JobStore, responses: ResponseCache, answer: matching.Answer) -> CachedBody:
+    """The answer's body, built and serialized once per process (see the module)."""
+    # differs depends on the query's covered fields only, so its fingerprint keys a names match
+    query_key = answer.query.fingerprint() if answer.query is not None else None
+    key = (answer.match, answer.job_id, query_key)
+    cached = responses.get(key)
+    if cached is None:
+        match = matching.build(store, answer)
+        cached = responses.put(key, match.model_dump_json(by_alias=True).encode())
+    return cached

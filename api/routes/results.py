@@ -11,6 +11,10 @@ an event whose payload carries ``points``, ``[[lr, smoothed_loss, seed], ...]`` 
 measured since the previous event), adds them to the chart; its progress fields
 (``range_test_steps_done``, ``range_test_steps_total``) move the progress bar.
 
+A finished range test never changes: once it is stored, the finder view's body is kept in the
+process's :class:`~lrtune.api.cache.ResponseCache`, keyed by the job, its status and its
+range-test progress (what else the view shows), and served with its ``ETag``.
+
 ``/finder.png`` is the same range test as a PNG (matplotlib's Agg, imported on the first
 request): the finished test as :meth:`~lrtune.result.LRFinderResult.plot` draws it with the LR
 bounds shaded, or, while it runs, each seed's curve so far from those events' points. Its
@@ -30,9 +34,10 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Response
 
 from lrtune import __version__
-from lrtune.api.deps import ReadAuth, StoreDep, StudiesDep
+from lrtune.api.cache import listed_tags
+from lrtune.api.deps import ReadAuth, ResponsesDep, StoreDep, StudiesDep
 from lrtune.api.routes._docs import error_responses
-from lrtune.api.routes.jobs import JobId, listed_tags
+from lrtune.api.routes.jobs import JobId
 from lrtune.api.schemas import FinderView, TrialsView
 from lrtune.exceptions import NotFoundError
 from lrtune.jobs import JobRecord, JobStore
@@ -44,23 +49,45 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 @router.get(
     "/{job_id}/finder",
     summary="A job's range test (loss vs LR)",
-    responses=error_responses(401, 404, 422, 503),
+    response_model=FinderView,
+    responses={
+        304: {"description": "Unchanged since the `ETag` sent in `If-None-Match`"},
+        **error_responses(401, 404, 422, 503),
+    },
 )
-def get_finder(job_id: JobId, store: StoreDep, studies: StudiesDep, _: ReadAuth) -> FinderView:
+def get_finder(
+    job_id: JobId,
+    store: StoreDep,
+    studies: StudiesDep,
+    responses: ResponsesDep,
+    _: ReadAuth,
+    if_none_match: Annotated[
+        str | None, Header(description="the `ETag` of the copy the client has")
+    ] = None,
+) -> Response:
     """Per-seed and median loss-vs-LR curves, the band, every rule's suggestion, the chosen
     one, the seeds' spread and the LR bounds; null until the range test has finished, with
     the steps done so far."""
     job = store.get(job_id)
-    result, bounds = read_finder(studies, job.study_name)
     progress = job.progress
-    return FinderView(
-        job_id=job.id,
-        status=job.status.value,
-        steps_done=progress.range_test_steps_done,
-        steps_total=progress.range_test_steps_total,
-        range_test=result,
-        bounds=bounds,
-    )
+    steps = (progress.range_test_steps_done, progress.range_test_steps_total)
+    key = ("finder", job.id, job.status.value, *steps)
+    cached = responses.get(key)
+    if cached is None:
+        result, bounds = read_finder(studies, job.study_name)
+        view = FinderView(
+            job_id=job.id,
+            status=job.status.value,
+            steps_done=steps[0],
+            steps_total=steps[1],
+            range_test=result,
+            bounds=bounds,
+        )
+        body = view.model_dump_json(by_alias=True).encode()
+        if result is None:  # still running: nothing to keep
+            return Response(body, media_type="application/json")
+        cached = responses.put(key, body)
+    return cached.response(if_none_match)
 
 
 PNG_RESPONSE = {

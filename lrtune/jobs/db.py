@@ -41,7 +41,7 @@ from typing import Any
 
 import sqlalchemy
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import (
     DBAPIError,
     DisconnectionError,
@@ -58,6 +58,7 @@ from lrtune._rdb import (
     engine_kwargs,
     first_line,
     parse_url,
+    read_only,
 )
 from lrtune.exceptions import ConflictError, InvalidInputError, StorageUnavailableError
 from lrtune.jobs.settings import Settings
@@ -140,6 +141,15 @@ def session(engine: Engine, *, write: bool) -> Iterator[Session]:
     bind = engine if write else engine.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"})
     with translate_errors(engine), Session(bind, expire_on_commit=False) as s, s.begin():
         yield s
+
+
+@contextlib.contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction on a bare connection, no ORM session: for the hot reads of one
+    statement (an API request's), which a :class:`Session` would cost twice as much. Begins
+    as ``session(write=False)`` does; rolled back at the end; errors translated likewise."""
+    with translate_errors(engine), read_only(engine) as connection:
+        yield connection
 
 
 @contextlib.contextmanager

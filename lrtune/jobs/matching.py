@@ -29,12 +29,13 @@ Example:
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
 from lrtune.exceptions import InvalidInputError, NotFoundError, describe_validation_error
-from lrtune.jobs.schemas import JobRecord, JobStatus, RecommendationMatch
+from lrtune.jobs.schemas import RecommendationMatch
 from lrtune.spec import JobSpec
 
 if TYPE_CHECKING:
@@ -42,26 +43,81 @@ if TYPE_CHECKING:
 
 MAX_SCANNED = 2000
 """Most succeeded jobs a name match reads before it gives up."""
-SCAN_PAGE = 500
-"""Succeeded jobs read per query while matching by names (the store's largest page)."""
 
 FINGERPRINT_FIELDS = {"model", "dataset", "optimizer", "batch_size", "param_groups"}
 """What :meth:`JobSpec.fingerprint` covers, so what ``differs`` compares."""
 
 
-def match_fingerprint(store: JobStore, fingerprint: str) -> RecommendationMatch:
-    """The newest recommendation of a succeeded job with this fingerprint.
+@dataclass(frozen=True)
+class Answer:
+    """Which stored recommendation answers a question, before it is read.
+
+    ``match`` is how it matched; ``job_id`` is the job whose recommendation answers (a job's
+    recommendation never changes, so a reader may keep the built answer by ``job_id``, and by
+    ``query`` for a names match, whose ``differs`` depends on it).
+    """
+
+    match: Literal["fingerprint", "names"]
+    job_id: str
+    query: JobSpec | None = None
+
+
+def answer_fingerprint(store: JobStore, fingerprint: str) -> Answer:
+    """The job whose recommendation answers this fingerprint: the newest succeeded one.
 
     Raises:
         NotFoundError: no succeeded job has it.
     """
-    stored = store.latest_recommendation(fingerprint)
-    if stored is None:
+    job_id = store.latest_recommendation_job(fingerprint)
+    if job_id is None:
         raise NotFoundError(
             f"no succeeded job has fingerprint {fingerprint}: submit the job (POST /v1/jobs, "
             "lrtune submit), or ask by model and dataset names"
         )
-    return RecommendationMatch(match="fingerprint", stored=stored)
+    return Answer("fingerprint", job_id)
+
+
+def answer_names(
+    store: JobStore,
+    model: str,
+    dataset: str,
+    optimizer: str | None = None,
+    batch_size: int | None = None,
+) -> Answer:
+    """The job whose recommendation answers this model, dataset, optimizer and batch size
+    (see the module).
+
+    Raises:
+        InvalidInputError: the names do not make a job spec (e.g. an unknown optimizer).
+        NotFoundError: no succeeded job has this model and dataset (within
+            :data:`MAX_SCANNED`).
+    """
+    query = query_spec(model, dataset, optimizer, batch_size)
+    exact = store.latest_recommendation_job(query.fingerprint())
+    if exact is not None:
+        return Answer("fingerprint", exact)
+    job_id = store.latest_succeeded_job(query.model.name, query.dataset.name, MAX_SCANNED)
+    if job_id is None:
+        raise NotFoundError(
+            f"no succeeded job for model {model!r} and dataset {dataset!r} yet: submit one "
+            f"(POST /v1/jobs, lrtune submit), e.g. {json.dumps(_submit_hint(query))}"
+        )
+    return Answer("names", job_id, query)
+
+
+def build(store: JobStore, answer: Answer) -> RecommendationMatch:
+    """The answer itself: the job's stored recommendation, with ``differs`` for a names match."""
+    stored = store.recommendation(answer.job_id)
+    if answer.query is None:
+        return RecommendationMatch(match=answer.match, stored=stored)
+    found = store.get(answer.job_id).spec
+    differs = differences(_covered(answer.query), _covered(found))
+    return RecommendationMatch(match=answer.match, differs=differs, stored=stored)
+
+
+def match_fingerprint(store: JobStore, fingerprint: str) -> RecommendationMatch:
+    """:func:`answer_fingerprint`, built."""
+    return build(store, answer_fingerprint(store, fingerprint))
 
 
 def match_names(
@@ -71,28 +127,8 @@ def match_names(
     optimizer: str | None = None,
     batch_size: int | None = None,
 ) -> RecommendationMatch:
-    """The recommendation for this model, dataset, optimizer and batch size (see the module).
-
-    Raises:
-        InvalidInputError: the names do not make a job spec (e.g. an unknown optimizer).
-        NotFoundError: no succeeded job has this model and dataset (within
-            :data:`MAX_SCANNED`).
-    """
-    query = query_spec(model, dataset, optimizer, batch_size)
-    stored = store.latest_recommendation(query.fingerprint())
-    if stored is not None:
-        return RecommendationMatch(match="fingerprint", stored=stored)
-    job = _latest_succeeded(store, query)
-    if job is None:
-        raise NotFoundError(
-            f"no succeeded job for model {model!r} and dataset {dataset!r} yet: submit one "
-            f"(POST /v1/jobs, lrtune submit), e.g. {json.dumps(_submit_hint(query))}"
-        )
-    return RecommendationMatch(
-        match="names",
-        differs=differences(_covered(query), _covered(job.spec)),
-        stored=store.recommendation(job.id),
-    )
+    """:func:`answer_names`, built."""
+    return build(store, answer_names(store, model, dataset, optimizer, batch_size))
 
 
 def query_spec(
@@ -112,24 +148,6 @@ def query_spec(
         return JobSpec.model_validate(data)
     except ValidationError as exc:
         raise InvalidInputError(f"invalid query: {describe_validation_error(exc)}") from None
-
-
-def _latest_succeeded(store: JobStore, query: JobSpec) -> JobRecord | None:
-    """The newest succeeded job with the query's model and dataset names (within the bound)."""
-    after, scanned = None, 0
-    while scanned < MAX_SCANNED:
-        page = store.list(status=JobStatus.SUCCEEDED, limit=SCAN_PAGE, after=after)
-        for job in page.data:
-            if (job.spec.model.name, job.spec.dataset.name) == (
-                query.model.name,
-                query.dataset.name,
-            ):
-                return job
-        scanned += len(page.data)
-        if page.next_after is None:
-            return None
-        after = page.next_after
-    return None
 
 
 def _covered(spec: JobSpec) -> dict[str, Any]:

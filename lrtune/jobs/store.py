@@ -146,7 +146,7 @@ from sqlalchemy.orm import Session
 
 from lrtune.exceptions import ConflictError, InvalidInputError, LeaseLost, NotFoundError
 from lrtune.jobs import matching, tables
-from lrtune.jobs.db import get_engine, safe_url, session
+from lrtune.jobs.db import get_engine, reading, safe_url, session
 from lrtune.jobs.schema import ensure_current
 from lrtune.jobs.schemas import (
     RESULT_FORMAT_VERSION,
@@ -802,16 +802,7 @@ class JobStore:
 
     def latest_recommendation(self, fingerprint: str) -> StoredRecommendation | None:
         """The newest recommendation of a succeeded job with this fingerprint, if any."""
-        query = (
-            select(tables.Recommendation)
-            .join(tables.Job, tables.Job.id == tables.Recommendation.job_id)
-            .where(
-                tables.Recommendation.fingerprint == fingerprint,
-                tables.Job.status == JobStatus.SUCCEEDED.value,
-            )
-            .order_by(tables.Recommendation.created_at.desc(), tables.Recommendation.id.desc())
-            .limit(1)
-        )
+        query = _latest_recommendation_query(tables.Recommendation, fingerprint)
         with session(self._engine, write=False) as s:
             row = s.scalars(query).first()
             return _stored_recommendation(row) if row is not None else None
@@ -843,6 +834,30 @@ class JobStore:
         if model is None or dataset is None:
             raise InvalidInputError("give a fingerprint, or both model and dataset names")
         return matching.match_names(self, model, dataset, optimizer, batch_size)
+
+    def latest_recommendation_job(self, fingerprint: str) -> str | None:
+        """The id of the job whose recommendation :meth:`latest_recommendation` returns, if
+        any: one indexed read of an id, nothing decoded (a job has one recommendation, which
+        never changes, so a reader may keep it by this id)."""
+        query = _latest_recommendation_query(tables.Recommendation.job_id, fingerprint)
+        with reading(self._engine) as connection:
+            return connection.execute(query).scalar()
+
+    def latest_succeeded_job(self, model: str, dataset: str, max_scanned: int) -> str | None:
+        """The id of the newest succeeded job whose spec names this model and dataset, looking
+        through the newest ``max_scanned`` succeeded jobs (their specs' names only: no record is
+        built)."""
+        query = (
+            select(tables.Job.id, tables.Job.spec)
+            .where(tables.Job.status == JobStatus.SUCCEEDED.value)
+            .order_by(tables.Job.submit_seq.desc())
+            .limit(max_scanned)
+        )
+        with session(self._engine, write=False) as s:
+            for job_id, spec in s.execute(query):
+                if (spec["model"]["name"], spec["dataset"]["name"]) == (model, dataset):
+                    return job_id
+        return None
 
     def delete(self, job_id: str) -> None:
         """Delete a finished job with its results, events, Optuna study and checkpoints.
@@ -1234,6 +1249,20 @@ def _provenance(row: tables.RangeTest | tables.Recommendation) -> Provenance:
         lr_max=row.lr_max,
         device=row.device,
         search=row.search_config,
+    )
+
+
+def _latest_recommendation_query(what: Any, fingerprint: str) -> Any:
+    """``what`` of the newest recommendation of a succeeded job with ``fingerprint``."""
+    return (
+        select(what)
+        .join(tables.Job, tables.Job.id == tables.Recommendation.job_id)
+        .where(
+            tables.Recommendation.fingerprint == fingerprint,
+            tables.Job.status == JobStatus.SUCCEEDED.value,
+        )
+        .order_by(tables.Recommendation.created_at.desc(), tables.Recommendation.id.desc())
+        .limit(1)
     )
 
 

@@ -1,0 +1,88 @@
+"""The serialized bodies of read answers that never change, kept in the API process.
+
+A stored recommendation never changes once written (one per job), and neither does a
+finished range test: routes that serve them ask the store only *which* answer is current (a
+light query: the job id of the newest recommendation for a fingerprint, or the job's row),
+then serve that answer's JSON bytes from here, serialized once by its pydantic schema, with
+an ``ETag`` computed once. A key names the job (``key[1]``) and whatever else makes the
+answer change (the finder view's job status and progress; the name match's query); ids of
+deleted jobs are never handed out again (uuid4), and deleting a job also forgets its entries
+(:meth:`ResponseCache.forget`), so a deleted job's answer is never served from here. Bounded:
+the least recently used entry goes first.
+
+Example:
+    >>> cache = ResponseCache(max_entries=2)
+    >>> cache.put(("finder", "job-1"), b'{"a":1}').etag == cache.get(("finder", "job-1")).etag
+    True
+    >>> cache.forget("job-1"); cache.get(("finder", "job-1")) is None
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+from starlette.responses import Response
+
+MAX_ENTRIES = 256
+"""Bodies kept per process (a recommendation's body is ~20-200 KiB: at most ~50 MiB)."""
+
+
+@dataclass(frozen=True)
+class CachedBody:
+    """An answer's JSON bytes and their strong ``ETag``."""
+
+    body: bytes
+    etag: str
+
+    def response(self, if_none_match: str | None = None) -> Response:
+        """The body as a JSON response with its ``ETag``; 304 when the client has it."""
+        if if_none_match is not None and self.etag in listed_tags(if_none_match):
+            return Response(status_code=304, headers={"ETag": self.etag})
+        return Response(self.body, media_type="application/json", headers={"ETag": self.etag})
+
+
+class ResponseCache:
+    """Bodies by key, least recently used out first; safe across the threadpool's threads.
+
+    A key is a tuple whose second item is the job id the answer belongs to.
+    """
+
+    def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
+        self.max_entries = max_entries
+        self._bodies: OrderedDict[tuple[Hashable, ...], CachedBody] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[Hashable, ...]) -> CachedBody | None:
+        with self._lock:
+            cached = self._bodies.get(key)
+            if cached is not None:
+                self._bodies.move_to_end(key)
+            return cached
+
+    def put(self, key: tuple[Hashable, ...], body: bytes) -> CachedBody:
+        cached = CachedBody(body, f'"{hashlib.sha256(body).hexdigest()[:32]}"')
+        with self._lock:
+            self._bodies[key] = cached
+            self._bodies.move_to_end(key)
+            while len(self._bodies) > self.max_entries:
+                self._bodies.popitem(last=False)
+        return cached
+
+    def forget(self, job_id: str) -> None:
+        """Drop every body of the job ``job_id`` (it was deleted)."""
+        with self._lock:
+            for key in [key for key in self._bodies if key[1] == job_id]:
+                del self._bodies[key]
+
+    def __len__(self) -> int:
+        return len(self._bodies)
+
+
+def listed_tags(header: str) -> set[str]:
+    """The entity tags an ``If-None-Match`` header lists (a weak one compared as strong)."""
+    return {tag.strip().removeprefix("W/") for tag in header.split(",")}
