@@ -965,7 +965,6 @@ def test_the_app_starts_and_serves_jobs_without_importing_torch(jobs_url: str) -
     code = f"""
         import asyncio, httpx
         from lrtune.api import Settings, create_app
-from lrtune.api.schemas import RecommendationMatch
         app = create_app(Settings(database_url={jobs_url!r}))
         async def main():
             transport = httpx.ASGITransport(app=app)

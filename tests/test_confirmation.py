@@ -361,7 +361,7 @@ def test_an_interrupted_confirmation_run_resumes_from_its_checkpoint(tmp_path: P
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and worker.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert worker.poll() is None and checkpoint.exists()
+    assert worker.poll() is None and checkpoint.exists(), worker.stderr.read()
     worker.send_signal(signal.SIGKILL)
     worker.wait()
 
