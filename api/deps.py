@@ -219,6 +219,9 @@ def presented_token(authorization: str | None, cookie: str | None) -> str | None
     return token.strip() if scheme.lower() == "bearer" else cookie
 
 
+IfNoneMatch = Annotated[str | None, Header(description="the `ETag` of the copy the client has")]
+"""A conditional GET's ``If-None-Match`` header (the route answers 304 while it matches)."""
+
 WriteAuth = Annotated[None, Depends(require_write_token)]
 ReadAuth = Annotated[None, Depends(require_read_token)]
 

@@ -68,6 +68,12 @@ _ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
 }
 
 
+NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
+    304: {"description": "Unchanged since the `ETag` sent in `If-None-Match`"}
+}
+"""The ``responses`` entry of a route that answers ``If-None-Match`` (:data:`IfNoneMatch`)."""
+
+
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for these error statuses, each with an example body."""
     return {

@@ -39,9 +39,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from lrtune.api.cache import listed_tags
-from lrtune.api.deps import ReadAuth, ResponsesDep, SettingsDep, StoreDep, WriteAuth
+from lrtune.api.deps import IfNoneMatch, ReadAuth, ResponsesDep, SettingsDep, StoreDep, WriteAuth
 from lrtune.api.errors import FieldInvalid
-from lrtune.api.routes._docs import error_responses
+from lrtune.api.routes._docs import NOT_MODIFIED, error_responses
 from lrtune.api.schemas import ErrorBody
 from lrtune.exceptions import InvalidInputError, NotFoundError, StorageUnavailableError
 from lrtune.jobs import (
@@ -237,7 +237,7 @@ def list_jobs(
     name="get_job",
     summary="Get a job",
     responses={
-        304: {"description": "Unchanged since the `ETag` sent in `If-None-Match`"},
+        **NOT_MODIFIED,
         **error_responses(401, 404, 422, 503),
     },
 )
@@ -246,9 +246,7 @@ def get_job(
     store: StoreDep,
     _: ReadAuth,
     response: Response,
-    if_none_match: Annotated[
-        str | None, Header(description="the `ETag` of the copy the client has")
-    ] = None,
+    if_none_match: IfNoneMatch = None,
 ) -> JobRecord:
     """The job: its spec, state, progress, timings and error.
 

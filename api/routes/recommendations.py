@@ -30,13 +30,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Query
 from starlette.responses import Response
 
 from lrtune.api.cache import CachedBody, ResponseCache
-from lrtune.api.deps import ReadAuth, ResponsesDep, StoreDep
+from lrtune.api.deps import IfNoneMatch, ReadAuth, ResponsesDep, StoreDep
 from lrtune.api.errors import FieldInvalid
-from lrtune.api.routes._docs import error_responses
+from lrtune.api.routes._docs import NOT_MODIFIED, error_responses
 from lrtune.api.routes.jobs import NO_NUL
 from lrtune.jobs import JobStore, RecommendationMatch, matching
 from lrtune.spec import MAX_BATCH_SIZE
@@ -51,7 +51,7 @@ Name = Annotated[str | None, Query(min_length=1, max_length=64, pattern=NO_NUL)]
     summary="Find a stored recommendation",
     response_model=RecommendationMatch,
     responses={
-        304: {"description": "Unchanged since the `ETag` sent in `If-None-Match`"},
+        **NOT_MODIFIED,
         **error_responses(401, 404, 422),
     },
 )
@@ -66,9 +66,7 @@ def find_recommendation(
     dataset: Name = None,
     optimizer: Annotated[Literal["sgd", "adam", "adamw"] | None, Query()] = None,
     batch_size: Annotated[int | None, Query(ge=1, le=MAX_BATCH_SIZE)] = None,
-    if_none_match: Annotated[
-        str | None, Header(description="the `ETag` of the copy the client has")
-    ] = None,
+    if_none_match: IfNoneMatch = None,
 ) -> Response:
     """The stored recommendation for a fingerprint, or for model and dataset names."""
     if fingerprint is not None:

@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import hashlib
 from functools import partial
-from typing import Annotated
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Response
 
 from lrtune import __version__
 from lrtune.api.cache import listed_tags
-from lrtune.api.deps import ReadAuth, ResponsesDep, StoreDep, StudiesDep
-from lrtune.api.routes._docs import error_responses
+from lrtune.api.deps import IfNoneMatch, ReadAuth, ResponsesDep, StoreDep, StudiesDep
+from lrtune.api.routes._docs import NOT_MODIFIED, error_responses
 from lrtune.api.routes.jobs import JobId
 from lrtune.api.schemas import FinderView, TrialsView
 from lrtune.exceptions import NotFoundError
@@ -51,7 +50,7 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
     summary="A job's range test (loss vs LR)",
     response_model=FinderView,
     responses={
-        304: {"description": "Unchanged since the `ETag` sent in `If-None-Match`"},
+        **NOT_MODIFIED,
         **error_responses(401, 404, 422, 503),
     },
 )
@@ -61,9 +60,7 @@ def get_finder(
     studies: StudiesDep,
     responses: ResponsesDep,
     _: ReadAuth,
-    if_none_match: Annotated[
-        str | None, Header(description="the `ETag` of the copy the client has")
-    ] = None,
+    if_none_match: IfNoneMatch = None,
 ) -> Response:
     """Per-seed and median loss-vs-LR curves, the band, every rule's suggestion, the chosen
     one, the seeds' spread and the LR bounds; null until the range test has finished, with
@@ -102,7 +99,7 @@ PNG_RESPONSE = {
     response_class=Response,
     responses={
         200: PNG_RESPONSE,
-        304: {"description": "Unchanged since the `ETag` sent in `If-None-Match`"},
+        **NOT_MODIFIED,
         **error_responses(401, 404, 422, 503),
     },
 )
@@ -111,9 +108,7 @@ def get_finder_png(
     store: StoreDep,
     studies: StudiesDep,
     _: ReadAuth,
-    if_none_match: Annotated[
-        str | None, Header(description="the `ETag` of the copy the client has")
-    ] = None,
+    if_none_match: IfNoneMatch = None,
 ) -> Response:
     """Loss vs LR on a log axis: per-seed curves faint, the median bold with its band, every
     rule's suggestion marked, the chosen one highlighted and the search's LR bounds shaded.
