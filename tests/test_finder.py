@@ -382,7 +382,7 @@ def test_fx_graph_module_falls_back_to_sequential_with_the_same_curves() -> None
     kwargs = {"seeds": 2, "seed": 0, "num_iter": 20, "progress": False}
     traced = find_lr(torch.fx.symbolic_trace(mlp()), loader(), **kwargs)
     plain = find_lr(mlp(), loader(), vectorize=False, **kwargs)
-    assert traced.config["engine"] == "sequential"
+    assert traced.config.engine == "sequential"
     for a, b in zip(traced.seeds, plain.seeds, strict=True):
         assert np.allclose(a.raw, b.raw)
     with pytest.raises(ValueError, match="cannot be stacked"):
