@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# make test runs its tests in 2 processes (pytest-xdist; each has its own PostgreSQL scratch
+# database); the slow ones, timing-sensitive fleets and restarts, run one at a time.
+TEST_PROCESSES ?= 2
 
 .PHONY: setup demo test test-slow lint bench clean
 
@@ -34,7 +37,7 @@ lint: setup
 # `make test-slow`: those (fleets, kill -9, database restarts, signals, the browser), which
 # .ci/run runs too.
 test: lint
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" -n $(TEST_PROCESSES) $(PYTEST_ARGS)
 
 test-slow: setup
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)

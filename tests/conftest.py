@@ -36,7 +36,10 @@ def blobs() -> list[tuple[torch.Tensor, torch.Tensor]]:
 POSTGRES_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 # Each checkout running the suite at once (parallel work trees, CI beside a developer) names
 # its own scratch database, since the tests drop and create tables in it.
-POSTGRES_TEST_DB = os.environ.get("LRTUNE_TEST_POSTGRES_DB", "lrtune_test")
+# Under pytest-xdist (make test's -n 2), each worker process has its own as well.
+POSTGRES_TEST_DB = os.environ.get("LRTUNE_TEST_POSTGRES_DB", "lrtune_test") + (
+    f"_{os.environ['PYTEST_XDIST_WORKER']}" if "PYTEST_XDIST_WORKER" in os.environ else ""
+)
 
 
 @pytest.fixture(scope="session")

@@ -321,6 +321,7 @@ def digits_job(**search: Any) -> JobSpec:
     return job(extra={"model": {"name": "mlp"}, "dataset": {"name": "digits"}}, **search)
 
 
+@pytest.mark.slow
 def test_two_processes_share_the_confirmation_units_exactly(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'lrtune.db'}"
     spec = digits_job(n_trials=4, epochs=3, pruner="none", finalists=2, confirm_seeds=3)
@@ -341,6 +342,7 @@ def test_two_processes_share_the_confirmation_units_exactly(tmp_path: Path) -> N
     assert any(b[0] < a[1] for a, b in itertools.pairwise(spans)), spans
 
 
+@pytest.mark.slow
 def test_an_interrupted_confirmation_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'lrtune.db'}"
     spec = job(

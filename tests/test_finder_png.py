@@ -47,6 +47,7 @@ def _wait_for(predicate, timeout_s: float = 120) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_the_plot_is_404_then_grows_while_the_range_test_runs_then_is_the_finished_one(
     store: JobStore,
 ) -> None:

@@ -113,6 +113,7 @@ ignored_auth.enabled = true  # a write without the token, or with a wrong one, i
 """
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_schemathesis_finds_no_server_error_and_no_response_off_the_schema(
     jobs_url: str, tmp_path: Path

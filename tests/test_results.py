@@ -131,6 +131,7 @@ def _assert_never_backwards(reports: list[JobProgress]) -> None:
             assert getattr(after, name) >= getattr(before, name), (name, before, after)
 
 
+@pytest.mark.slow
 def test_progress_grows_as_a_worker_runs_and_never_goes_backwards(
     jobs_url: str, tmp_path: Path
 ) -> None:

@@ -198,6 +198,7 @@ def test_a_snippet_at_lr_zero_runs() -> None:
         exec(code, {"model": setup.build_model()})
 
 
+@pytest.mark.slow
 def test_lrtune_tune_on_the_grouped_example_prints_a_snippet_that_replays_the_winner() -> None:
     """The issue's acceptance check, end to end through the CLI and its JSON."""
     job = Path("examples/wine_adamw_groups.yaml")

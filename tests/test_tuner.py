@@ -238,6 +238,7 @@ def test_preparing_twice_keeps_one_range_test_and_one_budget(storage_url) -> Non
         prepare_study(other, storage_url, progress=False)
 
 
+@pytest.mark.slow
 def test_an_interrupted_cli_run_resumes_its_trial_when_run_again(tmp_path) -> None:
     spec = slow_cosine_job(n_trials=2)
     job_file = tmp_path / "job.json"
@@ -308,6 +309,7 @@ def test_time_budget_stops_starting_trials_and_still_recommends(
     assert "unconfirmed" in rec.verdict
 
 
+@pytest.mark.slow
 def test_concurrent_workers_never_claim_the_same_queued_trial(storage_url) -> None:
     # Instant trials make four processes race for the queue as hard as they can.
     spec = job(n_trials=80)

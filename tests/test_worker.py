@@ -123,6 +123,7 @@ def _check_finished_exactly(
     assert confirm["complete"] + confirm["pruned"] == confirmations
 
 
+@pytest.mark.slow
 def test_one_worker_runs_two_submitted_jobs_to_recommendations(
     jobs_url: str, tmp_path: Path
 ) -> None:
@@ -169,6 +170,7 @@ def test_recommend_for_a_job_without_one_is_a_one_line_error(sqlite_url: str) ->
         assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_two_workers_share_three_jobs_and_run_each_range_test_once(
     sqlite_url: str, tmp_path: Path
 ) -> None:
