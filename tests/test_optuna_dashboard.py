@@ -8,13 +8,11 @@ The browser's view of it is in tests/test_dashboard_browser.py.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import httpx
 import pytest
 from live_api import serve
 from small_jobs import small_job
+from test_dashboard_api import client
 from test_imports import heavy_modules_after
 
 from lrtune.api import Settings, create_app
@@ -35,13 +33,6 @@ def finished(store: JobStore) -> JobRecord:
     job = store.get(job.id)
     assert job.status is JobStatus.SUCCEEDED, job.error
     return job
-
-
-@contextlib.contextmanager
-def client(store: JobStore, **fields: object) -> Iterator[httpx.Client]:
-    app = create_app(Settings(database_url=store.url, **fields), store=store)
-    with serve(app) as url, httpx.Client(base_url=url, timeout=60) as http:
-        yield http
 
 
 def _study_id(http: httpx.Client, name: str, **kwargs: object) -> int:
