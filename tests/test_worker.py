@@ -17,11 +17,12 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from lrtune._optuna import ATTR_BOUNDS, ATTR_STOP_REASON
+from lrtune._optuna import ATTR_BOUNDS, ATTR_FAIL_REASON, ATTR_SLOT, ATTR_STOP_REASON
 from lrtune.cli import main
 from lrtune.jobs import JobRecord, JobStatus, JobStore, upgrade
 from lrtune.jobs.schemas import StoredRecommendation
 from lrtune.spec import JobSpec
+from lrtune.tuner import open_study, prepare_study
 from lrtune.workers.loop import Worker
 
 REPO = Path(__file__).resolve().parents[1]
@@ -292,6 +293,39 @@ def test_a_cancelled_job_stops_its_running_trial_within_an_epoch(sqlite_url: str
     assert len(stopped[0].intermediate_values) < epochs
     counts = _trial_counts(sqlite_url, study.study_name)
     assert counts["waiting"] > 30  # the rest of the queue was left, its results readable
+
+
+def test_workers_stopped_at_once_queue_each_interrupted_unit_once(jobs_url: str) -> None:
+    # A SIGTERM reaches every child of a worker at once, and each child queues again what the
+    # interruption left FAILED: two that read a slot as unqueued at the same time would both
+    # queue it, and the job would train that unit twice. The race is a few milliseconds wide:
+    # several rounds of four workers make it likely to show if the requeue were not locked.
+    store = JobStore(jobs_url)
+    (job_id,) = _submit(jobs_url, 1)
+    job = store.get(job_id)
+    workers = [Worker(JobStore(jobs_url), device="cpu") for _ in range(4)]
+    storage = workers[0]._optuna_storage()
+    study = prepare_study(job.spec, storage, study_name=job.study_name, progress=False)
+
+    def stopped(worker: Worker, start: threading.Barrier) -> None:
+        start.wait()
+        worker._requeue(job)
+
+    for _ in range(6):
+        for _ in range(2):  # two units stopped mid-trial
+            trial = study.ask()
+            trial.set_user_attr(ATTR_FAIL_REASON, "interrupted (StopRequested)")
+            study.tell(trial, state=TrialState.FAIL)
+        start = threading.Barrier(len(workers))
+        threads = [threading.Thread(target=stopped, args=(w, start)) for w in workers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+        trials = open_study(job.spec, storage, job.study_name).get_trials(deepcopy=False)
+        waiting = [t.user_attrs[ATTR_SLOT] for t in trials if t.state is TrialState.WAITING]
+        assert sorted(waiting) == list(range(N_TRIALS))  # each slot queued once
 
 
 def test_max_jobs_bounds_the_jobs_a_worker_takes_part_in(sqlite_url: str) -> None:

@@ -906,11 +906,17 @@ class Worker:
         return ended
 
     def _requeue(self, job: JobRecord) -> None:
-        """Queue again the units this worker's interruption left FAILED."""
+        """Queue again the units this worker's interruption left FAILED.
+
+        Under the job's unit lock: a signal reaches every child of a worker (and every worker
+        of a stopped fleet) at once, and two requeues that both read a slot as not yet queued
+        would both queue it, so the job would train one unit twice.
+        """
         study = open_study(job.spec, self._optuna_storage(), job.study_name)
-        retried = requeue_interrupted(study) + requeue_interrupted(
-            open_confirmation(study, job.spec)
-        )
+        with self.store.unit_lock(job.id):
+            retried = requeue_interrupted(study) + requeue_interrupted(
+                open_confirmation(study, job.spec)
+            )
         _log(job.id, self.id, job.status.value, "interrupted", requeued=retried)
 
     def _hand_back(self, lease: Lease) -> None:
