@@ -121,12 +121,6 @@ def grid_best_constant_lr(setup: TrainingSetup) -> tuple[float, float]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="regressed in the 2026-12-01 session's clean-clone CI run: the recommendation's "
-    "accuracy is 0.83 (< 0.9) where it passed before, also with lrtune/ as it was then, so "
-    "a dependency resolved anew changed it (closing note)",
-)
 @pytest.mark.usefixtures("plateau_task")
 def test_search_on_a_plateau_lands_within_a_decade_of_the_grids_best_constant_lr() -> None:
     # No pruner: on a plateau every LR looks alike for the first epochs, so pruning after one
