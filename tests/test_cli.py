@@ -386,7 +386,6 @@ def assert_png(path: Path) -> None:
 # --- find ----------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_find_json_acceptance(runs: Runs) -> None:
     result = runs.get("find json")
     out = result.json()

@@ -33,7 +33,8 @@ from lrtune.workers.loop import available_cores, threads_per_unit
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_DIST = Path(__file__).parent / "plugin_dist"
 HEARTBEAT_S = 0.3
-TRIAL_HEARTBEAT_S = 1  # Optuna's: a dead child's trial goes stale after 3 s
+TRIAL_HEARTBEAT_S = 1  # Optuna's
+TRIAL_GRACE_S = 3  # a dead child's trial goes stale 3 s after its last beat (default: 60)
 
 # Epochs of about a second on one thread (digits, 1797 samples, batches of 8), so "stopped at
 # the next epoch boundary" is measurably sooner than the trial's end.
@@ -50,9 +51,10 @@ SLOW_EPOCHS = {
         "confirm_seeds": 0,
         "families": ["cosine"],
         "pruner": "none",
+        "baselines": False,  # nothing to confirm: the tests are about the search's trials
     },
 }
-SLOW_CONFIRMATION_RUNS = 2  # no confirmation seeds: the two baselines on the search seed
+SLOW_CONFIRMATION_RUNS = 0  # no confirmation seeds and no baselines
 
 
 @pytest.fixture
@@ -67,6 +69,7 @@ def _env(**extra: str) -> dict[str, str]:
         "LRTUNE_TORCH_THREADS": "1",
         "LRTUNE_WORKER_HEARTBEAT_S": str(HEARTBEAT_S),
         "LRTUNE_TRIAL_HEARTBEAT_S": str(TRIAL_HEARTBEAT_S),
+        "LRTUNE_TRIAL_GRACE_S": str(TRIAL_GRACE_S),
         **extra,
     }
 
@@ -281,8 +284,8 @@ def test_no_workers_listed_on_a_new_store(jobs_url: str) -> None:
 def test_concurrency_2_finishes_jobs_exactly_and_replaces_a_killed_child(
     jobs_url: str, tmp_path: Path
 ) -> None:
-    # trials of a few seconds: the child killed an epoch into its trial is surely still in it
-    slow = {**SLOW_EPOCHS, "search": {**SLOW_EPOCHS["search"], "epochs": 12}}
+    # trials of several epochs: the child killed an epoch into its trial is surely still in it
+    slow = {**SLOW_EPOCHS, "search": {**SLOW_EPOCHS["search"], "epochs": 8}}
     job_ids = _submit(jobs_url, 2, slow)
     store = JobStore(jobs_url)
     worker = _start_worker(
