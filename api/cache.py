@@ -10,11 +10,22 @@ deleted jobs are never handed out again (uuid4), and deleting a job also forgets
 (:meth:`ResponseCache.forget`), so a deleted job's answer is never served from here. Bounded:
 the least recently used entry goes first.
 
+Which job answers a question can change (a newer recommendation for the same spec), so that
+is asked of the store; :meth:`ResponseCache.recent` keeps each question's last answer for a
+few seconds at most (the caller's ``max_age_s``: the lookups' ``LRTUNE_ANSWER_TTL_S``), so
+that a burst of the same question asks the store once, and not from the threadpool each time.
+
 Example:
     >>> cache = ResponseCache(max_entries=2)
     >>> cache.put(("finder", "job-1"), b'{"a":1}').etag == cache.get(("finder", "job-1")).etag
     True
+    >>> body = cache.put(("rec", "job-1"), b'{"b":2}')
+    >>> cache.remember(("fingerprint", "ab12"), "job-1", body)
+    >>> cache.recent(("fingerprint", "ab12"), max_age_s=1.0) is body
+    True
     >>> cache.forget("job-1"); cache.get(("finder", "job-1")) is None
+    True
+    >>> cache.recent(("fingerprint", "ab12"), max_age_s=1.0) is None
     True
 """
 
@@ -22,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -55,6 +67,8 @@ class ResponseCache:
     def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
         self.max_entries = max_entries
         self._bodies: OrderedDict[tuple[Hashable, ...], CachedBody] = OrderedDict()
+        # question -> (the job that answered it, its body, when it was asked)
+        self._answers: OrderedDict[Hashable, tuple[str, CachedBody, float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, key: tuple[Hashable, ...]) -> CachedBody | None:
@@ -73,11 +87,29 @@ class ResponseCache:
                 self._bodies.popitem(last=False)
         return cached
 
+    def remember(self, question: Hashable, job_id: str, body: CachedBody) -> None:
+        """Note that the job ``job_id`` answered ``question`` now, with ``body``."""
+        with self._lock:
+            self._answers[question] = (job_id, body, time.monotonic())
+            self._answers.move_to_end(question)
+            while len(self._answers) > self.max_entries:
+                self._answers.popitem(last=False)
+
+    def recent(self, question: Hashable, max_age_s: float) -> CachedBody | None:
+        """The body :meth:`remember` noted for ``question`` at most ``max_age_s`` ago, else None."""
+        with self._lock:
+            noted = self._answers.get(question)
+        if noted is None or time.monotonic() - noted[2] > max_age_s:
+            return None
+        return noted[1]
+
     def forget(self, job_id: str) -> None:
-        """Drop every body of the job ``job_id`` (it was deleted)."""
+        """Drop every body of the job ``job_id``, and every answer it gave (it was deleted)."""
         with self._lock:
             for key in [key for key in self._bodies if key[1] == job_id]:
                 del self._bodies[key]
+            for question in [q for q, (job, _, _) in self._answers.items() if job == job_id]:
+                del self._answers[question]
 
     def __len__(self) -> int:
         return len(self._bodies)

@@ -17,6 +17,8 @@ the API's fields, so that the API, the store it opens and the workers read one s
   studies, behind the token (:mod:`lrtune.api.routes.optuna_dashboard`); true by default.
 - ``LRTUNE_SSE_POLL_S``/``LRTUNE_SSE_PING_S``: how often an event stream reads the store for
   new events, and how often it sends a keep-alive comment.
+- ``LRTUNE_ANSWER_TTL_S``: how long ``GET /v1/recommendations`` reuses the answer it found
+  for a question before it asks the store again which job answers it (0: every time).
 
 Example:
     >>> import os
@@ -78,6 +80,14 @@ class Settings(StoreSettings):
     )
     sse_ping_s: float = Field(
         15.0, gt=0, le=300, description="seconds between an event stream's keep-alive comments"
+    )
+    answer_ttl_s: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="seconds GET /v1/recommendations reuses an answer before it asks the store "
+        "again which job answers the question (0: every time); a newer recommendation, or a "
+        "job deleted through another API process, shows after at most this long",
     )
 
     @field_validator("api_token")

@@ -531,6 +531,40 @@ def test_recommendations_match_by_fingerprint_or_by_names_with_the_differences(
     assert near["differs"] == ["batch_size", "optimizer.name"]
 
 
+def test_which_job_answers_a_lookup_is_reused_for_the_answer_ttl(
+    jobs_url: str, store: JobStore, recommendation: Recommendation
+) -> None:
+    """A lookup's answer is reused for LRTUNE_ANSWER_TTL_S: a job deleted behind this API
+    process's back (through another one, or the CLI) is still served within it, and is a 404
+    once it has passed; with a TTL of 0 the store is asked every time."""
+    job = finish_with(store, small_job(), recommendation)
+    by_fingerprint = {"fingerprint": job.fingerprint}
+    by_names = {"model": "logreg", "dataset": "wine", "optimizer": "adam"}
+    reusing = create_app(Settings(database_url=jobs_url, answer_ttl_s=2.0))
+    asking = create_app(Settings(database_url=jobs_url, answer_ttl_s=0))
+    with (
+        serve(reusing) as reusing_url,
+        serve(asking) as asking_url,
+        httpx.Client(base_url=reusing_url) as a,
+        httpx.Client(base_url=asking_url) as b,
+    ):
+        for params in (by_fingerprint, by_names):
+            assert a.get("/v1/recommendations", params=params).status_code == 200
+            assert b.get("/v1/recommendations", params=params).status_code == 200
+        asked_at = time.monotonic()
+
+        store.delete(job.id)
+
+        for params in (by_fingerprint, by_names):
+            assert b.get("/v1/recommendations", params=params).status_code == 404
+            reused = a.get("/v1/recommendations", params=params)
+            assert reused.status_code == 200 and time.monotonic() - asked_at < 2.0
+            assert reused.json()["stored"]["job_id"] == job.id
+        time.sleep(2.0 - (time.monotonic() - asked_at) + 0.1)
+        for params in (by_fingerprint, by_names):
+            assert a.get("/v1/recommendations", params=params).status_code == 404
+
+
 def test_a_served_recommendation_is_kept_until_its_job_is_deleted(
     launch: Start, jobs_url: str, store: JobStore, recommendation: Recommendation
 ) -> None:

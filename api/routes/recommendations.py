@@ -19,7 +19,10 @@ An answer is a stored recommendation, which never changes: the route asks the st
 which job's recommendation answers (:func:`~lrtune.jobs.matching.answer_names`: one read of
 an id), and serves that answer's body from the process's
 :class:`~lrtune.api.cache.ResponseCache` (serialized once, as :class:`RecommendationMatch`, with
-an ``ETag``; ``If-None-Match`` gets 304).
+an ``ETag``; ``If-None-Match`` gets 304). Which job answers a question is itself reused for
+``LRTUNE_ANSWER_TTL_S`` (1 s by default): a newer recommendation for the question, or its
+job deleted through another API process, is served at most that long after it happened (a
+delete through this process is at once; no answer, a 404, is never reused).
 
 Example:
     >>> [route.path for route in router.routes]
@@ -31,10 +34,11 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from lrtune.api.cache import CachedBody, ResponseCache
-from lrtune.api.deps import IfNoneMatch, ReadAuth, ResponsesDep, StoreDep
+from lrtune.api.deps import IfNoneMatch, ReadAuth, ResponsesDep, SettingsDep, StoreDep
 from lrtune.api.errors import FieldInvalid
 from lrtune.api.routes._docs import NOT_MODIFIED, error_responses
 from lrtune.api.routes.jobs import NO_NUL
@@ -55,9 +59,10 @@ Name = Annotated[str | None, Query(min_length=1, max_length=64, pattern=NO_NUL)]
         **error_responses(401, 404, 422),
     },
 )
-def find_recommendation(
+async def find_recommendation(
     store: StoreDep,
     responses: ResponsesDep,
+    settings: SettingsDep,
     _: ReadAuth,
     fingerprint: Annotated[
         str | None, Query(pattern=r"^[0-9a-f]{64}$", description="a job's fingerprint")
@@ -75,15 +80,35 @@ def find_recommendation(
                 ["query", "fingerprint"],
                 "give either fingerprint or model and dataset names, not both",
             )
-        answer = matching.answer_fingerprint(store, fingerprint)
+        question: Question = ("fingerprint", fingerprint)
     else:
         for field, value in (("model", model), ("dataset", dataset)):
             if value is None:
                 raise FieldInvalid(
                     ["query", field], f"{field} is required (or give a fingerprint)", "missing"
                 )
+        question = ("names", model, dataset, optimizer, batch_size)
+    served = responses.recent(question, settings.answer_ttl_s)
+    if served is None:  # the store is asked (a database read: off the event loop)
+        served = await run_in_threadpool(_answer, store, responses, question)
+    return served.response(if_none_match)
+
+
+Question = tuple[str | int | None, ...]
+"""A lookup's question: ``("fingerprint", fp)`` or ``("names", model, dataset, optimizer,
+batch_size)``."""
+
+
+def _answer(store: JobStore, responses: ResponseCache, question: Question) -> CachedBody:
+    """Which job answers ``question`` now (raises NotFound when none does), and its body."""
+    if question[0] == "fingerprint":
+        answer = matching.answer_fingerprint(store, question[1])
+    else:
+        _, model, dataset, optimizer, batch_size = question
         answer = matching.answer_names(store, model, dataset, optimizer, batch_size)
-    return _served(store, responses, answer).response(if_none_match)
+    served = _served(store, responses, answer)
+    responses.remember(question, answer.job_id, served)
+    return served
 
 
 def _served(store: JobStore, responses: ResponseCache, answer: matching.Answer) -> CachedBody:
