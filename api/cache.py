@@ -23,6 +23,11 @@ Example:
     >>> cache.remember(("fingerprint", "ab12"), "job-1", body)
     >>> cache.recent(("fingerprint", "ab12"), max_age_s=1.0) is body
     True
+    >>> import time; time.sleep(0.3)
+    >>> cache.recent(("fingerprint", "ab12"), max_age_s=0.2) is None  # this caller asks again
+    True
+    >>> cache.recent(("fingerprint", "ab12"), max_age_s=0.2) is body  # the others, meanwhile
+    True
     >>> cache.forget("job-1"); cache.get(("finder", "job-1")) is None
     True
     >>> cache.recent(("fingerprint", "ab12"), max_age_s=1.0) is None
@@ -50,6 +55,11 @@ class CachedBody:
 
     body: bytes
     etag: str
+
+    @classmethod
+    def of(cls, body: bytes) -> CachedBody:
+        """``body`` with its strong ETag: a digest of the bytes."""
+        return cls(body, f'"{hashlib.sha256(body).hexdigest()[:32]}"')
 
     def response(self, if_none_match: str | None = None) -> Response:
         """The body as a JSON response with its ``ETag``; 304 when the client has it."""
@@ -79,7 +89,7 @@ class ResponseCache:
             return cached
 
     def put(self, key: tuple[Hashable, ...], body: bytes) -> CachedBody:
-        cached = CachedBody(body, f'"{hashlib.sha256(body).hexdigest()[:32]}"')
+        cached = CachedBody.of(body)
         with self._lock:
             self._bodies[key] = cached
             self._bodies.move_to_end(key)
@@ -96,12 +106,28 @@ class ResponseCache:
                 self._answers.popitem(last=False)
 
     def recent(self, question: Hashable, max_age_s: float) -> CachedBody | None:
-        """The body :meth:`remember` noted for ``question`` at most ``max_age_s`` ago, else None."""
+        """The body :meth:`remember` noted for ``question`` at most ``max_age_s`` ago, else None.
+
+        Once the note is older, one caller gets None and asks the store again; the callers
+        that come while it asks are still served the noted body (one lookup for a burst, not
+        one each), until :meth:`remember` or :meth:`drop` replaces it.
+        """
+        if max_age_s <= 0:
+            return None
         with self._lock:
             noted = self._answers.get(question)
-        if noted is None or time.monotonic() - noted[2] > max_age_s:
+            if noted is None:
+                return None
+            job_id, body, noted_at = noted
+            if time.monotonic() - noted_at <= max_age_s:
+                return body
+            self._answers[question] = (job_id, body, time.monotonic())  # this caller asks
             return None
-        return noted[1]
+
+    def drop(self, question: Hashable) -> None:
+        """Forget the answer to ``question`` (asking the store again found none, or failed)."""
+        with self._lock:
+            self._answers.pop(question, None)
 
     def forget(self, job_id: str) -> None:
         """Drop every body of the job ``job_id``, and every answer it gave (it was deleted)."""

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -38,7 +37,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from lrtune.api.cache import listed_tags
+from lrtune.api.cache import CachedBody
 from lrtune.api.deps import IfNoneMatch, ReadAuth, ResponsesDep, SettingsDep, StoreDep, WriteAuth
 from lrtune.api.errors import FieldInvalid
 from lrtune.api.routes._docs import NOT_MODIFIED, error_responses
@@ -236,6 +235,7 @@ def list_jobs(
     "/{job_id}",
     name="get_job",
     summary="Get a job",
+    response_model=JobRecord,
     responses={
         **NOT_MODIFIED,
         **error_responses(401, 404, 422, 503),
@@ -245,26 +245,19 @@ def get_job(
     job_id: JobId,
     store: StoreDep,
     _: ReadAuth,
-    response: Response,
     if_none_match: IfNoneMatch = None,
-) -> JobRecord:
+) -> Response:
     """The job: its spec, state, progress, timings and error.
 
     Carries an `ETag`; a poller that sends it back in `If-None-Match` gets 304 while the job
     is unchanged.
     """
-    job = store.get(job_id)
-    etag = entity_tag(job)
-    if if_none_match is not None and etag in listed_tags(if_none_match):
-        return Response(status_code=304, headers={"ETag": etag})  # type: ignore[return-value]
-    response.headers["ETag"] = etag
-    return job
+    return job_body(store.get(job_id)).response(if_none_match)
 
 
-def entity_tag(job: JobRecord) -> str:
-    """A strong ETag of the job as served: it changes whenever any field does."""
-    digest = hashlib.sha256(job.model_dump_json().encode()).hexdigest()[:32]
-    return f'"{digest}"'
+def job_body(job: JobRecord) -> CachedBody:
+    """The job as served, serialized once, and its strong ETag (it changes with any field)."""
+    return CachedBody.of(job.model_dump_json(by_alias=True).encode())
 
 
 @router.post(

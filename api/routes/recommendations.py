@@ -42,6 +42,7 @@ from lrtune.api.deps import IfNoneMatch, ReadAuth, ResponsesDep, SettingsDep, St
 from lrtune.api.errors import FieldInvalid
 from lrtune.api.routes._docs import NOT_MODIFIED, error_responses
 from lrtune.api.routes.jobs import NO_NUL
+from lrtune.exceptions import LRTuneError
 from lrtune.jobs import JobStore, RecommendationMatch, matching
 from lrtune.spec import MAX_BATCH_SIZE
 
@@ -101,11 +102,15 @@ batch_size)``."""
 
 def _answer(store: JobStore, responses: ResponseCache, question: Question) -> CachedBody:
     """Which job answers ``question`` now (raises NotFound when none does), and its body."""
-    if question[0] == "fingerprint":
-        answer = matching.answer_fingerprint(store, question[1])
-    else:
-        _, model, dataset, optimizer, batch_size = question
-        answer = matching.answer_names(store, model, dataset, optimizer, batch_size)
+    try:
+        if question[0] == "fingerprint":
+            answer = matching.answer_fingerprint(store, question[1])
+        else:
+            _, model, dataset, optimizer, batch_size = question
+            answer = matching.answer_names(store, model, dataset, optimizer, batch_size)
+    except LRTuneError:  # none answers now (404), or the store is down (503)
+        responses.drop(question)
+        raise
     served = _served(store, responses, answer)
     responses.remember(question, answer.job_id, served)
     return served
