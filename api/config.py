@@ -17,8 +17,9 @@ the API's fields, so that the API, the store it opens and the workers read one s
   studies, behind the token (:mod:`lrtune.api.routes.optuna_dashboard`); true by default.
 - ``LRTUNE_SSE_POLL_S``/``LRTUNE_SSE_PING_S``: how often an event stream reads the store for
   new events, and how often it sends a keep-alive comment.
-- ``LRTUNE_ANSWER_TTL_S``: how long ``GET /v1/recommendations`` reuses the answer it found
-  for a question before it asks the store again which job answers it (0: every time).
+- ``LRTUNE_ANSWER_TTL_S``: how long ``GET /v1/recommendations`` and a finished range test's
+  ``/v1/jobs/{id}/finder`` reuse the answer they found before they ask the store again (0:
+  every time).
 
 Example:
     >>> import os
@@ -85,9 +86,9 @@ class Settings(StoreSettings):
         1.0,
         ge=0,
         le=60,
-        description="seconds GET /v1/recommendations reuses an answer before it asks the store "
-        "again which job answers the question (0: every time); a newer recommendation, or a "
-        "job deleted through another API process, shows after at most this long",
+        description="seconds GET /v1/recommendations and /v1/jobs/{id}/finder reuse an answer "
+        "before they ask the store again (0: every time); a newer recommendation, or a job "
+        "deleted through another API process, shows after at most this long",
     )
 
     @field_validator("api_token")

@@ -89,6 +89,29 @@ def test_a_finished_range_test_is_served_from_the_cache_until_its_job_is_deleted
         assert len(app.state.responses) == 0 and http.get(path).status_code == 404
 
 
+def test_a_running_range_test_is_read_anew_and_a_finished_one_reused_for_the_answer_ttl(
+    store: JobStore,
+) -> None:
+    # The job page's last read of /finder, right after the job ends, must see the finished
+    # range test: only finished views are reused (for LRTUNE_ANSWER_TTL_S, without reading
+    # the job), so a job deleted behind this API process's back is still served within it.
+    job = store.submit(small_job(n_trials=2, epochs=1, families=["constant"], confirm_seeds=0))
+    with client(store, answer_ttl_s=30.0) as reusing, client(store, answer_ttl_s=0) as asking:
+        path = f"/v1/jobs/{job.id}/finder"
+        assert reusing.get(path).json()["range_test"] is None
+        Worker(store, device="cpu", poll_s=0.05).run(once=True)
+        assert store.get(job.id).status is JobStatus.SUCCEEDED
+        finished = reusing.get(path)
+        assert finished.json()["range_test"] is not None
+        assert asking.get(path).status_code == 200
+
+        store.delete(job.id)
+
+        assert asking.get(path).status_code == 404
+        reused = reusing.get(path)
+        assert reused.status_code == 200 and reused.content == finished.content
+
+
 def test_the_trials_carry_family_params_state_epochs_reason_and_lr_curve(
     store: JobStore, finished: JobRecord
 ) -> None:

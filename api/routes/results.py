@@ -13,7 +13,11 @@ measured since the previous event), adds them to the chart; its progress fields
 
 A finished range test never changes: once it is stored, the finder view's body is kept in the
 process's :class:`~lrtune.api.cache.ResponseCache`, keyed by the job, its status and its
-range-test progress (what else the view shows), and served with its ``ETag``.
+range-test progress (what else the view shows), and served with its ``ETag``. Which finished
+view a job has is itself reused for ``LRTUNE_ANSWER_TTL_S`` (1 s by default), as the
+recommendation lookups do, without reading the job: a job deleted through another API process
+is served at most that long after (through this one, not at all). A running range test's view
+is read anew each time.
 
 ``/finder.png`` is the same range test as a PNG (matplotlib's Agg, imported on the first
 request): the finished test as :meth:`~lrtune.result.LRFinderResult.plot` draws it with the LR
@@ -29,18 +33,30 @@ from __future__ import annotations
 
 import hashlib
 from functools import partial
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Response
+from starlette.concurrency import run_in_threadpool
 
 from lrtune import __version__
-from lrtune.api.cache import listed_tags
-from lrtune.api.deps import IfNoneMatch, ReadAuth, ResponsesDep, StoreDep, StudiesDep
+from lrtune.api.cache import CachedBody, ResponseCache, listed_tags
+from lrtune.api.deps import (
+    IfNoneMatch,
+    ReadAuth,
+    ResponsesDep,
+    SettingsDep,
+    StoreDep,
+    StudiesDep,
+)
 from lrtune.api.routes._docs import NOT_MODIFIED, error_responses
 from lrtune.api.routes.jobs import JobId
 from lrtune.api.schemas import FinderView, TrialsView
-from lrtune.exceptions import NotFoundError
+from lrtune.exceptions import LRTuneError, NotFoundError
 from lrtune.jobs import JobRecord, JobStore
 from lrtune.study_view import read_finder, read_trials
+
+if TYPE_CHECKING:  # the API imports Optuna on the first study read, not at start
+    import optuna
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -54,17 +70,40 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
         **error_responses(401, 404, 422, 503),
     },
 )
-def get_finder(
+async def get_finder(
     job_id: JobId,
     store: StoreDep,
     studies: StudiesDep,
     responses: ResponsesDep,
+    settings: SettingsDep,
     _: ReadAuth,
     if_none_match: IfNoneMatch = None,
 ) -> Response:
     """Per-seed and median loss-vs-LR curves, the band, every rule's suggestion, the chosen
     one, the seeds' spread and the LR bounds; null until the range test has finished, with
     the steps done so far."""
+    question = ("finder", job_id)
+    served = responses.recent(question, settings.answer_ttl_s)
+    if served is None:  # the store is asked (database reads: off the event loop)
+        try:
+            served, finished = await run_in_threadpool(
+                _finder_body, store, studies, responses, job_id
+            )
+        except LRTuneError:  # no such job (404), or the store is down (503)
+            responses.drop(question)
+            raise
+        if finished:  # a running one is asked again: the page's last read must see it end
+            responses.remember(question, job_id, served)
+        else:
+            responses.drop(question)
+    return served.response(if_none_match)
+
+
+def _finder_body(
+    store: JobStore, studies: optuna.storages.BaseStorage, responses: ResponseCache, job_id: str
+) -> tuple[CachedBody, bool]:
+    """The job's finder view now, and whether its range test has finished (then the view is
+    kept in the cache)."""
     job = store.get(job_id)
     progress = job.progress
     steps = (progress.range_test_steps_done, progress.range_test_steps_total)
@@ -82,9 +121,9 @@ def get_finder(
         )
         body = view.model_dump_json(by_alias=True).encode()
         if result is None:  # still running: nothing to keep
-            return Response(body, media_type="application/json")
+            return CachedBody.of(body), False
         cached = responses.put(key, body)
-    return cached.response(if_none_match)
+    return cached, True
 
 
 PNG_RESPONSE = {
