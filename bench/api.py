@@ -333,10 +333,19 @@ def run(args: argparse.Namespace) -> str:
     return report(rows, args, load_start, os.getloadavg(), has_finder, database, steps)
 
 
+def _answer_ttl_s() -> float:
+    """How long the API reuses a lookup's answer: its setting as the servers read it."""
+    from lrtune.api import Settings
+
+    return Settings.from_env().answer_ttl_s
+
+
 def profile(database: str, job_id: str, fingerprint: str, repeats: int = 200) -> list[str]:
     """Where one lookup's time goes, in this process, with no HTTP: what a request does on the
-    hot path (the store's read of which answer is current, the cache's lookup), and what a
-    cache miss does once per answer (the store's read and validation, the serialisation)."""
+    hot path (the answer noted for its question), what it does once per question and
+    ``LRTUNE_ANSWER_TTL_S`` (the store's read of which answer is current, the cache's lookup of
+    its body), and what a cache miss does once per answer (the store's read and validation,
+    the serialisation)."""
     from lrtune.api.cache import ResponseCache
     from lrtune.api.schemas import RecommendationMatch
     from lrtune.jobs import JobStore
@@ -346,16 +355,21 @@ def profile(database: str, job_id: str, fingerprint: str, repeats: int = 200) ->
     match = RecommendationMatch(match="fingerprint", stored=stored)
     body = match.model_dump(mode="json")
     cache = ResponseCache()
-    cache.put(("fingerprint", job_id), match.model_dump_json().encode())
+    served = cache.put(("fingerprint", job_id), match.model_dump_json().encode())
+    question = ("fingerprint", fingerprint)
+    cache.remember(question, job_id, served)
     steps = {
-        "per request: `JobStore.latest_recommendation_job` (one indexed SELECT of an id)": (
+        "per request: `ResponseCache.recent` (the answer noted for the question)": lambda: (
+            cache.recent(question, max_age_s=3600)
+        ),
+        "once a TTL: `JobStore.latest_recommendation_job` (one indexed SELECT of an id)": (
             lambda: store.latest_recommendation_job(fingerprint)
         ),
-        "per request: `ResponseCache.get` (the body's bytes and ETag)": lambda: cache.get(
+        "once a TTL: `ResponseCache.get` (the body's bytes and ETag)": lambda: cache.get(
             ("fingerprint", job_id)
         ),
-        "per request (finder): `JobStore.get` (a job: SQL + `JobRecord` validation)": lambda: (
-            store.get(job_id)
+        "per request (`/v1/jobs/{id}`): `JobStore.get` (SQL + `JobRecord` validation)": (
+            lambda: store.get(job_id)
         ),
         "once (a miss): `JobStore.recommendation` (SQL + `Recommendation` validation)": lambda: (
             store.recommendation(job_id)
@@ -400,7 +414,8 @@ def report(
         f"{load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end.",
         "",
         f"Servers: one uvicorn process each ({args.workers} worker(s), loop `{args.loop}`, "
-        f"http `{args.http}`, access log off, 127.0.0.1). Store: {store}, one finished job. "
+        f"http `{args.http}`, access log off, 127.0.0.1); the API with "
+        f"`LRTUNE_ANSWER_TTL_S={_answer_ttl_s():g}`. Store: {store}, one finished job. "
         f"Load: {args.clients} concurrent clients, each with one keep-alive connection, closed "
         f"loop, {args.rounds} round(s) of {args.seconds:g} s per side, ceiling and API "
         "alternating; client `httpx`: asyncio tasks on one `httpx.AsyncClient`; client `raw`: "
