@@ -15,9 +15,9 @@ A finished range test never changes: once it is stored, the finder view's body i
 process's :class:`~lrtune.api.cache.ResponseCache`, keyed by the job, its status and its
 range-test progress (what else the view shows), and served with its ``ETag``. Which finished
 view a job has is itself reused for ``LRTUNE_ANSWER_TTL_S`` (1 s by default), as the
-recommendation lookups do, without reading the job: a job deleted through another API process
-is served at most that long after (through this one, not at all). A running range test's view
-is read anew each time.
+recommendation lookups do, without reading the job: its ``status`` is at most that old, and
+a job deleted through another API process is served at most that long after (through this
+one, not at all). A running range test's view is read anew each time.
 
 ``/finder.png`` is the same range test as a PNG (matplotlib's Agg, imported on the first
 request): the finished test as :meth:`~lrtune.result.LRFinderResult.plot` draws it with the LR
