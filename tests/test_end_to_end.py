@@ -37,12 +37,16 @@ from tests.test_serve import Service
 
 TOKEN = "e2e-token"
 N_TRIALS = 4
-EPOCHS = 60  # trials of seconds, two at once: the kill lands inside one
+# Trials of seconds, two at once, so that the kill lands inside one: an epoch of logistic
+# regression on wine is milliseconds, and 60 epochs of batch 32 were over before both workers'
+# heartbeats said they were in one on a quiet machine (a clean-clone CI run's "both in a trial"
+# timeout). 200 epochs (the spec's cap) of batch 16.
+EPOCHS = 200
 JOB = {
     "name": "e2e-fleet",
     "model": {"name": "logreg"},
     "dataset": {"name": "wine"},
-    "batch_size": 32,
+    "batch_size": 16,
     "range_test": {"seeds": 2, "num_iter": 30},
     "search": {
         "n_trials": N_TRIALS,
@@ -156,7 +160,9 @@ def test_a_job_submitted_over_http_survives_a_worker_killed_mid_trial(
             done = client.wait(job.id, timeout_s=180, poll_s=0.5, progress=False)
             assert done.status is JobStatus.SUCCEEDED, (done.error, fleet.log_text()[-3000:])
             stored = client.recommendation(job.id)
-            found = client.find_recommendation(model="logreg", dataset="wine", batch_size=32)
+            found = client.find_recommendation(
+                model="logreg", dataset="wine", batch_size=JOB["batch_size"]
+            )
         events.join(timeout=30)
         assert [code for code in fleet.stop() if code != -signal.SIGKILL] == [0]
     finally:

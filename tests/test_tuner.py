@@ -238,6 +238,13 @@ def test_preparing_twice_keeps_one_range_test_and_one_budget(storage_url) -> Non
         prepare_study(other, storage_url, progress=False)
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """In the child, before it starts: SIGINT's default disposition, so that Python turns it
+    into KeyboardInterrupt. A test run started as a background job of a script (``cmd &``)
+    inherits SIGINT ignored, and the child would not notice the test's Ctrl-C at all."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_an_interrupted_cli_run_resumes_its_trial_when_run_again(tmp_path) -> None:
     spec = slow_cosine_job(n_trials=2)
@@ -259,7 +266,13 @@ def test_an_interrupted_cli_run_resumes_its_trial_when_run_again(tmp_path) -> No
         "--threads",
         "1",
     ]
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_sigint_as_in_a_terminal,
+    )
     checkpoint = tmp_path / spec.study_name() / "trial-0.pt"
     wait_for_checkpoint(checkpoint, first)
     first.send_signal(signal.SIGINT)  # Ctrl-C: Optuna records the running trial as FAIL
