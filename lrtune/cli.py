@@ -203,6 +203,12 @@ def _parser() -> argparse.ArgumentParser:
         help="show a progress bar until the job has finished, then print its recommendation "
         "as lrtune recommend does (exit 1 if the job failed or was cancelled)",
     )
+    submit.add_argument(
+        "--timeout",
+        type=float,
+        metavar="S",
+        help="with --wait: stop waiting after S seconds, exit 1 (the job goes on)",
+    )
     submit.set_defaults(run=_submit)
 
     status = sub.add_parser("status", help="show one job, or the most recent jobs")
@@ -683,6 +689,10 @@ def _submit(args: argparse.Namespace) -> int:
     from lrtune.jobs import JobStatus
     from lrtune.jobs.waiting import wait_for
 
+    if args.timeout is not None and not args.wait:
+        raise CliError("--timeout is how long --wait waits: give --wait too")
+    if args.timeout is not None and not args.timeout > 0:
+        raise CliError(f"--timeout must be > 0 seconds, got {args.timeout}")
     spec = JobSpec.from_file(args.job)
     with _job_service(args) as jobs:
         job = jobs.submit(spec, name=args.name, reuse=args.reuse)
@@ -699,7 +709,11 @@ def _submit(args: argparse.Namespace) -> int:
             f"job {job.id} {job.status.value}; waiting for it (Ctrl-C stops waiting, not the job)",
             file=sys.stderr,
         )
-        finished = wait_for(job.id, jobs.get)
+        try:
+            finished = wait_for(job.id, jobs.get, timeout_s=args.timeout)
+        except TimeoutError as exc:
+            print(f"lrtune: error: {exc} (it goes on: lrtune status {job.id})", file=sys.stderr)
+            return 1
         if finished.status is not JobStatus.SUCCEEDED:
             reason = f": {_first_line(finished.error)}" if finished.error else ""
             print(f"lrtune: error: job {job.id} {finished.status.value}{reason}", file=sys.stderr)

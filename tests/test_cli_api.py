@@ -317,6 +317,34 @@ def test_submit_wait_on_the_store_ends_with_one_line_when_the_job_is_cancelled(
     assert "Traceback" not in err
 
 
+def test_submit_wait_with_a_timeout_stops_waiting_in_one_line_and_the_job_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    database = f"sqlite:///{tmp_path / 'jobs.db'}"
+    upgrade(database)
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(TINY))
+    argv = ["submit", str(job_file), "--database", database, "--wait"]
+    started = time.monotonic()
+    code, out, err = run(capsys, *argv, "--timeout", "0.5")  # no worker: it stays queued
+    waited_s = time.monotonic() - started
+    (job,) = JobStore(database).list().data
+    assert code == 1 and out == "" and 0.5 <= waited_s < 10, (code, waited_s)
+    assert err.splitlines()[-1] == (
+        f"lrtune: error: job {job.id} is still queued after 0.5 s (it goes on: "
+        f"lrtune status {job.id})"
+    )
+    assert job.status is JobStatus.QUEUED
+    for extra, message in (
+        (["--timeout", "0"], "--timeout must be > 0 seconds, got 0.0"),
+        (["--timeout", "nan"], "--timeout must be > 0 seconds, got nan"),
+    ):
+        code, out, err = run(capsys, *argv, *extra)
+        assert code == 2 and err.strip() == f"lrtune: error: {message}", err
+    code, _, err = run(capsys, *argv[:-1], "--timeout", "5")
+    assert code == 2 and "give --wait too" in err and len(err.strip().splitlines()) == 1
+
+
 class NotLrtune(http.server.BaseHTTPRequestHandler):
     """Another HTTP server: HTML for /html/..., JSON of another shape for /json/..."""
 
