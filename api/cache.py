@@ -40,10 +40,13 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
+
+from lrtune.exceptions import LRTuneError
 
 MAX_ENTRIES = 256
 """Bodies kept per process (a recommendation's body is ~20-200 KiB: at most ~50 MiB)."""
@@ -123,6 +126,33 @@ class ResponseCache:
                 return body
             self._answers[question] = (job_id, body, time.monotonic())  # this caller asks
             return None
+
+    async def answer(
+        self,
+        question: Hashable,
+        max_age_s: float,
+        ask: Callable[[], tuple[str, CachedBody, bool]],
+    ) -> CachedBody:
+        """The body for ``question``: the one noted at most ``max_age_s`` ago (:meth:`recent`),
+        else ``ask()``'s, run in the threadpool (it reads the database).
+
+        ``ask`` returns the job that answers, its body, and whether the answer may be reused
+        (then it is noted; else the question's note is dropped). What it raises (none answers:
+        404; the store is down: 503) drops the note and propagates.
+        """
+        served = self.recent(question, max_age_s)
+        if served is not None:
+            return served
+        try:
+            job_id, served, reusable = await run_in_threadpool(ask)
+        except LRTuneError:
+            self.drop(question)
+            raise
+        if reusable:
+            self.remember(question, job_id, served)
+        else:
+            self.drop(question)
+        return served
 
     def drop(self, question: Hashable) -> None:
         """Forget the answer to ``question`` (asking the store again found none, or failed)."""

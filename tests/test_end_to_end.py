@@ -23,7 +23,7 @@ import pytest
 from optuna.trial import TrialState
 
 from lrtune.client import Client
-from lrtune.jobs import JobRecord, JobStatus, JobStore, upgrade
+from lrtune.jobs import JobRecord, JobStatus, JobStore
 from lrtune.storage import open_storage
 from tests.test_api import sse_messages
 from tests.test_fleet import (
@@ -115,13 +115,9 @@ def _both_workers_mid_trial(store: JobStore, url: str, job: JobRecord) -> list[A
 # SQLite is off: in the clean-clone CI run its kill window (both workers mid-trial) was
 # missed once (two workers on one SQLite file under load); the fleet layout is PostgreSQL's.
 @pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres)])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def database(request: pytest.FixtureRequest) -> str:
     """A job store with a current schema and nothing in it: the scratch PostgreSQL database
     (the fleet layout's)."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'jobs.db'}"
-        upgrade(url)
-        return url
     postgres_url = request.getfixturevalue("postgres_url")
     _fresh_schema(postgres_url)
     return postgres_url

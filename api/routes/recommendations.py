@@ -31,10 +31,10 @@ Example:
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from lrtune.api.cache import CachedBody, ResponseCache
@@ -42,7 +42,6 @@ from lrtune.api.deps import IfNoneMatch, ReadAuth, ResponsesDep, SettingsDep, St
 from lrtune.api.errors import FieldInvalid
 from lrtune.api.routes._docs import NOT_MODIFIED, error_responses
 from lrtune.api.routes.jobs import NO_NUL
-from lrtune.exceptions import LRTuneError
 from lrtune.jobs import JobStore, RecommendationMatch, matching
 from lrtune.spec import MAX_BATCH_SIZE
 
@@ -89,9 +88,8 @@ async def find_recommendation(
                     ["query", field], f"{field} is required (or give a fingerprint)", "missing"
                 )
         question = ("names", model, dataset, optimizer, batch_size)
-    served = responses.recent(question, settings.answer_ttl_s)
-    if served is None:  # the store is asked (a database read: off the event loop)
-        served = await run_in_threadpool(_answer, store, responses, question)
+    ask = partial(_answer, store, responses, question)
+    served = await responses.answer(question, settings.answer_ttl_s, ask)
     return served.response(if_none_match)
 
 
@@ -100,20 +98,17 @@ Question = tuple[str | int | None, ...]
 batch_size)``."""
 
 
-def _answer(store: JobStore, responses: ResponseCache, question: Question) -> CachedBody:
-    """Which job answers ``question`` now (raises NotFound when none does), and its body."""
-    try:
-        if question[0] == "fingerprint":
-            answer = matching.answer_fingerprint(store, question[1])
-        else:
-            _, model, dataset, optimizer, batch_size = question
-            answer = matching.answer_names(store, model, dataset, optimizer, batch_size)
-    except LRTuneError:  # none answers now (404), or the store is down (503)
-        responses.drop(question)
-        raise
-    served = _served(store, responses, answer)
-    responses.remember(question, answer.job_id, served)
-    return served
+def _answer(
+    store: JobStore, responses: ResponseCache, question: Question
+) -> tuple[str, CachedBody, bool]:
+    """Which job answers ``question`` now (raises NotFound when none does), its body, and
+    that the answer may be reused (a stored recommendation never changes)."""
+    if question[0] == "fingerprint":
+        answer = matching.answer_fingerprint(store, question[1])
+    else:
+        _, model, dataset, optimizer, batch_size = question
+        answer = matching.answer_names(store, model, dataset, optimizer, batch_size)
+    return answer.job_id, _served(store, responses, answer), True
 
 
 def _served(store: JobStore, responses: ResponseCache, answer: matching.Answer) -> CachedBody:

@@ -36,7 +36,6 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Response
-from starlette.concurrency import run_in_threadpool
 
 from lrtune import __version__
 from lrtune.api.cache import CachedBody, ResponseCache, listed_tags
@@ -51,7 +50,7 @@ from lrtune.api.deps import (
 from lrtune.api.routes._docs import NOT_MODIFIED, error_responses
 from lrtune.api.routes.jobs import JobId
 from lrtune.api.schemas import FinderView, TrialsView
-from lrtune.exceptions import LRTuneError, NotFoundError
+from lrtune.exceptions import NotFoundError
 from lrtune.jobs import JobRecord, JobStore
 from lrtune.study_view import read_finder, read_trials
 
@@ -82,28 +81,17 @@ async def get_finder(
     """Per-seed and median loss-vs-LR curves, the band, every rule's suggestion, the chosen
     one, the seeds' spread and the LR bounds; null until the range test has finished, with
     the steps done so far."""
-    question = ("finder", job_id)
-    served = responses.recent(question, settings.answer_ttl_s)
-    if served is None:  # the store is asked (database reads: off the event loop)
-        try:
-            served, finished = await run_in_threadpool(
-                _finder_body, store, studies, responses, job_id
-            )
-        except LRTuneError:  # no such job (404), or the store is down (503)
-            responses.drop(question)
-            raise
-        if finished:  # a running one is asked again: the page's last read must see it end
-            responses.remember(question, job_id, served)
-        else:
-            responses.drop(question)
+    ask = partial(_finder_body, store, studies, responses, job_id)
+    served = await responses.answer(("finder", job_id), settings.answer_ttl_s, ask)
     return served.response(if_none_match)
 
 
 def _finder_body(
     store: JobStore, studies: optuna.storages.BaseStorage, responses: ResponseCache, job_id: str
-) -> tuple[CachedBody, bool]:
-    """The job's finder view now, and whether its range test has finished (then the view is
-    kept in the cache)."""
+) -> tuple[str, CachedBody, bool]:
+    """The job's id, its finder view now, and whether its range test has finished: then the
+    view is kept in the cache, and reused (a running one is read anew, so that the job page's
+    last read sees it end)."""
     job = store.get(job_id)
     progress = job.progress
     steps = (progress.range_test_steps_done, progress.range_test_steps_total)
@@ -121,9 +109,9 @@ def _finder_body(
         )
         body = view.model_dump_json(by_alias=True).encode()
         if result is None:  # still running: nothing to keep
-            return CachedBody.of(body), False
+            return job.id, CachedBody.of(body), False
         cached = responses.put(key, body)
-    return cached, True
+    return job.id, cached, True
 
 
 PNG_RESPONSE = {
