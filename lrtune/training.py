@@ -49,6 +49,7 @@ from lrtune.batches import LoaderOrderRows, batch_loss, move_to
 from lrtune.datasets import DatasetBundle
 from lrtune.device import resolve_device
 from lrtune.exceptions import InvalidInputError
+from lrtune.lr_free import LRFreeName, prepare_to_evaluate, prepare_to_train
 from lrtune.registry import build_model, load_dataset
 from lrtune.result import TrainingRun
 from lrtune.schedules import ScheduleSpec, drive
@@ -199,13 +200,20 @@ class TrainingSetup:
         """Each param group's LR multiplier, in the optimizer's order (one build of the model)."""
         return [mult for mult, _ in self.param_groups(self.build_model())]
 
-    def build_optimizer(self, model: nn.Module, base_lr: float) -> torch.optim.Optimizer:
+    def build_optimizer(
+        self, model: nn.Module, base_lr: float, lr_free: LRFreeName | None = None
+    ) -> torch.optim.Optimizer:
         """The job's optimizer with every group at ``base_lr`` times its multiplier.
 
         ``base_lr`` is the LR of a parameter whose multiplier is 1, for every schedule family:
-        build its scheduler with ``group_multipliers=setup.group_multipliers``.
+        build its scheduler with ``group_multipliers=setup.group_multipliers``. ``lr_free``
+        names a learning-rate-free optimizer to build instead (:mod:`lrtune.lr_free`).
         """
         groups = [{"params": p, "lr": base_lr * mult} for mult, p in self.param_groups(model)]
+        if lr_free is not None:
+            from lrtune import lr_free as lr_free_baselines
+
+            return lr_free_baselines.build_optimizer(lr_free, self.spec.optimizer, groups)
         return torch_optimizer(self.spec.optimizer, groups)
 
     def train_loader(self, generator: torch.Generator) -> DataLoader:
@@ -314,6 +322,7 @@ def train(
     on_epoch: EpochHook | None = None,
     checkpoint: Path | None = None,
     seed: int | None = None,
+    lr_free: LRFreeName | None = None,
 ) -> TrainingRun:
     """Train the job's model for ``epochs`` under ``schedule`` from ``base_lr``.
 
@@ -325,6 +334,8 @@ def train(
         checkpoint: a file to save after every epoch and to resume from when it exists.
         seed: the initial weights' and the data order's seed (default: the job's seed);
             confirmation runs retrain a schedule on other seeds.
+        lr_free: train with this learning-rate-free optimizer instead of the job's
+            (:mod:`lrtune.lr_free`; schedule-free is evaluated at its averaged weights).
 
     A non-finite training loss is checked on the device and read at the end of the epoch:
     the rest of that epoch still runs (on weights that are no longer finite), then the run
@@ -340,7 +351,9 @@ def train(
             when the checkpoint of every finished epoch is written.
     """
     with setup.kernels():
-        return _train(setup, schedule, base_lr, epochs, lr_threshold, on_epoch, checkpoint, seed)
+        return _train(
+            setup, schedule, base_lr, epochs, lr_threshold, on_epoch, checkpoint, seed, lr_free
+        )
 
 
 def _train(
@@ -352,10 +365,11 @@ def _train(
     on_epoch: EpochHook | None,
     checkpoint: Path | None,
     seed: int | None,
+    lr_free: LRFreeName | None,
 ) -> TrainingRun:
     seed = setup.spec.seed if seed is None else seed
     model = setup.build_model(seed)
-    optimizer = setup.build_optimizer(model, base_lr)
+    optimizer = setup.build_optimizer(model, base_lr, lr_free)
     driver = drive(
         schedule,
         optimizer,
@@ -376,10 +390,17 @@ def _train(
     batches = setup.train_batches(order)
     for epoch in range(start, epochs):
         check_stop(f"before epoch {epoch}")  # the last epoch's checkpoint is saved
+        prepare_to_train(optimizer)
         train_loss = _train_epoch(setup, state, batches, criterion, run)
         if train_loss is None:
             run.status, run.reason = "diverged", f"non-finite training loss in epoch {epoch}"
             break
+        prepare_to_evaluate(  # schedule-free: evaluate (and checkpoint) the averaged weights
+            optimizer,
+            model,
+            setup.train_batches(torch.Generator().manual_seed(seed)),
+            lambda model, batch: batch_loss(model, move_to(batch, setup.device), criterion),
+        )
         record = {"epoch": epoch, "train_loss": train_loss, **_evaluate(setup, model)}
         run.epochs.append(record)
         if not math.isfinite(record["val_loss"]):

@@ -1,0 +1,135 @@
+"""Learning-rate-free baselines: Prodigy and schedule-free, each at its documented defaults.
+
+Users who do not want to tune an LR at all reach for an optimizer that needs none. lrtune
+confirms two of them beside the tuned schedules, on the same seeds and epochs, so the verdict
+can say whether tuning was worth it on this job:
+
+- ``prodigy`` (``prodigyopt.Prodigy``): ``lr=1.0`` with cosine annealing over the run, as its
+  README recommends; the optimizer estimates the step size ``d`` itself.
+- ``schedule_free`` (``schedulefree``): ``SGDScheduleFree`` for an SGD job, ``AdamWScheduleFree``
+  for every other optimizer, at its constructor's default LR and a constant schedule (it needs
+  none). It trains at one point and evaluates at another (an average), so it needs
+  ``optimizer.train()`` before training and ``optimizer.eval()`` before evaluating or
+  saving, and BatchNorm's running statistics recomputed at the averaged weights before
+  evaluation (:func:`prepare_to_evaluate`).
+
+Each takes the job's ``weight_decay`` (regularisation, not an LR choice) and otherwise its own
+defaults; a job's param groups keep their LR multipliers (on ``lr``, which for Prodigy scales
+the estimated step). The LR a table shows for them is that ``lr`` argument, not an effective
+step size.
+
+This module names the recipes without importing torch or the packages (the HTTP API validates
+specs without them); building an optimizer imports them.
+
+Example:
+    >>> from lrtune.spec import OptimizerSpec
+    >>> sgd = OptimizerSpec(name="sgd")
+    >>> label("schedule_free", sgd), recipe("schedule_free", sgd, epochs=10)
+    ('schedule-free sgd', ({'family': 'constant'}, 1.0))
+    >>> recipe("prodigy", sgd, epochs=10)
+    ({'family': 'cosine', 'T_max': 10}, 1.0)
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from lrtune.spec import OptimizerSpec
+
+LRFreeName = Literal["prodigy", "schedule_free"]
+LR_FREE: tuple[LRFreeName, ...] = ("prodigy", "schedule_free")
+
+# The constructors' default LRs (pinned against the installed packages by a test).
+PRODIGY_LR = 1.0
+SCHEDULE_FREE_SGD_LR = 1.0
+SCHEDULE_FREE_ADAMW_LR = 0.0025
+
+BATCHNORM_BATCHES = 50
+"""Training batches run (without gradients) at the averaged weights to recompute BatchNorm's
+running statistics before a schedule-free model is evaluated, as schedule-free's README does."""
+
+
+def _schedule_free_class(optimizer: OptimizerSpec) -> str:
+    return "SGDScheduleFree" if optimizer.name == "sgd" else "AdamWScheduleFree"
+
+
+def label(name: LRFreeName, optimizer: OptimizerSpec) -> str:
+    """The baseline's name in tables and verdicts: ``prodigy``, ``schedule-free sgd``, ..."""
+    if name == "prodigy":
+        return "prodigy"
+    return "schedule-free sgd" if optimizer.name == "sgd" else "schedule-free adamw"
+
+
+def optimizer_class(name: LRFreeName, optimizer: OptimizerSpec) -> str:
+    """The class the baseline trains with, as its snippet imports it."""
+    if name == "prodigy":
+        return "prodigyopt.Prodigy"
+    return f"schedulefree.{_schedule_free_class(optimizer)}"
+
+
+def recipe(name: LRFreeName, optimizer: OptimizerSpec, epochs: int) -> tuple[dict[str, Any], float]:
+    """(schedule, lr) of the baseline over a run of ``epochs``: the documented recipe."""
+    if name == "prodigy":
+        return {"family": "cosine", "T_max": epochs}, PRODIGY_LR
+    lr = SCHEDULE_FREE_SGD_LR if optimizer.name == "sgd" else SCHEDULE_FREE_ADAMW_LR
+    return {"family": "constant"}, lr
+
+
+def build_optimizer(
+    name: LRFreeName, optimizer: OptimizerSpec, groups: list[dict[str, Any]]
+) -> torch.optim.Optimizer:
+    """The baseline's optimizer over ``groups`` (each a dict with params and lr)."""
+    if name == "prodigy":
+        from prodigyopt import Prodigy
+
+        return Prodigy(groups, weight_decay=optimizer.weight_decay)
+    import schedulefree
+
+    cls = getattr(schedulefree, _schedule_free_class(optimizer))
+    return cls(groups, weight_decay=optimizer.weight_decay)
+
+
+def needs_modes(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer`` switches between train and eval points (schedule-free does)."""
+    return callable(getattr(optimizer, "train", None)) and callable(
+        getattr(optimizer, "eval", None)
+    )
+
+
+def prepare_to_train(optimizer: torch.optim.Optimizer) -> None:
+    """Put a schedule-free optimizer's parameters at its training point; others: nothing."""
+    if needs_modes(optimizer):
+        optimizer.train()
+
+
+def prepare_to_evaluate(
+    optimizer: torch.optim.Optimizer,
+    model: nn.Module,
+    batches: Iterable[Any],
+    forward: Any,
+) -> None:
+    """Put a schedule-free optimizer's parameters at the averaged point for evaluation.
+
+    A model with BatchNorm then runs ``BATCHNORM_BATCHES`` of ``batches`` through
+    ``forward(model, batch)`` in train mode without gradients, so its running statistics
+    describe the averaged weights (they were gathered at the training point). Other
+    optimizers: nothing.
+    """
+    if not needs_modes(optimizer):
+        return
+    import torch
+    from torch import nn
+
+    optimizer.eval()
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return
+    model.train()
+    with torch.no_grad():
+        for batch in itertools.islice(batches, BATCHNORM_BATCHES):
+            forward(model, batch)
