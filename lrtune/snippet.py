@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from lrtune.schedules import ScheduleSpec
     from lrtune.spec import JobSpec, OptimizerSpec
 
-__all__ = ["job_code", "optimizer_code"]
+__all__ = ["job_code", "optimizer_code", "param_groups_code"]
 
 _OPTIMIZER_CLASSES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
 
@@ -98,27 +98,33 @@ def optimizer_code(job: JobSpec, lr: float, *, model_name: str = "model") -> str
         return _call(
             f"optimizer = {optimizer}", f"{model_name}.parameters()", f"lr={lr!r}", *hyperparameters
         )
-    lr_mults = {group.prefix: group.lr_mult for group in job.param_groups}
     return "\n".join(
         [
             f"lr = {lr!r}  # the LR of a parameter whose multiplier is 1",
-            f"lr_mults = {lr_mults!r}  # by parameter-name prefix; the longest match wins",
-            "# Param groups as lrtune trains them: the parameters no prefix claims first (at",
-            "# multiplier 1), then one group per prefix in the order its parameters appear.",
-            "groups = {None: []}",
-            f"for name, param in {model_name}.named_parameters():",
-            "    prefix = max((p for p in lr_mults if name.startswith(p)), key=len, default=None)",
-            "    groups.setdefault(prefix, []).append(param)",
-            "groups = {prefix: params for prefix, params in groups.items() if params}",
-            "group_mults = [lr_mults.get(prefix, 1.0) for prefix in groups]",
-            _call(
-                f"optimizer = {optimizer}",
-                '[{"params": ps, "lr": lr * m} for ps, m in zip(groups.values(), group_mults)]',
-                *hyperparameters,
-                force_wrap=True,
-            ),
+            *param_groups_code(job, model_name),
+            _call(f"optimizer = {optimizer}", GROUPS_ARGUMENT, *hyperparameters, force_wrap=True),
         ]
     )
+
+
+GROUPS_ARGUMENT = '[{"params": ps, "lr": lr * m} for ps, m in zip(groups.values(), group_mults)]'
+"""The optimizer's first argument after :func:`param_groups_code`, with ``lr`` bound."""
+
+
+def param_groups_code(job: JobSpec, model_name: str) -> list[str]:
+    """Lines binding ``groups`` (prefix -> params) and ``group_mults`` as lrtune trains them."""
+    lr_mults = {group.prefix: group.lr_mult for group in job.param_groups}
+    return [
+        f"lr_mults = {lr_mults!r}  # by parameter-name prefix; the longest match wins",
+        "# Param groups as lrtune trains them: the parameters no prefix claims first (at",
+        "# multiplier 1), then one group per prefix in the order its parameters appear.",
+        "groups = {None: []}",
+        f"for name, param in {model_name}.named_parameters():",
+        "    prefix = max((p for p in lr_mults if name.startswith(p)), key=len, default=None)",
+        "    groups.setdefault(prefix, []).append(param)",
+        "groups = {prefix: params for prefix, params in groups.items() if params}",
+        "group_mults = [lr_mults.get(prefix, 1.0) for prefix in groups]",
+    ]
 
 
 def _hyperparameters(optimizer: OptimizerSpec) -> list[str]:
