@@ -78,6 +78,7 @@ ATTR_FAIL_REASON = "lrtune.fail_reason"  # why a trial FAILED (Optuna 5 keeps no
 ATTR_CANDIDATE = "lrtune.candidate"
 ATTR_SEED = "lrtune.seed"
 ATTR_SAME_AS = "lrtune.same_as"  # a finalist identical to a baseline is not trained twice
+ATTR_LR_FREE = "lrtune.lr_free"  # a baseline unit's learning-rate-free optimizer, if any
 
 # Search study and trials: the earlier jobs' winners a job was warm-started with.
 ATTR_WARM_STARTS = "lrtune.warm_starts"  # on the study: the winners, chosen once

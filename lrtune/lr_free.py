@@ -133,3 +133,57 @@ def prepare_to_evaluate(
     with torch.no_grad():
         for batch in itertools.islice(batches, BATCHNORM_BATCHES):
             forward(model, batch)
+
+
+def code(
+    name: LRFreeName, job: Any, *, model_name: str = "model", epochs: int | None = None
+) -> str:
+    """Paste-ready PyTorch for the baseline as lrtune confirmed it on ``job`` (a JobSpec).
+
+    ``epochs``: the user's run length, written at the top (default: the job's); Prodigy's
+    cosine spans it, so training longer changes that one number.
+    """
+    from lrtune.snippet import GROUPS_ARGUMENT, param_groups_code
+
+    if not model_name.isidentifier():
+        raise ValueError(f"model_name must be a Python identifier, got {model_name!r}")
+    optimizer = job.optimizer
+    _, lr = recipe(name, optimizer, job.search.epochs)
+    constructor = f"{optimizer_class(name, optimizer)}("
+    if job.param_groups:
+        groups = [f"lr = {lr!r}", *param_groups_code(job, model_name)]
+        params = GROUPS_ARGUMENT
+    else:
+        groups, params = [], f"{model_name}.parameters(), lr={lr!r}"
+    build = f"optimizer = {constructor}{params}, weight_decay={optimizer.weight_decay!r})"
+    module = optimizer_class(name, optimizer).split(".")[0]
+    if name == "prodigy":
+        tuned = job.search.epochs
+        return "\n".join(
+            [
+                f"import {module}",
+                "from torch.optim import lr_scheduler",
+                "",
+                f"epochs = {epochs or tuned}  # lrtune confirmed it over {tuned} epochs",
+                "",
+                *groups,
+                build,
+                "scheduler = lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)",
+                "# Step per epoch: scheduler.step() once at the end of every epoch. Prodigy",
+                "# estimates its own step size: there is no LR to tune (lr=1.0 scales it).",
+                "",
+            ]
+        )
+    return "\n".join(
+        [
+            f"import {module}",
+            "",
+            *groups,
+            build,
+            "# No scheduler and no LR to tune. Call optimizer.train() with model.train() before",
+            "# training, and optimizer.eval() with model.eval() before evaluating or saving;",
+            "# with BatchNorm, first recompute its statistics at the eval weights: a few",
+            "# training batches through the model in train mode under torch.no_grad().",
+            "",
+        ]
+    )

@@ -2,16 +2,26 @@
 
 A search picks its best trials on one seed (the *search seed*), and on a small validation set the
 top trials are often separated by less than seed noise. So the best ``search.finalists``
-distinct schedules, and the baselines (a constant LR at the range test's suggestion, and the
-optimizer's common default LR), are retrained on ``search.confirm_seeds`` fresh seeds (other
-initial weights and data order, the same seeds for every candidate). The recommendation is the
-finalist with the best **mean over the confirmation seeds only**: the search seed chose the
-finalists, so counting it again would bring the winner's curse back. Its value is shown beside
-the others, marked.
+distinct schedules, and the baselines (``search.baselines``: a constant LR at the range test's
+suggestion, the optimizer's default LR, and the learning-rate-free Prodigy and schedule-free at
+their defaults, :mod:`lrtune.lr_free`), are retrained on ``search.confirm_seeds`` fresh seeds
+(other initial weights and data order, the same seeds for every candidate), scored by their
+**mean over the confirmation seeds only**: the search seed chose the finalists, so counting it
+again would bring the winner's curse back. Its value is shown beside the others, marked.
 
-The recommended schedule is compared with each baseline by :func:`paired_comparison` over the
-seeds both ran: the per-seed improvement ``d_i`` (positive when the recommendation is better), its
-mean ``m`` and standard error ``se = stdev(d) / sqrt(n)``. The rule, stated once:
+The recommendation is picked among finalists *and* baselines (:func:`pick_recommended`): a
+baseline that wins is the answer, since a constant LR or an optimizer that needs no LR is a
+legitimate one. The candidate with the best mean leads; every candidate inside its seed noise
+(by the rule below) is a contender too, and of the contenders the simplest is recommended
+(:func:`simplicity`: a constant LR, then one-parameter decays, then the rest), so an extra
+schedule parameter has to earn its place by more than the seed noise. A candidate that another
+one beats (by the rule below) is never recommended. While the leader and another contender are
+inside each other's noise, adaptive confirmation retrains the contenders on one more seed at a
+time, up to ``search.max_confirm_seeds`` (:attr:`Recommendation.undecided`).
+
+Two candidates are compared by :func:`paired_comparison` over the seeds both ran: the per-seed
+improvement ``d_i`` (positive when the first is better), its mean ``m`` and standard error
+``se = stdev(d) / sqrt(n)``. The rule, stated once:
 
 - ``n >= 2`` and ``|m| <= se``: the difference is **inside the seed noise**;
 - ``n >= 2`` and ``|m| > se``: the recommendation **beats** the baseline (``m > 0``) or **does
@@ -19,9 +29,9 @@ mean ``m`` and standard error ``se = stdev(d) / sqrt(n)``. The rule, stated once
 - ``n < 2``: the seed noise is **unmeasured**; the sign of the one difference is reported as such;
 - every ``d_i`` is zero: the two **tie**.
 
-A run that diverged scores as a loss on its seed and is left out of ``m`` and ``se``. With
-``confirm_seeds: 0`` the search seed alone decides, and the recommendation says it is
-unconfirmed.
+A run that diverged scores as a loss on its seed and is left out of ``m`` and ``se``; a candidate
+with a diverged run ranks last. With ``confirm_seeds: 0`` the search seed alone decides (the
+best value there, the simpler of equals), and the recommendation says it is unconfirmed.
 
 Every LR here (``base_lr``, ``suggested_lr``, ``bounds``) is the LR of a parameter whose
 multiplier is 1; a param group trains at that LR times its ``lr_mult``.
@@ -52,6 +62,8 @@ from typing import Literal
 from pydantic import ConfigDict, Field, computed_field
 
 from lrtune._schema import JsonFloat, LRSteps, ResultModel
+from lrtune.lr_free import LRFreeName
+from lrtune.lr_free import code as lr_free_code
 from lrtune.result import LRBounds, LRFinderResult, TrainingRun
 from lrtune.schedules import ScheduleSpec, preview
 from lrtune.snippet import job_code
@@ -59,6 +71,9 @@ from lrtune.spec import JobSpec
 
 Role = Literal["finalist", "baseline"]
 Verdict = Literal["beats", "does not beat", "inside the seed noise", "ties"]
+SAME_WITHIN_NOISE: tuple[Verdict, ...] = ("inside the seed noise", "ties")
+
+ONE_PARAMETER_DECAYS = ("exponential", "time_decay", "cosine")
 
 
 class SeedValue(ResultModel):
@@ -86,6 +101,28 @@ class TrainedSchedule(ResultModel):
     run: TrainingRun
     trial_number: int | None = None
     seed_values: list[SeedValue] = Field(default_factory=list)
+    lr_free: LRFreeName | None = Field(
+        None,
+        description="a learning-rate-free optimizer this baseline trains with instead of the "
+        "job's (its schedule and lr are that optimizer's recipe); None: the job's optimizer",
+    )
+
+    def same_run(self, other: TrainedSchedule) -> bool:
+        """Whether both train the same thing (a finalist may equal a baseline)."""
+        return (self.schedule, self.base_lr, self.lr_free) == (
+            other.schedule,
+            other.base_lr,
+            other.lr_free,
+        )
+
+    @property
+    def describe(self) -> str:
+        """E.g. ``trial 7 (onecycle at lr 0.2391)``, ``prodigy (lr-free, cosine)``."""
+        if self.lr_free is not None:
+            return f"{self.name} (learning-rate-free, {self.schedule.family})"
+        if self.role == "baseline":
+            return f"{self.name} (constant lr {self.base_lr:.4g})"
+        return f"{self.name} ({self.schedule.family} at lr {self.base_lr:.4g})"
 
     def value(self, metric: str) -> float:
         """The metric on the search seed."""
@@ -168,6 +205,7 @@ class ComparisonRow(ResultModel):
     role: Literal["recommended", "finalist", "baseline"]
     family: str
     base_lr: float
+    lr_free: LRFreeName | None = None
     trial_number: int | None
     search_value: JsonFloat
     search_val_loss: JsonFloat
@@ -248,31 +286,120 @@ def _paired(
     )
 
 
-def pick_recommended(finalists: Sequence[TrainedSchedule], direction: str) -> int | None:
-    """Index of the finalist with the best mean over its confirmation seeds.
+def simplicity(candidate: TrainedSchedule) -> int:
+    """How much a candidate asks of the user's run, lower is simpler.
 
-    A finalist with a diverged seed ranks last; ties go to the better search rank (the order
-    given). Without confirmation values the first finalist (the search's best) is returned.
+    0: a constant LR; 1: a one-parameter decay (``exponential``, ``time_decay``, ``cosine``),
+    or a constant LR behind a warm-up; 2: every other family, a decay behind a warm-up, and a
+    learning-rate-free optimizer (it replaces the user's optimizer, the largest change).
+
+    >>> from lrtune.schedules import parse_schedule
+    >>> from lrtune.result import TrainingRun
+    >>> def of(schedule):
+    ...     return TrainedSchedule(name="x", role="finalist", schedule=parse_schedule(schedule),
+    ...                            base_lr=0.1, run=TrainingRun())
+    >>> [simplicity(of(s)) for s in ({"family": "constant"}, {"family": "cosine", "T_max": 5},
+    ...                               {"family": "onecycle", "max_lr": 0.1})]
+    [0, 1, 2]
     """
-    if not finalists:
+    if candidate.lr_free is not None:
+        return 2
+    family = candidate.schedule.family
+    level = 0 if family == "constant" else 1 if family in ONE_PARAMETER_DECAYS else 2
+    return min(2, level + (candidate.schedule.warmup is not None))
+
+
+def _badness(candidate: TrainedSchedule, direction: str, metric: str | None) -> float:
+    """Lower is better: the confirmed mean, or (``metric`` given) the search-seed value; a
+    diverged or missing value is ``inf``."""
+    value = candidate.value(metric) if metric is not None else candidate.mean
+    if value is None or not math.isfinite(value):
+        return math.inf
+    return -value if direction == "maximize" else value
+
+
+def compare(a: TrainedSchedule, b: TrainedSchedule, direction: str) -> PairedComparison:
+    """``a`` against ``b`` over their confirmation seeds (:func:`paired_comparison`)."""
+    return paired_comparison(b.name, a.confirmed_values(), b.confirmed_values(), direction)
+
+
+def contenders(candidates: Sequence[TrainedSchedule], direction: str) -> list[int]:
+    """Indices of the leader (the best confirmed mean) and of every finite candidate inside its
+    seed noise, leader first, then by mean. Empty without candidates."""
+    ranked = sorted(
+        range(len(candidates)), key=lambda i: (_badness(candidates[i], direction, None), i)
+    )
+    if not ranked:
+        return []
+    leader = candidates[ranked[0]]
+    return ranked[:1] + [
+        i
+        for i in ranked[1:]
+        if math.isfinite(_badness(candidates[i], direction, None))
+        and compare(candidates[i], leader, direction).verdict in SAME_WITHIN_NOISE
+    ]
+
+
+def pick_recommended(
+    candidates: Sequence[TrainedSchedule], direction: str, metric: str | None = None
+) -> int | None:
+    """Index of the candidate to recommend (the rule in the module doc); None without any.
+
+    With confirmation values: the simplest of the :func:`contenders` (of equals, the better
+    mean) that no finite candidate beats; the leader if every contender is beaten. Without
+    (``metric`` given: the search seed alone decides): the best value on the search seed, the
+    simpler of equals.
+
+    >>> from lrtune.schedules import parse_schedule
+    >>> from lrtune.result import TrainingRun
+    >>> def of(name, family, values, **extra):
+    ...     seeds = [SeedValue(seed=s, value=v, status="completed", epochs=5)
+    ...              for s, v in enumerate(values)]
+    ...     return TrainedSchedule(name=name, role="finalist", base_lr=0.1, run=TrainingRun(),
+    ...                            schedule=parse_schedule({"family": family, **extra}),
+    ...                            seed_values=seeds)
+    >>> onecycle = of("trial 3", "onecycle", [0.91, 0.95, 0.90], max_lr=0.3)
+    >>> constant = of("constant", "constant", [0.92, 0.93, 0.91])
+    >>> pick_recommended([onecycle, constant], "maximize")  # inside the noise: the simpler
+    1
+    >>> far_better = of("trial 4", "onecycle", [0.97, 0.98, 0.96], max_lr=0.3)
+    >>> pick_recommended([constant, far_better], "maximize")
+    1
+    """
+    if not candidates:
         return None
-    sign = -1.0 if direction == "maximize" else 1.0
-
-    def key(index: int) -> tuple[float, int]:
-        mean = finalists[index].mean
-        if mean is None or not math.isfinite(mean):
-            return (math.inf, index)
-        return (sign * mean, index)
-
-    return min(range(len(finalists)), key=key)
+    if metric is not None:
+        return min(
+            range(len(candidates)),
+            key=lambda i: (
+                _badness(candidates[i], direction, metric),
+                simplicity(candidates[i]),
+                i,
+            ),
+        )
+    group = contenders(candidates, direction)
+    finite = [c for c in candidates if math.isfinite(_badness(c, direction, None))]
+    for i in sorted(
+        group,
+        key=lambda i: (simplicity(candidates[i]), _badness(candidates[i], direction, None), i),
+    ):
+        if not any(
+            compare(candidates[i], other, direction).verdict == "does not beat"
+            for other in finite
+            if other is not candidates[i]
+        ):
+            return i
+    return group[0]
 
 
 class Recommendation(ResultModel):
     """The recommended schedule and its evidence: what ``lrtune tune --json`` prints.
 
-    ``finalists`` are the search's best distinct schedules in search order, and
-    ``recommended`` the index of the one recommended (:attr:`best`); ``baselines`` the
-    constant-at-suggestion and default-LR runs. ``suggested_lr`` is the range test's suggestion
+    ``finalists`` are the search's best distinct schedules in search order, ``baselines`` the
+    runs of ``search.baselines`` (constant at the suggestion, the default LR, the
+    learning-rate-free optimizers), and ``recommended`` the index of the one recommended
+    (:attr:`best`) in ``finalists + baselines``: a baseline may be the answer (see the module
+    doc). ``suggested_lr`` is the range test's suggestion
     and ``spread_decades`` how far its seeds disagree (lower is better). ``confirm_seeds`` are
     the seeds the candidates were retrained on, ``search_seed`` the one that chose the
     finalists. ``n_trials`` counts the search's trials by state, ``n_confirmation`` the
@@ -291,7 +418,9 @@ class Recommendation(ResultModel):
     metric: str
     direction: Literal["minimize", "maximize"]
     finalists: list[TrainedSchedule]
-    recommended: int | None = Field(description="index of the recommended finalist")
+    recommended: int | None = Field(
+        description="index of the recommended candidate in finalists + baselines"
+    )
     baselines: list[TrainedSchedule]
     suggested_lr: float | None
     spread_decades: float | None
@@ -325,8 +454,23 @@ class Recommendation(ResultModel):
         n_confirmation: dict[str, int],
         history: list[TrialSummary],
     ) -> Recommendation:
-        """Pick the recommended finalist (:func:`pick_recommended`) and preview its LRs."""
+        """Pick the recommended candidate (:func:`pick_recommended`) and preview its LRs."""
         direction = spec.search.direction or "minimize"
+        confirmed = any(c.seed_values for c in [*finalists, *baselines])
+        everyone = [*finalists, *baselines]
+        # A finalist that trains what a baseline trains is that baseline: it runs as one.
+        distinct = [
+            k
+            for k, c in enumerate(everyone)
+            if not (c.role == "finalist" and any(c.same_run(b) for b in baselines))
+        ]
+        if confirmed:  # a candidate not (yet) confirmed cannot be compared
+            distinct = [k for k in distinct if everyone[k].seed_values]
+        pick = pick_recommended(
+            [everyone[k] for k in distinct],
+            direction,
+            metric=None if confirmed else spec.search.metric,
+        )
         rec = cls(
             study_name=study_name,
             fingerprint=spec.fingerprint(),
@@ -334,7 +478,7 @@ class Recommendation(ResultModel):
             metric=spec.search.metric,
             direction=direction,
             finalists=finalists,
-            recommended=pick_recommended(finalists, direction),
+            recommended=None if pick is None else distinct[pick],
             baselines=baselines,
             suggested_lr=bounds.suggestion,
             spread_decades=range_test.spread_decades,
@@ -353,8 +497,43 @@ class Recommendation(ResultModel):
 
     @property
     def best(self) -> TrainedSchedule | None:
-        """The recommended finalist, or None when no trial finished."""
-        return None if self.recommended is None else self.finalists[self.recommended]
+        """The recommended candidate, or None when no trial finished."""
+        everyone = self.finalists + self.baselines
+        return None if self.recommended is None else everyone[self.recommended]
+
+    def _compared(self) -> list[TrainedSchedule]:
+        """The candidates the recommendation was chosen among, the recommended included:
+        confirmed ones (when it is confirmed), a finalist equal to a baseline counted once."""
+        return [
+            c
+            for c in self.finalists + self.baselines
+            if not (c.role == "finalist" and any(c.same_run(b) for b in self.baselines))
+            and (c.seed_values or not self.confirmed)
+        ]
+
+    @property
+    def undecided(self) -> list[TrainedSchedule]:
+        """The contenders to retrain on one more seed (adaptive confirmation); [] when decided.
+
+        While the leader and another candidate are inside each other's seed noise and the
+        leader has fewer than ``search.confirm_seeds_cap`` seeds, every contender (see
+        :func:`contenders`) that has fewer seeds than the cap gets one more.
+        """
+        if not self.confirmed:
+            return []
+        candidates = self._compared()
+        group = [candidates[i] for i in contenders(candidates, self.direction)]
+        cap = self.spec.search.confirm_seeds_cap
+        if len(group) < 2 or len(group[0].seed_values) >= cap:
+            return []
+        return [c for c in group if len(c.seed_values) < cap]
+
+    @computed_field
+    @property
+    def decided_on_seeds(self) -> int | None:
+        """How many confirmation seeds the recommendation was compared on (more than
+        ``search.confirm_seeds`` when adaptive confirmation added some); None unconfirmed."""
+        return len(self.best.seed_values) if self.best is not None and self.confirmed else None
 
     @computed_field
     @property
@@ -406,19 +585,22 @@ class Recommendation(ResultModel):
 
     def candidates(self) -> list[TrainedSchedule]:
         """Every trained schedule, the recommended first, then other finalists, then baselines."""
-        others = [f for k, f in enumerate(self.finalists) if k != self.recommended]
-        return ([self.best] if self.best is not None else []) + others + self.baselines
+        best = self.best
+        others = [c for c in self.finalists + self.baselines if c is not best]
+        return ([best] if best is not None else []) + others
 
     @computed_field
     @property
     def paired_comparisons(self) -> list[PairedComparison]:
-        """The recommendation against each baseline on the confirmation seeds."""
-        if self.best is None or not self.confirmed:
+        """The recommendation against every other candidate it was chosen among (baselines
+        and finalists; ``baseline`` names the other one), on the confirmation seeds."""
+        best = self.best
+        if best is None or not self.confirmed:
             return []
-        ours = self.best.confirmed_values()
         return [
-            paired_comparison(b.name, ours, b.confirmed_values(), self.direction)
-            for b in self.baselines
+            compare(best, other, self.direction)
+            for other in self._compared()
+            if other is not best and not other.same_run(best)
         ]
 
     @computed_field
@@ -432,6 +614,7 @@ class Recommendation(ResultModel):
                 role="recommended" if c is best else c.role,
                 family=c.schedule.family,
                 base_lr=c.base_lr,
+                lr_free=c.lr_free,
                 trial_number=c.trial_number,
                 search_value=c.value(self.metric),
                 search_val_loss=c.value("val_loss"),
@@ -447,34 +630,64 @@ class Recommendation(ResultModel):
     @computed_field
     @property
     def verdict(self) -> str:
-        """How the recommendation compares with the baselines, by the module doc's rule."""
+        """Why this candidate, and how it compares with the others (the module doc's rule)."""
         if self.best is None:
             return "no trial finished: there is no recommendation"
         if not self.confirmed:
             return self._unconfirmed_verdict()
-        seeds = ", ".join(map(str, self.confirm_seeds))
+        seeds = ", ".join(str(s.seed) for s in self.best.seed_values)
         lines = [p.describe(self.metric) for p in self.paired_comparisons]
-        head = (
-            f"the recommended schedule ({self.best.name}, best mean {self.metric} over "
-            f"confirmation seeds {seeds})"
-        )
-        return head + (": " + "; ".join(lines) if lines else ": no baselines run")
+        text = f"{self._why_this_one()} on confirmation seeds {seeds}"
+        if self.decided_on_seeds and self.decided_on_seeds > self.spec.search.confirm_seeds:
+            text += (
+                f" (decided on {self.decided_on_seeds} seeds: {self.spec.search.confirm_seeds} "
+                "left the best inside each other's seed noise, so seeds were added)"
+            )
+        return text + (": " + "; ".join(lines) if lines else ": nothing else to compare with")
+
+    def _why_this_one(self) -> str:
+        best = self.best
+        assert best is not None
+        candidates = self._compared()
+        leader = candidates[contenders(candidates, self.direction)[0]]
+        if best is not leader:
+            head = (
+                f"{leader.describe} had the best mean {self.metric}, inside the seed noise of "
+                f"the simpler {best.describe}, which is recommended"
+            )
+        elif best.lr_free is not None:
+            head = (
+                f"tuning did not beat {best.describe}: it needs no LR, and is recommended "
+                f"(best mean {self.metric})"
+            )
+        elif best.role == "baseline":
+            head = (
+                f"no schedule beat a constant LR of {best.base_lr:.4g} ({best.name}): it is "
+                f"recommended (best mean {self.metric})"
+            )
+        else:
+            head = f"the recommended schedule, {best.describe}, has the best mean {self.metric}"
+        return head
 
     def _unconfirmed_verdict(self) -> str:
-        best = self.best.value(self.metric)
+        best = self.best
+        assert best is not None
+        ours = best.value(self.metric)
         lines = []
-        for b in self.baselines:
-            other = b.value(self.metric)
-            if not math.isfinite(other):
-                lines.append(f"beats {b.name} (which diverged)")
+        for other in self._compared():
+            if other is best or other.same_run(best):
                 continue
-            better = best > other if self.direction == "maximize" else best < other
-            word = "beats" if better else ("ties" if best == other else "does NOT beat")
-            lines.append(f"{word} {b.name} ({best:.4g} vs {other:.4g} {self.metric})")
-        text = "the recommended schedule " + "; ".join(lines) if lines else "no baselines run"
+            theirs = other.value(self.metric)
+            if not math.isfinite(theirs):
+                lines.append(f"beats {other.name} (which diverged)")
+                continue
+            better = ours > theirs if self.direction == "maximize" else ours < theirs
+            word = "beats" if better else ("ties" if ours == theirs else "does NOT beat")
+            lines.append(f"{word} {other.name} ({ours:.4g} vs {theirs:.4g} {self.metric})")
+        text = f"the recommendation, {best.describe}, " + "; ".join(lines) if lines else ""
         return (
-            f"{text} (unconfirmed: chosen and compared on the search seed {self.search_seed} "
-            "alone, so seed noise is not measured)"
+            f"{text or 'nothing else to compare with'} (unconfirmed: chosen and compared on the "
+            f"search seed {self.search_seed} alone, so seed noise is not measured)"
         )
 
     @computed_field
@@ -491,6 +704,8 @@ class Recommendation(ResultModel):
         """
         if self.best is None:
             raise ValueError("no trial finished: there is no schedule to write")
+        if self.best.lr_free is not None:
+            return lr_free_code(self.best.lr_free, self.spec, model_name=model_name)
         return job_code(
             self.spec,
             self.best.schedule,
@@ -506,7 +721,7 @@ class Recommendation(ResultModel):
         are over the confirmation seeds only.
         """
         search_col = f"{self.metric}*"
-        header = f"{'schedule':<24} {'family':<21} {'lr':>9} {search_col:>10}"
+        header = f"{'schedule':<32} {'family':<24} {'lr':>9} {search_col:>10}"
         if self.confirm_seeds:
             header += f" {'mean':>10} {'std':>9}" + "".join(
                 f" {'seed ' + str(s):>10}" for s in self.confirm_seeds
@@ -514,10 +729,10 @@ class Recommendation(ResultModel):
         rows = [header, "-" * len(header)]
         for c in self.candidates():
             name = f"{c.name} (recommended)" if c is self.best else c.name
-            line = (
-                f"{name:<24} {c.schedule.family:<21} {c.base_lr:>9.3g} "
-                f"{c.value(self.metric):>10.4g}"
+            family = (
+                c.schedule.family if c.lr_free is None else f"{c.lr_free} ({c.schedule.family})"
             )
+            line = f"{name:<32} {family:<24} {c.base_lr:>9.4g} {c.value(self.metric):>10.4g}"
             if self.confirm_seeds:
                 by_seed = c.confirmed_values()
                 line += f" {_fmt(c.mean):>10} {_fmt(c.std):>9}" + "".join(

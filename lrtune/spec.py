@@ -37,6 +37,16 @@ MAX_LR = 1e4
 MAX_PARALLEL = 256
 
 Metric = Literal["val_loss", "accuracy", "mse"]
+BaselineName = Literal["constant_at_suggestion", "optimizer_default", "prodigy", "schedule_free"]
+DEFAULT_BASELINES: tuple[BaselineName, ...] = (
+    "constant_at_suggestion",
+    "optimizer_default",
+    "prodigy",
+    "schedule_free",
+)
+CLASSIC_BASELINES: tuple[BaselineName, ...] = ("constant_at_suggestion", "optimizer_default")
+"""What ``search.baselines: true`` meant before the baselines became a list."""
+
 METRIC_DIRECTIONS: dict[str, Literal["minimize", "maximize"]] = {
     "val_loss": "minimize",
     "accuracy": "maximize",
@@ -158,7 +168,15 @@ class SearchSpec(_Strict):
     lr_threshold: float | None = Field(
         None, gt=0, description="stop a trial once every group's LR has fallen below this"
     )
-    baselines: bool = Field(True, description="train the constant-LR and default baselines")
+    baselines: list[BaselineName] = Field(
+        default_factory=lambda: list(DEFAULT_BASELINES),
+        description="the baselines confirmed beside the finalists, on the same seeds: "
+        "constant_at_suggestion (a constant LR at the range test's suggestion), "
+        "optimizer_default (a constant LR at the optimizer's default), prodigy and "
+        "schedule_free (learning-rate-free optimizers at their documented defaults); any of "
+        "them may be the recommendation. [] trains none; true is the older spelling of the "
+        "first two, false of []",
+    )
     finalists: int = Field(
         3,
         ge=1,
@@ -170,9 +188,31 @@ class SearchSpec(_Strict):
         ge=0,
         le=MAX_SEEDS,
         description="fresh seeds the finalists and baselines are retrained on; the "
-        "recommendation is the finalist with the best mean over them (0: no confirmation, "
+        "recommendation is the candidate with the best mean over them (0: no confirmation, "
         "the search seed alone decides)",
     )
+    max_confirm_seeds: int = Field(
+        8,
+        ge=0,
+        le=MAX_SEEDS,
+        description="when the best candidates are inside each other's seed noise after "
+        "confirm_seeds, they are retrained on one more seed at a time until they separate or "
+        "have this many (never fewer than confirm_seeds)",
+    )
+
+    @field_validator("baselines", mode="before")
+    @classmethod
+    def _legacy_bool(cls, baselines: Any) -> Any:
+        if isinstance(baselines, bool):
+            return list(CLASSIC_BASELINES) if baselines else []
+        return baselines
+
+    @field_validator("baselines")
+    @classmethod
+    def _distinct_baselines(cls, baselines: list[BaselineName]) -> list[BaselineName]:
+        if len(set(baselines)) != len(baselines):
+            raise ValueError("baselines are listed more than once")
+        return baselines
 
     @field_validator("families")
     @classmethod
@@ -183,6 +223,11 @@ class SearchSpec(_Strict):
         if len(set(families)) != len(families):
             raise ValueError("families are listed more than once")
         return families
+
+    @property
+    def confirm_seeds_cap(self) -> int:
+        """The most confirmation seeds a candidate may get (adaptive confirmation's cap)."""
+        return max(self.confirm_seeds, self.max_confirm_seeds)
 
     @model_validator(mode="after")
     def _infer_direction(self) -> SearchSpec:

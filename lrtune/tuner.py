@@ -52,7 +52,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import optuna
 import torch
@@ -60,11 +60,13 @@ from optuna.trial import FrozenTrial, TrialState
 from pydantic import ConfigDict
 from tqdm.auto import tqdm
 
+from lrtune import lr_free
 from lrtune._optuna import (
     ATTR_BASE_LR,
     ATTR_BOUNDS,
     ATTR_CANDIDATE,
     ATTR_FAIL_REASON,
+    ATTR_LR_FREE,
     ATTR_RANGE_TEST,
     ATTR_ROOT,
     ATTR_RUN,
@@ -265,9 +267,11 @@ def open_confirmation(study: optuna.Study, spec: JobSpec) -> QueuedStudy:
     )
 
 
-def confirmation_seeds(spec: JobSpec) -> list[int]:
-    """``search.confirm_seeds`` seeds after the job's seed: the same for every candidate."""
-    return [(spec.seed + 1 + k) % (MAX_SEED + 1) for k in range(spec.search.confirm_seeds)]
+def confirmation_seeds(spec: JobSpec, count: int | None = None) -> list[int]:
+    """``count`` (default ``search.confirm_seeds``) seeds after the job's seed: the same for
+    every candidate; adaptive confirmation takes the next ones in this order."""
+    count = spec.search.confirm_seeds if count is None else count
+    return [(spec.seed + 1 + k) % (MAX_SEED + 1) for k in range(count)]
 
 
 def prepare_study(
@@ -379,6 +383,8 @@ def winner_starts(
         runnable = runnable_families(search.families, search.epochs * steps_per_epoch)
         if rec.best is None or rec.best.schedule.family not in runnable:
             continue
+        if rec.best.lr_free is not None:  # another optimizer: nothing this search can try
+            continue
         params, clipped = schedule_params(
             rec.best.schedule,
             rec.best.base_lr,
@@ -409,19 +415,72 @@ def _confirmation_slots(spec: JobSpec, bounds: LRBounds) -> list[Slot]:
     """Finalist ranks x confirmation seeds, then baselines x (search seed + confirmation seeds).
 
     The baselines also run on the search seed, for the search-seed column beside the finalists'
-    trials (and for the single-seed comparison when ``confirm_seeds`` is 0).
+    trials (and for the single-seed comparison when ``confirm_seeds`` is 0). Adaptive
+    confirmation's units come after these (:func:`extend_confirmation`).
     """
     seeds = confirmation_seeds(spec)
     slots: list[Slot] = [
-        ({}, {ATTR_CANDIDATE: {"role": "finalist", "rank": rank}, ATTR_SEED: seed})
+        ({}, _finalist_unit(rank, seed))
         for rank in range(spec.search.finalists if seeds else 0)
         for seed in seeds
     ]
-    for name, schedule, lr in baseline_schedules(spec, bounds):
-        what = {ATTR_CANDIDATE: {"role": "baseline", "name": name}}
-        what |= {ATTR_SCHEDULE: schedule, ATTR_BASE_LR: lr}
-        slots += [({}, {**what, ATTR_SEED: s}) for s in [spec.seed, *seeds]]
+    for baseline in baseline_schedules(spec, bounds):
+        slots += [({}, _baseline_unit(baseline, s)) for s in [spec.seed, *seeds]]
     return slots
+
+
+def _finalist_unit(rank: int, seed: int) -> dict[str, Any]:
+    return {ATTR_CANDIDATE: {"role": "finalist", "rank": rank}, ATTR_SEED: seed}
+
+
+def _baseline_unit(baseline: Baseline, seed: int) -> dict[str, Any]:
+    unit = {
+        ATTR_CANDIDATE: {"role": "baseline", "name": baseline.name},
+        ATTR_SCHEDULE: baseline.schedule,
+        ATTR_BASE_LR: baseline.lr,
+        ATTR_SEED: seed,
+    }
+    return unit | ({ATTR_LR_FREE: baseline.lr_free} if baseline.lr_free else {})
+
+
+def extend_confirmation(study: optuna.Study, setup: TrainingSetup) -> int:
+    """Queue one more confirmation seed for each undecided contender; return how many units.
+
+    Call it when the confirmation queue has no queued or running unit. While the best
+    candidates are inside each other's seed noise (:attr:`Recommendation.undecided`), each
+    contender is retrained on its next seed of ``confirmation_seeds(spec,
+    search.confirm_seeds_cap)``; 0 means the recommendation is decided. Each such unit has a
+    fixed slot (after :func:`_confirmation_slots`' by seed, then candidate), so calling this
+    again, or from two processes, queues no unit twice: a worker calls it under its lease.
+    """
+    spec = setup.spec
+    rec = recommend(study, setup)
+    undecided = rec.undecided
+    if not undecided:
+        return 0
+    bounds = stored_bounds(study)
+    baselines = {b.name: b for b in baseline_schedules(spec, bounds)}
+    base = len(_confirmation_slots(spec, bounds))
+    per_seed = spec.search.finalists + len(baselines)
+    seeds = confirmation_seeds(spec, spec.search.confirm_seeds_cap)
+    confirm = open_confirmation(study, spec)
+    taken = {u.user_attrs.get(ATTR_SLOT) for u in confirm.get_trials(deepcopy=False)}
+    queued = 0
+    for candidate in undecided:
+        done = {s.seed for s in candidate.seed_values}
+        k = next(k for k, seed in enumerate(seeds) if seed not in done)
+        if candidate.role == "finalist":
+            index = next(rank for rank, f in enumerate(rec.finalists) if f is candidate)
+            unit = _finalist_unit(index, seeds[k])
+        else:
+            index = spec.search.finalists + list(baselines).index(candidate.name)
+            unit = _baseline_unit(baselines[candidate.name], seeds[k])
+        slot = base + (k - spec.search.confirm_seeds) * per_seed + index
+        if slot not in taken:
+            confirm.enqueue_trial({}, user_attrs={ATTR_SLOT: slot, **unit})
+            queued += 1
+    logger.info("study=%s event=confirmation_extended units=%d", study.study_name, queued)
+    return queued
 
 
 def _enqueue_missing(study: optuna.Study, slots: list[Slot]) -> None:
@@ -483,15 +542,35 @@ def unit_failure(study: optuna.Study) -> str | None:
     return None
 
 
-def baseline_schedules(spec: JobSpec, bounds: LRBounds) -> list[tuple[str, dict[str, Any], float]]:
-    """(name, schedule, LR) of each baseline: constant at the suggestion, the default LR."""
-    if not spec.search.baselines:
-        return []
+class Baseline(NamedTuple):
+    """One of ``search.baselines`` as it trains: its name, schedule, LR and optimizer."""
+
+    name: str
+    schedule: dict[str, Any]
+    lr: float
+    lr_free: lr_free.LRFreeName | None = None
+
+    @property
+    def key(self) -> str:
+        return _config_key(self.schedule, self.lr, self.lr_free)
+
+
+def baseline_schedules(spec: JobSpec, bounds: LRBounds) -> list[Baseline]:
+    """The job's ``search.baselines``, in its order: a constant LR at the range test's
+    suggestion, at the optimizer's default, and the learning-rate-free optimizers' recipes."""
     constant = parse_schedule({"family": "constant"}).model_dump(mode="json")
-    return [
-        ("constant at suggestion", constant, bounds.suggestion),
-        (f"{spec.optimizer.name} default lr", constant, spec.optimizer.default_lr),
-    ]
+    baselines = []
+    for which in spec.search.baselines:
+        if which == "constant_at_suggestion":
+            baselines.append(Baseline("constant at suggestion", constant, bounds.suggestion))
+        elif which == "optimizer_default":
+            name = f"{spec.optimizer.name} default lr"
+            baselines.append(Baseline(name, constant, spec.optimizer.default_lr))
+        else:
+            schedule, lr = lr_free.recipe(which, spec.optimizer, spec.search.epochs)
+            schedule = parse_schedule(schedule).model_dump(mode="json")
+            baselines.append(Baseline(lr_free.label(which, spec.optimizer), schedule, lr, which))
+    return baselines
 
 
 def finalist_trials(study: optuna.Study, spec: JobSpec) -> list[FrozenTrial]:
@@ -512,8 +591,10 @@ def finalist_trials(study: optuna.Study, spec: JobSpec) -> list[FrozenTrial]:
     return picked[: spec.search.finalists]
 
 
-def _config_key(schedule: dict[str, Any], base_lr: float) -> str:
-    return json.dumps([schedule, float(base_lr)], sort_keys=True)
+def _config_key(schedule: dict[str, Any], base_lr: float, lr_free_name: str | None = None) -> str:
+    """What a unit trains, as a string: units with equal keys train the same runs."""
+    what = [schedule, float(base_lr)] + ([lr_free_name] if lr_free_name else [])
+    return json.dumps(what, sort_keys=True)
 
 
 SKIPPED = "skipped"
@@ -799,6 +880,7 @@ class ConfirmationObjective:
                 on_epoch=lambda _epoch, _record: _check_unit_stop(self.stop_unit),
                 checkpoint=checkpoint,
                 seed=attrs[ATTR_SEED],
+                lr_free=attrs.get(ATTR_LR_FREE),
             ),
         )
         trial.set_user_attr(ATTR_RUN, run.model_dump(mode="json"))
@@ -824,8 +906,9 @@ class ConfirmationObjective:
         trial.set_user_attr(ATTR_SCHEDULE, schedule)
         trial.set_user_attr(ATTR_BASE_LR, lr)
         bounds = stored_bounds(self.search)
-        for name, other, other_lr in baseline_schedules(self.setup.spec, bounds):
-            if _config_key(other, other_lr) == _config_key(schedule, lr):
+        for baseline in baseline_schedules(self.setup.spec, bounds):
+            if baseline.key == _config_key(schedule, lr):
+                name = baseline.name
                 reason = f"trial {finalist.number} is the baseline {name!r}: its runs stand in"
                 trial.set_user_attr(ATTR_SAME_AS, name)
                 trial.set_user_attr(ATTR_STOP_REASON, reason)
@@ -974,7 +1057,9 @@ def recommend(study: optuna.Study, setup: TrainingSetup) -> Recommendation:
     confirm = open_confirmation(study, spec)
     units = confirm.get_trials(deepcopy=False)
     runs = _runs_by_config_and_seed(units)
-    seeds = confirmation_seeds(spec)
+    ran = {seed for _, seed in runs}
+    seeds = [s for s in confirmation_seeds(spec, spec.search.confirm_seeds_cap) if s in ran]
+    seeds = seeds or confirmation_seeds(spec)
 
     def seed_values(key: str) -> list[SeedValue]:
         done = [(s, runs[(key, s)]) for s in seeds if (key, s) in runs]
@@ -998,17 +1083,17 @@ def recommend(study: optuna.Study, setup: TrainingSetup) -> Recommendation:
             )
         )
     baselines = []
-    for name, schedule, lr in baseline_schedules(spec, bounds):
-        key = _config_key(schedule, lr)
-        if (key, spec.seed) in runs:  # not yet run: left out
+    for baseline in baseline_schedules(spec, bounds):
+        if (baseline.key, spec.seed) in runs:  # not yet run: left out
             baselines.append(
                 TrainedSchedule(
-                    name=name,
+                    name=baseline.name,
                     role="baseline",
-                    schedule=schedule,
-                    base_lr=lr,
-                    run=runs[(key, spec.seed)],
-                    seed_values=seed_values(key),
+                    schedule=baseline.schedule,
+                    base_lr=baseline.lr,
+                    run=runs[(baseline.key, spec.seed)],
+                    seed_values=seed_values(baseline.key),
+                    lr_free=baseline.lr_free,
                 )
             )
     return Recommendation.build(
@@ -1032,7 +1117,7 @@ def _runs_by_config_and_seed(units: list[FrozenTrial]) -> dict[tuple[str, int], 
     for unit in units:
         attrs = unit.user_attrs
         if unit.state in FINISHED and ATTR_RUN in attrs:
-            key = _config_key(attrs[ATTR_SCHEDULE], attrs[ATTR_BASE_LR])
+            key = _config_key(attrs[ATTR_SCHEDULE], attrs[ATTR_BASE_LR], attrs.get(ATTR_LR_FREE))
             runs[(key, attrs[ATTR_SEED])] = TrainingRun.model_validate(attrs[ATTR_RUN])
     return runs
 
@@ -1158,9 +1243,9 @@ def run_worker(
         wait_for_others=wait_for_others,
         progress=progress,
     )
-    run_confirmation(
-        study, setup, artifact_dir=artifacts, wait_for_others=wait_for_others, progress=progress
-    )
+    confirm = {"artifact_dir": artifacts, "wait_for_others": wait_for_others, "progress": progress}
+    while run_confirmation(study, setup, **confirm) and extend_confirmation(study, setup):
+        pass
 
 
 @storage_errors()
@@ -1190,5 +1275,8 @@ def tune(
     run_trials(
         study, setup, artifact_dir=artifacts, timeout_s=spec.search.timeout_s, progress=progress
     )
-    run_confirmation(study, setup, artifact_dir=artifacts, progress=progress)
+    while run_confirmation(
+        study, setup, artifact_dir=artifacts, progress=progress
+    ) and extend_confirmation(study, setup):
+        pass
     return recommend(study, setup)

@@ -86,7 +86,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -103,6 +103,7 @@ from lrtune.exceptions import (
     LRTuneError,
     NotFoundError,
     StorageUnavailableError,
+    UnreadableRecordError,
 )
 from lrtune.jobs import (
     JobProgress,
@@ -132,6 +133,7 @@ from lrtune.training import (
 from lrtune.tuner import (
     TrialFailed,
     UnitGate,
+    extend_confirmation,
     open_confirmation,
     open_study,
     prepare_study,
@@ -711,7 +713,11 @@ class Worker:
 
     def _exclusive(self, lease: Lease) -> None:
         """Run the phase ``lease`` holds; fail the job on an error, hand it back on a signal."""
-        job = self.store.get(lease.job_id)
+        try:
+            job = self.store.get(lease.job_id)
+        except UnreadableRecordError as exc:  # stored before lrtune refused its spec: no one can
+            self._fail_with(lease, str(exc))
+            return
         started = time.monotonic()
         self._holding["lease"] = WorkerActivity(job_id=job.id, phase=lease.status, lease=True)
         try:
@@ -795,6 +801,12 @@ class Worker:
         if has_unfinished(open_confirmation(study, job.spec)):  # units left for the helpers
             heartbeat.stop()
             self.store.release(lease)
+            return
+        heartbeat.renew_now()  # the extension's writes happen under a fresh lease
+        if extend_confirmation(study, self._setup(job)):  # the best are inside the noise
+            heartbeat.stop()
+            heartbeat.check()
+            self.store.release(lease, progress=_progress(job, study))
             return
         recommendation = recommend(study, self._setup(job))
         heartbeat.stop()
@@ -931,7 +943,8 @@ class Worker:
 
     def _fail_with(self, lease: Lease, reason: str) -> None:
         try:
-            self.store.release(lease, status=JobStatus.FAILED, error=reason)
+            with suppress(UnreadableRecordError):  # failed all the same
+                self.store.release(lease, status=JobStatus.FAILED, error=reason)
             _log(lease.job_id, self.id, lease.status.value, "failed", reason=reason)
         except LeaseLost:
             _log(lease.job_id, self.id, lease.status.value, "abandoned", reason=reason)
@@ -994,6 +1007,7 @@ def _progress(job: JobRecord, study: optuna.Study) -> JobProgress:
     update: dict[str, Any] = {
         "trials_done": sum(t.state in finished for t in trials),
         "confirmations_done": sum(u.state in finished for u in units),
+        "confirmations_total": len(units),  # adaptive confirmation may have added some
     }
     if any(t.state == optuna.trial.TrialState.COMPLETE for t in trials):
         update["best_value"] = study.best_value
