@@ -3,10 +3,16 @@
 :func:`job_code` writes the optimizer (with the job's param groups, ordered and scaled as
 :meth:`lrtune.training.TrainingSetup.param_groups` builds them) at a given LR and the
 scheduler of a schedule spec. Exec'd on a fresh model and stepped as its closing comment
-says, it gives every parameter the LR it had in training at every step. The code is as
-simple as the job: numbers written out exactly (``repr``) for a single param group, the
-multiplier machinery only when the job has param groups, and only schedulers that change
-the LR.
+says, it gives every parameter the LR it had in training at every step (to the 4 significant
+digits its LRs are written with). The code is as simple as the job: numbers written out for a
+single param group, the multiplier machinery only when the job has param groups, and only
+schedulers that change the LR.
+
+The snippet is for the user's run, not only the tuned one: it opens with ``epochs = N`` (and,
+for a schedule stepped per batch, ``steps_per_epoch = len(train_loader)``) at the tuned values,
+with a comment saying what it was tuned for, and writes every schedule length as a fraction
+of the run rescaled from these variables (:func:`lrtune.schedules.to_code`). A user who trains
+for more epochs changes one number and gets the same shape over the longer run.
 
 ``lr`` is the LR of a parameter whose multiplier is 1, as everywhere in lrtune.
 
@@ -17,19 +23,22 @@ Example:
     ...     {"model": {"name": "mlp"}, "dataset": {"name": "wine"}, "search": {"epochs": 4}})
     >>> cyclic = parse_schedule(
     ...     {"family": "cyclic", "base_lr": 0.01, "max_lr": 0.1, "step_size_up": 5})
-    >>> print(job_code(job, cyclic, lr=0.05, steps_per_epoch=5))
+    >>> print(job_code(job, cyclic, lr=0.0512345, steps_per_epoch=5))
     import torch
     from torch.optim import lr_scheduler
     <BLANKLINE>
+    epochs = 4  # tuned for 4 epochs of 5 steps; set your own
+    steps_per_epoch = len(train_loader)  # 5 when tuned
+    <BLANKLINE>
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=0.05, momentum=0.9, nesterov=False, weight_decay=0.0
+        model.parameters(), lr=0.05123, momentum=0.9, nesterov=False, weight_decay=0.0
     )
     <BLANKLINE>
     scheduler = lr_scheduler.CyclicLR(
         optimizer,
         base_lr=0.01,
         max_lr=0.1,
-        step_size_up=5,
+        step_size_up=max(1, round(5 / 20 * epochs * steps_per_epoch)),
         step_size_down=None,
         mode='triangular',
         gamma=1.0,
@@ -43,7 +52,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from lrtune.schedules import cycles_momentum, to_code
+from lrtune.schedules import cycles_momentum, lr_literal, to_code
 
 if TYPE_CHECKING:
     from lrtune.schedules import ScheduleSpec
@@ -61,11 +70,24 @@ def job_code(
     *,
     steps_per_epoch: int,
     model_name: str = "model",
+    run_epochs: int | None = None,
+    run_steps_per_epoch: int | None = None,
 ) -> str:
-    """The optimizer at ``lr`` and the scheduler for ``schedule``, for ``job.search.epochs``.
+    """The optimizer at ``lr`` and the scheduler for ``schedule``, as tuned: for
+    ``job.search.epochs`` epochs of ``steps_per_epoch`` steps.
 
-    Binds ``optimizer`` (and ``group_mults``, each group's LR multiplier, when the job has
-    param groups) and the scheduler variables :func:`lrtune.schedules.to_code` names.
+    Binds ``epochs`` (and ``steps_per_epoch``, from the user's ``train_loader``, for a
+    schedule stepped per batch), ``optimizer`` (and ``group_mults``, each group's LR
+    multiplier, when the job has param groups) and the scheduler variables
+    :func:`lrtune.schedules.to_code` names. ``run_epochs`` and ``run_steps_per_epoch`` write
+    it for a run of another length: those values, the lengths rescaled, the comment still
+    saying what it was tuned for. ``lr`` and the schedule's LRs are written with
+    :data:`lrtune.schedules.LR_DIGITS` significant digits.
+
+    Raises:
+        ValueError: ``run_epochs`` or ``run_steps_per_epoch`` outside 1 to
+            :data:`~lrtune.schedules.MAX_RUN_EPOCHS` or
+            :data:`~lrtune.schedules.MAX_RUN_STEPS_PER_EPOCH`.
     """
     scheduler = to_code(
         schedule,
@@ -73,14 +95,17 @@ def job_code(
         epochs=job.search.epochs,
         groups="group_mults" if job.param_groups else "one",
         cycle_momentum=_cycles_momentum(schedule, job.optimizer),
+        run_epochs=run_epochs,
+        run_steps_per_epoch=run_steps_per_epoch,
+        tuned=True,
     )
-    imports, _, scheduler_body = scheduler.partition("\n\n")  # to_code opens with its import
+    # to_code opens with its import, then the run's variables (it is given epochs)
+    imports, run, scheduler_body = scheduler.split("\n\n", 2)
     if "lr_scheduler." not in scheduler_body:  # a constant LR: no scheduler
         imports = ""
     header = "\n".join(["import torch", imports]).rstrip("\n")
-    return "\n".join(
-        [header, "", optimizer_code(job, lr, model_name=model_name), "", scheduler_body]
-    )
+    optimizer = optimizer_code(job, float(lr_literal(lr)), model_name=model_name)
+    return "\n".join([header, "", run, "", optimizer, "", scheduler_body])
 
 
 def optimizer_code(job: JobSpec, lr: float, *, model_name: str = "model") -> str:

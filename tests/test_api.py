@@ -781,8 +781,14 @@ def test_a_schedule_preview_is_the_schedulers_curve_and_its_code_reproduces_it(
     optimizer = torch.optim.SGD(
         [{"params": [weights[0]], "lr": 0.3}, {"params": [weights[1]], "lr": 0.03}], momentum=0.9
     )
-    namespace: dict[str, Any] = {"optimizer": optimizer, "group_mults": [1.0, 0.1]}
+    train_loader = torch.utils.data.DataLoader(torch.zeros(8, 1), batch_size=2)  # 4 batches
+    namespace: dict[str, Any] = {
+        "optimizer": optimizer,
+        "group_mults": [1.0, 0.1],
+        "train_loader": train_loader,
+    }
     exec(body["code"], namespace)
+    assert namespace["epochs"] == 3 and namespace["steps_per_epoch"] == 4
     seen = []
     for _ in range(12):  # onecycle steps every batch
         seen.append([group["lr"] for group in optimizer.param_groups])

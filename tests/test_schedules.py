@@ -73,6 +73,12 @@ def _make_optimizer(base_lrs: Sequence[float] = BASE_LRS) -> torch.optim.SGD:
     return optimizer
 
 
+def _train_loader(steps_per_epoch: int) -> torch.utils.data.DataLoader:
+    """A real loader with ``steps_per_epoch`` batches, for a snippet's ``len(train_loader)``."""
+    data = torch.utils.data.TensorDataset(torch.zeros(2 * steps_per_epoch, 1))
+    return torch.utils.data.DataLoader(data, batch_size=2)
+
+
 def _group_lrs(optimizer: torch.optim.Optimizer) -> list[float]:
     return [float(group["lr"]) for group in optimizer.param_groups]
 
@@ -384,7 +390,10 @@ def test_to_code_works_wherever_build_works_at_lr_zero(family: str, groups: int)
     base_lrs = [0.0] * groups
     expected = preview(spec, base_lrs, STEPS_PER_EPOCH, EPOCHS, metrics=_metrics_for(spec))
     optimizer = _make_optimizer(base_lrs)
-    namespace: dict[str, Any] = {"optimizer": optimizer}
+    namespace: dict[str, Any] = {
+        "optimizer": optimizer,
+        "train_loader": _train_loader(STEPS_PER_EPOCH),
+    }
     exec(to_code(spec, epochs=EPOCHS, steps_per_epoch=STEPS_PER_EPOCH), namespace)
     lrs = []
     for epoch in range(EPOCHS):
@@ -520,17 +529,28 @@ def test_preview_of_plateau_needs_one_metric_per_epoch() -> None:
 # --- to_code ------------------------------------------------------------------------------
 
 
-def _run_snippet(spec: ScheduleSpec, code: str, optimizer_name: str) -> np.ndarray:
+def _run_snippet(
+    spec: ScheduleSpec,
+    code: str,
+    optimizer_name: str,
+    epochs: int = EPOCHS,
+    steps_per_epoch: int = STEPS_PER_EPOCH,
+    metrics: Sequence[float] = METRICS,
+) -> np.ndarray:
+    """Exec ``code`` with a ``train_loader`` of ``steps_per_epoch`` batches (and the run's
+    variables already bound, for a snippet that only refers to them); step it for ``epochs``
+    (``plateau`` with ``metrics``, one per epoch)."""
     optimizer = _make_optimizer()
     namespace: dict[str, Any] = {
         optimizer_name: optimizer,
-        "epochs": EPOCHS,
-        "steps_per_epoch": STEPS_PER_EPOCH,
+        "epochs": epochs,
+        "steps_per_epoch": steps_per_epoch,
+        "train_loader": _train_loader(steps_per_epoch),
     }
     exec(code, namespace)
     lrs = []
-    for epoch in range(EPOCHS):
-        for _ in range(STEPS_PER_EPOCH):
+    for epoch in range(epochs):
+        for _ in range(steps_per_epoch):
             lrs.append(_group_lrs(optimizer))
             optimizer.step()
             if "per batch" in code:
@@ -539,9 +559,9 @@ def _run_snippet(spec: ScheduleSpec, code: str, optimizer_name: str) -> np.ndarr
             if epoch < spec.warmup.steps:
                 namespace["warmup"].step()
             else:
-                namespace["plateau"].step(METRICS[epoch])
+                namespace["plateau"].step(metrics[epoch])
         elif spec.family == "plateau":
-            namespace["scheduler"].step(METRICS[epoch])
+            namespace["scheduler"].step(metrics[epoch])
         elif "per epoch" in code:
             namespace["scheduler"].step()
     return np.array(lrs)
@@ -562,8 +582,96 @@ def test_to_code_builds_the_same_schedule(name: str, sizes_given: bool) -> None:
 def test_to_code_refers_to_epochs_and_steps_per_epoch_when_not_given() -> None:
     spec = _spec(EXAMPLES["onecycle"])
     assert "total_steps=epochs * steps_per_epoch" in to_code(spec)
-    assert "total_steps=10 * 7" in to_code(spec, epochs=10, steps_per_epoch=7)
+    assert "epochs =" not in to_code(spec) and "steps_per_epoch =" not in to_code(spec)
     assert "steps_per_epoch" not in to_code(_spec(EXAMPLES["step"]))
+
+
+def test_to_code_for_a_run_declares_it_and_writes_each_length_as_a_fraction_of_it() -> None:
+    onecycle = to_code(_spec(EXAMPLES["onecycle"]), epochs=10, steps_per_epoch=7)
+    assert onecycle.startswith(
+        "from torch.optim import lr_scheduler\n\n"
+        "epochs = 10  # written for 10 epochs of 7 steps; set your own\n"
+        "steps_per_epoch = len(train_loader)  # 7 then\n\n"
+    )
+    assert "total_steps=epochs * steps_per_epoch" in onecycle
+    cosine = _spec({"family": "cosine", "T_max": 4, "warmup": {"steps": 2}})
+    code = to_code(cosine, epochs=6, steps_per_epoch=5, tuned=True)
+    assert "\nepochs = 6  # tuned for 6 epochs of 5 steps; set your own\n" in code
+    assert "steps_per_epoch" not in code  # stepped per epoch: its lengths are in epochs
+    assert "T_max=max(1, round(4 / 6 * epochs))" in code
+    assert "warmup_steps = max(1, round(2 / 6 * epochs))" in code
+    longer = to_code(cosine, epochs=6, steps_per_epoch=5, tuned=True, run_epochs=9)
+    assert "\nepochs = 9  # tuned for 6 epochs of 5 steps; set your own\n" in longer
+    fixed = to_code(
+        _spec(EXAMPLES["cyclic"]), epochs=6, steps_per_epoch=5, tuned=True, run_steps_per_epoch=8
+    )
+    assert "\nsteps_per_epoch = 8  # len(train_loader); 5 when tuned\n" in fixed
+
+
+# Lengths that are no simple fraction of the runs below, for every family, with and without
+# a warm-up (in epochs, or in batches for cyclic).
+AWKWARD: dict[str, dict[str, Any]] = {
+    "constant": {"family": "constant"},
+    "step": {"family": "step", "step_size": 3, "gamma": 0.5},
+    "multistep": {"family": "multistep", "milestones": [1, 4, 6], "gamma": 0.5},
+    "exponential": {"family": "exponential", "gamma": 0.7},
+    "time_decay": {"family": "time_decay", "decay": 0.3},
+    "cosine": {"family": "cosine", "T_max": 5, "eta_min": 0.001},
+    "cosine_warm_restarts": {"family": "cosine_warm_restarts", "T_0": 3, "T_mult": 2},
+    "onecycle": {"family": "onecycle", "max_lr": 0.5, "pct_start": 0.37},
+    "cyclic": {
+        "family": "cyclic", "base_lr": 0.01, "max_lr": 0.1, "step_size_up": 4, "step_size_down": 7
+    },
+    "plateau": {"family": "plateau", "patience": 1, "factor": 0.5},
+}  # fmt: skip
+AWKWARD_VARIANTS = {
+    **AWKWARD,
+    **{
+        f"{family}+warmup": {**data, "warmup": {"steps": 5 if family == "cyclic" else 2}}
+        for family, data in AWKWARD.items()
+        if family != "onecycle"
+    },
+}
+
+
+@pytest.mark.parametrize(("epochs", "steps_per_epoch"), [(7, 3), (13, 1), (3, 11)])
+@pytest.mark.parametrize("name", list(AWKWARD_VARIANTS))
+def test_rescaled_lengths_are_exactly_the_specs_at_the_run_it_was_made_for(
+    name: str, epochs: int, steps_per_epoch: int
+) -> None:
+    """Every ``max(1, round(k / n * epochs))`` is ``k`` at ``epochs = n``: the curve is the
+    spec's, step for step."""
+    spec = _spec(AWKWARD_VARIANTS[name])
+    code = to_code(spec, epochs=epochs, steps_per_epoch=steps_per_epoch, optimizer_name="opt")
+    metrics = [1.0 / (1 + epoch // 3) for epoch in range(epochs)]  # improves every 3 epochs
+    expected = preview(
+        spec,
+        BASE_LRS,
+        steps_per_epoch,
+        epochs,
+        metrics=metrics if spec.family == "plateau" else None,
+    )
+    actual = _run_snippet(spec, code, "opt", epochs, steps_per_epoch, metrics)
+    np.testing.assert_allclose(actual, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", list(AWKWARD_VARIANTS))
+def test_a_snippet_run_for_twice_the_epochs_has_the_same_shape(name: str) -> None:
+    """Rendered for 12 epochs instead of 6, each epoch-k LR of the tuned run is the LR of
+    epoch 2k of the longer one (plateau's: its warm-up, its reductions follow the metric)."""
+    spec = _spec(AWKWARD_VARIANTS[name])
+    flat = [1.0] * 12  # no improvement: plateau reduces once its patience is out
+    tuned_code = to_code(spec, epochs=6, steps_per_epoch=4, optimizer_name="opt")
+    tuned = _run_snippet(spec, tuned_code, "opt", 6, 4, flat)
+    longer_code = to_code(spec, epochs=6, steps_per_epoch=4, optimizer_name="opt", run_epochs=12)
+    longer = _run_snippet(spec, longer_code, "opt", 12, 4, flat)
+    if spec.family == "plateau":  # the warm-up rescales; the reductions wait for the metric
+        tuned, longer = tuned[:8], longer[:16]
+    if spec.family == "onecycle":  # torch ends each phase a step (here 1/24 of the run) early
+        np.testing.assert_allclose(longer[::2], tuned, atol=0.06 * tuned.max())
+        assert abs(longer.argmax(0) / len(longer) - tuned.argmax(0) / len(tuned)).max() < 1 / 24
+    else:
+        np.testing.assert_allclose(longer[::8], tuned[::4], rtol=1e-12)
 
 
 def test_to_code_rejects_a_bad_optimizer_name() -> None:
