@@ -474,6 +474,7 @@ def run_lrtune(spec: JobSpec, setup: TrainingSetup) -> tuple[Recommendation, dic
         "pruned": states.count("PRUNED"),
         "confirmation_runs": sum(1 for c in confirmations if c.run is not None),
         "wall_s": wall,
+        "decided_on_seeds": getattr(rec, "decided_on_seeds", None),
     }
     breakdown["total"] = breakdown["range_test"] + breakdown["trials"] + breakdown["confirmation"]
     return rec, breakdown
@@ -712,7 +713,8 @@ def reading(r: RowResult) -> list[str]:
         f"- Compute target {compute}: lrtune {b['total']:.0f} epochs = {r.share(r.lrtune):.0%} of "
         f"the grid's {r.grid_epochs} (range test {b['range_test']:.0f}, {b['n_trials']} trials "
         f"{b['trials']} with {b['pruned']} pruned, {b['confirmation_runs']} confirmation runs "
-        f"{b['confirmation']}).",
+        f"{b['confirmation']}; the pick was decided on {b['decided_on_seeds'] or '-'} "
+        "confirmation seeds).",
     ]
     if not r.met_quality():
         lines.append(f"- Why: {_why(r, best)}")
