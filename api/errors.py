@@ -8,7 +8,9 @@ Every error response has the body :class:`~lrtune.api.schemas.ErrorBody`: a one-
   against the registry) and pydantic's request validation errors: 422 with the field paths;
 - :class:`~lrtune.exceptions.NotFoundError`: 404 (tested before its base class);
 - :class:`~lrtune.exceptions.InvalidInputError`: 422;
-- :class:`~lrtune.exceptions.ConflictError`: 409;
+- :class:`~lrtune.exceptions.ConflictError`: 409; so is its
+  :class:`~lrtune.exceptions.UnreadableRecordError` (a job stored before lrtune refused what
+  it holds: the request is fine, the stored row cannot be served);
 - :class:`~lrtune.exceptions.StorageUnavailableError`: 503 with ``Retry-After``;
 - Starlette's ``HTTPException`` (401, 413, 429, ...): its status, in the same body; but a
   JSON body that is not UTF-8 (FastAPI's bare 400) is a 422 like any other invalid body, and

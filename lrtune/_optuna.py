@@ -64,6 +64,7 @@ from lrtune.exceptions import StorageUnavailableError
 ATTR_SPEC = "lrtune.spec"
 ATTR_RANGE_TEST = "lrtune.range_test"
 ATTR_BOUNDS = "lrtune.bounds"
+ATTR_RUN_SHAPE = "lrtune.run_shape"  # steps per epoch and group multipliers, for readers
 
 # Trial attributes, on search trials and confirmation units alike.
 ATTR_SLOT = "lrtune.slot"  # the queue position a trial fills (a retry keeps it)

@@ -2,13 +2,17 @@
 
 Results (range tests, training runs, recommendations) are pydantic models, so the CLI's
 ``--json``, what a worker stores and what the HTTP API serves are one definition with one JSON
-schema. Two conventions hold for all of them:
+schema. These conventions hold for all of them:
 
 - Non-finite floats (a diverged loss, an unbounded band) are ``null`` in JSON and ``nan`` in
   Python; :data:`JsonFloat` does the mapping both ways, so ``model_dump(mode="json")`` is strict
   JSON (``json.dumps(..., allow_nan=False)`` accepts it).
 - Per-step LR rows repeat for whole epochs, so :data:`LRSteps` stores them run-length encoded
   (``[[row, count], ...]``) in JSON and expanded in Python.
+- Free-form JSON (a model's or dataset's params: :data:`JsonObject`) and names
+  (:data:`JsonText`) are checked where they come in, so that whatever is stored can be served
+  again: every string is Unicode text (no lone surrogate, which UTF-8 cannot encode), numbers
+  are finite (JSON has no inf or NaN) and nesting stops at :data:`MAX_JSON_DEPTH`.
 
 Example:
     >>> class Curve(ResultModel):
@@ -19,6 +23,19 @@ Example:
     {'losses': [1.0, None], 'lr_steps': [[[0.1], 2], [[0.05], 1]]}
     >>> Curve.model_validate(curve.model_dump(mode="json")).lr_steps
     [[0.1], [0.1], [0.05]]
+
+    Free-form JSON is refused where it comes in if it could not be served back:
+
+    >>> class Layer(ResultModel):
+    ...     params: JsonObject
+    >>> Layer(params={"hidden": [64, 32]}).params
+    {'hidden': [64, 32]}
+    >>> try:
+    ...     Layer(params={"hidden": [64, float("nan")]})
+    ... except ValueError as exc:
+    ...     print(exc.errors()[0]["msg"])
+    at hidden.1: nan is not a finite number (JSON has no inf or NaN): send valid JSON (whole \
+characters, finite numbers, at most 32 levels deep)
 """
 
 from __future__ import annotations
@@ -27,6 +44,7 @@ import math
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -34,6 +52,7 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 
 class ResultModel(BaseModel):
@@ -119,3 +138,92 @@ LRSteps = Annotated[
     WithJsonSchema(_RUN_LENGTH_SCHEMA),
 ]
 """The LR of every param group at every step: expanded in Python, run-length encoded in JSON."""
+
+
+MAX_JSON_DEPTH = 32
+"""How many objects and arrays deep free-form JSON may nest (a ``sequential`` model's layers
+need about a dozen); the JSON serializer gives up near 255, so deeper could not be served."""
+
+JsonPath = tuple[str | int, ...]
+
+
+def json_problem(value: Any, depth: int = 1) -> tuple[JsonPath, str] | None:
+    """The first thing in JSON ``value`` that could not be served back as JSON, and its path.
+
+    ``depth`` is how deep ``value`` already is (1: it is the top-level object).
+
+    Example:
+        >>> json_problem({"layers": [1, 2.5, "relu"]}) is None
+        True
+        >>> bad = {"act": ["relu", "gelu\\ud800"]}
+        >>> json_problem(bad)[0]
+        ('act', 1)
+        >>> print(json_problem(bad)[1])
+        the string 'gelu\\ud800' holds a lone surrogate (\\ud800), which is not Unicode text
+        >>> json_problem({"lr": [1.0, float("inf")]})
+        (('lr', 1), 'inf is not a finite number (JSON has no inf or NaN)')
+    """
+    if isinstance(value, str):
+        return None if _is_text(value) else ((), _surrogate_problem(value, "the string"))
+    if isinstance(value, float):
+        return None if math.isfinite(value) else ((), f"{value} {_NOT_FINITE}")
+    if isinstance(value, dict):
+        bad_key = next((k for k in value if isinstance(k, str) and not _is_text(k)), None)
+        if bad_key is not None:
+            return (), _surrogate_problem(bad_key, "the key")
+        items: list[tuple[str | int, Any]] = list(value.items())
+    elif isinstance(value, (list, tuple)):
+        items = list(enumerate(value))
+    else:
+        return None
+    if depth > MAX_JSON_DEPTH:
+        return (), f"it nests deeper than {MAX_JSON_DEPTH} objects and arrays"
+    for key, item in items:
+        found = json_problem(item, depth + 1)
+        if found is not None:
+            return (key, *found[0]), found[1]
+    return None
+
+
+_NOT_FINITE = "is not a finite number (JSON has no inf or NaN)"
+
+
+def _is_text(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8: no lone surrogate (what ``"\\ud800"`` in JSON gives)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _surrogate_problem(text: str, what: str) -> str:
+    surrogate = next(c for c in text if 0xD800 <= ord(c) <= 0xDFFF)
+    shown = text if len(text) <= 40 else text[:37] + "..."
+    code = f"\\u{ord(surrogate):04x}"
+    return f"{what} {shown!r} holds a lone surrogate ({code}), which is not Unicode text"
+
+
+def _check_json(value: Any) -> Any:
+    found = json_problem(value)
+    if found is None:
+        return value
+    path, problem = found
+    where = ".".join(map(str, path))
+    raise PydanticCustomError(
+        "json_unservable",
+        "{where}{problem}: send valid JSON (whole characters, finite numbers, at most "
+        "{max_depth} levels deep)",
+        {
+            "where": f"at {where}: " if where else "",
+            "problem": problem,
+            "max_depth": MAX_JSON_DEPTH,
+        },
+    )
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_check_json)]
+"""A free-form JSON object (a model's or dataset's params) that can always be served back."""
+
+JsonText = Annotated[str, AfterValidator(_check_json)]
+"""A string that is Unicode text (no lone surrogate), so that it can be served back as JSON."""

@@ -574,8 +574,8 @@ def _report(rec: Recommendation) -> str:
         )
         lines += [
             "",
-            f"recommended: {rec.best.schedule.family} at lr {rec.base_lr!r} "
-            f"({rec.best.name}), {rec.metric} {rec.value:.4g} ({how})",
+            f"recommended{' (PROVISIONAL)' if rec.provisional else ''}: {rec.best.describe}, "
+            f"{rec.metric} {rec.value:.4g} ({how})",
         ]
     lines += ["", rec.table()]
     if rec.code is not None:
@@ -774,6 +774,12 @@ def _status(args: argparse.Namespace) -> int:
                 print(page.model_dump_json())
             else:
                 print(_jobs_table(page.data) if page.data else "no jobs")
+            if page.unreadable:  # stored before lrtune refused what they hold
+                print(
+                    f"lrtune: {len(page.unreadable)} job(s) cannot be read back: "
+                    f"{', '.join(page.unreadable)} (lrtune status <id> says why)",
+                    file=sys.stderr,
+                )
             return 0
         job = jobs.get(args.job_id)
         if args.json:

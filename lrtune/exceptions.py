@@ -2,8 +2,9 @@
 
 Callers tell the kinds apart by class, not by message: the CLI prints any :class:`LRTuneError`
 as one line, and an HTTP layer maps the classes to status codes in one place
-(:class:`InvalidInputError` 422, :class:`NotFoundError` 404, :class:`ConflictError` 409,
-:class:`StorageUnavailableError` 503). Anything else that escapes lrtune is a bug.
+(:class:`InvalidInputError` 422, :class:`NotFoundError` 404, :class:`ConflictError` 409, its
+:class:`UnreadableRecordError` too, :class:`StorageUnavailableError` 503). Anything else that
+escapes lrtune is a bug.
 :class:`NotFoundError` is a subclass of :class:`InvalidInputError` (the unknown name came from
 the caller's input), so a mapping must test it first.
 
@@ -63,6 +64,16 @@ class LeaseLost(ConflictError):
 
     The write did not land. The worker must stop working on the job (its results may already be
     superseded by the new holder's) and never retry the write with the same lease.
+    """
+
+
+class UnreadableRecordError(ConflictError):
+    """A stored record that no longer reads back: it was written before lrtune refused what it
+    holds (e.g. a job spec whose params hold a lone surrogate). The message names the record,
+    the field and what to do (cancel and delete the job).
+
+    A :class:`ConflictError`: the request is fine, the stored state is what it cannot serve.
+    Lists leave such records out and name them, so one bad row never hides the others.
     """
 
 

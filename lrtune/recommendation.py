@@ -436,6 +436,11 @@ class Recommendation(ResultModel):
     n_confirmation: dict[str, int]
     range_test: LRFinderResult
     history: list[TrialSummary]
+    provisional: bool = Field(
+        False,
+        description="the job ended (cancelled, failed) before its confirmation: this is the "
+        "best finished search trial on the search seed alone, unconfirmed",
+    )
 
     @classmethod
     def build(
@@ -453,8 +458,13 @@ class Recommendation(ResultModel):
         n_trials: dict[str, int],
         n_confirmation: dict[str, int],
         history: list[TrialSummary],
+        provisional: bool = False,
     ) -> Recommendation:
-        """Pick the recommended candidate (:func:`pick_recommended`) and preview its LRs."""
+        """Pick the recommended candidate (:func:`pick_recommended`) and preview its LRs.
+
+        ``provisional``: the best so far of a job that ended early (see the field); its LR
+        curve is the one its search trial trained with, not a preview (no torch needed).
+        """
         direction = spec.search.direction or "minimize"
         confirmed = any(c.seed_values for c in [*finalists, *baselines])
         everyone = [*finalists, *baselines]
@@ -491,8 +501,12 @@ class Recommendation(ResultModel):
             n_confirmation=n_confirmation,
             range_test=range_test,
             history=history,
+            provisional=provisional,
         )
-        rec.lr_curve = rec._preview_best()
+        if provisional:
+            rec.lr_curve = rec.best.run.lr_steps if rec.best is not None else []
+        else:
+            rec.lr_curve = rec._preview_best()
         return rec
 
     @property
@@ -633,6 +647,13 @@ class Recommendation(ResultModel):
         """Why this candidate, and how it compares with the others (the module doc's rule)."""
         if self.best is None:
             return "no trial finished: there is no recommendation"
+        if self.provisional:
+            return (
+                f"provisional: the job ended before its confirmation, so this is the best "
+                f"finished search trial so far, {self.best.describe}, {self.metric} "
+                f"{self.best.value(self.metric):.4g} on the search seed {self.search_seed} alone: "
+                "unconfirmed, and not compared with any baseline"
+            )
         if not self.confirmed:
             return self._unconfirmed_verdict()
         seeds = ", ".join(str(s.seed) for s in self.best.seed_values)

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from lrtune._schema import JsonObject, JsonText
 from lrtune.exceptions import InvalidInputError
 from lrtune.params import MAX_SEED
 from lrtune.schedules import FAMILIES
@@ -60,17 +61,22 @@ class _Strict(BaseModel):
 
 
 class ModelRef(_Strict):
-    """A model from the registry, by name, with JSON parameters for its factory."""
+    """A model from the registry, by name, with JSON parameters for its factory.
 
-    name: str = Field(min_length=1)
-    params: dict[str, Any] = Field(default_factory=dict)
+    The params are free-form JSON that can be stored and served back (:data:`JsonObject`:
+    Unicode strings, finite numbers, bounded nesting); the factory checks the rest.
+    """
+
+    name: JsonText = Field(min_length=1)
+    params: JsonObject = Field(default_factory=dict)
 
 
 class DatasetRef(_Strict):
-    """A dataset from the registry, by name, with JSON parameters for its factory."""
+    """A dataset from the registry, by name, with JSON parameters for its factory (free-form
+    JSON, checked as :class:`ModelRef`'s)."""
 
-    name: str = Field(min_length=1)
-    params: dict[str, Any] = Field(default_factory=dict)
+    name: JsonText = Field(min_length=1)
+    params: JsonObject = Field(default_factory=dict)
 
     @field_validator("params")
     @classmethod
@@ -111,7 +117,7 @@ class OptimizerSpec(_Strict):
 class ParamGroupSpec(_Strict):
     """Parameters whose name starts with ``prefix`` train at ``lr_mult`` times the base LR."""
 
-    prefix: str = Field(min_length=1)
+    prefix: JsonText = Field(min_length=1)
     lr_mult: float = Field(gt=0, le=1000)
 
 

@@ -17,6 +17,8 @@ that serves these pages never loads torch.
   by it), or ``None`` while it does not exist.
 - :func:`read_trials`: every search trial and confirmation run as a :class:`TrialView`:
   family, params, state, value, per-epoch records, why it stopped, LR per step.
+- :func:`read_best_so_far`: the provisional recommendation of a job that ended before its
+  confirmation: its best finished search trial, unconfirmed.
 
 Example:
     >>> import optuna
@@ -45,7 +47,16 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-__all__ = ["TrialView", "find_study_id", "open_reader", "read_finder", "read_trials"]
+    from lrtune.recommendation import Recommendation
+
+__all__ = [
+    "TrialView",
+    "find_study_id",
+    "open_reader",
+    "read_best_so_far",
+    "read_finder",
+    "read_trials",
+]
 
 NO_FAIL_REASON = "failed (no reason recorded)"
 
@@ -213,3 +224,69 @@ def read_trials(
             trials = study.get_trials(deepcopy=False) if study is not None else []
         views += [TrialView.read(t, kind, metric) for t in trials]  # type: ignore[arg-type]
     return views
+
+
+def read_best_so_far(
+    storage: optuna.storages.BaseStorage, study_name: str
+) -> Recommendation | None:
+    """The best finished search trial as a provisional recommendation; None without one.
+
+    For a job that ended (cancelled, failed) before its confirmation: the search trial with
+    the best value among the COMPLETE ones, on the search seed alone, marked ``provisional``.
+    None when no trial completed, or the study predates the stored run shape (steps per epoch
+    and group multipliers, which the snippet needs and only the worker's setup knows).
+
+    Raises:
+        StorageUnavailableError: the storage failed.
+    """
+    from optuna.trial import TrialState
+
+    from lrtune._optuna import (
+        ATTR_BASE_LR,
+        ATTR_BOUNDS,
+        ATTR_RANGE_TEST,
+        ATTR_RUN,
+        ATTR_RUN_SHAPE,
+        ATTR_SCHEDULE,
+        ATTR_SPEC,
+        storage_errors,
+    )
+    from lrtune.recommendation import Recommendation, TrainedSchedule
+    from lrtune.spec import JobSpec
+
+    with storage_errors():
+        study = _load(storage, study_name)
+        if study is None or ATTR_RUN_SHAPE not in study.user_attrs:
+            return None
+        attrs = study.user_attrs
+        trials = study.get_trials(deepcopy=False)
+    spec = JobSpec.model_validate(attrs[ATTR_SPEC])
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and ATTR_RUN in t.user_attrs]
+    if not complete:
+        return None
+    sign = -1.0 if spec.search.direction == "maximize" else 1.0
+    best = min(complete, key=lambda t: (sign * float(t.value), t.number))  # type: ignore[arg-type]
+    finalist = TrainedSchedule(
+        name=f"trial {best.number}",
+        role="finalist",
+        schedule=best.user_attrs[ATTR_SCHEDULE],
+        base_lr=best.user_attrs[ATTR_BASE_LR],
+        run=TrainingRun.model_validate(best.user_attrs[ATTR_RUN]),
+        trial_number=best.number,
+    )
+    states = [t.state.name.lower() for t in trials]
+    return Recommendation.build(
+        spec=spec,
+        study_name=study_name,
+        range_test=LRFinderResult.model_validate(attrs[ATTR_RANGE_TEST]),
+        bounds=LRBounds.model_validate(attrs[ATTR_BOUNDS]),
+        finalists=[finalist],
+        baselines=[],
+        confirm_seeds=[],
+        steps_per_epoch=attrs[ATTR_RUN_SHAPE]["steps_per_epoch"],
+        group_multipliers=attrs[ATTR_RUN_SHAPE]["group_multipliers"],
+        n_trials={state.name.lower(): states.count(state.name.lower()) for state in TrialState},
+        n_confirmation={},
+        history=[],
+        provisional=True,
+    )

@@ -70,6 +70,7 @@ from lrtune._optuna import (
     ATTR_RANGE_TEST,
     ATTR_ROOT,
     ATTR_RUN,
+    ATTR_RUN_SHAPE,
     ATTR_SAME_AS,
     ATTR_SCHEDULE,
     ATTR_SEED,
@@ -326,6 +327,12 @@ def prepare_study(
     else:
         hold()
     bounds = stored_bounds(study)
+    if ATTR_RUN_SHAPE not in study.user_attrs:  # what a torch-free reader cannot compute
+        shape = {
+            "steps_per_epoch": setup.steps_per_epoch,
+            "group_multipliers": setup.group_multipliers,
+        }
+        study.set_user_attr(ATTR_RUN_SHAPE, shape)
     if ATTR_WARM_STARTS not in study.user_attrs:
         starts = winner_starts(spec, bounds, setup.steps_per_epoch, earlier_winners)
         study.set_user_attr(ATTR_WARM_STARTS, starts)

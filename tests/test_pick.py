@@ -247,3 +247,61 @@ def test_adaptive_confirmation_on_a_worker_queues_units_under_its_lease(
     rec = store.recommendation(job.id).recommendation
     assert rec.decided_on_seeds == 4 and rec.best.name == "constant at suggestion"
     assert done.progress.confirmations_done == done.progress.confirmations_total == 14
+
+
+# --- best so far: a job that ended before its confirmation ------------------------------------
+
+
+def test_a_cancelled_job_offers_its_best_finished_trial_as_a_provisional_answer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from live_api import serve
+
+    from lrtune.api import Settings, create_app
+    from lrtune.cli import main
+    from lrtune.exceptions import NotFoundError
+    from lrtune.training import TrainingSetup
+    from lrtune.tuner import prepare_study, run_trials
+
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    upgrade(url)
+    store = JobStore(url)
+    spec = small_job(n_trials=3, epochs=2, families=["cosine"], metric="accuracy")
+    job = store.submit(spec)
+    with pytest.raises(NotFoundError, match="has no recommendation: it is queued"):
+        store.recommendation(job.id)  # a running job: nothing provisional yet
+    # the job's search runs as a worker runs it, then it is cancelled before confirmation
+    study = prepare_study(spec, url, progress=False, study_name=job.study_name)
+    run_trials(study, TrainingSetup.from_spec(spec), progress=False)
+    store.cancel(job.id)
+
+    stored = store.recommendation(job.id)
+    rec = stored.recommendation
+    complete = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
+    best = max(complete, key=lambda t: t.value)
+    assert rec.provisional and not rec.confirmed
+    assert rec.best.trial_number == best.number and rec.value == best.value
+    assert rec.verdict.startswith("provisional: the job ended before its confirmation")
+    assert "CosineAnnealingLR" in rec.code and rec.lr_curve  # what the trial trained with
+    # over HTTP and from the CLI, marked as such
+    with serve(create_app(Settings(database_url=url))) as base:
+        import httpx
+
+        answer = httpx.get(f"{base}/v1/jobs/{job.id}/recommendation").json()
+    assert answer["recommendation"]["provisional"] is True
+    assert answer["recommendation"]["verdict"] == rec.verdict
+    assert main(["recommend", job.id, "--database", url]) == 0
+    printed = capsys.readouterr().out
+    assert "recommended (PROVISIONAL): trial" in printed and "provisional:" in printed
+
+
+def test_a_job_cancelled_before_any_trial_finished_says_so(tmp_path: Path) -> None:
+    from lrtune.exceptions import NotFoundError
+
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    upgrade(url)
+    store = JobStore(url)
+    job = store.submit(small_job(n_trials=3, epochs=2))
+    store.cancel(job.id)
+    with pytest.raises(NotFoundError, match="it is cancelled, and finished no search trial"):
+        store.recommendation(job.id)

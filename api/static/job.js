@@ -235,17 +235,27 @@ function renderTrials(view) {
   drawTrials(view);
 }
 
+// A learning-rate-free baseline trains with its own optimizer: say so beside its schedule.
+function familyOf(row) {
+  return row.lr_free ? `${row.lr_free.replace("_", "-")} optimizer, ${row.family}` : row.family;
+}
+
 function renderRecommendation(stored) {
   const rec = stored.recommendation;
   state.rec = rec;
   document.getElementById("rec-pending").hidden = true;
   document.getElementById("rec-body").hidden = false;
   const item = (k, v) => el("div", {}, el("span", { class: "k" }, k), el("span", { class: "v" }, v));
+  const chosen = rec.comparison.find((row) => row.role === "recommended");
   document.getElementById("rec-summary").replaceChildren(
-    item("Schedule", rec.schedule ? rec.schedule.family : "none"), item("Base LR", fmtLR(rec.base_lr)),
-    item(rec.metric, fmtNum(rec.value)), item("Confirmed", rec.confirmed ? "yes" : "no"),
+    item("Recommended", chosen ? chosen.name : "none"),
+    item("Schedule", rec.schedule ? familyOf(chosen || { family: rec.schedule.family }) : "none"),
+    item(chosen && chosen.lr_free ? "LR (no tuning)" : "Base LR", fmtLR(rec.base_lr)),
+    item(rec.metric, fmtNum(rec.value)),
+    item("Confirmed", rec.confirmed ? `yes, on ${rec.decided_on_seeds} seeds` : "no"),
     item("Suggested LR (range test)", fmtLR(rec.suggested_lr)));
   document.getElementById("rec-verdict").textContent = rec.verdict;
+  document.getElementById("rec-provisional").hidden = !rec.provisional;
   const seeds = rec.confirm_seeds;
   document.querySelector("#confirmation thead").replaceChildren(el("tr", {},
     el("th", {}, "Candidate"), el("th", {}, "Role"), el("th", {}, "Family"), el("th", { class: "num" }, "Base LR"),
@@ -255,7 +265,7 @@ function renderRecommendation(stored) {
   document.querySelector("#confirmation tbody").replaceChildren(...rec.comparison.map((row) => {
     const p = verdicts[row.name];
     return el("tr", { class: row.role === "recommended" ? "recommended" : "" },
-      el("td", {}, row.name), el("td", {}, row.role), el("td", {}, row.family), el("td", { class: "num" }, fmtLR(row.base_lr)),
+      el("td", {}, row.name), el("td", {}, row.role), el("td", {}, familyOf(row)), el("td", { class: "num" }, fmtLR(row.base_lr)),
       el("td", { class: "num" }, fmtNum(row.search_value)), ...seeds.map((s) => el("td", { class: "num" }, fmtNum(row.seed_values[s]))),
       el("td", { class: "num" }, fmtNum(row.mean)), el("td", { class: "num" }, fmtNum(row.std)),
       el("td", {}, p ? `recommended ${p.verdict} it (${p.wins}/${p.seeds} seeds)` : ""));
@@ -279,6 +289,13 @@ async function refresh() {
   }));
   if (job.status !== "queued" && job.status !== "finding") reads.push(api(`${base}/trials`).then(renderTrials));
   if (job.status === "succeeded" && !state.rec) reads.push(api(`${base}/recommendation`).then(renderRecommendation));
+  // A job that ended early offers its best finished trial, provisional (404: none finished).
+  if ((job.status === "cancelled" || job.status === "failed") && !state.rec) {
+    reads.push(api(`${base}/recommendation`).then(renderRecommendation, () => {
+      document.getElementById("rec-pending").textContent =
+        `The job was ${job.status} before any search trial finished: there is no recommendation.`;
+    }));
+  }
   await Promise.all(reads);
 }
 

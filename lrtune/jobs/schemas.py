@@ -164,6 +164,11 @@ class JobPage(ResultModel):
 
     data: list[JobRecord]
     next_after: str | None = Field(description="id of the last job here; None on the last page")
+    unreadable: list[str] = Field(
+        default_factory=list,
+        description="ids of this page's jobs whose stored record cannot be read back (stored "
+        "before lrtune refused what they hold): left out of data; GET one to see why",
+    )
 
 
 class JobEvent(ResultModel):

@@ -141,10 +141,18 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import and_, delete, func, inspect, not_, or_, select, text, true, update
 from sqlalchemy.orm import Session
 
-from lrtune.exceptions import ConflictError, InvalidInputError, LeaseLost, NotFoundError
+from lrtune.exceptions import (
+    ConflictError,
+    InvalidInputError,
+    LeaseLost,
+    NotFoundError,
+    UnreadableRecordError,
+    describe_validation_error,
+)
 from lrtune.jobs import matching, tables
 from lrtune.jobs.db import get_engine, reading, safe_url, session
 from lrtune.jobs.schema import ensure_current
@@ -378,7 +386,8 @@ class JobStore:
 
         ``after`` is the ``next_after`` of the previous page (a job id): pages are keyed on
         the jobs' ``submit_seq``, so jobs submitted while a client pages through neither shift
-        nor repeat what it has not seen yet.
+        nor repeat what it has not seen yet. A job whose stored record cannot be read back
+        (:class:`UnreadableRecordError`) is left out of ``data`` and named in ``unreadable``.
         """
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInputError(f"limit must be 1 to {MAX_PAGE}, got {limit}")
@@ -392,9 +401,9 @@ class JobStore:
                 query = query.where(tables.Job.submit_seq < cursor.submit_seq)
             order = tables.Job.submit_seq.desc()
             rows = s.scalars(query.order_by(order).limit(limit + 1)).all()
-            page = [_job_record(row) for row in rows[:limit]]
-        next_after = page[-1].id if len(rows) > limit else None
-        return JobPage(data=page, next_after=next_after)
+            page, unreadable = _readable_records(rows[:limit])
+        next_after = rows[limit - 1].id if len(rows) > limit else None
+        return JobPage(data=page, next_after=next_after, unreadable=unreadable)
 
     def count(self, status: JobStatus | str | None = None) -> int:
         """How many jobs there are, or how many in ``status``: one aggregate read."""
@@ -455,7 +464,7 @@ class JobStore:
             _add_event(s, job_id, "status", {"from": was.value, "to": JobStatus.CANCELLED.value})
             s.flush()
             s.refresh(row)
-            return _job_record(row)
+        return _job_record(row)  # after the commit: an unreadable job is cancelled all the same
 
     def events(self, job_id: str, after_id: int = 0, limit: int = 100) -> builtins.list[JobEvent]:
         """The job's events with ids above ``after_id``, oldest first, at most ``limit``."""
@@ -478,7 +487,8 @@ class JobStore:
 
         A free worker helps the first of them that has a unit it may take, so one huge job
         does not starve the ones submitted after it. ``device`` is the asking worker's (as in
-        :meth:`claim`): a CPU worker is not shown jobs that need CUDA.
+        :meth:`claim`): a CPU worker is not shown jobs that need CUDA. A job whose stored
+        record cannot be read back is left out (no worker could run it).
         """
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInputError(f"limit must be 1 to {MAX_PAGE}, got {limit}")
@@ -490,7 +500,7 @@ class JobStore:
             .limit(limit)
         )
         with session(self._engine, write=False) as s:
-            return [_job_record(row) for row in s.scalars(query).all()]
+            return _readable_records(s.scalars(query).all())[0]
 
     def append_event(self, job_id: str, kind: str, payload: dict[str, Any]) -> JobEvent:
         """Add an event to the job's feed and return it (with its id, the reader's cursor)."""
@@ -582,7 +592,8 @@ class JobStore:
             if wanted is not None and wanted is not was:
                 _check_transition(lease.job_id, was, wanted)
                 values["status"] = wanted.value
-            return _write(s, lease, row, was, values, progress)
+            _write(s, lease, row, was, values, progress)
+        return _job_record(row)
 
     def release(
         self,
@@ -624,10 +635,10 @@ class JobStore:
                     values["finished_at"] = tables.utcnow()
             if error is not None:
                 values["error"] = error
-            record = _write(s, lease, row, was, values, progress)
+            _write(s, lease, row, was, values, progress)
             if "status" not in values:
                 _add_event(s, lease.job_id, "released", {"worker_id": lease.worker_id})
-            return record
+        return _job_record(row)  # after the commit: an unreadable job is failed all the same
 
     def _fail_exhausted(self, s: Session, row: tables.Job) -> None:
         limit = self.settings.max_attempts
@@ -697,7 +708,7 @@ class JobStore:
                     _add_event(s, job_id, "range_test_points", curve)
                 s.flush()
                 s.refresh(row)
-            return _job_record(row)
+        return _job_record(row)
 
     def save_range_test(
         self,
@@ -780,10 +791,12 @@ class JobStore:
             return _stored_recommendation(row)
 
     def recommendation(self, job_id: str) -> StoredRecommendation:
-        """The recommendation a job wrote.
+        """The recommendation a job wrote; for a job that ended before writing one (cancelled,
+        failed), its best finished search trial as a provisional one (:meth:`best_so_far`).
 
         Raises:
-            NotFoundError: no job has this id, or the job has written no recommendation (yet).
+            NotFoundError: no job has this id, or the job has written no recommendation (yet)
+                and, if it ended, finished no search trial.
         """
         job = self.get(job_id)  # NotFoundError for an unknown id
         query = (
@@ -794,11 +807,43 @@ class JobStore:
         )
         with session(self._engine, write=False) as s:
             row = s.scalars(query).first()
-            if row is None:
-                raise NotFoundError(
-                    f"job {job_id!r} has no recommendation: it is {job.status.value}"
-                )
-            return _stored_recommendation(row)
+            if row is not None:
+                return _stored_recommendation(row)
+        provisional = self.best_so_far(job) if job.status.finished else None
+        if provisional is None:
+            detail = ", and finished no search trial" if job.status.finished else ""
+            raise NotFoundError(
+                f"job {job_id!r} has no recommendation: it is {job.status.value}{detail}"
+            )
+        return provisional
+
+    def best_so_far(self, job: JobRecord) -> StoredRecommendation | None:
+        """The best finished search trial of ``job`` as a provisional, unconfirmed
+        recommendation (:func:`lrtune.study_view.read_best_so_far`); None without one."""
+        from lrtune import __version__
+        from lrtune.study_view import open_reader, read_best_so_far
+
+        if not inspect(self._engine).has_table("studies"):
+            return None
+        rec = read_best_so_far(open_reader(self.url), job.study_name)
+        if rec is None:
+            return None
+        provenance = Provenance(
+            lrtune_version=__version__,
+            rule="consensus",
+            lr_min=rec.bounds.low,
+            lr_max=rec.bounds.high,
+            device="unknown",
+            search=job.spec.search,
+        )
+        return StoredRecommendation(
+            job_id=job.id,
+            fingerprint=job.fingerprint,
+            format_version=RESULT_FORMAT_VERSION,
+            provenance=provenance,
+            recommendation=rec,
+            created_at=job.finished_at or job.updated_at,
+        )
 
     def latest_recommendation(self, fingerprint: str) -> StoredRecommendation | None:
         """The newest recommendation of a succeeded job with this fingerprint, if any."""
@@ -1183,8 +1228,9 @@ def _write(
     was: JobStatus,
     values: dict[str, Any],
     progress: JobProgress | None,
-) -> JobRecord:
-    """One fenced write of a lease holder, with its ``status`` and ``progress`` events."""
+) -> None:
+    """One fenced write of a lease holder, with its ``status`` and ``progress`` events; ``row``
+    is refreshed (the caller reads the record after its commit)."""
     if progress is not None:
         progress = JobProgress.model_validate(row.progress).merged(progress)
         values["progress"] = progress.model_dump(mode="json")
@@ -1201,11 +1247,38 @@ def _write(
         _add_event(s, lease.job_id, "progress", progress.model_dump(mode="json"))
     s.flush()
     s.refresh(row)
-    return _job_record(row)
 
 
 def _job_record(row: tables.Job) -> JobRecord:
-    return JobRecord.model_validate({name: getattr(row, name) for name in JobRecord.model_fields})
+    """The row as a record: the one place a stored job is read back.
+
+    Raises:
+        UnreadableRecordError: the stored row no longer validates (its spec was stored before
+            lrtune refused what it holds, e.g. params with a lone surrogate).
+    """
+    try:
+        return JobRecord.model_validate(
+            {name: getattr(row, name) for name in JobRecord.model_fields}
+        )
+    except ValidationError as exc:
+        fix = "delete it" if JobStatus(row.status).finished else "cancel it, then delete it"
+        raise UnreadableRecordError(
+            f"job {row.id} is stored but cannot be read back: {describe_validation_error(exc)} "
+            f"(it was stored before lrtune refused such jobs): {fix}"
+        ) from None
+
+
+def _readable_records(
+    rows: Iterable[tables.Job],
+) -> tuple[builtins.list[JobRecord], builtins.list[str]]:
+    """The rows that read back as records, and the ids of those that do not."""
+    records, unreadable = [], []
+    for row in rows:
+        try:
+            records.append(_job_record(row))
+        except UnreadableRecordError:
+            unreadable.append(row.id)
+    return records, unreadable
 
 
 def _worker_record(row: tables.Worker, now: datetime) -> WorkerRecord:
