@@ -59,7 +59,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-from pydantic import ConfigDict, Field, computed_field
+from pydantic import ConfigDict, Field, SerializationInfo, computed_field, field_serializer
 
 from lrtune._schema import JsonFloat, LRSteps, ResultModel
 from lrtune.lr_free import LRFreeName
@@ -714,14 +714,41 @@ class Recommendation(ResultModel):
     @computed_field
     @property
     def code(self) -> str | None:
-        """Paste-ready PyTorch for the recommendation (:meth:`to_code`), None without one."""
+        """Paste-ready PyTorch for the recommendation (:meth:`to_code`), None without one.
+
+        Written for the tuned run length; ``GET /v1/jobs/{id}/recommendation?epochs=E`` (and
+        ``&steps_per_epoch=S``) and ``lrtune recommend JOB --epochs E`` write it for another.
+        In Python: ``to_code(epochs=E)``, or serialize with ``context={"code_for": {"epochs":
+        E, "steps_per_epoch": S}}`` (either may be None).
+        """
         return None if self.best is None else self.to_code()
 
-    def to_code(self, model_name: str = "model") -> str:
+    @field_serializer("code")
+    def _code_for_run(self, code: str | None, info: SerializationInfo) -> str | None:
+        run = info.context.get("code_for") if isinstance(info.context, dict) else None
+        return code if code is None or run is None else self.to_code(**run)
+
+    def to_code(
+        self,
+        model_name: str = "model",
+        *,
+        epochs: int | None = None,
+        steps_per_epoch: int | None = None,
+    ) -> str:
         """Paste-ready PyTorch: the optimizer at the recommended LR and the scheduler.
 
-        Exec'd on a fresh ``model_name`` it reproduces the best trial's LR of every parameter
-        at every step (see :func:`lrtune.snippet.job_code`).
+        It declares ``epochs`` (and ``steps_per_epoch = len(train_loader)`` for a schedule
+        stepped per batch) at the tuned values, saying so, and rescales every schedule length
+        from them, so a user who trains longer changes one number. Exec'd on a fresh
+        ``model_name`` it reproduces the best trial's LR of every parameter at every step, to
+        the 4 significant digits its LRs are written with (see
+        :func:`lrtune.snippet.job_code`). ``epochs`` and ``steps_per_epoch`` write it for a
+        run of another length: those values, the comment still saying what it was tuned for.
+
+        Raises:
+            ValueError: no trial finished; ``epochs`` or ``steps_per_epoch`` outside 1 to
+                :data:`~lrtune.schedules.MAX_RUN_EPOCHS` or
+                :data:`~lrtune.schedules.MAX_RUN_STEPS_PER_EPOCH`.
         """
         if self.best is None:
             raise ValueError("no trial finished: there is no schedule to write")
@@ -733,6 +760,8 @@ class Recommendation(ResultModel):
             self.best.base_lr,
             steps_per_epoch=self.steps_per_epoch,
             model_name=model_name,
+            run_epochs=epochs,
+            run_steps_per_epoch=steps_per_epoch,
         )
 
     def table(self) -> str:

@@ -70,6 +70,15 @@ def recommendation() -> Recommendation:
     return tune(spec, progress=False)
 
 
+@pytest.fixture(scope="session")
+def onecycle_recommendation() -> Recommendation:
+    """A real onecycle recommendation tuned for 6 epochs (finalists only: no baseline wins)."""
+    from lrtune.tuner import tune
+
+    spec = small_job(n_trials=2, epochs=6, families=["onecycle"], confirm_seeds=1, baselines=[])
+    return tune(spec, progress=False)
+
+
 def submit(api: httpx.Client, body: Any = None, **kwargs: Any) -> httpx.Response:
     return api.post("/v1/jobs", json=MINIMAL if body is None else body, **kwargs)
 
@@ -506,6 +515,53 @@ def test_a_finished_jobs_recommendation_is_served_with_its_snippet(
     assert served["code"] == recommendation.to_code()
     assert served["schedule"]["family"] == "cosine" and served["base_lr"] == recommendation.base_lr
     assert Recommendation.model_validate(served) == recommendation
+
+
+def test_epochs_renders_a_recommendations_snippet_for_the_users_run(
+    api: httpx.Client, store: JobStore, onecycle_recommendation: Recommendation
+) -> None:
+    """The onecycle tuned for 6 epochs, written for 8 (and 8 of 20 steps): the snippet says
+    what it was tuned for and stretches the cycle; the rest of the answer is as stored."""
+    rec = onecycle_recommendation
+    assert rec.schedule is not None and rec.schedule.family == "onecycle"
+    job = finish_with(store, small_job(), rec)
+    url = f"/v1/jobs/{job.id}/recommendation"
+    tuned_for = f"tuned for 6 epochs of {rec.steps_per_epoch} steps"
+    as_tuned = api.get(url).json()["recommendation"]["code"]
+    assert f"\nepochs = 6  # {tuned_for}; set your own\n" in as_tuned
+    longer = api.get(url, params={"epochs": 8})
+    assert longer.status_code == 200, longer.text
+    served = longer.json()["recommendation"]
+    assert served["code"] == rec.to_code(epochs=8) != as_tuned
+    assert f"\nepochs = 8  # {tuned_for}; set your own\n" in served["code"]
+    assert "total_steps=epochs * steps_per_epoch" in served["code"]
+    assert Recommendation.model_validate(served) == rec  # the code is derived: the rest is as is
+    both = api.get(url, params={"epochs": 8, "steps_per_epoch": 20}).json()["recommendation"]
+    assert "\nsteps_per_epoch = 20  # len(train_loader); " in both["code"]
+
+
+@pytest.mark.parametrize(
+    ("params", "field", "message"),
+    [
+        ({"epochs": 0}, "epochs", "greater than or equal to 1"),
+        ({"epochs": "eight"}, "epochs", "valid integer"),
+        ({"epochs": 2.5}, "epochs", "valid integer"),
+        ({"epochs": 100_001}, "epochs", "less than or equal to 100000"),
+        ({"epochs": 8, "steps_per_epoch": -3}, "steps_per_epoch", "greater than or equal to 1"),
+        ({"steps_per_epoch": 10**8}, "steps_per_epoch", "less than or equal to 10000000"),
+    ],
+)
+def test_a_run_length_that_is_not_a_sane_count_is_a_422(
+    api: httpx.Client,
+    store: JobStore,
+    recommendation: Recommendation,
+    params: dict[str, Any],
+    field: str,
+    message: str,
+) -> None:
+    job = finish_with(store, small_job(), recommendation)
+    refused = api.get(f"/v1/jobs/{job.id}/recommendation", params=params)
+    assert message in assert_field_error(refused, ["query", field])
 
 
 def test_recommendations_match_by_fingerprint_or_by_names_with_the_differences(

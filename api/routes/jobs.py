@@ -60,6 +60,7 @@ from lrtune.registry import (
     validate_dataset_params,
     validate_model_params,
 )
+from lrtune.schedules import MAX_RUN_EPOCHS, MAX_RUN_STEPS_PER_EPOCH
 from lrtune.spec import JobSpec
 
 EVENT_BATCH = 100
@@ -288,14 +289,45 @@ def delete_job(job_id: JobId, store: StoreDep, responses: ResponsesDep, _: Write
 @router.get(
     "/{job_id}/recommendation",
     summary="A job's recommendation",
+    response_model=StoredRecommendation,
     responses=error_responses(401, 404, 422, 503),
 )
-def get_recommendation(job_id: JobId, store: StoreDep, _: ReadAuth) -> StoredRecommendation:
+def get_recommendation(
+    job_id: JobId,
+    store: StoreDep,
+    _: ReadAuth,
+    epochs: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=MAX_RUN_EPOCHS,
+            description="write the snippet (`code`) for a run of this many epochs; its "
+            "comment says what it was tuned for",
+        ),
+    ] = None,
+    steps_per_epoch: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=MAX_RUN_STEPS_PER_EPOCH,
+            description="write the snippet for this many steps per epoch (default: its "
+            "`len(train_loader)`)",
+        ),
+    ] = None,
+) -> Response:
     """The schedule, LR curve, confirmation table and code snippet the job wrote.
 
-    404 while the job has not written one (the message says the job's state).
+    The snippet declares `epochs` and `steps_per_epoch` at the values it was tuned for, with
+    every schedule length a fraction of the run; `?epochs=` (and `&steps_per_epoch=`) write
+    it for your run instead, saying what it was tuned for. 404 while the job has not written
+    one (the message says the job's state).
     """
-    return store.recommendation(job_id)
+    stored = store.recommendation(job_id)
+    context = None
+    if epochs is not None or steps_per_epoch is not None:
+        context = {"code_for": {"epochs": epochs, "steps_per_epoch": steps_per_epoch}}
+    body = stored.model_dump_json(by_alias=True, context=context)
+    return Response(body, media_type="application/json")
 
 
 @router.get(
