@@ -305,3 +305,23 @@ def test_a_job_cancelled_before_any_trial_finished_says_so(tmp_path: Path) -> No
     store.cancel(job.id)
     with pytest.raises(NotFoundError, match="it is cancelled, and finished no search trial"):
         store.recommendation(job.id)
+
+
+# --- acceptance: the README's own example ---------------------------------------------------
+
+
+def test_the_readme_curl_example_recommends_nothing_worse_than_a_baseline() -> None:
+    import json
+    import re
+
+    from lrtune.spec import JobSpec
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    body = re.search(r"-d '(\{\"model\": \{\"name\": \"logreg\"\}.*?)'", readme, re.S)
+    assert body is not None, "the README's curl example moved: update this test"
+    rec = tune(JobSpec.model_validate(json.loads(body.group(1))), progress=False)
+    sign = 1.0 if rec.direction == "maximize" else -1.0
+    assert rec.baselines and rec.confirmed
+    for baseline in rec.baselines:
+        assert sign * rec.value >= sign * baseline.mean, rec.table()
+    assert all(p.verdict != "does not beat" for p in rec.paired_comparisons)
