@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -38,6 +38,7 @@ from lrtune.exceptions import (
     describe_validation_error,
 )
 from lrtune.registry import dataset_names, model_names
+from lrtune.schedules import MAX_RUN_EPOCHS, MAX_RUN_STEPS_PER_EPOCH
 from lrtune.spec import JobSpec
 
 if TYPE_CHECKING:
@@ -229,6 +230,18 @@ def _parser() -> argparse.ArgumentParser:
         "--optimizer", choices=["sgd", "adam", "adamw"], help="with --model (default sgd)"
     )
     recommend.add_argument("--batch-size", type=int, help="with --model (default 64)")
+    recommend.add_argument(
+        "--epochs",
+        type=_count_option(MAX_RUN_EPOCHS),
+        metavar="E",
+        help="write the snippet for your run of E epochs (it says what it was tuned for)",
+    )
+    recommend.add_argument(
+        "--steps-per-epoch",
+        type=_count_option(MAX_RUN_STEPS_PER_EPOCH),
+        metavar="S",
+        help="write the snippet for S steps per epoch (default: len(train_loader) in it)",
+    )
     _job_service_options(recommend)
     recommend.add_argument("--json", action="store_true", help="machine-readable output")
     recommend.set_defaults(run=_recommend)
@@ -545,7 +558,30 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or _first_line(exc)
 
 
-def _report(rec: Recommendation) -> str:
+CodeFor = dict[str, int | None]
+"""The run a snippet is written for: ``{"epochs": E, "steps_per_epoch": S}``, either None."""
+
+
+def _count_option(cap: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from 1 to ``cap``."""
+
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not 1 <= value <= cap:
+            raise argparse.ArgumentTypeError(
+                f"must be a whole number from 1 to {cap}, got {text!r}"
+            )
+        return value
+
+    return count
+
+
+def _report(rec: Recommendation, code_for: CodeFor | None = None) -> str:
+    """The report ``tune`` and ``recommend`` print; ``code_for`` writes the snippet for the
+    user's run (:meth:`Recommendation.to_code`'s ``epochs`` and ``steps_per_epoch``)."""
     lines = [f"job {rec.study_name} ({rec.fingerprint[:12]})"]
     if rec.suggested_lr is not None:
         agreement = rec.range_test.consensus.agreement
@@ -554,8 +590,8 @@ def _report(rec: Recommendation) -> str:
             if rec.spread_decades is None
             else f"seeds within {rec.spread_decades:.2f} decades, agreement {agreement}"
         )
-        lines.append(f"range test: suggested lr {rec.suggested_lr:.3g} ({spread})")
-    lines.append(f"lr bounds: {rec.bounds.low:.3g} .. {rec.bounds.high:.3g}: {rec.bounds.reason}")
+        lines.append(f"range test: suggested lr {rec.suggested_lr:.4g} ({spread})")
+    lines.append(f"lr bounds: {rec.bounds.low:.4g} .. {rec.bounds.high:.4g}: {rec.bounds.reason}")
     lines.append(f"search trials: {_counts(rec.n_trials)}")
     if any(rec.n_confirmation.values()):
         lines.append(f"confirmation runs: {_counts(rec.n_confirmation)}")
@@ -578,7 +614,12 @@ def _report(rec: Recommendation) -> str:
             f"{rec.metric} {rec.value:.4g} ({how})",
         ]
     lines += ["", rec.table()]
-    if rec.code is not None:
+    if rec.code is not None and code_for:
+        tuned = f"{rec.spec.search.epochs} epochs of {rec.steps_per_epoch} steps"
+        written = ", ".join(f"{key} = {value}" for key, value in code_for.items() if value)
+        lines += ["", f"# paste into your training script ({written}; tuned for {tuned}):"]
+        lines.append(rec.to_code(**code_for))
+    elif rec.code is not None:
         lines += ["", "# paste into your training script:", rec.code]
     return "\n".join(lines)
 
@@ -730,13 +771,15 @@ def _recommend(args: argparse.Namespace) -> int:
         raise CliError("give a job id or --model and --dataset, not both")
     if args.job_id is None and (args.model is None or args.dataset is None):
         raise CliError("give a job id, or --model and --dataset (see lrtune status for ids)")
+    code_for = _code_for(args)
     with _job_service(args) as jobs:
         if args.job_id is not None:
-            _print_recommendation(jobs.recommendation(args.job_id), as_json=args.json)
+            stored = jobs.recommendation(args.job_id)
+            _print_recommendation(stored, as_json=args.json, code_for=code_for)
             return 0
         found = jobs.find_recommendation(**query)
     if args.json:
-        print(found.model_dump_json())
+        print(found.model_dump_json(context=_code_context(code_for)))
         return 0
     if found.match == "fingerprint":
         print(f"stored for exactly this query (fingerprint {found.stored.fingerprint[:12]})")
@@ -745,17 +788,32 @@ def _recommend(args: argparse.Namespace) -> int:
             f"nothing stored for exactly this query; the newest job for {args.model} on "
             f"{args.dataset} differs in: {', '.join(found.differs)}"
         )
-    _print_recommendation(found.stored, as_json=False)
+    _print_recommendation(found.stored, as_json=False, code_for=code_for)
     return 0
 
 
-def _print_recommendation(stored: StoredRecommendation, *, as_json: bool) -> None:
-    """What ``lrtune recommend JOB`` prints: the stored record as JSON, or the report."""
+def _code_for(args: argparse.Namespace) -> CodeFor | None:
+    """``recommend --epochs/--steps-per-epoch``, or None for the run it was tuned for."""
+    if args.epochs is None and args.steps_per_epoch is None:
+        return None
+    return {"epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch}
+
+
+def _code_context(code_for: CodeFor | None) -> dict[str, CodeFor] | None:
+    """The serialization context that writes a recommendation's ``code`` for that run."""
+    return None if code_for is None else {"code_for": code_for}
+
+
+def _print_recommendation(
+    stored: StoredRecommendation, *, as_json: bool, code_for: CodeFor | None = None
+) -> None:
+    """What ``lrtune recommend JOB`` prints: the stored record as JSON, or the report; its
+    snippet written for ``code_for``'s run when given."""
     if as_json:
-        print(stored.model_dump_json())
+        print(stored.model_dump_json(context=_code_context(code_for)))
         return
     print(f"job {stored.job_id}, written {stored.created_at:%Y-%m-%d %H:%M:%S} UTC")
-    print(_report(stored.recommendation))
+    print(_report(stored.recommendation, code_for))
 
 
 def _cancel(args: argparse.Namespace) -> int:

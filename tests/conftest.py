@@ -106,3 +106,15 @@ def store(jobs_url: str):
     from lrtune.jobs import JobStore
 
     return JobStore(jobs_url)
+
+
+@pytest.fixture(scope="session")
+def onecycle_recommendation():
+    """A real onecycle recommendation of a tiny job tuned for 6 epochs (logistic regression on
+    wine; finalists only, so no baseline wins)."""
+    from small_jobs import small_job
+
+    from lrtune.tuner import tune
+
+    spec = small_job(n_trials=2, epochs=6, families=["onecycle"], confirm_seeds=1, baselines=[])
+    return tune(spec, progress=False)

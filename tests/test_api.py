@@ -70,15 +70,6 @@ def recommendation() -> Recommendation:
     return tune(spec, progress=False)
 
 
-@pytest.fixture(scope="session")
-def onecycle_recommendation() -> Recommendation:
-    """A real onecycle recommendation tuned for 6 epochs (finalists only: no baseline wins)."""
-    from lrtune.tuner import tune
-
-    spec = small_job(n_trials=2, epochs=6, families=["onecycle"], confirm_seeds=1, baselines=[])
-    return tune(spec, progress=False)
-
-
 def submit(api: httpx.Client, body: Any = None, **kwargs: Any) -> httpx.Response:
     return api.post("/v1/jobs", json=MINIMAL if body is None else body, **kwargs)
 

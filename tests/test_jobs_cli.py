@@ -1,4 +1,5 @@
-"""``lrtune db upgrade``, ``lrtune submit`` and ``lrtune status`` against a real job store."""
+"""``lrtune db upgrade``, ``submit``, ``status``, ``cancel`` and ``recommend`` against a real job
+store."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+from live_api import finish_with
+from small_jobs import small_job
 
 from lrtune.cli import main
-from lrtune.jobs import JobStatus, JobStore
+from lrtune.jobs import JobStatus, JobStore, StoredRecommendation
 from lrtune.jobs.schema import current_revision, head_revision
+from lrtune.recommendation import Recommendation
 
 JOB = "name: digits-mlp\nmodel: {name: mlp}\ndataset: {name: digits}\n"
 
@@ -118,3 +122,51 @@ def test_cancel_stops_a_queued_job_and_refuses_a_finished_one(
     )
     code, _, err = run(capsys, "cancel", "no-such-job", "--database", url)
     assert code == 2 and err.count("\n") == 1 and "no job 'no-such-job'" in err
+
+
+def test_recommend_epochs_writes_the_snippet_for_the_users_run(
+    store: JobStore,
+    jobs_url: str,
+    onecycle_recommendation: Recommendation,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A onecycle tuned for 6 epochs, asked for 8: the report's snippet is written for 8 and
+    says what it was tuned for; --json carries the same snippet."""
+    rec = onecycle_recommendation
+    job = finish_with(store, small_job(), rec)
+    tuned = f"tuned for 6 epochs of {rec.steps_per_epoch} steps"
+    code, out, err = run(capsys, "recommend", job.id, "--database", jobs_url, "--epochs", "8")
+    assert (code, err) == (0, "")
+    assert f"\n# paste into your training script (epochs = 8; {tuned}):\n" in out
+    assert out.endswith("\n" + rec.to_code(epochs=8) + "\n")
+    assert f"\nepochs = 8  # {tuned}; set your own\n" in out
+    code, out, _ = run(
+        capsys, "recommend", job.id, "--database", jobs_url,
+        "--epochs", "8", "--steps-per-epoch", "20", "--json",
+    )  # fmt: skip
+    served = StoredRecommendation.model_validate_json(out)  # the code is derived: recomputed
+    assert code == 0 and served.recommendation == rec
+    assert json.loads(out)["recommendation"]["code"] == rec.to_code(epochs=8, steps_per_epoch=20)
+    _, as_tuned, _ = run(capsys, "recommend", job.id, "--database", jobs_url)
+    assert f"\nepochs = 6  # {tuned}; set your own\n" in as_tuned
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--epochs", "0"], "argument --epochs: must be a whole number from 1 to 100000, got '0'"),
+        (["--epochs", "eight"], "argument --epochs: must be a whole number from 1 to 100000"),
+        (["--epochs", "2.5"], "argument --epochs: must be a whole number from 1 to 100000"),
+        (["--epochs", "100001"], "argument --epochs: must be a whole number from 1 to 100000"),
+        (
+            ["--epochs", "8", "--steps-per-epoch", "-1"],
+            "argument --steps-per-epoch: must be a whole number from 1 to 10000000, got '-1'",
+        ),
+    ],
+)
+def test_recommend_refuses_a_run_length_that_is_no_count_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], expected: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    code, out, err = run(capsys, "recommend", "some-job", "--database", url, *argv)
+    assert (code, out) == (2, "") and err.count("\n") == 1 and expected in err, err
