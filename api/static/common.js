@@ -39,8 +39,12 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// An LR with 4 significant digits, as the snippets and the CLI write it (the JSON has them all).
 export function fmtLR(x) {
-  return x === null || x === undefined || !isFinite(x) ? "–" : Number(x).toExponential(2);
+  if (x === null || x === undefined || !isFinite(x)) return "–";
+  const shown = Number(Number(x).toPrecision(4));
+  const a = Math.abs(shown);
+  return a !== 0 && (a < 1e-4 || a >= 1e5) ? shown.toExponential() : String(shown);
 }
 
 export function fmtNum(x, digits = 4) {
