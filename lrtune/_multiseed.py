@@ -23,7 +23,9 @@ from lrtune._state import reinitialize
 from lrtune.batches import endless, move_to, stack_batches
 from lrtune.optimizers import clone_optimizer
 
-# Optimizers whose update of a tensor is elementwise, hence identical on a stacked tensor.
+# Optimizers whose update of a tensor is elementwise, hence identical on a stacked tensor
+# (ASGD's step-size and averaging factors are scalars of the step count). Not Adafactor: it
+# factors a tensor's second moment over its last two dimensions, which stacking changes.
 ELEMENTWISE_OPTIMIZERS = (
     torch.optim.SGD,
     torch.optim.Adam,
@@ -33,6 +35,9 @@ ELEMENTWISE_OPTIMIZERS = (
     torch.optim.RAdam,
     torch.optim.RMSprop,
     torch.optim.Adagrad,
+    torch.optim.Adadelta,
+    torch.optim.ASGD,
+    torch.optim.Rprop,
 )
 
 

@@ -37,9 +37,10 @@ from lrtune.exceptions import (
     NotFoundError,
     describe_validation_error,
 )
+from lrtune.optimizer_signatures import OPTIMIZERS
 from lrtune.registry import dataset_names, model_names
 from lrtune.schedules import MAX_RUN_EPOCHS, MAX_RUN_STEPS_PER_EPOCH
-from lrtune.spec import JobSpec
+from lrtune.spec import FIELD_KEYWORDS, JobSpec
 
 if TYPE_CHECKING:
     from lrtune.client import Client
@@ -131,7 +132,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="dataset parameter, e.g. val_fraction=0.25 (repeatable)",
     )
-    find.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    find.add_argument(
+        "--optimizer", type=str.lower, choices=OPTIMIZERS, help="a torch.optim optimizer's name"
+    )
     find.add_argument("--momentum", type=float)
     find.add_argument("--weight-decay", type=float)
     find.add_argument("--batch-size", type=int)
@@ -227,7 +230,7 @@ def _parser() -> argparse.ArgumentParser:
     recommend.add_argument("--model", help="instead of a job id: the model's registry name")
     recommend.add_argument("--dataset", help="with --model: the dataset's registry name")
     recommend.add_argument(
-        "--optimizer", choices=["sgd", "adam", "adamw"], help="with --model (default sgd)"
+        "--optimizer", type=str.lower, choices=OPTIMIZERS, help="with --model (default sgd)"
     )
     recommend.add_argument("--batch-size", type=int, help="with --model (default 64)")
     recommend.add_argument(
@@ -460,8 +463,11 @@ def _find_spec(args: argparse.Namespace) -> JobSpec:
     data["dataset"].setdefault("params", {}).update(_key_values(args.dataset_param))
     optimizer = data.setdefault("optimizer", {})
     _set(optimizer, "name", args.optimizer)
-    _set(optimizer, "momentum", args.momentum)
-    _set(optimizer, "weight_decay", args.weight_decay)
+    # sgd, adam and adamw have fields for these; every other optimizer takes them in kwargs
+    name = str(optimizer.get("name", "sgd")).lower()
+    keywords = optimizer if name in FIELD_KEYWORDS else optimizer.setdefault("kwargs", {})
+    _set(keywords, "momentum", args.momentum)
+    _set(keywords, "weight_decay", args.weight_decay)
     _set(data, "batch_size", args.batch_size)
     _set(data, "seed", args.seed)
     _set(data, "device", args.device)

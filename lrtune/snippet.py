@@ -60,8 +60,6 @@ if TYPE_CHECKING:
 
 __all__ = ["job_code", "optimizer_code", "param_groups_code"]
 
-_OPTIMIZER_CLASSES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
-
 
 def job_code(
     job: JobSpec,
@@ -117,7 +115,7 @@ def optimizer_code(job: JobSpec, lr: float, *, model_name: str = "model") -> str
     """
     if not model_name.isidentifier():
         raise ValueError(f"model_name must be a Python identifier, got {model_name!r}")
-    optimizer = f"torch.optim.{_OPTIMIZER_CLASSES[job.optimizer.name]}"
+    optimizer = f"torch.optim.{job.optimizer.torch_class}"
     hyperparameters = _hyperparameters(job.optimizer)
     if not job.param_groups:
         return _call(
@@ -153,24 +151,17 @@ def param_groups_code(job: JobSpec, model_name: str) -> list[str]:
 
 
 def _hyperparameters(optimizer: OptimizerSpec) -> list[str]:
-    # The keywords lrtune.training.torch_optimizer passes, in its order.
-    if optimizer.name == "sgd":
-        return [
-            f"momentum={optimizer.momentum!r}",
-            f"nesterov={optimizer.nesterov!r}",
-            f"weight_decay={optimizer.weight_decay!r}",
-        ]
-    return [
-        f"betas={tuple(optimizer.betas)!r}",
-        f"eps={optimizer.eps!r}",
-        f"weight_decay={optimizer.weight_decay!r}",
-    ]
+    # The keywords lrtune.training.torch_optimizer passes, in its order; repr writes each
+    # number exactly, so the snippet's optimizer is the one that trained.
+    return [f"{key}={value!r}" for key, value in optimizer.keyword_arguments().items()]
 
 
 def _cycles_momentum(schedule: ScheduleSpec, optimizer: OptimizerSpec) -> bool:
-    if optimizer.name == "sgd":
-        return cycles_momentum(schedule, has_betas=False, momentum=optimizer.momentum)
-    return cycles_momentum(schedule, has_betas=True, momentum=0.0)
+    # What lrtune.schedules decides from the built optimizer: Adam-style betas, else the
+    # momentum it runs with (0 for an optimizer without one: Adagrad, Rprop, ...).
+    has_betas = optimizer.resolved_keyword("betas") is not None
+    momentum = float(optimizer.resolved_keyword("momentum") or 0.0)
+    return cycles_momentum(schedule, has_betas=has_betas, momentum=momentum)
 
 
 def _call(head: str, *args: str, force_wrap: bool = False) -> str:

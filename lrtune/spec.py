@@ -10,6 +10,16 @@ Example:
     ('sgd', 64, 30)
     >>> len(spec.fingerprint())
     64
+
+Any ``torch.optim`` optimizer, by name in any case, with its keyword arguments:
+
+    >>> optimizer = OptimizerSpec.model_validate({"name": "RMSprop", "kwargs": {"momentum": 0.9}})
+    >>> optimizer.name, optimizer.keyword_arguments(), optimizer.default_lr
+    ('rmsprop', {'momentum': 0.9}, 0.01)
+    >>> optimizer.model_dump()
+    {'name': 'rmsprop', 'kwargs': {'momentum': 0.9}}
+    >>> OptimizerSpec(nesterov=True).keyword_arguments()
+    {'momentum': 0.9, 'nesterov': True, 'weight_decay': 0.0}
 """
 
 from __future__ import annotations
@@ -17,13 +27,24 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from lrtune._schema import JsonObject, JsonText
 from lrtune.exceptions import InvalidInputError
+from lrtune.optimizer_signatures import OPTIMIZERS, accepted, check_keywords
 from lrtune.params import MAX_SEED
 from lrtune.schedules import FAMILIES
 
@@ -87,31 +108,160 @@ class DatasetRef(_Strict):
         return params
 
 
+OptimizerName = Literal[
+    "sgd",
+    "adam",
+    "adamw",
+    "rmsprop",
+    "nadam",
+    "radam",
+    "adamax",
+    "adagrad",
+    "adadelta",
+    "asgd",
+    "rprop",
+    "adafactor",
+]
+"""The keys of :data:`lrtune.optimizer_signatures.OPTIMIZERS` (a test holds them equal)."""
+
+FIELD_KEYWORDS: dict[str, tuple[str, ...]] = {
+    "sgd": ("momentum", "nesterov", "weight_decay"),
+    "adam": ("betas", "eps", "weight_decay"),
+    "adamw": ("betas", "eps", "weight_decay"),
+}
+"""The keywords that sgd, adam and adamw take from :class:`OptimizerSpec`'s own fields, in the
+order their constructors are called with them (the fields came before ``kwargs``)."""
+
+SGD_DEFAULT_LR = 0.1
+"""SGD's default LR in lrtune (torch's, 1e-3, is one no recipe trains SGD with)."""
+
+
+def _lower_case(name: Any) -> Any:
+    return name.lower() if isinstance(name, str) else name
+
+
+OptimizerNameInput = Annotated[OptimizerName, BeforeValidator(_lower_case)]
+"""An optimizer's name as a user writes it: in any case (``RMSprop``), kept in lower case."""
+
+
 class OptimizerSpec(_Strict):
     """The optimizer the user trains with; its LR is what lrtune finds.
+
+    ``name`` is any optimizer of :data:`lrtune.optimizer_signatures.OPTIMIZERS` (every
+    ``torch.optim`` class that trains with a plain ``optimizer.step()``), in any case, kept in
+    lower case. ``kwargs`` holds its constructor's keyword arguments as JSON, checked against
+    its signature (an unknown keyword, a value of the wrong kind or a number that is not
+    finite is an error on ``optimizer.kwargs`` that lists the accepted keywords); ``lr`` is
+    never one of them, it is what lrtune tunes.
+
+    ``sgd``, ``adam`` and ``adamw`` take the keywords of :data:`FIELD_KEYWORDS` from the fields
+    below, as they always have, with lrtune's defaults (SGD momentum 0.9, no weight decay for
+    AdamW either); their ``kwargs`` hold only their other keywords (``dampening``,
+    ``amsgrad``, ...). Every other optimizer takes all its keywords from ``kwargs``, torch's
+    defaults for the rest, and those fields must stay at their defaults. A spec's dump leaves
+    out what does not apply: an empty ``kwargs``, and the fields for an optimizer that does
+    not take them; so a spec written before ``kwargs`` existed dumps, and fingerprints, as it
+    always did.
 
     :func:`lrtune.training.torch_optimizer` builds it (this module never imports torch).
     """
 
-    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    name: OptimizerNameInput = Field(
+        "sgd",
+        description="a torch.optim optimizer by its class name, in any case: "
+        + ", ".join(OPTIMIZERS),
+    )
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
     nesterov: bool = Field(False, description="SGD only; needs momentum > 0")
-    weight_decay: float = Field(0.0, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0, le=1, description="SGD, Adam and AdamW only")
     betas: tuple[float, float] = Field((0.9, 0.999), description="Adam/AdamW only")
-    eps: float = Field(1e-8, gt=0, le=1e-2)
+    eps: float = Field(1e-8, gt=0, le=1e-2, description="Adam/AdamW only")
+    kwargs: dict[str, float | bool | list[float | None]] = Field(
+        default_factory=dict,
+        description="the optimizer's other keyword arguments, checked against its signature "
+        '(e.g. {"alpha": 0.9, "centered": true} for rmsprop); sgd, adam and adamw take '
+        "momentum, nesterov, betas, eps and weight_decay from the fields above, every other "
+        "optimizer takes all its keywords here; never lr",
+    )
+
+    @field_validator("momentum", "nesterov", "weight_decay", "betas", "eps")
+    @classmethod
+    def _field_of_its_optimizers(cls, value: Any, info: ValidationInfo) -> Any:
+        name, field = info.data.get("name"), info.field_name
+        assert field is not None
+        if name is None or name in FIELD_KEYWORDS or value == cls.model_fields[field].default:
+            return value
+        owners = " and ".join(n for n, fields in FIELD_KEYWORDS.items() if field in fields)
+        raise ValueError(
+            f"{field} is a field of {owners} only; give {name} its keywords in kwargs "
+            f"({accepted(name)})"
+        )
+
+    @field_validator("kwargs", mode="before")
+    @classmethod
+    def _check_kwargs(cls, kwargs: Any, info: ValidationInfo) -> Any:
+        name = info.data.get("name")
+        if name is None or not isinstance(kwargs, dict):  # the name's or the type's error
+            return kwargs
+        return check_keywords(name, kwargs, fields=FIELD_KEYWORDS.get(name, ()))
 
     @model_validator(mode="after")
     def _check_combination(self) -> OptimizerSpec:
         if self.nesterov and (self.name != "sgd" or self.momentum == 0):
             raise ValueError("nesterov needs optimizer 'sgd' with momentum > 0")
+        if self.nesterov and self.kwargs.get("dampening", 0.0) != 0:
+            raise ValueError("nesterov needs dampening 0")
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError("betas must each be in [0, 1)")
         return self
 
+    @model_serializer(mode="wrap")
+    def _leave_out_what_does_not_apply(self, dump: SerializerFunctionWrapHandler):
+        # No return annotation: pydantic would take it for the dump's JSON schema.
+        data = dump(self)
+        if not self.kwargs:
+            data.pop("kwargs", None)
+        if self.name not in FIELD_KEYWORDS:
+            for field in ("momentum", "nesterov", "weight_decay", "betas", "eps"):
+                data.pop(field, None)
+        return data
+
+    @property
+    def torch_class(self) -> str:
+        """The optimizer's class in ``torch.optim`` (``RMSprop``)."""
+        return OPTIMIZERS[self.name].torch_class
+
     @property
     def default_lr(self) -> float:
-        """The common default LR for this optimizer (SGD 0.1, Adam/AdamW 1e-3)."""
-        return 0.1 if self.name == "sgd" else 1e-3
+        """The LR the optimizer-default baseline trains at: the optimizer's own default (its
+        constructor's ``lr``: Adam/AdamW 1e-3, RMSprop 0.01, Adadelta 1.0, ...), except
+        SGD's: 0.1 (:data:`SGD_DEFAULT_LR`), not torch's 1e-3, which no recipe trains SGD
+        with; 0.1 is the torchvision recipes' value, and what lrtune's baselines and docs
+        have always called "sgd default lr"."""
+        return SGD_DEFAULT_LR if self.name == "sgd" else OPTIMIZERS[self.name].torch_lr
+
+    def keyword_arguments(self) -> dict[str, Any]:
+        """What the torch constructor is called with besides the params and ``lr``.
+
+        The fields sgd, adam and adamw take (:data:`FIELD_KEYWORDS`, in that order), then
+        ``kwargs`` in the signature's order, pairs as tuples; keywords not given keep torch's
+        defaults. :func:`lrtune.training.torch_optimizer` and the snippet both call it.
+        """
+        order = list(OPTIMIZERS[self.name].keywords)
+        given = sorted(self.kwargs.items(), key=lambda item: order.index(item[0]))
+        return {
+            **{field: getattr(self, field) for field in FIELD_KEYWORDS.get(self.name, ())},
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in given},
+        }
+
+    def resolved_keyword(self, keyword: str) -> Any:
+        """The value the optimizer runs with for ``keyword``: given, else torch's default
+        (None when the optimizer has no such keyword)."""
+        given = self.keyword_arguments()
+        if keyword in given:
+            return given[keyword]
+        known = OPTIMIZERS[self.name].keywords.get(keyword)
+        return None if known is None else known.default
 
 
 class ParamGroupSpec(_Strict):

@@ -302,14 +302,26 @@ def torch_optimizer(spec: OptimizerSpec, groups: list[dict[str, Any]]) -> torch.
     """The torch optimizer ``spec`` names over ``groups`` (each a dict with params and lr).
 
     It lives here, not in :mod:`lrtune.spec`, which must not import torch (the HTTP API
-    validates specs without it).
+    validates specs without it). The constructor gets :meth:`OptimizerSpec.keyword_arguments`,
+    as the snippet writes it.
+
+    Raises:
+        InvalidInputError: the installed torch lacks the class or one of its keywords (the
+            spec's table is pinned to a newer torch), or refuses a value.
     """
-    if spec.name == "sgd":
-        return torch.optim.SGD(
-            groups, momentum=spec.momentum, nesterov=spec.nesterov, weight_decay=spec.weight_decay
+    cls = getattr(torch.optim, spec.torch_class, None)
+    if cls is None:
+        raise InvalidInputError(
+            f"optimizer {spec.name!r} needs torch.optim.{spec.torch_class}, which torch "
+            f"{torch.__version__} lacks: upgrade torch"
         )
-    cls = torch.optim.Adam if spec.name == "adam" else torch.optim.AdamW
-    return cls(groups, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay)
+    try:
+        return cls(groups, **spec.keyword_arguments())
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(
+            f"torch {torch.__version__} cannot build optimizer {spec.name!r} with "
+            f"{spec.keyword_arguments()}: {exc}"
+        ) from exc
 
 
 def train(

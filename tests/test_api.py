@@ -222,6 +222,24 @@ def test_an_invalid_job_spec_is_422_at_its_field(
     assert api.get("/v1/jobs").json()["data"] == []
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"betas": [0.9, 0.99]}, {"momentum": True}, {"alpha": float("nan")}, {"alpha": 10**400}],
+    ids=["unknown", "wrong-type", "nan", "huge"],
+)
+def test_a_bad_optimizer_keyword_is_422_and_names_the_accepted_ones(
+    api: httpx.Client, kwargs: dict[str, Any]
+) -> None:
+    optimizer = {"name": "RMSprop", "kwargs": kwargs}
+    content = json.dumps({**MINIMAL, "optimizer": optimizer})  # NaN as JSON parsers take it
+    response = api.post("/v1/jobs", content=content, headers={"content-type": "application/json"})
+    detail = assert_field_error(response, ["body", "optimizer", "kwargs"])
+    assert "rmsprop accepts alpha" in detail and "centered" in detail
+    good = submit(api, {**MINIMAL, "optimizer": {"name": "RMSprop", "kwargs": {"alpha": 0.9}}})
+    assert good.status_code == 201, good.text
+    assert good.json()["spec"]["optimizer"] == {"name": "rmsprop", "kwargs": {"alpha": 0.9}}
+
+
 def test_malformed_json_and_a_bad_name_are_422(api: httpx.Client) -> None:
     broken = api.post(
         "/v1/jobs", content=b'{"model": ', headers={"content-type": "application/json"}
@@ -677,8 +695,10 @@ def test_the_response_cache_is_bounded_and_forgets_a_job() -> None:
         ({"fingerprint": "0" * 64, "model": "mlp"}, 422, ["query", "fingerprint"]),
         ({"model": "mlp", "dataset": "digits", "batch_size": 0}, 422, ["query", "batch_size"]),
         ({"model": "mlp\u0000", "dataset": "digits"}, 422, ["query", "model"]),
+        ({"model": "mlp", "dataset": "digits", "optimizer": "LBFGS"}, 422, ["query", "optimizer"]),
         ({"fingerprint": "0" * 64}, 404, None),
         ({"model": "mlp", "dataset": "digits"}, 404, None),
+        ({"model": "mlp", "dataset": "digits", "optimizer": "RMSprop"}, 404, None),
     ],
 )
 def test_recommendation_lookups_that_find_nothing_say_what_to_do(

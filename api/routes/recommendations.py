@@ -32,7 +32,7 @@ Example:
 from __future__ import annotations
 
 from functools import partial
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 from starlette.responses import Response
@@ -43,7 +43,7 @@ from lrtune.api.errors import FieldInvalid
 from lrtune.api.routes._docs import NOT_MODIFIED, error_responses
 from lrtune.api.routes.jobs import NO_NUL
 from lrtune.jobs import JobStore, RecommendationMatch, matching
-from lrtune.spec import MAX_BATCH_SIZE
+from lrtune.spec import MAX_BATCH_SIZE, OptimizerNameInput
 
 router = APIRouter(prefix="/recommendations", tags=["recommendations"])
 
@@ -69,7 +69,7 @@ async def find_recommendation(
     ] = None,
     model: Name = None,
     dataset: Name = None,
-    optimizer: Annotated[Literal["sgd", "adam", "adamw"] | None, Query()] = None,
+    optimizer: Annotated[OptimizerNameInput | None, Query()] = None,
     batch_size: Annotated[int | None, Query(ge=1, le=MAX_BATCH_SIZE)] = None,
     if_none_match: IfNoneMatch = None,
 ) -> Response:
