@@ -118,7 +118,12 @@ class SchedulePreview(_Strict):
     steps_per_epoch: int
     group_multipliers: list[float]
     lr_curve: LRSteps = Field(description="the LR of every param group at every step")
-    code: str = Field(description="paste-ready PyTorch code building the same scheduler")
+    code: str = Field(
+        description="paste-ready PyTorch code building the same scheduler; it declares `epochs` "
+        "(and `steps_per_epoch = len(train_loader)` for a schedule stepped per batch) at this "
+        "run's values and writes every length as a fraction of the run, so another `epochs` "
+        "keeps the shape"
+    )
 
 
 class Health(_Strict):
