@@ -753,7 +753,7 @@ class Recommendation(ResultModel):
         if self.best is None:
             raise ValueError("no trial finished: there is no schedule to write")
         if self.best.lr_free is not None:
-            return lr_free_code(self.best.lr_free, self.spec, model_name=model_name)
+            return lr_free_code(self.best.lr_free, self.spec, model_name=model_name, epochs=epochs)
         return job_code(
             self.spec,
             self.best.schedule,
