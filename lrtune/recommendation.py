@@ -44,9 +44,11 @@ Example:
     ...     "range_test": {"seeds": 2, "num_iter": 40},
     ...     "search": {"n_trials": 2, "epochs": 2, "families": ["cosine"], "confirm_seeds": 2}})
     >>> rec = tune(spec, progress=False)
-    >>> rec.schedule.family, rec.confirmed, len(rec.best.seed_values)
-    ('cosine', True, 2)
-    >>> "lr_scheduler.CosineAnnealingLR" in rec.to_code()
+    >>> rec.confirmed, len(rec.best.seed_values), [b.name for b in rec.baselines]
+    (True, 2, ['constant at suggestion', 'sgd default lr', 'prodigy', 'schedule-free sgd'])
+    >>> all(p.verdict != "does not beat" for p in rec.paired_comparisons)
+    True
+    >>> "optimizer = " in rec.to_code()
     True
     >>> paired_comparison("constant", {1: 0.9, 2: 0.8}, {1: 0.7, 2: 0.75}, "maximize").verdict
     'beats'
@@ -392,6 +394,23 @@ def pick_recommended(
     return group[0]
 
 
+def comparable(
+    finalists: Sequence[TrainedSchedule], baselines: Sequence[TrainedSchedule], confirmed: bool
+) -> list[int]:
+    """Indices in ``finalists + baselines`` of the candidates a recommendation is chosen among.
+
+    A finalist that trains what a baseline trains is that baseline (its runs stand in), so it
+    is counted once, as the baseline; when the recommendation is confirmed, a candidate without
+    confirmation values (not run yet) cannot be compared and is left out.
+    """
+    return [
+        k
+        for k, c in enumerate([*finalists, *baselines])
+        if not (c.role == "finalist" and any(c.same_run(b) for b in baselines))
+        and (c.seed_values or not confirmed)
+    ]
+
+
 class Recommendation(ResultModel):
     """The recommended schedule and its evidence: what ``lrtune tune --json`` prints.
 
@@ -466,16 +485,9 @@ class Recommendation(ResultModel):
         curve is the one its search trial trained with, not a preview (no torch needed).
         """
         direction = spec.search.direction or "minimize"
-        confirmed = any(c.seed_values for c in [*finalists, *baselines])
         everyone = [*finalists, *baselines]
-        # A finalist that trains what a baseline trains is that baseline: it runs as one.
-        distinct = [
-            k
-            for k, c in enumerate(everyone)
-            if not (c.role == "finalist" and any(c.same_run(b) for b in baselines))
-        ]
-        if confirmed:  # a candidate not (yet) confirmed cannot be compared
-            distinct = [k for k in distinct if everyone[k].seed_values]
+        confirmed = any(c.seed_values for c in everyone)
+        distinct = comparable(finalists, baselines, confirmed=confirmed)
         pick = pick_recommended(
             [everyone[k] for k in distinct],
             direction,
@@ -516,14 +528,9 @@ class Recommendation(ResultModel):
         return None if self.recommended is None else everyone[self.recommended]
 
     def _compared(self) -> list[TrainedSchedule]:
-        """The candidates the recommendation was chosen among, the recommended included:
-        confirmed ones (when it is confirmed), a finalist equal to a baseline counted once."""
-        return [
-            c
-            for c in self.finalists + self.baselines
-            if not (c.role == "finalist" and any(c.same_run(b) for b in self.baselines))
-            and (c.seed_values or not self.confirmed)
-        ]
+        """The candidates the recommendation was chosen among (:func:`comparable`)."""
+        everyone = self.finalists + self.baselines
+        return [everyone[k] for k in comparable(self.finalists, self.baselines, self.confirmed)]
 
     @property
     def undecided(self) -> list[TrainedSchedule]:
