@@ -23,6 +23,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fastapi import APIRouter, FastAPI
 
 from lrtune import __version__
@@ -47,6 +49,9 @@ from lrtune.api.routes._docs import error_responses
 from lrtune.jobs import JobStore
 from lrtune.jobs.db import get_engine
 
+if TYPE_CHECKING:
+    from lrtune.api.serve import EmbeddedWorkers
+
 API_PREFIX = "/v1"
 
 _DESCRIPTION = """\
@@ -68,12 +73,18 @@ _TAGS = [
 ]
 
 
-def create_app(settings: Settings | None = None, *, store: JobStore | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    store: JobStore | None = None,
+    embedded_workers: EmbeddedWorkers | None = None,
+) -> FastAPI:
     """The API app for ``settings`` (default: from the environment).
 
     ``store`` is the job store to serve (default: opened from ``settings.database_url`` on
     the first request that needs it, so the app starts while the database is down; the URL
-    itself is checked now).
+    itself is checked now). ``embedded_workers`` are the worker processes ``lrtune serve``
+    started beside it, which ``/readyz`` watches.
 
     Raises:
         InvalidInputError: an ``LRTUNE_*`` variable holds an invalid value, or the database
@@ -92,6 +103,7 @@ def create_app(settings: Settings | None = None, *, store: JobStore | None = Non
     app.state.store = LazyStore(settings, store)
     app.state.studies = LazyStudies(app.state.store)
     app.state.responses = ResponseCache()
+    app.state.embedded_workers = embedded_workers
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(metrics.router)

@@ -6,7 +6,8 @@ module holds only what exists because of HTTP: the error body, list envelopes, t
 preview's request and answer, the health reports, and the dashboard's views of a job's range
 test and trials. All are pydantic models, so the OpenAPI schema is derived from them. (The
 recommendation lookup's answer is the job store's :class:`~lrtune.jobs.RecommendationMatch`,
-re-exported here.)
+and the range test's view its :class:`~lrtune.jobs.schemas.FinderView`, re-exported here: the
+client reads them without importing the server.)
 
 Example:
     >>> body = ErrorBody(detail="no job 'x' in the job store")
@@ -25,8 +26,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lrtune._schema import LRSteps
+from lrtune.jobs.schemas import FinderView as FinderView
 from lrtune.jobs.schemas import RecommendationMatch as RecommendationMatch
-from lrtune.result import LRBounds, LRFinderResult
 from lrtune.schedules import ScheduleSpec
 from lrtune.spec import MAX_EPOCHS
 from lrtune.study_view import TrialView
@@ -145,29 +146,13 @@ class Readiness(_Strict):
     note: str | None = Field(
         None, description="what a ready API still lacks, e.g. no live worker to run jobs"
     )
-
-
-class FinderView(_Strict):
-    """A job's range test as the dashboard draws it: ``GET /v1/jobs/{id}/finder``.
-
-    ``range_test`` holds the per-seed curves (``seeds``), the ``median`` and the band
-    (``band_low``/``band_high``), every rule's suggestion (``suggestions``), the chosen one
-    (``consensus.suggestion``, with the seeds' ``spread_decades``); ``bounds`` the LR range the
-    search draws from. Both are null until the range test has finished; meanwhile
-    ``steps_done``/``steps_total`` say how far it has got (from the job's progress).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    job_id: str
-    status: str = Field(description="the job's state")
-    steps_done: int = Field(description="range-test steps done (all seeds' sweeps together)")
-    steps_total: int = Field(description="range-test steps in all (0 until known)")
-    chosen_rule: str = Field(
-        "consensus", description="the rule whose suggestion the search used (consensus)"
+    embedded_workers: int | None = Field(
+        None, description="worker processes lrtune serve started beside this API (null: none)"
     )
-    range_test: LRFinderResult | None = Field(description="null until the range test finished")
-    bounds: LRBounds | None = Field(description="null until the range test finished")
+    embedded_workers_running: int | None = Field(
+        None,
+        description="how many of them still run: none is a 503, fewer than started a note",
+    )
 
 
 class TrialsView(_Strict):

@@ -6,7 +6,10 @@ the fleet layout, where ``lrtune worker`` processes run elsewhere), prints the d
 URL, and serves until SIGINT (Ctrl-C) or SIGTERM. Then uvicorn finishes its requests, each
 worker gets SIGTERM (it hands its unit and lease back and exits 0), and the command exits 0.
 A worker is started with ``PR_SET_PDEATHSIG`` on Linux, so even a ``kill -9`` of the server
-leaves no orphan worker behind.
+leaves no orphan worker behind. A worker is started so that the working directory cannot
+shadow the installed package (:func:`python_module`): ``lrtune serve`` run in the clone's
+parent, which holds a folder named ``lrtune``, starts the same lrtune as its own. If the
+embedded workers exit anyway, ``/readyz`` and the dashboard say so (:class:`EmbeddedWorkers`).
 
 With ``submit`` (``lrtune serve --submit job.yaml``, the README's demo) a thread submits the
 job over HTTP once the server is up (with :class:`lrtune.client.Client`, as any user would),
@@ -38,6 +41,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -46,7 +50,15 @@ from typing import Any
 from lrtune.api.config import Settings
 from lrtune.exceptions import InvalidInputError, LRTuneError
 
-__all__ = ["ServeOptions", "base_url", "check_bind", "is_loopback", "serve"]
+__all__ = [
+    "EmbeddedWorkers",
+    "ServeOptions",
+    "base_url",
+    "check_bind",
+    "is_loopback",
+    "python_module",
+    "serve",
+]
 
 logger = logging.getLogger("lrtune.api")
 
@@ -145,7 +157,7 @@ def serve(options: ServeOptions) -> int:
             workers = [
                 _start_worker(options, settings.database_url) for _ in range(options.workers)
             ]
-            app = create_app(settings, store=store)
+            app = create_app(settings, store=store, embedded_workers=EmbeddedWorkers(workers))
             config = uvicorn.Config(
                 app,
                 log_config=None,
@@ -228,9 +240,55 @@ class _StopSignals:
             signal.signal(signum, handler)
 
 
+class EmbeddedWorkers:
+    """The worker processes ``lrtune serve`` started beside the API: which have exited.
+
+    ``/readyz`` reads it (:mod:`lrtune.api.routes.health`): all exited is a 503, some a note.
+    """
+
+    def __init__(self, processes: Sequence[subprocess.Popen[bytes]]) -> None:
+        self.processes = list(processes)
+
+    def exited(self) -> list[tuple[int, int]]:
+        """``(pid, exit status)`` of each worker that is no longer running."""
+        return [(p.pid, p.returncode) for p in self.processes if p.poll() is not None]
+
+    def describe_exited(self) -> str | None:
+        """One line on the exited workers for a user, or None while every one runs."""
+        exited = self.exited()
+        if not exited:
+            return None
+        which = ", ".join(f"pid {pid} status {status}" for pid, status in exited)
+        return (
+            f"{len(exited)} of lrtune serve's {len(self.processes)} embedded worker(s) exited "
+            f"({which}): queued jobs wait for a worker; lrtune serve's log says why, restart it"
+        )
+
+
+def python_module(module: str) -> list[str]:
+    """The command that runs ``python -m module`` in this interpreter, except that the working
+    directory is not put on ``sys.path``: in a folder that holds a folder named ``lrtune``
+    (the clone's parent), ``python -m`` would import that folder instead of the installed
+    package (an editable install's package is found after it).
+
+    Example:
+        >>> command = python_module("lrtune.cli")
+        >>> command[0] == sys.executable, command[1] in ("-P", "-c")
+        (True, True)
+    """
+    if sys.version_info >= (3, 11):
+        return [sys.executable, "-P", "-m", module]  # -P: sys.flags.safe_path
+    return [  # pragma: no cover - Python 3.10
+        sys.executable,
+        "-c",
+        f"import runpy, sys; del sys.path[0]; "
+        f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)",
+    ]
+
+
 def _worker_command(options: ServeOptions) -> list[str]:
     # The database URL goes in the environment, not the command line: `ps` shows no password.
-    command = [sys.executable, "-m", "lrtune.cli", "worker", "--device", options.device]
+    command = [*python_module("lrtune.cli"), "worker", "--device", options.device]
     if options.threads is not None:
         command += ["--threads", str(options.threads)]
     return command

@@ -73,7 +73,7 @@ from lrtune.jobs.waiting import wait_for
 from lrtune.spec import JobSpec
 
 if TYPE_CHECKING:
-    from lrtune.api.schemas import FinderView
+    from lrtune.jobs.schemas import FinderView
 
 __all__ = ["Client", "ClientSettings", "Unauthorized"]
 
@@ -204,7 +204,7 @@ class Client:
         """The job's range test (``GET /v1/jobs/{id}/finder``): the loss-vs-LR curves of its
         seeds and their median, every rule's suggestion, the chosen one and the LR bounds;
         ``range_test`` is None until it has finished."""
-        from lrtune.api.schemas import FinderView
+        from lrtune.jobs.schemas import FinderView
 
         return self._parsed(FinderView, self._call("GET", f"/v1/jobs/{job_id}/finder"))
 

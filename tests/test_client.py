@@ -114,3 +114,24 @@ def test_the_client_loads_no_heavy_package(server: str, sqlite_url: str) -> None
     """
     assert heavy_modules_after(code) == []
     assert JobStore(sqlite_url).list().data[0].spec.model.name == "logreg"
+
+
+def test_the_client_reads_a_range_test_in_the_clones_parent(
+    client: Client, server: str, tmp_path: Path
+) -> None:
+    # A folder named lrtune in the working directory (the clone's parent) is on sys.path before
+    # an editable install's package: the client must not need the server's modules from it.
+    (tmp_path / "lrtune").symlink_to(REPO)
+    job = client.submit(TINY)
+    code = (
+        "import sys; from lrtune.client import Client; "
+        "print(Client(sys.argv[1], token=sys.argv[2]).finder(sys.argv[3]).status)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, server, TOKEN, job.id],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (done.returncode, done.stdout) == (0, "queued\n"), done.stderr

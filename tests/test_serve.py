@@ -29,14 +29,26 @@ TINY_JOB = {
 }
 
 
+REPO = Path(__file__).resolve().parents[1]
+CONSOLE_SCRIPT = Path(sys.executable).with_name("lrtune")
+"""``lrtune`` as a user runs it: the console entry point beside the interpreter."""
+
+
 class Service:
     """``lrtune serve ...`` in a child process, its stderr read line by line."""
 
-    def __init__(self, args: list[str], tmp_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        tmp_path: Path,
+        env: dict[str, str] | None = None,
+        launcher: list[str] | None = None,
+    ) -> None:
         inherited = {k: v for k, v in os.environ.items() if k != "LRTUNE_API_TOKEN"}
         environment = {**inherited, "OMP_NUM_THREADS": "1", **(env or {})}
+        launcher = launcher or [sys.executable, "-m", "lrtune.cli"]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "lrtune.cli", "serve", *args],
+            [*launcher, "serve", *args],
             cwd=tmp_path,
             env=environment,
             stdout=subprocess.PIPE,
@@ -149,6 +161,44 @@ def test_a_killed_server_leaves_no_orphan_worker(services: list[Service], tmp_pa
     finally:
         if alive(worker_pid):
             os.kill(worker_pid, signal.SIGKILL)
+
+
+def test_serve_in_the_clones_parent_starts_a_worker_of_the_installed_lrtune(
+    services: list[Service], tmp_path: Path
+) -> None:
+    (tmp_path / "lrtune").symlink_to(REPO)  # the clone's parent: it holds the clone, lrtune/
+    database = f"sqlite:///{tmp_path / 'jobs.db'}"
+    service = Service(
+        ["--port", "0", "--database", database], tmp_path, launcher=[str(CONSOLE_SCRIPT)]
+    )
+    services.append(service)
+    url = service.wait_for(r"dashboard at (http://127\.0\.0\.1:\d+)/").group(1)
+    outcome = service.wait_for(r"event=(started|worker_exited)").group(1)
+    assert outcome == "started", service.stderr()
+    ready = httpx.get(f"{url}/readyz", timeout=30).json()
+    assert ready["embedded_workers"] == ready["embedded_workers_running"] == 1
+
+
+def test_readyz_and_the_dashboard_say_when_the_embedded_worker_is_dead(
+    services: list[Service], tmp_path: Path
+) -> None:
+    service, url, worker_pid = start_idle(services, tmp_path)
+    ready = httpx.get(f"{url}/readyz", timeout=30)
+    assert ready.status_code == 200 and ready.json()["embedded_workers_running"] == 1
+    os.kill(worker_pid, signal.SIGKILL)
+    service.wait_for(rf"event=worker_exited pid={worker_pid}")
+    ready = httpx.get(f"{url}/readyz", timeout=30)
+    assert ready.status_code == 503, ready.text
+    body = ready.json()
+    assert body["status"] == "unavailable" and body["embedded_workers_running"] == 0
+    assert body["detail"].startswith(
+        f"1 of lrtune serve's 1 embedded worker(s) exited (pid {worker_pid} status -9): "
+        "queued jobs wait"
+    )
+    page = httpx.get(f"{url}/", timeout=30).text  # every page shows /readyz's detail
+    assert 'id="service-warning"' in page and 'src="/ui/health.js"' in page
+    script = httpx.get(f"{url}/ui/health.js", timeout=30)
+    assert script.status_code == 200 and "/readyz" in script.text
 
 
 def test_no_worker_serves_the_api_alone(services: list[Service], tmp_path: Path) -> None:

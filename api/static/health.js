@@ -1,0 +1,23 @@
+// Every page: a banner while lrtune serve's embedded workers have exited (GET /readyz), so
+// that jobs waiting forever say why. /readyz needs no token.
+const POLL_MS = 5000;
+const banner = document.getElementById("service-warning");
+
+async function check() {
+  try {
+    const response = await fetch("/readyz", { headers: { Accept: "application/json" } });
+    const ready = await response.json();
+    const running = ready.embedded_workers_running;
+    const dead = ready.embedded_workers !== null && ready.embedded_workers !== undefined
+      && running < ready.embedded_workers;
+    banner.textContent = dead ? (ready.detail || ready.note) : "";
+    banner.hidden = !dead;
+  } catch {
+    // the server is gone or restarting: the pages' own calls say so
+  }
+}
+
+if (banner) {
+  check();
+  setInterval(() => { if (!document.hidden) check(); }, POLL_MS);
+}
