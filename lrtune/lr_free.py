@@ -32,6 +32,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
@@ -85,14 +87,22 @@ def build_optimizer(
     name: LRFreeName, optimizer: OptimizerSpec, groups: list[dict[str, Any]]
 ) -> torch.optim.Optimizer:
     """The baseline's optimizer over ``groups`` (each a dict with params and lr)."""
+    weight_decay = _weight_decay(optimizer)
     if name == "prodigy":
         from prodigyopt import Prodigy
 
-        return Prodigy(groups, weight_decay=optimizer.weight_decay)
+        # Prodigy prints a line on construction; stdout may carry JSON (lrtune tune --json).
+        with contextlib.redirect_stdout(io.StringIO()):
+            return Prodigy(groups, weight_decay=weight_decay)
     import schedulefree
 
     cls = getattr(schedulefree, _schedule_free_class(optimizer))
-    return cls(groups, weight_decay=optimizer.weight_decay)
+    return cls(groups, weight_decay=weight_decay)
+
+
+def _weight_decay(optimizer: OptimizerSpec) -> float:
+    """The job's weight decay, wherever its optimizer keeps it (a field or ``kwargs``)."""
+    return float(optimizer.resolved_keyword("weight_decay") or 0.0)
 
 
 def needs_modes(optimizer: torch.optim.Optimizer) -> bool:
@@ -155,7 +165,7 @@ def code(
         params = GROUPS_ARGUMENT
     else:
         groups, params = [], f"{model_name}.parameters(), lr={lr!r}"
-    build = f"optimizer = {constructor}{params}, weight_decay={optimizer.weight_decay!r})"
+    build = f"optimizer = {constructor}{params}, weight_decay={_weight_decay(optimizer)!r})"
     module = optimizer_class(name, optimizer).split(".")[0]
     if name == "prodigy":
         tuned = job.search.epochs
