@@ -13,6 +13,10 @@ the API's fields, so that the API, the store it opens and the workers read one s
   of its arrays once decoded; above it, 413 (or 422 for arrays that decode larger).
 - ``LRTUNE_MAX_QUEUED_JOBS``: a submit that finds this many jobs queued is refused with 429.
 - ``LRTUNE_HOST``/``LRTUNE_PORT``: where ``uvicorn`` binds (loopback by default).
+- ``LRTUNE_ALLOWED_HOSTS``: the host names a request's ``Host`` header may carry, comma
+  separated (``*.example.com`` matches a suffix, ``*`` any); unset: bound to loopback, the
+  loopback names and the bind address (so a DNS-rebound name is refused), else any (a
+  non-loopback bind needs the token). :meth:`Settings.trusted_hosts`.
 - ``LRTUNE_OPTUNA_DASHBOARD``: serve optuna-dashboard at ``/dashboard`` over the jobs'
   studies, behind the token (:mod:`lrtune.api.routes.optuna_dashboard`); true by default.
 - ``LRTUNE_SSE_POLL_S``/``LRTUNE_SSE_PING_S``: how often an event stream reads the store for
@@ -38,15 +42,39 @@ Example:
     lrtune.exceptions.InvalidInputError: invalid settings: LRTUNE_MAX_QUEUED_JOBS='0': Input \
 should be greater than or equal to 1
     >>> del os.environ["LRTUNE_MAX_QUEUED_JOBS"]
+    >>> Settings().trusted_hosts()
+    ['127.0.0.1', '[::1]', 'localhost']
+    >>> os.environ["LRTUNE_ALLOWED_HOSTS"] = "lrtune.example.com, *.corp"
+    >>> Settings.from_env().trusted_hosts()
+    ['lrtune.example.com', '*.corp']
+    >>> del os.environ["LRTUNE_ALLOWED_HOSTS"]
 """
 
 from __future__ import annotations
 
+import ipaddress
+from typing import Annotated, Any
+
 from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import NoDecode
 
 from lrtune.jobs.settings import Settings as StoreSettings
 
-__all__ = ["Settings"]
+__all__ = ["LOOPBACK_HOSTS", "Settings", "is_loopback"]
+
+LOOPBACK_HOSTS = ("127.0.0.1", "[::1]", "localhost")
+"""The names a request to a loopback-bound API carries in ``Host`` (an IPv6 one bracketed)."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) only accepts connections from this
+    machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 class Settings(StoreSettings):
@@ -72,6 +100,12 @@ class Settings(StoreSettings):
         1000, ge=1, description="queued jobs above which a submit is refused with 429"
     )
     host: str = Field("127.0.0.1", min_length=1, description="address the API binds")
+    allowed_hosts: Annotated[list[str] | None, NoDecode] = Field(
+        None,
+        description="host names the Host header may carry, comma separated (*.example.com "
+        "matches a suffix, * any); unset: bound to loopback, the loopback names and the bind "
+        "address, else any",
+    )
     port: int = Field(8000, ge=1, le=65535, description="port the API binds")
     optuna_dashboard: bool = Field(
         True, description="serve optuna-dashboard at /dashboard, behind the API's token"
@@ -90,6 +124,29 @@ class Settings(StoreSettings):
         "before they ask the store again (0: every time); a newer recommendation, or a job "
         "deleted through another API process, shows after at most this long",
     )
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, hosts: Any) -> Any:
+        if isinstance(hosts, str):
+            return [host.strip().lower() for host in hosts.split(",") if host.strip()]
+        return hosts
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _some_host(cls, hosts: list[str] | None) -> list[str] | None:
+        if hosts is not None and not hosts:
+            raise ValueError("name at least one host (or * for any), or unset it")
+        return hosts
+
+    def trusted_hosts(self) -> list[str]:
+        """The host names a request's ``Host`` header may carry (see the module)."""
+        if self.allowed_hosts is not None:
+            return list(self.allowed_hosts)
+        if not is_loopback(self.host):
+            return ["*"]  # the token guards a non-loopback bind
+        bound = f"[{self.host}]" if ":" in self.host else self.host.lower()
+        return sorted({*LOOPBACK_HOSTS, bound})
 
     @field_validator("api_token")
     @classmethod

@@ -40,6 +40,7 @@ from __future__ import annotations
 import hmac
 import threading
 from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import Cookie, Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -48,6 +49,7 @@ from starlette.exceptions import HTTPException
 
 from lrtune.api.cache import ResponseCache
 from lrtune.api.config import Settings
+from lrtune.api.middleware import host_allowed
 from lrtune.jobs import JobStore
 
 if TYPE_CHECKING:
@@ -175,18 +177,31 @@ def refuse_cross_site(request: Request, what: str = "lrtune's write endpoints") 
 
     A page on another site (another port of this host included, which is the same site to
     the cookie) can send a form's POST to a loopback service with no token, or carrying the
-    login cookie; the browser says so in ``Sec-Fetch-Site``. Requests without the header
-    (curl, the client, the CLI) and the dashboard's own pages (``same-origin``) go on.
+    login cookie; the browser says so in ``Sec-Fetch-Site``, and names the page's origin in
+    ``Origin``, whose host must be one the server answers for
+    (:meth:`~lrtune.api.config.Settings.trusted_hosts`; an opaque ``null`` origin is not).
+    Requests without the headers (curl, the client, the CLI) and the dashboard's own pages
+    (``same-origin``, from a trusted host) go on.
 
     Raises:
         HTTPException: 403 saying where the request came from.
     """
+    if request.method in SAFE_METHODS:
+        return
     sender = request.headers.get("sec-fetch-site", "none")
-    if request.method not in SAFE_METHODS and sender not in ("same-origin", "none"):
+    if sender not in ("same-origin", "none"):
         raise HTTPException(
             403,
             f"{what} take requests from the service's own pages only (this one came "
             f"from a {sender} page)",
+        )
+    origin = request.headers.get("origin")
+    settings: Settings = request.app.state.settings
+    if origin is not None and not host_allowed(urlsplit(origin).netloc, settings.trusted_hosts()):
+        raise HTTPException(
+            403,
+            f"{what} take requests from the service's own pages only (this one came "
+            f"from a page of {origin[:100]!r}; LRTUNE_ALLOWED_HOSTS names the hosts served)",
         )
 
 

@@ -4,9 +4,9 @@ The app holds its :class:`~lrtune.api.config.Settings` and a lazily opened job s
 ``app.state``; routers come from :mod:`lrtune.api.routes` (``/v1/...``, plus ``/healthz`` and
 ``/readyz``, the dashboard's pages at ``/`` with its assets at ``/ui``, and optuna-dashboard
 at ``/dashboard``), errors are
-mapped in :mod:`lrtune.api.errors`, and request bodies are capped by
-:mod:`lrtune.api.middleware`. Building the app and serving jobs imports neither torch nor
-Optuna (a schedule preview imports torch; deleting a job that has a study, and reading a
+mapped in :mod:`lrtune.api.errors`, and request bodies are capped, and ``Host`` headers
+checked, by :mod:`lrtune.api.middleware`. Building the app and serving jobs imports neither
+torch nor Optuna (a schedule preview imports torch; deleting a job that has a study, and reading a
 job's range test or trials, import Optuna).
 
 Run it with uvicorn's factory mode (settings from ``LRTUNE_*``)::
@@ -32,7 +32,7 @@ from lrtune.api.cache import ResponseCache
 from lrtune.api.config import Settings
 from lrtune.api.deps import LazyStore, LazyStudies
 from lrtune.api.errors import install_error_handlers
-from lrtune.api.middleware import BodySizeLimit
+from lrtune.api.middleware import BodySizeLimit, TrustedHosts
 from lrtune.api.routes import (
     dashboard,
     datasets,
@@ -121,4 +121,5 @@ def create_app(
         upload_bytes=settings.max_upload_bytes,
         upload_paths={f"{API_PREFIX}{datasets.UPLOAD_PATH}"},
     )
+    app.add_middleware(TrustedHosts, allowed=settings.trusted_hosts())  # outermost: first
     return app

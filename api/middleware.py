@@ -1,4 +1,6 @@
-"""The request body cap: a body over ``Settings.max_body_bytes`` is refused with 413.
+"""The request body cap, and the ``Host`` check.
+
+:class:`BodySizeLimit`: a body over ``Settings.max_body_bytes`` is refused with 413.
 
 Uploads have their own, larger cap: a ``POST`` to a path in ``upload_paths`` may send up to
 ``Settings.max_upload_bytes`` (and a 413 then names that setting).
@@ -8,18 +10,32 @@ without one (chunked) is counted as it arrives; the chunk that crosses the cap r
 ``HTTPException`` from ``receive``, which FastAPI passes on to the error handlers (it never
 parses a partial body). A pure ASGI middleware, so the SSE stream is not buffered.
 
+:class:`TrustedHosts`: a request whose ``Host`` header is not one of
+``Settings.trusted_hosts()`` is refused with 400 before any route runs (Starlette's
+``TrustedHostMiddleware`` rule, answered in the API's error body): a page on a DNS-rebound
+name (``attacker.example`` resolving to 127.0.0.1) reaches a loopback API with its own name
+in ``Host``, so it cannot use a loopback service that has no token. :func:`host_allowed` is
+the rule, which the write endpoints' ``Origin`` check shares.
+
 Example:
     >>> async def app(scope, receive, send): ...
     >>> limit = BodySizeLimit(app, max_bytes=1024, upload_bytes=4096, upload_paths={"/up"})
     >>> limit.max_bytes, limit.cap_of({"method": "POST", "path": "/up"})
     (1024, (4096, 'LRTUNE_MAX_UPLOAD_BYTES'))
+    >>> loopback = ["127.0.0.1", "[::1]", "localhost"]
+    >>> host_allowed("localhost:8000", loopback), host_allowed("attacker.example", loopback)
+    (True, False)
+    >>> host_allowed("[::1]:8000", loopback), host_allowed("api.corp", ["*.corp"])
+    (True, True)
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import parse_host_header
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lrtune.api.schemas import ErrorBody
@@ -73,14 +89,57 @@ class BodySizeLimit:
         return counted
 
     async def _refuse(self, send: Send, message: str) -> None:
-        body = ErrorBody(detail=message).model_dump_json().encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await _refuse(send, 413, message)
+
+
+class TrustedHosts:
+    """Refuse a request whose ``Host`` is not in ``allowed`` with 400 (see the module)."""
+
+    def __init__(self, app: ASGIApp, allowed: Collection[str]) -> None:
+        self.app = app
+        self.allowed = list(allowed)
+        self.any = "*" in self.allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.any or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        host = Headers(scope=scope).get("host")
+        if host_allowed(host, self.allowed):
+            await self.app(scope, receive, send)
+            return
+        message = (
+            f"this server does not answer for the host {host!r}: it answers for "
+            f"{', '.join(self.allowed)} (LRTUNE_ALLOWED_HOSTS names others)"
+        )
+        await _refuse(send, 400, message)
+
+
+def host_allowed(host: str | None, allowed: Collection[str]) -> bool:
+    """Whether ``host`` (a ``Host`` header, or an origin's ``host:port``) names one of
+    ``allowed``: a name, ``*.suffix`` or ``*``; the port does not count."""
+    parsed = parse_host_header(host)
+    if parsed is None:
+        return False
+    name = parsed.host.lower().rstrip(".")
+    return any(
+        pattern == "*"
+        or name == pattern
+        or (pattern.startswith("*.") and name.endswith(pattern[1:]))
+        for pattern in allowed
+    )
+
+
+async def _refuse(send: Send, status: int, message: str) -> None:
+    """Answer ``status`` with the API's error body, and close the connection."""
+    body = ErrorBody(detail=message).model_dump_json().encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _message(what: str, cap: tuple[int, str]) -> str:

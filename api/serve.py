@@ -33,7 +33,6 @@ LRTUNE_API_TOKEN (every request then needs 'Authorization: Bearer <token>'), or 
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import signal
@@ -47,7 +46,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from lrtune.api.config import Settings
+from lrtune.api.config import Settings, is_loopback
 from lrtune.exceptions import InvalidInputError, LRTuneError
 
 __all__ = [
@@ -80,17 +79,6 @@ class ServeOptions:
     submit: Path | None = None
     exit_when_done: bool = False
     access_log: bool = False
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (an address or ``localhost``) only accepts connections from this
-    machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
 
 
 def check_bind(host: str, token: str | None) -> bool:

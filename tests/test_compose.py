@@ -151,5 +151,5 @@ def test_optuna_dashboard_is_the_apis_behind_its_token_and_no_open_server(tmp_pa
 
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     settings = ApiSettings(database_url=url, api_token="compose-t0ken", optuna_dashboard=True)
-    with TestClient(create_app(settings)) as http:
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as http:
         assert http.get("/api/studies").status_code == 401  # the token, as compose's API has

@@ -204,7 +204,8 @@ def test_serving_the_finder_and_trials_loads_no_torch(tmp_path) -> None:
         store = JobStore(url)
         job = store.submit(JobSpec.model_validate(
             {{"model": {{"name": "logreg"}}, "dataset": {{"name": "wine"}}}}))
-        http = TestClient(create_app(Settings(database_url=url), store=store))
+        http = TestClient(create_app(Settings(database_url=url), store=store),
+            base_url="http://127.0.0.1")
         assert http.get("/").status_code == 200
         assert http.get(f"/v1/jobs/{{job.id}}/finder").status_code == 200
         assert http.get(f"/v1/jobs/{{job.id}}/trials").status_code == 200

@@ -166,7 +166,7 @@ def test_the_api_starts_without_optuna_dashboard_and_loads_it_on_its_first_reque
         from lrtune.jobs import upgrade
         url = "sqlite:///{tmp_path / "jobs.db"}"
         upgrade(url)
-        http = TestClient(create_app(Settings(database_url=url)))
+        http = TestClient(create_app(Settings(database_url=url)), base_url="http://127.0.0.1")
         assert http.get("/").status_code == 200
         started = {{"optuna", "optuna_dashboard", "bottle"}} & set(sys.modules)
         assert not started, started

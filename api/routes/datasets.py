@@ -71,7 +71,7 @@ def list_datasets(store: StoreDep, _: ReadAuth) -> RegistryList:
     status_code=201,
     summary="Upload a dataset",
     responses={
-        201: {"description": "Stored; `Location` is its URL"},
+        201: {"description": "Stored; `Location` is its path"},
         200: {"model": DatasetUpload, "description": "The same data was stored already"},
         **error_responses(401, 413, 422, 503),
     },
@@ -107,7 +107,7 @@ def upload_dataset(
         raise FieldInvalid(["body", exc.field], str(exc), "invalid_upload") from None
     upload, created = store.uploads.save(arrays, name=name or _label(file.filename))
     response.status_code = 201 if created else 200
-    response.headers["Location"] = str(request.url_for("get_dataset", dataset_id=upload.id))
+    response.headers["Location"] = request.url_for("get_dataset", dataset_id=upload.id).path
     return upload
 
 

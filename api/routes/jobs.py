@@ -158,12 +158,12 @@ _EVENT_STREAM_DOC: dict[int | str, dict[str, Any]] = {
     status_code=201,
     summary="Submit a job",
     responses={
-        201: {"description": "The job, queued; `Location` is its URL"},
+        201: {"description": "The job, queued; `Location` is its path"},
         200: {
             "model": Submission,
             "description": "Reused: an earlier succeeded job with the same fingerprint, search "
             "configuration and result format answers it (`reused_from`, `recommendation`); "
-            "`Location` is that job's URL",
+            "`Location` is that job's path",
         },
         **error_responses(401, 413, 422, 429, 503),
     },
@@ -193,7 +193,7 @@ def submit_job(
         ),
     ] = True,
 ) -> Submission:
-    """Queue a job for the spec; 201 with the job and its URL in `Location`, or 200 with an
+    """Queue a job for the spec; 201 with the job and its path in `Location`, or 200 with an
     earlier job's answer when `reuse` finds one."""
     check_text(spec)
     check_registry(spec, store)
@@ -202,7 +202,7 @@ def submit_job(
     job = store.submit(spec, name=name, reuse=reuse)
     if job.reused_from is not None:
         response.status_code = 200
-    response.headers["Location"] = str(request.url_for("get_job", job_id=job.id))
+    response.headers["Location"] = request.url_for("get_job", job_id=job.id).path  # no Host
     event = "reused" if job.reused_from else "submitted"
     _logger.info(
         "job=%s event=%s model=%s dataset=%s", job.id, event, spec.model.name, spec.dataset.name
