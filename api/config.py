@@ -6,8 +6,11 @@ the API's fields, so that the API, the store it opens and the workers read one s
 ``LRTUNE_*`` variables. Nothing else in the API reads the environment.
 
 - ``LRTUNE_API_TOKEN``: when set, write endpoints need ``Authorization: Bearer <token>``
-  (and reads too when ``LRTUNE_API_TOKEN_FOR_READS`` is true). A :class:`~pydantic.SecretStr`,
-  so it never shows in a ``repr``, a log line or an error message.
+  (and reads too when ``LRTUNE_API_TOKEN_FOR_READS`` is true). Bound to a non-loopback
+  ``LRTUNE_HOST``, the app refuses to start without it, and reads need it too
+  (:meth:`Settings.bound`, which :func:`~lrtune.api.main.create_app` applies). A
+  :class:`~pydantic.SecretStr`, so it never shows in a ``repr``, a log line or an error
+  message.
 - ``LRTUNE_MAX_BODY_BYTES``: request bodies above it are refused with 413.
 - ``LRTUNE_MAX_UPLOAD_BYTES``: the cap of a dataset upload's body (``POST /v1/datasets``), and
   of its arrays once decoded; above it, 413 (or 422 for arrays that decode larger).
@@ -58,9 +61,10 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
+from lrtune.exceptions import InvalidInputError
 from lrtune.jobs.settings import Settings as StoreSettings
 
-__all__ = ["LOOPBACK_HOSTS", "Settings", "is_loopback"]
+__all__ = ["LOOPBACK_HOSTS", "Settings", "check_bind", "is_loopback"]
 
 LOOPBACK_HOSTS = ("127.0.0.1", "[::1]", "localhost")
 """The names a request to a loopback-bound API carries in ``Host`` (an IPv6 one bracketed)."""
@@ -75,6 +79,34 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # a host name: it may resolve to anything
+
+
+def check_bind(host: str, token: str | None) -> bool:
+    """Whether reads must need the token too (a non-loopback bind); raise if it is refused.
+
+    Example:
+        >>> check_bind("127.0.0.1", token=None)  # loopback: no token needed
+        False
+        >>> check_bind("0.0.0.0", token=None)
+        Traceback (most recent call last):
+        ...
+        lrtune.exceptions.InvalidInputError: refusing to serve on 0.0.0.0 without a token: \
+set LRTUNE_API_TOKEN (every request then needs 'Authorization: Bearer <token>'), or bind \
+127.0.0.1
+        >>> check_bind("0.0.0.0", token="s3cret")  # allowed, and reads need the token too
+        True
+
+    Raises:
+        InvalidInputError: ``host`` is not a loopback address and no token is configured.
+    """
+    if is_loopback(host):
+        return False
+    if not token:
+        raise InvalidInputError(
+            f"refusing to serve on {host} without a token: set LRTUNE_API_TOKEN (every request "
+            "then needs 'Authorization: Bearer <token>'), or bind 127.0.0.1"
+        )
+    return True
 
 
 class Settings(StoreSettings):
@@ -138,6 +170,18 @@ class Settings(StoreSettings):
         if hosts is not None and not hosts:
             raise ValueError("name at least one host (or * for any), or unset it")
         return hosts
+
+    def bound(self) -> Settings:
+        """These settings as the app serves them on ``host`` (:func:`check_bind`): reads need
+        the token too on a non-loopback bind.
+
+        Raises:
+            InvalidInputError: a non-loopback ``host`` and no ``api_token``.
+        """
+        token = self.api_token.get_secret_value() if self.api_token else None
+        if check_bind(self.host, token) and not self.api_token_for_reads:
+            return self.model_copy(update={"api_token_for_reads": True})
+        return self
 
     def trusted_hosts(self) -> list[str]:
         """The host names a request's ``Host`` header may carry (see the module)."""

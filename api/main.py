@@ -86,11 +86,16 @@ def create_app(
     itself is checked now). ``embedded_workers`` are the worker processes ``lrtune serve``
     started beside it, which ``/readyz`` watches.
 
+    Bound to a non-loopback ``settings.host`` it needs the token, for reads too
+    (:meth:`Settings.bound`): ``uvicorn ... --factory`` with ``LRTUNE_HOST=0.0.0.0`` keeps the
+    rule that ``lrtune serve`` keeps.
+
     Raises:
-        InvalidInputError: an ``LRTUNE_*`` variable holds an invalid value, or the database
-            URL is not one lrtune can open (malformed, unknown database, driver missing).
+        InvalidInputError: an ``LRTUNE_*`` variable holds an invalid value, the database URL
+            is not one lrtune can open (malformed, unknown database, driver missing), or the
+            host is not loopback and no token is set.
     """
-    settings = settings or Settings.from_env()
+    settings = (settings or Settings.from_env()).bound()
     if store is None:
         get_engine(settings.database_url, settings)  # connects to nothing
     app = FastAPI(

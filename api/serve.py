@@ -16,19 +16,13 @@ job over HTTP once the server is up (with :class:`lrtune.client.Client`, as any 
 prints the job's URL, shows a progress bar until it finishes and prints the recommendation;
 with ``exit_when_done`` the service then stops (exit 0 if the job succeeded, 1 if not).
 
-Binding a non-loopback address needs ``LRTUNE_API_TOKEN``; with it, reads need the token too
-(:func:`check_bind`).
+Binding a non-loopback address needs ``LRTUNE_API_TOKEN``, and with it reads need the token
+too: the app applies the rule (:meth:`lrtune.api.config.Settings.bound`), however it is
+started; ``serve`` checks it before it binds, so a refusal is one line.
 
 Example:
-    >>> check_bind("127.0.0.1", token=None)  # loopback: no token needed
-    False
-    >>> check_bind("0.0.0.0", token=None)
-    Traceback (most recent call last):
-    ...
-    lrtune.exceptions.InvalidInputError: refusing to serve on 0.0.0.0 without a token: set \
-LRTUNE_API_TOKEN (every request then needs 'Authorization: Bearer <token>'), or bind 127.0.0.1
-    >>> check_bind("0.0.0.0", token="s3cret")  # allowed, and reads need the token too
-    True
+    >>> base_url("0.0.0.0", 8000)
+    'http://127.0.0.1:8000'
 """
 
 from __future__ import annotations
@@ -46,7 +40,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from lrtune.api.config import Settings, is_loopback
+from lrtune.api.config import Settings, check_bind, is_loopback
 from lrtune.exceptions import InvalidInputError, LRTuneError
 
 __all__ = [
@@ -79,22 +73,6 @@ class ServeOptions:
     submit: Path | None = None
     exit_when_done: bool = False
     access_log: bool = False
-
-
-def check_bind(host: str, token: str | None) -> bool:
-    """Whether reads must need the token too (a non-loopback bind); raise if it is refused.
-
-    Raises:
-        InvalidInputError: ``host`` is not a loopback address and no token is configured.
-    """
-    if is_loopback(host):
-        return False
-    if not token:
-        raise InvalidInputError(
-            f"refusing to serve on {host} without a token: set LRTUNE_API_TOKEN (every request "
-            "then needs 'Authorization: Bearer <token>'), or bind 127.0.0.1"
-        )
-    return True
 
 
 def base_url(host: str, port: int) -> str:
@@ -130,9 +108,8 @@ def serve(options: ServeOptions) -> int:
     from lrtune.jobs import JobStore
 
     settings = options.settings
+    settings = settings.bound()  # before anything starts: a refused bind is one line
     token = settings.api_token.get_secret_value() if settings.api_token else None
-    if check_bind(settings.host, token):
-        settings = settings.model_copy(update={"api_token_for_reads": True})
     setup_logging()
     store = JobStore(settings.database_url, settings=settings)  # upgrades an embedded SQLite
     sock = _bind(settings.host, settings.port if options.port is None else options.port)
