@@ -52,6 +52,15 @@ if TYPE_CHECKING:
 # that ``lrtune list`` and ``--help`` answer at once.
 
 
+DESCRIPTION = (
+    "Find the learning rate and LR schedule of a PyTorch training job: run a range test "
+    "(find), search schedules (tune), or queue jobs for workers and follow them (submit, "
+    "status, recommend), alone or through the HTTP service (serve). Answers go to stdout, "
+    "progress to stderr; 'lrtune COMMAND --help' describes each command."
+)
+"""What ``lrtune --help`` says lrtune is."""
+
+
 class CliError(InvalidInputError):
     """A problem with the user's command line, reported as one line."""
 
@@ -110,7 +119,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="lrtune", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="lrtune", description=DESCRIPTION)
     _threads_option(parser, default=None)
     sub = parser.add_subparsers(required=True, metavar="command", parser_class=_Parser)
 
