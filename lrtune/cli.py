@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
@@ -71,8 +72,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     The library's errors (:class:`~lrtune.exceptions.LRTuneError`), invalid job specs and the
     operating system's refusals (a missing, unreadable or misplaced file) end as one
     ``lrtune: error:`` line and exit status 2. Anything else is a bug in lrtune and keeps its
-    traceback.
+    traceback. A reader that closes stdout early (``lrtune status | head -1``) ends the
+    command quietly, with the status a shell reports for a Unix tool stopped so (141).
     """
+    try:
+        try:
+            return _main(argv)
+        finally:  # --help too: a closed pipe shows here, not in the interpreter's last flush
+            sys.stdout.flush()
+    except BrokenPipeError:
+        return _reader_left()
+
+
+def _reader_left() -> int:
+    """stdout's reader has gone: send what is still to be written nowhere (the interpreter
+    flushes stdout at exit) and return 128 + SIGPIPE, as a shell reports a Unix tool that
+    SIGPIPE stopped."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -82,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(_describe_invalid_job(exc))
     except (LRTuneError, yaml.YAMLError) as exc:
         _fail(_first_line(exc))
+    except BrokenPipeError:
+        raise  # stdout's reader has gone: main() ends quietly
     except OSError as exc:
         _fail(describe_os_error(exc))
     except KeyboardInterrupt:
