@@ -778,18 +778,19 @@ class Recommendation(ResultModel):
         are over the confirmation seeds only.
         """
         search_col = f"{self.metric}*"
-        header = f"{'schedule':<32} {'family':<24} {'lr':>9} {search_col:>10}"
+        names = [f"{c.name} (recommended)" if c is self.best else c.name for c in self.candidates()]
+        width = max([32, *map(len, names)])  # "constant at suggestion (recommended)" is 36
+        header = f"{'schedule':<{width}} {'family':<24} {'lr':>9} {search_col:>10}"
         if self.confirm_seeds:
             header += f" {'mean':>10} {'std':>9}" + "".join(
                 f" {'seed ' + str(s):>10}" for s in self.confirm_seeds
             )
         rows = [header, "-" * len(header)]
-        for c in self.candidates():
-            name = f"{c.name} (recommended)" if c is self.best else c.name
-            family = (
-                c.schedule.family if c.lr_free is None else f"{c.lr_free} ({c.schedule.family})"
-            )
-            line = f"{name:<32} {family:<24} {c.base_lr:>9.4g} {c.value(self.metric):>10.4g}"
+        for name, c in zip(names, self.candidates(), strict=True):
+            family = c.schedule.family
+            if c.lr_free is not None:  # "prodigy (cosine)", "schedule-free (constant)"
+                family = f"{c.lr_free.replace('_', '-')} ({family})"
+            line = f"{name:<{width}} {family:<24} {c.base_lr:>9.4g} {c.value(self.metric):>10.4g}"
             if self.confirm_seeds:
                 by_seed = c.confirmed_values()
                 line += f" {_fmt(c.mean):>10} {_fmt(c.std):>9}" + "".join(
