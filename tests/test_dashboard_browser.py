@@ -370,3 +370,105 @@ def test_optuna_dashboard_shows_a_finished_jobs_study_behind_the_login(tmp_path:
         _shot(page, "9-optuna-dashboard-study")
         assert errors == [], errors
         browser.close()
+
+
+def _lr_free_winner(store) -> str:
+    """A real tiny job with all four baselines, stored with prodigy ahead on every confirmation
+    seed (as a job where tuning did not beat it would be): its job id."""
+    from live_api import finish_with
+    from small_jobs import small_job
+
+    from lrtune.lr_free import LR_FREE
+    from lrtune.recommendation import Recommendation
+    from lrtune.tuner import tune
+
+    baselines = ["constant_at_suggestion", "optimizer_default", *LR_FREE]
+    search = {"families": ["cosine"], "confirm_seeds": 2, "baselines": baselines}
+    spec = small_job(n_trials=2, epochs=2, **search)
+    real = tune(spec, progress=False)
+    sign = 1.0 if real.direction == "maximize" else -1.0
+    best = max(sign * c.mean for c in [*real.finalists, *real.baselines] if c.seed_values)
+
+    def ahead(c):  # prodigy, better than every other candidate on every seed
+        values = [s.model_copy(update={"value": sign * (best + 0.05)}) for s in c.seed_values]
+        return c.model_copy(update={"seed_values": values}) if c.lr_free == "prodigy" else c
+
+    fields = ("study_name", "range_test", "bounds", "finalists", "confirm_seeds", "steps_per_epoch")
+    fields += ("group_multipliers", "n_trials", "n_confirmation", "history")
+    kept = {k: getattr(real, k) for k in fields}
+    rec = Recommendation.build(spec=spec, baselines=[ahead(c) for c in real.baselines], **kept)
+    assert rec.best.lr_free == "prodigy", rec.verdict
+    return finish_with(store, spec, rec).id
+
+
+def _cancelled_after_its_search(store, url: str) -> str:
+    """A job whose search trials ran, cancelled before its confirmation: its job id."""
+    from small_jobs import small_job
+
+    from lrtune.training import TrainingSetup
+    from lrtune.tuner import prepare_study, run_trials
+
+    spec = small_job(n_trials=2, epochs=2, families=["cosine"])
+    job = store.submit(spec)
+    study = prepare_study(spec, url, progress=False, study_name=job.study_name)
+    run_trials(study, TrainingSetup.from_spec(spec), progress=False)
+    store.cancel(job.id)
+    return job.id
+
+
+def test_a_learning_rate_free_winner_and_a_provisional_answer_on_the_job_page(
+    tmp_path: Path,
+) -> None:
+    """The recommendation panel lists the Prodigy and schedule-free baselines in its
+    confirmation table, with Prodigy the recommended row, its LR labelled a multiplier (not a
+    step size); a cancelled job's best trial shows under the provisional banner."""
+    from live_api import serve
+
+    from lrtune.api import Settings, create_app
+    from lrtune.jobs import JobStore
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    upgrade(url)
+    store = JobStore(url)
+    winner, cancelled = _lr_free_winner(store), _cancelled_after_its_search(store, url)
+    with (
+        serve(create_app(Settings(database_url=url), store=store)) as base,
+        playwright_sync.sync_playwright() as p,
+    ):
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 2000})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+        page.goto(f"{base}/jobs/{winner}")
+        page.wait_for_selector("#rec-body:not([hidden])")
+        page.wait_for_selector("#schedule-chart[data-drawn='1'] canvas")
+        cells = "rows => rows.map(r => [r.className, ...[...r.cells].map(c => c.innerText)])"
+        rows = [row[:4] for row in page.eval_on_selector_all("#confirmation tbody tr", cells)]
+        by_name = {name: (cls, role, family) for cls, name, role, family in rows}
+        assert by_name["prodigy"] == ("recommended", "recommended", "prodigy (cosine)"), rows
+        assert by_name["schedule-free sgd"] == ("", "baseline", "schedule-free (constant)"), rows
+        assert [name for cls, name, *_ in rows if cls == "recommended"] == ["prodigy"]
+        summary = page.locator("#rec-summary").inner_text()
+        assert "prodigy (cosine)" in summary and "LR multiplier" in summary, summary
+        assert "Confirmed\nyes, on 2 seeds" in summary, summary
+        assert page.locator("#rec-verdict").inner_text().startswith("tuning did not beat prodigy")
+        assert page.locator("#rec-verdict-list li").count() == len(rows) - 1
+        assert "LR multiplier" in page.locator("#schedule-title").inner_text()
+        assert page.locator("#rec-provisional").is_hidden()
+        assert "prodigyopt.Prodigy(" in page.locator("#snippet").inner_text()
+        card = page.locator("#recommendation-card")
+        card.screenshot(path=str(ARTIFACTS / "10-lr-free-winner.png"))
+
+        page.goto(f"{base}/jobs/{cancelled}")
+        page.wait_for_selector("#rec-body:not([hidden])")
+        page.wait_for_selector("#schedule-chart[data-drawn='1'] canvas")
+        banner = page.locator("#rec-provisional")
+        assert banner.is_visible() and "the job was cancelled" in banner.inner_text()
+        assert "not confirmed" in page.locator("#confirmation-title").inner_text()
+        assert page.locator("#confirmation tbody tr.recommended").count() == 1
+        assert "no (provisional)" in page.locator("#rec-summary").inner_text()
+        card.screenshot(path=str(ARTIFACTS / "11-provisional.png"))
+        assert errors == [], errors
+        browser.close()

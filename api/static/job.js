@@ -184,17 +184,31 @@ function drawTrials(view) {
   }, data);
 }
 
-function drawSchedule(rec) {
+// A learning-rate-free winner's curve is its schedule at its lr argument: say what that is.
+const LR_FREE_CURVE = {
+  prodigy: { title: "Prodigy's LR multiplier per step", axis: "LR multiplier",
+    note: "Prodigy's step size is this multiplier times a scale it estimates as it trains: the curve is the schedule's shape, not the step size." },
+  schedule_free: { title: "Schedule-free's LR per step", axis: "learning rate",
+    note: "Schedule-free keeps its LR constant (its default) and averages the weights instead of decaying the LR." },
+};
+
+function drawSchedule(rec, lrFree) {
   const lrs = decodeSteps(rec.lr_curve);
   if (!lrs.length) return;
   const step = Math.max(1, Math.floor(lrs.length / 4000)); // thin a long curve to ~4000 points
   const xs = [], ys = [];
   for (let i = 0; i < lrs.length; i += step) { xs.push(i); ys.push(lrs[i]); }
+  const free = LR_FREE_CURVE[lrFree];
+  document.getElementById("schedule-title").textContent = free ? free.title : "Recommended schedule: LR per step";
+  const note = document.getElementById("schedule-note");
+  note.textContent = free ? free.note : "";
+  note.hidden = !free;
+  const label = free ? `${lrFree.replace("_", "-")} ${free.axis}, ${rec.schedule.family}` : `${rec.schedule.family} (group 0)`;
   mount("schedule", document.getElementById("schedule-chart"), {
     height: 260,
     scales: { x: { time: false } },
-    axes: [{ label: "optimizer step" }, { label: "learning rate", size: 70, values: (u, s) => s.map((v) => fmtLR(v)) }],
-    series: [{ label: "step" }, { label: `${rec.schedule.family} (group 0)`, stroke: "#16a34a", width: 2, value: (u, v) => fmtLR(v) }],
+    axes: [{ label: "optimizer step" }, { label: free ? free.axis : "learning rate", size: 70, values: (u, s) => s.map((v) => fmtLR(v)) }],
+    series: [{ label: "step" }, { label, stroke: "#16a34a", width: 2, value: (u, v) => fmtLR(v) }],
     legend: { live: false },
   }, [xs, ys]);
 }
@@ -235,9 +249,33 @@ function renderTrials(view) {
   drawTrials(view);
 }
 
-// A learning-rate-free baseline trains with its own optimizer: say so beside its schedule.
+// A learning-rate-free baseline trains with its own optimizer: say so beside its schedule,
+// as the CLI's table does ("prodigy (cosine)").
 function familyOf(row) {
-  return row.lr_free ? `${row.lr_free.replace("_", "-")} optimizer, ${row.family}` : row.family;
+  return row.lr_free ? `${row.lr_free.replace("_", "-")} (${row.family})` : row.family;
+}
+
+// What the LR column holds for a learning-rate-free row: the optimizer's lr argument.
+const LR_FREE_LR = {
+  prodigy: "prodigy's LR is Prodigy's lr argument at its default, a multiplier of the step size it estimates as it trains",
+  schedule_free: "schedule-free's LR is its optimizer's default LR, held constant (it averages the weights instead of following a schedule)",
+};
+
+/** The recommended candidate against one row: "beats it on 3/3 seeds" (header "Recommended…"). */
+function pairedCell(p) {
+  const seeds = `${p.wins}/${p.seeds} seeds`;
+  return p.verdict === "inside the seed noise" ? `inside its seed noise (better on ${seeds})` : `${p.verdict} it on ${seeds}`;
+}
+
+/** The verdict's head, then its comparisons ("beats a ...; beats b ...") as a list. */
+function renderVerdict(text) {
+  const cut = text.lastIndexOf(": ");
+  const items = cut < 0 ? [] : text.slice(cut + 2).split("; ");
+  const split = items.length > 1;
+  document.getElementById("rec-verdict").textContent = split ? text.slice(0, cut + 1) : text;
+  const list = document.getElementById("rec-verdict-list");
+  list.replaceChildren(...(split ? items.map((item) => el("li", {}, item)) : []));
+  list.hidden = !split;
 }
 
 function renderRecommendation(stored) {
@@ -250,28 +288,40 @@ function renderRecommendation(stored) {
   document.getElementById("rec-summary").replaceChildren(
     item("Recommended", chosen ? chosen.name : "none"),
     item("Schedule", rec.schedule ? familyOf(chosen || { family: rec.schedule.family }) : "none"),
-    item(chosen && chosen.lr_free ? "LR (no tuning)" : "Base LR", fmtLR(rec.base_lr)),
-    item(rec.metric, fmtNum(rec.value)),
-    item("Confirmed", rec.confirmed ? `yes, on ${rec.decided_on_seeds} seeds` : "no"),
+    item({ prodigy: "LR multiplier (Prodigy)", schedule_free: "LR (schedule-free default)" }[chosen?.lr_free] || "Base LR", fmtLR(rec.base_lr)),
+    item(`${rec.metric} (${rec.confirmed ? "mean" : `search seed ${rec.search_seed}`})`, fmtNum(rec.value)),
+    item("Confirmed", rec.confirmed ? `yes, on ${rec.decided_on_seeds} seeds` : rec.provisional ? "no (provisional)" : "no"),
     item("Suggested LR (range test)", fmtLR(rec.suggested_lr)));
-  document.getElementById("rec-verdict").textContent = rec.verdict;
-  document.getElementById("rec-provisional").hidden = !rec.provisional;
-  const seeds = rec.confirm_seeds;
+  renderVerdict(rec.verdict);
+  const banner = document.getElementById("rec-provisional");
+  banner.hidden = !rec.provisional;
+  if (rec.provisional && state.job) {
+    const ended = state.job.status === "failed" ? "failed" : `was ${state.job.status}`;
+    banner.textContent = `Provisional, unconfirmed: the job ${ended} before its confirmation runs; this is its best finished search trial, on one seed.`;
+  }
+  const seeds = rec.confirm_seeds, confirmed = seeds.length > 0; // without seeds: no mean, std or paired verdicts
+  document.getElementById("confirmation-title").textContent = confirmed ? "Confirmation" : "Candidates (search seed only, not confirmed)";
   document.querySelector("#confirmation thead").replaceChildren(el("tr", {},
     el("th", {}, "Candidate"), el("th", {}, "Role"), el("th", {}, "Family"), el("th", { class: "num" }, "Base LR"),
     el("th", { class: "num" }, `search seed ${rec.search_seed}`), ...seeds.map((s) => el("th", { class: "num" }, `seed ${s}`)),
-    el("th", { class: "num" }, "mean"), el("th", { class: "num" }, "std"), el("th", {}, "vs recommended")));
+    confirmed ? [el("th", { class: "num" }, "mean"), el("th", { class: "num" }, "std"), el("th", { title: "the recommended candidate against this row, seed by seed" }, "Recommended…")] : []));
   const verdicts = Object.fromEntries(rec.paired_comparisons.map((p) => [p.baseline, p]));
   document.querySelector("#confirmation tbody").replaceChildren(...rec.comparison.map((row) => {
     const p = verdicts[row.name];
     return el("tr", { class: row.role === "recommended" ? "recommended" : "" },
-      el("td", {}, row.name), el("td", {}, row.role), el("td", {}, familyOf(row)), el("td", { class: "num" }, fmtLR(row.base_lr)),
+      el("td", { class: "nowrap" }, row.name), el("td", {}, row.role), el("td", {}, familyOf(row)), el("td", { class: "num" }, fmtLR(row.base_lr)),
       el("td", { class: "num" }, fmtNum(row.search_value)), ...seeds.map((s) => el("td", { class: "num" }, fmtNum(row.seed_values[s]))),
-      el("td", { class: "num" }, fmtNum(row.mean)), el("td", { class: "num" }, fmtNum(row.std)),
-      el("td", {}, p ? `recommended ${p.verdict} it (${p.wins}/${p.seeds} seeds)` : ""));
+      confirmed ? [el("td", { class: "num" }, fmtNum(row.mean)), el("td", { class: "num" }, fmtNum(row.std)),
+        el("td", { class: "nowrap" }, p ? pairedCell(p) : "")] : []);
   }));
+  const freeKinds = [...new Set(rec.comparison.map((row) => row.lr_free).filter(Boolean))];
+  const note = document.getElementById("confirmation-note");
+  note.textContent = freeKinds.length
+    ? `Learning-rate-free baselines train with their own optimizer at its documented defaults, with no tuning: ${freeKinds.map((k) => LR_FREE_LR[k] || k).join("; ")}.`
+    : "";
+  note.hidden = !freeKinds.length;
   document.getElementById("snippet").textContent = rec.code || "";
-  drawSchedule(rec);
+  drawSchedule(rec, chosen?.lr_free);
 }
 
 // ---------------------------------------------------------------- live updates
