@@ -3,7 +3,8 @@ job store's ``db upgrade``, ``db prune``, ``submit``, ``status``, ``recommend``,
 ``worker`` and ``workers``; ``serve``, the HTTP service.
 
 ``submit``, ``status``, ``recommend`` and ``cancel`` work on the job store (``--database``), or
-through the HTTP API with ``--url`` (or ``LRTUNE_URL``), printing the same either way.
+through the HTTP API with ``--url`` (or ``LRTUNE_URL``), printing the same either way. Only
+``submit``, ``worker``, ``serve`` and ``db upgrade`` create a job store that is not there.
 
 Progress goes to stderr, answers to stdout (``--json`` for machines). Bad input ends with a
 one-line ``lrtune: error: ...`` and exit status 2, never a traceback.
@@ -724,26 +725,57 @@ def parse_duration(text: str) -> timedelta:
 
 
 def _db_prune(args: argparse.Namespace) -> int:
-    from lrtune.jobs import JobStore
     from lrtune.jobs.store import FINISHED_STATUSES
 
     older_than = parse_duration(args.older_than)
-    store = JobStore(args.database)
+    store = _open_store(args.database, create=False)
     deleted = store.prune(older_than, args.status or FINISHED_STATUSES)
     statuses = "/".join(args.status) if args.status else "finished"
     print(f"deleted {len(deleted)} {statuses} jobs that ended more than {args.older_than} ago")
     return 0
 
 
+def _open_store(database: str | None, *, create: bool) -> JobStore:
+    """The job store at ``database`` (else ``$LRTUNE_DATABASE_URL``, else the default).
+
+    Only ``create`` (``submit``) may start a new one: a command that reads or cancels fails
+    with one line naming the database it looked for. When neither the option nor the
+    variable named it, a line on stderr says which database the default is.
+    """
+    from lrtune.jobs import JobStore, Settings
+    from lrtune.jobs.db import safe_url
+
+    settings = Settings.from_env()
+    store = JobStore(database, settings=settings, create=create)
+    if database is None and "database_url" not in settings.model_fields_set:
+        print(
+            f"lrtune: job store {safe_url(store.url)}, the default (--database URL or "
+            "LRTUNE_DATABASE_URL names another)",
+            file=sys.stderr,
+        )
+    return store
+
+
+def _source(jobs: JobStore | Client) -> str:
+    """Where ``jobs`` reads, for a message: the job store's URL or the API's."""
+    from lrtune.client import Client
+    from lrtune.jobs.db import safe_url
+
+    if isinstance(jobs, Client):
+        return f"the lrtune API at {jobs.url}"
+    return f"the job store at {safe_url(jobs.url)}"
+
+
 @contextlib.contextmanager
-def _job_service(args: argparse.Namespace) -> Iterator[JobStore | Client]:
+def _job_service(args: argparse.Namespace, *, create: bool = False) -> Iterator[JobStore | Client]:
     """Where ``submit``, ``status``, ``recommend`` and ``cancel`` go.
 
     The HTTP API at ``--url`` (else ``$LRTUNE_URL``) with ``--token`` (else
     ``$LRTUNE_API_TOKEN``), through :class:`~lrtune.client.Client`; else the job store at
-    ``--database`` (else ``$LRTUNE_DATABASE_URL``). ``--database`` wins over ``$LRTUNE_URL``.
-    Both answer the commands' calls with the same models, so every command prints the same
-    for the same job either way.
+    ``--database`` (else ``$LRTUNE_DATABASE_URL``), which only ``create`` (``submit``) may
+    start (:func:`_open_store`). ``--database`` wins over ``$LRTUNE_URL``. Both answer the
+    commands' calls with the same models, so every command prints the same for the same job
+    either way.
     """
     from lrtune.client import Client, ClientSettings
 
@@ -754,9 +786,7 @@ def _job_service(args: argparse.Namespace) -> Iterator[JobStore | Client]:
     if url is None:
         if args.token is not None:
             raise CliError("--token is for the HTTP API: give --url or set LRTUNE_URL")
-        from lrtune.jobs import JobStore
-
-        yield JobStore(args.database)
+        yield _open_store(args.database, create=create)
         return
     token = args.token
     if token is None and remote.api_token is not None:
@@ -774,7 +804,7 @@ def _submit(args: argparse.Namespace) -> int:
     if args.timeout is not None and not args.timeout > 0:
         raise CliError(f"--timeout must be > 0 seconds, got {args.timeout}")
     spec = JobSpec.from_file(args.job)
-    with _job_service(args) as jobs:
+    with _job_service(args, create=True) as jobs:
         job = jobs.submit(spec, name=args.name, reuse=args.reuse)
         if job.reused_from is not None and not args.json:
             print(
@@ -870,7 +900,7 @@ def _status(args: argparse.Namespace) -> int:
             if args.json:
                 print(page.model_dump_json())
             else:
-                print(_jobs_table(page.data) if page.data else "no jobs")
+                print(_jobs_table(page.data) if page.data else f"no jobs in {_source(jobs)}")
             if page.unreadable:  # stored before lrtune refused what they hold
                 print(
                     f"lrtune: {len(page.unreadable)} job(s) cannot be read back: "
@@ -950,13 +980,12 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _workers(args: argparse.Namespace) -> int:
-    from lrtune.jobs import JobStore
-
-    workers = JobStore(args.database).list_workers(live_only=not args.all)
+    store = _open_store(args.database, create=False)
+    workers = store.list_workers(live_only=not args.all)
     if args.json:
         print(workers.model_dump_json())
     elif not workers.data:
-        print("no live workers" if not args.all else "no workers")
+        print(f"no {'live ' if not args.all else ''}workers in {_source(store)}")
     else:
         print(_workers_table(workers.data))
     return 0

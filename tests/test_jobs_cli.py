@@ -96,6 +96,7 @@ def test_store_errors_are_one_line_and_exit_2(
 ) -> None:
     (tmp_path / "bad.yaml").write_text("dataset: {name: digits}\n")
     db = f"sqlite:///{tmp_path / 'jobs.db'}"
+    JobStore(db)  # an empty store: a read command does not create one
     argv = [arg.format(db=db, tmp=tmp_path) for arg in argv]
     code, out, err = run(capsys, *argv)
     assert code == 2 and out == ""

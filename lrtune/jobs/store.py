@@ -145,6 +145,7 @@ from pydantic import ValidationError
 from sqlalchemy import and_, delete, func, inspect, not_, or_, select, text, true, update
 from sqlalchemy.orm import Session
 
+from lrtune._rdb import parse_url
 from lrtune.exceptions import (
     ConflictError,
     InvalidInputError,
@@ -203,16 +204,25 @@ FINISHED_STATUSES = tuple(status for status in JobStatus if status.finished)
 class JobStore:
     """Jobs, their events and results in the database at ``url`` (see the module's contract).
 
+    ``create=False`` opens only a store that exists: a SQLite file that is not there is a
+    :class:`NotFoundError` instead of a new, empty store (what a command that only reads, or
+    cancels, must not leave behind).
+
     Raises:
         InvalidInputError: ``url`` is not a usable database URL.
+        NotFoundError: with ``create=False``, ``url`` names a SQLite file that does not exist.
         StorageUnavailableError: the database cannot be reached, or its schema is out of date
             (run ``lrtune db upgrade``).
     """
 
-    def __init__(self, url: str | None = None, *, settings: Settings | None = None) -> None:
+    def __init__(
+        self, url: str | None = None, *, settings: Settings | None = None, create: bool = True
+    ) -> None:
         settings = settings or Settings.from_env()
         self.settings = settings
         self.url = url or settings.database_url
+        if not create:
+            _check_exists(self.url)
         self._engine = get_engine(self.url, settings)
         ensure_current(self.url)
         self.uploads = DatasetUploads(self._engine)
@@ -1097,6 +1107,20 @@ def _status(status: JobStatus | str) -> JobStatus:
     except ValueError:
         known = ", ".join(s.value for s in JobStatus)
         raise InvalidInputError(f"unknown job status {status!r}: use one of {known}") from None
+
+
+def _check_exists(url: str) -> None:
+    """Raise :class:`NotFoundError` if ``url`` names a SQLite file that is not there (opening
+    it would create it); any other database is the server's to refuse."""
+    parsed = parse_url(url)
+    database = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    if not database or database == ":memory:" or Path(database).exists():
+        return
+    raise NotFoundError(
+        f"no job store at {safe_url(url)}: {Path(database).absolute()} does not exist (nothing "
+        "was submitted there); name the one lrtune serve or submit used with --database URL "
+        "or LRTUNE_DATABASE_URL"
+    )
 
 
 def _find(s: Session, job_id: str, *, for_update: bool = False) -> tables.Job:
