@@ -957,6 +957,7 @@ def _worker(args: argparse.Namespace) -> int:
         raise CliError(f"--lease-s must be a positive number of seconds, got {lease_s}")
     if not args.wait_for_db >= 0:
         raise CliError(f"--wait-for-db must be >= 0 seconds, got {args.wait_for_db}")
+    _prepare_output_dir(*_artifact_dir(args))  # a file there would fail every job it takes
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the worker logs one line per change
@@ -977,6 +978,16 @@ def _worker(args: argparse.Namespace) -> int:
         jobs = worker.run(max_jobs=args.max_jobs, once=args.once)
     print(f"worker {worker.id} ({threads} threads) stopped after working on {jobs} jobs")
     return 0
+
+
+def _artifact_dir(args: argparse.Namespace) -> tuple[str, Path]:
+    """Where the worker checkpoints: ``--artifact-dir``, else the store's setting; and its
+    name for an error message."""
+    if args.artifact_dir is not None:
+        return "--artifact-dir", args.artifact_dir
+    from lrtune.jobs.settings import Settings as StoreSettings
+
+    return "LRTUNE_ARTIFACT_DIR", StoreSettings.from_env().artifact_dir
 
 
 def _workers(args: argparse.Namespace) -> int:

@@ -171,3 +171,22 @@ def test_recommend_refuses_a_run_length_that_is_no_count_in_one_line(
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     code, out, err = run(capsys, "recommend", "some-job", "--database", url, *argv)
     assert (code, out) == (2, "") and err.count("\n") == 1 and expected in err, err
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_a_worker_refuses_an_artifact_dir_that_is_a_file_at_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    a_file = tmp_path / "artifacts"
+    a_file.write_text("not a folder")
+    argv = ["worker", "--database", url, "--once", "--wait-for-db", "0"]
+    if how == "option":
+        argv += ["--artifact-dir", str(a_file)]
+    else:
+        monkeypatch.setenv("LRTUNE_ARTIFACT_DIR", str(a_file))
+    code, out, err = run(capsys, *argv)
+    name = "--artifact-dir" if how == "option" else "LRTUNE_ARTIFACT_DIR"
+    assert (code, out) == (2, "")
+    reason = "cannot create directory: a regular file is in the way"
+    assert err == f"lrtune: error: {name} {a_file}: {reason}\n"
