@@ -23,7 +23,9 @@ Two candidates are compared by :func:`paired_comparison` over the seeds both ran
 improvement ``d_i`` (positive when the first is better), its mean ``m`` and standard error
 ``se = stdev(d) / sqrt(n)``. The rule, stated once:
 
-- ``n >= 2`` and ``|m| <= se``: the difference is **inside the seed noise**;
+- ``n >= 2`` and ``|m| <= se``, or ``|m|`` is negligible (at most :data:`NEGLIGIBLE_SHARE` of
+  the spread between the best and the worst candidate's mean: a difference nobody would act on,
+  such as two validation losses of 1e-6 and 0): the difference is **inside the seed noise**;
 - ``n >= 2`` and ``|m| > se``: the recommendation **beats** the baseline (``m > 0``) or **does
   not beat** it (``m < 0``);
 - ``n < 2``: the seed noise is **unmeasured**; the sign of the one difference is reported as such;
@@ -74,6 +76,9 @@ from lrtune.spec import JobSpec
 Role = Literal["finalist", "baseline"]
 Verdict = Literal["beats", "does not beat", "inside the seed noise", "ties"]
 SAME_WITHIN_NOISE: tuple[Verdict, ...] = ("inside the seed noise", "ties")
+NEGLIGIBLE_SHARE = 1e-3
+"""A mean paired difference at most this share of the spread between the best and the worst
+candidate's mean is negligible: inside the seed noise, however small the noise measured."""
 
 ONE_PARAMETER_DECAYS = ("exponential", "time_decay", "cosine")
 
@@ -237,11 +242,12 @@ def paired_comparison(
     ours: Mapping[int, float],
     theirs: Mapping[int, float],
     direction: str,
+    negligible: float = 0.0,
 ) -> PairedComparison:
     """Compare two candidates seed by seed over the seeds both ran (the rule in the module doc).
 
     ``ours`` and ``theirs`` map seed to the metric (NaN for a diverged run); ``direction`` says
-    whether larger is better.
+    whether larger is better; a mean difference of at most ``negligible`` is inside the noise.
     """
     sign = 1.0 if direction == "maximize" else -1.0
     shared = sorted(set(ours) & set(theirs))
@@ -263,7 +269,7 @@ def paired_comparison(
     se = statistics.stdev(diffs) / math.sqrt(len(diffs))
     if all(d == 0 for d in diffs):
         verdict = "ties"
-    elif abs(mean) <= se:
+    elif abs(mean) <= max(se, negligible):
         verdict = "inside the seed noise"
     else:
         verdict = "beats" if mean > 0 else "does not beat"
@@ -320,9 +326,19 @@ def _badness(candidate: TrainedSchedule, direction: str, metric: str | None) -> 
     return -value if direction == "maximize" else value
 
 
-def compare(a: TrainedSchedule, b: TrainedSchedule, direction: str) -> PairedComparison:
+def negligible_difference(candidates: Sequence[TrainedSchedule]) -> float:
+    """:data:`NEGLIGIBLE_SHARE` of the spread of the candidates' finite confirmed means."""
+    means = [c.mean for c in candidates if c.mean is not None and math.isfinite(c.mean)]
+    return NEGLIGIBLE_SHARE * (max(means) - min(means)) if means else 0.0
+
+
+def compare(
+    a: TrainedSchedule, b: TrainedSchedule, direction: str, negligible: float = 0.0
+) -> PairedComparison:
     """``a`` against ``b`` over their confirmation seeds (:func:`paired_comparison`)."""
-    return paired_comparison(b.name, a.confirmed_values(), b.confirmed_values(), direction)
+    return paired_comparison(
+        b.name, a.confirmed_values(), b.confirmed_values(), direction, negligible
+    )
 
 
 def contenders(candidates: Sequence[TrainedSchedule], direction: str) -> list[int]:
@@ -334,11 +350,12 @@ def contenders(candidates: Sequence[TrainedSchedule], direction: str) -> list[in
     if not ranked:
         return []
     leader = candidates[ranked[0]]
+    negligible = negligible_difference(candidates)
     return ranked[:1] + [
         i
         for i in ranked[1:]
         if math.isfinite(_badness(candidates[i], direction, None))
-        and compare(candidates[i], leader, direction).verdict in SAME_WITHIN_NOISE
+        and compare(candidates[i], leader, direction, negligible).verdict in SAME_WITHIN_NOISE
     ]
 
 
@@ -381,12 +398,13 @@ def pick_recommended(
         )
     group = contenders(candidates, direction)
     finite = [c for c in candidates if math.isfinite(_badness(c, direction, None))]
+    negligible = negligible_difference(candidates)
     for i in sorted(
         group,
         key=lambda i: (simplicity(candidates[i]), _badness(candidates[i], direction, None), i),
     ):
         if not any(
-            compare(candidates[i], other, direction).verdict == "does not beat"
+            compare(candidates[i], other, direction, negligible).verdict == "does not beat"
             for other in finite
             if other is not candidates[i]
         ):
@@ -618,9 +636,11 @@ class Recommendation(ResultModel):
         best = self.best
         if best is None or not self.confirmed:
             return []
+        compared = self._compared()
+        negligible = negligible_difference(compared)
         return [
-            compare(best, other, self.direction)
-            for other in self._compared()
+            compare(best, other, self.direction, negligible)
+            for other in compared
             if other is not best and not other.same_run(best)
         ]
 

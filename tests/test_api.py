@@ -522,7 +522,8 @@ def test_a_finished_jobs_recommendation_is_served_with_its_snippet(
     assert stored["job_id"] == job.id and stored["provenance"]["device"] == "cpu"
     served = stored["recommendation"]
     assert served["code"] == recommendation.to_code()
-    assert served["schedule"]["family"] == "cosine" and served["base_lr"] == recommendation.base_lr
+    assert served["schedule"]["family"] == recommendation.schedule.family
+    assert served["base_lr"] == recommendation.base_lr
     assert Recommendation.model_validate(served) == recommendation
 
 

@@ -97,7 +97,13 @@ def test_reading_a_stored_recommendation_loads_no_heavy_package(tmp_path: Path) 
             "model": {"name": "logreg"},
             "dataset": {"name": "wine"},
             "range_test": {"seeds": 2, "num_iter": 30},
-            "search": {"n_trials": 2, "epochs": 2, "families": ["cosine"], "confirm_seeds": 2},
+            "search": {
+                "n_trials": 2,
+                "epochs": 2,
+                "families": ["cosine"],
+                "confirm_seeds": 2,
+                "baselines": [],  # a cosine finalist wins: its snippet builds a scheduler
+            },
         }
     )
     stored = tmp_path / "rec.json"

@@ -167,6 +167,24 @@ def test_the_recommendation_never_loses_to_a_candidate_it_was_compared_with(
             assert "inside the seed noise of the simpler" in rec.verdict
 
 
+def test_a_negligible_difference_is_inside_the_noise_however_small_the_noise(
+    real: Recommendation,
+) -> None:
+    # Two candidates a hair apart on every seed (so their measured noise is tinier still),
+    # where the candidates span a whole unit: the hair is no reason to pick the complex one.
+    hair = [0.999999, 0.999998, 0.999999]
+    onecycle_hair = onecycle("trial 2", hair)
+    constant = candidate("constant at suggestion", [h - 1e-6 for h in hair], role="baseline")
+    poor = candidate("sgd default lr", [0.0, 0.01, 0.0], role="baseline", lr=1e-5)
+    rec = rebuild(real, [onecycle_hair], [constant, poor])
+    assert rec.best is constant
+    assert [p.verdict for p in rec.paired_comparisons] == ["inside the seed noise", "beats"]
+    # with room for more seeds, adaptive confirmation retrains both (not the poor one)
+    search = rec.spec.search.model_copy(update={"max_confirm_seeds": 8})
+    roomy = rec.model_copy(update={"spec": rec.spec.model_copy(update={"search": search})})
+    assert [c.name for c in roomy.undecided] == ["trial 2", "constant at suggestion"]
+
+
 def test_a_diverged_seed_ranks_a_candidate_last(real: Recommendation) -> None:
     diverged = candidate("trial 1", [0.99, math.nan, 0.99], family="cosine", T_max=3)
     steady = candidate("constant at suggestion", [0.86, 0.85, 0.87], role="baseline")
@@ -213,7 +231,7 @@ def tied_job(model: str, **search: object):
         finalists=1,
         confirm_seeds=2,
         max_confirm_seeds=4,
-        baselines=["constant_at_suggestion", "optimizer_default"],
+        baselines=["constant_at_suggestion", "optimizer_default", "prodigy", "schedule_free"],
         **search,
     )
 
@@ -226,8 +244,8 @@ def test_candidates_inside_the_noise_get_seeds_up_to_the_cap_and_the_simplest_wi
     assert rec.decided_on_seeds == 4 and rec.confirm_seeds == [1, 2, 3, 4]
     for c in [*rec.finalists, *rec.baselines]:
         assert [s.seed for s in c.seed_values] == [1, 2, 3, 4]
-    # 1 finalist x 2 seeds + 2 baselines x 3 seeds, then 2 rounds x 3 candidates
-    assert sum(rec.n_confirmation[s] for s in ("complete", "pruned")) == 2 + 6 + 2 * 3
+    # 1 finalist x 2 seeds + 4 baselines x 3 seeds, then 2 rounds x 5 candidates
+    assert sum(rec.n_confirmation[s] for s in ("complete", "pruned")) == 2 + 12 + 2 * 5
     assert rec.best.name == "constant at suggestion"  # the simplest, then the first
     assert "decided on 4 seeds: 2 left the best inside each other's seed noise" in rec.verdict
     assert all(p.verdict == "ties" for p in rec.paired_comparisons)
@@ -246,7 +264,7 @@ def test_adaptive_confirmation_on_a_worker_queues_units_under_its_lease(
     assert done.status is JobStatus.SUCCEEDED, done.error
     rec = store.recommendation(job.id).recommendation
     assert rec.decided_on_seeds == 4 and rec.best.name == "constant at suggestion"
-    assert done.progress.confirmations_done == done.progress.confirmations_total == 14
+    assert done.progress.confirmations_done == done.progress.confirmations_total == 24
 
 
 # --- best so far: a job that ended before its confirmation ------------------------------------
@@ -325,3 +343,37 @@ def test_the_readme_curl_example_recommends_nothing_worse_than_a_baseline() -> N
     for baseline in rec.baselines:
         assert sign * rec.value >= sign * baseline.mean, rec.table()
     assert all(p.verdict != "does not beat" for p in rec.paired_comparisons)
+
+
+@pytest.mark.parametrize("name", ["prodigy", "schedule_free"])
+def test_a_learning_rate_free_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(
+    name: str, tmp_path: Path
+) -> None:
+    from lrtune import lr_free
+    from lrtune.training import TrainingSetup, train
+
+    spec = small_job(
+        extra={
+            "model": {
+                "name": "sequential",
+                "params": {
+                    "layers": [
+                        {"type": "linear", "out_features": 16},
+                        {"type": "batchnorm"},
+                        {"type": "relu"},
+                        {"type": "linear", "out_features": 3},
+                    ]
+                },
+            }
+        },
+    )
+    setup = TrainingSetup.from_spec(spec)
+    schedule, lr = lr_free.recipe(name, spec.optimizer, epochs=3)
+    whole = train(setup, parse_schedule(schedule), lr, 3, seed=5, lr_free=name)
+    checkpoint = tmp_path / "unit.pt"
+    train(setup, parse_schedule(schedule), lr, 2, seed=5, lr_free=name, checkpoint=checkpoint)
+    resumed = train(
+        setup, parse_schedule(schedule), lr, 3, seed=5, lr_free=name, checkpoint=checkpoint
+    )
+    assert resumed.resumed_from == 2
+    assert resumed.epochs == whole.epochs and resumed.lr_steps == whole.lr_steps

@@ -262,12 +262,11 @@ def test_a_winner_lr_outside_the_new_bounds_is_clipped_and_the_clipping_recorded
     earlier = store.submit(JobSpec.model_validate(JOB))
     _run_once(store)
     rec = store.recommendation(earlier.id).recommendation
-    assert rec.best is not None and rec.recommended is not None
+    assert rec.finalists
     bounds = rec.bounds
-    far = rec.best.model_copy(update={"base_lr": bounds.high * 1000})
-    finalists = list(rec.finalists)
-    finalists[rec.recommended] = far
-    too_high = rec.model_copy(update={"finalists": finalists})
+    # the earlier job's recommendation: its first finalist, at an LR far above these bounds
+    far = rec.finalists[0].model_copy(update={"base_lr": bounds.high * 1000})
+    too_high = rec.model_copy(update={"finalists": [far, *rec.finalists[1:]], "recommended": 0})
     spec = JobSpec.model_validate({**JOB, "batch_size": 16})
 
     (start,) = winner_starts(spec, bounds, 6, [("job-a", too_high), ("job-a", too_high)])

@@ -40,6 +40,9 @@ JOB = {
         "confirm_seeds": CONFIRM_SEEDS,
         "finalists": FINALISTS,
         "families": ["constant", "cosine"],
+        # the two constant baselines and no adaptive seeds: a fixed count of confirmation runs
+        "baselines": ["constant_at_suggestion", "optimizer_default"],
+        "max_confirm_seeds": 0,
     },
 }
 # Finalists on each confirmation seed; two baselines on the search seed and each confirmation seed.
