@@ -48,6 +48,7 @@ bench: setup
 	$(PY) bench/suggest.py
 	$(PY) bench/api.py
 	$(PY) bench/workers.py
+	$(PY) bench/quality.py
 
 clean:
 	rm -rf $(VENV) out artifacts .pytest_cache .ruff_cache
