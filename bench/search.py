@@ -281,6 +281,11 @@ def make_spec(
                 "metric": METRIC,
                 "finalists": finalists,
                 "confirm_seeds": confirm_seeds,
+                # the confirmation this benchmark's budget was sized for (confirmation_runs):
+                # the two constant baselines, no adaptive seeds (bench/quality.py runs the
+                # defaults: four baselines, adaptive seeds)
+                "baselines": ["constant_at_suggestion", "optimizer_default"],
+                "max_confirm_seeds": confirm_seeds,
             },
             "seed": seed,
             "device": "cpu",
