@@ -840,7 +840,7 @@ class JobStore:
             return None
         provenance = Provenance(
             lrtune_version=__version__,
-            rule="consensus",
+            rule=rec.range_test.consensus.suggestion.rule,  # the suggestion its bounds used
             lr_min=rec.bounds.low,
             lr_max=rec.bounds.high,
             device="unknown",
