@@ -250,7 +250,9 @@ def _parser() -> argparse.ArgumentParser:
     submit.set_defaults(run=_submit)
 
     status = sub.add_parser("status", help="show one job, or the most recent jobs")
-    status.add_argument("job_id", nargs="?", help="a job id (default: list recent jobs)")
+    status.add_argument(
+        "job_id", nargs="?", help="a job id, or its first characters (default: list recent jobs)"
+    )
     status.add_argument("--limit", type=int, default=20, help="jobs listed (default 20)")
     _job_service_options(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -260,7 +262,9 @@ def _parser() -> argparse.ArgumentParser:
         "recommend",
         help="print the recommendation a job wrote, or the stored one for a model and dataset",
     )
-    recommend.add_argument("job_id", nargs="?", help="a job id (see lrtune status)")
+    recommend.add_argument(
+        "job_id", nargs="?", help="a job id, or its first characters (see lrtune status)"
+    )
     recommend.add_argument("--model", help="instead of a job id: the model's registry name")
     recommend.add_argument("--dataset", help="with --model: the dataset's registry name")
     recommend.add_argument(
@@ -284,7 +288,7 @@ def _parser() -> argparse.ArgumentParser:
     recommend.set_defaults(run=_recommend)
 
     cancel = sub.add_parser("cancel", help="cancel a job that has not finished")
-    cancel.add_argument("job_id", help="a job id (see lrtune status)")
+    cancel.add_argument("job_id", help="a job id, or its first characters (see lrtune status)")
     _job_service_options(cancel)
     cancel.add_argument("--json", action="store_true", help="print the job record as JSON")
     cancel.set_defaults(run=_cancel)

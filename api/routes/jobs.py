@@ -79,7 +79,13 @@ NO_NUL = r"^[^\x00]*$"
 """Text the store keeps in a text column: PostgreSQL refuses NUL characters there."""
 
 JobId = Annotated[
-    str, Path(max_length=64, pattern=NO_NUL, description="the job's id, from its submit")
+    str,
+    Path(
+        max_length=64,
+        pattern=NO_NUL,
+        description="the job's id, from its submit, or a unique prefix of it (the dashboard "
+        "shows 8 characters); a prefix that several ids start with is a 422 saying how many",
+    ),
 ]
 
 _SPEC_EXAMPLES: dict[str, Any] = {
@@ -269,7 +275,7 @@ def job_body(job: JobRecord) -> CachedBody:
 def cancel_job(job_id: JobId, store: StoreDep, _: WriteAuth) -> JobRecord:
     """Cancel a job that has not finished (409 if it has); its partial results stay."""
     job = store.cancel(job_id)
-    _logger.info("job=%s event=cancelled", job_id)
+    _logger.info("job=%s event=cancelled", job.id)
     return job
 
 
@@ -281,7 +287,7 @@ def cancel_job(job_id: JobId, store: StoreDep, _: WriteAuth) -> JobRecord:
 )
 def delete_job(job_id: JobId, store: StoreDep, responses: ResponsesDep, _: WriteAuth) -> None:
     """Delete a finished job with its results, events and study (409 if unfinished)."""
-    store.delete(job_id)
+    job_id = store.delete(job_id)  # the whole id, if given a prefix
     responses.forget(job_id)  # its cached answers go with it
     _logger.info("job=%s event=deleted", job_id)
 
@@ -354,9 +360,9 @@ async def job_events(
 ) -> EventSourceResponse:
     """The job's events as Server-Sent Events, from the start or after a cursor, live."""
     cursor = last_event_id if last_event_id is not None else (after or 0)
-    await run_in_threadpool(store.get, job_id)  # an unknown job is a 404, not an empty stream
+    job = await run_in_threadpool(store.get, job_id)  # unknown: a 404, not an empty stream
     return EventSourceResponse(
-        event_stream(store, job_id, cursor, poll_s=settings.sse_poll_s),
+        event_stream(store, job.id, cursor, poll_s=settings.sse_poll_s),
         ping=settings.sse_ping_s,
     )
 

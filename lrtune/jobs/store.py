@@ -12,6 +12,12 @@ and raises only :mod:`lrtune.exceptions` classes: an unknown job id is a
 Every job has its own Optuna study, named ``lrtune-job-<id>`` in the same database, so two jobs
 with the same spec or name never share trials.
 
+Every method that takes a job id also takes a unique prefix of one (the dashboard shows ids'
+first 8 characters): a prefix that no id starts with is a
+:class:`~lrtune.exceptions.NotFoundError`, one that several start with an
+:class:`~lrtune.exceptions.InvalidInputError` that says how many (:func:`_find` resolves it,
+for every method).
+
 Contract (who may change a job, in which state):
 
 - :meth:`JobStore.submit` creates a job ``queued``, with no holder and fencing token 0, unless
@@ -454,7 +460,7 @@ class JobStore:
         """Cancel a job that has not finished; :class:`ConflictError` if it has."""
         with session(self._engine, write=True) as s:
             row = _find(s, job_id, for_update=True)
-            was = JobStatus(row.status)
+            job_id, was = row.id, JobStatus(row.status)
             if was.finished:
                 raise ConflictError(
                     f"job {job_id} is already {was.value}: only an unfinished job can be cancelled"
@@ -481,7 +487,7 @@ class JobStore:
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInputError(f"limit must be 1 to {MAX_PAGE}, got {limit}")
         with session(self._engine, write=False) as s:
-            _find(s, job_id)
+            job_id = _find(s, job_id).id
             rows = s.scalars(
                 select(tables.JobEvent)
                 .where(tables.JobEvent.job_id == job_id, tables.JobEvent.id > after_id)
@@ -515,7 +521,8 @@ class JobStore:
     def append_event(self, job_id: str, kind: str, payload: dict[str, Any]) -> JobEvent:
         """Add an event to the job's feed and return it (with its id, the reader's cursor)."""
         with session(self._engine, write=True) as s:
-            _find(s, job_id, for_update=True)  # serialises a job's events: ids in commit order
+            # locking the job's row serialises its events: ids in commit order
+            job_id = _find(s, job_id, for_update=True).id
             row = _add_event(s, job_id, kind, payload)
             s.flush()
             s.refresh(row)
@@ -549,7 +556,7 @@ class JobStore:
         _check_lease_args(worker_id, lease_s)
         with session(self._engine, write=True) as s:
             if job_id is not None:
-                _find(s, job_id)
+                job_id = _find(s, job_id).id
             while True:
                 row = s.scalars(_claim_query(job_id, device)).first()
                 if row is None:
@@ -702,6 +709,7 @@ class JobStore:
             raise InvalidInputError(f"the lease is for job {lease.job_id}, not {job_id}")
         with session(self._engine, write=True) as s:
             row = _fenced(s, lease) if lease is not None else _find(s, job_id, for_update=True)
+            job_id = row.id
             stored = JobProgress.model_validate(row.progress)
             merged = stored.merged(progress)
             if merged != stored:
@@ -741,12 +749,9 @@ class JobStore:
             "bounds": bounds.model_dump(mode="json"),
         }
         with session(self._engine, write=True) as s:
-            if lease is not None:
-                _fenced(s, lease)
-            else:
-                _find(s, job_id, for_update=True)
+            job = _fenced(s, lease) if lease is not None else _find(s, job_id, for_update=True)
             row = tables.RangeTest(
-                job_id=job_id, format_version=RESULT_FORMAT_VERSION, result=result,
+                job_id=job.id, format_version=RESULT_FORMAT_VERSION, result=result,
                 **_provenance_columns(provenance),
             )  # fmt: skip
             s.add(row)
@@ -761,12 +766,12 @@ class JobStore:
             NotFoundError: no job has this id, or the job has not completed its range test.
         """
         job = self.get(job_id)  # NotFoundError for an unknown id
-        query = select(tables.RangeTest).where(tables.RangeTest.job_id == job_id)
+        query = select(tables.RangeTest).where(tables.RangeTest.job_id == job.id)
         with session(self._engine, write=False) as s:
             row = s.scalars(query).first()
             if row is None:
                 raise NotFoundError(
-                    f"job {job_id!r} has no range test yet: it is {job.status.value} (a job "
+                    f"job {job.id!r} has no range test yet: it is {job.status.value} (a job "
                     "stores its range test when it starts searching)"
                 )
             return _stored_range_test(row)
@@ -789,7 +794,7 @@ class JobStore:
         with session(self._engine, write=True) as s:
             job = _fenced(s, lease) if lease is not None else _find(s, job_id, for_update=True)
             row = tables.Recommendation(
-                job_id=job_id,
+                job_id=job.id,
                 fingerprint=job.fingerprint,
                 format_version=RESULT_FORMAT_VERSION,
                 result=recommendation.model_dump(mode="json"),
@@ -811,7 +816,7 @@ class JobStore:
         job = self.get(job_id)  # NotFoundError for an unknown id
         query = (
             select(tables.Recommendation)
-            .where(tables.Recommendation.job_id == job_id)
+            .where(tables.Recommendation.job_id == job.id)
             .order_by(tables.Recommendation.created_at.desc(), tables.Recommendation.id.desc())
             .limit(1)
         )
@@ -823,7 +828,7 @@ class JobStore:
         if provisional is None:
             detail = ", and finished no search trial" if job.status.finished else ""
             raise NotFoundError(
-                f"job {job_id!r} has no recommendation: it is {job.status.value}{detail}"
+                f"job {job.id!r} has no recommendation: it is {job.status.value}{detail}"
             )
         return provisional
 
@@ -914,8 +919,9 @@ class JobStore:
                     return job_id
         return None
 
-    def delete(self, job_id: str) -> None:
-        """Delete a finished job with its results, events, Optuna study and checkpoints.
+    def delete(self, job_id: str) -> str:
+        """Delete a finished job with its results, events, Optuna study and checkpoints;
+        return its id (``job_id`` may be a prefix of it).
 
         The checkpoints are the job's folder under ``Settings.artifact_dir``
         (:meth:`checkpoint_dir`); they go after the job's rows, so a delete that fails
@@ -927,12 +933,14 @@ class JobStore:
         """
         with session(self._engine, write=True) as s:
             row = _find(s, job_id, for_update=True)
+            job_id = row.id
             if not JobStatus(row.status).finished:
                 raise ConflictError(f"job {job_id} is {row.status}: cancel it before deleting it")
             study_name = row.study_name
             s.execute(delete(tables.Job).where(tables.Job.id == job_id))
         self._delete_study(study_name)
         remove_checkpoints(self.settings.checkpoint_dir(study_name))
+        return job_id
 
     def checkpoint_dir(self, job_id: str) -> Path:
         """Where workers keep the job's checkpoints (by this store's ``Settings.artifact_dir``)."""
@@ -1124,10 +1132,32 @@ def _check_exists(url: str) -> None:
 
 
 def _find(s: Session, job_id: str, *, for_update: bool = False) -> tables.Job:
+    """The job whose id is ``job_id``, else the one job whose id starts with it.
+
+    Raises:
+        NotFoundError: no job's id is or starts with ``job_id``.
+        InvalidInputError: several jobs' ids start with ``job_id``; the message says how many.
+    """
     row = s.get(tables.Job, job_id, with_for_update=for_update)
+    full_id = _id_starting(s, job_id) if row is None and job_id else None
+    if full_id is not None:
+        row = s.get(tables.Job, full_id, with_for_update=for_update)
     if row is None:
         raise NotFoundError(f"no job {job_id!r} in the job store")
     return row
+
+
+def _id_starting(s: Session, prefix: str) -> str | None:
+    """The id of the one job whose id starts with ``prefix``; None if none does."""
+    starts = tables.Job.id.startswith(prefix, autoescape=True)
+    ids = s.scalars(select(tables.Job.id).where(starts).limit(2)).all()
+    if len(ids) > 1:
+        count = s.scalar(select(func.count()).select_from(tables.Job).where(starts))
+        raise InvalidInputError(
+            f"job id {prefix!r} is ambiguous: {count} jobs' ids start with it; give more of "
+            "the id (lrtune status lists them)"
+        )
+    return ids[0] if ids else None
 
 
 def _add_event(s: Session, job_id: str, kind: str, payload: dict[str, Any]) -> tables.JobEvent:
