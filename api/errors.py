@@ -14,7 +14,8 @@ Every error response has the body :class:`~lrtune.api.schemas.ErrorBody`: a one-
 - :class:`~lrtune.exceptions.StorageUnavailableError`: 503 with ``Retry-After``;
 - Starlette's ``HTTPException`` (401, 413, 429, ...): its status, in the same body; but a
   JSON body that is not UTF-8 (FastAPI's bare 400) is a 422 like any other invalid body, and
-  so is a multipart body Starlette cannot parse.
+  so is a multipart body Starlette cannot parse; a 405's ``Allow`` lists every method of the
+  path (Starlette's names only the first route's, and each method is a route of its own).
 
 No response carries a traceback; anything else escaping a route is a bug, answered by
 Starlette's plain 500 and logged with its traceback on the server only.
@@ -37,6 +38,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match, Mount
 
 from lrtune.api.schemas import ErrorBody, FieldError
 from lrtune.exceptions import (
@@ -49,6 +51,8 @@ from lrtune.exceptions import (
 )
 
 RETRY_AFTER_S = 5
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+"""What a 405's ``Allow`` may list."""
 """What a 503 tells the client to wait before retrying."""
 
 _logger = logging.getLogger("lrtune.api")
@@ -126,7 +130,24 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         return _response(422, _undecodable_body(exc.__cause__))
     if exc.status_code == 400:  # lrtune raises no 400: Starlette's unparsable form body is one
         return _response(422, _unparsable_body(str(exc.detail)))
+    methods = allowed_methods(request) if exc.status_code == 405 else []
+    if methods:
+        detail = f"{request.method} is not allowed on {request.url.path}: use {', '.join(methods)}"
+        return _response(405, ErrorBody(detail=detail), {"Allow": ", ".join(methods)})
     return _response(exc.status_code, ErrorBody(detail=str(exc.detail)), exc.headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods a route of the app (not a mounted app, which takes any) answers on the
+    request's path, by asking each route as the router does."""
+    routes = [route for route in request.app.router.routes if not isinstance(route, Mount)]
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
 
 
 def _undecodable_body(error: UnicodeDecodeError) -> ErrorBody:

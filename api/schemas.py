@@ -34,6 +34,9 @@ from lrtune.study_view import TrialView
 
 MAX_PREVIEW_STEPS = 20_000
 """Most optimizer steps one schedule preview may ask for (epochs times steps per epoch)."""
+MAX_PREVIEW_VALUES = 20_000
+"""Most LR values one preview computes (steps times param groups): its CPU time and its
+answer's size grow with them (at most about 0.3 s and 0.5 MB)."""
 
 
 class _Strict(BaseModel):
@@ -103,6 +106,12 @@ class SchedulePreviewRequest(_Strict):
         if steps > MAX_PREVIEW_STEPS:
             raise ValueError(
                 f"epochs * steps_per_epoch is {steps}: at most {MAX_PREVIEW_STEPS} steps"
+            )
+        values = steps * len(self.group_multipliers or [1.0])
+        if values > MAX_PREVIEW_VALUES:
+            raise ValueError(
+                f"epochs * steps_per_epoch * param groups is {values}: at most "
+                f"{MAX_PREVIEW_VALUES} LR values (a smaller steps_per_epoch keeps the shape)"
             )
         if self.group_multipliers is not None and not all(
             0 < m <= 1000 for m in self.group_multipliers

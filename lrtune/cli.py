@@ -706,14 +706,23 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_AGE_DAYS = 100 * 366
+"""The oldest age ``db prune --older-than`` takes (a century); a larger one would overflow
+the dates it is compared with."""
 
 
 def parse_duration(text: str) -> timedelta:
-    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` (a number and a unit) as a timedelta.
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` (a number and a unit) as a timedelta, at most
+    :data:`MAX_AGE_DAYS`.
 
     Example:
         >>> parse_duration("12h"), parse_duration("1.5d")
         (datetime.timedelta(seconds=43200), datetime.timedelta(days=1, seconds=43200))
+        >>> parse_duration("99999999999w")
+        Traceback (most recent call last):
+        ...
+        lrtune.cli.CliError: --older-than '99999999999w' is more than 36600 days: name a \
+shorter age
     """
     number, unit = text.strip()[:-1], text.strip()[-1:].lower()
     try:
@@ -725,7 +734,12 @@ def parse_duration(text: str) -> timedelta:
             f"--older-than {text!r} is not an age: use a number and a unit, e.g. 30d, 12h, "
             f"90m ({', '.join(DURATION_UNITS)})"
         )
-    return timedelta(seconds=value * DURATION_UNITS[unit])
+    seconds = value * DURATION_UNITS[unit]
+    if seconds > MAX_AGE_DAYS * DURATION_UNITS["d"]:
+        raise CliError(
+            f"--older-than {text!r} is more than {MAX_AGE_DAYS} days: name a shorter age"
+        )
+    return timedelta(seconds=seconds)
 
 
 def _db_prune(args: argparse.Namespace) -> int:

@@ -749,7 +749,8 @@ def preview(
     for epoch in range(epochs):
         for batch in range(steps_per_epoch):
             lrs[epoch * steps_per_epoch + batch] = _current_lrs(optimizer)
-            optimizer.step()
+            if epoch == batch == 0:  # once, so torch sees the right order; with no gradients a
+                optimizer.step()  # step changes nothing, and each would cost most of the time
             driver.after_batch()
         driver.after_epoch(None if metrics is None else float(metrics[epoch]))
     return lrs

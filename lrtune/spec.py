@@ -57,6 +57,9 @@ MAX_BATCH_SIZE = 8192
 MAX_DATASET_SAMPLES = 200_000
 MAX_LR = 1e4
 MAX_PARALLEL = 256
+MAX_YAML_VALUES = 10_000
+"""Most values a YAML job file may hold, an alias counted each time it is used: a few hundred
+bytes of aliases of aliases (an alias bomb) would expand to billions."""
 
 Metric = Literal["val_loss", "accuracy", "mse"]
 BaselineName = Literal["constant_at_suggestion", "optimizer_default", "prodigy", "schedule_free"]
@@ -454,7 +457,7 @@ class JobSpec(_Strict):
 
         Raises:
             InvalidInputError: the file is not UTF-8 text, not valid YAML/JSON, nested too
-                deeply, or not a mapping.
+                deeply, expands past :data:`MAX_YAML_VALUES` values (aliases), or not a mapping.
             pydantic.ValidationError: the mapping is not a valid job (also a ``ValueError``).
             OSError: the file cannot be read (missing, a directory, no permission).
         """
@@ -465,7 +468,9 @@ class JobSpec(_Strict):
         except UnicodeDecodeError as exc:
             raise InvalidInputError(f"{path}: not UTF-8 text ({exc.reason})") from None
         try:
-            data = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
+            data = json.loads(text) if kind == "JSON" else yaml.load(text, _BoundedYamlLoader)
+        except _ExpandsTooFar as exc:
+            raise InvalidInputError(f"{path}: not a job: {exc}") from None
         except (json.JSONDecodeError, yaml.YAMLError) as exc:
             problem = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
             raise InvalidInputError(f"{path}: not valid {kind}: {problem}") from exc
@@ -476,3 +481,42 @@ class JobSpec(_Strict):
                 f"{path}: a job file must hold a mapping, got {type(data).__name__}"
             )
         return cls.model_validate(data)
+
+
+class _ExpandsTooFar(yaml.YAMLError):
+    """A YAML document whose aliases expand past :data:`MAX_YAML_VALUES` values."""
+
+
+class _BoundedYamlLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader, except that a document whose aliases would expand past
+    :data:`MAX_YAML_VALUES` values is refused before anything is built from it.
+
+    Example:
+        >>> yaml.load("a: &x [1, 2]\\nb: *x", _BoundedYamlLoader)
+        {'a': [1, 2], 'b': [1, 2]}
+    """
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_expansion(node)
+        return super().construct_document(node)
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Count the values under ``root`` as built (an alias each time it is used), up to the cap.
+
+    Raises:
+        _ExpandsTooFar: past :data:`MAX_YAML_VALUES` (a cycle of aliases gets there too).
+    """
+    count, stack = 0, [root]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_YAML_VALUES:
+            raise _ExpandsTooFar(
+                f"its YAML expands to more than {MAX_YAML_VALUES} values (an alias counts each "
+                "time it is used): write the values out"
+            )
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(item for pair in node.value for item in pair)
