@@ -66,6 +66,8 @@ MIN_SAMPLES = 10
 """Fewest samples an upload may hold (a train and a validation part need some each)."""
 MAX_CLASSES = 1000
 """Most classes a classification upload may have."""
+MAX_LABEL_CHARS = 256
+"""Longest class name a CSV's target column may hold."""
 MAX_SAMPLE_VALUES = 2**24
 """Most values one sample's features may hold (the sequential model's activation cap)."""
 MAX_HEADER_BYTES = 10_000
@@ -160,7 +162,7 @@ def parse_upload(
     else:
         if target is None:
             raise UploadError("a CSV upload needs the name of its target column", "target")
-        x, y = parse_csv(data, target, max_bytes)
+        x, y = parse_csv(data, target, max_bytes, task=task)
     return check_arrays(x, y, task=task)
 
 
@@ -242,11 +244,16 @@ def _read_header(stream: io.BufferedIOBase, name: str) -> tuple[tuple[int, ...],
     raise UploadError(f"{name}.npy is in .npy format {version}: save it with numpy 1.x or 2.x")
 
 
-def parse_csv(data: bytes, target: str, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+def parse_csv(
+    data: bytes, target: str, max_bytes: int, *, task: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Features and target of a CSV with a header row; ``target`` names the target column.
 
-    Features must be numbers. The target may be numbers or class names (text). The cells are
-    parsed by :func:`numpy.loadtxt` (C speed, no Python object per cell).
+    Features must be numbers. The target may be numbers or class names (text; unless ``task``
+    is ``regression``), which become class indices in the names' sorted order. Numbers are
+    parsed by :func:`numpy.loadtxt` (C speed, no Python object per cell); names are read row by
+    row, so memory stays proportional to the body: at most :data:`MAX_CLASSES` names of at most
+    :data:`MAX_LABEL_CHARS` characters each.
 
     Raises:
         UploadError: not UTF-8, no header, no such column, a cell that is not a number.
@@ -280,10 +287,20 @@ def parse_csv(data: bytes, target: str, max_bytes: int) -> tuple[np.ndarray, np.
     feature_at = [at for at in range(len(header)) if at != target_at]
     try:
         features = _load_columns(text, feature_at, np.float32)
-        labels = _load_columns(text, [target_at], str).reshape(-1)
     except (ValueError, csv.Error) as exc:  # find the first bad cell and its line, to say it
         raise UploadError(_first_problem(text, header, target_at) or f"the CSV: {exc}") from None
-    return features, _csv_target(labels)
+    try:
+        values = _load_columns(text, [target_at], np.float64).reshape(-1)
+    except ValueError:  # class names: streamed into class indices, never a "<U{longest}" array
+        if task == "regression":
+            raise UploadError(
+                f"a regression target must be numbers, column {target!r} holds text"
+            ) from None
+        try:
+            return features, _class_names(text, target_at, target, len(features))
+        except csv.Error as exc:
+            raise UploadError(f"the CSV cannot be read: {exc}") from None
+    return features, _csv_target(values)
 
 
 def _load_columns(text: str, columns: list[int], dtype: type) -> np.ndarray:
@@ -333,11 +350,55 @@ def _first_bad_row(rows: Iterator[list[str]], header: list[str], target_at: int)
     return None
 
 
-def _csv_target(labels: np.ndarray) -> np.ndarray:
-    try:
-        values = labels.astype(np.float64)
-    except ValueError:
-        return labels  # class names
+def _class_names(text: str, target_at: int, target: str, samples: int) -> np.ndarray:
+    """The class indices (sorted names' order) of a target column of names, read row by row:
+    memory is one int64 per row and the distinct names, each at most :data:`MAX_LABEL_CHARS`."""
+    codes = np.empty(samples, dtype=np.int64)
+    names: dict[str, int] = {}
+    rows = csv.reader(io.StringIO(text))
+    next(rows)
+    at = 0
+    for row in rows:
+        if not row:
+            continue
+        if len(row) <= target_at or at == samples:
+            raise UploadError(
+                f"CSV line {rows.line_num} has {len(row)} cells or lies past the rows numpy "
+                "read: every row needs one value per column, and no line breaks inside cells"
+            )
+        name = row[target_at]
+        if len(name) > MAX_LABEL_CHARS:
+            raise UploadError(
+                f"CSV line {rows.line_num}, column {target!r}: a class name of {len(name)} "
+                f"characters; class names may have at most {MAX_LABEL_CHARS}",
+                "target",
+            )
+        code = names.setdefault(name, len(names))
+        if len(names) > MAX_CLASSES:
+            raise UploadError(
+                f"column {target!r} has more than {MAX_CLASSES} distinct class names: "
+                f"classification needs 2 to {MAX_CLASSES} (a numeric target must be numbers "
+                "in every row)",
+                "target",
+            )
+        codes[at] = code
+        at += 1
+    if at != samples:
+        raise UploadError(f"the CSV has {samples} rows of features but {at} class names")
+    order = sorted(names)
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[[names[name] for name in order]] = np.arange(len(order))
+    counts = np.bincount(codes, minlength=len(order))
+    rare = [name for name in order if counts[names[name]] < 2]
+    if rare and len(order) >= 2:
+        raise UploadError(
+            f"classes {', '.join(rare[:5])} have a single sample: each class needs at least 2 "
+            "(the train/validation split is stratified)"
+        )
+    return rank[codes]
+
+
+def _csv_target(values: np.ndarray) -> np.ndarray:
     if values.size and np.all(np.isfinite(values)) and np.all(values == np.round(values)):
         return values.astype(np.int64)
     return values

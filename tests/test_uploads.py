@@ -225,6 +225,45 @@ def test_a_zip_bomb_is_refused_without_being_inflated() -> None:
         parse_upload(buffer.getvalue(), max_bytes=8 << 20)
 
 
+RSS_PROBE = """
+import resource, sys
+from lrtune.uploads import UploadError, parse_upload
+rows, width = int(sys.argv[1]), int(sys.argv[2])
+wide = b"w" * width
+body = b"a,label\\n" + b"1," + wide + b"\\n2," + wide + b"\\n" + b"3,v\\n4,v\\n" * rows
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    answer = f"{parse_upload(body, target='label', max_bytes=64 << 20).n_classes} classes"
+except UploadError as exc:
+    answer = str(exc)
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(len(body), grown * 1024, answer)
+"""
+
+
+def parse_in_a_subprocess(rows: int, width: int) -> tuple[int, int, str]:
+    """The body's size, the parse's peak RSS growth (bytes) and its answer, in a fresh process."""
+    done = subprocess.run(
+        [sys.executable, "-c", RSS_PROBE, str(rows), str(width)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    size, grown, answer = done.stdout.strip().split(" ", 2)
+    return int(size), int(grown), answer
+
+
+def test_a_csv_of_class_names_costs_memory_proportional_to_its_body() -> None:
+    # Two 250-character names among 300,000 short rows: 2.4 MB that numpy's fixed-width text
+    # array made 600 MB ("<U250" per row); read row by row it costs a few bytes a row.
+    size, grown, answer = parse_in_a_subprocess(rows=150_000, width=250)
+    assert answer == "2 classes"
+    assert grown < 16 * size, f"parsing a {size}-byte CSV grew the process by {grown} bytes"
+    size, grown, answer = parse_in_a_subprocess(rows=150_000, width=100_000)
+    assert "class names may have at most 256" in answer and grown < 16 * size
+
+
 def mutations(seed: int, count: int) -> Iterator[tuple[bytes, str | None]]:
     """Valid uploads (an .npz, a compressed one, a CSV) with random bytes changed, inserted or
     cut off; each with the target its kind takes."""
@@ -305,6 +344,13 @@ def test_a_csv_upload_takes_its_target_column_and_class_names(start: Start) -> N
         (b"\xff\xfe" + CSV, {"target": "label"}, "file", "nor CSV text in UTF-8"),
         (b"", {"target": "label"}, "file", "empty"),
         (CSV, {"target": "label", "task": "regression"}, "file", "regression target must be"),
+        (
+            b"f,label\n" + b"".join(b"%d,c%d\n" % (i, i) for i in range(1001)),
+            {"target": "label"},
+            "target",
+            "more than 1000 distinct class names",
+        ),
+        (CSV + b"1,2," + b"w" * 300 + b"\n", {"target": "label"}, "target", "at most 256"),
         (npz(x=np.ones((20, 2)), y=np.arange(20) % 2), {"target": "y"}, "target", "no target"),
     ],
 )
