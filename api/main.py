@@ -44,6 +44,7 @@ from lrtune.api.routes import (
     recommendations,
     results,
     schedules,
+    workers,
 )
 from lrtune.api.routes._docs import error_responses
 from lrtune.jobs import JobStore
@@ -69,6 +70,7 @@ _TAGS = [
     {"name": "recommendations", "description": "Stored answers: what LR should I use"},
     {"name": "registry", "description": "The models and datasets a job may name"},
     {"name": "schedules", "description": "What a schedule spec does, step by step"},
+    {"name": "workers", "description": "The workers taking jobs, and what each holds"},
     {"name": "health", "description": "Probes for orchestrators"},
 ]
 
@@ -114,7 +116,7 @@ def create_app(
     app.include_router(metrics.router)
     # Every /v1 route takes parameters, so any may answer 422 (in the one error body).
     v1 = APIRouter(prefix=API_PREFIX, responses=error_responses(422))
-    for module in (jobs, results, recommendations, models, datasets, schedules):
+    for module in (jobs, results, recommendations, models, datasets, schedules, workers):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(dashboard.router)

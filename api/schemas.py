@@ -6,8 +6,9 @@ module holds only what exists because of HTTP: the error body, list envelopes, t
 preview's request and answer, the health reports, and the dashboard's views of a job's range
 test and trials. All are pydantic models, so the OpenAPI schema is derived from them. (The
 recommendation lookup's answer is the job store's :class:`~lrtune.jobs.RecommendationMatch`,
-and the range test's view its :class:`~lrtune.jobs.schemas.FinderView`, re-exported here: the
-client reads them without importing the server.)
+the range test's view its :class:`~lrtune.jobs.schemas.FinderView` and the registry's list
+its :class:`~lrtune.jobs.schemas.RegistryList`, re-exported here: the client reads them
+without importing the server.)
 
 Example:
     >>> body = ErrorBody(detail="no job 'x' in the job store")
@@ -21,13 +22,15 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lrtune._schema import LRSteps
 from lrtune.jobs.schemas import FinderView as FinderView
 from lrtune.jobs.schemas import RecommendationMatch as RecommendationMatch
+from lrtune.jobs.schemas import RegistryEntry as RegistryEntry
+from lrtune.jobs.schemas import RegistryList as RegistryList
 from lrtune.schedules import ScheduleSpec
 from lrtune.spec import MAX_EPOCHS
 from lrtune.study_view import TrialView
@@ -61,24 +64,6 @@ class ErrorBody(_Strict):
     errors: list[FieldError] = Field(
         default_factory=list, description="the invalid fields (422 only)"
     )
-
-
-class RegistryEntry(_Strict):
-    """A model or dataset factory a job may name, with the JSON schema of its params."""
-
-    name: str
-    builtin: bool = Field(description="shipped with lrtune (else a plugin)")
-    params_schema: dict[str, Any] | None = Field(
-        description="JSON schema of the factory's params; null for a plugin, which validates "
-        "its params where it is installed"
-    )
-
-
-class RegistryList(_Strict):
-    """The factories of one kind, sorted by name."""
-
-    data: list[RegistryEntry]
-    count: int
 
 
 class SchedulePreviewRequest(_Strict):

@@ -195,8 +195,11 @@ def _parser() -> argparse.ArgumentParser:
     _common(tune)
     tune.set_defaults(run=_tune)
 
-    listing = sub.add_parser("list", help="list registry models and datasets")
+    listing = sub.add_parser(
+        "list", help="list the models and datasets a job may name, here or at an API's --url"
+    )
     listing.add_argument("--json", action="store_true")
+    _api_options(listing, instead_of="this installation's registry")
     _threads_option(listing, default=argparse.SUPPRESS)  # accepted everywhere; nothing trains
     listing.set_defaults(run=_list)
 
@@ -335,7 +338,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.set_defaults(run=_worker)
 
     workers = sub.add_parser("workers", help="list the live workers and what each holds")
-    _database_option(workers)
+    _job_service_options(workers)
     workers.add_argument("--json", action="store_true", help="machine-readable output")
     workers.add_argument(
         "--all", action="store_true", help="stopped and silent workers too, not only live ones"
@@ -429,10 +432,15 @@ def _database_option(parser: argparse.ArgumentParser, *, trains: bool = False) -
 def _job_service_options(parser: argparse.ArgumentParser) -> None:
     """``--database``, or ``--url`` and ``--token``: the job store, or the HTTP API before it."""
     _database_option(parser)
+    _api_options(parser, instead_of="the job store", unless=", unless --database is given")
+
+
+def _api_options(parser: argparse.ArgumentParser, *, instead_of: str, unless: str = "") -> None:
+    """``--url`` and ``--token``: lrtune's HTTP API, asked instead of ``instead_of``."""
     parser.add_argument(
         "--url",
         help="go through lrtune's HTTP API at this URL, e.g. http://127.0.0.1:8000, instead "
-        "of the job store (default: $LRTUNE_URL, unless --database is given)",
+        f"of {instead_of} (default: $LRTUNE_URL{unless})",
     )
     parser.add_argument(
         "--token",
@@ -687,7 +695,17 @@ def _save_figure(fig: Any, path: Path) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    listing = {"models": model_names(), "datasets": dataset_names()}
+    """This installation's registry, or the API's (its own and its live workers' plugins)."""
+    api = _api_client(args)
+    if api is None:
+        listing = {"models": model_names(), "datasets": dataset_names()}
+    else:
+        with api:
+            models, datasets = api.models(), api.datasets()
+        listing = {
+            "models": [m.name for m in models.data],
+            "datasets": [d.name for d in datasets.data],
+        }
     if args.json:
         print(json.dumps(listing))
     else:
@@ -786,7 +804,7 @@ def _source(jobs: JobStore | Client) -> str:
 
 @contextlib.contextmanager
 def _job_service(args: argparse.Namespace, *, create: bool = False) -> Iterator[JobStore | Client]:
-    """Where ``submit``, ``status``, ``recommend`` and ``cancel`` go.
+    """Where ``submit``, ``status``, ``recommend``, ``cancel`` and ``workers`` go.
 
     The HTTP API at ``--url`` (else ``$LRTUNE_URL``) with ``--token`` (else
     ``$LRTUNE_API_TOKEN``), through :class:`~lrtune.client.Client`; else the job store at
@@ -795,22 +813,32 @@ def _job_service(args: argparse.Namespace, *, create: bool = False) -> Iterator[
     commands' calls with the same models, so every command prints the same for the same job
     either way.
     """
+    api = _api_client(args)
+    if api is None:
+        yield _open_store(args.database, create=create)
+        return
+    with api:
+        yield api
+
+
+def _api_client(args: argparse.Namespace) -> Client | None:
+    """The HTTP API at ``--url`` (else ``$LRTUNE_URL``, unless ``--database`` is given) with
+    ``--token`` (else ``$LRTUNE_API_TOKEN``); None when neither names a URL."""
     from lrtune.client import Client, ClientSettings
 
-    if args.url is not None and args.database is not None:
+    database = getattr(args, "database", None)  # lrtune list has no store to read
+    if args.url is not None and database is not None:
         raise CliError("give --url (the HTTP API) or --database (the job store), not both")
     remote = ClientSettings()
-    url = args.url or (None if args.database is not None else remote.url)
+    url = args.url or (None if database is not None else remote.url)
     if url is None:
         if args.token is not None:
             raise CliError("--token is for the HTTP API: give --url or set LRTUNE_URL")
-        yield _open_store(args.database, create=create)
-        return
+        return None
     token = args.token
     if token is None and remote.api_token is not None:
         token = remote.api_token.get_secret_value()
-    with Client(url, token) as client:
-        yield client
+    return Client(url, token)
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -1009,12 +1037,12 @@ def _artifact_dir(args: argparse.Namespace) -> tuple[str, Path]:
 
 
 def _workers(args: argparse.Namespace) -> int:
-    store = _open_store(args.database, create=False)
-    workers = store.list_workers(live_only=not args.all)
+    with _job_service(args) as jobs:
+        workers = jobs.list_workers(live_only=not args.all)
     if args.json:
         print(workers.model_dump_json())
     elif not workers.data:
-        print(f"no {'live ' if not args.all else ''}workers in {_source(store)}")
+        print(f"no {'live ' if not args.all else ''}workers in {_source(jobs)}")
     else:
         print(_workers_table(workers.data))
     return 0

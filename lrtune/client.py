@@ -15,7 +15,8 @@ imports. It returns the same pydantic models the API serves (:class:`~lrtune.job
   (retrying later may succeed).
 
 :class:`ClientSettings` reads ``LRTUNE_URL`` and ``LRTUNE_API_TOKEN``, what ``lrtune submit``,
-``status``, ``recommend`` and ``cancel`` use when given no ``--url``/``--token``.
+``status``, ``recommend``, ``cancel``, ``workers`` and ``list`` use when given no
+``--url``/``--token``.
 
 Example:
 
@@ -65,8 +66,10 @@ from lrtune.jobs.schemas import (
     JobRecord,
     JobStatus,
     RecommendationMatch,
+    RegistryList,
     StoredRecommendation,
     Submission,
+    WorkerList,
 )
 from lrtune.jobs.settings import ENV_PREFIX
 from lrtune.jobs.waiting import wait_for
@@ -232,6 +235,22 @@ class Client:
         params = {key: value for key, value in query.items() if value is not None}
         data = self._call("GET", "/v1/recommendations", params=params)
         return self._parsed(RecommendationMatch, data)
+
+    def models(self) -> RegistryList:
+        """The models a job may name here (``GET /v1/models``): the service's registry and the
+        plugins only its live workers have, each with its params' JSON schema."""
+        return self._parsed(RegistryList, self._call("GET", "/v1/models"))
+
+    def datasets(self) -> RegistryList:
+        """The datasets a job may name here (``GET /v1/datasets``), as :meth:`models`."""
+        return self._parsed(RegistryList, self._call("GET", "/v1/datasets"))
+
+    def list_workers(self, *, live_only: bool = True) -> WorkerList:
+        """The workers taking jobs (``GET /v1/workers``), each with what it holds; stopped and
+        silent ones too unless ``live_only``: as
+        :meth:`~lrtune.jobs.JobStore.list_workers` answers."""
+        params = {} if live_only else {"all": "true"}
+        return self._parsed(WorkerList, self._call("GET", "/v1/workers", params=params))
 
     def wait(
         self,

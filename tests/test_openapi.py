@@ -29,8 +29,11 @@ FREE_FORM = {
     # plugin's are checked only where it is installed.
     "components/schemas/ModelRef/properties/params",
     "components/schemas/DatasetRef/properties/params",
-    # A JSON Schema document (a factory's params schema) is itself free-form JSON.
+    # A JSON Schema document (a factory's params schema) is itself free-form JSON: in the
+    # registry's list and in the registry each worker serves (GET /v1/workers).
     "components/schemas/RegistryEntry/properties/params_schema/anyOf/0",
+    "components/schemas/PluginRegistry/properties/models/additionalProperties/anyOf/0",
+    "components/schemas/PluginRegistry/properties/datasets/additionalProperties/anyOf/0",
     # A job event's payload depends on its kind, and workers append kinds of their own.
     "paths//v1/jobs/{job_id}/events/get/responses/200/content/text/event-stream/itemSchema/"
     "properties/data/contentSchema/anyOf/0/properties/payload",

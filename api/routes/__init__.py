@@ -4,6 +4,7 @@
 - :mod:`.recommendations`: ``/v1/recommendations`` ("what LR should I use");
 - :mod:`.models` and :mod:`.datasets`: the registry with each factory's params schema;
 - :mod:`.schedules`: ``/v1/schedules/preview``;
+- :mod:`.workers`: ``/v1/workers``, the workers and what each holds;
 - :mod:`.health`: ``/healthz`` and ``/readyz`` (not versioned: they are for orchestrators);
 - :mod:`.dashboard`: the dashboard's pages; :mod:`.optuna_dashboard`: optuna-dashboard at
   ``/dashboard``, behind the token (both unversioned, outside the OpenAPI schema).

@@ -333,6 +333,24 @@ class PluginRegistry(ResultModel):
         )
 
 
+class RegistryEntry(ResultModel):
+    """A model or dataset factory a job may name, with the JSON schema of its params."""
+
+    name: str
+    builtin: bool = Field(description="shipped with lrtune (else a plugin)")
+    params_schema: dict[str, Any] | None = Field(
+        description="JSON schema of the factory's params; null for a plugin, which validates "
+        "its params where it is installed"
+    )
+
+
+class RegistryList(ResultModel):
+    """The factories of one kind, sorted by name (``GET /v1/models``, ``/v1/datasets``)."""
+
+    data: list[RegistryEntry]
+    count: int
+
+
 class WorkerActivity(ResultModel):
     """One thing a worker is doing: a job's exclusive phase under its lease, or a shared unit."""
 
