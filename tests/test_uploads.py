@@ -25,9 +25,10 @@ from live_api import serve
 from test_api import TOKEN, Start, assert_field_error
 
 from lrtune.api import Settings, create_app
-from lrtune.jobs import JobStore, tables, upgrade
+from lrtune.jobs import JobStatus, JobStore, tables, upgrade
 from lrtune.jobs.db import get_engine
 from lrtune.jobs.schema import current_revision
+from lrtune.jobs.store import MAX_PAGE
 from lrtune.spec import JobSpec
 from lrtune.uploads import UploadError, check_arrays, parse_upload
 
@@ -465,6 +466,49 @@ def test_an_upload_a_queued_job_uses_cannot_be_deleted(start: Start, jobs_url: s
     assert api.delete(f"/v1/datasets/{upload_id}").status_code == 404
     assert api.get(f"/v1/datasets/{upload_id}").status_code == 404
     assert api.get("/v1/datasets/uploads").json()["count"] == 0
+
+
+def test_deleting_an_upload_while_jobs_on_it_are_posted_leaves_no_job_without_it(
+    start: Start, jobs_url: str
+) -> None:
+    # Each round posts jobs on a new upload and deletes it at the same moment, over HTTP: the
+    # delete refuses (409, a job was admitted first) or wins (204, and every post is a 422
+    # naming the upload). It used to leave queued jobs whose upload was gone (39 in 376).
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    api = start()
+    for round_ in range(30):
+        x, y = three_blobs(seed=round_)
+        upload_id = post(api, npz(x=x, y=y)).json()["id"]
+        job = image_job(upload_id, [{"type": "linear", "out_features": 3}])
+        barrier = Barrier(5)
+
+        def submit(spec: dict[str, Any] = job, wait: Barrier = barrier) -> httpx.Response:
+            wait.wait()
+            return api.post("/v1/jobs", params={"reuse": "false"}, json=spec)
+
+        def delete(upload: str = upload_id, wait: Barrier = barrier) -> httpx.Response:
+            wait.wait()
+            return api.delete(f"/v1/datasets/{upload}")
+
+        with ThreadPoolExecutor(5) as pool:
+            posts = [pool.submit(submit) for _ in range(4)]
+            deleted = pool.submit(delete).result()
+            answers = [future.result() for future in posts]
+        assert deleted.status_code in (204, 409), deleted.text
+        admitted = [answer.json()["id"] for answer in answers if answer.status_code == 201]
+        for answer in answers:
+            if answer.status_code != 201:
+                assert upload_id in assert_field_error(answer, ["body", "dataset", "params", "id"])
+        if deleted.status_code == 204:
+            assert not admitted, f"round {round_}: jobs {admitted} queued on a deleted upload"
+        for job_id in admitted:
+            api.post(f"/v1/jobs/{job_id}/cancel")
+    store = JobStore(jobs_url)
+    uploads = {upload.id for upload in store.uploads.list().data}
+    for record in store.list(JobStatus.QUEUED, limit=MAX_PAGE).data:
+        assert record.spec.dataset.params["id"] in uploads, f"job {record.id} has no upload"
 
 
 def test_the_store_reads_an_upload_back_as_the_bundle_from_arrays_makes(store: JobStore) -> None:

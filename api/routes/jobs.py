@@ -205,7 +205,12 @@ def submit_job(
     check_registry(spec, store)
     if not (reuse and store.reusable(spec)):  # a reused answer queues nothing
         check_queue_room(store, settings.max_queued_jobs)
-    job = store.submit(spec, name=name, reuse=reuse)
+    try:
+        job = store.submit(spec, name=name, reuse=reuse)
+    except NotFoundError as exc:  # its upload was deleted since check_registry read it
+        if spec.dataset.name != UPLOADED:
+            raise
+        raise _unknown_upload(exc) from None
     if job.reused_from is not None:
         response.status_code = 200
     response.headers["Location"] = request.url_for("get_job", job_id=job.id).path  # no Host
@@ -482,12 +487,16 @@ def _upload_shapes(store: JobStore, upload_id: str) -> tuple[tuple[int, ...], in
     try:
         upload = store.uploads.get(upload_id)
     except NotFoundError as exc:
-        raise FieldInvalid(
-            ["body", "dataset", "params", "id"],
-            f"{exc}: upload it first (POST /v1/datasets) and use the id it returns",
-            "unknown_upload",
-        ) from None
+        raise _unknown_upload(exc) from None
     return upload.input_shape, upload.output_dim
+
+
+def _unknown_upload(exc: NotFoundError) -> FieldInvalid:
+    return FieldInvalid(
+        ["body", "dataset", "params", "id"],
+        f"{exc}: upload it first (POST /v1/datasets) and use the id it returns",
+        "unknown_upload",
+    )
 
 
 def _worker_names(store: JobStore, kind: str) -> set[str]:

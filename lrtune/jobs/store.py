@@ -185,7 +185,7 @@ from lrtune.jobs.schemas import (
     WorkerRegistration,
 )
 from lrtune.jobs.settings import LIVE_HEARTBEATS, Settings
-from lrtune.jobs.uploads import DatasetUploads, dataset_identity
+from lrtune.jobs.uploads import DatasetUploads, dataset_identity, hold_upload
 from lrtune.recommendation import Recommendation
 from lrtune.result import LRBounds, LRFinderResult
 from lrtune.spec import JobSpec, SearchSpec
@@ -243,6 +243,11 @@ class JobStore:
         With ``reuse`` (the default), a spec that an earlier succeeded job already answered
         (:meth:`reusable`) queues nothing: the answer is that job, with ``reused_from`` set to
         its id and its stored ``recommendation``. ``reuse=False`` always queues a new job.
+
+        Raises:
+            NotFoundError: the spec names an uploaded dataset that is not (or no longer) in the
+                store; a delete racing this submit either refuses or happens first
+                (:mod:`lrtune.jobs.uploads`).
         """
         name = name if name is not None else spec.name
         if name is not None and not 1 <= len(name) <= MAX_NAME_LENGTH:
@@ -267,6 +272,7 @@ class JobStore:
             needs_cuda=spec.needs_cuda,
         )
         with session(self._engine, write=True) as s:
+            hold_upload(s, row.spec["dataset"])
             s.add(row)
             s.flush()
             _add_event(s, job_id, "submitted", {"status": JobStatus.QUEUED.value})

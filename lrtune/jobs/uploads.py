@@ -13,6 +13,11 @@ Contract:
   it like a built-in dataset.
 - :meth:`DatasetUploads.delete` refuses (:class:`~lrtune.exceptions.ConflictError`) while an
   unfinished job names the upload; finished jobs keep their results after it is gone.
+- A delete and a job's admission never interleave: the delete locks the upload's row before it
+  looks for jobs that use it, and :meth:`~lrtune.jobs.JobStore.submit` locks it (shared, with
+  :func:`hold_upload`) in the transaction that inserts the job, so either the delete sees the
+  job (409) or the submit finds the upload gone (:class:`~lrtune.exceptions.NotFoundError`).
+  On SQLite both are IMMEDIATE transactions, which hold the whole database.
 
 Example:
     >>> import tempfile, pathlib, numpy as np
@@ -149,7 +154,7 @@ class DatasetUploads:
             ConflictError: an unfinished job uses it (cancel it, or wait until it finishes).
         """
         with session(self._engine, write=True) as s:
-            if s.get(tables.Upload, upload_id) is None:
+            if s.get(tables.Upload, upload_id, with_for_update=True) is None:
                 raise NotFoundError(f"no uploaded dataset {upload_id!r} in the job store")
             users = _unfinished_jobs_using(s, upload_id)
             if users:
@@ -163,6 +168,25 @@ class DatasetUploads:
         with session(self._engine, write=False) as s:
             row = s.get(tables.Upload, upload_id)
             return _record(row) if row is not None and row.kind == "dataset" else None
+
+
+def hold_upload(s: Any, dataset: Mapping[str, Any]) -> None:
+    """In a job's admission transaction: share-lock the upload that a spec's ``dataset`` (as
+    JSON) names, so that no delete removes it until the job is stored (see the module).
+
+    Raises:
+        NotFoundError: the dataset names an upload that is not in the store (or was deleted).
+    """
+    upload_id = (dataset.get("params") or {}).get("id")
+    if dataset.get("name") != UPLOADED or not isinstance(upload_id, str):
+        return
+    query = (
+        select(tables.Upload.id)
+        .where(tables.Upload.id == upload_id, tables.Upload.kind == "dataset")
+        .with_for_update(read=True)
+    )
+    if s.execute(query).first() is None:
+        raise NotFoundError(f"no uploaded dataset {upload_id!r} in the job store")
 
 
 def uses_upload(dataset: Mapping[str, Any], upload_id: str) -> bool:
