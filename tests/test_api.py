@@ -1110,6 +1110,7 @@ API_MODULES = [
     "lrtune.api.routes.recommendations",
     "lrtune.api.routes.results",
     "lrtune.api.routes.schedules",
+    "lrtune.api.routes.workers",
     "lrtune.api.serve",
 ]
 
