@@ -111,12 +111,8 @@ def cnn(input_shape: tuple[int, ...], output_dim: int, **params: Any) -> nn.Modu
     convolution, BatchNorm2d if asked, ReLU and a 2x2 max-pool.
     """
     check_shapes(input_shape, output_dim)
-    if input_shape not in ((_IMAGE_SIDE * _IMAGE_SIDE,), _IMAGE_SHAPE):
-        raise InvalidInputError(
-            f"model 'cnn' needs 8x8 single-channel images: input_shape (64,) or (1, 8, 8), "
-            f"got {input_shape}"
-        )
     parsed = parse_params(CNNParams, params, "model 'cnn'")
+    parsed.check_shapes(input_shape)
     layers: list[nn.Module] = []
     if len(input_shape) == 1:
         layers.append(nn.Unflatten(1, _IMAGE_SHAPE))

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -92,6 +93,18 @@ class CNNParams(FactoryParams):
     batchnorm: bool = False
     dropout: Dropout = 0.0
 
+    def check_shapes(self, input_shape: tuple[int, ...]) -> None:
+        """Refuse an input that is not an 8x8 single-channel image, flat or not.
+
+        Raises:
+            InvalidInputError: ``input_shape`` is neither ``(64,)`` nor ``(1, 8, 8)``.
+        """
+        if tuple(input_shape) not in ((64,), (1, 8, 8)):
+            raise InvalidInputError(
+                "model 'cnn' needs 8x8 single-channel images: input_shape (64,) or (1, 8, 8), "
+                f"got {tuple(input_shape)}; use sequential with conv layers for other shapes"
+            )
+
 
 class SequentialParams(FactoryParams):
     """Params of the ``sequential`` model: its layers, as :mod:`lrtune.sequential` describes.
@@ -123,6 +136,25 @@ class SplitParams(FactoryParams):
     val_fraction: float = Field(0.2, gt=0.0, lt=0.9)
     seed: int = Field(0, ge=0, le=MAX_SEED)
     max_samples: int | None = Field(None, ge=10)
+
+    def check_split(self, n_samples: int, n_classes: int | None) -> None:
+        """Refuse a split that cannot be stratified: each part needs a sample of every class
+        (scikit-learn's rule: ``ceil(val_fraction * n)`` validation samples, the rest train).
+
+        Raises:
+            InvalidInputError: a part of the split holds fewer samples than there are classes.
+        """
+        if not n_classes:
+            return
+        n = n_samples if self.max_samples is None else min(self.max_samples, n_samples)
+        n_val = math.ceil(self.val_fraction * n)
+        n_train = n - n_val
+        if min(n_val, n_train) < n_classes:
+            raise InvalidInputError(
+                f"val_fraction={self.val_fraction} splits {n} samples into {n_train} train and "
+                f"{n_val} validation samples, and a stratified split needs at least one of each "
+                f"of the {n_classes} classes in each part: change val_fraction or max_samples"
+            )
 
 
 class SyntheticParams(SplitParams):

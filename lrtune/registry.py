@@ -61,6 +61,7 @@ from lrtune.params import (
     DATASET_PARAMS,
     MAX_SEED,
     MODEL_PARAMS,
+    CNNParams,
     FactoryParams,
     SequentialParams,
     SyntheticParams,
@@ -317,6 +318,8 @@ def validate_model_params(
     if shapes is not None and isinstance(parsed, SequentialParams):
         input_shape, output_dim = shapes
         parsed.check_shapes(tuple(input_shape), output_dim)
+    if shapes is not None and isinstance(parsed, CNNParams):
+        parsed.check_shapes(tuple(shapes[0]))
 
 
 def validate_dataset_params(name: str, params: Mapping[str, Any] | None) -> None:

@@ -511,6 +511,24 @@ def test_deleting_an_upload_while_jobs_on_it_are_posted_leaves_no_job_without_it
         assert record.spec.dataset.params["id"] in uploads, f"job {record.id} has no upload"
 
 
+def test_a_job_its_upload_cannot_feed_is_refused_at_submit(start: Start) -> None:
+    api = start()
+    x, y = three_blobs()  # 60 samples of 4 features, 3 classes
+    upload_id = post(api, npz(x=x, y=y)).json()["id"]
+    cnn = {**image_job(upload_id), "model": {"name": "cnn"}}
+    detail = assert_field_error(api.post("/v1/jobs", json=cnn), ["body", "model", "params"])
+    assert "8x8 single-channel images" in detail and "(4,)" in detail
+    wine = {**cnn, "dataset": {"name": "wine"}}
+    assert "8x8" in assert_field_error(api.post("/v1/jobs", json=wine), ["body", "model", "params"])
+    linear = image_job(upload_id, [{"type": "linear", "out_features": 3}])
+    split = {"id": upload_id, "val_fraction": 0.1, "max_samples": 20}  # 2 validation samples
+    unsplittable = {**linear, "dataset": {"name": "uploaded", "params": split}}
+    loc = ["body", "dataset", "params", "val_fraction"]
+    detail = assert_field_error(api.post("/v1/jobs", json=unsplittable), loc)
+    assert "18 train and 2 validation samples" in detail and "3 classes" in detail
+    assert api.post("/v1/jobs", json=linear).status_code == 201
+
+
 def test_the_store_reads_an_upload_back_as_the_bundle_from_arrays_makes(store: JobStore) -> None:
     from lrtune.datasets import from_arrays
 

@@ -52,8 +52,10 @@ from lrtune.jobs import (
     StoredRecommendation,
     Submission,
 )
+from lrtune.jobs.schemas import DatasetUpload
 from lrtune.jobs.store import MAX_NAME_LENGTH, MAX_PAGE
 from lrtune.jobs.uploads import UPLOADED
+from lrtune.params import UploadedParams
 from lrtune.registry import (
     UnknownNameError,
     dataset_shapes,
@@ -460,13 +462,18 @@ def check_registry(spec: JobSpec, store: JobStore) -> None:
     Raises:
         FieldInvalid: at ``body.model.name``/``body.dataset.name`` for an unknown name, at
             ``body.model.params``/``body.dataset.params`` (or the layer's path inside them)
-            for params a built-in refuses, at ``body.dataset.params.id`` for an unknown upload.
+            for params a built-in refuses (a ``cnn`` on inputs that are not 8x8 images), at
+            ``body.dataset.params.id`` for an unknown upload, at
+            ``body.dataset.params.val_fraction`` for an upload's split that cannot be
+            stratified (a part with fewer samples than classes).
     """
     shapes = None
     with contextlib.suppress(InvalidInputError):  # the dataset's own check below says why
         shapes = dataset_shapes(spec.dataset.name, spec.dataset.params)
+    upload = None
     if spec.dataset.name == UPLOADED and isinstance(spec.dataset.params.get("id"), str):
-        shapes = _upload_shapes(store, spec.dataset.params["id"])
+        upload = _upload(store, spec.dataset.params["id"])
+        shapes = upload.input_shape, upload.output_dim
     checks = (
         ("model", spec.model.name, spec.model.params, validate_model_params, (shapes,)),
         ("dataset", spec.dataset.name, spec.dataset.params, validate_dataset_params, ()),
@@ -480,15 +487,21 @@ def check_registry(spec: JobSpec, store: JobStore) -> None:
         except InvalidInputError as exc:
             loc = ["body", kind, "params", *getattr(exc, "loc", ())]
             raise FieldInvalid(loc, str(exc), "invalid_params") from None
+    if upload is not None:  # the split needs a sample of each class in each part
+        split = UploadedParams.model_validate(spec.dataset.params)
+        try:
+            split.check_split(upload.x_shape[0], upload.n_classes)
+        except InvalidInputError as exc:
+            loc = ["body", "dataset", "params", "val_fraction"]
+            raise FieldInvalid(loc, str(exc), "invalid_params") from None
 
 
-def _upload_shapes(store: JobStore, upload_id: str) -> tuple[tuple[int, ...], int]:
-    """An uploaded dataset's input shape and output dimension, from its stored row."""
+def _upload(store: JobStore, upload_id: str) -> DatasetUpload:
+    """An uploaded dataset's stored row (its shapes and classes)."""
     try:
-        upload = store.uploads.get(upload_id)
+        return store.uploads.get(upload_id)
     except NotFoundError as exc:
         raise _unknown_upload(exc) from None
-    return upload.input_shape, upload.output_dim
 
 
 def _unknown_upload(exc: NotFoundError) -> FieldInvalid:
