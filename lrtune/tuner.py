@@ -17,14 +17,20 @@ A job runs in four steps, which a single process (:func:`tune`) or a fleet can s
    the queued rest are finished unrun with their reason, so the budget still adds up; with a
    job store's lock it also bounds the workers on a job (``search.max_parallel``).
 3. :func:`run_confirmation`, once the search has no queued or running trial: the best
-   ``search.finalists`` distinct schedules and the baselines (constant LR at the suggestion, the
-   optimizer's default LR) are retrained on ``search.confirm_seeds`` fresh seeds
+   ``search.finalists`` distinct schedules and the baselines (``search.baselines``: constant LR
+   at the suggestion, the optimizer's default LR, the learning-rate-free Prodigy and
+   schedule-free) are retrained on ``search.confirm_seeds`` fresh seeds
    (:func:`confirmation_seeds`). These units are queued, shared, checkpointed and resumed like
    trials, but on their own study: they never feed the sampler and never become the search's
    ``best_trial``. A finalist unit names a rank ("finalist 2"), resolved when it runs from the
    finished search, so the queue can be filled before the search starts.
-4. :func:`recommend` (a read): the finalist with the best mean over the confirmation seeds,
-   compared with each baseline seed by seed (:mod:`lrtune.recommendation` states the rule).
+   When the confirmation queue is empty, :func:`extend_confirmation` queues one more seed for
+   each candidate still inside the best one's seed noise (adaptive confirmation, up to
+   ``search.max_confirm_seeds``), and the units run like the others; a worker does this under
+   its lease, :func:`tune` in its loop.
+4. :func:`recommend` (a read): the best candidate, finalist or baseline, by its mean over the
+   confirmation seeds, the simpler of those inside each other's seed noise, compared with the
+   others seed by seed (:mod:`lrtune.recommendation` states the rule).
 
 Every LR stored or reported is the LR of a parameter whose multiplier is 1.
 
