@@ -686,11 +686,15 @@ class Recommendation(ResultModel):
         seeds = ", ".join(str(s.seed) for s in self.best.seed_values)
         lines = [p.describe(self.metric) for p in self.paired_comparisons]
         text = f"{self._why_this_one()} on confirmation seeds {seeds}"
-        if self.decided_on_seeds and self.decided_on_seeds > self.spec.search.confirm_seeds:
+        first = self.spec.search.confirm_seeds
+        if self.decided_on_seeds and self.decided_on_seeds > first:
             text += (
-                f" (decided on {self.decided_on_seeds} seeds: {self.spec.search.confirm_seeds} "
-                "left the best inside each other's seed noise, so seeds were added)"
+                f" (decided on {self.decided_on_seeds} seeds: after {first}, the best were "
+                "inside each other's seed noise, so seeds were added"
             )
+            if self.decided_on_seeds >= self.spec.search.confirm_seeds_cap:
+                text += ", up to search.max_confirm_seeds"
+            text += ")"
         return text + (": " + "; ".join(lines) if lines else ": nothing else to compare with")
 
     def _why_this_one(self) -> str:

@@ -247,7 +247,10 @@ def test_candidates_inside_the_noise_get_seeds_up_to_the_cap_and_the_simplest_wi
     # 1 finalist x 2 seeds + 4 baselines x 3 seeds, then 2 rounds x 5 candidates
     assert sum(rec.n_confirmation[s] for s in ("complete", "pruned")) == 2 + 12 + 2 * 5
     assert rec.best.name == "constant at suggestion"  # the simplest, then the first
-    assert "decided on 4 seeds: 2 left the best inside each other's seed noise" in rec.verdict
+    assert (
+        "(decided on 4 seeds: after 2, the best were inside each other's seed noise, so seeds "
+        "were added, up to search.max_confirm_seeds)" in rec.verdict
+    )
     assert all(p.verdict == "ties" for p in rec.paired_comparisons)
     assert rec.undecided == []
 
