@@ -482,6 +482,8 @@ def extend_confirmation(study: optuna.Study, setup: TrainingSetup) -> int:
     for candidate in undecided:
         done = {s.seed for s in candidate.seed_values}
         k = next(k for k, seed in enumerate(seeds) if seed not in done)
+        if k < spec.search.confirm_seeds:  # a planned unit of it did not run: not an extension
+            continue
         if candidate.role == "finalist":
             index = next(rank for rank, f in enumerate(rec.finalists) if f is candidate)
             unit = _finalist_unit(index, seeds[k])
