@@ -380,3 +380,19 @@ def test_a_learning_rate_free_run_resumed_from_its_checkpoint_ends_as_an_uninter
     )
     assert resumed.resumed_from == 2
     assert resumed.epochs == whole.epochs and resumed.lr_steps == whole.lr_steps
+
+
+def test_the_learning_rate_free_recipes_are_the_packages_own_defaults() -> None:
+    import inspect
+
+    import prodigyopt
+    import schedulefree
+
+    from lrtune import lr_free
+
+    def default_lr(cls: type) -> float:
+        return inspect.signature(cls.__init__).parameters["lr"].default
+
+    assert default_lr(prodigyopt.Prodigy) == lr_free.PRODIGY_LR
+    assert default_lr(schedulefree.SGDScheduleFree) == lr_free.SCHEDULE_FREE_SGD_LR
+    assert default_lr(schedulefree.AdamWScheduleFree) == lr_free.SCHEDULE_FREE_ADAMW_LR
