@@ -456,7 +456,9 @@ def _baseline_unit(baseline: Baseline, seed: int) -> dict[str, Any]:
     return unit | ({ATTR_LR_FREE: baseline.lr_free} if baseline.lr_free else {})
 
 
-def extend_confirmation(study: optuna.Study, setup: TrainingSetup) -> int:
+def extend_confirmation(
+    study: optuna.Study, setup: TrainingSetup, rec: Recommendation | None = None
+) -> int:
     """Queue one more confirmation seed for each undecided contender; return how many units.
 
     Call it when the confirmation queue has no queued or running unit. While the best
@@ -465,9 +467,10 @@ def extend_confirmation(study: optuna.Study, setup: TrainingSetup) -> int:
     search.confirm_seeds_cap)``; 0 means the recommendation is decided. Each such unit has a
     fixed slot (after :func:`_confirmation_slots`' by seed, then candidate), so calling this
     again, or from two processes, queues no unit twice: a worker calls it under its lease.
+    ``rec``: the study's :func:`recommend` as it stands, when the caller has it.
     """
     spec = setup.spec
-    rec = recommend(study, setup)
+    rec = rec or recommend(study, setup)
     undecided = rec.undecided
     if not undecided:
         return 0
@@ -1290,8 +1293,8 @@ def tune(
     run_trials(
         study, setup, artifact_dir=artifacts, timeout_s=spec.search.timeout_s, progress=progress
     )
-    while run_confirmation(
-        study, setup, artifact_dir=artifacts, progress=progress
-    ) and extend_confirmation(study, setup):
-        pass
-    return recommend(study, setup)
+    while True:  # confirmation, then more seeds while the best are inside the noise
+        confirmed = run_confirmation(study, setup, artifact_dir=artifacts, progress=progress)
+        rec = recommend(study, setup)
+        if not (confirmed and extend_confirmation(study, setup, rec)):
+            return rec

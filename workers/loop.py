@@ -802,13 +802,13 @@ class Worker:
             heartbeat.stop()
             self.store.release(lease)
             return
+        recommendation = recommend(study, self._setup(job))
         heartbeat.renew_now()  # the extension's writes happen under a fresh lease
-        if extend_confirmation(study, self._setup(job)):  # the best are inside the noise
+        if extend_confirmation(study, self._setup(job), recommendation):  # inside the noise
             heartbeat.stop()
             heartbeat.check()
             self.store.release(lease, progress=_progress(job, study))
             return
-        recommendation = recommend(study, self._setup(job))
         heartbeat.stop()
         heartbeat.check()
         try:
