@@ -839,7 +839,10 @@ class TrialObjective:
             except Exception as exc:  # the storage's, not the training's
                 raise _StorageTrouble(exc) from exc
             if prune:
-                raise StopTraining(f"pruned after epoch {epoch} ({record[metric]:.4g} {metric})")
+                raise StopTraining(  # 1-based, as the dashboard's Epochs column counts
+                    f"pruned after epoch {epoch + 1} of {search.epochs} "
+                    f"({record[metric]:.4g} {metric})"
+                )
             _check_unit_stop(self.stop_unit)
 
         run = train(
