@@ -9,7 +9,9 @@ call never blocks the event loop; the event stream is ``async`` and calls the st
 
 Submitting checks what the spec's schema cannot: that the model and dataset names are in the
 registry and their params fit (422 at ``body.model.name`` and so on), and that fewer than
-``LRTUNE_MAX_QUEUED_JOBS`` jobs are queued (429 otherwise).
+``LRTUNE_MAX_QUEUED_JOBS`` jobs are queued (429 otherwise), and that the job's estimated memory
+and compute fit ``LRTUNE_MAX_JOB_GB`` and ``LRTUNE_MAX_JOB_TFLOPS`` (422 at the field to change,
+e.g. ``body.range_test.seeds``, saying the estimate and the cap: :mod:`lrtune.footprint`).
 
 The event stream (``GET /v1/jobs/{id}/events``) is Server-Sent Events: each event's SSE ``id``
 is its store id and its ``data`` the :class:`~lrtune.jobs.JobEvent` JSON; a client resumes with
@@ -43,6 +45,7 @@ from lrtune.api.errors import FieldInvalid
 from lrtune.api.routes._docs import NOT_MODIFIED, error_responses
 from lrtune.api.schemas import ErrorBody
 from lrtune.exceptions import InvalidInputError, NotFoundError, StorageUnavailableError
+from lrtune.footprint import JobTooLargeError
 from lrtune.jobs import (
     JobEvent,
     JobPage,
@@ -209,6 +212,8 @@ def submit_job(
         check_queue_room(store, settings.max_queued_jobs)
     try:
         job = store.submit(spec, name=name, reuse=reuse)
+    except JobTooLargeError as exc:  # its estimate is above LRTUNE_MAX_JOB_GB or _TFLOPS
+        raise FieldInvalid(["body", *exc.loc], str(exc), "job_too_large") from None
     except NotFoundError as exc:  # its upload was deleted since check_registry read it
         if spec.dataset.name != UPLOADED:
             raise

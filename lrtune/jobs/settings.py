@@ -31,6 +31,15 @@ while its last heartbeat is younger than ``LIVE_HEARTBEATS`` (3) of its own inte
 trials beat Optuna's heartbeat every ``trial_heartbeat_s`` seconds (default 20 s) and go stale,
 to be retried by another worker, after three missed beats.
 
+A unit (a search trial or confirmation run) looks every ``unit_check_s`` seconds (default 5),
+also within an epoch, whether its worker was told to stop (SIGTERM) or its job ended: an epoch
+of an hour does not hold up a stop or a cancel.
+
+Job size: a submit whose estimated peak memory is above ``max_job_gb`` (default 8 GB) or whose
+training compute is above ``max_job_tflops`` (default 10,000 TFLOPs) is refused
+(:mod:`lrtune.footprint`); a worker checks the estimate again against its device's free memory
+(``worker_free_memory_gb`` stands in for the measurement) before a unit of the job starts.
+
 Example:
     >>> import os
     >>> Settings().database_url  # nothing set: the embedded default
@@ -110,6 +119,34 @@ class Settings(BaseSettings):
         ge=1,
         description="seconds without a heartbeat after which a running trial counts as dead: "
         "failed, and queued again to resume from its checkpoint",
+    )
+    unit_check_s: float = Field(
+        5.0,
+        gt=0,
+        description="most seconds a worker's unit trains between looks at whether to stop (a "
+        "signal, its job cancelled), also within an epoch; a unit stopped by a signal resumes "
+        "from its last epoch's checkpoint",
+    )
+
+    max_job_gb: float = Field(
+        8.0,
+        gt=0,
+        description="a job whose estimated peak memory (lrtune.footprint: parameters, "
+        "gradients, optimizer state and activations, times the range test's seeds) is above "
+        "this many GB is refused at submit",
+    )
+    max_job_tflops: float = Field(
+        10_000.0,
+        gt=0,
+        description="a job whose estimated training compute is above this many TFLOPs is "
+        "refused at submit",
+    )
+    worker_free_memory_gb: float | None = Field(
+        None,
+        gt=0,
+        description="the free memory a worker assumes on its device instead of measuring it "
+        "(CUDA's free memory, else the host's available RAM): a job whose estimate is above it "
+        "fails before its unit starts",
     )
 
     def checkpoint_dir(self, study_name: str) -> Path:

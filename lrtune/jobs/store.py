@@ -151,6 +151,7 @@ from pydantic import ValidationError
 from sqlalchemy import and_, delete, func, inspect, not_, or_, select, text, true, update
 from sqlalchemy.orm import Session
 
+from lrtune import footprint
 from lrtune._rdb import parse_url
 from lrtune.exceptions import (
     ConflictError,
@@ -185,8 +186,9 @@ from lrtune.jobs.schemas import (
     WorkerRegistration,
 )
 from lrtune.jobs.settings import LIVE_HEARTBEATS, Settings
-from lrtune.jobs.uploads import DatasetUploads, dataset_identity, hold_upload
+from lrtune.jobs.uploads import UPLOADED, DatasetUploads, dataset_identity, hold_upload
 from lrtune.recommendation import Recommendation
+from lrtune.registry import dataset_shapes
 from lrtune.result import LRBounds, LRFinderResult
 from lrtune.spec import JobSpec, SearchSpec
 
@@ -248,6 +250,9 @@ class JobStore:
             NotFoundError: the spec names an uploaded dataset that is not (or no longer) in the
                 store; a delete racing this submit either refuses or happens first
                 (:mod:`lrtune.jobs.uploads`).
+            JobTooLargeError: the job's estimated memory or compute is above
+                ``Settings.max_job_gb`` or ``Settings.max_job_tflops``
+                (:func:`lrtune.footprint.check_admission`; ``loc`` is the field to change).
         """
         name = name if name is not None else spec.name
         if name is not None and not 1 <= len(name) <= MAX_NAME_LENGTH:
@@ -257,6 +262,14 @@ class JobStore:
             if earlier is not None:
                 record = self.get(earlier.job_id).model_dump()
                 return Submission(**record, reused_from=earlier.job_id, recommendation=earlier)
+        sizes = self._dataset_sizes(spec)
+        if sizes is not None:
+            footprint.check_admission(
+                spec,
+                *sizes,
+                max_gb=self.settings.max_job_gb,
+                max_tflops=self.settings.max_job_tflops,
+            )
         job_id = str(uuid.uuid4())
         row = tables.Job(
             id=job_id,
@@ -279,6 +292,43 @@ class JobStore:
             s.flush()
             s.refresh(row)
             return Submission(**_job_record(row).model_dump())
+
+    def estimate(self, spec: JobSpec) -> footprint.Footprint | None:
+        """The job's estimated memory and compute (:func:`lrtune.footprint.estimate`), from its
+        dataset's shapes (a built-in's, or an upload's stored ones); ``None`` when they are not
+        known here (a plugin's model or dataset, params that do not validate, a missing upload).
+        """
+        sizes = self._dataset_sizes(spec)
+        return None if sizes is None else footprint.estimate(spec, *sizes)
+
+    def _dataset_sizes(
+        self, spec: JobSpec
+    ) -> tuple[tuple[tuple[int, ...], int], int | None] | None:
+        """``((input_shape, output_dim), n_samples)`` of the spec's dataset, or ``None``."""
+        dataset = spec.dataset
+        max_samples = dataset.params.get("max_samples")
+        cap = max_samples if isinstance(max_samples, int) and max_samples > 0 else None
+        if dataset.name == UPLOADED:
+            upload_id = dataset.params.get("id")
+            if not isinstance(upload_id, str):
+                return None
+            try:
+                upload = self.uploads.get(upload_id)
+            except NotFoundError:
+                return None
+            samples = upload.x_shape[0]
+            shapes = (upload.input_shape, upload.output_dim)
+        else:
+            try:
+                shapes = dataset_shapes(dataset.name, dataset.params)
+            except InvalidInputError:
+                return None
+            if shapes is None:
+                return None
+            samples = footprint.dataset_samples(dataset.name, dataset.params)
+        if samples is not None and cap is not None:
+            samples = min(samples, cap)
+        return shapes, samples
 
     def reusable(self, spec: JobSpec) -> StoredRecommendation | None:
         """The newest recommendation that answers ``spec`` as a new job would, if any.
