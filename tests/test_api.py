@@ -1160,8 +1160,8 @@ def test_the_openapi_schema_documents_every_operation_with_typed_results(
         for path, methods in schema["paths"].items()
         for method, op in methods.items()
     ]
-    # with GET /metrics, /finder, /finder.png, /trials, uploads and /v1/workers
-    assert len(operations) == 22
+    # with GET /metrics, /finder, /finder.png, /trials, /trials.csv, uploads and /v1/workers
+    assert len(operations) == 23
     for path, method, op in operations:
         where = f"{method.upper()} {path}"
         assert op.get("summary") and op.get("description"), where

@@ -132,6 +132,33 @@ def test_the_trials_carry_family_params_state_epochs_reason_and_lr_curve(
             assert trial["reason"]
 
 
+def test_the_trials_export_as_csv_one_row_each_as_the_json_lists_them(
+    store: JobStore, finished: JobRecord
+) -> None:
+    import csv
+    import io
+
+    with client(store) as http:
+        view = http.get(f"/v1/jobs/{finished.id}/trials").json()
+        exported = http.get(f"/v1/jobs/{finished.id[:8]}/trials.csv")
+        page = http.get(f"/jobs/{finished.id}")
+    assert exported.status_code == 200, exported.text
+    assert exported.headers["content-type"].startswith("text/csv")
+    assert "attachment" in exported.headers["content-disposition"]
+    rows = list(csv.DictReader(io.StringIO(exported.text)))
+    assert len(rows) == view["count"] > 0
+    for row, trial in zip(rows, view["data"], strict=True):
+        assert (row["kind"], int(row["number"]), row["state"]) == (
+            trial["kind"],
+            trial["number"],
+            trial["state"],
+        )
+        assert int(row["epochs"]) == len(trial["epochs"])
+        assert row["value"] == ("" if trial["value"] is None else repr(trial["value"]))
+        assert row["seed"] == ("" if trial["seed"] is None else str(trial["seed"]))
+    assert 'id="trials-csv"' in page.text  # the job page links to it
+
+
 def test_the_range_test_is_null_with_its_progress_before_it_has_run(store: JobStore) -> None:
     job = store.submit(small_job(n_trials=2))
     with client(store) as http:

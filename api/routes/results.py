@@ -24,14 +24,19 @@ request): the finished test as :meth:`~lrtune.result.LRFinderResult.plot` draws 
 bounds shaded, or, while it runs, each seed's curve so far from those events' points. Its
 ``ETag`` changes when a new batch of points arrives and when the test finishes.
 
+``/trials.csv`` is the same list as a table to open in a spreadsheet: one row per search trial
+or confirmation run (:data:`TRIAL_CSV_COLUMNS`), the metric's final value, the epochs it ran.
+
 Example:
-    >>> [route.path for route in router.routes]
-    ['/jobs/{job_id}/finder', '/jobs/{job_id}/finder.png', '/jobs/{job_id}/trials']
+    >>> [route.path.removeprefix("/jobs/{job_id}/") for route in router.routes]
+    ['finder', 'finder.png', 'trials', 'trials.csv']
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -205,4 +210,50 @@ def get_trials(job_id: JobId, store: StoreDep, studies: StudiesDep, _: ReadAuth)
         direction=search.direction or "minimize",
         data=trials,
         count=len(trials),
+    )
+
+
+TRIAL_CSV_COLUMNS = (
+    "kind",
+    "number",
+    "state",
+    "family",
+    "base_lr",
+    "value",
+    "epochs",
+    "candidate",
+    "seed",
+    "status",
+    "reason",
+)
+"""The columns of ``/trials.csv``: :class:`~lrtune.study_view.TrialView`'s scalar fields, and
+``epochs`` as the count of epochs the run trained (or reported)."""
+
+
+@router.get(
+    "/{job_id}/trials.csv",
+    summary="A job's trials and confirmation runs as CSV",
+    response_class=Response,
+    responses={
+        200: {"content": {"text/csv": {"schema": {"type": "string"}}}},
+        **error_responses(401, 404, 422, 503),
+    },
+)
+def get_trials_csv(job_id: JobId, store: StoreDep, studies: StudiesDep, _: ReadAuth) -> Response:
+    """Every search trial, then every confirmation run, one CSV row each (the columns are
+    :data:`TRIAL_CSV_COLUMNS`; full-precision numbers, empty cells for what a run lacks)."""
+    job = store.get(job_id)
+    trials = read_trials(studies, job.study_name, job.spec.search.metric)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(TRIAL_CSV_COLUMNS)
+    for trial in trials:
+        row = trial.model_dump(include=set(TRIAL_CSV_COLUMNS) - {"epochs"})
+        row["epochs"] = len(trial.epochs)
+        writer.writerow("" if row[c] is None else row[c] for c in TRIAL_CSV_COLUMNS)
+    filename = f"lrtune-job-{job.id[:8]}-trials.csv"
+    return Response(
+        out.getvalue(),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )

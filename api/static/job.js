@@ -4,6 +4,8 @@ import { PALETTE, PHASES, api, badge, bar, decodeSteps, el, fmtDuration, fmtLR, 
 
 const jobId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
 const base = `/v1/jobs/${encodeURIComponent(jobId)}`;
+document.getElementById("trials-csv").href = `${base}/trials.csv`;
+document.getElementById("trials-json").href = `${base}/trials`;
 const REFRESH_MS = 1000; // at most one round of reads a second, however fast events come
 const state = { job: null, finder: null, trials: null, rec: null, charts: {}, partial: [], live: {} };
 
