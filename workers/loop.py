@@ -105,6 +105,7 @@ from lrtune.exceptions import (
     StorageUnavailableError,
     UnreadableRecordError,
 )
+from lrtune.footprint import check_device
 from lrtune.jobs import (
     JobProgress,
     JobRecord,
@@ -952,6 +953,9 @@ class Worker:
     def _setup(self, job: JobRecord) -> TrainingSetup:
         """The job's model and data on this worker's device, kept for the last few jobs."""
         if job.id not in self._setups:
+            # Before the data is loaded: a job this device cannot hold fails with the reason.
+            free_gb = self.store.settings.worker_free_memory_gb
+            check_device(self.store.estimate(job.spec), self.device, free_gb)
             if len(self._setups) >= SETUPS_KEPT:
                 del self._setups[next(iter(self._setups))]  # the oldest
             self._setups[job.id] = self._new_setup(job.spec)
