@@ -147,6 +147,11 @@ class Readiness(_Strict):
         None,
         description="how many of them still run: none is a 503, fewer than started a note",
     )
+    auth: bool = Field(
+        False,
+        description="whether this server has a token (LRTUNE_API_TOKEN): the dashboard offers "
+        "its login only then",
+    )
 
 
 class TrialsView(_Strict):

@@ -7,7 +7,8 @@ then) and its schema is at the revision this lrtune needs, and 503 with the reas
 live workers, with a note when there is none (the API serves; jobs wait). Under
 ``lrtune serve`` it also counts the embedded workers it started: when every one has exited,
 ``/readyz`` answers 503 (the service cannot run a job; the dashboard shows why), when some
-have, a note. Neither needs a token.
+have, a note. It says whether the server has a token (``auth``: the dashboard shows its
+"Log in" only then). Neither needs a token.
 
 Example:
     >>> sorted(route.path for route in router.routes)
@@ -54,7 +55,12 @@ def healthz() -> Health:
 def readyz(request: Request, settings: SettingsDep) -> Readiness:
     """200 when the job store is reachable and its schema current (and, under `lrtune
     serve`, an embedded worker runs); 503 with why not."""
-    readiness = Readiness(status="ready", database="", schema_revision=head_revision())
+    readiness = Readiness(
+        status="ready",
+        database="",
+        schema_revision=head_revision(),
+        auth=settings.api_token is not None,
+    )
     try:
         readiness.database = safe_url(settings.database_url)
         store = request.app.state.store.get()
