@@ -1,11 +1,17 @@
 // The jobs list: polled every few seconds (GET /v1/jobs).
-import { PHASES, age, api, badge, bar, el, fmtDuration, fmtNum, progressOf } from "./common.js";
+import { EtaEstimator, PHASES, age, api, badge, bar, el, fmtDuration, fmtNum, progressOf } from "./common.js";
 
 const POLL_MS = 3000;
 const body = document.querySelector("#jobs tbody");
+const etas = new Map(); // job id -> its EtaEstimator, fed at every poll
+
+function etaOf(id) {
+  if (!etas.has(id)) etas.set(id, new EtaEstimator());
+  return etas.get(id);
+}
 
 function row(job) {
-  const progress = progressOf(job);
+  const progress = progressOf(job, etaOf(job.id));
   const name = job.name || job.id.slice(0, 8);
   return el("tr", { "data-job": job.id },
     el("td", {}, el("a", { href: `/jobs/${job.id}` }, name),

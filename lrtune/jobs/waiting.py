@@ -2,8 +2,9 @@
 
 :func:`wait_for` polls a ``get(job_id)`` (:meth:`lrtune.client.Client.get` over HTTP,
 :meth:`lrtune.jobs.JobStore.get` on the database) until the job is ``succeeded``, ``failed``
-or ``cancelled``. Its tqdm bar (on stderr) counts the job's units done (range-test steps,
-trials, confirmation runs) out of those known so far, with the job's state and best value.
+or ``cancelled``. Its tqdm bar (on stderr) shows how much of the job is done and the time
+left, each kind of unit (range-test steps, trials, confirmation runs) at its own measured pace
+(:class:`~lrtune.jobs.eta.EtaEstimator`), with the counts, the job's state and best value.
 
 Example:
     >>> from lrtune.jobs import JobStore
@@ -26,7 +27,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from lrtune.jobs.schemas import JobProgress, JobRecord
+from lrtune.jobs.eta import EtaEstimator
+from lrtune.jobs.schemas import JobRecord
 
 
 def wait_for(
@@ -47,11 +49,12 @@ def wait_for(
     """
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     bar = _progress_bar(job_id) if progress else None
+    eta = EtaEstimator()  # the job's record fills in its start and size at the first read
     try:
         while True:
             job = get(job_id)
             if bar is not None:
-                _show(bar, job)
+                _show(bar, job, eta)
             if job.status.finished:
                 return job
             if deadline is not None and time.monotonic() >= deadline:
@@ -65,20 +68,51 @@ def wait_for(
 def _progress_bar(job_id: str) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=0, desc=f"job {job_id[:8]}", unit="unit", dynamic_ncols=True)
+    return tqdm(
+        total=BAR_TOTAL,
+        desc=f"job {job_id[:8]}",
+        bar_format="{desc} {percentage:3.0f}%|{bar}|{postfix}",
+        dynamic_ncols=True,
+    )
 
 
-def _units(progress: JobProgress) -> tuple[int, int]:
-    done = progress.range_test_steps_done + progress.trials_done + progress.confirmations_done
-    total = progress.range_test_steps_total + progress.trials_total + progress.confirmations_total
-    return done, max(total, done)
+BAR_TOTAL = 1000
+"""The bar counts thousandths of the job (by time where known), not units."""
 
 
-def _show(bar: Any, job: JobRecord) -> None:
-    done, total = _units(job.progress)
-    bar.total = total
-    bar.n = done
-    phase = job.status.value
-    best = job.progress.best_value
-    bar.set_postfix_str(phase if best is None else f"{phase}, best {best:.4g}", refresh=False)
+def _show(bar: Any, job: JobRecord, eta: EtaEstimator) -> None:
+    now = time.time()
+    eta.trials = eta.trials or job.spec.search.n_trials
+    if eta.started_at is None and job.started_at is not None:
+        eta.started_at = job.started_at.timestamp()
+    if eta.search_started_at is None and job.search_started_at is not None:
+        eta.search_started_at = job.search_started_at.timestamp()
+    eta.observe(now, job.progress)
+    p, finished = job.progress, job.status.finished
+    bar.n = (
+        BAR_TOTAL if job.status.value == "succeeded" else round(BAR_TOTAL * eta.fraction(p, now))
+    )
+    left = None if finished or job.started_at is None else eta.remaining(p, now)
+    parts = [job.status.value]
+    if p.range_test_steps_total:
+        parts.append(f"range test {p.range_test_steps_done}/{p.range_test_steps_total}")
+    if p.trials_total:
+        parts.append(f"trials {p.trials_done}/{p.trials_total}")
+    if p.confirmations_total:
+        parts.append(f"confirmation {p.confirmations_done}/{p.confirmations_total}")
+    if not finished:
+        parts.append("time left: estimating" if left is None else f"{_duration(left)} left")
+    if p.best_value is not None:
+        parts.append(f"best {p.best_value:.4g}")
+    bar.set_postfix_str(" · ".join(parts), refresh=False)
     bar.refresh()
+
+
+def _duration(seconds: float) -> str:
+    """``"45s"``, ``"2m 30s"``, ``"1h 05m"``: as the dashboard writes a time left."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"
