@@ -472,3 +472,169 @@ def test_a_learning_rate_free_winner_and_a_provisional_answer_on_the_job_page(
         card.screenshot(path=str(ARTIFACTS / "11-provisional.png"))
         assert errors == [], errors
         browser.close()
+
+
+def _forty_trials(metric: str) -> list[dict]:
+    """40 search trials as ``GET /v1/jobs/{id}/trials`` lists them: four families, most
+    complete, some pruned (epochs counted from 1), two failed."""
+    import math
+
+    families = ["onecycle", "cosine", "constant", "step"]
+    trials = []
+    for n in range(40):
+        state = "FAIL" if n in (7, 23) else "PRUNED" if n % 5 == 3 else "COMPLETE"
+        epochs = 2 if state == "FAIL" else 4 if state == "PRUNED" else 10
+        start, floor = 1.0 + 0.09 * (n % 7), 0.12 + 0.035 * ((n * 7) % 13)
+        floor += 0.35 if state == "PRUNED" else 0.0  # behind the others when cut
+        rate = 0.2 + 0.12 * ((n * 3) % 5)
+        values = [floor + (start - floor) * math.exp(-rate * e) for e in range(epochs)]
+        if state == "FAIL":
+            values[-1] = start * 1.15  # diverged
+        trials.append({
+            "kind": "search", "number": n, "state": state, "family": families[n % 4],
+            "params": {}, "schedule": None, "base_lr": 10 ** (-3 + 2 * ((n * 11) % 17) / 17),
+            "value": values[-1], "status": state.lower(), "candidate": None, "seed": None,
+            "reason": f"pruned after epoch {epochs} of 10" if state == "PRUNED" else None,
+            "epochs": [{"epoch": e, metric: v} for e, v in enumerate(values)],
+        })  # fmt: skip
+    return trials
+
+
+def _job_in_its_search(store, url: str) -> str:
+    """A job whose range test (3 seeds) has run, now searching: its job id."""
+    from small_jobs import small_job
+
+    from lrtune.tuner import prepare_study
+
+    spec = small_job(
+        {"range_test": {"seeds": 3, "num_iter": 120}}, n_trials=40, epochs=10,
+        families=["onecycle", "cosine", "constant", "step"],
+    )  # fmt: skip
+    job = store.submit(spec)
+    prepare_study(spec, url, progress=False, study_name=job.study_name)
+    lease = store.claim("test-worker", lease_s=600, job_id=job.id)
+    assert lease is not None
+    store.advance(lease, "searching")
+    return job.id
+
+
+def test_the_trials_chart_highlights_a_hovered_trial_and_never_draws_one_red(
+    tmp_path: Path,
+) -> None:
+    """40 trials: no legend of 40 entries but a key of the families; hovering a line
+    highlights it and names its trial, family and value; a completed trial is never drawn
+    in the failed colour, and the failed ones are. The range test's chart: one legend entry
+    for the band, a dash of its own per seed, rule labels that do not overlap. Screenshots
+    of both go to ``docs/images`` (the README shows them)."""
+    from live_api import serve
+
+    from lrtune.api import Settings, create_app
+    from lrtune.jobs import JobStore
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    upgrade(url)
+    store = JobStore(url)
+    job_id = _job_in_its_search(store, url)
+    metric = store.get(job_id).spec.search.metric
+    trials = _forty_trials(metric)
+    body = {"job_id": job_id, "status": "searching", "metric": metric, "direction": "minimize"}
+    body |= {"data": trials, "count": len(trials)}
+    with (
+        serve(create_app(Settings(database_url=url), store=store)) as base,
+        playwright_sync.sync_playwright() as p,
+    ):
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.route(f"**/v1/jobs/{job_id}/trials", lambda route: route.fulfill(json=body))
+        page.goto(f"{base}/jobs/{job_id}")
+        page.wait_for_selector("#trials-chart[data-drawn='1'] canvas")
+        page.wait_for_selector("#finder-chart[data-drawn='1'] canvas")
+        page.wait_for_timeout(300)
+
+        # the colours: the failed red only for failed trials
+        strokes = page.evaluate(
+            "() => { const u = window.lrtuneCharts.trials;"
+            " return u.series.slice(1).map((s, i) => s.stroke(u, i + 1)); }"
+        )
+        failed = "#dc2626"
+        assert len(strokes) == 40
+        for trial, stroke in zip(trials, strokes, strict=True):
+            assert (stroke.lower() == failed) == (trial["state"] == "FAIL"), (trial, stroke)
+        # no legend entry per trial: a key of the families, pruned and failed
+        assert (
+            page.locator("#trials-card .u-legend").count() == 0
+            or not page.locator("#trials-card .u-legend").is_visible()
+        )
+        key = page.locator("#trials-key").inner_text()
+        assert all(f in key for f in ("onecycle", "cosine", "constant", "step", "failed"))
+
+        # hover trial #12 (complete, onecycle) at epoch 6: it is highlighted and named
+        x, y = page.evaluate(
+            "() => { const u = window.lrtuneCharts.trials, r = u.over.getBoundingClientRect();"
+            " return [r.left + u.valToPos(6, 'x'), r.top + u.valToPos(u.data[13][5], 'y')]; }"
+        )
+        page.mouse.move(x, y)
+        page.wait_for_selector("#trials-hover[data-trial='12']", timeout=5_000)
+        hover = page.locator("#trials-hover").inner_text()
+        assert "trial #12" in hover and "onecycle" in hover and "complete" in hover, hover
+        assert f"{metric} epoch 6:" in hover, hover
+        alphas = page.evaluate(
+            "() => window.lrtuneCharts.trials.series.slice(1).map((s) => s.alpha ?? 1)"
+        )
+        assert alphas[12] == 1 and max(alphas[:12] + alphas[13:]) < 1, alphas
+        page.locator("#trials-card").screenshot(path=str(ARTIFACTS / "12-trials-40.png"))
+
+        # the range test: one band entry, seeds each their own dash, labels apart
+        page.mouse.move(5, 5)
+        legend = page.eval_on_selector_all(
+            "#finder-card .u-legend .u-series",
+            "rows => rows.filter(r => r.checkVisibility())"
+            ".map(r => r.querySelector('.u-label').innerText)",
+        )
+        assert legend.count("band (25th–75th pct)") == 1 and "25th pct" not in legend, legend
+        dashes = page.evaluate(
+            "() => window.lrtuneCharts.finder.series.slice(1, 4).map((s) => String(s.dash))"
+        )
+        assert len(set(dashes)) == 3, dashes
+        boxes = page.evaluate("() => window.lrtuneCharts.finder.markerLabels")
+        assert len(boxes) >= 2, boxes
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1 :]:
+                apart = a["x1"] <= b["x0"] or b["x1"] <= a["x0"] or a["y"] != b["y"]
+                assert apart, (a, b)
+        page.locator("#finder-card").screenshot(path=str(ARTIFACTS / "13-range-test.png"))
+        assert errors == [], errors
+        browser.close()
+
+
+@pytest.mark.parametrize("token", [None, "l0gin-t0ken"])
+def test_log_in_shows_only_where_the_server_has_a_token(tmp_path: Path, token: str | None) -> None:
+    from live_api import serve
+
+    from lrtune.api import Settings, create_app
+    from lrtune.jobs import JobStore
+
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    upgrade(url)
+    settings = Settings(database_url=url, api_token=token)
+    with (
+        serve(create_app(settings, store=JobStore(url))) as base,
+        playwright_sync.sync_playwright() as p,
+    ):
+        assert httpx.get(f"{base}/readyz").json()["auth"] is (token is not None)
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(f"{base}/submit")
+        page.wait_for_function(
+            "() => fetch('/readyz').then(() => true)"
+        )  # health.js has read /readyz too
+        page.wait_for_timeout(500)
+        assert page.locator("header a[href='/login']").is_visible() is (token is not None)
+        page.goto(f"{base}/login")
+        page.wait_for_timeout(500)
+        assert page.locator("#login-form").is_visible() is (token is not None)
+        assert page.locator("#login-none").is_visible() is (token is None)
+        browser.close()

@@ -1,13 +1,14 @@
 // One job, live: its event stream (GET /v1/jobs/{id}/events, EventSource) triggers reads of
 // the job, its range test, its trials and its recommendation; charts are uPlot.
-import { PALETTE, PHASES, api, badge, bar, decodeSteps, el, fmtDuration, fmtLR, fmtNum, progressOf } from "./common.js";
+import { EtaEstimator, FAILED_COLOR, PALETTE, PHASES, PRUNED_COLOR, api, badge, bar, decodeSteps, el, fmtDuration, fmtLR, fmtNum, progressOf } from "./common.js";
 
 const jobId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
 const base = `/v1/jobs/${encodeURIComponent(jobId)}`;
 document.getElementById("trials-csv").href = `${base}/trials.csv`;
 document.getElementById("trials-json").href = `${base}/trials`;
 const REFRESH_MS = 1000; // at most one round of reads a second, however fast events come
-const state = { job: null, finder: null, trials: null, rec: null, charts: {}, partial: [], live: {} };
+const state = { job: null, finder: null, trials: null, rec: null, charts: {}, partial: [], live: {}, eta: new EtaEstimator() };
+window.lrtuneCharts = state.charts; // the drawn uPlot charts, for the browser tests
 
 // ---------------------------------------------------------------- charts
 function chartWidth(node) {
@@ -50,11 +51,18 @@ function fmtDecade(v) {
   return m === 1 ? `1e${e}` : `${m}e${e}`;
 }
 
-/** Vertical markers and shaded LR bounds, drawn on the canvas after the series. */
+/**
+ * Vertical markers and shaded LR bounds, drawn on the canvas after the series. Each rule's
+ * label goes on the first row where it overlaps no label before it (the chosen one on the
+ * top row), to the line's left where it would run off the plot; the boxes drawn are kept on
+ * the chart (u.markerLabels) for the browser tests.
+ */
 function markersPlugin(markers, bounds) {
   return { hooks: { draw: [(u) => {
-    const ctx = u.ctx, { top, height } = u.bbox, dpr = devicePixelRatio || 1;
+    const ctx = u.ctx, { left, top, width, height } = u.bbox, dpr = devicePixelRatio || 1;
     ctx.save();
+    ctx.textAlign = "left"; // uPlot leaves its axes' alignment on the context
+    ctx.textBaseline = "alphabetic";
     if (bounds) {
       const x0 = u.valToPos(bounds.low, "x", true), x1 = u.valToPos(bounds.high, "x", true);
       ctx.fillStyle = "rgba(22, 163, 74, 0.08)";
@@ -63,21 +71,38 @@ function markersPlugin(markers, bounds) {
       ctx.font = `${11 * dpr}px system-ui`;
       ctx.fillText("search range", x0 + 4 * dpr, top + height - 6 * dpr);
     }
-    markers.forEach((m, i) => {
+    const rowHeight = 13 * dpr, gap = 6 * dpr, rows = [[]]; // rows[r]: the boxes placed on row r
+    const placed = [];
+    const ordered = [...markers].sort((a, b) => (b.chosen - a.chosen) || (a.lr - b.lr));
+    for (const m of ordered) {
       const x = u.valToPos(m.lr, "x", true);
       ctx.strokeStyle = m.chosen ? "#111827" : "rgba(100, 116, 139, 0.7)";
       ctx.lineWidth = (m.chosen ? 2.5 : 1) * dpr;
       ctx.setLineDash(m.chosen ? [] : [4 * dpr, 4 * dpr]);
       ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, top + height); ctx.stroke();
       ctx.setLineDash([]);
-      ctx.fillStyle = m.chosen ? "#111827" : "rgba(71, 85, 105, 0.9)";
       ctx.font = `${(m.chosen ? 12 : 10) * dpr}px system-ui`;
-      const row = m.chosen ? 0 : 1 + (i % 5); // the chosen one's label on the top row
-      ctx.fillText(m.chosen ? `chosen ${fmtLR(m.lr)}` : m.rule, x + 3 * dpr, top + (14 + 12 * row) * dpr);
-    });
+      const text = m.chosen ? `chosen ${fmtLR(m.lr)}` : m.rule;
+      const w = ctx.measureText(text).width;
+      const x0 = x + 3 * dpr + w > left + width ? x - 3 * dpr - w : x + 3 * dpr;
+      const clear = (row) => row.every((box) => x0 + w + gap <= box.x0 || box.x1 + gap <= x0);
+      let r = m.chosen ? 0 : 1;
+      while (rows[r] && !clear(rows[r])) r++;
+      rows[r] = rows[r] || [];
+      const box = { x0, x1: x0 + w, y: top + (12 * dpr) + r * rowHeight, text };
+      rows[r].push(box);
+      placed.push({ ...box, x0: box.x0 / dpr, x1: box.x1 / dpr, y: box.y / dpr });
+      ctx.fillStyle = m.chosen ? "#111827" : "rgba(71, 85, 105, 0.95)";
+      ctx.fillText(text, x0, box.y);
+    }
+    u.markerLabels = placed;
     ctx.restore();
   }] } };
 }
+
+/** Each range-test seed's line: its own dash, so that the seeds can be told apart. */
+const SEED_DASHES = [[], [7, 3], [2, 3], [10, 3, 2, 3], [1, 4], [5, 5]];
+const seedStyle = (i) => ({ stroke: `rgba(37, 99, 235, ${i % 2 ? 0.55 : 0.4})`, dash: SEED_DASHES[i % SEED_DASHES.length] });
 
 /** A y-range that keeps the interesting part: from the lowest band value to a bit above the start. */
 function lossRange(rt) {
@@ -98,25 +123,34 @@ function drawFinder(view) {
   const data = [rt.lrs, ...seeds, pad(rt.band_high), pad(rt.band_low), pad(rt.median)];
   const k = seeds.length;
   const series = [{ label: "LR", value: (u, v) => fmtLR(v) }];
-  seeds.forEach((_, i) => series.push({ label: `seed ${i + 1}`, stroke: "rgba(37, 99, 235, 0.28)", width: 1, value: (u, v) => fmtNum(v) }));
-  series.push({ label: "band: 75th pct", stroke: "rgba(37, 99, 235, 0.35)", width: 0.5, value: (u, v) => fmtNum(v) });
+  seeds.forEach((_, i) => series.push({ label: `seed ${i + 1}`, ...seedStyle(i), width: 1.2, value: (u, v) => fmtNum(v) }));
+  const low = data[k + 2]; // the band is one legend entry: "low – high" at the cursor
+  series.push({ label: "band (25th–75th pct)", stroke: "rgba(37, 99, 235, 0.35)", width: 0.5,
+    value: (u, v, si, i) => (v === null || i === null ? "–" : `${fmtNum(low[i])} – ${fmtNum(v)}`) });
   series.push({ label: "25th pct", stroke: "rgba(37, 99, 235, 0.35)", width: 0.5, value: (u, v) => fmtNum(v) });
   series.push({ label: "median", stroke: "#1e3a8a", width: 2.5, value: (u, v) => fmtNum(v) });
   const chosen = rt.consensus.suggestion.lr;
   const markers = Object.values(rt.suggestions).filter((s) => s.lr !== null).map((s) => ({ lr: s.lr, rule: s.rule, chosen: false }));
   if (chosen !== null) markers.push({ lr: chosen, rule: "consensus", chosen: true });
   const [ylo, yhi] = lossRange(rt);
-  mount("finder", node, {
+  const chart = mount("finder", node, {
     scales: { x: { distr: 3, time: false }, y: { range: () => [ylo, yhi] } },
     axes: [lrAxis, { label: "training loss (smoothed)", size: 60, values: (u, s) => s.map((v) => fmtNum(v, 3)) }],
     series,
     bands: [{ series: [k + 1, k + 2], fill: "rgba(37, 99, 235, 0.12)" }],
-    legend: { live: false },
+    legend: { live: true },
+    focus: { alpha: 0.35 },
+    cursor: { focus: { prox: 24 } },
+    hooks: { setSeries: [(u, i, opts) => { // the band's entry shows or hides both its edges
+      if (i === k + 1 && opts && opts.show !== undefined) u.setSeries(k + 2, { show: opts.show }, false);
+    }] },
     plugins: [markersPlugin(markers, view.bounds)],
   }, data);
+  const entries = chart.root.querySelectorAll(".u-legend .u-series");
+  if (entries[k + 2]) entries[k + 2].style.display = "none"; // the band's low edge: under the band's entry
   const spread = rt.spread_decades;
   document.getElementById("finder-note").textContent =
-    `Seeds faint, median bold, band: 25th–75th percentile; dashed: each rule's suggestion, black: the chosen one (consensus of the seeds, ${fmtLR(chosen)}; spread ${spread === null ? "n/a" : spread.toFixed(2) + " decades"}, agreement ${rt.consensus.agreement}); green: the LR bounds the search draws from${view.bounds ? ` (${fmtLR(view.bounds.low)} – ${fmtLR(view.bounds.high)})` : ""}.`;
+    `Seeds faint, each its own dash (hover: each seed's loss, the nearest line highlighted), median bold, band: 25th–75th percentile; dashed: each rule's suggestion, black: the chosen one (consensus of the seeds, ${fmtLR(chosen)}; spread ${spread === null ? "n/a" : spread.toFixed(2) + " decades"}, agreement ${rt.consensus.agreement}); green: the LR bounds the search draws from${view.bounds ? ` (${fmtLR(view.bounds.low)} – ${fmtLR(view.bounds.high)})` : ""}.`;
   const rows = Object.values(rt.suggestions).map((s) => el("tr", {}, el("td", {}, s.rule), el("td", { class: "num" }, fmtLR(s.lr)), el("td", { class: "muted" }, s.reason || "")));
   rows.push(el("tr", { class: "recommended" }, el("td", {}, "consensus (chosen)"), el("td", { class: "num" }, fmtLR(chosen)),
     el("td", {}, `median of ${rt.consensus.per_seed.length} seeds' suggestions`)));
@@ -144,7 +178,7 @@ function drawPartialNow() {
   const ys = seeds.map(() => new Array(xs.length).fill(null));
   for (const [lr, loss, seed] of pts) ys[seeds.indexOf(seed ?? 0)][index.get(lr)] = isFinite(loss) ? loss : null;
   const series = [{ label: "LR", value: (u, v) => fmtLR(v) }, ...seeds.map((s) => ({ label: `seed ${s + 1}`,
-    stroke: seeds.length > 1 ? "rgba(37, 99, 235, 0.55)" : "#1e3a8a", width: 1.5, spanGaps: true }))];
+    ...(seeds.length > 1 ? seedStyle(s) : { stroke: "#1e3a8a" }), width: 1.5, spanGaps: true }))];
   const node = document.getElementById("finder-chart");
   const chart = state.charts.finder;
   if (chart && chart.series.length === series.length && node.dataset.partial === "1") {
@@ -162,6 +196,21 @@ function drawPartialNow() {
     `The range test is running: ${pts.length} points so far; the median, band and suggestions follow when it has finished.`;
 }
 
+/** An element under the trials chart, made once: the hover readout or the families' key. */
+function underTrials(id, className) {
+  let node = document.getElementById(id);
+  if (!node) {
+    node = el("div", { id, class: className });
+    document.getElementById("trials-chart").after(node);
+  }
+  return node;
+}
+
+/**
+ * The search trials' metric per epoch. One colour per schedule family (never the failed
+ * red or the pruned grey), with a key of the families instead of a legend entry per trial;
+ * hovering highlights the nearest trial and names it: its number, family, state and value.
+ */
 function drawTrials(view) {
   const node = document.getElementById("trials-chart");
   document.getElementById("metric-name").textContent = view.metric;
@@ -170,20 +219,48 @@ function drawTrials(view) {
   const maxEpoch = Math.max(...search.map((t) => t.epochs.length));
   const xs = Array.from({ length: maxEpoch }, (_, i) => i + 1);
   const families = [...new Set(search.map((t) => t.family))];
+  const familyColor = (family) => PALETTE[families.indexOf(family) % PALETTE.length];
   const series = [{ label: "epoch" }];
   const data = [xs];
   for (const t of search) {
-    const color = t.state === "FAIL" ? "#dc2626" : t.state === "PRUNED" ? "#94a3b8" : PALETTE[families.indexOf(t.family) % PALETTE.length];
+    const color = t.state === "FAIL" ? FAILED_COLOR : t.state === "PRUNED" ? PRUNED_COLOR : familyColor(t.family);
     series.push({ label: `#${t.number} ${t.family || ""}`, stroke: color, width: t.state === "COMPLETE" ? 1.8 : 1.2,
       dash: t.state === "PRUNED" ? [5, 4] : undefined, points: { show: true, size: 4 }, value: (u, v) => fmtNum(v) });
     data.push(xs.map((_, i) => (i < t.epochs.length ? t.epochs[i][view.metric] ?? null : null)));
   }
+  const hover = underTrials("trials-hover", "legend-note trials-hover");
+  let focused = null;
+  const show = (u) => {
+    const t = focused === null ? null : search[focused - 1], i = u.cursor.idx;
+    hover.dataset.trial = t ? String(t.number) : "";
+    if (!t) { hover.textContent = "Hover a line: its trial, family and value."; return; }
+    const v = i === null || i === undefined ? null : data[focused][i];
+    const at = v === null ? `final ${fmtNum(t.value)}` : `epoch ${xs[i]}: ${fmtNum(v)}`;
+    hover.replaceChildren(el("span", { class: "swatch" }), ` trial #${t.number} · ${t.family || "–"} · ${t.state.toLowerCase()} · ${view.metric} ${at}`);
+    hover.firstChild.style.background = u.series[focused].stroke();
+  };
   mount("trials", node, {
     scales: { x: { time: false } },
     axes: [{ label: "epoch", incrs: [1, 2, 5, 10, 20, 50, 100], values: (u, s) => s.map((v) => (Number.isInteger(v) ? v : "")) },
       { label: view.metric, size: 60, values: (u, s) => s.map((v) => fmtNum(v, 3)) }],
-    series, legend: { show: search.length <= 16, live: false },
+    series, legend: { show: false },
+    focus: { alpha: 0.15 },
+    cursor: { focus: { prox: 30 } },
+    hooks: {
+      setSeries: [(u, i) => { focused = i; show(u); }],
+      setCursor: [(u) => show(u)],
+    },
   }, data);
+  show(state.charts.trials);
+  const key = underTrials("trials-key", "legend-note trials-key");
+  const swatch = (color, dashed) => {
+    const mark = el("span", { class: dashed ? "swatch dashed" : "swatch" });
+    mark.style[dashed ? "borderColor" : "background"] = color;
+    return mark;
+  };
+  key.replaceChildren(...families.map((f) => el("span", { class: "key" }, swatch(familyColor(f)), ` ${f || "–"}`)),
+    el("span", { class: "key" }, swatch(PRUNED_COLOR, true), " pruned"),
+    el("span", { class: "key" }, swatch(FAILED_COLOR), " failed"));
 }
 
 // A learning-rate-free winner's curve is its schedule at its lr argument: say what that is.
@@ -222,7 +299,7 @@ function renderJob(job) {
   document.getElementById("job-title").textContent = `Job ${job.name || ""} ${job.id.slice(0, 8)}`;
   document.getElementById("job-status").replaceChildren(badge(job.status));
   document.getElementById("job-phase").textContent = PHASES[job.status] || job.status;
-  const progress = progressOf(job);
+  const progress = progressOf(job, state.eta);
   document.getElementById("job-progress").replaceChildren(bar(progress.fraction), el("span", { class: "muted", id: "job-progress-text" }, progress.label || "–"));
   document.getElementById("job-eta").textContent = progress.eta === null ? "–" : fmtDuration(progress.eta);
   document.getElementById("job-best").textContent = `${fmtNum(job.progress.best_value)} ${job.spec.search.metric}`;
