@@ -14,8 +14,12 @@ fp32 unless ``spec.cuda_fast_kernels`` opts in to autotuning and TF32. On the CP
 is a no-op and runs are bit-for-bit what they were without it.
 
 A process that wants its runs to end cleanly (a worker told to stop by SIGTERM) calls
-:func:`request_stop`: every run then raises :class:`StopRequested` at its next epoch boundary,
-after the last finished epoch's checkpoint is on disk, so a later run resumes from there.
+:func:`request_stop`: every run then raises :class:`StopRequested` at its next epoch boundary
+or, within an epoch, at its next look (at most every ``stop_check_s`` seconds, default
+:data:`STOP_CHECK_S`: one clock read a batch, no device sync), so a run with epochs of an hour
+still stops within seconds. The last finished epoch's checkpoint is on disk, so a later run
+resumes from there: an epoch interrupted mid-way is redone from its start, and the resumed run
+ends exactly as an uninterrupted one would.
 
 Example:
     >>> from lrtune.spec import JobSpec, OptimizerSpec
@@ -36,6 +40,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +61,8 @@ from lrtune.schedules import ScheduleSpec, drive
 from lrtune.spec import JobSpec, OptimizerSpec
 
 EpochHook = Callable[[int, dict[str, float]], None]
+StopReason = Callable[[], "str | None"]
+"""Why a run must stop now (e.g. its job was cancelled), else None: asked within each epoch."""
 
 logger = logging.getLogger(__name__)
 
@@ -65,13 +72,18 @@ this fraction of the device's free memory at setup; the rest is left for the mod
 activations and other units on the same GPU. Data that does not fit stays in host memory and is
 copied batch by batch."""
 
+STOP_CHECK_S = 5.0
+"""Default seconds between a run's looks, within an epoch, at whether it must stop (a requested
+stop, or its ``stop_reason``); workers take ``LRTUNE_UNIT_CHECK_S`` instead."""
+
 
 class StopTraining(Exception):
     """Raised by an ``on_epoch`` hook to end the run early (e.g. a pruned trial)."""
 
 
 class StopRequested(KeyboardInterrupt):
-    """The process was asked to stop (:func:`request_stop`): raised between epochs.
+    """The process was asked to stop (:func:`request_stop`): raised between epochs, or within
+    one at its next look (the interrupted epoch is redone when the run resumes).
 
     A ``KeyboardInterrupt``, so that what runs the training treats it as an interruption (a
     search trial is recorded as interrupted and queued again), not as the run's failure.
@@ -83,8 +95,8 @@ _stop_listeners: list[Callable[[], None]] = []
 
 
 def request_stop() -> None:
-    """Ask every run of this process to stop at its next epoch boundary (from any thread or a
-    signal handler), and tell the :func:`stop_listener`-s at once."""
+    """Ask every run of this process to stop at its next epoch boundary or look within an
+    epoch (from any thread or a signal handler), and tell the :func:`stop_listener`-s at once."""
     _stop.set()
     for listener in list(_stop_listeners):
         listener()
@@ -335,6 +347,8 @@ def train(
     checkpoint: Path | None = None,
     seed: int | None = None,
     lr_free: LRFreeName | None = None,
+    stop_reason: StopReason | None = None,
+    stop_check_s: float = STOP_CHECK_S,
 ) -> TrainingRun:
     """Train the job's model for ``epochs`` under ``schedule`` from ``base_lr``.
 
@@ -348,6 +362,11 @@ def train(
             confirmation runs retrain a schedule on other seeds.
         lr_free: train with this learning-rate-free optimizer instead of the job's
             (:mod:`lrtune.lr_free`; schedule-free is evaluated at its averaged weights).
+        stop_reason: asked within each epoch, with the look for a requested stop, at most
+            every ``stop_check_s`` seconds: a reason ends the run there as pruned with it (its
+            ``lr_steps`` hold the steps taken). ``on_epoch`` covers the epoch boundaries.
+        stop_check_s: seconds between those looks (the first comes that long after the run
+            starts); each batch reads the clock once, never the device.
 
     A non-finite training loss is checked on the device and read at the end of the epoch:
     the rest of that epoch still runs (on weights that are no longer finite), then the run
@@ -359,12 +378,24 @@ def train(
             :func:`out_of_memory_reason` for what to tell the user).
 
     Raises:
-        StopRequested: :func:`request_stop` was called; raised before the next epoch starts,
-            when the checkpoint of every finished epoch is written.
+        StopRequested: :func:`request_stop` was called; raised before the next epoch starts or
+            at the next look within an epoch, when the checkpoint of every finished epoch is
+            written. A run resumed from it redoes the interrupted epoch from its start and ends
+            exactly as an uninterrupted one.
     """
+    looks = _StopLooks(stop_check_s, stop_reason)
     with setup.kernels():
         return _train(
-            setup, schedule, base_lr, epochs, lr_threshold, on_epoch, checkpoint, seed, lr_free
+            setup,
+            schedule,
+            base_lr,
+            epochs,
+            lr_threshold,
+            on_epoch,
+            checkpoint,
+            seed,
+            lr_free,
+            looks,
         )
 
 
@@ -378,6 +409,7 @@ def _train(
     checkpoint: Path | None,
     seed: int | None,
     lr_free: LRFreeName | None,
+    looks: _StopLooks,
 ) -> TrainingRun:
     seed = setup.spec.seed if seed is None else seed
     model = setup.build_model(seed)
@@ -403,7 +435,11 @@ def _train(
     for epoch in range(start, epochs):
         check_stop(f"before epoch {epoch}")  # the last epoch's checkpoint is saved
         prepare_to_train(optimizer)
-        train_loss = _train_epoch(setup, state, batches, criterion, run)
+        try:
+            train_loss = _train_epoch(setup, state, batches, criterion, run, looks.at(epoch))
+        except StopTraining as stop:  # stop_reason said why, mid-epoch
+            run.status, run.reason = "pruned", str(stop)
+            break
         if train_loss is None:
             run.status, run.reason = "diverged", f"non-finite training loss in epoch {epoch}"
             break
@@ -434,6 +470,30 @@ def _train(
     return run
 
 
+class _StopLooks:
+    """A run's looks within its epochs at whether to stop, at most every ``every_s`` seconds."""
+
+    def __init__(self, every_s: float, reason: StopReason | None) -> None:
+        self.every_s = every_s
+        self.reason = reason
+        self._next_at = time.monotonic() + every_s
+
+    def at(self, epoch: int) -> Callable[[], None]:
+        """The look for one epoch's batches: call it before each batch."""
+        return functools.partial(self._look, epoch)
+
+    def _look(self, epoch: int) -> None:
+        """Raise StopRequested or StopTraining (with the reason) if it is time and they say so."""
+        now = time.monotonic()
+        if now < self._next_at:
+            return
+        self._next_at = now + self.every_s
+        check_stop(f"in epoch {epoch}, which a resumed run redoes")
+        why = self.reason() if self.reason is not None else None
+        if why is not None:
+            raise StopTraining(why)
+
+
 @dataclass
 class _RunState:
     """What a run changes as it trains, and its checkpoint saves."""
@@ -452,8 +512,11 @@ def _train_epoch(
     batches: Iterable[Any],
     criterion: nn.Module,
     run: TrainingRun,
+    look: Callable[[], None],
 ) -> float | None:
     """Mean training loss of one epoch, or None if a loss in it was not finite.
+
+    ``look()`` before each batch may end the epoch there (:class:`_StopLooks`).
 
     The device is read once, at the end: the summed loss and how many batches passed before
     the first non-finite loss. After a non-finite loss the epoch runs on, and ``run.lr_steps``
@@ -467,6 +530,7 @@ def _train_epoch(
     steps_before = len(run.lr_steps)
     count = 0
     for batch in batches:
+        look()
         run.lr_steps.append([float(g["lr"]) for g in optimizer.param_groups])
         with setup.autocast():
             loss = batch_loss(model, move_to(batch, state.device), criterion)

@@ -120,7 +120,15 @@ from lrtune.space import (
 )
 from lrtune.spec import JobSpec
 from lrtune.storage import open_storage
-from lrtune.training import StopTraining, TrainingRun, TrainingSetup, out_of_memory_reason, train
+from lrtune.training import (
+    STOP_CHECK_S,
+    StopReason,
+    StopTraining,
+    TrainingRun,
+    TrainingSetup,
+    out_of_memory_reason,
+    train,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -773,8 +781,9 @@ def _checkpoint_path(
     return artifact_dir / study_name / f"{kind}-{trial.user_attrs[ATTR_ROOT]}.pt"
 
 
-UnitStop = Callable[[], "str | None"]
-"""Asked after each epoch of a unit: why to stop it there (e.g. its job was cancelled), else None.
+UnitStop = StopReason
+"""Asked after each epoch of a unit and, within an epoch, at most every ``unit_check_s``
+seconds: why to stop it there (e.g. its job was cancelled), else None.
 
 A unit stopped so ends PRUNED with that reason (its stop reason), like a pruned trial."""
 
@@ -794,11 +803,13 @@ class TrialObjective:
         bounds: LRBounds,
         artifact_dir: Path | None = None,
         stop_unit: UnitStop | None = None,
+        unit_check_s: float = STOP_CHECK_S,
     ) -> None:
         self.setup = setup
         self.bounds = bounds
         self.artifact_dir = artifact_dir
         self.stop_unit = stop_unit
+        self.unit_check_s = unit_check_s
 
     def __call__(self, trial: optuna.Trial) -> float:
         with _storage_errors_leave_the_trial_running():
@@ -853,6 +864,8 @@ class TrialObjective:
             lr_threshold=search.lr_threshold,
             on_epoch=report,
             checkpoint=checkpoint,
+            stop_reason=self.stop_unit,
+            stop_check_s=self.unit_check_s,
         )
         return run, checkpoint
 
@@ -870,11 +883,13 @@ class ConfirmationObjective:
         search: optuna.Study,
         artifact_dir: Path | None = None,
         stop_unit: UnitStop | None = None,
+        unit_check_s: float = STOP_CHECK_S,
     ) -> None:
         self.setup = setup
         self.search = search
         self.artifact_dir = artifact_dir
         self.stop_unit = stop_unit
+        self.unit_check_s = unit_check_s
         self._finalists: list[FrozenTrial] | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -902,6 +917,8 @@ class ConfirmationObjective:
                 checkpoint=checkpoint,
                 seed=attrs[ATTR_SEED],
                 lr_free=attrs.get(ATTR_LR_FREE),
+                stop_reason=self.stop_unit,
+                stop_check_s=self.unit_check_s,
             ),
         )
         trial.set_user_attr(ATTR_RUN, run.model_dump(mode="json"))
@@ -947,6 +964,7 @@ def run_trials(
     should_stop: Callable[[], bool] | None = None,
     gate: UnitGate | None = None,
     stop_unit: UnitStop | None = None,
+    unit_check_s: float = STOP_CHECK_S,
 ) -> None:
     """Run queued trials of a prepared study until the queue is empty (or time is up).
 
@@ -956,13 +974,15 @@ def run_trials(
     ``should_stop`` is asked after each trial; True stops the run there (e.g. the job was
     cancelled), leaving the rest of the queue. ``gate`` is checked before each trial is handed
     out (default: one that stops the search at ``search.target``; see :class:`UnitGate`).
-    ``stop_unit`` is asked after each epoch of the running trial (see :data:`UnitStop`), so a
-    cancelled job's trial stops within an epoch instead of at its end.
+    ``stop_unit`` is asked after each epoch of the running trial and within an epoch at most
+    every ``unit_check_s`` seconds (see :data:`UnitStop`), so a cancelled job's trial stops
+    within seconds instead of at its epoch's end; a requested stop
+    (:func:`~lrtune.training.request_stop`) is looked for as often.
     """
     study.gate = gate or UnitGate(setup.spec)
     _drain(
         study,
-        TrialObjective(setup, stored_bounds(study), artifact_dir, stop_unit),
+        TrialObjective(setup, stored_bounds(study), artifact_dir, stop_unit, unit_check_s),
         desc="trials",
         timeout_s=timeout_s,
         wait_for_others=wait_for_others,
@@ -982,6 +1002,7 @@ def run_confirmation(
     should_stop: Callable[[], bool] | None = None,
     gate: UnitGate | None = None,
     stop_unit: UnitStop | None = None,
+    unit_check_s: float = STOP_CHECK_S,
 ) -> bool:
     """Run the confirmation units of a searched study until none is left; True if it ran them.
 
@@ -990,8 +1011,8 @@ def run_confirmation(
     the search is unfinished and this returns False (a later run finishes and confirms it).
     While trials run in other processes, with ``wait_for_others`` (and a heartbeat on the
     storage) this waits for them; otherwise it returns False at once and leaves the units to
-    whichever process finishes the search. ``should_stop``, ``gate`` and ``stop_unit`` are as in
-    :func:`run_trials`.
+    whichever process finishes the search. ``should_stop``, ``gate``, ``stop_unit`` and
+    ``unit_check_s`` are as in :func:`run_trials`.
     """
     while has_unfinished(study):
         heartbeat = heartbeat_interval(study)
@@ -1003,7 +1024,7 @@ def run_confirmation(
     confirm.gate = gate
     _drain(
         confirm,
-        ConfirmationObjective(setup, study, artifact_dir, stop_unit),
+        ConfirmationObjective(setup, study, artifact_dir, stop_unit, unit_check_s),
         desc="confirmation",
         timeout_s=None,
         wait_for_others=wait_for_others,

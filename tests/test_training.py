@@ -7,7 +7,13 @@ import torch
 from lrtune._schema import run_length_decode, run_length_encode
 from lrtune.schedules import FAMILIES, parse_schedule, preview
 from lrtune.spec import JobSpec
-from lrtune.training import TrainingSetup, train
+from lrtune.training import (
+    StopRequested,
+    TrainingSetup,
+    clear_stop_request,
+    request_stop,
+    train,
+)
 
 EXAMPLE_SCHEDULES = {
     "constant": {},
@@ -120,6 +126,68 @@ def test_a_run_resumed_from_its_checkpoint_ends_exactly_as_an_uninterrupted_one(
     assert resumed.resumed_from == 3
     assert resumed.epochs == uninterrupted.epochs
     assert resumed.lr_steps == uninterrupted.lr_steps
+
+
+def test_a_run_stopped_mid_epoch_redoes_that_epoch_and_ends_exactly_as_an_uninterrupted_one(
+    tmp_path,
+) -> None:
+    setup = make_setup(
+        model="mlp", dataset="digits", model_extra={"params": {"hidden": [32], "dropout": 0.2}}
+    )
+    schedule = parse_schedule({"family": "onecycle", **EXAMPLE_SCHEDULES["onecycle"]})
+    uninterrupted = train(setup, schedule, base_lr=0.05, epochs=4)
+    looks: list[int] = []
+
+    def signal_in_epoch_2() -> None:  # a SIGTERM arriving mid-epoch, as a worker's handler does
+        looks.append(1)
+        if len(looks) == 2 * setup.steps_per_epoch + 10:
+            request_stop()
+
+    checkpoint = tmp_path / "trial.pt"
+    try:
+        with pytest.raises(StopRequested, match="in epoch 2"):
+            train(
+                setup,
+                schedule,
+                base_lr=0.05,
+                epochs=4,
+                checkpoint=checkpoint,
+                stop_reason=signal_in_epoch_2,
+                stop_check_s=0,  # look before every batch
+            )
+    finally:
+        clear_stop_request()
+    assert len(looks) == 2 * setup.steps_per_epoch + 10  # stopped at the next look, batch 11
+    resumed = train(setup, schedule, base_lr=0.05, epochs=4, checkpoint=checkpoint)
+    assert resumed.resumed_from == 2
+    assert resumed.epochs == uninterrupted.epochs
+    assert resumed.lr_steps == uninterrupted.lr_steps
+
+
+def test_a_stop_reason_given_mid_epoch_ends_the_run_there_as_pruned() -> None:
+    setup = make_setup()
+    looks: list[int] = []
+
+    def cancelled_in_epoch_1() -> str | None:
+        looks.append(1)
+        return "stopped: the job was cancelled" if len(looks) > setup.steps_per_epoch + 1 else None
+
+    run = train(
+        setup,
+        parse_schedule({"family": "constant"}),
+        base_lr=0.05,
+        epochs=3,
+        stop_reason=cancelled_in_epoch_1,
+        stop_check_s=0,
+    )
+    assert (run.status, run.reason) == ("pruned", "stopped: the job was cancelled")
+    assert len(run.epochs) == 1 and len(run.lr_steps) == setup.steps_per_epoch + 1
+    # looks are timed: with the default interval (seconds) this short run never asks
+    looks.clear()
+    quiet = train(
+        setup, parse_schedule({"family": "constant"}), 0.05, 3, stop_reason=cancelled_in_epoch_1
+    )
+    assert quiet.status == "completed" and looks == []
 
 
 def test_checkpoints_load_with_weights_only(tmp_path) -> None:

@@ -24,10 +24,13 @@ from optuna.trial import TrialState
 from test_worker import JOB, _range_tests_run, _submit
 from test_worker import _check_finished_exactly as check_finished_exactly
 
-from lrtune._optuna import ATTR_FAIL_REASON, ATTR_ROOT, ATTR_RUN
+from lrtune._optuna import ATTR_FAIL_REASON, ATTR_ROOT, ATTR_RUN, ATTR_STOP_REASON
 from lrtune.exceptions import NotFoundError
 from lrtune.jobs import JobStatus, JobStore, PluginRegistry, WorkerActivity, WorkerRegistration
 from lrtune.registry import model_names
+from lrtune.result import TrainingRun
+from lrtune.spec import JobSpec
+from lrtune.training import TrainingSetup
 from lrtune.workers.loop import available_cores, threads_per_unit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +58,18 @@ SLOW_EPOCHS = {
     },
 }
 SLOW_CONFIRMATION_RUNS = 0  # no confirmation seeds and no baselines
+
+# One trial of two epochs far longer than a worker's looks within them (LRTUNE_UNIT_CHECK_S):
+# about 12,000 tiny batches, over 10 s an epoch on one thread.
+LONG_EPOCHS = {
+    **SLOW_EPOCHS,
+    "model": {"name": "mlp", "params": {"hidden": [16]}},
+    "dataset": {"name": "synthetic", "params": {"n_samples": 30_000}},
+    "batch_size": 2,
+    "search": {**SLOW_EPOCHS["search"], "n_trials": 1, "epochs": 2},
+}
+UNIT_CHECK_S = 1.0
+STOP_MARGIN_S = 4.0  # Optuna's write, the requeue and the worker's exit after the look
 
 
 @pytest.fixture
@@ -439,3 +454,81 @@ def _epoch_seconds(url: str, study_name: str, number: int) -> float:
     start, seen = time.monotonic(), reported()
     _wait_until("the next epoch boundary", lambda: reported() > seen)
     return time.monotonic() - start
+
+
+def _long_epochs_worker(url: str, *args: str) -> subprocess.Popen:
+    """A worker that looks every UNIT_CHECK_S seconds within an epoch, on LONG_EPOCHS' trial."""
+    return _start_worker(url, *args, env=_env(LRTUNE_UNIT_CHECK_S=str(UNIT_CHECK_S)))
+
+
+def _trial_running(url: str, store: JobStore, job_id: str, epochs_done: int) -> bool:
+    """Whether the job's search trial runs and has reported ``epochs_done`` epochs."""
+    if store.get(job_id).status is not JobStatus.SEARCHING:
+        return False
+    running = _trials(url, store, job_id, TrialState.RUNNING)
+    return any(len(t.intermediate_values) == epochs_done for t in running)
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_stops_within_the_unit_check_and_the_epoch_is_redone_on_resume(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    (job_id,) = _submit(sqlite_url, 1, LONG_EPOCHS)
+    store = JobStore(sqlite_url)
+    artifacts = str(tmp_path / "artifacts")
+    first = _long_epochs_worker(sqlite_url, "--artifact-dir", artifacts)
+    _wait_until(  # epoch 0 checkpointed, epoch 1 begun
+        "the trial an epoch in", lambda: _trial_running(sqlite_url, store, job_id, 1), 180
+    )
+    time.sleep(UNIT_CHECK_S)
+
+    signalled = time.monotonic()
+    first.send_signal(signal.SIGTERM)
+    _, stderr = first.communicate(timeout=60)
+    stopped_s = time.monotonic() - signalled
+
+    assert first.returncode == 0, stderr
+    assert stopped_s < UNIT_CHECK_S + STOP_MARGIN_S, stopped_s  # not at the epoch's end
+    (interrupted,) = _trials(sqlite_url, store, job_id, TrialState.FAIL)
+    assert interrupted.user_attrs[ATTR_FAIL_REASON] == "interrupted (StopRequested)"
+    assert len(interrupted.intermediate_values) == 1  # it stopped inside epoch 1
+    assert store.get(job_id).status is JobStatus.SEARCHING
+
+    second = _lrtune("worker", "--database", sqlite_url, "--once", "--artifact-dir", artifacts)
+
+    assert second.returncode == 0, second.stderr
+    assert store.get(job_id).status is JobStatus.SUCCEEDED
+    (retry,) = _trials(sqlite_url, store, job_id, TrialState.COMPLETE, TrialState.PRUNED)
+    assert _root(retry) == _root(interrupted)  # the budget: one trial, finished once
+    assert _trials(sqlite_url, store, job_id, TrialState.WAITING) == []
+    run = TrainingRun.model_validate(retry.user_attrs[ATTR_RUN])
+    assert run.resumed_from == 1 and len(run.epochs) == 2  # epoch 1 redone from its start
+    steps = TrainingSetup.from_spec(JobSpec.model_validate(LONG_EPOCHS), "cpu").steps_per_epoch
+    assert len(run.lr_steps) == 2 * steps  # none of the interrupted epoch's steps left over
+
+
+@pytest.mark.slow
+def test_a_cancel_mid_epoch_stops_the_unit_within_the_unit_check(sqlite_url: str) -> None:
+    (job_id,) = _submit(sqlite_url, 1, LONG_EPOCHS)
+    store = JobStore(sqlite_url)
+    worker = _long_epochs_worker(sqlite_url)
+    try:
+        _wait_until("the trial training", lambda: _trial_running(sqlite_url, store, job_id, 0), 120)
+        time.sleep(UNIT_CHECK_S)
+        cancelled = time.monotonic()
+        store.cancel(job_id)
+        (pruned,) = _wait_until(
+            "the trial stopped",
+            lambda: _trials(sqlite_url, store, job_id, TrialState.PRUNED),
+            timeout_s=60,
+        )
+        stopped_s = time.monotonic() - cancelled
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = worker.communicate(timeout=60)
+
+    assert worker.returncode == 0, stderr
+    assert stopped_s < UNIT_CHECK_S + STOP_MARGIN_S, stopped_s  # not at the epoch's end
+    assert pruned.user_attrs[ATTR_STOP_REASON] == "stopped: the job was cancelled"
+    assert pruned.intermediate_values == {}  # inside its first epoch
+    assert store.get(job_id).status is JobStatus.CANCELLED

@@ -29,9 +29,10 @@ Progress goes to the store as work goes (:mod:`lrtune.workers.reporting`): range
 a few times a second, and after each finished unit its trials or confirmation runs done; the
 range test and its LR bounds are stored before the job starts searching, and a succeeded
 job's checkpoints are removed.
-A unit of a job that is cancelled (or fails) while it runs stops after its current epoch (the
-job is read at most every ``ENDED_POLL_S`` seconds), recorded PRUNED with the reason, on every
-worker and child on the job; the rest of the queue is left, and what finished stays readable.
+A unit of a job that is cancelled (or fails) while it runs stops within
+``Settings.unit_check_s`` seconds (``LRTUNE_UNIT_CHECK_S``; it looks within its epochs too,
+and reads the job at most every ``ENDED_POLL_S`` seconds), recorded PRUNED with the reason, on
+every worker and child on the job; the rest of the queue is left, and what finished stays readable.
 An error inside a phase fails the job with the reason, and so does a unit that fails for a
 reason of its own (:func:`lrtune.tuner.unit_failure`): it is not retried, and the job must not
 succeed short of its budget.
@@ -58,13 +59,14 @@ every core that way: give each ``--threads``.
 
 Stopping: the first SIGTERM or SIGINT (:func:`stop_on_signals`) asks for a clean stop
 (:func:`lrtune.training.request_stop`): a running trial or confirmation run stops at its next
-epoch boundary, the checkpoint of its last finished epoch on disk; Optuna records it FAILED as
-interrupted and the worker queues it again, so another worker resumes it from the checkpoint
-(``TrainingRun.resumed_from``); a range test stops at its next step and its lease is handed
-back (the next claimer re-runs it from the start); no new unit starts; children stop the same
-way; the worker exits with status 0. A second signal stops at once (the unit is abandoned
-mid-epoch, still recorded as interrupted and queued again); later ones are ignored so that the
-hand-back completes.
+epoch boundary or, within an epoch, within ``Settings.unit_check_s`` seconds, the checkpoint of
+its last finished epoch on disk; Optuna records it FAILED as interrupted and the worker queues
+it again, so another worker resumes it from the checkpoint (``TrainingRun.resumed_from``; an
+epoch it stopped in is redone from its start); a range test stops at its next step and its
+lease is handed back (the next claimer re-runs it from the start); no new unit starts; children
+stop the same way; the worker exits with status 0. A second signal stops at once (the unit is
+abandoned mid-epoch, still recorded as interrupted and queued again); later ones are ignored so
+that the hand-back completes.
 
 Example:
     >>> import tempfile, pathlib
@@ -878,6 +880,7 @@ class Worker:
             "should_stop": should_stop,
             "gate": self._gate(job),
             "stop_unit": self._stop_when_ended(job.id),
+            "unit_check_s": self.store.settings.unit_check_s,
         }
         _log(job.id, self.id, job.status.value, "helping")
         self._holding["unit"] = WorkerActivity(job_id=job.id, phase=job.status, lease=False)
@@ -891,9 +894,10 @@ class Worker:
         return bool(ran)
 
     def _stop_when_ended(self, job_id: str) -> Callable[[], str | None]:
-        """Asked after each epoch of a unit: why to stop it now (its job was cancelled or
-        failed), else None. Reads the job at most every ``ENDED_POLL_S`` seconds, so a unit of
-        a cancelled job stops within one epoch or ``ENDED_POLL_S``, whichever is longer."""
+        """Asked after each epoch of a unit and within it every ``Settings.unit_check_s``
+        seconds: why to stop it now (its job was cancelled or failed), else None. Reads the job
+        at most every ``ENDED_POLL_S`` seconds, so a unit of a cancelled job stops within
+        ``unit_check_s`` or ``ENDED_POLL_S``, whichever is longer (plus one batch)."""
         checked = [time.monotonic()]
 
         def why() -> str | None:
@@ -1056,7 +1060,8 @@ def stop_on_signals(signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) ->
     ignored.
 
     A clean stop (:func:`lrtune.training.request_stop`) ends the running unit at its next epoch
-    boundary and a range test at its next step (see the module); stopping at once raises
+    boundary or within ``Settings.unit_check_s`` seconds mid-epoch, and a range test at its
+    next step (see the module); stopping at once raises
     KeyboardInterrupt in the main thread, abandoning the unit mid-epoch. A signal after that is
     ignored, so that the hand-back completes.
     """
@@ -1066,7 +1071,7 @@ def stop_on_signals(signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) ->
         name = signal.Signals(signum).name
         received.append(signum)
         if len(received) == 1:
-            logger.info("event=signal signal=%s: stopping at the next epoch boundary", name)
+            logger.info("event=signal signal=%s: stopping the running unit at its next look", name)
             request_stop()
         elif len(received) == 2:
             logger.info("event=signal signal=%s: stopping now", name)

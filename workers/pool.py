@@ -18,9 +18,10 @@ after ``RESTART_DELAY_S``, so a broken environment does not spin.
 
 Children ignore SIGINT and SIGTERM (Ctrl-C reaches the whole process group; a service manager
 may signal every process): the parent tells them. ``SIGUSR2`` asks a child to stop at its
-unit's next epoch boundary (:func:`lrtune.training.request_stop`); ``SIGUSR1`` stops it at
-once. Either way its unit is recorded as interrupted and queued again by the child, which then
-exits with status 0. A child whose parent has gone stops the same way as after ``SIGUSR2``.
+unit's next epoch boundary or look within an epoch (:func:`lrtune.training.request_stop`);
+``SIGUSR1`` stops it at once. Either way its unit is recorded as interrupted and queued again
+by the child, which then exits with status 0. A child whose parent has gone stops the same way
+as after ``SIGUSR2``.
 
 Example:
     >>> UnitOutcome(job_id="j1", ran=True).failed
