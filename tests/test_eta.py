@@ -127,3 +127,52 @@ def _status(value: str):
     from lrtune.jobs.schemas import JobStatus
 
     return JobStatus(value)
+
+
+NODE_PROGRAM = """
+const [common, trace] = [process.argv[1], JSON.parse(process.argv[2])];
+const { EtaEstimator } = await import(common);
+const eta = new EtaEstimator(trace.started_at, trace.search_started_at, trace.trials);
+console.log(JSON.stringify(trace.points.map(([t, p]) => {
+  eta.observe(t, p);
+  return [eta.remaining(p, t), eta.fraction(p, t)];
+})));
+"""
+
+
+@pytest.mark.parametrize(
+    ("started_at", "search_started_at", "since"), [(0.0, None, 0.5), (0.0, 30.0, 95.0)]
+)
+def test_the_dashboard_estimates_as_the_cli_does(
+    started_at: float, search_started_at: float | None, since: float
+) -> None:
+    """common.js's EtaEstimator gives the Python one's numbers on the same polls."""
+    import json
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("needs node")
+    common = Path(__file__).resolve().parents[1] / "api" / "static" / "common.js"
+    eta = EtaEstimator(started_at, search_started_at, trials=TRIALS)
+    seen = watch(eta, until=END - 1, since=since)
+    points = [[t, p.model_dump(mode="json")] for t, p, _left in seen]
+    trace = {"started_at": started_at, "search_started_at": search_started_at}
+    trace |= {"trials": TRIALS, "points": points}
+    out = subprocess.run(
+        [node, "--input-type=module", "-e", NODE_PROGRAM, common.as_uri(), json.dumps(trace)],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    ours = EtaEstimator(started_at, search_started_at, trials=TRIALS)
+    expected = []
+    for t, p, _left in seen:
+        ours.observe(t, p)
+        expected.append([ours.remaining(p, t), ours.fraction(p, t)])
+    theirs = json.loads(out.stdout)
+    assert len(theirs) == len(expected)
+    for (left, fraction), (our_left, our_fraction) in zip(theirs, expected, strict=True):
+        assert (left is None) == (our_left is None), (left, our_left)
+        assert left is None or left == pytest.approx(our_left)
+        assert fraction == pytest.approx(our_fraction)
