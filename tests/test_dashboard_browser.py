@@ -506,10 +506,11 @@ def _job_in_its_search(store, url: str) -> str:
 
     from lrtune.tuner import prepare_study
 
+    extra = {"model": {"name": "mlp"}, "dataset": {"name": "digits"}}
+    extra["range_test"] = {"seeds": 3, "num_iter": 150}
     spec = small_job(
-        {"range_test": {"seeds": 3, "num_iter": 120}}, n_trials=40, epochs=10,
-        families=["onecycle", "cosine", "constant", "step"],
-    )  # fmt: skip
+        extra, n_trials=40, epochs=10, families=["onecycle", "cosine", "constant", "step"]
+    )
     job = store.submit(spec)
     prepare_study(spec, url, progress=False, study_name=job.study_name)
     lease = store.claim("test-worker", lease_s=600, job_id=job.id)
@@ -605,6 +606,23 @@ def test_the_trials_chart_highlights_a_hovered_trial_and_never_draws_one_red(
             for b in boxes[i + 1 :]:
                 apart = a["x1"] <= b["x0"] or b["x1"] <= a["x0"] or a["y"] != b["y"]
                 assert apart, (a, b)
+        # hovering names each seed's loss at the cursor's LR, the nearest line highlighted
+        x, y = page.evaluate(
+            "() => { const u = window.lrtuneCharts.finder, r = u.over.getBoundingClientRect();"
+            " const spread = (i) => Math.abs((u.data[2][i] ?? 0) - (u.data[3][i] ?? 1e9));"
+            " let i = 0; u.data[0].forEach((_, j) => { if (spread(j) < 0.5 &&"
+            " spread(j) > spread(i)) i = j; });"
+            " const [x, y] = [u.valToPos(u.data[0][i], 'x'), u.valToPos(u.data[2][i], 'y')];"
+            " return [r.left + x, r.top + y]; }"
+        )
+        page.mouse.move(x, y)
+        page.wait_for_timeout(300)
+        values = page.eval_on_selector_all(
+            "#finder-card .u-legend .u-series", "rows => rows.map(r => r.innerText)"
+        )
+        assert [v for v in values if v.startswith("seed")] and all(
+            not v.endswith("–") for v in values if v.startswith("seed")
+        ), values
         page.locator("#finder-card").screenshot(path=str(ARTIFACTS / "13-range-test.png"))
         assert errors == [], errors
         browser.close()
