@@ -109,10 +109,10 @@ def _show(bar: Any, job: JobRecord, eta: EtaEstimator) -> None:
 
 
 def _duration(seconds: float) -> str:
-    """``"45s"``, ``"2m 30s"``, ``"1h 05m"``: as the dashboard writes a time left."""
+    """``"45s"``, ``"2m 30s"``, ``"1h 5m"``, ``"3d"``: as the dashboard's ``fmtDuration``."""
     s = max(0, round(seconds))
     if s < 60:
         return f"{s}s"
     if s < 3600:
         return f"{s // 60}m {s % 60}s"
-    return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 3600}h {s % 3600 // 60}m" if s < 48 * 3600 else f"{s // 86400}d"
