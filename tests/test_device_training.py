@@ -169,8 +169,11 @@ def test_an_epoch_reads_tensor_values_once_to_train_and_once_to_evaluate() -> No
     batches = setup.train_batches(state.order)
     assert len(batches) == setup.steps_per_epoch > 10
 
+    look = training._StopLooks(every_s=0.0, reason=lambda: None).at(0)  # looks every batch
     with _ValueReads() as epoch:
-        training._train_epoch(setup, state, batches, setup.bundle.loss_fn(), training.TrainingRun())
+        training._train_epoch(
+            setup, state, batches, setup.bundle.loss_fn(), training.TrainingRun(), look
+        )
     with _ValueReads() as evaluation:
         training._evaluate(setup, model)
 
