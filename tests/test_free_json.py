@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from cli_runs import run_cli
 from live_api import serve
 
 from lrtune.api import Settings, create_app
-from lrtune.cli import main
 from lrtune.jobs import JobStore, PluginRegistry, WorkerRegistration, tables
 from lrtune.jobs.db import get_engine
 from lrtune.spec import JobSpec
@@ -155,15 +155,6 @@ def test_a_worker_fails_a_bad_job_stored_before_the_check(store: JobStore) -> No
     bad = stored_before_the_check(store, BAD_PARAMS["lone surrogate"])
     Worker(store, device="cpu", poll_s=0.05).run(once=True)  # fails it; does not crash
     assert store.list(status="failed").unreadable == [bad]
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exit:
-        code = int(exit.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize("params", BAD_PARAMS.values(), ids=BAD_PARAMS.keys())

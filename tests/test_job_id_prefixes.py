@@ -11,11 +11,11 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
+from cli_runs import run_cli as run
 from live_api import finish_with, serve
 from small_jobs import small_job
 
 from lrtune.api import Settings, create_app
-from lrtune.cli import main
 from lrtune.exceptions import InvalidInputError, NotFoundError
 from lrtune.jobs import JobStatus, JobStore
 from lrtune.jobs import store as store_module
@@ -84,15 +84,6 @@ def test_a_recommendation_is_read_by_a_prefix(
     with new_ids(monkeypatch, SINGLE):
         finish_with(store, small_job(), onecycle_recommendation)
     assert store.recommendation("7b4d0e55").job_id == SINGLE
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exit:
-        code = int(exit.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

@@ -7,24 +7,15 @@ import json
 from pathlib import Path
 
 import pytest
+from cli_runs import run_cli as run
 from live_api import finish_with
 from small_jobs import small_job
 
-from lrtune.cli import main
 from lrtune.jobs import JobStatus, JobStore, StoredRecommendation
 from lrtune.jobs.schema import current_revision, head_revision
 from lrtune.recommendation import Recommendation
 
 JOB = "name: digits-mlp\nmodel: {name: mlp}\ndataset: {name: digits}\n"
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exit:
-        code = int(exit.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

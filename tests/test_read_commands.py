@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cli_runs import run_cli as run
 
 from lrtune.cli import main
 from lrtune.jobs.settings import DEFAULT_DATABASE_URL
@@ -24,15 +25,6 @@ READ_COMMANDS = [
     ["db", "prune", "--older-than", "30d"],
 ]
 JOB = "model: {name: mlp}\ndataset: {name: digits}\n"
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exit:
-        code = int(exit.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

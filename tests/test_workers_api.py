@@ -9,25 +9,16 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from cli_runs import run_cli as run
 from live_api import serve
 from small_jobs import small_job
 
 from lrtune.api import Settings, create_app
-from lrtune.cli import main
 from lrtune.jobs import JobStore, PluginRegistry, WorkerActivity, WorkerRegistration
 from lrtune.jobs.schemas import WorkerList
 from lrtune.registry import dataset_names, model_names
 
 TOKEN = "w0rkers-t0ken"
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exit:
-        code = int(exit.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def registration(worker_id: str, registry: PluginRegistry | None = None) -> WorkerRegistration:
