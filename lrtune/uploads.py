@@ -5,8 +5,8 @@ not) must hold exactly the arrays ``x`` and ``y``; each member's ``.npy`` header
 checked first (no object or structured dtype, a header under numpy's size limit, and the
 array's size, shape times itemsize, within ``max_bytes``) and only then is the array read, with
 ``allow_pickle=False``, so a forged header or a zip bomb is refused before it costs memory. A
-CSV needs a header row; ``target`` names the column to predict and every other column is a
-numeric feature.
+CSV needs a header row; ``target`` names the column to predict (default: the column named
+``target``, :data:`DEFAULT_CSV_TARGET`) and every other column is a numeric feature.
 
 The checks (every failure an :class:`UploadError` naming the ``field`` to fix):
 
@@ -41,6 +41,13 @@ Example:
     Traceback (most recent call last):
     ...
     lrtune.uploads.UploadError: the CSV has no column 'species': its columns are a, b, label
+    >>> parse_upload(csv, max_bytes=1 << 20)
+    Traceback (most recent call last):
+    ...
+    lrtune.uploads.UploadError: the CSV has no column named 'target' and the upload names no \
+target column: name one of a, b, label as target
+    >>> parse_upload(csv.replace(b"label", b"target"), max_bytes=1 << 20).n_classes
+    2
 """
 
 from __future__ import annotations
@@ -68,6 +75,8 @@ MAX_CLASSES = 1000
 """Most classes a classification upload may have."""
 MAX_LABEL_CHARS = 256
 """Longest class name a CSV's target column may hold."""
+DEFAULT_CSV_TARGET = "target"
+"""A CSV's target column when the upload names none."""
 MAX_SAMPLE_VALUES = 2**24
 """Most values one sample's features may hold (the sequential model's activation cap)."""
 MAX_HEADER_BYTES = 10_000
@@ -142,7 +151,8 @@ def parse_upload(
 ) -> UploadedArrays:
     """Parse and check an ``.npz`` or CSV upload (told apart by its first bytes).
 
-    ``target`` names a CSV's target column (an ``.npz`` has none); ``task`` overrides the task
+    ``target`` names a CSV's target column (an ``.npz`` has none; a CSV's default is its
+    column named :data:`DEFAULT_CSV_TARGET`, when it has one); ``task`` overrides the task
     inferred from ``y``; ``max_bytes`` caps the decoded arrays.
 
     Raises:
@@ -160,8 +170,6 @@ def parse_upload(
             raise UploadError("an .npz upload takes no target: its y array is the target", "target")
         x, y = parse_npz(data, max_bytes)
     else:
-        if target is None:
-            raise UploadError("a CSV upload needs the name of its target column", "target")
         x, y = parse_csv(data, target, max_bytes, task=task)
     return check_arrays(x, y, task=task)
 
@@ -245,9 +253,10 @@ def _read_header(stream: io.BufferedIOBase, name: str) -> tuple[tuple[int, ...],
 
 
 def parse_csv(
-    data: bytes, target: str, max_bytes: int, *, task: str | None = None
+    data: bytes, target: str | None, max_bytes: int, *, task: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Features and target of a CSV with a header row; ``target`` names the target column.
+    """Features and target of a CSV with a header row; ``target`` names the target column
+    (``None``: the column named :data:`DEFAULT_CSV_TARGET`).
 
     Features must be numbers. The target may be numbers or class names (text; unless ``task``
     is ``regression``), which become class indices in the names' sorted order. Numbers are
@@ -271,6 +280,14 @@ def parse_csv(
         raise UploadError(f"the CSV's header row cannot be read: {exc}") from None
     if not any(header):
         raise UploadError("the CSV is empty: it needs a header row and one row per sample")
+    if target is None:
+        if DEFAULT_CSV_TARGET not in header:
+            raise UploadError(
+                f"the CSV has no column named {DEFAULT_CSV_TARGET!r} and the upload names no "
+                f"target column: name one of {', '.join(header)} as target",
+                "target",
+            )
+        target = DEFAULT_CSV_TARGET
     if target not in header:
         raise UploadError(
             f"the CSV has no column {target!r}: its columns are {', '.join(header)}", "target"

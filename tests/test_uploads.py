@@ -334,11 +334,26 @@ def test_a_csv_upload_takes_its_target_column_and_class_names(start: Start) -> N
     assert answer["task"] == "regression" and answer["n_classes"] is None
 
 
+def test_a_csv_whose_column_is_named_target_needs_no_target_field(start: Start) -> None:
+    api = start()
+    named = CSV.replace(b"f1,f2,label", b"f1,f2,target")
+    response = post(api, named, "d.csv")
+    assert response.status_code == 201, response.text
+    assert response.json()["x_shape"] == [30, 2] and response.json()["n_classes"] == 2
+    # The same data with the column named explicitly is the same upload.
+    again = post(api, named, "d.csv", target="target")
+    assert (again.status_code, again.json()["id"]) == (200, response.json()["id"])
+    # An explicit target wins over a column named `target`: here the same data again.
+    other = named.replace(b"f1,f2,target", b"target,f2,label")
+    explicit = post(api, other, "o.csv", target="label")
+    assert (explicit.status_code, explicit.json()["id"]) == (200, response.json()["id"])
+
+
 @pytest.mark.parametrize(
     ("data", "form", "field", "needle"),
     [
         (CSV, {"target": "species"}, "target", "its columns are f1, f2, label"),
-        (CSV, {}, "target", "needs the name of its target column"),
+        (CSV, {}, "target", "no column named 'target' and the upload names no target column"),
         (CSV.replace(b"1,0.33", b"1,oops"), {"target": "label"}, "file", "'oops' is not a number"),
         (CSV.replace(b"1,0.33", b"nan,1"), {"target": "label"}, "file", "NaN"),
         (CSV + b"1,2\n", {"target": "label"}, "file", "has 2 cells"),

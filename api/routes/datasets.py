@@ -6,12 +6,12 @@ the workers). ``uploaded`` is one of them: a job names an upload as ``{"name": "
 "params": {"id": "<its id>"}}``.
 
 ``POST /v1/datasets`` takes a multipart form: ``file`` (an ``.npz`` of arrays ``x`` and ``y``,
-or a CSV with a header row), ``target`` (a CSV's target column), ``task`` (to override the
-task inferred from ``y``) and ``name`` (a label). The body may be up to
-``LRTUNE_MAX_UPLOAD_BYTES`` (413 above); the checks of :mod:`lrtune.uploads` answer 422 at the
-form field to fix. The data is stored in the job store's database under the SHA-256 of its
-canonical form: 201 the first time, 200 with the same id when the same data is uploaded again.
-Nothing uploaded is executed or unpickled.
+or a CSV with a header row), ``target`` (a CSV's target column; default its column named
+``target``), ``task`` (to override the task inferred from ``y``) and ``name`` (a label). The
+body may be up to ``LRTUNE_MAX_UPLOAD_BYTES`` (413 above); the checks of :mod:`lrtune.uploads`
+answer 422 at the form field to fix. The data is stored in the job store's database under the
+SHA-256 of its canonical form: 201 the first time, 200 with the same id when the same data is
+uploaded again. Nothing uploaded is executed or unpickled.
 
 ``GET /v1/datasets/uploads`` lists the uploads, ``GET``/``DELETE /v1/datasets/{id}`` reads or
 deletes one (409 while an unfinished job uses it).
@@ -88,7 +88,12 @@ def upload_dataset(
     settings: SettingsDep,
     _: WriteAuth,
     target: Annotated[
-        str | None, Form(max_length=256, pattern=NO_NUL, description="a CSV's target column")
+        str | None,
+        Form(
+            max_length=256,
+            pattern=NO_NUL,
+            description="a CSV's target column (default: its column named `target`)",
+        ),
     ] = None,
     task: Annotated[
         Literal["classification", "regression"] | None,
