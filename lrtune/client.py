@@ -77,6 +77,7 @@ from lrtune.spec import JobSpec
 
 if TYPE_CHECKING:
     from lrtune.jobs.schemas import FinderView
+    from lrtune.study_view import TrialView
 
 __all__ = ["Client", "ClientSettings", "Unauthorized"]
 
@@ -165,9 +166,9 @@ class Client:
         """Upload a dataset; a job names it by the answer's ``dataset`` (a ``DatasetRef``).
 
         ``source``: a path to an ``.npz`` (arrays ``x`` and ``y``) or a CSV (then ``target``
-        names its target column), the file's bytes, or arrays ``(x, y)``. ``task`` overrides
-        the task the server infers from ``y``. The same data uploaded again returns the
-        stored upload (same id).
+        names its target column; default its column named ``target``), the file's bytes, or
+        arrays ``(x, y)``. ``task`` overrides the task the server infers from ``y``. The same
+        data uploaded again returns the stored upload (same id).
         """
         filename, data = _upload_body(source)
         form = {"target": target, "task": task, "name": name}
@@ -210,6 +211,22 @@ class Client:
         from lrtune.jobs.schemas import FinderView
 
         return self._parsed(FinderView, self._call("GET", f"/v1/jobs/{job_id}/finder"))
+
+    def trials(self, job_id: str) -> list[TrialView]:
+        """The job's search trials, then its confirmation runs (``GET /v1/jobs/{id}/trials``),
+        as far as they have got: family, params, state, value (the job's
+        ``search.metric``), per-epoch values, why a run was pruned or failed, and its LR at
+        every step. ``GET /v1/jobs/{id}/trials.csv`` is the same list as a table."""
+        from lrtune.study_view import TrialView
+
+        data = self._call("GET", f"/v1/jobs/{job_id}/trials")
+        rows = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(rows, list):
+            raise LRTuneError(
+                f"{self.url} answered trials this client cannot read (another lrtune version?): "
+                "no list of trials under 'data'"
+            )
+        return [self._parsed(TrialView, row) for row in rows]
 
     def find_recommendation(
         self,

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from live_api import serve
 from test_imports import heavy_modules_after
@@ -47,8 +48,8 @@ def client(server: str) -> Iterator[Client]:
         yield client
 
 
-def test_submit_wait_and_recommendation_through_the_api_with_a_real_worker(
-    client: Client, sqlite_url: str, capsys: pytest.CaptureFixture[str]
+def test_submit_wait_trials_and_recommendation_through_the_api_with_a_real_worker(
+    client: Client, server: str, sqlite_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     job = client.submit(TINY, name="client-e2e")
     assert (job.status, job.name) == (JobStatus.QUEUED, "client-e2e")
@@ -73,6 +74,17 @@ def test_submit_wait_and_recommendation_through_the_api_with_a_real_worker(
     assert ("lr_scheduler.CosineAnnealingLR" in rec.to_code()) == (
         rec.best.schedule.family == "cosine"
     )
+    trials = client.trials(job.id)
+    search = [t for t in trials if t.kind == "search"]
+    assert [t.number for t in search] == [0, 1] and {t.family for t in search} == {"cosine"}
+    assert all(t.state in ("COMPLETE", "PRUNED") and t.epochs and t.lr_steps for t in search)
+    confirmation = [t for t in trials if t.kind == "confirmation"]
+    assert confirmation and all(t.candidate and t.seed is not None for t in confirmation)
+    assert trials == sorted(trials, key=lambda t: t.kind != "search")  # search runs first
+    csv_rows = httpx.get(
+        f"{server}/v1/jobs/{job.id}/trials.csv", headers={"Authorization": f"Bearer {TOKEN}"}
+    ).text.splitlines()
+    assert len(csv_rows) == 1 + len(trials)  # the same list as the CSV export
     found = client.find_recommendation(model="logreg", dataset="wine", batch_size=32)
     assert (found.match, found.stored.job_id) == ("fingerprint", job.id)
     near = client.find_recommendation(model="logreg", dataset="wine")  # batch size 64
@@ -88,6 +100,8 @@ def test_error_responses_come_back_as_lrtune_exceptions_with_the_servers_message
         client.submit({"model": {"name": "resnet"}, "dataset": {"name": "wine"}})
     with pytest.raises(NotFoundError, match="HTTP 404: no job 'nope'"):
         client.get("nope")
+    with pytest.raises(NotFoundError, match="HTTP 404: no job 'nope'"):
+        client.trials("nope")
     job = client.cancel(client.submit(TINY).id)
     with pytest.raises(ConflictError, match="already cancelled"):
         client.cancel(job.id)
@@ -114,6 +128,7 @@ def test_the_client_loads_no_heavy_package(server: str, sqlite_url: str) -> None
             job = client.submit({TINY!r})
             assert client.get(job.id).status.value == "queued"
             assert client.list().data[0].id == job.id
+            assert client.trials(job.id) == []
     """
     assert heavy_modules_after(code) == []
     assert JobStore(sqlite_url).list().data[0].spec.model.name == "logreg"
