@@ -335,7 +335,8 @@ class TrainingRun(ResultModel):
 
     epochs: list[dict[str, JsonFloat]] = Field(
         default_factory=list,
-        description="per epoch: epoch, train_loss, val_loss and the dataset's metrics",
+        description="per epoch: epoch (its index from 0), train_loss, val_loss and the "
+        "dataset's metrics",
     )
     lr_steps: LRSteps = Field(
         default_factory=list,
@@ -344,7 +345,9 @@ class TrainingRun(ResultModel):
     status: Status = "completed"
     reason: str | None = None
     resumed_from: int | None = Field(
-        None, description="the first epoch this process trained, when resumed from a checkpoint"
+        None,
+        description="the index (from 0) of the first epoch this process trained, when resumed "
+        "from a checkpoint",
     )
 
     def final(self, metric: str) -> float:

@@ -356,7 +356,9 @@ def train(
         base_lr: the LR at multiplier 1 (param groups scale it by their ``lr_mult``).
         lr_threshold: end the run once every group's LR is below this.
         on_epoch: ``on_epoch(epoch, record)`` after each epoch's evaluation; raise
-            :class:`StopTraining` in it to end the run as pruned.
+            :class:`StopTraining` in it to end the run as pruned. ``epoch`` is an index from
+            0, as ``record["epoch"]`` is; every message counts epochs from 1, as the
+            dashboard and the CLI do (the first epoch is "epoch 1").
         checkpoint: a file to save after every epoch and to resume from when it exists.
         seed: the initial weights' and the data order's seed (default: the job's seed);
             confirmation runs retrain a schedule on other seeds.
@@ -433,7 +435,7 @@ def _train(
     criterion = setup.bundle.loss_fn()
     batches = setup.train_batches(order)
     for epoch in range(start, epochs):
-        check_stop(f"before epoch {epoch}")  # the last epoch's checkpoint is saved
+        check_stop(f"before epoch {epoch + 1}")  # the last epoch's checkpoint is saved
         prepare_to_train(optimizer)
         try:
             train_loss = _train_epoch(setup, state, batches, criterion, run, looks.at(epoch))
@@ -441,7 +443,7 @@ def _train(
             run.status, run.reason = "pruned", str(stop)
             break
         if train_loss is None:
-            run.status, run.reason = "diverged", f"non-finite training loss in epoch {epoch}"
+            run.status, run.reason = "diverged", f"non-finite training loss in epoch {epoch + 1}"
             break
         prepare_to_evaluate(  # schedule-free: evaluate (and checkpoint) the averaged weights
             optimizer,
@@ -452,7 +454,7 @@ def _train(
         record = {"epoch": epoch, "train_loss": train_loss, **_evaluate(setup, model)}
         run.epochs.append(record)
         if not math.isfinite(record["val_loss"]):
-            run.status, run.reason = "diverged", f"non-finite validation loss in epoch {epoch}"
+            run.status, run.reason = "diverged", f"non-finite validation loss in epoch {epoch + 1}"
             break
         driver.after_epoch(record["val_loss"])
         if checkpoint is not None:
@@ -461,11 +463,11 @@ def _train(
             try:
                 on_epoch(epoch, record)
             except StopTraining as stop:
-                run.status, run.reason = "pruned", str(stop) or f"pruned after epoch {epoch}"
+                run.status, run.reason = "pruned", str(stop) or f"pruned after epoch {epoch + 1}"
                 break
         if lr_threshold is not None and all(lr < lr_threshold for lr in driver.last_lrs()):
             run.status = "lr_threshold"
-            run.reason = f"every group's LR fell below {lr_threshold:g} after epoch {epoch}"
+            run.reason = f"every group's LR fell below {lr_threshold:g} after epoch {epoch + 1}"
             break
     return run
 
@@ -488,7 +490,7 @@ class _StopLooks:
         if now < self._next_at:
             return
         self._next_at = now + self.every_s
-        check_stop(f"in epoch {epoch}, which a resumed run redoes")
+        check_stop(f"in epoch {epoch + 1}, which a resumed run redoes")
         why = self.reason() if self.reason is not None else None
         if why is not None:
             raise StopTraining(why)

@@ -89,7 +89,7 @@ def _reference_run(
             lr_steps.append([float(g["lr"]) for g in optimizer.param_groups])
             loss = batch_loss(model, move_to(batch, setup.device), criterion)
             if not torch.isfinite(loss):
-                return records, lr_steps, f"non-finite training loss in epoch {epoch}"
+                return records, lr_steps, f"non-finite training loss in epoch {epoch + 1}"
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -107,7 +107,7 @@ def _reference_run(
         record |= {"val_loss": loss_sum / len(y), "accuracy": hits / len(y)}
         records.append(record)
         if not math.isfinite(record["val_loss"]):
-            return records, lr_steps, f"non-finite validation loss in epoch {epoch}"
+            return records, lr_steps, f"non-finite validation loss in epoch {epoch + 1}"
         driver.after_epoch(record["val_loss"])
     return records, lr_steps, None
 
@@ -116,8 +116,8 @@ def _reference_run(
     ("family", "base_lr", "outcome"),
     [
         ("cosine", 0.05, None),
-        ("constant", 10.0, "training loss in epoch 2"),
-        ("constant", 300.0, "validation loss in epoch 0"),
+        ("constant", 10.0, "training loss in epoch 3"),  # counted from 1
+        ("constant", 300.0, "validation loss in epoch 1"),
     ],
 )
 def test_cpu_runs_are_bit_for_bit_the_dataloader_loops_also_when_they_diverge(

@@ -66,9 +66,10 @@ def test_lr_threshold_stops_once_every_group_is_below_it() -> None:
     setup = make_setup()
     schedule = parse_schedule({"family": "exponential", "gamma": 0.1})
     run = train(setup, schedule, base_lr=0.1, epochs=10, lr_threshold=5e-4)
-    # LR after epoch e is 0.1 * 0.1**(e + 1): 1e-2, 1e-3, 1e-4 < 5e-4 -> stop after epoch 2.
+    # LR after epoch e (from 1) is 0.1 * 0.1**e: 1e-2, 1e-3, 1e-4 < 5e-4 -> stop after epoch 3.
     assert run.status == "lr_threshold"
     assert len(run.epochs) == 3
+    assert run.reason.endswith("after epoch 3")  # counted from 1, as the dashboard counts
     assert "5e-04" in run.reason or "0.0005" in run.reason
 
 
@@ -138,21 +139,21 @@ def test_a_run_stopped_mid_epoch_redoes_that_epoch_and_ends_exactly_as_an_uninte
     uninterrupted = train(setup, schedule, base_lr=0.05, epochs=4)
     looks: list[int] = []
 
-    def signal_in_epoch_2() -> None:  # a SIGTERM arriving mid-epoch, as a worker's handler does
+    def signal_in_the_third_epoch() -> None:  # a SIGTERM mid-epoch, as a worker's handler does
         looks.append(1)
         if len(looks) == 2 * setup.steps_per_epoch + 10:
             request_stop()
 
     checkpoint = tmp_path / "trial.pt"
     try:
-        with pytest.raises(StopRequested, match="in epoch 2"):
+        with pytest.raises(StopRequested, match="in epoch 3,"):  # messages count from 1
             train(
                 setup,
                 schedule,
                 base_lr=0.05,
                 epochs=4,
                 checkpoint=checkpoint,
-                stop_reason=signal_in_epoch_2,
+                stop_reason=signal_in_the_third_epoch,
                 stop_check_s=0,  # look before every batch
             )
     finally:
