@@ -61,6 +61,12 @@ MAX_YAML_VALUES = 10_000
 """Most values a YAML job file may hold, an alias counted each time it is used: a few hundred
 bytes of aliases of aliases (an alias bomb) would expand to billions."""
 
+UNIT_CHECK_S = 5.0
+"""Default seconds a run trains between its looks, within an epoch, at whether it must stop (a
+requested stop, its job cancelled): :func:`lrtune.training.train`'s ``stop_check_s`` and the
+workers' ``LRTUNE_UNIT_CHECK_S`` (:class:`lrtune.jobs.Settings`) both default to it. Here, not
+in :mod:`lrtune.training`, so that the job store's settings read it without importing torch."""
+
 Metric = Literal["val_loss", "accuracy", "mse"]
 BaselineName = Literal["constant_at_suggestion", "optimizer_default", "prodigy", "schedule_free"]
 DEFAULT_BASELINES: tuple[BaselineName, ...] = (

@@ -16,10 +16,10 @@ is a no-op and runs are bit-for-bit what they were without it.
 A process that wants its runs to end cleanly (a worker told to stop by SIGTERM) calls
 :func:`request_stop`: every run then raises :class:`StopRequested` at its next epoch boundary
 or, within an epoch, at its next look (at most every ``stop_check_s`` seconds, default
-:data:`STOP_CHECK_S`: one clock read a batch, no device sync), so a run with epochs of an hour
-still stops within seconds. The last finished epoch's checkpoint is on disk, so a later run
-resumes from there: an epoch interrupted mid-way is redone from its start, and the resumed run
-ends exactly as an uninterrupted one would.
+:data:`~lrtune.spec.UNIT_CHECK_S`: one clock read a batch, no device sync), so a run with
+epochs of an hour still stops within seconds. The last finished epoch's checkpoint is on
+disk, so a later run resumes from there: an epoch interrupted mid-way is redone from its
+start, and the resumed run ends exactly as an uninterrupted one would.
 
 Example:
     >>> from lrtune.spec import JobSpec, OptimizerSpec
@@ -58,7 +58,7 @@ from lrtune.lr_free import LRFreeName, prepare_to_evaluate, prepare_to_train
 from lrtune.registry import build_model, load_dataset
 from lrtune.result import TrainingRun
 from lrtune.schedules import ScheduleSpec, drive
-from lrtune.spec import JobSpec, OptimizerSpec
+from lrtune.spec import UNIT_CHECK_S, JobSpec, OptimizerSpec
 
 EpochHook = Callable[[int, dict[str, float]], None]
 StopReason = Callable[[], "str | None"]
@@ -71,10 +71,6 @@ DEVICE_DATA_FRACTION = 0.25
 this fraction of the device's free memory at setup; the rest is left for the model, its
 activations and other units on the same GPU. Data that does not fit stays in host memory and is
 copied batch by batch."""
-
-STOP_CHECK_S = 5.0
-"""Default seconds between a run's looks, within an epoch, at whether it must stop (a requested
-stop, or its ``stop_reason``); workers take ``LRTUNE_UNIT_CHECK_S`` instead."""
 
 
 class StopTraining(Exception):
@@ -348,7 +344,7 @@ def train(
     seed: int | None = None,
     lr_free: LRFreeName | None = None,
     stop_reason: StopReason | None = None,
-    stop_check_s: float = STOP_CHECK_S,
+    stop_check_s: float = UNIT_CHECK_S,
 ) -> TrainingRun:
     """Train the job's model for ``epochs`` under ``schedule`` from ``base_lr``.
 

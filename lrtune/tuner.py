@@ -118,10 +118,9 @@ from lrtune.space import (
     suggest_schedule,
     warm_starts,
 )
-from lrtune.spec import JobSpec
+from lrtune.spec import UNIT_CHECK_S, JobSpec
 from lrtune.storage import open_storage
 from lrtune.training import (
-    STOP_CHECK_S,
     StopReason,
     StopTraining,
     TrainingRun,
@@ -803,7 +802,7 @@ class TrialObjective:
         bounds: LRBounds,
         artifact_dir: Path | None = None,
         stop_unit: UnitStop | None = None,
-        unit_check_s: float = STOP_CHECK_S,
+        unit_check_s: float = UNIT_CHECK_S,
     ) -> None:
         self.setup = setup
         self.bounds = bounds
@@ -883,7 +882,7 @@ class ConfirmationObjective:
         search: optuna.Study,
         artifact_dir: Path | None = None,
         stop_unit: UnitStop | None = None,
-        unit_check_s: float = STOP_CHECK_S,
+        unit_check_s: float = UNIT_CHECK_S,
     ) -> None:
         self.setup = setup
         self.search = search
@@ -964,7 +963,7 @@ def run_trials(
     should_stop: Callable[[], bool] | None = None,
     gate: UnitGate | None = None,
     stop_unit: UnitStop | None = None,
-    unit_check_s: float = STOP_CHECK_S,
+    unit_check_s: float = UNIT_CHECK_S,
 ) -> None:
     """Run queued trials of a prepared study until the queue is empty (or time is up).
 
@@ -1002,7 +1001,7 @@ def run_confirmation(
     should_stop: Callable[[], bool] | None = None,
     gate: UnitGate | None = None,
     stop_unit: UnitStop | None = None,
-    unit_check_s: float = STOP_CHECK_S,
+    unit_check_s: float = UNIT_CHECK_S,
 ) -> bool:
     """Run the confirmation units of a searched study until none is left; True if it ran them.
 

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
 
 from lrtune._schema import run_length_decode, run_length_encode
 from lrtune.schedules import FAMILIES, parse_schedule, preview
-from lrtune.spec import JobSpec
+from lrtune.spec import UNIT_CHECK_S, JobSpec
 from lrtune.training import (
     StopRequested,
     TrainingSetup,
@@ -204,3 +206,11 @@ def test_run_length_encoding_round_trips() -> None:
     packed = run_length_encode(rows)
     assert packed == [[[0.1, 0.01], 3], [[0.05, 0.005], 1], [[0.1, 0.01], 2]]
     assert run_length_decode(packed) == rows
+
+
+def test_a_workers_default_look_interval_is_the_librarys() -> None:
+    """``LRTUNE_UNIT_CHECK_S`` unset, a worker's units look as often as ``train()``'s do."""
+    from lrtune.jobs import Settings
+
+    default = inspect.signature(train).parameters["stop_check_s"].default
+    assert Settings().unit_check_s == default == UNIT_CHECK_S

@@ -31,7 +31,8 @@ while its last heartbeat is younger than ``LIVE_HEARTBEATS`` (3) of its own inte
 trials beat Optuna's heartbeat every ``trial_heartbeat_s`` seconds (default 20 s) and go stale,
 to be retried by another worker, after three missed beats.
 
-A unit (a search trial or confirmation run) looks every ``unit_check_s`` seconds (default 5),
+A unit (a search trial or confirmation run) looks every ``unit_check_s`` seconds (default 5:
+:data:`lrtune.spec.UNIT_CHECK_S`, which :func:`lrtune.training.train` defaults to too),
 also within an epoch, whether its worker was told to stop (SIGTERM) or its job ended: an epoch
 of an hour does not hold up a stop or a cancel.
 
@@ -66,6 +67,7 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lrtune.exceptions import InvalidInputError, describe_validation_error
+from lrtune.spec import UNIT_CHECK_S
 
 ENV_PREFIX = "LRTUNE_"
 DEFAULT_DATABASE_URL = "sqlite:///lrtune.db"
@@ -121,7 +123,7 @@ class Settings(BaseSettings):
         "failed, and queued again to resume from its checkpoint",
     )
     unit_check_s: float = Field(
-        5.0,
+        UNIT_CHECK_S,
         gt=0,
         description="most seconds a worker's unit trains between looks at whether to stop (a "
         "signal, its job cancelled), also within an epoch; a unit stopped by a signal resumes "
