@@ -1,31 +1,45 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
 # Both create .venv and install torch from constraints.txt first, so that
-# pip never resolves an unpinned (multi-GB CUDA) torch.
+# pip never resolves an unpinned (multi-GB CUDA) torch. `make demo` then installs lrtune
+# alone (what the demo runs); `make test`, `lint`, `test-slow` and `bench` install it with the
+# dev and bench extras (pytest, ruff, playwright, schemathesis, torch-lr-finder, ...).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 PYTEST_ARGS ?=
 # make test runs its tests in 2 processes (pytest-xdist; each has its own PostgreSQL scratch
 # database); the slow ones, timing-sensitive fleets and restarts, run one at a time.
 TEST_PROCESSES ?= 2
 
-.PHONY: setup demo test test-slow lint bench clean
+.PHONY: setup demo-setup demo test test-slow lint bench clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+demo-setup: $(DEMO_STAMP)
+
+$(PY):
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
+
+# lrtune with the dev and bench extras; it holds everything the demo needs too.
+$(STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e '.[dev,bench]'
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
+
+# lrtune and its dependencies only: the demo's store is SQLite, so not even the postgres extra.
+$(DEMO_STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e .
+	touch $(DEMO_STAMP)
 
 # The service on 127.0.0.1:8000 with an embedded worker; submits the built-in job over HTTP,
 # prints the dashboard's URL and the recommendation, keeps serving until Ctrl-C.
 # `make demo DEMO_ARGS=--exit-when-done` stops once the recommendation has arrived.
 DEMO_ARGS ?=
-demo: setup
+demo: demo-setup
 	$(VENV)/bin/lrtune serve --database sqlite:///out/lrtune.db \
 		--submit examples/digits_mlp.yaml $(DEMO_ARGS)
 
