@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lrtune.exceptions import InvalidInputError, describe_validation_error
-from lrtune.sequential import MAX_LAYERS, Layer, check_structure, plan_layers
+from lrtune.sequential import MAX_LAYERS, Layer, check_structure, check_token_ids, plan_layers
 
 MAX_SEED = 2**31 - 1
 """The largest seed lrtune takes anywhere (job, dataset split, model init): every RNG accepts it."""
@@ -125,6 +125,13 @@ class SequentialParams(FactoryParams):
         """Raise :class:`~lrtune.sequential.LayerShapeError` (an ``InvalidInputError``) unless
         the layers fit ``input_shape`` and end in ``(output_dim,)`` within the caps."""
         plan_layers(self, input_shape, output_dim)
+
+    def check_token_ids(
+        self, max_value: float, min_value: float | None = None, integral: bool | None = None
+    ) -> None:
+        """Raise :class:`~lrtune.sequential.LayerShapeError` if an ``embedding`` fed the
+        input would get ids outside its vocabulary (:func:`lrtune.sequential.check_token_ids`)."""
+        check_token_ids(self.layers, max_value, min_value, integral)
 
 
 # --- datasets ----------------------------------------------------------------------------------

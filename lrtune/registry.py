@@ -322,6 +322,56 @@ def validate_model_params(
         parsed.check_shapes(tuple(shapes[0]))
 
 
+def check_token_range(
+    model_name: str,
+    model_params: Mapping[str, Any] | None,
+    max_input_value: float | None,
+    min_input_value: float | None = None,
+    integer_valued: bool | None = None,
+) -> None:
+    """Check that a model's embeddings can take the data's values as token ids; no torch.
+
+    For an uploaded dataset, pass its stored range (:class:`lrtune.jobs.DatasetUpload`'s
+    ``x_max``, ``x_min`` and ``x_integral``); ``None`` (an upload stored before lrtune kept
+    them) is not checked. Only a built-in ``sequential`` model whose input reaches an
+    ``embedding`` unchanged is checked (:func:`lrtune.sequential.check_token_ids`): every
+    other model takes any values, and a plugin's params (or a name no one registered) are
+    not this check's to judge. Call it after
+    :func:`validate_model_params`, which says what is wrong with params that do not parse.
+
+    Raises:
+        InvalidInputError: a :class:`~lrtune.sequential.LayerShapeError`: the largest value is
+            ``num_embeddings`` or more (``loc`` ``("layers", i, "embedding",
+            "num_embeddings")``, the path inside the params; the message says the largest
+            token id, the vocabulary and the ``num_embeddings`` that fits), or a value is
+            negative or fractional (``loc`` the embedding layer's path).
+
+    Example:
+        >>> params = {"layers": [
+        ...     {"type": "embedding", "num_embeddings": 1000, "embedding_dim": 16},
+        ...     {"type": "sequence_pool"},
+        ...     {"type": "linear", "out_features": 2},
+        ... ]}
+        >>> check_token_range("sequential", params, 999.0, 0.0, True)  # ids 0..999 fit
+        >>> try:
+        ...     check_token_range("sequential", params, 1500.0)
+        ... except InvalidInputError as exc:
+        ...     print(exc.loc)
+        ...     print(exc)
+        ('layers', 0, 'embedding', 'num_embeddings')
+        invalid params for model 'sequential': layers.0.embedding.num_embeddings=1000: the \
+data's largest token id is 1500, outside the vocabulary's ids 0..999: set num_embeddings to at \
+least 1501, or map the data's ids below 1000
+    """
+    builtin = isinstance(model_name, str) and _models.is_builtin(model_name)
+    schema = MODEL_PARAMS.get(model_name) if builtin else None
+    if max_input_value is None or schema is not SequentialParams:
+        return
+    parsed = _validate_params(schema, "model", model_name, model_params)
+    assert isinstance(parsed, SequentialParams)
+    parsed.check_token_ids(max_input_value, min_input_value, integer_valued)
+
+
 def validate_dataset_params(name: str, params: Mapping[str, Any] | None) -> None:
     """Check that ``name`` is a dataset and, for a built-in, that ``params`` fit it; no torch.
 

@@ -570,6 +570,68 @@ def _step(layer: _Layer, shape: Shape, where: tuple[str | int, ...]) -> Step:
     return Step(layer, where, shape, out, layer.count_params(shape))
 
 
+def check_token_ids(
+    layers: Sequence[_Layer],
+    max_value: float,
+    min_value: float | None = None,
+    integral: bool | None = None,
+) -> None:
+    """Check the data's values against each ``embedding`` layer that is fed them as token ids.
+
+    Those are the embeddings the input reaches unchanged: through ``reshape`` and ``flatten``
+    only, or as the first layers of a ``residual`` block there. An embedding deeper in the model
+    sees computed values, which no upload can tell. ``max_value`` (``min_value``) is the
+    data's largest (smallest) value and ``integral`` whether every value is a whole number;
+    ``None`` is not checked.
+
+    Raises:
+        LayerShapeError: an id would be ``num_embeddings`` or more, negative, or fractional;
+            ``loc`` is the embedding's path (``("layers", 0, "embedding", "num_embeddings")``
+            for too small a vocabulary) and the message says the value and what to change.
+    """
+    for where, embedding in _input_embeddings(layers, ("layers",)):
+        if integral is False:
+            raise LayerShapeError(
+                where,
+                f"{_dotted(where)}: the data holds fractional values, and an embedding takes "
+                "whole-number token ids: upload token ids, or start with a linear layer for "
+                "real-valued features",
+            )
+        if min_value is not None and min_value < 0:
+            raise LayerShapeError(
+                where,
+                f"{_dotted(where)}: the data's smallest value is {_number(min_value)}, and "
+                "token ids start at 0: shift the data's ids to start at 0, or start with a "
+                "linear layer for real-valued features",
+            )
+        vocabulary = embedding.num_embeddings
+        if max_value >= vocabulary:
+            loc = (*where, "num_embeddings")
+            raise LayerShapeError(
+                loc,
+                f"{_dotted(loc)}={vocabulary}: the data's largest token id is "
+                f"{_number(max_value)}, outside the vocabulary's ids 0..{vocabulary - 1}: set "
+                f"num_embeddings to at least {math.floor(max_value) + 1}, or map the data's "
+                f"ids below {vocabulary}",
+            )
+
+
+def _input_embeddings(
+    layers: Sequence[_Layer], loc: tuple[str | int, ...]
+) -> list[tuple[tuple[str | int, ...], Embedding]]:
+    """The embeddings among ``layers`` that the input reaches with its values unchanged."""
+    found: list[tuple[tuple[str | int, ...], Embedding]] = []
+    for index, layer in enumerate(layers):
+        where = (*loc, index, layer.type)  # type: ignore[attr-defined]
+        if isinstance(layer, Embedding):
+            found.append((where, layer))
+        elif isinstance(layer, Residual):
+            found += _input_embeddings(layer.layers, (*where, "layers"))
+        if not isinstance(layer, Reshape | Flatten):
+            break
+    return found
+
+
 def _head_problem(shape: Shape, output_dim: int) -> str:
     head = f'{{"type": "linear", "out_features": {output_dim}}}'
     if len(shape) == 1:
@@ -621,6 +683,11 @@ def _windowed(
 
 def _side(sizes: Sequence[int]) -> str:
     return "x".join(map(str, sizes))
+
+
+def _number(value: float) -> str:
+    """A data value as a user wrote it: ``1500``, not ``1500.0`` or ``1.5e+03``."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def _dotted(loc: tuple[str | int, ...]) -> str:

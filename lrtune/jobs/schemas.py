@@ -418,6 +418,19 @@ class DatasetUpload(ResultModel):
     task: Literal["classification", "regression"]
     x_shape: list[int] = Field(description="the features' shape, samples first")
     n_classes: int | None = Field(description="classes of a classification target; else null")
+    x_min: float | None = Field(
+        None,
+        description="the smallest feature value; null for an upload stored before lrtune "
+        "recorded it (upload the same data again to record it)",
+    )
+    x_max: float | None = Field(
+        None,
+        description="the largest feature value: as token ids, an embedding's num_embeddings "
+        "must be above it; null as x_min",
+    )
+    x_integral: bool | None = Field(
+        None, description="whether every feature value is a whole number; null as x_min"
+    )
     bytes: int = Field(description="the stored size (a compressed .npz)")
     created_at: UtcDatetime
 

@@ -19,7 +19,9 @@ two schemas, and any other application's, never collide; lrtune's alembic revisi
   stopped, and the plugin registry it serves.
 - ``lrtune_job_events``: append-only; its ids grow, so a reader resumes from the last id seen.
 - ``lrtune_uploads``: content-addressed uploads (``id``: SHA-256 hex of the canonical data),
-  each with its bytes (``data``, an ``.npz``) and what a submit checks without reading them;
+  each with its bytes (``data``, an ``.npz``) and what a submit checks without reading them:
+  shapes, and the range of the features' values (``x_min``, ``x_max``, ``x_integral``: the
+  token ids an embedding would see; NULL on rows stored before revision 0007);
   ``kind`` is ``dataset`` (the column leaves room for other kinds of upload).
 
 Deleting a job deletes its results and events (``ON DELETE CASCADE``; SQLite enforces it
@@ -285,6 +287,9 @@ class Upload(Base):
     task: Mapped[str | None] = mapped_column(String(16))
     x_shape: Mapped[list[Any]] = mapped_column(JSON)
     n_classes: Mapped[int | None]
+    x_min: Mapped[float | None] = mapped_column(Float)
+    x_max: Mapped[float | None] = mapped_column(Float)
+    x_integral: Mapped[bool | None] = mapped_column(Boolean)
     bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(server_default=utcnow())
     data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)

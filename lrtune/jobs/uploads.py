@@ -7,7 +7,9 @@ upload was checked into (:class:`lrtune.uploads.UploadedArrays`) in ``lrtune_upl
 Contract:
 
 - :meth:`DatasetUploads.save` stores arrays under their id (the SHA-256 of their canonical
-  form); saving the same data again stores nothing and returns the first row (its name too).
+  form), with the range of the features' values (:func:`value_range`: what a submit checks an
+  embedding's vocabulary against); saving the same data again stores nothing and returns the
+  first row (its name too), filling in the range if the row predates it.
 - A job names an upload as ``{"name": "uploaded", "params": {"id": ...}}``
   (:data:`UPLOADED`); :meth:`DatasetUploads.bundle` reads it back, checked again, and splits
   it like a built-in dataset.
@@ -28,6 +30,8 @@ Example:
     >>> upload, created = store.uploads.save(arrays, name="toy")
     >>> created, upload.task, upload.x_shape, upload.n_classes
     (True, 'classification', [20, 3], 2)
+    >>> upload.x_min, upload.x_max, upload.x_integral
+    (0.0, 59.0, True)
     >>> store.uploads.save(arrays, name="again")[1]
     False
     >>> store.uploads.bundle(upload.id, {"val_fraction": 0.25}).input_shape
@@ -44,7 +48,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, select
+import numpy as np
+from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Engine
 
 from lrtune.exceptions import ConflictError, NotFoundError
@@ -60,6 +65,7 @@ UPLOADED = "uploaded"
 """The dataset name a job spec gives an uploaded dataset (its ``params.id`` says which)."""
 MAX_LISTED = 1000
 _STORED_ARRAYS_CAP = 1 << 32  # stored arrays were checked against the upload cap already
+_RANGE_CHUNK_VALUES = 1 << 20  # value_range reads this many values at a time
 
 _UNFINISHED = [status.value for status in JobStatus if not status.finished]
 
@@ -76,7 +82,7 @@ class DatasetUploads:
         upload_id = arrays.id
         existing = self._row(upload_id)
         if existing is not None:
-            return existing, False
+            return self._with_range(existing, arrays), False
         blob = arrays.to_npz()
         row = tables.Upload(
             id=upload_id,
@@ -85,6 +91,7 @@ class DatasetUploads:
             task=arrays.task,
             x_shape=list(arrays.x.shape),
             n_classes=arrays.n_classes,
+            **value_range(arrays.x),
             bytes=len(blob),
             data=blob,
         )
@@ -164,10 +171,47 @@ class DatasetUploads:
                 )
             s.execute(delete(tables.Upload).where(tables.Upload.id == upload_id))
 
+    def _with_range(self, upload: DatasetUpload, arrays: UploadedArrays) -> DatasetUpload:
+        """The row, its value range filled in from ``arrays`` if it was stored without one
+        (before revision 0007)."""
+        if upload.x_max is not None:
+            return upload
+        found = value_range(arrays.x)
+        query = update(tables.Upload).where(
+            tables.Upload.id == upload.id, tables.Upload.x_max.is_(None)
+        )
+        with session(self._engine, write=True) as s:
+            s.execute(query.values(**found))
+        return upload.model_copy(update=found)
+
     def _row(self, upload_id: str) -> DatasetUpload | None:
         with session(self._engine, write=False) as s:
             row = s.get(tables.Upload, upload_id)
             return _record(row) if row is not None and row.kind == "dataset" else None
+
+
+def value_range(x: np.ndarray) -> dict[str, Any]:
+    """The smallest and largest value of checked features ``x`` (finite float32) and whether
+    all are whole numbers, as the row's ``x_min``, ``x_max`` and ``x_integral``.
+
+    Read a chunk of rows at a time, so a large upload costs no full-size temporary copy.
+
+    Example:
+        >>> value_range(np.array([[0.0, 3.0], [7.0, 2.0]], dtype=np.float32))
+        {'x_min': 0.0, 'x_max': 7.0, 'x_integral': True}
+        >>> value_range(np.array([[-1.5]], dtype=np.float32))
+        {'x_min': -1.5, 'x_max': -1.5, 'x_integral': False}
+    """
+    flat = x.reshape(len(x), -1)
+    if flat.size == 0:
+        return {"x_min": None, "x_max": None, "x_integral": None}
+    rows = max(1, _RANGE_CHUNK_VALUES // max(1, flat.shape[1]))
+    low, high, integral = np.inf, -np.inf, True
+    for start in range(0, len(flat), rows):
+        chunk = flat[start : start + rows]
+        low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
+        integral = integral and bool(np.array_equal(np.floor(chunk), chunk))
+    return {"x_min": low, "x_max": high, "x_integral": integral}
 
 
 def hold_upload(s: Any, dataset: Mapping[str, Any]) -> None:
@@ -219,6 +263,9 @@ def _record(row: tables.Upload) -> DatasetUpload:
         task=row.task,
         x_shape=list(row.x_shape),
         n_classes=row.n_classes,
+        x_min=row.x_min,
+        x_max=row.x_max,
+        x_integral=row.x_integral,
         bytes=row.bytes,
         created_at=row.created_at,
     )
