@@ -14,7 +14,6 @@ the API's fields, so that the API, the store it opens and the workers read one s
 - ``LRTUNE_MAX_BODY_BYTES``: request bodies above it are refused with 413.
 - ``LRTUNE_MAX_UPLOAD_BYTES``: the cap of a dataset upload's body (``POST /v1/datasets``), and
   of its arrays once decoded; above it, 413 (or 422 for arrays that decode larger).
-- ``LRTUNE_MAX_QUEUED_JOBS``: a submit that finds this many jobs queued is refused with 429.
 - ``LRTUNE_HOST``/``LRTUNE_PORT``: where ``uvicorn`` binds (loopback by default).
 - ``LRTUNE_ALLOWED_HOSTS``: the host names a request's ``Host`` header may carry, comma
   separated (``*.example.com`` matches a suffix, ``*`` any); unset: bound to loopback, the
@@ -127,9 +126,6 @@ class Settings(StoreSettings):
         ge=1024,
         description="largest dataset upload accepted (the body, and its arrays decoded); "
         "larger ones get 413",
-    )
-    max_queued_jobs: int = Field(
-        1000, ge=1, description="queued jobs above which a submit is refused with 429"
     )
     host: str = Field("127.0.0.1", min_length=1, description="address the API binds")
     allowed_hosts: Annotated[list[str] | None, NoDecode] = Field(

@@ -11,6 +11,7 @@ Every error response has the body :class:`~lrtune.api.schemas.ErrorBody`: a one-
 - :class:`~lrtune.exceptions.ConflictError`: 409; so is its
   :class:`~lrtune.exceptions.UnreadableRecordError` (a job stored before lrtune refused what
   it holds: the request is fine, the stored row cannot be served);
+- :class:`~lrtune.exceptions.QueueFullError`: 429 with its ``Retry-After``;
 - :class:`~lrtune.exceptions.StorageUnavailableError`: 503 with ``Retry-After``;
 - Starlette's ``HTTPException`` (401, 413, 429, ...): its status, in the same body; but a
   JSON body that is not UTF-8 (FastAPI's bare 400) is a 422 like any other invalid body, and
@@ -46,6 +47,7 @@ from lrtune.exceptions import (
     InvalidInputError,
     LRTuneError,
     NotFoundError,
+    QueueFullError,
     StorageUnavailableError,
     describe_validation_error,
 )
@@ -80,6 +82,8 @@ def status_of(exc: LRTuneError) -> int:
         return 422
     if isinstance(exc, ConflictError):
         return 409
+    if isinstance(exc, QueueFullError):
+        return 429
     if isinstance(exc, StorageUnavailableError):
         return 503
     return 500
@@ -104,6 +108,8 @@ async def _lrtune_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, LRTuneError)
     status = status_of(exc)
     headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    if isinstance(exc, QueueFullError):
+        headers = {"Retry-After": str(exc.retry_after_s)}
     if status >= 500:
         _logger.warning(
             "path=%s event=error status=%d kind=%s error=%s",

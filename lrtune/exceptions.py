@@ -3,8 +3,8 @@
 Callers tell the kinds apart by class, not by message: the CLI prints any :class:`LRTuneError`
 as one line, and an HTTP layer maps the classes to status codes in one place
 (:class:`InvalidInputError` 422, :class:`NotFoundError` 404, :class:`ConflictError` 409, its
-:class:`UnreadableRecordError` too, :class:`StorageUnavailableError` 503). Anything else that
-escapes lrtune is a bug.
+:class:`UnreadableRecordError` too, :class:`QueueFullError` 429, :class:`StorageUnavailableError`
+503). Anything else that escapes lrtune is a bug.
 :class:`NotFoundError` is a subclass of :class:`InvalidInputError` (the unknown name came from
 the caller's input), so a mapping must test it first.
 
@@ -39,8 +39,23 @@ class LRTuneError(Exception):
 class InvalidInputError(LRTuneError, ValueError):
     """The caller's input is wrong (a spec, a param, a URL); the message names it and the fix.
 
-    Retrying the same input fails the same way.
+    Retrying the same input fails the same way. Where the input is a document (a job spec),
+    ``loc`` may name the field to change, as pydantic writes paths (``("model", "params",
+    "layers", 2)``; empty: the input as a whole), and ``kind`` the kind of problem for a
+    machine (``"unknown_name"``); an HTTP layer reports both.
     """
+
+    loc: tuple[str | int, ...] = ()
+    kind: str = "value_error"
+
+    def __init__(
+        self, *args: object, loc: tuple[str | int, ...] | None = None, kind: str | None = None
+    ) -> None:
+        super().__init__(*args)
+        if loc is not None:
+            self.loc = tuple(loc)
+        if kind is not None:
+            self.kind = kind
 
 
 class NotFoundError(InvalidInputError, LookupError):
@@ -75,6 +90,20 @@ class UnreadableRecordError(ConflictError):
     A :class:`ConflictError`: the request is fine, the stored state is what it cannot serve.
     Lists leave such records out and name them, so one bad row never hides the others.
     """
+
+
+class QueueFullError(LRTuneError):
+    """The job store holds as many queued jobs as it admits (``LRTUNE_MAX_QUEUED_JOBS``).
+
+    Retrying after ``retry_after_s`` seconds, once workers have taken some, may succeed.
+    """
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self) -> tuple[type, tuple[str, int]]:
+        return type(self), (str(self), self.retry_after_s)
 
 
 class StorageUnavailableError(LRTuneError):

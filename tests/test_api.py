@@ -28,7 +28,7 @@ from test_imports import heavy_modules_after
 from lrtune.api import Settings, create_app
 from lrtune.api.schemas import RecommendationMatch
 from lrtune.exceptions import InvalidInputError
-from lrtune.jobs import JobStore, PluginRegistry, WorkerRegistration, upgrade
+from lrtune.jobs import JobStore, PluginRegistry, WorkerRegistration, tables, upgrade
 from lrtune.recommendation import Recommendation
 from lrtune.spec import JobSpec
 
@@ -336,8 +336,12 @@ def test_a_job_stored_with_a_nul_before_the_api_refused_one_still_reads(
     api: httpx.Client, store: JobStore
 ) -> None:
     groups = [{"prefix": "0\u0000", "lr_mult": 2}]
-    spec = JobSpec.model_validate({**MINIMAL, "param_groups": groups})
-    job = store.submit(spec)  # what a submit stored before
+    job = store.submit(JobSpec.model_validate(MINIMAL))
+    stored = {**job.spec.model_dump(mode="json"), "param_groups": groups}
+    engine = sa.create_engine(store.url)
+    with engine.begin() as conn:  # what a submit stored before the check
+        conn.execute(sa.update(tables.Job).where(tables.Job.id == job.id).values(spec=stored))
+    engine.dispose()
     assert api.get(f"/v1/jobs/{job.id}").json()["spec"]["param_groups"][0]["prefix"] == "0\u0000"
     assert [j["id"] for j in api.get("/v1/jobs").json()["data"]] == [job.id]
 

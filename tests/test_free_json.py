@@ -107,7 +107,7 @@ def test_params_nested_to_the_cap_are_accepted_and_read_back(
 
 def stored_before_the_check(store: JobStore, params: dict[str, Any]) -> str:
     """A job whose params the spec refuses today, stored as a submit stored it before."""
-    job = store.submit(JobSpec.model_validate({"model": {"name": "plugin_mlp"}, "dataset": WINE}))
+    job = store.submit(JobSpec.model_validate({"model": {"name": "logreg"}, "dataset": WINE}))
     spec = job.spec.model_dump(mode="json")
     spec["model"]["params"] = params
     with get_engine(store.url).begin() as conn:

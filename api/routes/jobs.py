@@ -7,11 +7,12 @@ are (:class:`~lrtune.jobs.JobRecord`, :class:`~lrtune.jobs.JobPage`,
 call never blocks the event loop; the event stream is ``async`` and calls the store through
 :func:`~starlette.concurrency.run_in_threadpool`.
 
-Submitting checks what the spec's schema cannot: that the model and dataset names are in the
-registry and their params fit (422 at ``body.model.name`` and so on), and that fewer than
-``LRTUNE_MAX_QUEUED_JOBS`` jobs are queued (429 otherwise), and that the job's estimated memory
-and compute fit ``LRTUNE_MAX_JOB_GB`` and ``LRTUNE_MAX_JOB_TFLOPS`` (422 at the field to change,
-e.g. ``body.range_test.seeds``, saying the estimate and the cap: :mod:`lrtune.footprint`).
+Submitting checks what the spec's schema cannot in the store, as every way in does
+(:mod:`lrtune.jobs.admission`): that the model and dataset names are in the registry and their
+params fit (422 at ``body.model.name`` and so on), that fewer than ``LRTUNE_MAX_QUEUED_JOBS``
+jobs are queued (429 otherwise), and that the job's estimated memory and compute fit
+``LRTUNE_MAX_JOB_GB`` and ``LRTUNE_MAX_JOB_TFLOPS`` (422 at the field to change, e.g.
+``body.range_test.seeds``, saying the estimate and the cap: :mod:`lrtune.footprint`).
 
 The event stream (``GET /v1/jobs/{id}/events``) is Server-Sent Events: each event's SSE ``id``
 is its store id and its ``data`` the :class:`~lrtune.jobs.JobEvent` JSON; a client resumes with
@@ -28,7 +29,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -37,7 +37,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
 
 from lrtune.api.cache import CachedBody
 from lrtune.api.deps import IfNoneMatch, ReadAuth, ResponsesDep, SettingsDep, StoreDep, WriteAuth
@@ -45,7 +44,6 @@ from lrtune.api.errors import FieldInvalid
 from lrtune.api.routes._docs import NOT_MODIFIED, error_responses
 from lrtune.api.schemas import ErrorBody
 from lrtune.exceptions import InvalidInputError, NotFoundError, StorageUnavailableError
-from lrtune.footprint import JobTooLargeError
 from lrtune.jobs import (
     JobEvent,
     JobPage,
@@ -55,16 +53,7 @@ from lrtune.jobs import (
     StoredRecommendation,
     Submission,
 )
-from lrtune.jobs.schemas import DatasetUpload
 from lrtune.jobs.store import MAX_NAME_LENGTH, MAX_PAGE
-from lrtune.jobs.uploads import UPLOADED
-from lrtune.params import UploadedParams
-from lrtune.registry import (
-    UnknownNameError,
-    dataset_shapes,
-    validate_dataset_params,
-    validate_model_params,
-)
 from lrtune.schedules import MAX_RUN_EPOCHS, MAX_RUN_STEPS_PER_EPOCH
 from lrtune.spec import JobSpec
 
@@ -206,18 +195,12 @@ def submit_job(
 ) -> Submission:
     """Queue a job for the spec; 201 with the job and its path in `Location`, or 200 with an
     earlier job's answer when `reuse` finds one."""
-    check_text(spec)
-    check_registry(spec, store)
-    if not (reuse and store.reusable(spec)):  # a reused answer queues nothing
-        check_queue_room(store, settings.max_queued_jobs)
     try:
         job = store.submit(spec, name=name, reuse=reuse)
-    except JobTooLargeError as exc:  # its estimate is above LRTUNE_MAX_JOB_GB or _TFLOPS
-        raise FieldInvalid(["body", *exc.loc], str(exc), "job_too_large") from None
-    except NotFoundError as exc:  # its upload was deleted since check_registry read it
-        if spec.dataset.name != UPLOADED:
+    except InvalidInputError as exc:  # refused at admission (lrtune.jobs.admission)
+        if not exc.loc:
             raise
-        raise _unknown_upload(exc) from None
+        raise FieldInvalid(["body", *exc.loc], str(exc), exc.kind) from None
     if job.reused_from is not None:
         response.status_code = 200
     response.headers["Location"] = request.url_for("get_job", job_id=job.id).path  # no Host
@@ -412,126 +395,3 @@ async def event_stream(
 
 def _end(payload: dict[str, str]) -> ServerSentEvent:
     return ServerSentEvent(json.dumps(payload), event="end")
-
-
-def check_text(spec: JobSpec) -> None:
-    """Refuse a spec with a NUL character in any of its strings (params' keys included).
-
-    The store keeps the spec, and workers its parts (names, params) in Optuna's tables, as
-    text, which PostgreSQL refuses to hold a NUL in; a stored job reads back as it was, so the
-    check is made here, on what a client submits.
-
-    Raises:
-        FieldInvalid: at the string's path, e.g. ``body.model.params.act``.
-    """
-    where = nul_path(spec.model_dump(mode="json"))
-    if where is not None:
-        field = ".".join(map(str, where))
-        raise FieldInvalid(
-            ["body", *where],
-            f"{field} holds a NUL character (\\u0000), which the job store cannot keep: remove it",
-            "string_nul",
-        )
-
-
-def nul_path(value: Any) -> tuple[str | int, ...] | None:
-    """The path to the first string in JSON ``value`` that holds a NUL, or None.
-
-    >>> nul_path({"model": {"params": {"hidden": [4, "8" + chr(0)]}}}), nul_path(["ok"])
-    (('model', 'params', 'hidden', 1), None)
-    """
-    if isinstance(value, str):
-        return () if "\x00" in value else None
-    items: list[tuple[str | int, Any]] = []
-    if isinstance(value, dict):
-        items = [(k, k) for k in value if "\x00" in k] + list(value.items())
-    elif isinstance(value, list):
-        items = list(enumerate(value))
-    for key, item in items:
-        inner = nul_path(item)
-        if inner is not None:
-            return (key, *inner)
-    return None
-
-
-def check_registry(spec: JobSpec, store: JobStore) -> None:
-    """Refuse a spec whose model or dataset no one can build, or whose params misfit.
-
-    A name is known when this process's registry has it (built-ins and plugins installed
-    beside the API) or a live worker registered it (:meth:`JobStore.known_registry`: a plugin
-    installed only on the workers, whose params the worker checks when it runs the job). A
-    built-in model whose layers depend on the data (``sequential``) is checked against a
-    built-in dataset's shapes here, with the path of the layer that does not fit, or against
-    an uploaded dataset's stored shapes (``uploaded``: its ``params.id`` must be in the store).
-
-    Raises:
-        FieldInvalid: at ``body.model.name``/``body.dataset.name`` for an unknown name, at
-            ``body.model.params``/``body.dataset.params`` (or the layer's path inside them)
-            for params a built-in refuses (a ``cnn`` on inputs that are not 8x8 images), at
-            ``body.dataset.params.id`` for an unknown upload, at
-            ``body.dataset.params.val_fraction`` for an upload's split that cannot be
-            stratified (a part with fewer samples than classes).
-    """
-    shapes = None
-    with contextlib.suppress(InvalidInputError):  # the dataset's own check below says why
-        shapes = dataset_shapes(spec.dataset.name, spec.dataset.params)
-    upload = None
-    if spec.dataset.name == UPLOADED and isinstance(spec.dataset.params.get("id"), str):
-        upload = _upload(store, spec.dataset.params["id"])
-        shapes = upload.input_shape, upload.output_dim
-    checks = (
-        ("model", spec.model.name, spec.model.params, validate_model_params, (shapes,)),
-        ("dataset", spec.dataset.name, spec.dataset.params, validate_dataset_params, ()),
-    )
-    for kind, name, params, validate, extra in checks:
-        try:
-            validate(name, params, *extra)
-        except UnknownNameError as exc:
-            if name not in _worker_names(store, kind):
-                raise FieldInvalid(["body", kind, "name"], str(exc), "unknown_name") from None
-        except InvalidInputError as exc:
-            loc = ["body", kind, "params", *getattr(exc, "loc", ())]
-            raise FieldInvalid(loc, str(exc), "invalid_params") from None
-    if upload is not None:  # the split needs a sample of each class in each part
-        split = UploadedParams.model_validate(spec.dataset.params)
-        try:
-            split.check_split(upload.x_shape[0], upload.n_classes)
-        except InvalidInputError as exc:
-            loc = ["body", "dataset", "params", "val_fraction"]
-            raise FieldInvalid(loc, str(exc), "invalid_params") from None
-
-
-def _upload(store: JobStore, upload_id: str) -> DatasetUpload:
-    """An uploaded dataset's stored row (its shapes and classes)."""
-    try:
-        return store.uploads.get(upload_id)
-    except NotFoundError as exc:
-        raise _unknown_upload(exc) from None
-
-
-def _unknown_upload(exc: NotFoundError) -> FieldInvalid:
-    return FieldInvalid(
-        ["body", "dataset", "params", "id"],
-        f"{exc}: upload it first (POST /v1/datasets) and use the id it returns",
-        "unknown_upload",
-    )
-
-
-def _worker_names(store: JobStore, kind: str) -> set[str]:
-    """The model or dataset names the live workers' registries hold."""
-    known = store.known_registry()
-    return set(known.models if kind == "model" else known.datasets)
-
-
-def check_queue_room(store: JobStore, cap: int) -> None:
-    """Return if fewer than ``cap`` jobs are queued; else 429 with ``Retry-After``.
-
-    One count query. The cap is soft: two submits at once may both pass it by one.
-    """
-    queued = store.count(JobStatus.QUEUED)
-    if queued >= cap:
-        raise HTTPException(
-            429,
-            f"{queued} jobs are queued, the limit (LRTUNE_MAX_QUEUED_JOBS={cap}): retry later",
-            headers={"Retry-After": str(QUEUE_FULL_RETRY_S)},
-        )

@@ -36,10 +36,12 @@ A unit (a search trial or confirmation run) looks every ``unit_check_s`` seconds
 also within an epoch, whether its worker was told to stop (SIGTERM) or its job ended: an epoch
 of an hour does not hold up a stop or a cancel.
 
-Job size: a submit whose estimated peak memory is above ``max_job_gb`` (default 8 GB) or whose
-training compute is above ``max_job_tflops`` (default 10,000 TFLOPs) is refused
-(:mod:`lrtune.footprint`); a worker checks the estimate again against its device's free memory
-(``worker_free_memory_gb`` stands in for the measurement) before a unit of the job starts.
+Admission (:mod:`lrtune.jobs.admission`): a submit that finds ``max_queued_jobs`` jobs queued
+(default 1000) is refused, to be retried later. Job size: a submit whose estimated peak memory
+is above ``max_job_gb`` (default 8 GB) or whose training compute is above ``max_job_tflops``
+(default 10,000 TFLOPs) is refused (:mod:`lrtune.footprint`); a worker checks the estimate
+again against its device's free memory (``worker_free_memory_gb`` stands in for the
+measurement) before a unit of the job starts.
 
 Example:
     >>> import os
@@ -130,6 +132,11 @@ class Settings(BaseSettings):
         "from its last epoch's checkpoint",
     )
 
+    max_queued_jobs: int = Field(
+        1000,
+        ge=1,
+        description="queued jobs above which a submit is refused (HTTP 429): the queue's cap",
+    )
     max_job_gb: float = Field(
         8.0,
         gt=0,

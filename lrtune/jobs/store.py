@@ -20,8 +20,9 @@ for every method).
 
 Contract (who may change a job, in which state):
 
-- :meth:`JobStore.submit` creates a job ``queued``, with no holder and fencing token 0, unless
-  reuse (the default) finds an earlier succeeded job that already answers the spec
+- :meth:`JobStore.submit` admits the spec (:mod:`lrtune.jobs.admission`, the same checks for
+  every way in) and creates a job ``queued``, with no holder and fencing token 0, unless reuse
+  (the default) finds an earlier succeeded job that already answers the spec
   (:meth:`JobStore.reusable`): then nothing is created and that job is the answer.
 - The exclusive phases (``finding``: preparing the study and the range test; writing the
   recommendation, while ``confirming``) belong to the one worker holding the job's lease
@@ -161,12 +162,13 @@ from lrtune.exceptions import (
     UnreadableRecordError,
     describe_validation_error,
 )
-from lrtune.jobs import matching, tables
+from lrtune.jobs import admission, matching, tables
 from lrtune.jobs.db import get_engine, reading, safe_url, session
 from lrtune.jobs.schema import ensure_current
 from lrtune.jobs.schemas import (
     RESULT_FORMAT_VERSION,
     SPEC_FORMAT_VERSION,
+    DatasetUpload,
     JobEvent,
     JobPage,
     JobProgress,
@@ -247,22 +249,27 @@ class JobStore:
         its id and its stored ``recommendation``. ``reuse=False`` always queues a new job.
 
         Raises:
-            NotFoundError: the spec names an uploaded dataset that is not (or no longer) in the
-                store; a delete racing this submit either refuses or happens first
-                (:mod:`lrtune.jobs.uploads`).
+            InvalidInputError: the spec is refused at admission (:mod:`lrtune.jobs.admission`;
+                ``loc`` is the field to change): a NUL character, a model or dataset no one can
+                build or whose params misfit, an uploaded dataset that is not (or no longer)
+                in the store (a delete racing this submit either refuses or happens first:
+                :mod:`lrtune.jobs.uploads`).
+            QueueFullError: ``Settings.max_queued_jobs`` jobs are queued already.
             JobTooLargeError: the job's estimated memory or compute is above
                 ``Settings.max_job_gb`` or ``Settings.max_job_tflops``
-                (:func:`lrtune.footprint.check_admission`; ``loc`` is the field to change).
+                (:func:`lrtune.footprint.check_admission`).
         """
         name = name if name is not None else spec.name
         if name is not None and not 1 <= len(name) <= MAX_NAME_LENGTH:
             raise InvalidInputError(f"job name must be 1 to {MAX_NAME_LENGTH} characters")
+        upload = self._admit(spec)
         if reuse:
             earlier = self.reusable(spec)
             if earlier is not None:
                 record = self.get(earlier.job_id).model_dump()
                 return Submission(**record, reused_from=earlier.job_id, recommendation=earlier)
-        sizes = self._dataset_sizes(spec)
+        admission.check_queue_room(self.count(JobStatus.QUEUED), self.settings.max_queued_jobs)
+        sizes = self._dataset_sizes(spec, upload)
         if sizes is not None:
             footprint.check_admission(
                 spec,
@@ -285,13 +292,30 @@ class JobStore:
             needs_cuda=spec.needs_cuda,
         )
         with session(self._engine, write=True) as s:
-            hold_upload(s, row.spec["dataset"])
+            try:
+                hold_upload(s, row.spec["dataset"])
+            except NotFoundError as exc:  # deleted since _admit read it
+                raise admission.unknown_upload(exc) from None
             s.add(row)
             s.flush()
             _add_event(s, job_id, "submitted", {"status": JobStatus.QUEUED.value})
             s.flush()
             s.refresh(row)
             return Submission(**_job_record(row).model_dump())
+
+    def _admit(self, spec: JobSpec) -> DatasetUpload | None:
+        """Run the admission checks that need the registry (:mod:`lrtune.jobs.admission`);
+        return the spec's uploaded dataset's row, if it trains on one."""
+        admission.check_text(spec)
+        upload_id = admission.upload_id_of(spec)
+        upload = None
+        if upload_id is not None:
+            try:
+                upload = self.uploads.get(upload_id)
+            except NotFoundError as exc:
+                raise admission.unknown_upload(exc) from None
+        admission.check_registry(spec, registry_of_workers=self.known_registry(), upload=upload)
+        return upload
 
     def estimate(self, spec: JobSpec) -> footprint.Footprint | None:
         """The job's estimated memory and compute (:func:`lrtune.footprint.estimate`), from its
@@ -302,19 +326,19 @@ class JobStore:
         return None if sizes is None else footprint.estimate(spec, *sizes)
 
     def _dataset_sizes(
-        self, spec: JobSpec
+        self, spec: JobSpec, upload: DatasetUpload | None = None
     ) -> tuple[tuple[tuple[int, ...], int], int | None] | None:
-        """``((input_shape, output_dim), n_samples)`` of the spec's dataset, or ``None``."""
+        """``((input_shape, output_dim), n_samples)`` of the spec's dataset, or ``None``; an
+        uploaded dataset's from ``upload`` when given, else read from the store."""
         dataset = spec.dataset
         max_samples = dataset.params.get("max_samples")
         cap = max_samples if isinstance(max_samples, int) and max_samples > 0 else None
         if dataset.name == UPLOADED:
-            upload_id = dataset.params.get("id")
-            if not isinstance(upload_id, str):
-                return None
-            try:
-                upload = self.uploads.get(upload_id)
-            except NotFoundError:
+            upload_id = admission.upload_id_of(spec)
+            if upload is None and upload_id is not None:
+                with contextlib.suppress(NotFoundError):
+                    upload = self.uploads.get(upload_id)
+            if upload is None:
                 return None
             samples = upload.x_shape[0]
             shapes = (upload.input_shape, upload.output_dim)
