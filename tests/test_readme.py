@@ -376,3 +376,16 @@ def test_the_service_blocks_run_against_lrtune_serve(live_service: tuple[str, Pa
 def test_submit_wait_through_the_service(live_service: tuple[str, Path]) -> None:
     url, folder = live_service
     run_block(one("bash", "lrtune submit examples/"), folder, url)
+
+
+def test_the_client_methods_the_readme_lists_are_the_clients() -> None:
+    from lrtune.client import Client
+
+    sentence = re.search(r"`Client` has (.*?);", README.read_text(), re.S)
+    assert sentence is not None, "the README's list of Client methods moved: update this test"
+    listed = set(re.findall(r"`(\w+)`", sentence.group(1)))
+    public = {name for name in vars(Client) if not name.startswith("_") and name != "close"}
+    assert listed == public, (
+        f"the README lists Client methods {sorted(listed - public)} that it lacks and omits "
+        f"{sorted(public - listed)}"
+    )
