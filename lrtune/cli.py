@@ -942,7 +942,7 @@ def _cancel(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     with _job_service(args) as jobs:
         if args.job_id is None:
-            page = jobs.list(limit=args.limit)
+            page = jobs.list_jobs(limit=args.limit)
             if args.json:
                 print(page.model_dump_json())
             else:

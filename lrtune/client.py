@@ -184,7 +184,7 @@ class Client:
         """The job: its state, progress, timings and error."""
         return self._parsed(JobRecord, self._call("GET", f"/v1/jobs/{job_id}"))
 
-    def list(
+    def list_jobs(
         self, status: JobStatus | str | None = None, limit: int = 50, after: str | None = None
     ) -> JobPage:
         """A page of jobs, newest first; pass ``next_after`` back as ``after`` for the next."""

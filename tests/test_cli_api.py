@@ -304,10 +304,10 @@ def test_submit_wait_on_the_store_ends_with_one_line_when_the_job_is_cancelled(
     )
     try:
         deadline = time.monotonic() + 60
-        while not store.list().data:
+        while not store.list_jobs().data:
             assert waiting.poll() is None and time.monotonic() < deadline
             time.sleep(0.1)
-        job = store.cancel(store.list().data[0].id)
+        job = store.cancel(store.list_jobs().data[0].id)
         out, err = waiting.communicate(timeout=60)
     finally:
         if waiting.poll() is None:
@@ -329,7 +329,7 @@ def test_submit_wait_with_a_timeout_stops_waiting_in_one_line_and_the_job_goes_o
     started = time.monotonic()
     code, out, err = run(capsys, *argv, "--timeout", "0.5")  # no worker: it stays queued
     waited_s = time.monotonic() - started
-    (job,) = JobStore(database).list().data
+    (job,) = JobStore(database).list_jobs().data
     assert code == 1 and out == "" and 0.5 <= waited_s < 10, (code, waited_s)
     assert err.splitlines()[-1] == (
         f"lrtune: error: job {job.id} is still queued after 0.5 s (it goes on: "

@@ -112,7 +112,7 @@ def test_error_responses_come_back_as_lrtune_exceptions_with_the_servers_message
     with pytest.raises(NotFoundError, match="submit one"):
         client.find_recommendation(model="mlp", dataset="digits")
     assert TOKEN not in repr(client)
-    assert [j.id for j in client.list(status="cancelled").data] == [job.id]
+    assert [j.id for j in client.list_jobs(status="cancelled").data] == [job.id]
 
 
 def test_wait_gives_up_after_its_timeout(client: Client) -> None:
@@ -127,11 +127,11 @@ def test_the_client_loads_no_heavy_package(server: str, sqlite_url: str) -> None
         with Client({server!r}, token={TOKEN!r}) as client:
             job = client.submit({TINY!r})
             assert client.get(job.id).status.value == "queued"
-            assert client.list().data[0].id == job.id
+            assert client.list_jobs().data[0].id == job.id
             assert client.trials(job.id) == []
     """
     assert heavy_modules_after(code) == []
-    assert JobStore(sqlite_url).list().data[0].spec.model.name == "logreg"
+    assert JobStore(sqlite_url).list_jobs().data[0].spec.model.name == "logreg"
 
 
 def test_the_client_reads_a_range_test_in_the_clones_parent(

@@ -204,7 +204,7 @@ def test_four_workers_run_twelve_jobs_on_postgres_within_their_connection_budget
     peak = 0
     while not _all_finished(store, job_ids):
         peak = max(peak, _connections(postgres_url, name))
-        store.list(limit=20)
+        store.list_jobs(limit=20)
         assert any(w.poll() is None for w in fleet.workers), fleet.log_text()[-3000:]
         time.sleep(0.2)
 

@@ -154,7 +154,7 @@ def test_a_worker_fails_a_bad_job_stored_before_the_check(store: JobStore) -> No
 
     bad = stored_before_the_check(store, BAD_PARAMS["lone surrogate"])
     Worker(store, device="cpu", poll_s=0.05).run(once=True)  # fails it; does not crash
-    assert store.list(status="failed").unreadable == [bad]
+    assert store.list_jobs(status="failed").unreadable == [bad]
 
 
 @pytest.mark.parametrize("params", BAD_PARAMS.values(), ids=BAD_PARAMS.keys())

@@ -130,6 +130,6 @@ def test_job_store_commands_load_no_heavy_package(tmp_path: Path) -> None:
             with contextlib.redirect_stdout(io.StringIO()):
                 assert main(argv + ["--database", {url!r}]) == 0
         from lrtune.jobs import JobStore
-        assert JobStore({url!r}).list().data[0].status.value == "queued"
+        assert JobStore({url!r}).list_jobs().data[0].status.value == "queued"
     """
     assert heavy_modules_after(code) == []

@@ -56,7 +56,7 @@ def test_the_store_takes_a_unique_prefix_wherever_it_takes_an_id(jobs: JobStore)
     assert jobs.append_event("7b4d", "note", {}).job_id == SINGLE
     assert jobs.cancel("7b4d0e55").id == SINGLE
     assert jobs.checkpoint_dir("7b4d").name == f"lrtune-job-{SINGLE}"
-    assert jobs.list(limit=1, after="7b4d0e55").data[0].id == TWINS[1]
+    assert jobs.list_jobs(limit=1, after="7b4d0e55").data[0].id == TWINS[1]
     assert jobs.delete("7b4d0e55") == SINGLE
     with pytest.raises(NotFoundError, match="no job '7b4d0e55' in the job store"):
         jobs.get("7b4d0e55")
@@ -68,7 +68,7 @@ def test_a_prefix_of_several_ids_is_refused_with_their_count(jobs: JobStore, pre
         with pytest.raises(InvalidInputError, match="2 jobs' ids start with it") as refused:
             read(prefix)
         assert not isinstance(refused.value, NotFoundError)
-    assert [job.status for job in jobs.list().data] == [JobStatus.QUEUED] * 3  # none cancelled
+    assert [job.status for job in jobs.list_jobs().data] == [JobStatus.QUEUED] * 3  # none cancelled
 
 
 @pytest.mark.parametrize("unknown", ["ffff", "3f2a9c1f", "3f2a%", "3f2a_c1e", "", "7b4d0e55x"])

@@ -159,7 +159,7 @@ def test_unknown_job_ids_are_not_found(store: JobStore) -> None:
     with pytest.raises(NotFoundError):
         store.append_event("missing", "progress", {})
     with pytest.raises(NotFoundError):
-        store.list(after="missing")
+        store.list_jobs(after="missing")
 
 
 def test_list_pages_newest_first_and_filters_by_status(store: JobStore) -> None:
@@ -167,20 +167,20 @@ def test_list_pages_newest_first_and_filters_by_status(store: JobStore) -> None:
     store.cancel(ids[1])
     pages, after = [], None
     while True:
-        page = store.list(limit=2, after=after)
+        page = store.list_jobs(limit=2, after=after)
         pages.append([job.id for job in page.data])
         if page.next_after is None:
             break
         after = page.next_after
     assert pages == [ids[:2:-1], ids[2:0:-1], ids[:1]]
-    assert [j.id for j in store.list(status="cancelled").data] == [ids[1]]
-    assert [j.id for j in store.list(status=JobStatus.QUEUED, limit=10).data] == [
+    assert [j.id for j in store.list_jobs(status="cancelled").data] == [ids[1]]
+    assert [j.id for j in store.list_jobs(status=JobStatus.QUEUED, limit=10).data] == [
         i for i in reversed(ids) if i != ids[1]
     ]
     with pytest.raises(InvalidInputError, match="unknown job status 'done'"):
-        store.list(status="done")
+        store.list_jobs(status="done")
     with pytest.raises(InvalidInputError, match="limit"):
-        store.list(limit=0)
+        store.list_jobs(limit=0)
 
 
 def test_paging_is_stable_while_other_clients_submit(store: JobStore, empty_jobs_url: str) -> None:
@@ -193,14 +193,14 @@ def test_paging_is_stable_while_other_clients_submit(store: JobStore, empty_jobs
         while not stop.is_set() and len(submitted) < 40:
             submitted.append(other.submit(_spec()).id)
 
-    first = store.list(limit=3)  # jobs submitted from now on are newer than every page
+    first = store.list_jobs(limit=3)  # jobs submitted from now on are newer than every page
     seen, after = [job.id for job in first.data], first.next_after
     thread = threading.Thread(target=submit_more)
     thread.start()
     try:
         while after is not None:
             time.sleep(0.01)
-            page = store.list(limit=3, after=after)
+            page = store.list_jobs(limit=3, after=after)
             seen += [job.id for job in page.data]
             after = page.next_after
     finally:
@@ -350,7 +350,7 @@ def test_sqlite_reads_do_not_wait_for_a_writer(tmp_path: Path) -> None:
     try:
         read: list[object] = []
         reader = threading.Thread(
-            target=lambda: read.extend([store.get(job.id), store.list(), store.events(job.id)])
+            target=lambda: read.extend([store.get(job.id), store.list_jobs(), store.events(job.id)])
         )
         reader.start()
         reader.join(timeout=10)
@@ -405,7 +405,7 @@ def test_stores_in_one_process_share_one_bounded_pool(postgres_url: str) -> None
 
     def busy(store: JobStore) -> None:
         for _ in range(15):
-            store.list(limit=5)
+            store.list_jobs(limit=5)
             store.append_event(job.id, "progress", {})
 
     def count() -> int:

@@ -347,7 +347,7 @@ def test_a_database_at_0001_with_jobs_upgrades_its_tables_and_its_stored_json(
     upgrade(url)  # 0001 -> head: every job numbered in the order it was submitted
     store = JobStore(url)
     assert [store.get(i).submit_seq for i in ids] == [1, 2, 3, 4, 5]
-    assert [job.id for job in store.list().data] == ids[::-1]
+    assert [job.id for job in store.list_jobs().data] == ids[::-1]
     newer = store.submit(_spec())
     assert newer.submit_seq == 6  # the sequence continues after the backfilled numbers
     claimed = [store.claim("w1", lease_s=30) for _ in ids]
@@ -366,10 +366,10 @@ def test_jobs_submitted_in_the_same_millisecond_are_claimed_in_submit_order(
         )
     assert len({store.get(i).created_at for i in submitted}) == 1  # ids alone: random order
 
-    newest_first = [job.id for job in store.list(limit=3).data]
-    page = store.list(limit=3)
+    newest_first = [job.id for job in store.list_jobs(limit=3).data]
+    page = store.list_jobs(limit=3)
     store.submit(_spec())  # a newer job between two pages moves nothing
-    rest = store.list(limit=10, after=page.next_after)
+    rest = store.list_jobs(limit=10, after=page.next_after)
     assert newest_first + [job.id for job in rest.data] == submitted[::-1]
 
     leases = [store.claim(f"w{k}", lease_s=30) for k in range(len(submitted))]

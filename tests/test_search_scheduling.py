@@ -200,7 +200,7 @@ def test_a_fingerprint_hit_is_answered_at_once_and_no_reuse_queues_a_new_job(
     assert again.id == again.reused_from
     assert again.recommendation is not None and again.recommendation.job_id == again.reused_from
     assert again.recommendation == store.recommendation(again.reused_from)
-    assert len(store.list().data) == 2  # nothing was queued
+    assert len(store.list_jobs().data) == 2  # nothing was queued
     other_search = JobSpec.model_validate(_job(n_trials=4))  # another search: a new job
     assert store.submit(other_search).status is JobStatus.QUEUED
     scheduling_only = JobSpec.model_validate(_job(max_parallel=1))  # same search, same answer

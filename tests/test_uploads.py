@@ -522,7 +522,7 @@ def test_deleting_an_upload_while_jobs_on_it_are_posted_leaves_no_job_without_it
             api.post(f"/v1/jobs/{job_id}/cancel")
     store = JobStore(jobs_url)
     uploads = {upload.id for upload in store.uploads.list().data}
-    for record in store.list(JobStatus.QUEUED, limit=MAX_PAGE).data:
+    for record in store.list_jobs(JobStatus.QUEUED, limit=MAX_PAGE).data:
         assert record.spec.dataset.params["id"] in uploads, f"job {record.id} has no upload"
 
 

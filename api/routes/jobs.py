@@ -224,7 +224,7 @@ def list_jobs(
 ) -> JobPage:
     """Jobs newest first, a page at a time (keyset pages: stable while jobs are submitted)."""
     try:
-        return store.list(status=status, limit=limit, after=after)
+        return store.list_jobs(status=status, limit=limit, after=after)
     except NotFoundError as exc:
         raise FieldInvalid(
             ["query", "after"],

@@ -1,7 +1,7 @@
 """``/v1/recommendations``: "what LR should I use?", answered from stored results.
 
 Two ways to ask, and how each matches (the answer's ``match`` says which one did; the matching
-itself is the job store's, :mod:`lrtune.jobs.matching`, which ``lrtune recommend`` uses too):
+itself is the job store's, :mod:`lrtune.jobs.results`, which ``lrtune recommend`` uses too):
 
 - ``?fingerprint=``: the newest recommendation of a succeeded job with exactly that
   fingerprint (:meth:`JobSpec.fingerprint`, on every job record).
@@ -16,7 +16,7 @@ itself is the job store's, :mod:`lrtune.jobs.matching`, which ``lrtune recommend
 is neither kind or both.
 
 An answer is a stored recommendation, which never changes: the route asks the store only
-which job's recommendation answers (:func:`~lrtune.jobs.matching.answer_names`: one read of
+which job's recommendation answers (:func:`~lrtune.jobs.results.answer_names`: one read of
 an id), and serves that answer's body from the process's
 :class:`~lrtune.api.cache.ResponseCache` (serialized once, as :class:`RecommendationMatch`, with
 an ``ETag``; ``If-None-Match`` gets 304). Which job answers a question is itself reused for
@@ -42,7 +42,7 @@ from lrtune.api.deps import IfNoneMatch, ReadAuth, ResponsesDep, SettingsDep, St
 from lrtune.api.errors import FieldInvalid
 from lrtune.api.routes._docs import NOT_MODIFIED, error_responses
 from lrtune.api.routes.jobs import NO_NUL
-from lrtune.jobs import JobStore, RecommendationMatch, matching
+from lrtune.jobs import JobStore, RecommendationMatch, results
 from lrtune.spec import MAX_BATCH_SIZE, OptimizerNameInput
 
 router = APIRouter(prefix="/recommendations", tags=["recommendations"])
@@ -104,20 +104,20 @@ def _answer(
     """Which job answers ``question`` now (raises NotFound when none does), its body, and
     that the answer may be reused (a stored recommendation never changes)."""
     if question[0] == "fingerprint":
-        answer = matching.answer_fingerprint(store, question[1])
+        answer = results.answer_fingerprint(store, question[1])
     else:
         _, model, dataset, optimizer, batch_size = question
-        answer = matching.answer_names(store, model, dataset, optimizer, batch_size)
+        answer = results.answer_names(store, model, dataset, optimizer, batch_size)
     return answer.job_id, _served(store, responses, answer), True
 
 
-def _served(store: JobStore, responses: ResponseCache, answer: matching.Answer) -> CachedBody:
+def _served(store: JobStore, responses: ResponseCache, answer: results.Answer) -> CachedBody:
     """The answer's body, built and serialized once per process (see the module)."""
     # differs depends on the query's covered fields only, so its fingerprint keys a names match
     query_key = answer.query.fingerprint() if answer.query is not None else None
     key = (answer.match, answer.job_id, query_key)
     cached = responses.get(key)
     if cached is None:
-        match = matching.build(store, answer)
+        match = results.build_match(store, answer)
         cached = responses.put(key, match.model_dump_json(by_alias=True).encode())
     return cached

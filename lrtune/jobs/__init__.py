@@ -2,7 +2,7 @@
 
 The HTTP API and the workers use this package, and only this package, to reach the database:
 
-- :class:`JobStore` (:mod:`lrtune.jobs.store`): submit, get, list, cancel, events, results,
+- :class:`JobStore` (:mod:`lrtune.jobs.store`): submit, get, list_jobs, cancel, events, results,
   the workers' leases (claim, renew, advance, release; :class:`Lease`), and the workers
   themselves (register_worker, beat, stop_worker, list_workers, known_registry);
 - :class:`Settings` (:mod:`lrtune.jobs.settings`): the database URL (``LRTUNE_DATABASE_URL``,
