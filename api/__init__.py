@@ -3,7 +3,7 @@
 FastAPI, versioned under ``/v1``, laid out like FastAPI's full-stack template:
 
 - :mod:`lrtune.api.main`: :func:`create_app`, the one constructor;
-- :mod:`lrtune.api.config`: :class:`Settings`, the service's one settings class
+- :mod:`lrtune.api.config`: :class:`ApiSettings`, the service's one settings class
   (``LRTUNE_*``: the job store's fields plus the API's);
 - :mod:`lrtune.api.deps`: the routes' dependencies as ``Annotated`` aliases (``StoreDep``,
   ``SettingsDep``, ``WriteAuth``, ``ReadAuth``);
@@ -16,13 +16,13 @@ Importing it loads neither torch nor Optuna.
 
 Example:
     >>> import tempfile, pathlib
-    >>> from lrtune.api import Settings, create_app
+    >>> from lrtune.api import ApiSettings, create_app
     >>> url = f"sqlite:///{pathlib.Path(tempfile.mkdtemp()) / 'jobs.db'}"
-    >>> create_app(Settings(database_url=url)).title
+    >>> create_app(ApiSettings(database_url=url)).title
     'lrtune'
 """
 
-from lrtune.api.config import Settings
+from lrtune.api.config import ApiSettings
 from lrtune.api.main import create_app
 
-__all__ = ["Settings", "create_app"]
+__all__ = ["ApiSettings", "create_app"]

@@ -1,14 +1,14 @@
 """The service's settings: the job store's, plus what the HTTP API adds; read from the environment.
 
-One :class:`Settings` class for the service: it extends the job store's
-(:class:`lrtune.jobs.settings.Settings`: ``LRTUNE_DATABASE_URL``, pool sizes, attempts) with
+One :class:`ApiSettings` class for the service: it extends the job store's
+(:class:`lrtune.jobs.settings.StoreSettings`: ``LRTUNE_DATABASE_URL``, pool sizes, attempts) with
 the API's fields, so that the API, the store it opens and the workers read one set of
 ``LRTUNE_*`` variables. Nothing else in the API reads the environment.
 
 - ``LRTUNE_API_TOKEN``: when set, write endpoints need ``Authorization: Bearer <token>``
   (and reads too when ``LRTUNE_API_TOKEN_FOR_READS`` is true). Bound to a non-loopback
   ``LRTUNE_HOST``, the app refuses to start without it, and reads need it too
-  (:meth:`Settings.bound`, which :func:`~lrtune.api.main.create_app` applies). A
+  (:meth:`ApiSettings.bound`, which :func:`~lrtune.api.main.create_app` applies). A
   :class:`~pydantic.SecretStr`, so it never shows in a ``repr``, a log line or an error
   message.
 - ``LRTUNE_MAX_BODY_BYTES``: request bodies above it are refused with 413.
@@ -18,7 +18,7 @@ the API's fields, so that the API, the store it opens and the workers read one s
 - ``LRTUNE_ALLOWED_HOSTS``: the host names a request's ``Host`` header may carry, comma
   separated (``*.example.com`` matches a suffix, ``*`` any); unset: bound to loopback, the
   loopback names and the bind address (so a DNS-rebound name is refused), else any (a
-  non-loopback bind needs the token). :meth:`Settings.trusted_hosts`.
+  non-loopback bind needs the token). :meth:`ApiSettings.trusted_hosts`.
 - ``LRTUNE_OPTUNA_DASHBOARD``: serve optuna-dashboard at ``/dashboard`` over the jobs'
   studies, behind the token (:mod:`lrtune.api.routes.optuna_dashboard`); true by default.
 - ``LRTUNE_SSE_POLL_S``/``LRTUNE_SSE_PING_S``: how often an event stream reads the store for
@@ -29,25 +29,25 @@ the API's fields, so that the API, the store it opens and the workers read one s
 
 Example:
     >>> import os
-    >>> settings = Settings()
+    >>> settings = ApiSettings()
     >>> settings.api_token is None, settings.max_body_bytes, settings.host
     (True, 1048576, '127.0.0.1')
     >>> os.environ["LRTUNE_API_TOKEN"] = "s3cret"
-    >>> settings = Settings.from_env()
+    >>> settings = ApiSettings.from_env()
     >>> settings.api_token.get_secret_value(), "s3cret" in repr(settings)
     ('s3cret', False)
     >>> del os.environ["LRTUNE_API_TOKEN"]
     >>> os.environ["LRTUNE_MAX_QUEUED_JOBS"] = "0"
-    >>> Settings.from_env()
+    >>> ApiSettings.from_env()
     Traceback (most recent call last):
     ...
     lrtune.exceptions.InvalidInputError: invalid settings: LRTUNE_MAX_QUEUED_JOBS='0': Input \
 should be greater than or equal to 1
     >>> del os.environ["LRTUNE_MAX_QUEUED_JOBS"]
-    >>> Settings().trusted_hosts()
+    >>> ApiSettings().trusted_hosts()
     ['127.0.0.1', '[::1]', 'localhost']
     >>> os.environ["LRTUNE_ALLOWED_HOSTS"] = "lrtune.example.com, *.corp"
-    >>> Settings.from_env().trusted_hosts()
+    >>> ApiSettings.from_env().trusted_hosts()
     ['lrtune.example.com', '*.corp']
     >>> del os.environ["LRTUNE_ALLOWED_HOSTS"]
 """
@@ -61,9 +61,9 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from lrtune.exceptions import InvalidInputError
-from lrtune.jobs.settings import Settings as StoreSettings
+from lrtune.jobs.settings import StoreSettings
 
-__all__ = ["LOOPBACK_HOSTS", "Settings", "check_bind", "is_loopback"]
+__all__ = ["LOOPBACK_HOSTS", "ApiSettings", "check_bind", "is_loopback"]
 
 LOOPBACK_HOSTS = ("127.0.0.1", "[::1]", "localhost")
 """The names a request to a loopback-bound API carries in ``Host`` (an IPv6 one bracketed)."""
@@ -108,7 +108,7 @@ set LRTUNE_API_TOKEN (every request then needs 'Authorization: Bearer <token>'),
     return True
 
 
-class Settings(StoreSettings):
+class ApiSettings(StoreSettings):
     """The job store's settings plus the HTTP API's (every field from ``LRTUNE_<FIELD>``)."""
 
     api_token: SecretStr | None = Field(
@@ -167,7 +167,7 @@ class Settings(StoreSettings):
             raise ValueError("name at least one host (or * for any), or unset it")
         return hosts
 
-    def bound(self) -> Settings:
+    def bound(self) -> ApiSettings:
         """These settings as the app serves them on ``host`` (:func:`check_bind`): reads need
         the token too on a non-loopback bind.
 

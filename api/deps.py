@@ -1,6 +1,6 @@
 """The routes' dependencies, defined once as ``Annotated`` aliases (FastAPI's template layout).
 
-- :data:`SettingsDep`: the app's :class:`~lrtune.api.config.Settings`;
+- :data:`SettingsDep`: the app's :class:`~lrtune.api.config.ApiSettings`;
 - :data:`StoreDep`: the app's :class:`~lrtune.jobs.JobStore`, opened on first use (so the
   app starts, and ``/healthz`` answers, while the database is down; until it is up, routes
   that need it answer 503);
@@ -26,9 +26,9 @@ The token is never logged or echoed: a refusal says only that it is missing or w
 
 Example:
     >>> from pydantic import SecretStr
-    >>> check_token(Settings(), None)  # no token configured: anyone may write
-    >>> check_token(Settings(api_token=SecretStr("s3cret")), "s3cret")
-    >>> check_token(Settings(api_token=SecretStr("s3cret")), "guess")
+    >>> check_token(ApiSettings(), None)  # no token configured: anyone may write
+    >>> check_token(ApiSettings(api_token=SecretStr("s3cret")), "s3cret")
+    >>> check_token(ApiSettings(api_token=SecretStr("s3cret")), "guess")
     Traceback (most recent call last):
     ...
     starlette.exceptions.HTTPException: 401: the bearer token is not this server's \
@@ -48,7 +48,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from lrtune.api.cache import ResponseCache
-from lrtune.api.config import Settings
+from lrtune.api.config import ApiSettings
 from lrtune.api.middleware import host_allowed
 from lrtune.jobs import JobStore
 
@@ -72,7 +72,7 @@ class LazyStore:
     503 and the next request tries again.
     """
 
-    def __init__(self, settings: Settings, store: JobStore | None = None) -> None:
+    def __init__(self, settings: ApiSettings, store: JobStore | None = None) -> None:
         self.settings = settings
         self._store = store
         self._lock = threading.Lock()
@@ -117,7 +117,7 @@ class LazyStudies:
         return self._storage
 
 
-async def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> ApiSettings:
     """The settings the app was created with (``async``, as every dependency that does no
     I/O: FastAPI runs a plain ``def`` dependency in its threadpool, a thread hop per request)."""
     return request.app.state.settings
@@ -142,14 +142,14 @@ async def get_responses(request: Request) -> ResponseCache:
     return request.app.state.responses
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 ResponsesDep = Annotated[ResponseCache, Depends(get_responses)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 StudiesDep = Annotated[Any, Depends(get_studies)]
 """The Optuna storage (typed ``Any`` here: Optuna is imported only when it is opened)."""
 
 
-def check_token(settings: Settings, token: str | None) -> None:
+def check_token(settings: ApiSettings, token: str | None) -> None:
     """Return if ``token`` is the configured API token (or none is configured); else 401.
 
     Raises:
@@ -179,7 +179,7 @@ def refuse_cross_site(request: Request, what: str = "lrtune's write endpoints") 
     the cookie) can send a form's POST to a loopback service with no token, or carrying the
     login cookie; the browser says so in ``Sec-Fetch-Site``, and names the page's origin in
     ``Origin``, whose host must be one the server answers for
-    (:meth:`~lrtune.api.config.Settings.trusted_hosts`; an opaque ``null`` origin is not).
+    (:meth:`~lrtune.api.config.ApiSettings.trusted_hosts`; an opaque ``null`` origin is not).
     Requests without the headers (curl, the client, the CLI) and the dashboard's own pages
     (``same-origin``, from a trusted host) go on.
 
@@ -196,7 +196,7 @@ def refuse_cross_site(request: Request, what: str = "lrtune's write endpoints") 
             f"from a {sender} page)",
         )
     origin = request.headers.get("origin")
-    settings: Settings = request.app.state.settings
+    settings: ApiSettings = request.app.state.settings
     if origin is not None and not host_allowed(urlsplit(origin).netloc, settings.trusted_hosts()):
         raise HTTPException(
             403,

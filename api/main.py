@@ -1,6 +1,6 @@
 """Build the HTTP API: :func:`create_app` is the one constructor (FastAPI's template layout).
 
-The app holds its :class:`~lrtune.api.config.Settings` and a lazily opened job store on
+The app holds its :class:`~lrtune.api.config.ApiSettings` and a lazily opened job store on
 ``app.state``; routers come from :mod:`lrtune.api.routes` (``/v1/...``, plus ``/healthz`` and
 ``/readyz``, the dashboard's pages at ``/`` with its assets at ``/ui``, and optuna-dashboard
 at ``/dashboard``), errors are
@@ -16,7 +16,7 @@ Run it with uvicorn's factory mode (settings from ``LRTUNE_*``)::
 Example:
     >>> import tempfile, pathlib
     >>> url = f"sqlite:///{pathlib.Path(tempfile.mkdtemp()) / 'jobs.db'}"
-    >>> app = create_app(Settings(database_url=url))
+    >>> app = create_app(ApiSettings(database_url=url))
     >>> "/v1/jobs/{job_id}/events" in app.openapi()["paths"]
     True
 """
@@ -29,7 +29,7 @@ from fastapi import APIRouter, FastAPI
 
 from lrtune import __version__
 from lrtune.api.cache import ResponseCache
-from lrtune.api.config import Settings
+from lrtune.api.config import ApiSettings
 from lrtune.api.deps import LazyStore, LazyStudies
 from lrtune.api.errors import install_error_handlers
 from lrtune.api.middleware import BodySizeLimit, TrustedHosts
@@ -76,7 +76,7 @@ _TAGS = [
 
 
 def create_app(
-    settings: Settings | None = None,
+    settings: ApiSettings | None = None,
     *,
     store: JobStore | None = None,
     embedded_workers: EmbeddedWorkers | None = None,
@@ -89,7 +89,7 @@ def create_app(
     started beside it, which ``/readyz`` watches.
 
     Bound to a non-loopback ``settings.host`` it needs the token, for reads too
-    (:meth:`Settings.bound`): ``uvicorn ... --factory`` with ``LRTUNE_HOST=0.0.0.0`` keeps the
+    (:meth:`ApiSettings.bound`): ``uvicorn ... --factory`` with ``LRTUNE_HOST=0.0.0.0`` keeps the
     rule that ``lrtune serve`` keeps.
 
     Raises:
@@ -97,7 +97,7 @@ def create_app(
             is not one lrtune can open (malformed, unknown database, driver missing), or the
             host is not loopback and no token is set.
     """
-    settings = (settings or Settings.from_env()).bound()
+    settings = (settings or ApiSettings.from_env()).bound()
     if store is None:
         get_engine(settings.database_url, settings)  # connects to nothing
     app = FastAPI(

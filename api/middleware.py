@@ -1,9 +1,9 @@
 """The request body cap, and the ``Host`` check.
 
-:class:`BodySizeLimit`: a body over ``Settings.max_body_bytes`` is refused with 413.
+:class:`BodySizeLimit`: a body over ``ApiSettings.max_body_bytes`` is refused with 413.
 
 Uploads have their own, larger cap: a ``POST`` to a path in ``upload_paths`` may send up to
-``Settings.max_upload_bytes`` (and a 413 then names that setting).
+``ApiSettings.max_upload_bytes`` (and a 413 then names that setting).
 
 A declared ``Content-Length`` over the cap is refused before the app reads a byte. A body
 without one (chunked) is counted as it arrives; the chunk that crosses the cap raises a 413
@@ -11,7 +11,7 @@ without one (chunked) is counted as it arrives; the chunk that crosses the cap r
 parses a partial body). A pure ASGI middleware, so the SSE stream is not buffered.
 
 :class:`TrustedHosts`: a request whose ``Host`` header is not one of
-``Settings.trusted_hosts()`` is refused with 400 before any route runs (Starlette's
+``ApiSettings.trusted_hosts()`` is refused with 400 before any route runs (Starlette's
 ``TrustedHostMiddleware`` rule, answered in the API's error body): a page on a DNS-rebound
 name (``attacker.example`` resolving to 127.0.0.1) reaches a loopback API with its own name
 in ``Host``, so it cannot use a loopback service that has no token. :func:`host_allowed` is

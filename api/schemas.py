@@ -1,13 +1,13 @@
 """The HTTP API's own request and response shapes; everything else it serves is the library's.
 
 Jobs, pages of jobs, events and stored recommendations are served as the job store returns
-them (:mod:`lrtune.jobs.schemas`), and schedules as :mod:`lrtune.schedules` defines them. This
+them (:mod:`lrtune.jobs.records`), and schedules as :mod:`lrtune.schedules` defines them. This
 module holds only what exists because of HTTP: the error body, list envelopes, the schedule
 preview's request and answer, the health reports, and the dashboard's views of a job's range
 test and trials. All are pydantic models, so the OpenAPI schema is derived from them. (The
 recommendation lookup's answer is the job store's :class:`~lrtune.jobs.RecommendationMatch`,
-the range test's view its :class:`~lrtune.jobs.schemas.FinderView` and the registry's list
-its :class:`~lrtune.jobs.schemas.RegistryList`, re-exported here: the client reads them
+the range test's view its :class:`~lrtune.result.FinderView` and the registry's list
+its :class:`~lrtune.jobs.records.RegistryList`, re-exported here: the client reads them
 without importing the server.)
 
 Example:
@@ -27,10 +27,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lrtune._schema import LRSteps
-from lrtune.jobs.schemas import FinderView as FinderView
-from lrtune.jobs.schemas import RecommendationMatch as RecommendationMatch
-from lrtune.jobs.schemas import RegistryEntry as RegistryEntry
-from lrtune.jobs.schemas import RegistryList as RegistryList
+from lrtune.jobs.records import RecommendationMatch as RecommendationMatch
+from lrtune.jobs.records import RegistryEntry as RegistryEntry
+from lrtune.jobs.records import RegistryList as RegistryList
+from lrtune.result import FinderView as FinderView
 from lrtune.schedules import ScheduleSpec
 from lrtune.spec import MAX_EPOCHS
 from lrtune.study_view import TrialView

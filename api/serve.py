@@ -17,7 +17,7 @@ prints the job's URL, shows a progress bar until it finishes and prints the reco
 with ``exit_when_done`` the service then stops (exit 0 if the job succeeded, 1 if not).
 
 Binding a non-loopback address needs ``LRTUNE_API_TOKEN``, and with it reads need the token
-too: the app applies the rule (:meth:`lrtune.api.config.Settings.bound`), however it is
+too: the app applies the rule (:meth:`lrtune.api.config.ApiSettings.bound`), however it is
 started; ``serve`` checks it before it binds, so a refusal is one line.
 
 Example:
@@ -40,7 +40,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from lrtune.api.config import Settings, check_bind, is_loopback
+from lrtune.api.config import ApiSettings, check_bind, is_loopback
 from lrtune.exceptions import InvalidInputError, LRTuneError
 
 __all__ = [
@@ -65,7 +65,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 class ServeOptions:
     """What ``lrtune serve`` was asked to do (see the module)."""
 
-    settings: Settings
+    settings: ApiSettings
     port: int | None = None  # overrides settings.port; 0 binds any free port
     workers: int = 1
     threads: int | None = None

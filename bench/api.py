@@ -335,9 +335,9 @@ def run(args: argparse.Namespace) -> str:
 
 def _answer_ttl_s() -> float:
     """How long the API reuses a lookup's answer: its setting as the servers read it."""
-    from lrtune.api import Settings
+    from lrtune.api import ApiSettings
 
-    return Settings.from_env().answer_ttl_s
+    return ApiSettings.from_env().answer_ttl_s
 
 
 def profile(database: str, job_id: str, fingerprint: str, repeats: int = 200) -> list[str]:

@@ -67,10 +67,11 @@ import optuna
 import torch
 from pydantic_core import PydanticUndefined
 
-from lrtune import space, tuner
+from lrtune import space
 from lrtune.recommendation import Recommendation
 from lrtune.schedules import parse_schedule
-from lrtune.spec import JobSpec
+from lrtune.search import queues
+from lrtune.spec import JobSpec, SearchSpec
 from lrtune.training import TrainingSetup, train
 from lrtune.tuner import (
     TrialRecord,
@@ -358,16 +359,16 @@ def sampler_seed(seed: int) -> Iterator[None]:
     ``make_sampler`` seeds TPE with ``spec.seed``, which also seeds training; varying only the
     sampler shows the search's own run-to-run spread against the same grid.
     """
-    original = tuner.make_sampler
+    original = queues.make_sampler
 
-    def make_sampler(spec: JobSpec) -> optuna.samplers.BaseSampler:
-        return original(spec.model_copy(update={"seed": seed}))
+    def make_sampler(search: SearchSpec, _seed: int) -> optuna.samplers.BaseSampler:
+        return original(search, seed)
 
-    tuner.make_sampler = make_sampler
+    queues.make_sampler = make_sampler
     try:
         yield
     finally:
-        tuner.make_sampler = original
+        queues.make_sampler = original
 
 
 # --------------------------------------------------------------------------------------------

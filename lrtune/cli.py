@@ -381,7 +381,7 @@ def _serve_parser(sub: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from lrtune.api.config import Settings
+    from lrtune.api.config import ApiSettings
     from lrtune.api.serve import ServeOptions, serve
 
     if args.workers < 1:
@@ -393,9 +393,9 @@ def _serve(args: argparse.Namespace) -> int:
     if args.port is not None and not 0 <= args.port <= 65535:
         raise CliError(f"--port must be 0 (any free port) to 65535, got {args.port}")
     overrides = {"database_url": args.database, "host": args.host}
-    settings = Settings.from_env()
+    settings = ApiSettings.from_env()
     try:
-        settings = Settings.model_validate(
+        settings = ApiSettings.model_validate(
             {**settings.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
         )
     except ValidationError as exc:
@@ -715,10 +715,10 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
-    from lrtune.jobs import Settings, upgrade
+    from lrtune.jobs import StoreSettings, upgrade
     from lrtune.jobs.db import safe_url
 
-    url = args.database or Settings.from_env().database_url
+    url = args.database or StoreSettings.from_env().database_url
     print(f"job store at {safe_url(url)} is at revision {upgrade(url)}")
     return 0
 
@@ -778,10 +778,10 @@ def _open_store(database: str | None, *, create: bool) -> JobStore:
     with one line naming the database it looked for. When neither the option nor the
     variable named it, a line on stderr says which database the default is.
     """
-    from lrtune.jobs import JobStore, Settings
+    from lrtune.jobs import JobStore, StoreSettings
     from lrtune.jobs.db import safe_url
 
-    settings = Settings.from_env()
+    settings = StoreSettings.from_env()
     store = JobStore(database, settings=settings, create=create)
     if database is None and "database_url" not in settings.model_fields_set:
         print(
@@ -1031,7 +1031,7 @@ def _artifact_dir(args: argparse.Namespace) -> tuple[str, Path]:
     name for an error message."""
     if args.artifact_dir is not None:
         return "--artifact-dir", args.artifact_dir
-    from lrtune.jobs.settings import Settings as StoreSettings
+    from lrtune.jobs.settings import StoreSettings
 
     return "LRTUNE_ARTIFACT_DIR", StoreSettings.from_env().artifact_dir
 

@@ -60,7 +60,7 @@ from lrtune.exceptions import (
     StorageUnavailableError,
     describe_validation_error,
 )
-from lrtune.jobs.schemas import (
+from lrtune.jobs.records import (
     DatasetUpload,
     JobPage,
     JobRecord,
@@ -76,7 +76,7 @@ from lrtune.jobs.waiting import wait_for
 from lrtune.spec import JobSpec
 
 if TYPE_CHECKING:
-    from lrtune.jobs.schemas import FinderView
+    from lrtune.result import FinderView
     from lrtune.study_view import TrialView
 
 __all__ = ["Client", "ClientSettings", "Unauthorized"]
@@ -208,7 +208,7 @@ class Client:
         """The job's range test (``GET /v1/jobs/{id}/finder``): the loss-vs-LR curves of its
         seeds and their median, every rule's suggestion, the chosen one and the LR bounds;
         ``range_test`` is None until it has finished."""
-        from lrtune.jobs.schemas import FinderView
+        from lrtune.result import FinderView
 
         return self._parsed(FinderView, self._call("GET", f"/v1/jobs/{job_id}/finder"))
 

@@ -64,7 +64,7 @@ bytes of aliases of aliases (an alias bomb) would expand to billions."""
 UNIT_CHECK_S = 5.0
 """Default seconds a run trains between its looks, within an epoch, at whether it must stop (a
 requested stop, its job cancelled): :func:`lrtune.training.train`'s ``stop_check_s`` and the
-workers' ``LRTUNE_UNIT_CHECK_S`` (:class:`lrtune.jobs.Settings`) both default to it. Here, not
+workers' ``LRTUNE_UNIT_CHECK_S`` (:class:`lrtune.jobs.StoreSettings`) both default to it. Here, not
 in :mod:`lrtune.training`, so that the job store's settings read it without importing torch."""
 
 Metric = Literal["val_loss", "accuracy", "mse"]

@@ -1,7 +1,7 @@
 """Optuna storage for lrtune studies: in-memory, a SQLite file, or PostgreSQL.
 
 An RDB storage runs on the process's one engine for its URL (:func:`lrtune.jobs.db.get_engine`,
-with the pool sizes of :class:`lrtune.jobs.Settings`), the engine the job store uses too: a
+with the pool sizes of :class:`lrtune.jobs.StoreSettings`), the engine the job store uses too: a
 worker holds one pool however many studies it opens.
 
 RDB storages run with Optuna's heartbeat: a trial whose process died goes stale after

@@ -19,7 +19,7 @@ import pytest
 from cli_runs import run_cli
 from live_api import serve
 
-from lrtune.api import Settings, create_app
+from lrtune.api import ApiSettings, create_app
 from lrtune.exceptions import InvalidInputError, QueueFullError
 from lrtune.jobs import JobStore, PluginRegistry, WorkerRegistration
 from lrtune.spec import JobSpec
@@ -75,7 +75,7 @@ REFUSED: dict[str, tuple[dict[str, Any], list[str | int]]] = {
 @pytest.fixture
 def api(jobs_url: str, store: JobStore) -> Iterator[httpx.Client]:
     with contextlib.ExitStack() as stack:
-        url = stack.enter_context(serve(create_app(Settings(database_url=jobs_url))))
+        url = stack.enter_context(serve(create_app(ApiSettings(database_url=jobs_url))))
         yield stack.enter_context(httpx.Client(base_url=url, timeout=60))
 
 
@@ -154,12 +154,12 @@ def test_a_full_queue_is_refused_both_ways(
     code, _, err = submit_file(capsys, tmp_path, jobs_url, {**body, "seed": 1})
     assert code == 2 and "LRTUNE_MAX_QUEUED_JOBS=1" in err and err.count("\n") == 1
     with serve(
-        create_app(Settings.from_env().model_copy(update={"database_url": jobs_url}))
+        create_app(ApiSettings.from_env().model_copy(update={"database_url": jobs_url}))
     ) as url:
         full = httpx.post(f"{url}/v1/jobs", json={**body, "seed": 2})
     assert full.status_code == 429 and full.headers["retry-after"] == "30"
     with pytest.raises(QueueFullError):
-        JobStore(jobs_url, settings=Settings.from_env()).submit(JobSpec.model_validate(body))
+        JobStore(jobs_url, settings=ApiSettings.from_env()).submit(JobSpec.model_validate(body))
     assert store.count() == 1
 
 

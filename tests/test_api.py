@@ -25,7 +25,7 @@ from live_api import finish_with, serve
 from small_jobs import small_job
 from test_imports import heavy_modules_after
 
-from lrtune.api import Settings, create_app
+from lrtune.api import ApiSettings, create_app
 from lrtune.api.schemas import RecommendationMatch
 from lrtune.exceptions import InvalidInputError
 from lrtune.jobs import JobStore, PluginRegistry, WorkerRegistration, tables, upgrade
@@ -44,7 +44,7 @@ def launch() -> Iterator[Start]:
     with contextlib.ExitStack() as stack:
 
         def start(**fields: Any) -> httpx.Client:
-            url = stack.enter_context(serve(create_app(Settings(**fields))))
+            url = stack.enter_context(serve(create_app(ApiSettings(**fields))))
             return stack.enter_context(httpx.Client(base_url=url, timeout=60))
 
         yield start
@@ -610,8 +610,8 @@ def test_which_job_answers_a_lookup_is_reused_for_the_answer_ttl(
     job = finish_with(store, small_job(), recommendation)
     by_fingerprint = {"fingerprint": job.fingerprint}
     by_names = {"model": "logreg", "dataset": "wine", "optimizer": "adam"}
-    reusing = create_app(Settings(database_url=jobs_url, answer_ttl_s=2.0))
-    asking = create_app(Settings(database_url=jobs_url, answer_ttl_s=0))
+    reusing = create_app(ApiSettings(database_url=jobs_url, answer_ttl_s=2.0))
+    asking = create_app(ApiSettings(database_url=jobs_url, answer_ttl_s=0))
     with (
         serve(reusing) as reusing_url,
         serve(asking) as asking_url,
@@ -641,7 +641,7 @@ def test_a_served_recommendation_is_kept_until_its_job_is_deleted(
     """The lookups serve a recommendation's body from the process's cache: the same bytes
     and ETag each time (304 for a client that has it), gone with its job; a newer
     recommendation for the same spec is served in its place, with another ETag."""
-    app = create_app(Settings(database_url=jobs_url))
+    app = create_app(ApiSettings(database_url=jobs_url))
     with serve(app) as url, httpx.Client(base_url=url, timeout=60) as api:
         spec = small_job()
         first = finish_with(store, spec, recommendation)
@@ -954,7 +954,7 @@ def test_an_unreachable_database_is_503_and_the_app_still_starts(launch: Start) 
 @pytest.mark.parametrize("url", ["not a url", "nosuchdb://host/db", "mysql+nodriver://h/db"])
 def test_an_unusable_database_url_stops_the_app_from_starting(url: str) -> None:
     with pytest.raises(InvalidInputError, match="URL"):
-        create_app(Settings(database_url=url))
+        create_app(ApiSettings(database_url=url))
 
 
 class TcpProxy:
@@ -1076,8 +1076,8 @@ def test_a_hanging_database_holds_its_requests_but_not_the_event_loop(
 def test_the_app_starts_and_serves_jobs_without_importing_torch(jobs_url: str) -> None:
     code = f"""
         import asyncio, httpx
-        from lrtune.api import Settings, create_app
-        app = create_app(Settings(database_url={jobs_url!r}))
+        from lrtune.api import ApiSettings, create_app
+        app = create_app(ApiSettings(database_url={jobs_url!r}))
         async def main():
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:

@@ -26,7 +26,7 @@ from live_api import serve
 from test_client import TINY as CLIENT_TINY
 from test_jobs_cli import run
 
-from lrtune.api import Settings, create_app
+from lrtune.api import ApiSettings, create_app
 from lrtune.jobs import JobStatus, JobStore, Submission, upgrade
 
 TOKEN = "cli-test-token-never-shown"
@@ -73,7 +73,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     upgrade(database)
     job_file = tmp / "job.yaml"
     job_file.write_text(yaml.safe_dump(TINY))
-    with serve(create_app(Settings(database_url=database, api_token=TOKEN))) as url:
+    with serve(create_app(ApiSettings(database_url=database, api_token=TOKEN))) as url:
         yield Service(url, database, job_file, tmp)
 
 

@@ -13,7 +13,7 @@ import pytest
 from live_api import serve
 from test_imports import heavy_modules_after
 
-from lrtune.api import Settings, create_app
+from lrtune.api import ApiSettings, create_app
 from lrtune.client import Client, Unauthorized
 from lrtune.exceptions import ConflictError, InvalidInputError, NotFoundError
 from lrtune.jobs import JobStatus, JobStore, upgrade
@@ -38,7 +38,7 @@ def sqlite_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def server(sqlite_url: str) -> Iterator[str]:
-    with serve(create_app(Settings(database_url=sqlite_url, api_token=TOKEN))) as url:
+    with serve(create_app(ApiSettings(database_url=sqlite_url, api_token=TOKEN))) as url:
         yield url
 
 

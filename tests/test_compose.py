@@ -13,9 +13,9 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from lrtune.api.config import Settings as ApiSettings
+from lrtune.api.config import ApiSettings
 from lrtune.cli import _parser
-from lrtune.jobs.settings import Settings as StoreSettings
+from lrtune.jobs.settings import StoreSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = (ROOT / "docker-compose.yml").read_text()

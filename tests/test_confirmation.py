@@ -151,7 +151,7 @@ def test_a_diverged_confirmation_seed_is_reported_not_a_crash() -> None:
 def test_tune_confirms_finalists_and_baselines_on_fresh_seeds() -> None:
     spec = job(n_trials=6, epochs=3, pruner="none", finalists=2, confirm_seeds=2, metric="accuracy")
     rec = tune(spec, progress=False)
-    seeds = confirmation_seeds(spec)
+    seeds = confirmation_seeds(spec.search, spec.seed)
     assert seeds == [1, 2] and rec.confirm_seeds == seeds and rec.search_seed == 0
     assert rec.confirmed
     assert len(rec.finalists) == 2

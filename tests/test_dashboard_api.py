@@ -17,7 +17,7 @@ from live_api import serve
 from small_jobs import small_job
 from test_imports import heavy_modules_after
 
-from lrtune.api import Settings, create_app
+from lrtune.api import ApiSettings, create_app
 from lrtune.api.deps import TOKEN_COOKIE
 from lrtune.jobs import JobRecord, JobStatus, JobStore
 from lrtune.workers.loop import Worker
@@ -39,7 +39,7 @@ def finished(store: JobStore) -> JobRecord:
 
 @contextlib.contextmanager
 def client(store: JobStore, **fields: object) -> Iterator[httpx.Client]:
-    app = create_app(Settings(database_url=store.url, **fields), store=store)
+    app = create_app(ApiSettings(database_url=store.url, **fields), store=store)
     with serve(app) as url, httpx.Client(base_url=url, timeout=60) as http:
         yield http
 
@@ -67,7 +67,7 @@ def test_a_finished_range_test_is_served_from_the_cache_until_its_job_is_deleted
     from lrtune.api.schemas import FinderView
     from lrtune.study_view import open_reader, read_finder
 
-    app = create_app(Settings(database_url=store.url), store=store)
+    app = create_app(ApiSettings(database_url=store.url), store=store)
     with serve(app) as url, httpx.Client(base_url=url, timeout=60) as http:
         path = f"/v1/jobs/{finished.id}/finder"
         first, second = http.get(path), http.get(path)
@@ -224,14 +224,14 @@ def test_the_login_cookie_authenticates_reads_writes_and_the_event_stream(
 def test_serving_the_finder_and_trials_loads_no_torch(tmp_path) -> None:
     code = f"""
         from fastapi.testclient import TestClient
-        from lrtune.api import Settings, create_app
+        from lrtune.api import ApiSettings, create_app
         from lrtune.jobs import JobStore
         from lrtune.spec import JobSpec
         url = "sqlite:///{tmp_path / "jobs.db"}"
         store = JobStore(url)
         job = store.submit(JobSpec.model_validate(
             {{"model": {{"name": "logreg"}}, "dataset": {{"name": "wine"}}}}))
-        http = TestClient(create_app(Settings(database_url=url), store=store),
+        http = TestClient(create_app(ApiSettings(database_url=url), store=store),
             base_url="http://127.0.0.1")
         assert http.get("/").status_code == 200
         assert http.get(f"/v1/jobs/{{job.id}}/finder").status_code == 200

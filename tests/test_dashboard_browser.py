@@ -225,7 +225,7 @@ def test_a_range_test_curve_grows_from_progress_events_behind_the_login(tmp_path
     from live_api import serve
     from small_jobs import small_job
 
-    from lrtune.api import Settings, create_app
+    from lrtune.api import ApiSettings, create_app
     from lrtune.jobs import JobStore
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -233,7 +233,7 @@ def test_a_range_test_curve_grows_from_progress_events_behind_the_login(tmp_path
     store = JobStore(url)
     job = store.submit(small_job(n_trials=2))
     assert store.claim("test-worker", lease_s=60, job_id=job.id) is not None  # now finding
-    settings = Settings(
+    settings = ApiSettings(
         database_url=url, api_token="br0wser-t0ken", api_token_for_reads=True, sse_poll_s=0.1
     )
     lrs = [1e-5 * 1.1**k for k in range(120)]
@@ -279,7 +279,7 @@ def test_a_dataset_uploaded_on_the_submit_page_becomes_the_jobs_dataset(tmp_path
     right one selects the upload as the dataset, and the job submitted names it by id."""
     from live_api import serve
 
-    from lrtune.api import Settings, create_app
+    from lrtune.api import ApiSettings, create_app
     from lrtune.jobs import JobStore
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -289,7 +289,7 @@ def test_a_dataset_uploaded_on_the_submit_page_becomes_the_jobs_dataset(tmp_path
     rows = [f"{i % 3 + 0.1 * i},{(i * 7) % 5},{'abc'[i % 3]}" for i in range(60)]
     csv.write_text("width,height,kind\n" + "\n".join(rows) + "\n")
     with (
-        serve(create_app(Settings(database_url=url), store=store)) as base,
+        serve(create_app(ApiSettings(database_url=url), store=store)) as base,
         playwright_sync.sync_playwright() as p,
     ):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
@@ -328,7 +328,7 @@ def test_optuna_dashboard_shows_a_finished_jobs_study_behind_the_login(tmp_path:
     from live_api import serve
     from small_jobs import small_job
 
-    from lrtune.api import Settings, create_app
+    from lrtune.api import ApiSettings, create_app
     from lrtune.jobs import JobStatus, JobStore
     from lrtune.workers.loop import Worker
 
@@ -339,7 +339,7 @@ def test_optuna_dashboard_shows_a_finished_jobs_study_behind_the_login(tmp_path:
     job = store.submit(spec)
     Worker(store, device="cpu", poll_s=0.05).run(once=True)
     assert store.get(job.id).status is JobStatus.SUCCEEDED
-    settings = Settings(database_url=url, api_token="0ptuna-br0wser")
+    settings = ApiSettings(database_url=url, api_token="0ptuna-br0wser")
     with (
         serve(create_app(settings, store=store)) as base,
         playwright_sync.sync_playwright() as p,
@@ -424,7 +424,7 @@ def test_a_learning_rate_free_winner_and_a_provisional_answer_on_the_job_page(
     step size); a cancelled job's best trial shows under the provisional banner."""
     from live_api import serve
 
-    from lrtune.api import Settings, create_app
+    from lrtune.api import ApiSettings, create_app
     from lrtune.jobs import JobStore
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -433,7 +433,7 @@ def test_a_learning_rate_free_winner_and_a_provisional_answer_on_the_job_page(
     store = JobStore(url)
     winner, cancelled = _lr_free_winner(store), _cancelled_after_its_search(store, url)
     with (
-        serve(create_app(Settings(database_url=url), store=store)) as base,
+        serve(create_app(ApiSettings(database_url=url), store=store)) as base,
         playwright_sync.sync_playwright() as p,
     ):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
@@ -529,7 +529,7 @@ def test_the_trials_chart_highlights_a_hovered_trial_and_never_draws_one_red(
     of both go to ``docs/images`` (the README shows them)."""
     from live_api import serve
 
-    from lrtune.api import Settings, create_app
+    from lrtune.api import ApiSettings, create_app
     from lrtune.jobs import JobStore
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -542,7 +542,7 @@ def test_the_trials_chart_highlights_a_hovered_trial_and_never_draws_one_red(
     body = {"job_id": job_id, "status": "searching", "metric": metric, "direction": "minimize"}
     body |= {"data": trials, "count": len(trials)}
     with (
-        serve(create_app(Settings(database_url=url), store=store)) as base,
+        serve(create_app(ApiSettings(database_url=url), store=store)) as base,
         playwright_sync.sync_playwright() as p,
     ):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
@@ -632,12 +632,12 @@ def test_the_trials_chart_highlights_a_hovered_trial_and_never_draws_one_red(
 def test_log_in_shows_only_where_the_server_has_a_token(tmp_path: Path, token: str | None) -> None:
     from live_api import serve
 
-    from lrtune.api import Settings, create_app
+    from lrtune.api import ApiSettings, create_app
     from lrtune.jobs import JobStore
 
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     upgrade(url)
-    settings = Settings(database_url=url, api_token=token)
+    settings = ApiSettings(database_url=url, api_token=token)
     with (
         serve(create_app(settings, store=JobStore(url))) as base,
         playwright_sync.sync_playwright() as p,

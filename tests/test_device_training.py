@@ -375,12 +375,12 @@ def test_the_migration_backfills_needs_cuda_from_stored_specs(empty_jobs_url: st
     import sqlalchemy as sa
     from alembic import command
 
-    from lrtune.jobs import schema, upgrade
+    from lrtune.jobs import revision, upgrade
     from lrtune.jobs.db import get_engine
 
     engine = get_engine(empty_jobs_url)
     with engine.begin() as conn:  # the schema before jobs said whether they need CUDA
-        config = schema._config()
+        config = revision._config()
         config.attributes["connection"] = conn
         command.upgrade(config, "0001")
     jobs = sa.table(

@@ -11,7 +11,7 @@ import pytest
 from tqdm import tqdm
 
 from lrtune.jobs.eta import EtaEstimator
-from lrtune.jobs.schemas import JobProgress
+from lrtune.jobs.records import JobProgress
 from lrtune.spec import JobSpec
 
 STEPS, STEP_S = 300, 0.1  # the range test: 30 s
@@ -98,7 +98,7 @@ def test_the_time_left_is_unknown_until_a_kind_with_units_left_has_been_timed() 
 
 
 def test_the_cli_bar_shows_the_share_of_time_and_the_time_left() -> None:
-    from lrtune.jobs.schemas import JobRecord
+    from lrtune.jobs.records import JobRecord
     from lrtune.jobs.waiting import BAR_TOTAL, _show
 
     now = dt.datetime.now(dt.UTC)
@@ -124,7 +124,7 @@ def test_the_cli_bar_shows_the_share_of_time_and_the_time_left() -> None:
 
 
 def _status(value: str):
-    from lrtune.jobs.schemas import JobStatus
+    from lrtune.jobs.records import JobStatus
 
     return JobStatus(value)
 

@@ -19,7 +19,7 @@ from PIL import Image
 from small_jobs import small_job
 from test_imports import heavy_modules_after
 
-from lrtune.api import Settings, create_app
+from lrtune.api import ApiSettings, create_app
 from lrtune.jobs import JobStatus, JobStore
 from lrtune.plots import PNG_SIGNATURE
 from lrtune.workers.loop import Worker
@@ -55,7 +55,7 @@ def test_the_plot_is_404_then_grows_while_the_range_test_runs_then_is_the_finish
     spec = small_job({"range_test": LONG_RANGE_TEST}, n_trials=2, epochs=1, families=["constant"])
     spec = spec.model_copy(update={"search": spec.search.model_copy(update={"confirm_seeds": 0})})
     job = store.submit(spec)
-    app = create_app(Settings(database_url=store.url), store=store)
+    app = create_app(ApiSettings(database_url=store.url), store=store)
     with serve(app) as url, httpx.Client(base_url=url, timeout=60) as http:
         path = f"/v1/jobs/{job.id}/finder.png"
         before = http.get(path)
@@ -120,13 +120,13 @@ def test_the_finished_plot_marks_every_rule_the_chosen_one_and_shades_the_bounds
 def test_the_png_is_documented_as_image_png_and_the_api_starts_without_matplotlib(
     tmp_path: Path,
 ) -> None:
-    app = create_app(Settings(database_url=f"sqlite:///{tmp_path / 'jobs.db'}"))
+    app = create_app(ApiSettings(database_url=f"sqlite:///{tmp_path / 'jobs.db'}"))
     operation = app.openapi()["paths"]["/v1/jobs/{job_id}/finder.png"]["get"]
     assert set(operation["responses"]["200"]["content"]) == {"image/png"}
     assert {"304", "404"} <= set(operation["responses"])
     code = f"""
-        from lrtune.api import Settings, create_app
-        create_app(Settings(database_url="sqlite:///{tmp_path / "jobs.db"}"))
+        from lrtune.api import ApiSettings, create_app
+        create_app(ApiSettings(database_url="sqlite:///{tmp_path / "jobs.db"}"))
         import sys
         assert "matplotlib" not in sys.modules, "matplotlib is for the first plot request"
     """
@@ -139,6 +139,6 @@ def test_a_job_that_failed_before_its_range_test_gets_a_404_that_says_so(
 ) -> None:
     job = store.submit(small_job(n_trials=2))
     store.cancel(job.id)
-    with serve(create_app(Settings(database_url=store.url), store=store)) as url:
+    with serve(create_app(ApiSettings(database_url=store.url), store=store)) as url:
         answer = httpx.get(f"{url}/v1/jobs/{job.id}/finder.png", headers={"Accept": accept})
     assert answer.status_code == 404 and "cancelled" in answer.json()["detail"]

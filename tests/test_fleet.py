@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 
 from lrtune._optuna import ATTR_SLOT, ATTR_SPEC
 from lrtune.exceptions import StorageUnavailableError
-from lrtune.jobs import JobStatus, JobStore, Settings, upgrade
+from lrtune.jobs import JobStatus, JobStore, StoreSettings, upgrade
 from lrtune.spec import JobSpec
 from lrtune.storage import open_storage
 from lrtune.tuner import NO_FAIL_REASON, TrialRecord, open_confirmation
@@ -209,7 +209,7 @@ def test_four_workers_run_twelve_jobs_on_postgres_within_their_connection_budget
         time.sleep(0.2)
 
     assert fleet.wait() == [0, 0, 0, 0], fleet.log_text()[-3000:]
-    settings = Settings()
+    settings = StoreSettings()
     per_process = settings.db_pool_size + settings.db_max_overflow
     print(f"peak connections of 4 workers and this process: {peak}")
     assert 1 <= peak <= 5 * per_process < 100  # 4 workers and this process, each one pool

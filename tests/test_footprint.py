@@ -22,9 +22,9 @@ from live_api import serve
 from test_api import assert_field_error
 from test_jobs_cli import run
 
-from lrtune.api import Settings, create_app
+from lrtune.api import ApiSettings, create_app
 from lrtune.jobs import JobStatus, JobStore, upgrade
-from lrtune.jobs.settings import Settings as StoreSettings
+from lrtune.jobs.settings import StoreSettings
 from lrtune.spec import JobSpec
 
 # The issue's three examples (defect 5 of issue 15), each admitted before the estimate.
@@ -58,7 +58,7 @@ def api(tmp_path: Path) -> Iterator[httpx.Client]:
     """An API on a fresh SQLite store, with a large upload cap for the wide upload."""
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     upgrade(url)
-    settings = Settings(database_url=url, max_upload_bytes=64 << 20, max_body_bytes=64 << 20)
+    settings = ApiSettings(database_url=url, max_upload_bytes=64 << 20, max_body_bytes=64 << 20)
     with serve(create_app(settings)) as base, httpx.Client(base_url=base, timeout=120) as client:
         yield client
 
@@ -101,7 +101,7 @@ def test_a_normal_job_is_admitted(api: httpx.Client) -> None:
 def test_the_compute_cap_refuses_at_the_search(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     upgrade(url)
-    settings = Settings(database_url=url, max_job_tflops=0.01)
+    settings = ApiSettings(database_url=url, max_job_tflops=0.01)
     with serve(create_app(settings)) as base, httpx.Client(base_url=base, timeout=60) as client:
         response = client.post("/v1/jobs", json=DIGITS_MLP)
     detail = assert_field_error(response, ["body", "search", "n_trials"])

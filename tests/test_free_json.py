@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from cli_runs import run_cli
 from live_api import serve
 
-from lrtune.api import Settings, create_app
+from lrtune.api import ApiSettings, create_app
 from lrtune.jobs import JobStore, PluginRegistry, WorkerRegistration, tables
 from lrtune.jobs.db import get_engine
 from lrtune.spec import JobSpec
@@ -62,7 +62,7 @@ def api(jobs_url: str, store: JobStore) -> Iterator[httpx.Client]:
         )
     )
     with contextlib.ExitStack() as stack:
-        url = stack.enter_context(serve(create_app(Settings(database_url=jobs_url))))
+        url = stack.enter_context(serve(create_app(ApiSettings(database_url=jobs_url))))
         yield stack.enter_context(httpx.Client(base_url=url, timeout=60))
 
 

@@ -15,7 +15,7 @@ from cli_runs import run_cli as run
 from live_api import finish_with, serve
 from small_jobs import small_job
 
-from lrtune.api import Settings, create_app
+from lrtune.api import ApiSettings, create_app
 from lrtune.exceptions import InvalidInputError, NotFoundError
 from lrtune.jobs import JobStatus, JobStore
 from lrtune.jobs import store as store_module
@@ -88,7 +88,7 @@ def test_a_recommendation_is_read_by_a_prefix(
 
 @pytest.fixture
 def api_url(jobs: JobStore) -> Iterator[str]:
-    with serve(create_app(Settings(database_url=jobs.url))) as url:
+    with serve(create_app(ApiSettings(database_url=jobs.url))) as url:
         yield url
 
 

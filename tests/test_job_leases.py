@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from lrtune.exceptions import ConflictError, InvalidInputError, LeaseLost, NotFoundError
-from lrtune.jobs import JobProgress, JobStatus, JobStore, Lease, Settings
+from lrtune.jobs import JobProgress, JobStatus, JobStore, Lease, StoreSettings
 from lrtune.spec import JobSpec
 
 SPEC = JobSpec.model_validate({"model": {"name": "mlp"}, "dataset": {"name": "digits"}})
@@ -156,7 +156,7 @@ def test_renew_extends_the_lease_and_keeps_the_job_from_other_workers(store: Job
 
 
 def test_the_retry_limit_fails_a_job_whose_lease_keeps_expiring(jobs_url: str) -> None:
-    store = JobStore(jobs_url, settings=Settings(max_attempts=2))
+    store = JobStore(jobs_url, settings=StoreSettings(max_attempts=2))
     doomed, healthy = _submit(store, 2)
     for attempt in (1, 2):
         lease = store.claim(f"w{attempt}", 0.05)

@@ -21,9 +21,17 @@ from lrtune.exceptions import (
     NotFoundError,
     StorageUnavailableError,
 )
-from lrtune.jobs import JobStatus, JobStore, Provenance, Settings, check_current, tables, upgrade
+from lrtune.jobs import (
+    JobStatus,
+    JobStore,
+    Provenance,
+    StoreSettings,
+    check_current,
+    tables,
+    upgrade,
+)
 from lrtune.jobs.db import get_engine
-from lrtune.jobs.schema import current_revision, head_revision
+from lrtune.jobs.revision import current_revision, head_revision
 from lrtune.spec import JobSpec
 from lrtune.storage import open_storage
 
@@ -395,7 +403,7 @@ def test_stores_in_one_process_share_one_bounded_pool(postgres_url: str) -> None
     name = f"lrtune-pool-test-{uuid.uuid4().hex[:8]}"  # other runs may share the server
     url = sa.engine.make_url(postgres_url).update_query_dict({"application_name": name})
     url = url.render_as_string(hide_password=False)
-    settings = Settings(database_url=url, db_pool_size=2, db_max_overflow=2)
+    settings = StoreSettings(database_url=url, db_pool_size=2, db_max_overflow=2)
     upgrade(postgres_url)
     stores = [JobStore(url, settings=settings) for _ in range(6)]
     assert len({id(get_engine(s.url)) for s in stores}) == 1

@@ -12,7 +12,7 @@ from live_api import finish_with
 from small_jobs import small_job
 
 from lrtune.jobs import JobStatus, JobStore, StoredRecommendation
-from lrtune.jobs.schema import current_revision, head_revision
+from lrtune.jobs.revision import current_revision, head_revision
 from lrtune.recommendation import Recommendation
 
 JOB = "name: digits-mlp\nmodel: {name: mlp}\ndataset: {name: digits}\n"

@@ -11,7 +11,7 @@ from live_api import serve
 from prometheus_client.parser import text_string_to_metric_families
 from small_jobs import small_job
 
-from lrtune.api import Settings, create_app
+from lrtune.api import ApiSettings, create_app
 from lrtune.api.routes.metrics import TrialRate
 from lrtune.jobs import JobProgress, JobStore
 
@@ -33,7 +33,7 @@ def test_metrics_count_the_stores_jobs(store: JobStore, jobs_url: str) -> None:
     assert lease is not None
     store.advance(lease, progress=JobProgress(trials_done=5, confirmations_done=2))
     store.cancel(jobs[1].id)
-    with serve(create_app(Settings(database_url=jobs_url))) as url:
+    with serve(create_app(ApiSettings(database_url=jobs_url))) as url:
         time.sleep(0.05)  # the oldest queued job has waited a measurable time
         metrics = scrape(url)
     state = {
@@ -57,14 +57,14 @@ def test_metrics_count_the_stores_jobs(store: JobStore, jobs_url: str) -> None:
 
 
 def test_metrics_of_an_empty_store(jobs_url: str) -> None:
-    with serve(create_app(Settings(database_url=jobs_url))) as url:
+    with serve(create_app(ApiSettings(database_url=jobs_url))) as url:
         metrics = scrape(url)
     assert metrics["lrtune_queue_age_seconds", ()] == 0
     assert metrics["lrtune_jobs", (("state", "queued"),)] == 0
 
 
 def test_metrics_need_the_token_when_reads_do(tmp_path) -> None:
-    settings = Settings(
+    settings = ApiSettings(
         database_url=f"sqlite:///{tmp_path / 'jobs.db'}",
         api_token="s3cret",
         api_token_for_reads=True,
@@ -77,7 +77,7 @@ def test_metrics_need_the_token_when_reads_do(tmp_path) -> None:
 
 
 def test_metrics_answer_503_when_the_database_is_down() -> None:
-    settings = Settings(database_url="postgresql+psycopg://lrtune:hunter2@127.0.0.1:1/lrtune")
+    settings = ApiSettings(database_url="postgresql+psycopg://lrtune:hunter2@127.0.0.1:1/lrtune")
     with serve(create_app(settings)) as url:
         response = httpx.get(f"{url}/metrics", timeout=30)
     assert response.status_code == 503, response.text

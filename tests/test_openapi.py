@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from live_api import serve
 
-from lrtune.api import Settings, create_app
+from lrtune.api import ApiSettings, create_app
 
 TOKEN = "schemathesis-t0ken"
 
@@ -67,7 +67,7 @@ def untyped_schemas(node: Any, path: str = "") -> Iterator[str]:
 
 
 def test_the_openapi_schema_types_everything_but_the_free_form_json(tmp_path: Path) -> None:
-    schema = create_app(Settings(database_url=f"sqlite:///{tmp_path / 'jobs.db'}")).openapi()
+    schema = create_app(ApiSettings(database_url=f"sqlite:///{tmp_path / 'jobs.db'}")).openapi()
     found = set(untyped_schemas(schema))
     assert found == FREE_FORM, found ^ FREE_FORM  # an entry gone from the schema goes here too
     config = schema["components"]["schemas"]["RangeTestConfig"]
@@ -123,7 +123,7 @@ def test_schemathesis_finds_no_server_error_and_no_response_off_the_schema(
 ) -> None:
     config = tmp_path / "schemathesis.toml"
     config.write_text(SCHEMATHESIS_CONFIG)
-    app = create_app(Settings(database_url=jobs_url, api_token=TOKEN))
+    app = create_app(ApiSettings(database_url=jobs_url, api_token=TOKEN))
     cli = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run"]
     with serve(app) as url:
         run = subprocess.run(

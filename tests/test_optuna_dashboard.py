@@ -15,7 +15,7 @@ from small_jobs import small_job
 from test_dashboard_api import client
 from test_imports import heavy_modules_after
 
-from lrtune.api import Settings, create_app
+from lrtune.api import ApiSettings, create_app
 from lrtune.api.deps import TOKEN_COOKIE
 from lrtune.api.routes.optuna_dashboard import PATHS
 from lrtune.jobs import JobRecord, JobStatus, JobStore
@@ -132,10 +132,10 @@ def test_lrtune_keeps_its_own_paths_and_none_is_under_optuna_dashboards(
     from lrtune.api.routes import dashboard
 
     assert all(sample.startswith(PATHS) for sample in OPTUNA_DASHBOARD_SAMPLES)
-    app = create_app(Settings(database_url=store.url), store=store)
+    app = create_app(ApiSettings(database_url=store.url), store=store)
     ours = list(app.openapi()["paths"]) + [route.path for route in dashboard.router.routes]
     assert ours and not [p for p in ours if p.startswith(PATHS)], "an lrtune path collides"
-    without = create_app(Settings(database_url=store.url, optuna_dashboard=False), store=store)
+    without = create_app(ApiSettings(database_url=store.url, optuna_dashboard=False), store=store)
     with serve(without) as url:  # lrtune alone answers none of optuna-dashboard's paths
         for sample in OPTUNA_DASHBOARD_SAMPLES:
             assert httpx.get(f"{url}{sample}").json() == {"detail": "Not Found", "errors": []}
@@ -162,11 +162,11 @@ def test_the_api_starts_without_optuna_dashboard_and_loads_it_on_its_first_reque
     code = f"""
         import sys
         from fastapi.testclient import TestClient
-        from lrtune.api import Settings, create_app
+        from lrtune.api import ApiSettings, create_app
         from lrtune.jobs import upgrade
         url = "sqlite:///{tmp_path / "jobs.db"}"
         upgrade(url)
-        http = TestClient(create_app(Settings(database_url=url)), base_url="http://127.0.0.1")
+        http = TestClient(create_app(ApiSettings(database_url=url)), base_url="http://127.0.0.1")
         assert http.get("/").status_code == 200
         started = {{"optuna", "optuna_dashboard", "bottle"}} & set(sys.modules)
         assert not started, started

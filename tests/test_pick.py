@@ -278,7 +278,7 @@ def test_a_cancelled_job_offers_its_best_finished_trial_as_a_provisional_answer(
 ) -> None:
     from live_api import serve
 
-    from lrtune.api import Settings, create_app
+    from lrtune.api import ApiSettings, create_app
     from lrtune.cli import main
     from lrtune.exceptions import NotFoundError
     from lrtune.training import TrainingSetup
@@ -305,7 +305,7 @@ def test_a_cancelled_job_offers_its_best_finished_trial_as_a_provisional_answer(
     assert rec.verdict.startswith("provisional: the job ended before its confirmation")
     assert "CosineAnnealingLR" in rec.code and rec.lr_curve  # what the trial trained with
     # over HTTP and from the CLI, marked as such
-    with serve(create_app(Settings(database_url=url))) as base:
+    with serve(create_app(ApiSettings(database_url=url))) as base:
         import httpx
 
         answer = httpx.get(f"{base}/v1/jobs/{job.id}/recommendation").json()

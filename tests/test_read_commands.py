@@ -84,13 +84,13 @@ def test_the_default_database_is_named_when_it_is_read(
 def test_serve_and_the_cli_default_to_the_same_database(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from lrtune.api.config import Settings as ServiceSettings
-    from lrtune.jobs.settings import Settings as StoreSettings
+    from lrtune.api.config import ApiSettings
+    from lrtune.jobs.settings import StoreSettings
 
     monkeypatch.delenv("LRTUNE_DATABASE_URL", raising=False)
-    assert ServiceSettings().database_url == StoreSettings().database_url == DEFAULT_DATABASE_URL
+    assert ApiSettings().database_url == StoreSettings().database_url == DEFAULT_DATABASE_URL
     monkeypatch.setenv("LRTUNE_DATABASE_URL", "sqlite:///elsewhere.db")
-    assert ServiceSettings.from_env().database_url == "sqlite:///elsewhere.db"
+    assert ApiSettings.from_env().database_url == "sqlite:///elsewhere.db"
     assert StoreSettings.from_env().database_url == "sqlite:///elsewhere.db"
     for command in ("serve", "status", "submit", "worker", "workers"):
         with pytest.raises(SystemExit):

@@ -17,7 +17,7 @@ from torch import nn
 from lrtune import registry
 from lrtune._optuna import ATTR_BOUNDS
 from lrtune.exceptions import LeaseLost
-from lrtune.jobs import JobStatus, JobStore, Settings, upgrade
+from lrtune.jobs import JobStatus, JobStore, StoreSettings, upgrade
 from lrtune.jobs.db import get_engine
 from lrtune.storage import open_storage
 from lrtune.tuner import open_study, prepare_study
@@ -36,7 +36,7 @@ def test_the_job_store_and_the_studies_of_a_process_share_one_bounded_pool(
     url = sa.engine.make_url(postgres_url).update_query_dict({"application_name": name})
     url = url.render_as_string(hide_password=False)
     upgrade(postgres_url)
-    settings = Settings(database_url=url, db_pool_size=2, db_max_overflow=2)
+    settings = StoreSettings(database_url=url, db_pool_size=2, db_max_overflow=2)
     store = JobStore(url, settings=settings)
     job = store.submit(small_job(n_trials=2))
     storages = [open_storage(url) for _ in range(4)]

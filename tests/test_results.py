@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from lrtune import __version__
 from lrtune.cli import main
 from lrtune.exceptions import InvalidInputError, NotFoundError
-from lrtune.jobs import JobProgress, JobStatus, JobStore, Provenance, Settings, tables, upgrade
+from lrtune.jobs import JobProgress, JobStatus, JobStore, Provenance, StoreSettings, tables, upgrade
 from lrtune.jobs.db import get_engine
 from lrtune.jobs.stored_json import upgrade_json_rows
 from lrtune.result import LRBounds, LRFinderResult
@@ -54,7 +54,7 @@ def _spec(job: dict | None = None) -> JobSpec:
 
 
 def _store(url: str, artifacts: Path) -> JobStore:
-    return JobStore(url, settings=Settings(artifact_dir=artifacts))
+    return JobStore(url, settings=StoreSettings(artifact_dir=artifacts))
 
 
 def _run_in_thread(worker: Worker) -> threading.Thread:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from live_api import serve
 
-from lrtune.api import Settings, create_app
+from lrtune.api import ApiSettings, create_app
 from lrtune.api.routes.schedules import schedule_preview
 from lrtune.api.schemas import MAX_PREVIEW_VALUES, SchedulePreviewRequest
 from lrtune.cli import main
@@ -111,7 +111,7 @@ def api(tmp_path: Path) -> Iterator[httpx.Client]:
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     upgrade(url)
     with contextlib.ExitStack() as stack:
-        base = stack.enter_context(serve(create_app(Settings(database_url=url))))
+        base = stack.enter_context(serve(create_app(ApiSettings(database_url=url))))
         yield stack.enter_context(httpx.Client(base_url=base, timeout=60))
 
 

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from lrtune.exceptions import InvalidInputError
 from lrtune.jobs import JobStore, upgrade
 from lrtune.jobs.db import get_engine
-from lrtune.jobs.schema import current_revision, head_revision
+from lrtune.jobs.revision import current_revision, head_revision
 from lrtune.registry import check_token_range
 from lrtune.uploads import check_arrays
 
@@ -67,7 +67,7 @@ def test_migration_0007_leaves_older_uploads_unchecked_until_uploaded_again(
 ) -> None:
     from alembic import command
 
-    from lrtune.jobs.schema import _config
+    from lrtune.jobs.revision import _config
 
     url = empty_jobs_url
     upgrade(url, "0006")

@@ -210,7 +210,7 @@ def test_run_length_encoding_round_trips() -> None:
 
 def test_a_workers_default_look_interval_is_the_librarys() -> None:
     """``LRTUNE_UNIT_CHECK_S`` unset, a worker's units look as often as ``train()``'s do."""
-    from lrtune.jobs import Settings
+    from lrtune.jobs import StoreSettings
 
     default = inspect.signature(train).parameters["stop_check_s"].default
-    assert Settings().unit_check_s == default == UNIT_CHECK_S
+    assert StoreSettings().unit_check_s == default == UNIT_CHECK_S

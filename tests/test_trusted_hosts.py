@@ -18,7 +18,7 @@ import httpx
 import pytest
 from live_api import serve
 
-from lrtune.api import Settings, create_app
+from lrtune.api import ApiSettings, create_app
 from lrtune.jobs import JobStore, upgrade
 
 MINIMAL = {"model": {"name": "logreg"}, "dataset": {"name": "wine"}}
@@ -35,7 +35,7 @@ def start(tmp_path: Path) -> Iterator[Start]:
     with contextlib.ExitStack() as stack:
 
         def start(**fields: Any) -> httpx.Client:
-            base = stack.enter_context(serve(create_app(Settings(database_url=url, **fields))))
+            base = stack.enter_context(serve(create_app(ApiSettings(database_url=url, **fields))))
             return stack.enter_context(httpx.Client(base_url=base, timeout=60))
 
         yield start
@@ -88,13 +88,13 @@ def test_allowed_hosts_come_from_the_environment(
     start: Start, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("LRTUNE_ALLOWED_HOSTS", "lrtune.example.com, *.corp")
-    api = start(**Settings.from_env().model_dump(include={"allowed_hosts"}))
+    api = start(**ApiSettings.from_env().model_dump(include={"allowed_hosts"}))
     assert api.get("/v1/jobs", headers={"Host": "lrtune.example.com"}).status_code == 200
     assert api.get("/v1/jobs", headers={"Host": "api.team.corp:8000"}).status_code == 200
     assert api.get("/v1/jobs", headers={"Host": "127.0.0.1"}).status_code == 400
     monkeypatch.setenv("LRTUNE_ALLOWED_HOSTS", " , ")
     with pytest.raises(ValueError, match="LRTUNE_ALLOWED_HOSTS"):
-        Settings.from_env()
+        ApiSettings.from_env()
 
 
 def test_a_non_loopback_bind_answers_any_host_behind_its_token(start: Start) -> None:

@@ -18,12 +18,12 @@ from small_jobs import small_job
 
 from lrtune.exceptions import ConflictError
 from lrtune.schedules import FAMILIES, parse_schedule
+from lrtune.search import UnitObjective, UnitOptions
 from lrtune.space import LRBounds
 from lrtune.spec import JobSpec
 from lrtune.storage import open_storage
 from lrtune.training import TrainingSetup, train
 from lrtune.tuner import (
-    TrialObjective,
     TrialRecord,
     open_study,
     prepare_study,
@@ -96,7 +96,7 @@ def test_a_diverging_trial_is_pruned_with_its_reason() -> None:
     setup = TrainingSetup.from_spec(spec)
     absurd = LRBounds(low=1e4, high=1e5, suggestion=1e4, divergence_lr=None)
     study = optuna.create_study()
-    study.optimize(TrialObjective(setup, absurd), n_trials=1)
+    study.optimize(UnitObjective("trial", setup, study, absurd, UnitOptions()), n_trials=1)
     record = TrialRecord.read(study.trials[0])
     assert record.state == "PRUNED"
     assert "non-finite" in record.stop_reason

@@ -24,10 +24,10 @@ import sqlalchemy as sa
 from live_api import serve
 from test_api import TOKEN, Start, assert_field_error
 
-from lrtune.api import Settings, create_app
+from lrtune.api import ApiSettings, create_app
 from lrtune.jobs import JobStatus, JobStore, tables, upgrade
 from lrtune.jobs.db import get_engine
-from lrtune.jobs.schema import current_revision, head_revision
+from lrtune.jobs.revision import current_revision, head_revision
 from lrtune.jobs.store import MAX_PAGE
 from lrtune.spec import JobSpec
 from lrtune.uploads import UploadError, check_arrays, parse_upload
@@ -41,7 +41,7 @@ def start(jobs_url: str) -> Iterator[Start]:
     with contextlib.ExitStack() as stack:
 
         def start_api(**fields: Any) -> httpx.Client:
-            app = create_app(Settings(database_url=jobs_url, **fields))
+            app = create_app(ApiSettings(database_url=jobs_url, **fields))
             url = stack.enter_context(serve(app))
             return stack.enter_context(httpx.Client(base_url=url, timeout=60))
 
@@ -54,7 +54,7 @@ def checker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     url = f"sqlite:///{tmp_path_factory.mktemp('checker') / 'jobs.db'}"
     upgrade(url)
     with (
-        serve(create_app(Settings(database_url=url))) as base,
+        serve(create_app(ApiSettings(database_url=url))) as base,
         httpx.Client(base_url=base, timeout=60) as client,
     ):
         yield client
@@ -602,7 +602,7 @@ def test_migration_0006_adds_the_uploads_table_and_its_downgrade_drops_it(
 ) -> None:
     from alembic import command
 
-    from lrtune.jobs.schema import _config
+    from lrtune.jobs.revision import _config
 
     upgrade(empty_jobs_url, "0005")
     assert not sa.inspect(get_engine(empty_jobs_url)).has_table(tables.Upload.__tablename__)

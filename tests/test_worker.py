@@ -14,13 +14,15 @@ from typing import Any
 
 import optuna
 import pytest
+import sqlalchemy as sa
 import yaml
 from optuna.trial import TrialState
 
 from lrtune._optuna import ATTR_BOUNDS, ATTR_FAIL_REASON, ATTR_SLOT, ATTR_STOP_REASON
 from lrtune.cli import main
-from lrtune.jobs import JobRecord, JobStatus, JobStore, upgrade
-from lrtune.jobs.schemas import StoredRecommendation
+from lrtune.jobs import JobRecord, JobStatus, JobStore, tables, upgrade
+from lrtune.jobs.db import get_engine
+from lrtune.jobs.records import StoredRecommendation
 from lrtune.spec import JobSpec
 from lrtune.tuner import open_study, prepare_study
 from lrtune.workers.loop import Worker
@@ -253,9 +255,12 @@ def test_a_worker_that_loses_its_lease_stops_the_range_test_and_writes_nothing(
 
 
 def test_a_job_whose_range_test_raises_fails_with_the_reason(sqlite_url: str) -> None:
-    broken = {**JOB, "model": {"name": "logreg", "params": {"depth": 3}}}  # logreg has no depth
-    (job_id,) = _submit(sqlite_url, 1, broken)
+    (job_id,) = _submit(sqlite_url, 1)
     store = JobStore(sqlite_url)
+    broken = JobSpec.model_validate(JOB).model_dump(mode="json")
+    broken["model"] = {"name": "logreg", "params": {"depth": 3}}  # logreg has no depth
+    with get_engine(sqlite_url).begin() as conn:  # as stored before admission refused it
+        conn.execute(sa.update(tables.Job).where(tables.Job.id == job_id).values(spec=broken))
 
     worked_on = Worker(store, device="cpu", worker_id="w1").run(once=True)
 

@@ -13,9 +13,9 @@ from cli_runs import run_cli as run
 from live_api import serve
 from small_jobs import small_job
 
-from lrtune.api import Settings, create_app
+from lrtune.api import ApiSettings, create_app
 from lrtune.jobs import JobStore, PluginRegistry, WorkerActivity, WorkerRegistration
-from lrtune.jobs.schemas import WorkerList
+from lrtune.jobs.records import WorkerList
 from lrtune.registry import dataset_names, model_names
 
 TOKEN = "w0rkers-t0ken"
@@ -47,7 +47,7 @@ def fleet(store: JobStore) -> JobStore:
 
 @pytest.fixture
 def api_url(fleet: JobStore) -> Iterator[str]:
-    with serve(create_app(Settings(database_url=fleet.url))) as url:
+    with serve(create_app(ApiSettings(database_url=fleet.url))) as url:
         yield url
 
 
@@ -63,7 +63,7 @@ def test_get_workers_lists_the_live_ones_or_all(fleet: JobStore, api_url: str) -
 
 
 def test_get_workers_needs_the_token_when_reads_do(fleet: JobStore) -> None:
-    settings = Settings(database_url=fleet.url, api_token=TOKEN, api_token_for_reads=True)
+    settings = ApiSettings(database_url=fleet.url, api_token=TOKEN, api_token_for_reads=True)
     with serve(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as api:
         assert api.get("/v1/workers").status_code == 401
         authorized = api.get("/v1/workers", headers={"Authorization": f"Bearer {TOKEN}"})
@@ -90,7 +90,7 @@ def test_lrtune_workers_prints_the_same_through_the_api(
 def test_lrtune_workers_through_the_api_says_where_it_found_none(
     store: JobStore, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with serve(create_app(Settings(database_url=store.url))) as url:
+    with serve(create_app(ApiSettings(database_url=store.url))) as url:
         code, out, _ = run(capsys, "workers", "--url", url)
     assert (code, out) == (0, f"no live workers in the lrtune API at {url}\n")
 

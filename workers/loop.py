@@ -3,17 +3,17 @@
 A :class:`Worker` repeats one step until it is stopped or, with ``once``, finds nothing to do:
 
 1. :meth:`~lrtune.jobs.JobStore.claim` a job's exclusive phase. A ``finding`` job gets its
-   range test and its prepared study (:func:`lrtune.tuner.prepare_study`, on the study the
+   range test and its prepared study (:meth:`lrtune.search.JobSearch.prepare`, on the study the
    store named, ``JobRecord.study_name``), then moves on to ``searching`` and the lease is
    released. A ``confirming`` job whose finisher died gets its recommendation written.
 2. Otherwise help the oldest job in a shared phase (:meth:`~lrtune.jobs.JobStore.shared_jobs`)
    that has a queued unit and fewer running than its ``search.max_parallel``: search trials
    while ``searching``, confirmation runs while ``confirming``, popped from the job's Optuna
    queue (no lease: Optuna's heartbeat covers a dead worker's trial) through its
-   :class:`~lrtune.tuner.UnitGate` (``max_parallel`` under the store's unit lock; the search's
+   :class:`~lrtune.search.UnitGate` (``max_parallel`` under the store's unit lock; the search's
    ``target`` and ``timeout_s`` close it early). The worker that finds a job's queue empty
    and nothing running claims the job by id: a ``searching`` job moves on to ``confirming``;
-   a ``confirming`` job gets its recommendation written (:func:`lrtune.tuner.recommend`,
+   a ``confirming`` job gets its recommendation written (:meth:`lrtune.search.JobSearch.recommend`,
    saved under the lease) and succeeds.
 
 While a worker holds a lease, a daemon thread renews it every ``lease_s / 3`` seconds, so a
@@ -34,7 +34,7 @@ A unit of a job that is cancelled (or fails) while it runs stops within
 and reads the job at most every ``ENDED_POLL_S`` seconds), recorded PRUNED with the reason, on
 every worker and child on the job; the rest of the queue is left, and what finished stays readable.
 An error inside a phase fails the job with the reason, and so does a unit that fails for a
-reason of its own (:func:`lrtune.tuner.unit_failure`): it is not retried, and the job must not
+reason of its own (:func:`lrtune.search.unit_failure`): it is not retried, and the job must not
 succeed short of its budget.
 
 Presence: :meth:`Worker.run` registers the worker in the store's workers table (host, device,
@@ -119,9 +119,19 @@ from lrtune.jobs import (
     WorkerActivity,
     WorkerRegistration,
 )
-from lrtune.jobs.settings import Settings as StoreSettings
+from lrtune.jobs.settings import StoreSettings
 from lrtune.jobs.store import remove_checkpoints
 from lrtune.jobs.uploads import UPLOADED
+from lrtune.search import (
+    JobSearch,
+    Phase,
+    TrialFailed,
+    UnitGate,
+    UnitOptions,
+    stop_progress,
+    timeout_passed,
+    unit_failure,
+)
 from lrtune.spec import JobSpec
 from lrtune.storage import open_storage
 from lrtune.training import (
@@ -132,22 +142,6 @@ from lrtune.training import (
     stop_listener,
     stop_requested,
     wait_for_stop,
-)
-from lrtune.tuner import (
-    TrialFailed,
-    UnitGate,
-    extend_confirmation,
-    open_confirmation,
-    open_study,
-    prepare_study,
-    recommend,
-    requeue_interrupted,
-    run_confirmation,
-    run_trials,
-    stop_progress,
-    stored_bounds,
-    timeout_passed,
-    unit_failure,
 )
 from lrtune.workers.backoff import Backoff
 from lrtune.workers.pool import ChildConfig, UnitOutcome, UnitPool
@@ -412,7 +406,7 @@ class Worker:
         self._setups: dict[str, TrainingSetup] = {}
         self._pool: UnitPool | None = None
         self._holding: dict[str, WorkerActivity] = {}  # "lease", "unit": what it does here
-        self._studies: dict[str, optuna.Study] = {}  # the pool's dispatcher's, per job
+        self._searches: dict[str, JobSearch] = {}  # the pool's dispatcher's, per job
         self._orphans: dict[str, float] = {}  # job id -> when its dead child's unit is stale
         self._serviced_at = 0.0
         self._worked: set[str] = set()  # the jobs run() has worked on, and its max_jobs
@@ -471,8 +465,7 @@ class Worker:
         """
         try:
             with storage_errors():
-                study = open_study(job.spec, self._optuna_storage(), job.study_name)
-                ran = self._run_units(job, study, one=True)
+                ran = self._run_units(job, self._open_search(job), one=True)
         except KeyboardInterrupt:
             try:
                 with storage_errors():
@@ -617,8 +610,7 @@ class Worker:
         anywhere, nor handed out by this worker, so it may move on)."""
         try:
             with storage_errors():
-                study = self._study(job)
-                queue = study if job.status is JobStatus.SEARCHING else self._confirm(job, study)
+                queue = self._search(job).queue(_phase(job))
                 fail_stale_trials(queue)
                 _raise_unit_failure(queue)
                 handed = 0
@@ -671,24 +663,21 @@ class Worker:
         except StorageUnavailableError as exc:  # the range test's own writes will tell
             logger.warning("worker=%s event=store_unavailable error=%s", self.id, exc)
 
-    def _study(self, job: JobRecord) -> optuna.Study:
-        """The job's search study, opened once per job by the dispatcher."""
-        if job.id not in self._studies:
-            if len(self._studies) >= 4 * SETUPS_KEPT:
-                del self._studies[next(iter(self._studies))]
-            self._studies[job.id] = open_study(job.spec, self._optuna_storage(), job.study_name)
-        return self._studies[job.id]
+    def _search(self, job: JobRecord) -> JobSearch:
+        """The job's search, opened once per job by the dispatcher."""
+        if job.id not in self._searches:
+            if len(self._searches) >= 4 * SETUPS_KEPT:
+                del self._searches[next(iter(self._searches))]
+            self._searches[job.id] = self._open_search(job)
+        return self._searches[job.id]
 
-    def _confirm(self, job: JobRecord, study: optuna.Study) -> optuna.Study:
-        key = job.id + ":confirm"
-        if key not in self._studies:
-            self._studies[key] = open_confirmation(study, job.spec)
-        return self._studies[key]
+    def _open_search(self, job: JobRecord) -> JobSearch:
+        return JobSearch.open(job.spec, self._optuna_storage(), job.study_name)
 
     def _waiting_units(self, job: JobRecord, queue: optuna.Study) -> int:
         """How many queued units of ``job`` this worker may start now: those queued, no more
         than ``search.max_parallel`` leaves room for (a read; the pops themselves are bounded
-        exactly, under the store's unit lock: :class:`~lrtune.tuner.UnitGate`)."""
+        exactly, under the store's unit lock: :class:`~lrtune.search.UnitGate`)."""
         counts = trial_counts(queue)
         room = job.spec.search.max_parallel - counts[TrialState.RUNNING]
         return max(0, min(counts[TrialState.WAITING], room))
@@ -750,7 +739,7 @@ class Worker:
         with RangeTestProgress(
             self.store, lease, job.spec, self._range_test_step(heartbeat)
         ) as steps:
-            study = prepare_study(
+            search = JobSearch.prepare(
                 job.spec,
                 self._optuna_storage(),
                 setup=setup,
@@ -762,14 +751,13 @@ class Worker:
                     (c.job_id, c.recommendation) for c in self.store.warm_start_candidates(job.spec)
                 ],
             )
-        save_range_test(self.store, lease, study, self._provenance(job, study))
-        confirm = open_confirmation(study, job.spec)
+        save_range_test(self.store, lease, search.study, self._provenance(job, search))
         progress = job.progress.model_copy(
             update={
                 "range_test_steps_done": steps.total,  # completed (maybe stopped at divergence)
                 "range_test_steps_total": steps.total,
-                "trials_total": len(study.get_trials(deepcopy=False)),
-                "confirmations_total": len(confirm.get_trials(deepcopy=False)),
+                "trials_total": len(search.study.get_trials(deepcopy=False)),
+                "confirmations_total": len(search.confirmation.get_trials(deepcopy=False)),
             }
         )
         heartbeat.stop()
@@ -789,38 +777,39 @@ class Worker:
 
     def _end_search(self, job: JobRecord, lease: Lease, heartbeat: _Heartbeat) -> None:
         """Move a ``searching`` job whose search is over to ``confirming``."""
-        study = open_study(job.spec, self._optuna_storage(), job.study_name)
-        _raise_unit_failure(study)
+        search = self._open_search(job)
+        _raise_unit_failure(search.study)
         heartbeat.stop()
-        if has_unfinished(study):  # a unit was re-queued meanwhile: still searching
+        if has_unfinished(search.study):  # a unit was re-queued meanwhile: still searching
             self.store.release(lease)
             return
-        self.store.release(lease, status=JobStatus.CONFIRMING, progress=_progress(job, study))
+        self.store.release(lease, status=JobStatus.CONFIRMING, progress=_progress(job, search))
 
     def _finish(self, job: JobRecord, lease: Lease, heartbeat: _Heartbeat) -> None:
         """Write the recommendation of a job whose confirmation is over; it succeeds."""
-        study = open_study(job.spec, self._optuna_storage(), job.study_name)
-        _raise_unit_failure(open_confirmation(study, job.spec))
-        if has_unfinished(open_confirmation(study, job.spec)):  # units left for the helpers
+        search = self._open_search(job)
+        _raise_unit_failure(search.confirmation)
+        if has_unfinished(search.confirmation):  # units left for the helpers
             heartbeat.stop()
             self.store.release(lease)
             return
-        recommendation = recommend(study, self._setup(job))
+        setup = self._setup(job)
+        recommendation = search.recommend(setup)
         heartbeat.renew_now()  # the extension's writes happen under a fresh lease
-        if extend_confirmation(study, self._setup(job), recommendation):  # inside the noise
+        if search.extend_confirmation(setup, recommendation):  # inside the noise
             heartbeat.stop()
             heartbeat.check()
-            self.store.release(lease, progress=_progress(job, study))
+            self.store.release(lease, progress=_progress(job, search))
             return
         heartbeat.stop()
         heartbeat.check()
         try:
             self.store.save_recommendation(
-                job.id, recommendation, self._provenance(job, study), lease=lease
+                job.id, recommendation, self._provenance(job, search), lease=lease
             )
         except ConflictError:  # saved by a finisher that died before releasing
             _log(job.id, self.id, "confirming", "recommendation_exists")
-        progress = _progress(job, study)
+        progress = _progress(job, search)
         self.store.release(lease, status=JobStatus.SUCCEEDED, progress=progress)
         remove_checkpoints(self.artifact_dir / job.study_name)  # no unit will resume
 
@@ -828,12 +817,11 @@ class Worker:
         """Run the queued units of a shared job; move it on if none is left. True if it worked."""
         try:
             with storage_errors():
-                study = open_study(job.spec, self._optuna_storage(), job.study_name)
-                searching = job.status is JobStatus.SEARCHING
-                queue = study if searching else open_confirmation(study, job.spec)
+                search = self._open_search(job)
+                queue = search.queue(_phase(job))
                 fail_stale_trials(queue)  # a dead worker's unit must not hold a place
                 _raise_unit_failure(queue)
-                worked = self._waiting_units(job, queue) > 0 and self._run_units(job, study)
+                worked = self._waiting_units(job, queue) > 0 and self._run_units(job, search)
                 _raise_unit_failure(queue)
                 unfinished = has_unfinished(queue)
         except KeyboardInterrupt:
@@ -853,42 +841,37 @@ class Worker:
     def _gate(self, job: JobRecord) -> UnitGate:
         """The job's search.max_parallel (under the store's unit lock), target and timeout."""
         return UnitGate(
-            job.spec,
+            job.spec.search,
             lock=lambda: self.store.unit_lock(job.id),
-            stop_reason=lambda: timeout_passed(job.spec, self.store.searching_for_s(job.id)),
+            stop_reason=lambda: timeout_passed(job.spec.search, self.store.searching_for_s(job.id)),
         )
 
-    def _run_units(self, job: JobRecord, study: optuna.Study, *, one: bool = False) -> bool:
+    def _run_units(self, job: JobRecord, search: JobSearch, *, one: bool = False) -> bool:
         """Run the job's queued units here until none is left (``one``: a single unit), the
         job ends, or a stop is requested; True if any ran."""
-        setup = self._setup(job)
-        searching = job.status is JobStatus.SEARCHING
-        queue = study if searching else open_confirmation(study, job.spec)
-        report = UnitProgress(self.store, job, study)
+        phase = _phase(job)
+        report = UnitProgress(self.store, job, search.study)
         ran: list[bool] = []
 
         def should_stop() -> bool:  # asked after each unit
             ran.append(True)
             ended = self._has_ended(job.id, report.record())
-            failed = unit_failure(queue) is not None  # fails the job: no point going on
+            failed = search.unit_failure(phase) is not None  # fails the job: no point going on
             return one or stop_requested() or ended or failed
 
-        options: dict[str, Any] = {
-            "artifact_dir": self.artifact_dir,
-            "wait_for_others": False,
-            "progress": False,
-            "should_stop": should_stop,
-            "gate": self._gate(job),
-            "stop_unit": self._stop_when_ended(job.id),
-            "unit_check_s": self.store.settings.unit_check_s,
-        }
+        options = UnitOptions(
+            artifact_dir=self.artifact_dir,
+            wait_for_others=False,
+            progress=False,
+            should_stop=should_stop,
+            gate=self._gate(job),
+            stop_unit=self._stop_when_ended(job.id),
+            unit_check_s=self.store.settings.unit_check_s,
+        )
         _log(job.id, self.id, job.status.value, "helping")
         self._holding["unit"] = WorkerActivity(job_id=job.id, phase=job.status, lease=False)
         try:
-            if job.status is JobStatus.SEARCHING:
-                run_trials(study, setup, **options)
-            else:
-                run_confirmation(study, setup, **options)
+            search.run_units(phase, self._setup(job), options)
         finally:
             self._holding.pop("unit", None)
         return bool(ran)
@@ -929,11 +912,9 @@ class Worker:
         of a stopped fleet) at once, and two requeues that both read a slot as not yet queued
         would both queue it, so the job would train one unit twice.
         """
-        study = open_study(job.spec, self._optuna_storage(), job.study_name)
+        search = self._open_search(job)
         with self.store.unit_lock(job.id):
-            retried = requeue_interrupted(study) + requeue_interrupted(
-                open_confirmation(study, job.spec)
-            )
+            retried = search.requeue_interrupted()
         _log(job.id, self.id, job.status.value, "interrupted", requeued=retried)
 
     def _hand_back(self, lease: Lease) -> None:
@@ -984,8 +965,8 @@ class Worker:
             )
         return self._storage
 
-    def _provenance(self, job: JobRecord, study: optuna.Study) -> Provenance:
-        bounds = stored_bounds(study)
+    def _provenance(self, job: JobRecord, search: JobSearch) -> Provenance:
+        bounds = search.bounds
         return Provenance(
             lrtune_version=__version__,
             rule=SUGGESTION_RULE,
@@ -1007,10 +988,16 @@ def _raise_unit_failure(queue: optuna.Study) -> None:
         raise TrialFailed(failure)
 
 
-def _progress(job: JobRecord, study: optuna.Study) -> JobProgress:
+def _phase(job: JobRecord) -> Phase:
+    """The phase whose units a shared job's workers run: its search, or its confirmation."""
+    return "search" if job.status is JobStatus.SEARCHING else "confirmation"
+
+
+def _progress(job: JobRecord, search: JobSearch) -> JobProgress:
     """The job's progress as its studies hold it now."""
+    study = search.study
     trials = study.get_trials(deepcopy=False)
-    units = open_confirmation(study, job.spec).get_trials(deepcopy=False)
+    units = search.confirmation.get_trials(deepcopy=False)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     update: dict[str, Any] = {
         "trials_done": sum(t.state in finished for t in trials),

@@ -45,8 +45,8 @@ import optuna
 from lrtune._optuna import FINISHED, best_value, trial_counts
 from lrtune.exceptions import ConflictError, LeaseLost, StorageUnavailableError
 from lrtune.jobs import JobProgress, JobRecord, JobStatus, JobStore, Lease, Provenance
+from lrtune.search import open_confirmation, stored_bounds, stored_range_test
 from lrtune.spec import JobSpec
-from lrtune.tuner import open_confirmation, stored_bounds, stored_range_test
 
 logger = logging.getLogger("lrtune.workers")
 

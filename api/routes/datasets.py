@@ -34,7 +34,7 @@ from lrtune.api.routes._docs import error_responses
 from lrtune.api.routes._registry import registry_list
 from lrtune.api.routes.jobs import NO_NUL
 from lrtune.api.schemas import RegistryList
-from lrtune.jobs.schemas import DatasetUpload, DatasetUploadList
+from lrtune.jobs.records import DatasetUpload, DatasetUploadList
 from lrtune.uploads import UploadError, parse_upload
 
 UPLOAD_PATH = "/datasets"

@@ -27,7 +27,7 @@ from lrtune.api.schemas import Health, Readiness
 from lrtune.exceptions import LRTuneError
 from lrtune.jobs import check_current
 from lrtune.jobs.db import safe_url
-from lrtune.jobs.schema import head_revision
+from lrtune.jobs.revision import head_revision
 
 if TYPE_CHECKING:
     from lrtune.api.serve import EmbeddedWorkers

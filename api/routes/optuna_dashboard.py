@@ -44,7 +44,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from lrtune.api.config import Settings
+from lrtune.api.config import ApiSettings
 from lrtune.api.deps import (
     TOKEN_COOKIE,
     LazyStudies,
@@ -105,7 +105,7 @@ def job_study_page(
 class OptunaDashboard:
     """optuna-dashboard as an ASGI app behind the API's token, built on its first request."""
 
-    def __init__(self, settings: Settings, studies: LazyStudies) -> None:
+    def __init__(self, settings: ApiSettings, studies: LazyStudies) -> None:
         self.settings = settings
         self.studies = studies
         self._app: ASGIApp | None = None
@@ -159,7 +159,7 @@ def install(app: FastAPI) -> None:
     """Add the job-study redirect and, unless turned off, optuna-dashboard's routes (call it
     after every lrtune route is registered, so that those come first)."""
     app.include_router(router)
-    settings: Settings = app.state.settings
+    settings: ApiSettings = app.state.settings
     if not settings.optuna_dashboard:
         return
     dashboard = OptunaDashboard(settings, app.state.studies)

@@ -2,7 +2,7 @@
 
 What ``lrtune workers`` prints, from the store (:meth:`~lrtune.jobs.JobStore.list_workers`):
 each worker's host, device, pid, version, units and threads, its last heartbeat and the jobs
-it is working on, as :class:`~lrtune.jobs.schemas.WorkerList`.
+it is working on, as :class:`~lrtune.jobs.records.WorkerList`.
 
 Example:
     >>> router.prefix, [route.path for route in router.routes]
@@ -17,7 +17,7 @@ from fastapi import APIRouter, Query
 
 from lrtune.api.deps import ReadAuth, StoreDep
 from lrtune.api.routes._docs import error_responses
-from lrtune.jobs.schemas import WorkerList
+from lrtune.jobs.records import WorkerList
 
 router = APIRouter(prefix="/workers", tags=["workers"])
 

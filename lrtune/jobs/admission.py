@@ -45,7 +45,7 @@ from lrtune.registry import (
 )
 
 if TYPE_CHECKING:
-    from lrtune.jobs.schemas import DatasetUpload, PluginRegistry
+    from lrtune.jobs.records import DatasetUpload, PluginRegistry
     from lrtune.spec import JobSpec
 
 QUEUE_FULL_RETRY_S = 30

@@ -11,7 +11,7 @@ cross a fork).
   :func:`session` with ``write=False`` begins a plain read transaction that never waits for a
   writer.
 - PostgreSQL through psycopg 3: ``pool_pre_ping`` (a connection dropped by a server restart is
-  replaced, not handed out) and the pool sizes of :class:`~lrtune.jobs.settings.Settings`.
+  replaced, not handed out) and the pool sizes of :class:`~lrtune.jobs.settings.StoreSettings`.
 
 Every database error leaves :func:`session` as an :mod:`lrtune.exceptions` class: a constraint
 violation is a :class:`~lrtune.exceptions.ConflictError`; anything else (server down, login
@@ -61,7 +61,7 @@ from lrtune._rdb import (
     read_only,
 )
 from lrtune.exceptions import ConflictError, InvalidInputError, StorageUnavailableError
-from lrtune.jobs.settings import Settings
+from lrtune.jobs.settings import StoreSettings
 
 POSTGRES_CONNECT_TIMEOUT_S = 10
 
@@ -69,7 +69,7 @@ _engines: dict[tuple[int, str], Engine] = {}
 _engines_lock = threading.Lock()
 
 
-def get_engine(url: str, settings: Settings | None = None) -> Engine:
+def get_engine(url: str, settings: StoreSettings | None = None) -> Engine:
     """The process's engine for ``url``, created on first use with ``settings``' pool sizes.
 
     Raises:
@@ -81,7 +81,7 @@ def get_engine(url: str, settings: Settings | None = None) -> Engine:
     with _engines_lock:
         engine = _engines.get(key)
         if engine is None:
-            engine = _engines[key] = _create_engine(url, settings or Settings.from_env())
+            engine = _engines[key] = _create_engine(url, settings or StoreSettings.from_env())
         return engine
 
 
@@ -98,7 +98,7 @@ def safe_url(url: str) -> str:
     return parse_url(url).render_as_string(hide_password=True)
 
 
-def _create_engine(url: str, settings: Settings) -> Engine:
+def _create_engine(url: str, settings: StoreSettings) -> Engine:
     parsed = parse_url(url)
     safe = parsed.render_as_string(hide_password=True)
     kwargs = engine_kwargs(parsed, safe)

@@ -3,7 +3,7 @@
 A job runs three kinds of unit, one after the other: range-test steps (many, fast), search
 trials and confirmation runs (few, slow). Counting them as equal units makes a bar read 88%
 with most of the time still ahead, so :class:`EtaEstimator` measures seconds per unit for each
-kind from what a watcher sees (the job's :class:`~lrtune.jobs.schemas.JobProgress`, polled or
+kind from what a watcher sees (the job's :class:`~lrtune.jobs.records.JobProgress`, polled or
 streamed), and adds up the units left of each kind at its own pace. A kind is timed between
 two moments its count was seen to change (or from when the kind before it was seen to finish,
 or, for the range test, from the job's start), never from when the watcher happened to look.
@@ -13,7 +13,7 @@ has been timed itself; before that the time left is unknown (``None``), not a gu
 The dashboard's ``common.js`` (``EtaEstimator``) is this class line for line: change both.
 
 Example:
-    >>> from lrtune.jobs.schemas import JobProgress
+    >>> from lrtune.jobs.records import JobProgress
     >>> eta = EtaEstimator(started_at=0.0)
     >>> p = JobProgress(range_test_steps_done=100, range_test_steps_total=200, trials_total=4)
     >>> eta.observe(10.0, p)  # 100 steps in 10 s
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from lrtune.jobs.schemas import JobProgress
+from lrtune.jobs.records import JobProgress
 
 Kind = Literal["range_test", "trial", "confirmation"]
 

@@ -28,7 +28,7 @@ Contract (who may change a job, in which state), the lease holders' part:
   job's last unit takes it to move it on and write the recommendation). ``attempts`` counts
   the claims since the job last completed a phase (a release that changes its state resets it
   to 0; a release that hands the job back unchanged does not count); a claim that finds it at
-  ``Settings.max_attempts`` fails the job with the reason instead.
+  ``StoreSettings.max_attempts`` fails the job with the reason instead.
 - A lease holder moves the job along ``queued -> finding -> searching -> confirming ->
   succeeded`` one step at a time, or to ``failed`` (with the reason) from any unfinished
   state; :meth:`JobStore.advance` keeps the lease, :meth:`JobStore.release` gives it up (to a
@@ -86,6 +86,7 @@ from sqlalchemy.orm import Session
 from lrtune.exceptions import ConflictError, InvalidInputError, LeaseLost, NotFoundError
 from lrtune.jobs import tables
 from lrtune.jobs.db import session
+from lrtune.jobs.records import JobProgress, JobRecord, JobStatus, Lease
 from lrtune.jobs.rows import (
     add_event,
     check_limit,
@@ -95,8 +96,7 @@ from lrtune.jobs.rows import (
     readable_records,
     utc,
 )
-from lrtune.jobs.schemas import JobProgress, JobRecord, JobStatus, Lease
-from lrtune.jobs.settings import Settings
+from lrtune.jobs.settings import StoreSettings
 
 MAX_WORKER_ID_LENGTH = 64
 
@@ -118,7 +118,7 @@ class Leases:
 
     _engine: Engine
     url: str
-    settings: Settings
+    settings: StoreSettings
 
     def searching_for_s(self, job_id: str) -> float | None:
         """Seconds since the job entered ``searching``, by the database's clock (None: never).
@@ -203,7 +203,7 @@ class Leases:
         (``spec.device`` ``cuda`` or ``cuda:N``), and skips to the next; ``None`` takes any.
         Atomic across workers (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, an IMMEDIATE
         transaction on SQLite): each job has one holder.
-        A job claimed ``Settings.max_attempts`` times without completing its phase is failed
+        A job claimed ``StoreSettings.max_attempts`` times without completing its phase is failed
         with the reason instead, and the next candidate is tried.
 
         Raises:

@@ -39,14 +39,14 @@ from sqlalchemy.engine import Engine
 from lrtune.exceptions import NotFoundError
 from lrtune.jobs import tables
 from lrtune.jobs.db import session
-from lrtune.jobs.rows import utc
-from lrtune.jobs.schemas import (
+from lrtune.jobs.records import (
     PluginRegistry,
     WorkerActivity,
     WorkerList,
     WorkerRecord,
     WorkerRegistration,
 )
+from lrtune.jobs.rows import utc
 from lrtune.jobs.settings import LIVE_HEARTBEATS
 
 

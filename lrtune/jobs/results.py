@@ -57,8 +57,7 @@ from lrtune.exceptions import InvalidInputError, NotFoundError, describe_validat
 from lrtune.jobs import tables
 from lrtune.jobs.db import reading, session
 from lrtune.jobs.leases import fenced
-from lrtune.jobs.rows import MAX_PAGE, check_limit, find_job
-from lrtune.jobs.schemas import (
+from lrtune.jobs.records import (
     RESULT_FORMAT_VERSION,
     JobRecord,
     JobStatus,
@@ -68,6 +67,7 @@ from lrtune.jobs.schemas import (
     StoredRangeTest,
     StoredRecommendation,
 )
+from lrtune.jobs.rows import MAX_PAGE, check_limit, find_job
 from lrtune.jobs.uploads import dataset_identity
 from lrtune.recommendation import Recommendation
 from lrtune.result import LRBounds, LRFinderResult

@@ -30,7 +30,7 @@ from lrtune.exceptions import (
     describe_validation_error,
 )
 from lrtune.jobs import tables
-from lrtune.jobs.schemas import JobRecord, JobStatus
+from lrtune.jobs.records import JobRecord, JobStatus
 
 MAX_PAGE = 500
 """The most rows one read returns (a page of jobs, of events, of candidates looked through)."""

@@ -45,19 +45,19 @@ measurement) before a unit of the job starts.
 
 Example:
     >>> import os
-    >>> Settings().database_url  # nothing set: the embedded default
+    >>> StoreSettings().database_url  # nothing set: the embedded default
     'sqlite:///lrtune.db'
     >>> os.environ["LRTUNE_DB_POOL_SIZE"] = "2"
-    >>> Settings.from_env().db_pool_size
+    >>> StoreSettings.from_env().db_pool_size
     2
     >>> os.environ["LRTUNE_DB_POOL_SIZE"] = "0"
-    >>> Settings.from_env()
+    >>> StoreSettings.from_env()
     Traceback (most recent call last):
     ...
     lrtune.exceptions.InvalidInputError: invalid settings: LRTUNE_DB_POOL_SIZE='0': Input \
 should be greater than or equal to 1
     >>> del os.environ["LRTUNE_DB_POOL_SIZE"]
-    >>> Settings(artifact_dir="/shared/lrtune").checkpoint_dir("lrtune-job-1").as_posix()
+    >>> StoreSettings(artifact_dir="/shared/lrtune").checkpoint_dir("lrtune-job-1").as_posix()
     '/shared/lrtune/lrtune-job-1'
 """
 
@@ -78,7 +78,7 @@ LIVE_HEARTBEATS = 3
 """A worker is live while its last heartbeat is younger than this many of its intervals."""
 
 
-class Settings(BaseSettings):
+class StoreSettings(BaseSettings):
     """Where the job store lives and how many connections a process may hold to it."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
@@ -163,8 +163,8 @@ class Settings(BaseSettings):
         return self.artifact_dir / study_name
 
     @classmethod
-    def from_env(cls) -> Settings:
-        """Settings from the environment (``LRTUNE_<FIELD>`` per field).
+    def from_env(cls) -> StoreSettings:
+        """StoreSettings from the environment (``LRTUNE_<FIELD>`` per field).
 
         Raises:
             InvalidInputError: a variable holds a value its field refuses; the message names

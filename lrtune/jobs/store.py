@@ -1,9 +1,9 @@
 """The job store: the only way the HTTP API and the workers touch lrtune's database.
 
-A :class:`JobStore` opens the database at a URL (default: ``Settings.database_url``), on the
+A :class:`JobStore` opens the database at a URL (default: ``StoreSettings.database_url``), on the
 process's shared engine (:mod:`lrtune.jobs.db`), after checking its schema revision
-(:mod:`lrtune.jobs.schema`: an embedded SQLite file upgrades itself, any other database out of
-date refuses to open). It returns pydantic models (:mod:`lrtune.jobs.schemas`), never ORM rows,
+(:mod:`lrtune.jobs.revision`: an embedded SQLite file upgrades itself, any other database out of
+date refuses to open). It returns pydantic models (:mod:`lrtune.jobs.records`), never ORM rows,
 and raises only :mod:`lrtune.exceptions` classes: an unknown job id is a
 :class:`~lrtune.exceptions.NotFoundError`, a request the job's state forbids a
 :class:`~lrtune.exceptions.ConflictError`, a database that cannot be reached or used a
@@ -36,7 +36,7 @@ Contract (who may change a job, in which state):
   finished job is a :class:`~lrtune.exceptions.ConflictError`.
 - ``succeeded``, ``failed`` and ``cancelled`` are final. Only a finished job may be
   :meth:`JobStore.delete`-d; deleting removes its results, events, Optuna study and
-  checkpoints (its folder under ``Settings.artifact_dir``; the worker that writes a job's
+  checkpoints (its folder under ``StoreSettings.artifact_dir``; the worker that writes a job's
   success removes them then). :meth:`JobStore.prune` deletes the jobs finished longer ago
   than a given age.
 - Events are append-only. Within a job their ids grow in commit order (appending locks the
@@ -93,19 +93,7 @@ from lrtune.jobs import admission, tables
 from lrtune.jobs.db import get_engine, safe_url, session
 from lrtune.jobs.leases import Leases
 from lrtune.jobs.presence import Presence
-from lrtune.jobs.results import Results
-from lrtune.jobs.rows import (
-    MAX_PAGE,
-    add_event,
-    check_limit,
-    find_job,
-    job_record,
-    parse_status,
-    readable_records,
-    utc,
-)
-from lrtune.jobs.schema import ensure_current
-from lrtune.jobs.schemas import (
+from lrtune.jobs.records import (
     SPEC_FORMAT_VERSION,
     DatasetUpload,
     JobEvent,
@@ -116,7 +104,19 @@ from lrtune.jobs.schemas import (
     JobStatus,
     Submission,
 )
-from lrtune.jobs.settings import Settings
+from lrtune.jobs.results import Results
+from lrtune.jobs.revision import ensure_current
+from lrtune.jobs.rows import (
+    MAX_PAGE,
+    add_event,
+    check_limit,
+    find_job,
+    job_record,
+    parse_status,
+    readable_records,
+    utc,
+)
+from lrtune.jobs.settings import StoreSettings
 from lrtune.jobs.uploads import UPLOADED, DatasetUploads, hold_upload
 from lrtune.registry import dataset_shapes
 from lrtune.spec import JobSpec
@@ -143,9 +143,9 @@ class JobStore(Leases, Results, Presence):
     """
 
     def __init__(
-        self, url: str | None = None, *, settings: Settings | None = None, create: bool = True
+        self, url: str | None = None, *, settings: StoreSettings | None = None, create: bool = True
     ) -> None:
-        settings = settings or Settings.from_env()
+        settings = settings or StoreSettings.from_env()
         self.settings = settings
         self.url = url or settings.database_url
         if not create:
@@ -171,9 +171,9 @@ class JobStore(Leases, Results, Presence):
                 build or whose params misfit, an uploaded dataset that is not (or no longer)
                 in the store (a delete racing this submit either refuses or happens first:
                 :mod:`lrtune.jobs.uploads`).
-            QueueFullError: ``Settings.max_queued_jobs`` jobs are queued already.
+            QueueFullError: ``StoreSettings.max_queued_jobs`` jobs are queued already.
             JobTooLargeError: the job's estimated memory or compute is above
-                ``Settings.max_job_gb`` or ``Settings.max_job_tflops``
+                ``StoreSettings.max_job_gb`` or ``StoreSettings.max_job_tflops``
                 (:func:`lrtune.footprint.check_admission`).
         """
         name = name if name is not None else spec.name
@@ -389,7 +389,7 @@ class JobStore(Leases, Results, Presence):
         """Delete a finished job with its results, events, Optuna study and checkpoints;
         return its id (``job_id`` may be a prefix of it).
 
-        The checkpoints are the job's folder under ``Settings.artifact_dir``
+        The checkpoints are the job's folder under ``StoreSettings.artifact_dir``
         (:meth:`checkpoint_dir`); they go after the job's rows, so a delete that fails
         leaves them to a job that still exists.
 
@@ -409,7 +409,7 @@ class JobStore(Leases, Results, Presence):
         return job_id
 
     def checkpoint_dir(self, job_id: str) -> Path:
-        """Where workers keep the job's checkpoints (by this store's ``Settings.artifact_dir``)."""
+        """Where workers keep the job's checkpoints (under ``StoreSettings.artifact_dir``)."""
         return self.settings.checkpoint_dir(self.get(job_id).study_name)
 
     def prune(

@@ -2,8 +2,8 @@
 
 Stored JSON (a job's spec, a range test, a recommendation) carries a format version beside
 it (``spec_format_version``, ``format_version``; the current ones are
-:data:`~lrtune.jobs.schemas.SPEC_FORMAT_VERSION` and
-:data:`~lrtune.jobs.schemas.RESULT_FORMAT_VERSION`). A change to a stored format bumps its
+:data:`~lrtune.jobs.records.SPEC_FORMAT_VERSION` and
+:data:`~lrtune.jobs.records.RESULT_FORMAT_VERSION`). A change to a stored format bumps its
 version and ships an alembic revision that upgrades the rows already stored, so that the
 models only ever read the current format:
 

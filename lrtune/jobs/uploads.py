@@ -55,7 +55,7 @@ from sqlalchemy.engine import Engine
 from lrtune.exceptions import ConflictError, NotFoundError
 from lrtune.jobs import tables
 from lrtune.jobs.db import session
-from lrtune.jobs.schemas import DatasetUpload, DatasetUploadList, JobStatus
+from lrtune.jobs.records import DatasetUpload, DatasetUploadList, JobStatus
 from lrtune.uploads import UploadedArrays, check_arrays, parse_npz
 
 if TYPE_CHECKING:

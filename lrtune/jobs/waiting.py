@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lrtune.jobs.eta import EtaEstimator
-from lrtune.jobs.schemas import JobRecord
+from lrtune.jobs.records import JobRecord
 
 
 def wait_for(

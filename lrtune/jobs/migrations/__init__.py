@@ -1,1 +1,2 @@
-"""Alembic migrations of the job store's tables, shipped in the package (see lrtune.jobs.schema)."""
+"""Alembic migrations of the job store's tables, shipped in the package (applied by
+lrtune.jobs.revision)."""

@@ -1,6 +1,6 @@
-"""Alembic environment for the job store: runs on the connection lrtune.jobs.schema passes in.
+"""Alembic environment for the job store: runs on the connection lrtune.jobs.revision passes in.
 
-There is no alembic.ini: :mod:`lrtune.jobs.schema` builds the configuration in code and puts an
+There is no alembic.ini: :mod:`lrtune.jobs.revision` builds the configuration in code and puts an
 open connection in ``config.attributes["connection"]``. lrtune's revision is kept in its own
 version table, so Optuna's ``alembic_version`` in the same database is never touched.
 Alembic runs this script; importing it elsewhere fails (pytest's doctest collection skips it).

@@ -243,29 +243,6 @@ class Submission(JobRecord):
         return JobRecord.model_validate(self.model_dump(include=set(JobRecord.model_fields)))
 
 
-class FinderView(ResultModel):
-    """A job's range test as the dashboard draws it: ``GET /v1/jobs/{id}/finder``.
-
-    ``range_test`` holds the per-seed curves (``seeds``), the ``median`` and the band
-    (``band_low``/``band_high``), every rule's suggestion (``suggestions``), the chosen one
-    (``consensus.suggestion``, with the seeds' ``spread_decades``); ``bounds`` the LR range the
-    search draws from. Both are null until the range test has finished; meanwhile
-    ``steps_done``/``steps_total`` say how far it has got (from the job's progress). Here, not
-    in :mod:`lrtune.api.schemas`, so that :meth:`lrtune.client.Client.finder` reads it without
-    importing the server (which a folder named ``lrtune`` in the working directory can shadow).
-    """
-
-    job_id: str
-    status: str = Field(description="the job's state")
-    steps_done: int = Field(description="range-test steps done (all seeds' sweeps together)")
-    steps_total: int = Field(description="range-test steps in all (0 until known)")
-    chosen_rule: str = Field(
-        "consensus", description="the rule whose suggestion the search used (consensus)"
-    )
-    range_test: LRFinderResult | None = Field(description="null until the range test finished")
-    bounds: LRBounds | None = Field(description="null until the range test finished")
-
-
 class StoredRangeTest(ResultModel):
     """A job's completed range test as stored (one per job), readable while the job searches.
 
