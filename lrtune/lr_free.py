@@ -14,8 +14,10 @@ can say whether tuning was worth it on this job:
   evaluation (:func:`prepare_to_evaluate`).
 
 Each takes the job's ``weight_decay`` (regularisation, not an LR choice) and otherwise its own
-defaults; a job's param groups keep their LR multipliers (on ``lr``, which for Prodigy scales
-the estimated step). The LR a table shows for them is that ``lr`` argument, not an effective
+defaults; a job's param groups keep their LR multipliers on schedule-free's ``lr``. Prodigy
+estimates one step size for all groups and refuses groups at different LRs, so a job whose
+param groups scale the LR (``lr_mult`` other than 1) has no Prodigy baseline
+(:func:`unsupported`). The LR a table shows for them is that ``lr`` argument, not an effective
 step size.
 
 This module names the recipes without importing torch or the packages (the HTTP API validates
@@ -42,7 +44,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from lrtune.spec import OptimizerSpec
+    from lrtune.spec import JobSpec, OptimizerSpec
 
 LRFreeName = Literal["prodigy", "schedule_free"]
 LR_FREE: tuple[LRFreeName, ...] = ("prodigy", "schedule_free")
@@ -81,6 +83,25 @@ def recipe(name: LRFreeName, optimizer: OptimizerSpec, epochs: int) -> tuple[dic
         return {"family": "cosine", "T_max": epochs}, PRODIGY_LR
     lr = SCHEDULE_FREE_SGD_LR if optimizer.name == "sgd" else SCHEDULE_FREE_ADAMW_LR
     return {"family": "constant"}, lr
+
+
+def unsupported(name: LRFreeName, job: JobSpec) -> str | None:
+    """Why the baseline ``name`` cannot train ``job`` as the job asks, or None.
+
+    >>> from lrtune.spec import JobSpec
+    >>> job = JobSpec.model_validate({"model": {"name": "mlp"}, "dataset": {"name": "wine"},
+    ...     "param_groups": [{"prefix": "1.", "lr_mult": 0.1}]})
+    >>> unsupported("prodigy", job)
+    'prodigy estimates one step size for every param group: the job scales group LRs (lr_mult)'
+    >>> unsupported("schedule_free", job) is None
+    True
+    """
+    if name == "prodigy" and any(group.lr_mult != 1 for group in job.param_groups):
+        return (
+            "prodigy estimates one step size for every param group: the job scales group LRs "
+            "(lr_mult)"
+        )
+    return None
 
 
 def build_optimizer(

@@ -396,3 +396,21 @@ def test_the_learning_rate_free_recipes_are_the_packages_own_defaults() -> None:
     assert default_lr(prodigyopt.Prodigy) == lr_free.PRODIGY_LR
     assert default_lr(schedulefree.SGDScheduleFree) == lr_free.SCHEDULE_FREE_SGD_LR
     assert default_lr(schedulefree.AdamWScheduleFree) == lr_free.SCHEDULE_FREE_ADAMW_LR
+
+
+def test_a_job_whose_param_groups_scale_the_lr_is_confirmed_without_prodigy() -> None:
+    """Prodigy refuses param groups at different LRs: such a job leaves it out of its baselines
+    (it failed its confirmation before), and keeps schedule-free, whose groups keep their
+    multipliers."""
+    groups = [{"prefix": "1.", "lr_mult": 0.1}]
+    spec = small_job(
+        {"model": {"name": "mlp", "params": {"hidden": [8]}}, "param_groups": groups},
+        n_trials=2,
+        epochs=2,
+        families=["constant"],
+        confirm_seeds=1,
+        baselines=["optimizer_default", "prodigy", "schedule_free"],
+    )
+    rec = tune(spec, progress=False)
+    assert [b.name for b in rec.baselines] == ["sgd default lr", "schedule-free sgd"]
+    assert rec.n_confirmation["fail"] == 0 and rec.confirmed

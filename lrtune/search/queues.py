@@ -272,7 +272,8 @@ class Baseline(NamedTuple):
 
 def baseline_schedules(spec: JobSpec, bounds: LRBounds) -> list[Baseline]:
     """The job's ``search.baselines``, in its order: a constant LR at the range test's
-    suggestion, at the optimizer's default, and the learning-rate-free optimizers' recipes."""
+    suggestion, at the optimizer's default, and the learning-rate-free optimizers' recipes
+    (but one that cannot train the job as it asks: :func:`lrtune.lr_free.unsupported`)."""
     constant = parse_schedule({"family": "constant"}).model_dump(mode="json")
     baselines = []
     for which in spec.search.baselines:
@@ -281,6 +282,8 @@ def baseline_schedules(spec: JobSpec, bounds: LRBounds) -> list[Baseline]:
         elif which == "optimizer_default":
             name = f"{spec.optimizer.name} default lr"
             baselines.append(Baseline(name, constant, spec.optimizer.default_lr))
+        elif (why := lr_free.unsupported(which, spec)) is not None:
+            logger.info("baseline %s left out: %s", which, why)
         else:
             schedule, lr = lr_free.recipe(which, spec.optimizer, spec.search.epochs)
             schedule = parse_schedule(schedule).model_dump(mode="json")
