@@ -51,7 +51,7 @@ from lrtune.jobs import JobStore
 from lrtune.jobs.db import get_engine
 
 if TYPE_CHECKING:
-    from lrtune.api.serve import EmbeddedWorkers
+    from lrtune.api.embedded import EmbeddedWorkers
 
 API_PREFIX = "/v1"
 

@@ -1097,6 +1097,7 @@ API_MODULES = [
     "lrtune.api.cache",
     "lrtune.api.config",
     "lrtune.api.deps",
+    "lrtune.api.embedded",
     "lrtune.api.errors",
     "lrtune.api.main",
     "lrtune.api.middleware",
@@ -1115,7 +1116,6 @@ API_MODULES = [
     "lrtune.api.routes.results",
     "lrtune.api.routes.schedules",
     "lrtune.api.routes.workers",
-    "lrtune.api.serve",
 ]
 
 

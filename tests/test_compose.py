@@ -14,7 +14,7 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from lrtune.api.config import ApiSettings
-from lrtune.cli import _parser
+from lrtune.cli.parser import build_parser
 from lrtune.jobs.settings import StoreSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def test_the_fleet_has_its_services() -> None:
 @pytest.mark.parametrize("name", sorted(OURS))
 def test_commands_are_lrtune_subcommands(name: str) -> None:
     command = [str(part) for part in OURS[name]["command"]]
-    args = _parser().parse_args(command)  # exits 2 on an unknown command or option
+    args = build_parser().parse_args(command)  # exits 2 on an unknown command or option
     assert callable(args.run)
 
 
@@ -88,7 +88,7 @@ def test_the_migration_runs_once_before_the_api_and_workers() -> None:
 def test_the_api_serves_without_a_worker_on_its_published_port_with_a_token(tmp_path) -> None:
     api = SERVICES["api"]
     command = [str(part) for part in api["command"]]
-    args = _parser().parse_args(command)
+    args = build_parser().parse_args(command)
     assert args.no_worker and args.host == "0.0.0.0"
     published = [str(mapping).rsplit(":", 1)[1] for mapping in api["ports"]]
     assert published == [str(args.port)]
@@ -111,7 +111,7 @@ def test_each_worker_reserves_one_gpu_and_uses_it(name: str) -> None:
     assert len(devices) == 1 and "gpu" in devices[0]["capabilities"]
     assert devices[0]["driver"] == "nvidia" and len(devices[0]["device_ids"]) == 1
     assert worker["environment"]["CUDA_VISIBLE_DEVICES"] == "0"  # its one device, in there
-    args = _parser().parse_args([str(part) for part in worker["command"]])
+    args = build_parser().parse_args([str(part) for part in worker["command"]])
     assert args.device == "cuda:0" and args.threads >= 1
     assert worker["stop_signal"] == "SIGTERM"
 

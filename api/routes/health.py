@@ -30,7 +30,7 @@ from lrtune.jobs.db import safe_url
 from lrtune.jobs.revision import head_revision
 
 if TYPE_CHECKING:
-    from lrtune.api.serve import EmbeddedWorkers
+    from lrtune.api.embedded import EmbeddedWorkers
 
 router = APIRouter(tags=["health"])
 

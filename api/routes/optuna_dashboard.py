@@ -14,7 +14,7 @@ unknown path is still lrtune's JSON 404.
   reads included, needs the token: ``Authorization: Bearer <token>`` or the dashboard login's
   cookie (:data:`~lrtune.api.deps.TOKEN_COOKIE`). A browser navigating there without it is
   sent to ``/login`` (and back); anything else gets 401. Without a token the service binds
-  loopback only (:mod:`lrtune.api.serve`), like the rest of the API. Its writes are taken
+  loopback only (:mod:`lrtune.cli.service`), like the rest of the API. Its writes are taken
   only from its own pages: a browser's request that another site (another port on the same
   host included) sends, by its ``Sec-Fetch-Site`` header, is refused with 403 (the login
   cookie is SameSite=Strict, but another port is the same site).

@@ -1,24 +1,30 @@
-"""``lrtune serve``: the HTTP API in uvicorn, with an embedded worker process, in one command.
+"""The long-running commands: ``lrtune worker`` (take jobs from the job store and run them)
+and ``lrtune serve`` (the HTTP API in uvicorn, with embedded worker processes).
 
-:func:`serve` binds the API (``http://127.0.0.1:8000/`` by default), starts ``--workers``
-child processes running ``lrtune worker`` on the same database (none with ``--no-worker``:
-the fleet layout, where ``lrtune worker`` processes run elsewhere), prints the dashboard's
-URL, and serves until SIGINT (Ctrl-C) or SIGTERM. Then uvicorn finishes its requests, each
-worker gets SIGTERM (it hands its unit and lease back and exits 0), and the command exits 0.
-A worker is started with ``PR_SET_PDEATHSIG`` on Linux, so even a ``kill -9`` of the server
-leaves no orphan worker behind. A worker is started so that the working directory cannot
-shadow the installed package (:func:`python_module`): ``lrtune serve`` run in the clone's
-parent, which holds a folder named ``lrtune``, starts the same lrtune as its own. If the
-embedded workers exit anyway, ``/readyz`` and the dashboard say so (:class:`EmbeddedWorkers`).
+:func:`run_service` binds the API (``http://127.0.0.1:8000/`` by default), starts
+``--workers`` child processes running ``lrtune worker`` on the same database (none with
+``--no-worker``: the fleet layout, where ``lrtune worker`` processes run elsewhere), prints the
+dashboard's URL, and serves until SIGINT (Ctrl-C) or SIGTERM. Then uvicorn finishes its
+requests, each worker gets SIGTERM (it hands its unit and lease back and exits 0), and the
+command exits 0. A worker is started with ``PR_SET_PDEATHSIG`` on Linux, so even a
+``kill -9`` of the server leaves no orphan worker behind. A worker is started so that the
+working directory cannot shadow the installed package (:func:`python_module`): ``lrtune
+serve`` run in the clone's parent, which holds a folder named ``lrtune``, starts the same
+lrtune as its own. If the embedded workers exit anyway, ``/readyz`` and the dashboard say so
+(:class:`lrtune.api.embedded.EmbeddedWorkers`).
 
 With ``submit`` (``lrtune serve --submit job.yaml``, the README's demo) a thread submits the
 job over HTTP once the server is up (with :class:`lrtune.client.Client`, as any user would),
-prints the job's URL, shows a progress bar until it finishes and prints the recommendation;
-with ``exit_when_done`` the service then stops (exit 0 if the job succeeded, 1 if not).
+prints the job's URL, shows a progress bar until it finishes and prints the recommendation
+(:func:`lrtune.cli.render.print_recommendation`, as ``lrtune recommend`` does); with
+``exit_when_done`` the service then stops (exit 0 if the job succeeded, 1 if not).
 
 Binding a non-loopback address needs ``LRTUNE_API_TOKEN``, and with it reads need the token
 too: the app applies the rule (:meth:`lrtune.api.config.ApiSettings.bound`), however it is
 started; ``serve`` checks it before it binds, so a refusal is one line.
+
+The API (FastAPI, uvicorn), torch and Optuna are imported inside the commands: the API
+package never imports the CLI.
 
 Example:
     >>> base_url("0.0.0.0", 8000)
@@ -27,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
@@ -34,23 +41,28 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lrtune.api.config import ApiSettings, check_bind, is_loopback
-from lrtune.exceptions import InvalidInputError, LRTuneError
+from pydantic import ValidationError
+
+from lrtune.cli.errors import CliError
+from lrtune.cli.local import load_job, prepare_output_dir
+from lrtune.cli.render import print_recommendation
+from lrtune.exceptions import InvalidInputError, LRTuneError, describe_validation_error
+
+if TYPE_CHECKING:
+    from lrtune.api.config import ApiSettings
 
 __all__ = [
-    "EmbeddedWorkers",
     "ServeOptions",
     "base_url",
-    "check_bind",
-    "is_loopback",
     "python_module",
+    "run_service",
     "serve",
+    "worker",
 ]
 
 logger = logging.getLogger("lrtune.api")
@@ -59,6 +71,59 @@ WORKER_STOP_S = 60.0
 """Seconds a worker gets, after SIGTERM, to hand its unit back before it is killed."""
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 """The service's log lines: the API's, uvicorn's and (in their own processes) the workers'."""
+
+
+def worker(args: argparse.Namespace) -> int:
+    """``lrtune worker``: take jobs from the job store and run them until stopped."""
+    from lrtune.device import set_torch_threads
+    from lrtune.workers.loop import (
+        DEFAULT_LEASE_S,
+        Worker,
+        open_store,
+        stop_on_signals,
+        threads_per_unit,
+    )
+
+    if args.max_jobs is not None and args.max_jobs < 1:
+        raise CliError(f"--max-jobs must be >= 1, got {args.max_jobs}")
+    if args.concurrency < 1:
+        raise CliError(f"--concurrency must be >= 1, got {args.concurrency}")
+    lease_s = DEFAULT_LEASE_S if args.lease_s is None else args.lease_s
+    if not lease_s > 0:
+        raise CliError(f"--lease-s must be a positive number of seconds, got {lease_s}")
+    if not args.wait_for_db >= 0:
+        raise CliError(f"--wait-for-db must be >= 0 seconds, got {args.wait_for_db}")
+    prepare_output_dir(*_artifact_dir(args))  # a file there would fail every job it takes
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the worker logs one line per change
+    logging.getLogger("lrtune.workers").setLevel(logging.INFO)
+    threads, chosen = threads_per_unit(args.concurrency, getattr(args, "threads", None))
+    threads = set_torch_threads(threads)
+    logging.getLogger("lrtune.workers").info("torch threads: %d per unit (%s)", threads, chosen)
+    store = open_store(args.database, wait_s=args.wait_for_db)
+    running = Worker(
+        store,
+        device=args.device,
+        lease_s=lease_s,
+        artifact_dir=args.artifact_dir,
+        concurrency=args.concurrency,
+        threads=threads,
+    )
+    with stop_on_signals():
+        jobs = running.run(max_jobs=args.max_jobs, once=args.once)
+    print(f"worker {running.id} ({threads} threads) stopped after working on {jobs} jobs")
+    return 0
+
+
+def _artifact_dir(args: argparse.Namespace) -> tuple[str, Path]:
+    """Where the worker checkpoints: ``--artifact-dir``, else the store's setting; and its
+    name for an error message."""
+    if args.artifact_dir is not None:
+        return "--artifact-dir", args.artifact_dir
+    from lrtune.jobs.settings import StoreSettings
+
+    return "LRTUNE_ARTIFACT_DIR", StoreSettings.from_env().artifact_dir
 
 
 @dataclass
@@ -73,6 +138,40 @@ class ServeOptions:
     submit: Path | None = None
     exit_when_done: bool = False
     access_log: bool = False
+
+
+def serve(args: argparse.Namespace) -> int:
+    """``lrtune serve``: its options checked (a bad job file fails before anything starts),
+    then :func:`run_service`."""
+    from lrtune.api.config import ApiSettings
+
+    if args.workers < 1:
+        raise CliError(f"--workers must be >= 1, got {args.workers} (or pass --no-worker)")
+    if args.exit_when_done and args.submit is None:
+        raise CliError("--exit-when-done needs --submit JOB")
+    if args.submit is not None:
+        load_job(args.submit)  # a bad job file fails now, before anything starts
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise CliError(f"--port must be 0 (any free port) to 65535, got {args.port}")
+    overrides = {"database_url": args.database, "host": args.host}
+    settings = ApiSettings.from_env()
+    try:
+        settings = ApiSettings.model_validate(
+            {**settings.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
+        )
+    except ValidationError as exc:
+        raise CliError(describe_validation_error(exc)) from None
+    options = ServeOptions(
+        settings=settings,
+        port=args.port,
+        workers=0 if args.no_worker else args.workers,
+        threads=getattr(args, "threads", None),
+        device=args.device,
+        submit=args.submit,
+        exit_when_done=args.exit_when_done,
+        access_log=args.access_log,
+    )
+    return run_service(options)
 
 
 def base_url(host: str, port: int) -> str:
@@ -93,7 +192,7 @@ def setup_logging() -> None:
     logging.getLogger("lrtune").setLevel(logging.INFO)
 
 
-def serve(options: ServeOptions) -> int:
+def run_service(options: ServeOptions) -> int:
     """Run the service until a signal (or, with ``exit_when_done``, the job's end); return the
     exit status.
 
@@ -104,6 +203,7 @@ def serve(options: ServeOptions) -> int:
     """
     import uvicorn
 
+    from lrtune.api.embedded import EmbeddedWorkers
     from lrtune.api.main import create_app
     from lrtune.jobs import JobStore
 
@@ -205,31 +305,6 @@ class _StopSignals:
             signal.signal(signum, handler)
 
 
-class EmbeddedWorkers:
-    """The worker processes ``lrtune serve`` started beside the API: which have exited.
-
-    ``/readyz`` reads it (:mod:`lrtune.api.routes.health`): all exited is a 503, some a note.
-    """
-
-    def __init__(self, processes: Sequence[subprocess.Popen[bytes]]) -> None:
-        self.processes = list(processes)
-
-    def exited(self) -> list[tuple[int, int]]:
-        """``(pid, exit status)`` of each worker that is no longer running."""
-        return [(p.pid, p.returncode) for p in self.processes if p.poll() is not None]
-
-    def describe_exited(self) -> str | None:
-        """One line on the exited workers for a user, or None while every one runs."""
-        exited = self.exited()
-        if not exited:
-            return None
-        which = ", ".join(f"pid {pid} status {status}" for pid, status in exited)
-        return (
-            f"{len(exited)} of lrtune serve's {len(self.processes)} embedded worker(s) exited "
-            f"({which}): queued jobs wait for a worker; lrtune serve's log says why, restart it"
-        )
-
-
 def python_module(module: str) -> list[str]:
     """The command that runs ``python -m module`` in this interpreter, except that the working
     directory is not put on ``sys.path``: in a folder that holds a folder named ``lrtune``
@@ -251,7 +326,7 @@ def python_module(module: str) -> list[str]:
     ]
 
 
-def _worker_command(options: ServeOptions) -> list[str]:
+def _worker_argv(options: ServeOptions) -> list[str]:
     # The database URL goes in the environment, not the command line: `ps` shows no password.
     command = [*python_module("lrtune.cli"), "worker", "--device", options.device]
     if options.threads is not None:
@@ -266,7 +341,7 @@ def _start_worker(options: ServeOptions, database_url: str) -> subprocess.Popen[
     threads = options.threads or int(env.get("LRTUNE_TORCH_THREADS") or 1)
     env.setdefault("OMP_NUM_THREADS", str(threads))  # numpy/sklearn's pools, like torch's
     return subprocess.Popen(
-        _worker_command(options),
+        _worker_argv(options),
         env=env,
         stdin=subprocess.DEVNULL,
         preexec_fn=_die_with_parent if sys.platform == "linux" else None,
@@ -282,35 +357,35 @@ def _die_with_parent() -> None:
 
 def _stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
     """SIGTERM each running worker, wait for it (``WORKER_STOP_S``), kill it if it hangs."""
-    for worker in workers:
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-    for worker in workers:
+    for process in workers:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in workers:
         try:
-            status = worker.wait(timeout=WORKER_STOP_S)
+            status = process.wait(timeout=WORKER_STOP_S)
         except subprocess.TimeoutExpired:
             logger.warning(
                 "event=worker_killed pid=%d: no exit %.0f s after SIGTERM",
-                worker.pid,
+                process.pid,
                 WORKER_STOP_S,
             )
-            worker.kill()
-            status = worker.wait()
-        logger.info("event=worker_stopped pid=%d status=%d", worker.pid, status)
+            process.kill()
+            status = process.wait()
+        logger.info("event=worker_stopped pid=%d status=%d", process.pid, status)
 
 
 def _watch_workers(workers: list[subprocess.Popen[bytes]], server: Any) -> None:
     """Log an embedded worker that exits by itself (the API keeps serving)."""
     running = list(workers)
     while running and not server.should_exit:
-        for worker in list(running):
-            if worker.poll() is not None:
-                running.remove(worker)
+        for process in list(running):
+            if process.poll() is not None:
+                running.remove(process)
                 if not server.should_exit:
                     logger.warning(
                         "event=worker_exited pid=%d status=%d: jobs wait for another worker",
-                        worker.pid,
-                        worker.returncode,
+                        process.pid,
+                        process.returncode,
                     )
         threading.Event().wait(0.5)
 
@@ -324,7 +399,6 @@ def _submit_and_wait(
     options: ServeOptions, url: str, token: str | None, server: Any, outcome: _Outcome
 ) -> None:
     """The demo: submit ``options.submit`` over HTTP, follow it, print the recommendation."""
-    from lrtune.cli import _print_recommendation
     from lrtune.client import Client
     from lrtune.spec import JobSpec
 
@@ -350,7 +424,7 @@ def _submit_and_wait(
                 outcome.status = 1
                 print(f"lrtune: job {job.id} {job.status.value}: {job.error or ''}", flush=True)
             else:
-                _print_recommendation(client.recommendation(job.id), as_json=False)  # as the CLI
+                print_recommendation(client.recommendation(job.id), as_json=False)  # as the CLI
                 sys.stdout.flush()
     except (LRTuneError, OSError, ValueError) as exc:
         outcome.status = 1
