@@ -22,7 +22,8 @@ from lrtune.jobs.db import get_engine
 from lrtune.storage import open_storage
 from lrtune.tuner import open_study, prepare_study
 from lrtune.workers.backoff import Backoff
-from lrtune.workers.loop import Worker, _Heartbeat
+from lrtune.workers.lease import LeaseHeartbeat
+from lrtune.workers.loop import Worker
 from tests.small_jobs import small_job
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -77,7 +78,7 @@ def test_a_lease_not_renewed_for_longer_than_it_lasts_counts_as_lost(store: JobS
     store.submit(small_job())
     lease = store.claim("w1", lease_s=1.0)
     assert lease is not None
-    heartbeat = _Heartbeat(store, lease, 1.0, Backoff(0.05, 0.2))
+    heartbeat = LeaseHeartbeat(store, lease, 1.0, Backoff(0.05, 0.2))
     with store._engine.begin() as conn:  # the store becomes unusable: every renewal fails
         conn.exec_driver_sql("ALTER TABLE lrtune_jobs RENAME TO lrtune_jobs_away")
     try:
@@ -107,7 +108,7 @@ def test_the_exclusive_phase_writes_nothing_once_its_lease_expired_and_was_taken
     time.sleep(0.5)
     taken = store.claim("thief", lease_s=30)
     assert taken is not None and taken.job_id == job.id
-    heartbeat = _Heartbeat(store, stale, 30.0, Backoff(0.05, 0.2))  # fresh: no renewal failed
+    heartbeat = LeaseHeartbeat(store, stale, 30.0, Backoff(0.05, 0.2))  # fresh: no renewal failed
 
     with pytest.raises(LeaseLost):
         prepare_study(

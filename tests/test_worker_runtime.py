@@ -31,7 +31,7 @@ from lrtune.registry import model_names
 from lrtune.result import TrainingRun
 from lrtune.spec import JobSpec
 from lrtune.training import TrainingSetup
-from lrtune.workers.loop import available_cores, threads_per_unit
+from lrtune.workers.threads import available_cores, threads_per_unit
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_DIST = Path(__file__).parent / "plugin_dist"

@@ -1,4 +1,5 @@
-"""Exponential backoff with jitter: how long a worker waits before trying the database again.
+"""Exponential backoff with jitter: how long a worker waits before trying the database again,
+and :func:`open_store`, which waits so for a job store that is not up yet.
 
 Each wait doubles, from ``initial_s`` up to ``max_s``, and is drawn at random between half the
 current step and the whole of it, so that workers that lost the database at the same moment do
@@ -16,7 +17,14 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import random
+import time
+
+from lrtune.exceptions import StorageUnavailableError
+from lrtune.jobs import JobStore, StoreSettings
+
+logger = logging.getLogger("lrtune.workers")
 
 
 class Backoff:
@@ -30,6 +38,11 @@ class Backoff:
         self.failures = 0
         self._rng = rng or random.Random()
 
+    @classmethod
+    def of(cls, settings: StoreSettings) -> Backoff:
+        """The store settings' waits (``retry_initial_s`` up to ``retry_max_s``)."""
+        return cls(settings.retry_initial_s, max(settings.retry_max_s, settings.retry_initial_s))
+
     def next_s(self) -> float:
         """The wait before the next try: one more failure counted."""
         step = min(self.max_s, self.initial_s * 2 ** min(self.failures, 60))
@@ -39,3 +52,28 @@ class Backoff:
     def reset(self) -> None:
         """A try succeeded: the next failure waits ``initial_s`` again."""
         self.failures = 0
+
+
+def open_store(url: str | None, wait_s: float) -> JobStore:
+    """The job store at ``url``, waited for up to ``wait_s`` seconds while it is unavailable.
+
+    A worker may start before its database does (a fleet's PostgreSQL restarting, the migration
+    job not yet done): each failed try is logged and retried after a backoff (the store
+    settings' ``retry_*``), until ``wait_s`` has passed. ``wait_s=0`` tries once.
+
+    Raises:
+        StorageUnavailableError: the store still cannot be opened after ``wait_s`` seconds.
+    """
+    settings = StoreSettings.from_env()
+    backoff = Backoff.of(settings)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return JobStore(url, settings=settings)
+        except StorageUnavailableError as exc:
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                raise
+            wait = min(backoff.next_s(), left_s)
+            logger.warning("event=store_unavailable retry_in=%.1fs error=%s", wait, exc)
+            time.sleep(wait)

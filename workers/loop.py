@@ -30,7 +30,7 @@ a few times a second, and after each finished unit its trials or confirmation ru
 range test and its LR bounds are stored before the job starts searching, and a succeeded
 job's checkpoints are removed.
 A unit of a job that is cancelled (or fails) while it runs stops within
-``Settings.unit_check_s`` seconds (``LRTUNE_UNIT_CHECK_S``; it looks within its epochs too,
+``StoreSettings.unit_check_s`` seconds (``LRTUNE_UNIT_CHECK_S``; it looks within its epochs too,
 and reads the job at most every ``ENDED_POLL_S`` seconds), recorded PRUNED with the reason, on
 every worker and child on the job; the rest of the queue is left, and what finished stays readable.
 An error inside a phase fails the job with the reason, and so does a unit that fails for a
@@ -44,7 +44,8 @@ the per-lease heartbeat) with what it holds (``lrtune workers`` shows it), and m
 stopped when it exits cleanly.
 
 Concurrency: with ``concurrency`` 1 everything runs in this process, as above. With N > 1 the
-units run in N child processes (:mod:`lrtune.workers.pool`, one unit per task): this process
+units run in N child processes (:mod:`lrtune.workers.pool`, one unit per task, handed out by a
+:class:`~lrtune.workers.dispatch.Dispatcher`): this process
 keeps the heartbeat and every lease (claims, range tests, moving jobs on, recommendations) and
 hands each free child one queued unit of the oldest shared job that has queued units; during
 a range test it keeps handing out units from the range test's step callback. A child that
@@ -52,21 +53,21 @@ dies is replaced, and its trial is retried through Optuna's heartbeat (with ``on
 worker waits for that trial to go stale before it leaves). While a range test runs here,
 N + 1 units train on the device.
 
-Threads: :func:`threads_per_unit` picks the torch threads of each unit: ``--threads`` (or
-``LRTUNE_TORCH_THREADS``) if given, else the cores this process may use divided by the
-concurrency (at least 1), and says why in the log. Several workers on one machine each take
-every core that way: give each ``--threads``.
+Threads: :func:`~lrtune.workers.threads.threads_per_unit` picks the torch threads of each unit:
+``--threads`` (or ``LRTUNE_TORCH_THREADS``) if given, else the cores this process may use
+divided by the concurrency (at least 1), and says why in the log. Several workers on one machine
+each take every core that way: give each ``--threads``.
 
-Stopping: the first SIGTERM or SIGINT (:func:`stop_on_signals`) asks for a clean stop
-(:func:`lrtune.training.request_stop`): a running trial or confirmation run stops at its next
-epoch boundary or, within an epoch, within ``Settings.unit_check_s`` seconds, the checkpoint of
-its last finished epoch on disk; Optuna records it FAILED as interrupted and the worker queues
-it again, so another worker resumes it from the checkpoint (``TrainingRun.resumed_from``; an
-epoch it stopped in is redone from its start); a range test stops at its next step and its
-lease is handed back (the next claimer re-runs it from the start); no new unit starts; children
-stop the same way; the worker exits with status 0. A second signal stops at once (the unit is
-abandoned mid-epoch, still recorded as interrupted and queued again); later ones are ignored so
-that the hand-back completes.
+Stopping: the first SIGTERM or SIGINT (:func:`~lrtune.workers.signals.stop_on_signals`) asks for
+a clean stop (:func:`lrtune.training.request_stop`): a running trial or confirmation run stops
+at its next epoch boundary or, within an epoch, within ``StoreSettings.unit_check_s`` seconds, the
+checkpoint of its last finished epoch on disk; Optuna records it FAILED as interrupted and the
+worker queues it again, so another worker resumes it from the checkpoint
+(``TrainingRun.resumed_from``; an epoch it stopped in is redone from its start); a range test
+stops at its next step and its lease is handed back (the next claimer re-runs it from the
+start); no new unit starts; children stop the same way; the worker exits with status 0. A second
+signal stops at once (the unit is abandoned mid-epoch, still recorded as interrupted and queued
+again); later ones are ignored so that the hand-back completes.
 
 Example:
     >>> import tempfile, pathlib
@@ -83,27 +84,22 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
 
 from lrtune import __version__
-from lrtune._optuna import fail_stale_trials, has_unfinished, storage_errors, trial_counts
+from lrtune._optuna import fail_stale_trials, has_unfinished, storage_errors
 from lrtune.device import resolve_device
 from lrtune.exceptions import (
     ConflictError,
     LeaseLost,
     LRTuneError,
-    NotFoundError,
     StorageUnavailableError,
     UnreadableRecordError,
 )
@@ -119,33 +115,30 @@ from lrtune.jobs import (
     WorkerActivity,
     WorkerRegistration,
 )
-from lrtune.jobs.settings import StoreSettings
 from lrtune.jobs.store import remove_checkpoints
 from lrtune.jobs.uploads import UPLOADED
 from lrtune.search import (
     JobSearch,
-    Phase,
-    TrialFailed,
     UnitGate,
     UnitOptions,
     stop_progress,
     timeout_passed,
-    unit_failure,
 )
 from lrtune.spec import JobSpec
 from lrtune.storage import open_storage
 from lrtune.training import (
-    StopRequested,
     TrainingSetup,
     check_stop,
-    request_stop,
-    stop_listener,
     stop_requested,
     wait_for_stop,
 )
 from lrtune.workers.backoff import Backoff
-from lrtune.workers.pool import ChildConfig, UnitOutcome, UnitPool
+from lrtune.workers.dispatch import Dispatcher, children, log_event, one_line, phase_of
+from lrtune.workers.lease import LeaseHeartbeat
+from lrtune.workers.pool import ChildConfig, UnitOutcome
+from lrtune.workers.presence import Presence
 from lrtune.workers.reporting import RangeTestProgress, UnitProgress, save_range_test
+from lrtune.workers.threads import torch_threads
 
 logger = logging.getLogger("lrtune.workers")
 
@@ -159,208 +152,6 @@ SETUPS_KEPT = 4
 """Jobs whose loaded data a worker keeps, so that helping them again does not reload it."""
 SUGGESTION_RULE = "consensus"
 """The range test's rule whose suggestion and bounds a job's search uses."""
-
-
-class _Heartbeat:
-    """Renews ``lease`` every ``lease_s / 3`` seconds from a daemon thread while in a ``with``.
-
-    A renewal that meets an unavailable store is retried with ``backoff`` (the lease may still
-    hold when the store comes back). The lease counts as lost (``lost`` set, :meth:`check`
-    raises :class:`LeaseLost`) once a renewal meets :class:`LeaseLost`, or once the last
-    successful renewal (timed from its start) is older than ``lease_s``: by then the lease
-    may have expired and another worker may hold the job, so the holder stops instead of
-    writing stale results.
-    """
-
-    def __init__(self, store: JobStore, lease: Lease, lease_s: float, backoff: Backoff) -> None:
-        self.store = store
-        self.lease = lease
-        self.lease_s = lease_s
-        self.backoff = backoff
-        self.lost = threading.Event()
-        self._renewed_at = time.monotonic()  # just after the claim: a slight overestimate
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._renew_until_stopped, name=f"lease-{lease.job_id[:8]}", daemon=True
-        )
-
-    def __enter__(self) -> _Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        """Stop renewing (before the write that releases the lease: no renewal races it)."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def _renew_until_stopped(self) -> None:
-        wait = self.lease_s / 3
-        while not self._stop.wait(wait):
-            try:
-                self.renew_now()
-            except LeaseLost:
-                return
-            except StorageUnavailableError as exc:
-                if self._expired():
-                    return
-                left = self.lease_s - (time.monotonic() - self._renewed_at)
-                wait = max(0.0, min(self.backoff.next_s(), left))
-                logger.warning(
-                    "job=%s event=renew_failed retry_in=%.2f error=%s",
-                    self.lease.job_id,
-                    wait,
-                    exc,
-                )
-            else:
-                self.backoff.reset()
-                wait = self.lease_s / 3
-
-    def renew_now(self) -> None:
-        """Renew the lease at once (the guard of the exclusive phase's writes).
-
-        On return the lease holds for ``lease_s`` more seconds by the database's clock.
-
-        Raises:
-            LeaseLost: the lease was lost (see the class), now or before.
-            StorageUnavailableError: the store cannot be reached: whether the lease holds is
-                unknown.
-        """
-        self.check()
-        started = time.monotonic()
-        try:
-            self.store.renew(self.lease, self.lease_s)
-        except LeaseLost:
-            logger.warning("job=%s event=lease_lost reason=taken", self.lease.job_id)
-            self.lost.set()
-            raise
-        self._renewed_at = started
-
-    def _expired(self) -> bool:
-        """Whether the last successful renewal is older than the lease (then mark it lost)."""
-        if time.monotonic() - self._renewed_at > self.lease_s and not self.lost.is_set():
-            logger.warning("job=%s event=lease_lost reason=no_renewal", self.lease.job_id)
-            self.lost.set()
-        return self.lost.is_set()
-
-    def check(self, *_step: Any) -> None:
-        """Raise :class:`LeaseLost` if the lease was lost (also a range-test step callback)."""
-        if self._expired():
-            raise LeaseLost(f"lost the lease of job {self.lease.job_id}: stopping its work")
-
-
-class _Presence:
-    """The worker's row in the workers table, beaten every ``interval_s`` from a daemon thread.
-
-    Registers in ``__enter__``; each beat records ``doing()``; a beat that finds the row gone
-    registers again, one that meets an unavailable store is retried at the next beat;
-    ``__exit__`` marks the worker stopped.
-    """
-
-    def __init__(
-        self,
-        store: JobStore,
-        registration: WorkerRegistration,
-        doing: Callable[[], list[WorkerActivity]],
-    ) -> None:
-        self.store = store
-        self.registration = registration
-        self.doing = doing
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._beat_until_stopped, name="worker-heartbeat", daemon=True
-        )
-
-    def __enter__(self) -> _Presence:
-        self.store.register_worker(self.registration)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        try:
-            self.store.stop_worker(self.registration.id)
-        except LRTuneError as exc:  # unreachable: its heartbeat ages out on its own
-            logger.warning("worker=%s event=stop_unrecorded error=%s", self.registration.id, exc)
-
-    def _beat_until_stopped(self) -> None:
-        worker_id = self.registration.id
-        while not self._stop.wait(self.registration.heartbeat_s):
-            try:
-                self.store.beat(worker_id, self.doing())
-            except NotFoundError:
-                logger.warning("worker=%s event=registered_again", worker_id)
-                self._register_again()
-            except StorageUnavailableError as exc:
-                logger.warning("worker=%s event=beat_failed error=%s", worker_id, exc)
-
-    def _register_again(self) -> None:
-        try:
-            self.store.register_worker(self.registration)
-        except LRTuneError as exc:
-            logger.warning("worker=%s event=beat_failed error=%s", self.registration.id, exc)
-
-
-def open_store(url: str | None, wait_s: float) -> JobStore:
-    """The job store at ``url``, waited for up to ``wait_s`` seconds while it is unavailable.
-
-    A worker may start before its database does (a fleet's PostgreSQL restarting, the migration
-    job not yet done): each failed try is logged and retried after a backoff (the store
-    settings' ``retry_*``), until ``wait_s`` has passed. ``wait_s=0`` tries once.
-
-    Raises:
-        StorageUnavailableError: the store still cannot be opened after ``wait_s`` seconds.
-    """
-    settings = StoreSettings.from_env()
-    backoff = Backoff(settings.retry_initial_s, max(settings.retry_max_s, settings.retry_initial_s))
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            return JobStore(url, settings=settings)
-        except StorageUnavailableError as exc:
-            left_s = deadline - time.monotonic()
-            if left_s <= 0:
-                raise
-            wait = min(backoff.next_s(), left_s)
-            logger.warning("event=store_unavailable retry_in=%.1fs error=%s", wait, exc)
-            time.sleep(wait)
-
-
-def available_cores() -> int:
-    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def threads_per_unit(concurrency: int, threads: int | None = None) -> tuple[int, str]:
-    """Torch CPU threads for each unit of a worker running ``concurrency`` units, and why.
-
-    ``threads`` (``--threads``) wins, then ``LRTUNE_TORCH_THREADS``; otherwise the available
-    cores divided among the units, at least 1. That default assumes the worker has the machine
-    to itself: several workers on one machine should each be given ``--threads``.
-
-    Example:
-        >>> threads_per_unit(2, threads=3)
-        (3, '--threads')
-    """
-    if threads is not None:
-        return threads, "--threads"
-    env = os.environ.get("LRTUNE_TORCH_THREADS")
-    if env:
-        return int(env), "LRTUNE_TORCH_THREADS"
-    cores = available_cores()
-    chosen = max(1, cores // concurrency)
-    why = (
-        f"{cores} cores / concurrency {concurrency}; several workers on one machine: "
-        "give each --threads"
-    )
-    return chosen, why
 
 
 class Worker:
@@ -404,11 +195,9 @@ class Worker:
         self.threads = threads
         self._storage: optuna.storages.BaseStorage | None = None
         self._setups: dict[str, TrainingSetup] = {}
-        self._pool: UnitPool | None = None
+        self._dispatcher: Dispatcher | None = None
         self._holding: dict[str, WorkerActivity] = {}  # "lease", "unit": what it does here
-        self._searches: dict[str, JobSearch] = {}  # the pool's dispatcher's, per job
-        self._orphans: dict[str, float] = {}  # job id -> when its dead child's unit is stale
-        self._serviced_at = 0.0
+        self._searches: dict[str, JobSearch] = {}  # the dispatcher's, per job
         self._worked: set[str] = set()  # the jobs run() has worked on, and its max_jobs
         self._max_jobs: int | None = None
 
@@ -471,12 +260,12 @@ class Worker:
                 with storage_errors():
                     self._requeue(job)
             except StorageUnavailableError as exc:  # its trial goes stale and is retried
-                _log(job.id, self.id, job.status.value, "requeue_failed", reason=str(exc))
+                log_event(job.id, self.id, job.status.value, "requeue_failed", reason=str(exc))
             return UnitOutcome(job_id=job.id, interrupted=True)
         except StorageUnavailableError as exc:
             return UnitOutcome(job_id=job.id, storage_error=str(exc))
         except Exception as exc:  # the job's own error: the parent fails the job
-            return UnitOutcome(job_id=job.id, error=_reason(exc))
+            return UnitOutcome(job_id=job.id, error=one_line(exc))
         return UnitOutcome(job_id=job.id, ran=ran)
 
     @contextmanager
@@ -493,22 +282,23 @@ class Worker:
             heartbeat_s=self.store.settings.worker_heartbeat_s,
             plugin_registry=PluginRegistry.of_this_process(),
         )
-        with _Presence(self.store, registration, self._doing):
+        with Presence(self.store, registration, self._doing):
             yield
 
     def _doing(self) -> list[WorkerActivity]:
         """What this worker holds now: its lease, its in-process unit, its children's units."""
         doing = list(self._holding.values())
-        if self._pool is not None:
+        if self._dispatcher is not None:
             doing += [
                 WorkerActivity(job_id=job.id, phase=job.status, lease=False)
-                for job in self._pool.running()
+                for job in self._dispatcher.running()
             ]
         return doing
 
     @contextmanager
     def _units(self) -> Iterator[None]:
-        """The pool of child processes while in the ``with`` (none with concurrency 1)."""
+        """The pool of child processes and its dispatcher while in the ``with`` (none with
+        concurrency 1)."""
         if self.concurrency == 1:
             yield
             return
@@ -521,150 +311,31 @@ class Worker:
             threads=self.threads or torch_threads(),
             log_level=logger.getEffectiveLevel(),
         )
-        self._pool = pool = UnitPool(self.concurrency, config, unit_runner)
-        pool.start()
-        try:
-            with stop_listener(pool.stop):  # a signal reaches the children at once
-                yield
-        except BaseException as exc:  # a second signal (or a bug): stop the children at once
-            pool.stop(now=not isinstance(exc, StopRequested))
-            pool.close()
-            raise
-        else:
-            if stop_requested():
-                pool.stop()
+        with children(self, config, self.concurrency, unit_runner) as self._dispatcher:
             try:
-                pool.close()
-            except KeyboardInterrupt:
-                pool.stop(now=True)
-                pool.close()
-                raise
-        finally:
-            self._pool = None
+                yield
+            finally:
+                self._dispatcher = None
 
     def _backoff(self) -> Backoff:
-        """Waits between tries of an unavailable store (``Settings.retry_*``)."""
-        settings = self.store.settings
-        return Backoff(
-            settings.retry_initial_s, max(settings.retry_max_s, settings.retry_initial_s)
-        )
+        """Waits between tries of an unavailable store (``StoreSettings.retry_*``)."""
+        return Backoff.of(self.store.settings)
 
     def _step(self, may_start: bool, worked: set[str]) -> str | None:
         """Do one piece of work; return the id of the job it was for, None if there was none."""
-        if self._pool is not None:
-            return self._pool_step(self._pool, may_start, worked)
+        if self._dispatcher is not None:
+            return self._dispatcher.step(may_start, worked)
         if may_start:
-            lease = self._claim()
-            if lease is not None:
-                self._exclusive(lease)
-                return lease.job_id
+            claimed = self.take_exclusive()
+            if claimed is not None:
+                return claimed
         for job in self.store.shared_jobs(device=self.device):
             if (may_start or job.id in worked) and self._help(job):
                 return job.id
         return None
 
-    def _pool_step(self, pool: UnitPool, may_start: bool, worked: set[str]) -> str | None:
-        """:meth:`_step` with children: take in their outcomes, claim, hand out units.
-
-        Returns a job id while any unit is running (waiting for the children is work for their
-        jobs), so ``once`` and ``max_jobs`` end the loop only when the children are idle.
-        """
-        self._take_outcomes(pool.collect())
-        if may_start:
-            lease = self._claim()
-            if lease is not None:
-                self._exclusive(lease)
-                return lease.job_id
-        moved = self._hand_out(pool, may_start, worked, move_on=True)
-        if moved is not None:
-            return moved
-        now = time.monotonic()
-        self._orphans = {job: until for job, until in self._orphans.items() if until > now}
-        busy = [job.id for job in pool.running()] + list(self._orphans)
-        if busy:  # wait for the children, or for a dead child's unit to go stale and be retried
-            self._take_outcomes(pool.collect(timeout_s=self.poll_s))
-            return busy[0]
-        return None
-
-    def _hand_out(
-        self, pool: UnitPool, may_start: bool, worked: set[str], *, move_on: bool
-    ) -> str | None:
-        """Give free children units of the oldest shared jobs; move on a job with none left
-        (if ``move_on``). Return the id of a job moved on, if any."""
-        for job in self.store.shared_jobs(device=self.device):
-            if not pool.free():
-                break
-            if not (may_start or job.id in worked):
-                continue
-            handed, finished = self._dispatch(pool, job)
-            if handed:
-                worked.add(job.id)
-            elif finished and move_on and self._move_on(job):
-                worked.add(job.id)
-                return job.id
-        return None
-
-    def _dispatch(self, pool: UnitPool, job: JobRecord) -> tuple[int, bool]:
-        """Hand free children one queued unit each of ``job``, no more than it has queued;
-        return how many, and whether the job's queue is done (nothing queued or running
-        anywhere, nor handed out by this worker, so it may move on)."""
-        try:
-            with storage_errors():
-                queue = self._search(job).queue(_phase(job))
-                fail_stale_trials(queue)
-                _raise_unit_failure(queue)
-                handed = 0
-                # Children already on the job may have popped their units: counting them
-                # against the queue would leave a free child idle beside a queued unit. One
-                # handed a unit that another took meanwhile finds the queue empty, and is free
-                # again.
-                wanted = self._waiting_units(job, queue)
-                while handed < wanted and pool.free() and pool.submit(job):
-                    handed += 1
-                if handed:
-                    _log(job.id, self.id, job.status.value, "handed_out", units=handed)
-                    return handed, False
-                finished = not pool.in_flight(job.id) and not has_unfinished(queue)
-        except StorageUnavailableError:
-            raise
-        except Exception as exc:  # the job's own error (its stored spec, its study): fail it
-            self._fail_job(job.id, _reason(exc))
-            return 0, False
-        return 0, finished
-
-    def _take_outcomes(self, outcomes: list[UnitOutcome]) -> None:
-        """Fail the jobs whose units failed in a child; the rest needs nothing here."""
-        for outcome in outcomes:
-            if outcome.died:  # its trial goes stale after Optuna's grace period, then retried
-                grace_s = 3 * self.store.settings.trial_heartbeat_s + 2 * self.poll_s
-                self._orphans[outcome.job_id] = time.monotonic() + grace_s
-            elif outcome.error is not None:
-                self._fail_job(outcome.job_id, outcome.error)
-            elif outcome.storage_error is not None:
-                logger.warning(
-                    "job=%s worker=%s event=store_unavailable error=%s",
-                    outcome.job_id,
-                    self.id,
-                    outcome.storage_error,
-                )
-
-    def _keep_children_busy(self) -> None:
-        """Hand out units while this process runs a range test (at most every ``poll_s``)."""
-        pool = self._pool
-        if pool is None or time.monotonic() - self._serviced_at < self.poll_s:
-            return
-        self._serviced_at = time.monotonic()
-        try:
-            self._take_outcomes(pool.collect())
-            if pool.free():
-                worked, max_jobs = self._worked, self._max_jobs
-                may_start = max_jobs is None or len(worked) < max_jobs
-                self._hand_out(pool, may_start, worked, move_on=False)
-        except StorageUnavailableError as exc:  # the range test's own writes will tell
-            logger.warning("worker=%s event=store_unavailable error=%s", self.id, exc)
-
-    def _search(self, job: JobRecord) -> JobSearch:
-        """The job's search, opened once per job by the dispatcher."""
+    def search(self, job: JobRecord) -> JobSearch:
+        """The job's search, opened once per job (for the dispatcher)."""
         if job.id not in self._searches:
             if len(self._searches) >= 4 * SETUPS_KEPT:
                 del self._searches[next(iter(self._searches))]
@@ -674,25 +345,22 @@ class Worker:
     def _open_search(self, job: JobRecord) -> JobSearch:
         return JobSearch.open(job.spec, self._optuna_storage(), job.study_name)
 
-    def _waiting_units(self, job: JobRecord, queue: optuna.Study) -> int:
-        """How many queued units of ``job`` this worker may start now: those queued, no more
-        than ``search.max_parallel`` leaves room for (a read; the pops themselves are bounded
-        exactly, under the store's unit lock: :class:`~lrtune.search.UnitGate`)."""
-        counts = trial_counts(queue)
-        room = job.spec.search.max_parallel - counts[TrialState.RUNNING]
-        return max(0, min(counts[TrialState.WAITING], room))
-
-    def _move_on(self, job: JobRecord) -> bool:
+    def move_on(self, job: JobRecord) -> bool:
         """Claim a shared job whose queue is done and move it on; True if this worker did."""
         if stop_requested():  # the next worker will
             return False
-        lease = self._claim(job.id)
-        if lease is None:
-            return False
-        self._exclusive(lease)
-        return True
+        return self.take_exclusive(job.id) is not None
 
-    def _fail_job(self, job_id: str, reason: str) -> None:
+    def take_exclusive(self, job_id: str | None = None) -> str | None:
+        """Claim a job's exclusive phase (the oldest claimable, or ``job_id``'s) and run it;
+        the job's id, or None if there was none to claim."""
+        lease = self._claim(job_id)
+        if lease is None:
+            return None
+        self._exclusive(lease)
+        return lease.job_id
+
+    def fail_job(self, job_id: str, reason: str) -> None:
         lease = self._claim(job_id)
         if lease is not None:
             self._fail_with(lease, reason)
@@ -700,7 +368,7 @@ class Worker:
     def _claim(self, job_id: str | None = None) -> Lease | None:
         lease = self.store.claim(self.id, self.lease_s, job_id=job_id, device=self.device)
         if lease is not None:
-            _log(lease.job_id, self.id, lease.status.value, "claimed", attempts=lease.attempts)
+            log_event(lease.job_id, self.id, lease.status.value, "claimed", attempts=lease.attempts)
         return lease
 
     def _exclusive(self, lease: Lease) -> None:
@@ -713,7 +381,7 @@ class Worker:
         started = time.monotonic()
         self._holding["lease"] = WorkerActivity(job_id=job.id, phase=lease.status, lease=True)
         try:
-            heartbeat = _Heartbeat(self.store, lease, self.lease_s, self._backoff())
+            heartbeat = LeaseHeartbeat(self.store, lease, self.lease_s, self._backoff())
             with heartbeat, storage_errors():
                 if lease.status is JobStatus.FINDING:
                     self._find(job, lease, heartbeat)
@@ -722,18 +390,18 @@ class Worker:
                 else:
                     self._finish(job, lease, heartbeat)
         except LeaseLost as exc:
-            _log(job.id, self.id, lease.status.value, "abandoned", reason=str(exc))
+            log_event(job.id, self.id, lease.status.value, "abandoned", reason=str(exc))
         except (KeyboardInterrupt, StorageUnavailableError):  # not the job's fault: hand it back
             self._hand_back(lease)
             raise
         except Exception as exc:
             self._fail(lease, exc)
         else:
-            _log(job.id, self.id, lease.status.value, "done", s=time.monotonic() - started)
+            log_event(job.id, self.id, lease.status.value, "done", s=time.monotonic() - started)
         finally:
             self._holding.pop("lease", None)
 
-    def _find(self, job: JobRecord, lease: Lease, heartbeat: _Heartbeat) -> None:
+    def _find(self, job: JobRecord, lease: Lease, heartbeat: LeaseHeartbeat) -> None:
         """The range test and the study's queues; then the job is ``searching``."""
         setup = self._setup(job)
         with RangeTestProgress(
@@ -764,31 +432,33 @@ class Worker:
         heartbeat.check()
         self.store.release(lease, status=JobStatus.SEARCHING, progress=progress)
 
-    def _range_test_step(self, heartbeat: _Heartbeat) -> Callable[..., None]:
+    def _range_test_step(self, heartbeat: LeaseHeartbeat) -> Callable[..., None]:
         """The range test's step callback: stop on a lost lease or a requested stop, and keep
         the children busy meanwhile."""
 
         def step(*_step: Any) -> None:
             heartbeat.check()
             check_stop("during the range test")
-            self._keep_children_busy()
+            if self._dispatcher is not None:
+                worked, max_jobs = self._worked, self._max_jobs
+                self._dispatcher.keep_busy(max_jobs is None or len(worked) < max_jobs, worked)
 
         return step
 
-    def _end_search(self, job: JobRecord, lease: Lease, heartbeat: _Heartbeat) -> None:
+    def _end_search(self, job: JobRecord, lease: Lease, heartbeat: LeaseHeartbeat) -> None:
         """Move a ``searching`` job whose search is over to ``confirming``."""
         search = self._open_search(job)
-        _raise_unit_failure(search.study)
+        search.check_units("search")
         heartbeat.stop()
         if has_unfinished(search.study):  # a unit was re-queued meanwhile: still searching
             self.store.release(lease)
             return
         self.store.release(lease, status=JobStatus.CONFIRMING, progress=_progress(job, search))
 
-    def _finish(self, job: JobRecord, lease: Lease, heartbeat: _Heartbeat) -> None:
+    def _finish(self, job: JobRecord, lease: Lease, heartbeat: LeaseHeartbeat) -> None:
         """Write the recommendation of a job whose confirmation is over; it succeeds."""
         search = self._open_search(job)
-        _raise_unit_failure(search.confirmation)
+        search.check_units("confirmation")
         if has_unfinished(search.confirmation):  # units left for the helpers
             heartbeat.stop()
             self.store.release(lease)
@@ -808,7 +478,7 @@ class Worker:
                 job.id, recommendation, self._provenance(job, search), lease=lease
             )
         except ConflictError:  # saved by a finisher that died before releasing
-            _log(job.id, self.id, "confirming", "recommendation_exists")
+            log_event(job.id, self.id, "confirming", "recommendation_exists")
         progress = _progress(job, search)
         self.store.release(lease, status=JobStatus.SUCCEEDED, progress=progress)
         remove_checkpoints(self.artifact_dir / job.study_name)  # no unit will resume
@@ -817,13 +487,12 @@ class Worker:
         """Run the queued units of a shared job; move it on if none is left. True if it worked."""
         try:
             with storage_errors():
-                search = self._open_search(job)
-                queue = search.queue(_phase(job))
-                fail_stale_trials(queue)  # a dead worker's unit must not hold a place
-                _raise_unit_failure(queue)
-                worked = self._waiting_units(job, queue) > 0 and self._run_units(job, search)
-                _raise_unit_failure(queue)
-                unfinished = has_unfinished(queue)
+                search, phase = self._open_search(job), phase_of(job)
+                fail_stale_trials(search.queue(phase))  # a dead worker's unit must not hold a place
+                search.check_units(phase)
+                worked = search.startable(phase) > 0 and self._run_units(job, search)
+                search.check_units(phase)
+                unfinished = has_unfinished(search.queue(phase))
         except KeyboardInterrupt:
             self._requeue(job)
             raise
@@ -836,7 +505,7 @@ class Worker:
             return True
         if unfinished:
             return worked
-        return self._move_on(job) or worked
+        return self.move_on(job) or worked
 
     def _gate(self, job: JobRecord) -> UnitGate:
         """The job's search.max_parallel (under the store's unit lock), target and timeout."""
@@ -849,7 +518,7 @@ class Worker:
     def _run_units(self, job: JobRecord, search: JobSearch, *, one: bool = False) -> bool:
         """Run the job's queued units here until none is left (``one``: a single unit), the
         job ends, or a stop is requested; True if any ran."""
-        phase = _phase(job)
+        phase = phase_of(job)
         report = UnitProgress(self.store, job, search.study)
         ran: list[bool] = []
 
@@ -868,7 +537,7 @@ class Worker:
             stop_unit=self._stop_when_ended(job.id),
             unit_check_s=self.store.settings.unit_check_s,
         )
-        _log(job.id, self.id, job.status.value, "helping")
+        log_event(job.id, self.id, job.status.value, "helping")
         self._holding["unit"] = WorkerActivity(job_id=job.id, phase=job.status, lease=False)
         try:
             search.run_units(phase, self._setup(job), options)
@@ -877,7 +546,7 @@ class Worker:
         return bool(ran)
 
     def _stop_when_ended(self, job_id: str) -> Callable[[], str | None]:
-        """Asked after each epoch of a unit and within it every ``Settings.unit_check_s``
+        """Asked after each epoch of a unit and within it every ``StoreSettings.unit_check_s``
         seconds: why to stop it now (its job was cancelled or failed), else None. Reads the job
         at most every ``ENDED_POLL_S`` seconds, so a unit of a cancelled job stops within
         ``unit_check_s`` or ``ENDED_POLL_S``, whichever is longer (plus one batch)."""
@@ -902,7 +571,7 @@ class Worker:
         """
         ended = (job or self.store.get(job_id)).status.finished
         if ended:
-            _log(job_id, self.id, "shared", "stopped", reason="the job has ended")
+            log_event(job_id, self.id, "shared", "stopped", reason="the job has ended")
         return ended
 
     def _requeue(self, job: JobRecord) -> None:
@@ -915,25 +584,27 @@ class Worker:
         search = self._open_search(job)
         with self.store.unit_lock(job.id):
             retried = search.requeue_interrupted()
-        _log(job.id, self.id, job.status.value, "interrupted", requeued=retried)
+        log_event(job.id, self.id, job.status.value, "interrupted", requeued=retried)
 
     def _hand_back(self, lease: Lease) -> None:
         try:
             self.store.release(lease)
-            _log(lease.job_id, self.id, lease.status.value, "handed_back")
+            log_event(lease.job_id, self.id, lease.status.value, "handed_back")
         except LRTuneError as exc:  # lost or unreachable: the lease expires on its own
-            _log(lease.job_id, self.id, lease.status.value, "hand_back_failed", reason=str(exc))
+            log_event(
+                lease.job_id, self.id, lease.status.value, "hand_back_failed", reason=str(exc)
+            )
 
     def _fail(self, lease: Lease, exc: BaseException) -> None:
-        self._fail_with(lease, _reason(exc))
+        self._fail_with(lease, one_line(exc))
 
     def _fail_with(self, lease: Lease, reason: str) -> None:
         try:
             with suppress(UnreadableRecordError):  # failed all the same
                 self.store.release(lease, status=JobStatus.FAILED, error=reason)
-            _log(lease.job_id, self.id, lease.status.value, "failed", reason=reason)
+            log_event(lease.job_id, self.id, lease.status.value, "failed", reason=reason)
         except LeaseLost:
-            _log(lease.job_id, self.id, lease.status.value, "abandoned", reason=reason)
+            log_event(lease.job_id, self.id, lease.status.value, "abandoned", reason=reason)
 
     def _setup(self, job: JobRecord) -> TrainingSetup:
         """The job's model and data on this worker's device, kept for the last few jobs."""
@@ -977,22 +648,6 @@ class Worker:
         )
 
 
-def _raise_unit_failure(queue: optuna.Study) -> None:
-    """Raise :class:`TrialFailed` if a unit of ``queue`` failed for a reason of its own.
-
-    Such a unit is not retried, so its job would end short of its budget: the job fails with
-    the unit's reason instead (as it does when its range test raises).
-    """
-    failure = unit_failure(queue)
-    if failure is not None:
-        raise TrialFailed(failure)
-
-
-def _phase(job: JobRecord) -> Phase:
-    """The phase whose units a shared job's workers run: its search, or its confirmation."""
-    return "search" if job.status is JobStatus.SEARCHING else "confirmation"
-
-
 def _progress(job: JobRecord, search: JobSearch) -> JobProgress:
     """The job's progress as its studies hold it now."""
     study = search.study
@@ -1019,56 +674,3 @@ def unit_runner(config: ChildConfig, worker_id: str) -> Callable[[JobRecord], Un
         artifact_dir=config.artifact_dir,
     )
     return worker.run_unit
-
-
-def _reason(exc: BaseException) -> str:
-    """Why a job failed, on one line: the error's class and first line."""
-    return f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-
-
-def torch_threads() -> int:
-    """The torch CPU threads this process uses now."""
-    import torch
-
-    return torch.get_num_threads()
-
-
-def _log(job_id: str, worker_id: str, phase: str, event: str, **fields: Any) -> None:
-    """One structured line per state change: job, worker, phase, event, and its details."""
-    details = " ".join(
-        f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items()
-    )
-    logger.info("job=%s worker=%s phase=%s event=%s %s", job_id, worker_id, phase, event, details)
-
-
-@contextmanager
-def stop_on_signals(signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
-    """The first of ``signals`` asks for a clean stop, the second stops at once; later ones are
-    ignored.
-
-    A clean stop (:func:`lrtune.training.request_stop`) ends the running unit at its next epoch
-    boundary or within ``Settings.unit_check_s`` seconds mid-epoch, and a range test at its
-    next step (see the module); stopping at once raises
-    KeyboardInterrupt in the main thread, abandoning the unit mid-epoch. A signal after that is
-    ignored, so that the hand-back completes.
-    """
-    received: list[int] = []
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        received.append(signum)
-        if len(received) == 1:
-            logger.info("event=signal signal=%s: stopping the running unit at its next look", name)
-            request_stop()
-        elif len(received) == 2:
-            logger.info("event=signal signal=%s: stopping now", name)
-            raise KeyboardInterrupt
-        else:
-            logger.info("event=signal signal=%s: already stopping", name)
-
-    previous = {signum: signal.signal(signum, handle) for signum in signals}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)

@@ -19,6 +19,7 @@ Example:
     >>> import tempfile, pathlib, time
     >>> from lrtune.jobs import JobStore
     >>> from lrtune.spec import JobSpec
+from lrtune.workers.periodic import Periodic
     >>> store = JobStore(f"sqlite:///{pathlib.Path(tempfile.mkdtemp()) / 'jobs.db'}")
     >>> spec = JobSpec.model_validate({"model": {"name": "logreg"}, "dataset": {"name": "wine"},
     ...                                "range_test": {"seeds": 2, "num_iter": 50}})
@@ -47,6 +48,7 @@ from lrtune.exceptions import ConflictError, LeaseLost, StorageUnavailableError
 from lrtune.jobs import JobProgress, JobRecord, JobStatus, JobStore, Lease, Provenance
 from lrtune.search import open_confirmation, stored_bounds, stored_range_test
 from lrtune.spec import JobSpec
+from lrtune.workers.periodic import Periodic
 
 logger = logging.getLogger("lrtune.workers")
 
@@ -84,19 +86,14 @@ class RangeTestProgress:
         self._reported = 0
         self._curves = _LiveCurves(spec.range_test.smooth_beta, spec.range_test.diverge_threshold)
         self._lost: LeaseLost | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._report_until_stopped, name=f"steps-{lease.job_id[:8]}", daemon=True
-        )
+        self._reports = Periodic(f"steps-{lease.job_id[:8]}", interval_s, self._beat)
 
     def __enter__(self) -> RangeTestProgress:
-        self._thread.start()
+        self._reports.__enter__()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        self._reports.stop()
         if exc_type is None and self.done != self._reported:
             self.flush()  # the last steps and points: the live curve ends where the test did
 
@@ -108,10 +105,11 @@ class RangeTestProgress:
         self.done = min(self.done + len(losses), self.total)
         self._curves.add(step, lr, losses)
 
-    def _report_until_stopped(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            if self.done != self._reported:
-                self.flush()
+    def _beat(self) -> float | None:
+        """Report the steps if they moved; None (no more reports) once the lease is lost."""
+        if self.done != self._reported:
+            self.flush()
+        return None if self._lost is not None else self.interval_s
 
     def flush(self) -> None:
         """Report the steps done so far (the thread does, every ``interval_s`` they moved)."""
@@ -122,7 +120,6 @@ class RangeTestProgress:
             self.store.record_progress(self.lease.job_id, report, lease=self.lease, points=points)
         except LeaseLost as exc:
             self._lost = exc
-            self._stop.set()
         except StorageUnavailableError as exc:
             logger.warning("job=%s event=progress_failed error=%s", self.lease.job_id, exc)
         else:

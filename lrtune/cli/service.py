@@ -76,13 +76,10 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def worker(args: argparse.Namespace) -> int:
     """``lrtune worker``: take jobs from the job store and run them until stopped."""
     from lrtune.device import set_torch_threads
-    from lrtune.workers.loop import (
-        DEFAULT_LEASE_S,
-        Worker,
-        open_store,
-        stop_on_signals,
-        threads_per_unit,
-    )
+    from lrtune.workers.backoff import open_store
+    from lrtune.workers.loop import DEFAULT_LEASE_S, Worker
+    from lrtune.workers.signals import stop_on_signals
+    from lrtune.workers.threads import threads_per_unit
 
     if args.max_jobs is not None and args.max_jobs < 1:
         raise CliError(f"--max-jobs must be >= 1, got {args.max_jobs}")

@@ -79,6 +79,7 @@ from lrtune.search.units import (
     UnitOptions,
     UnitPlan,
     UnitStop,
+    raise_unit_failure,
     unit_failure,
 )
 
@@ -109,6 +110,7 @@ __all__ = [
     "open_confirmation",
     "open_study",
     "prepare_study",
+    "raise_unit_failure",
     "range_test",
     "recommend",
     "requeue_interrupted",

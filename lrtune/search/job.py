@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 import optuna
+from optuna.trial import TrialState
 
 from lrtune._optuna import (
     ATTR_BOUNDS,
@@ -30,6 +31,7 @@ from lrtune._optuna import (
     has_waiting,
     heartbeat_interval,
     storage_errors,
+    trial_counts,
 )
 from lrtune.exceptions import NotFoundError
 from lrtune.finder import StepCallback
@@ -44,7 +46,13 @@ from lrtune.search.queues import (
     requeue_interrupted,
     resolve_storage,
 )
-from lrtune.search.units import UnitObjective, UnitOptions, drain, unit_failure
+from lrtune.search.units import (
+    UnitObjective,
+    UnitOptions,
+    drain,
+    raise_unit_failure,
+    unit_failure,
+)
 from lrtune.space import LRBounds
 from lrtune.spec import JobSpec
 from lrtune.training import TrainingSetup
@@ -165,6 +173,19 @@ class JobSearch:
         """Why a unit of ``phase`` failed for a reason of its own, else None
         (:func:`~lrtune.search.units.unit_failure`)."""
         return unit_failure(self.queue(phase))
+
+    def check_units(self, phase: Phase) -> None:
+        """Raise :class:`~lrtune.search.units.TrialFailed` if a unit of ``phase`` failed for a
+        reason of its own: its job must fail with it, not end short of its budget."""
+        raise_unit_failure(self.queue(phase))
+
+    def startable(self, phase: Phase) -> int:
+        """How many of ``phase``'s queued units a process may start now: those queued, no more
+        than ``search.max_parallel`` leaves room for (a read; the pops themselves are bounded
+        exactly, under a job store's unit lock: :class:`~lrtune.search.gate.UnitGate`)."""
+        counts = trial_counts(self.queue(phase))
+        room = self.spec.search.max_parallel - counts[TrialState.RUNNING]
+        return max(0, min(counts[TrialState.WAITING], room))
 
     def requeue_interrupted(self) -> int:
         """Queue again both queues' units an interruption left FAILED; how many."""

@@ -466,3 +466,14 @@ def unit_failure(study: optuna.Study) -> str | None:
         if reason is not None and not str(reason).startswith(INTERRUPTED):
             return f"trial {trial.number} of {study.study_name} failed: {reason}"
     return None
+
+
+def raise_unit_failure(queue: optuna.Study) -> None:
+    """Raise :class:`TrialFailed` if a unit of ``queue`` failed for a reason of its own.
+
+    Such a unit is not retried, so its job would end short of its budget: the job fails with
+    the unit's reason instead (as it does when its range test raises).
+    """
+    failure = unit_failure(queue)
+    if failure is not None:
+        raise TrialFailed(failure)
