@@ -2,6 +2,11 @@
 
 One place knows how lrtune opens a SQL database:
 
+- :func:`get_engine` returns the process's one engine per URL (and so one connection pool),
+  sized by :class:`EngineSettings` (``LRTUNE_DATABASE_URL``, ``LRTUNE_DB_POOL_SIZE``, ...):
+  the job store and every Optuna study a process opens share it. It lives here, not in the
+  job store's package, so that :mod:`lrtune.storage` (a notebook's ``tune``) loads neither
+  the job store nor alembic;
 - a URL is parsed once, and an unusable one is an :class:`~lrtune.exceptions.InvalidInputError`
   that shows how a good one looks;
 - a SQLite file is switched to WAL (readers never wait for the writer) and opened with a busy
@@ -24,16 +29,25 @@ sqlite:///path.db or postgresql+psycopg://user@host/db
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import sqlalchemy
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from lrtune.exceptions import InvalidInputError, StorageUnavailableError
+from lrtune.exceptions import InvalidInputError, StorageUnavailableError, describe_validation_error
+
+ENV_PREFIX = "LRTUNE_"
+DEFAULT_DATABASE_URL = "sqlite:///lrtune.db"
+POSTGRES_CONNECT_TIMEOUT_S = 10
 
 SQLITE_BUSY_TIMEOUT_S = 60
 SQLITE_BEGIN_OPTION = "lrtune_sqlite_begin"
@@ -138,3 +152,108 @@ def engine_kwargs(parsed: URL, safe_url: str) -> dict[str, Any]:
         enable_wal(parsed.database, safe_url)
         return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     return {"pool_pre_ping": True}
+
+
+_Settings = TypeVar("_Settings", bound="EngineSettings")
+
+
+class EngineSettings(BaseSettings):
+    """Which database, and how many connections a process may hold to it: what
+    :func:`get_engine` reads. The job store's :class:`~lrtune.jobs.StoreSettings` extends it
+    (see :mod:`lrtune.jobs.settings` for the variables)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    database_url: str = Field(
+        DEFAULT_DATABASE_URL,
+        description="SQLAlchemy URL of the job store (and the jobs' Optuna studies)",
+    )
+    db_pool_size: int = Field(4, ge=1, description="connections kept open per process")
+    db_max_overflow: int = Field(4, ge=0, description="extra connections under load")
+    db_pool_timeout_s: float = Field(
+        30.0, gt=0, description="seconds to wait for a free connection before giving up"
+    )
+
+    @classmethod
+    def from_env(cls: type[_Settings]) -> _Settings:
+        """The settings from the environment (``LRTUNE_<FIELD>`` per field).
+
+        Raises:
+            InvalidInputError: a variable holds a value its field refuses; the message names
+                the variable.
+        """
+        try:
+            return cls()
+        except ValidationError as exc:
+            message = describe_validation_error(exc)
+            for field in cls.model_fields:
+                message = message.replace(f"{field}=", f"{ENV_PREFIX}{field.upper()}=")
+            raise InvalidInputError(f"invalid settings: {message}") from None
+
+
+_engines: dict[tuple[int, str], Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def get_engine(url: str, settings: EngineSettings | None = None) -> Engine:
+    """The process's engine for ``url``, created on first use with ``settings``' pool sizes
+    (default: :meth:`EngineSettings.from_env`).
+
+    One engine per process and URL: every job store and Optuna storage on ``url`` shares its
+    pool, so a process holds at most ``db_pool_size + db_max_overflow`` connections to
+    PostgreSQL; a forked child gets its own engine (pooled connections must not cross a fork).
+    SQLite: WAL mode, a busy timeout, foreign keys on for every connection, and transactions
+    that begin IMMEDIATE (:func:`begin_immediate`). PostgreSQL through psycopg 3:
+    ``pool_pre_ping`` and a connect timeout.
+
+    Raises:
+        InvalidInputError: the URL does not parse, or names an unknown database or a driver
+            that is not installed (PostgreSQL needs ``postgresql+psycopg://``).
+        StorageUnavailableError: a SQLite path that cannot be a database.
+    """
+    key = (os.getpid(), url)
+    with _engines_lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _engines[key] = _create_engine(url, settings or EngineSettings.from_env())
+        return engine
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection of this process's engines and forget the engines."""
+    with _engines_lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+def _create_engine(url: str, settings: EngineSettings) -> Engine:
+    parsed = parse_url(url)
+    safe = parsed.render_as_string(hide_password=True)
+    kwargs = engine_kwargs(parsed, safe)
+    if parsed.get_backend_name() != "sqlite":
+        kwargs.update(
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pool_timeout=settings.db_pool_timeout_s,
+        )
+        if parsed.get_backend_name() == "postgresql":
+            kwargs["connect_args"] = {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S}
+    try:
+        engine = sqlalchemy.create_engine(parsed, **kwargs)
+    except NoSuchModuleError as exc:
+        raise InvalidInputError(f"unknown database in URL {safe}: {first_line(exc)}") from exc
+    except ImportError as exc:
+        raise InvalidInputError(
+            f"database URL {safe} needs a driver that is not installed ({first_line(exc)})"
+        ) from exc
+    if parsed.get_backend_name() == "sqlite":
+        _sqlite_foreign_keys(engine)
+        begin_immediate(engine)
+    return engine
+
+
+def _sqlite_foreign_keys(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _foreign_keys_on(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute("PRAGMA foreign_keys=ON")

@@ -1,7 +1,7 @@
 """Optuna storage for lrtune studies: in-memory, a SQLite file, or PostgreSQL.
 
-An RDB storage runs on the process's one engine for its URL (:func:`lrtune.jobs.db.get_engine`,
-with the pool sizes of :class:`lrtune.jobs.StoreSettings`), the engine the job store uses too: a
+An RDB storage runs on the process's one engine for its URL (:func:`lrtune._rdb.get_engine`,
+with the pool sizes of :class:`lrtune._rdb.EngineSettings`), the engine the job store uses too: a
 worker holds one pool however many studies it opens.
 
 RDB storages run with Optuna's heartbeat: a trial whose process died goes stale after
@@ -23,9 +23,8 @@ import optuna
 from sqlalchemy.exc import DBAPIError
 
 from lrtune._optuna import SharedEngineStorage
-from lrtune._rdb import first_line, parse_url
+from lrtune._rdb import first_line, get_engine, parse_url
 from lrtune.exceptions import StorageUnavailableError
-from lrtune.jobs.db import get_engine
 
 
 def open_storage(

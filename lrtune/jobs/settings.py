@@ -65,33 +65,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
 
-from lrtune.exceptions import InvalidInputError, describe_validation_error
+from lrtune._rdb import DEFAULT_DATABASE_URL as DEFAULT_DATABASE_URL
+from lrtune._rdb import ENV_PREFIX as ENV_PREFIX
+from lrtune._rdb import EngineSettings
 from lrtune.spec import UNIT_CHECK_S
 
-ENV_PREFIX = "LRTUNE_"
-DEFAULT_DATABASE_URL = "sqlite:///lrtune.db"
 DEFAULT_ARTIFACT_DIR = "lrtune-artifacts"
 LIVE_HEARTBEATS = 3
 """A worker is live while its last heartbeat is younger than this many of its intervals."""
 
 
-class StoreSettings(BaseSettings):
-    """Where the job store lives and how many connections a process may hold to it."""
+class StoreSettings(EngineSettings):
+    """Where the job store lives and how many connections a process may hold to it (the
+    fields of :class:`~lrtune._rdb.EngineSettings`, which every engine reads), and how its
+    workers behave."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
-
-    database_url: str = Field(
-        DEFAULT_DATABASE_URL,
-        description="SQLAlchemy URL of the job store (and the jobs' Optuna studies)",
-    )
-    db_pool_size: int = Field(4, ge=1, description="connections kept open per process")
-    db_max_overflow: int = Field(4, ge=0, description="extra connections under load")
-    db_pool_timeout_s: float = Field(
-        30.0, gt=0, description="seconds to wait for a free connection before giving up"
-    )
     max_attempts: int = Field(
         3,
         ge=1,
@@ -161,19 +151,3 @@ class StoreSettings(BaseSettings):
     def checkpoint_dir(self, study_name: str) -> Path:
         """The folder of one job's checkpoints (its study's name: ``lrtune-job-<id>``)."""
         return self.artifact_dir / study_name
-
-    @classmethod
-    def from_env(cls) -> StoreSettings:
-        """StoreSettings from the environment (``LRTUNE_<FIELD>`` per field).
-
-        Raises:
-            InvalidInputError: a variable holds a value its field refuses; the message names
-                the variable.
-        """
-        try:
-            return cls()
-        except ValidationError as exc:
-            message = describe_validation_error(exc)
-            for field in cls.model_fields:
-                message = message.replace(f"{field}=", f"{ENV_PREFIX}{field.upper()}=")
-            raise InvalidInputError(f"invalid settings: {message}") from None
