@@ -32,9 +32,10 @@ from optuna.trial import TrialState
 from lrtune._optuna import ATTR_SLOT, ATTR_SPEC
 from lrtune.exceptions import StorageUnavailableError
 from lrtune.jobs import JobStatus, JobStore, StoreSettings, upgrade
+from lrtune.search import TrialRecord, open_confirmation
+from lrtune.search.answer import NO_FAIL_REASON
 from lrtune.spec import JobSpec
 from lrtune.storage import open_storage
-from lrtune.tuner import NO_FAIL_REASON, TrialRecord, open_confirmation
 from tests.test_worker import JOB, LONG_RANGE_TEST, REPO, _check_finished_exactly, _submit
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

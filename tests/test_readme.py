@@ -70,7 +70,7 @@ BASH = {
 
 OTHER_TEXT = {
     "lrtune find --model mlp": "the CLI's synopsis: every command and option is lrtune's",
-    "lrtune/      core library": "the repository's layout: every folder named exists",
+    "lrtune/         core library": "the repository's layout: every folder named exists",
 }
 """``text`` blocks that are no block's output, by how they start."""
 
@@ -307,9 +307,10 @@ def test_the_synopsis_names_only_commands_and_options_lrtune_has(
 
 
 def test_the_layout_names_folders_that_exist() -> None:
-    layout = one("text", "lrtune/      core library").code
+    layout = one("text", "lrtune/         core library").code
     folders = re.findall(r"(?:^|\s)([a-z/]+/)(?=\s)", layout)
-    assert {"lrtune/", "api/", "workers/", "tests/", "bench/", "examples/"} <= set(folders)
+    expected = {"lrtune/", "api/", "workers/", "tests/", "bench/", "examples/"}
+    assert expected | {"lrtune/search/", "lrtune/jobs/", "lrtune/cli/"} <= set(folders)
     for folder in folders:
         assert (REPO / folder).is_dir(), folder
 

@@ -23,7 +23,7 @@ the job was cancelled) stops the range test at its next step, and nothing more i
 so does a lease whose last successful renewal is older than ``lease_s`` (the store was out of
 reach for longer than the lease: another worker may hold the job now). The range test's study
 writes happen right after a successful renewal (``prepare_study``'s ``fence``).
-An unavailable store is retried with exponential backoff and jitter (``Settings.retry_*``,
+An unavailable store is retried with exponential backoff and jitter (``StoreSettings.retry_*``,
 :mod:`lrtune.workers.backoff`), by the loop and by the lease's renewals.
 Progress goes to the store as work goes (:mod:`lrtune.workers.reporting`): range-test steps
 a few times a second, and after each finished unit its trials or confirmation runs done; the
@@ -39,7 +39,7 @@ succeed short of its budget.
 
 Presence: :meth:`Worker.run` registers the worker in the store's workers table (host, device,
 pid, version, concurrency, threads, and the plugin registry this process serves), beats its
-heartbeat every ``Settings.worker_heartbeat_s`` seconds from a daemon thread (separate from
+heartbeat every ``StoreSettings.worker_heartbeat_s`` seconds from a daemon thread (separate from
 the per-lease heartbeat) with what it holds (``lrtune workers`` shows it), and marks itself
 stopped when it exits cleanly.
 
@@ -164,7 +164,7 @@ class Worker:
         worker_id: its name in the store (default: ``host-pid``).
         artifact_dir: where trials checkpoint each epoch, so that an interrupted trial resumes
             (a directory every worker that may resume it can read), one folder per job;
-            None: the store's ``Settings.artifact_dir`` (``LRTUNE_ARTIFACT_DIR``).
+            None: the store's ``StoreSettings.artifact_dir`` (``LRTUNE_ARTIFACT_DIR``).
         poll_s: how long it waits, idle, before looking for work again.
         concurrency: units run at once; above 1, in that many child processes.
         threads: torch CPU threads per unit (children pin it; reported in the workers table;
