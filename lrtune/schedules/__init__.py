@@ -14,7 +14,7 @@ multipliers (``group_multipliers``); without them group 0 counts as multiplier 1
 group as its LR ratio to group 0. ``eta_min`` of the cosine families is a single scalar in
 torch and is applied to every group as-is.
 
-Importing this module and validating specs does not import torch; building, driving and
+Importing this package and validating specs does not import torch; building, driving and
 previewing schedulers do.
 
 Example:

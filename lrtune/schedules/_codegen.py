@@ -275,8 +275,12 @@ class _CodeContext:
 
 @functools.singledispatch
 def _scheduler_code(spec: ScheduleSpec, code: _CodeContext) -> tuple[list[str], str]:
-    """Return the set-up lines and the constructor call expression for the snippet."""
-    raise NotImplementedError
+    """The set-up lines and the constructor call expression of ``spec``'s scheduler.
+
+    One function per family, registered below on its spec class; ``constant`` has none (it
+    needs no scheduler, or a bare warm-up, which :func:`to_code` writes itself).
+    """
+    raise NotImplementedError(f"no snippet code for the {spec.family!r} family")
 
 
 @_scheduler_code.register
