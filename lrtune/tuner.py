@@ -6,14 +6,10 @@ units, queues and answer); this module re-exports its public names, and keeps
 (:meth:`JobSearch.run_units <lrtune.search.JobSearch.run_units>`).
 
 Example:
-    >>> from lrtune.spec import JobSpec
-    >>> spec = JobSpec.model_validate({
-    ...     "model": {"name": "logreg"}, "dataset": {"name": "wine"},
-    ...     "range_test": {"seeds": 2, "num_iter": 40},
-    ...     "search": {"n_trials": 3, "epochs": 2, "families": ["constant", "cosine"]}})
-    >>> rec = tune(spec, progress=False)
-    >>> rec.n_trials["complete"] + rec.n_trials["pruned"]
-    3
+    >>> import lrtune.search
+    >>> from lrtune.tuner import tune
+    >>> tune is lrtune.search.tune
+    True
 """
 
 from __future__ import annotations
