@@ -134,7 +134,8 @@ def _check_no_duplicate_or_unexplained_fail(url: str, study_name: str) -> list[T
     must be one whose worker died (no reason of its own) and whose slot was retried. Returns
     the FAIL records of the search and the confirmation."""
     study = optuna.load_study(study_name=study_name, storage=open_storage(url))
-    confirm = open_confirmation(study, JobSpec.model_validate(study.user_attrs[ATTR_SPEC]))
+    spec = JobSpec.model_validate(study.user_attrs[ATTR_SPEC])
+    confirm = open_confirmation(study, spec.search, spec.seed)
     failed = []
     for kind, queue in (("search", study), ("confirmation", confirm)):
         records = [TrialRecord.read(t, kind) for t in queue.get_trials(deepcopy=False)]

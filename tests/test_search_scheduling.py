@@ -269,12 +269,13 @@ def test_a_winner_lr_outside_the_new_bounds_is_clipped_and_the_clipping_recorded
     too_high = rec.model_copy(update={"finalists": [far, *rec.finalists[1:]], "recommended": 0})
     spec = JobSpec.model_validate({**JOB, "batch_size": 16})
 
-    (start,) = winner_starts(spec, bounds, 6, [("job-a", too_high), ("job-a", too_high)])
+    (start,) = winner_starts(spec.search, bounds, 6, [("job-a", too_high), ("job-a", too_high)])
 
     assert start["params"]["lr"] == bounds.high
     assert start["from"]["clipped"].startswith(f"lr {bounds.high * 1000:.4g} clipped to")
     other = JobSpec.model_validate({**_job(families=["onecycle"]), "batch_size": 16})
-    assert winner_starts(other, bounds, 6, [("job-a", too_high)]) == []  # not a family it searches
+    # the winner's family is not one the other job searches
+    assert winner_starts(other.search, bounds, 6, [("job-a", too_high)]) == []
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -191,7 +191,8 @@ class UnitProgress:
         self.store = store
         self.job = job
         self.searching = job.status is JobStatus.SEARCHING
-        self.queue = study if self.searching else open_confirmation(study, job.spec)
+        spec = job.spec
+        self.queue = study if self.searching else open_confirmation(study, spec.search, spec.seed)
 
     def record(self) -> JobRecord | None:
         counts = trial_counts(self.queue)  # one aggregate, not the finished trials whole

@@ -75,7 +75,7 @@ def extend_confirmation(
     base = len(confirmation_slots(spec, bounds))
     per_seed = spec.search.finalists + len(baselines)
     seeds = confirmation_seeds(spec.search, spec.seed, spec.search.confirm_seeds_cap)
-    confirm = open_confirmation(study, spec)
+    confirm = open_confirmation(study, spec.search, spec.seed)
     taken = {u.user_attrs.get(ATTR_SLOT) for u in confirm.get_trials(deepcopy=False)}
     queued = 0
     for candidate in undecided:
@@ -106,7 +106,7 @@ def recommend(study: optuna.Study, setup: TrainingSetup) -> Recommendation:
     """
     spec = setup.spec
     bounds = stored_bounds(study)
-    confirm = open_confirmation(study, spec)
+    confirm = open_confirmation(study, spec.search, spec.seed)
     units = confirm.get_trials(deepcopy=False)
     runs = _runs_by_config_and_seed(units)
     ran = {seed for _, seed in runs}
@@ -257,7 +257,7 @@ def search_records(study: optuna.Study) -> list[TrialRecord]:
 def confirmation_records(study: optuna.Study) -> list[TrialRecord]:
     """Every confirmation run of a search study's job, in queue order."""
     spec = JobSpec.model_validate(study.user_attrs[ATTR_SPEC])
-    units = open_confirmation(study, spec).get_trials(deepcopy=False)
+    units = open_confirmation(study, spec.search, spec.seed).get_trials(deepcopy=False)
     return [TrialRecord.read(u, "confirmation") for u in units]
 
 

@@ -125,7 +125,7 @@ class JobSearch:
     def confirmation(self) -> QueuedStudy:
         """The confirmation study: the finalists' and baselines' runs on fresh seeds."""
         if self._confirmation is None:
-            self._confirmation = open_confirmation(self.study, self.spec)
+            self._confirmation = open_confirmation(self.study, self.spec.search, self.spec.seed)
         return self._confirmation
 
     @property

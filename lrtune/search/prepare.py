@@ -134,11 +134,12 @@ def prepare_study(
         }
         study.set_user_attr(ATTR_RUN_SHAPE, shape)
     if ATTR_WARM_STARTS not in study.user_attrs:
-        starts = winner_starts(spec, bounds, setup.steps_per_epoch, earlier_winners)
+        starts = winner_starts(spec.search, bounds, setup.steps_per_epoch, earlier_winners)
         study.set_user_attr(ATTR_WARM_STARTS, starts)
     winners = study.user_attrs[ATTR_WARM_STARTS]
-    enqueue_missing(study, search_slots(spec, bounds, setup.steps_per_epoch, winners))
-    enqueue_missing(open_confirmation(study, spec), confirmation_slots(spec, bounds))
+    enqueue_missing(study, search_slots(spec.search, bounds, setup.steps_per_epoch, winners))
+    confirmation = open_confirmation(study, spec.search, spec.seed)
+    enqueue_missing(confirmation, confirmation_slots(spec, bounds))
     hold()
     return study
 

@@ -99,13 +99,14 @@ def open_study(spec: JobSpec, storage: Storage, study_name: str | None = None) -
     )
 
 
-def open_confirmation(study: optuna.Study, spec: JobSpec) -> QueuedStudy:
-    """The confirmation study beside a search study, in the same storage."""
+def open_confirmation(study: optuna.Study, search: SearchSpec, seed: int) -> QueuedStudy:
+    """The confirmation study beside a search study, in the same storage (``seed``: the
+    job's)."""
     return open_queued_study(
         storage_of(study),
         study.study_name + CONFIRM_SUFFIX,
-        direction=spec.search.direction or "minimize",
-        sampler=optuna.samplers.RandomSampler(seed=spec.seed),  # units sample nothing
+        direction=search.direction or "minimize",
+        sampler=optuna.samplers.RandomSampler(seed=seed),  # units sample nothing
         pruner=optuna.pruners.NopPruner(),
     )
 
@@ -118,10 +119,12 @@ def confirmation_seeds(search: SearchSpec, seed: int, count: int | None = None) 
 
 
 def search_slots(
-    spec: JobSpec, bounds: LRBounds, steps_per_epoch: int, winners: Sequence[dict[str, Any]] = ()
+    search: SearchSpec,
+    bounds: LRBounds,
+    steps_per_epoch: int,
+    winners: Sequence[dict[str, Any]] = (),
 ) -> list[Slot]:
     """The trial budget: earlier jobs' winners, the obvious answers, then the sampler's."""
-    search = spec.search
     starts = warm_starts(
         search.families, bounds, search.epochs, search.warmup, steps_per_epoch=steps_per_epoch
     )
@@ -132,7 +135,7 @@ def search_slots(
 
 
 def winner_starts(
-    spec: JobSpec,
+    search: SearchSpec,
     bounds: LRBounds,
     steps_per_epoch: int,
     earlier: Sequence[tuple[str, Recommendation]],
@@ -146,7 +149,6 @@ def winner_starts(
     search, or that repeats an earlier one, is left out. Each entry is ``{"params": ...,
     "from": {"job": id, "family", "lr", "clipped": reason or None}}``.
     """
-    search = spec.search
     starts: list[dict[str, Any]] = []
     seen: set[str] = set()
     for job_id, rec in earlier:
