@@ -26,7 +26,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from lrtune._schema import LRSteps
+from lrtune._pydantic import LRSteps
 from lrtune.jobs.records import RecommendationMatch as RecommendationMatch
 from lrtune.jobs.records import RegistryEntry as RegistryEntry
 from lrtune.jobs.records import RegistryList as RegistryList

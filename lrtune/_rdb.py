@@ -5,7 +5,7 @@ One place knows how lrtune opens a SQL database:
 - :func:`get_engine` returns the process's one engine per URL (and so one connection pool),
   sized by :class:`EngineSettings` (``LRTUNE_DATABASE_URL``, ``LRTUNE_DB_POOL_SIZE``, ...):
   the job store and every Optuna study a process opens share it. It lives here, not in the
-  job store's package, so that :mod:`lrtune.storage` (a notebook's ``tune``) loads neither
+  job store's package, so that :mod:`lrtune.optuna_storage` (a notebook's ``tune``) loads neither
   the job store nor alembic;
 - a URL is parsed once, and an unusable one is an :class:`~lrtune.exceptions.InvalidInputError`
   that shows how a good one looks;

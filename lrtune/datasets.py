@@ -25,7 +25,7 @@ Example:
 
 Users load datasets by name through :func:`lrtune.registry.load_dataset`, which also finds
 datasets added by plugins. Arrays of one's own become a bundle with :func:`from_arrays` (the
-same checks and split as an upload to the service, :mod:`lrtune.uploads`); a job names an
+same checks and split as an upload to the service, :mod:`lrtune.upload_parsing`); a job names an
 uploaded dataset as ``uploaded`` with its ``id``, which a worker reads from its job store.
 """
 
@@ -47,7 +47,7 @@ from torch.utils.data import TensorDataset
 from lrtune.exceptions import InvalidInputError
 from lrtune.params import FactoryParams as FactoryParams  # re-exported for plugins
 from lrtune.params import SplitParams, SyntheticParams, UploadedParams, parse_params
-from lrtune.uploads import UploadedArrays, check_arrays
+from lrtune.upload_parsing import UploadedArrays, check_arrays
 
 Task = Literal["classification", "regression"]
 
@@ -231,7 +231,8 @@ def from_arrays(
     name: str = "arrays",
     **params: Any,
 ) -> DatasetBundle:
-    """A bundle of your own arrays, checked as an upload is (:func:`lrtune.uploads.check_arrays`).
+    """A bundle of your own arrays, checked as an upload is
+    (:func:`lrtune.upload_parsing.check_arrays`).
 
     ``x`` is ``(n, F)``, ``(n, T)`` token ids, ``(n, C, L)`` or ``(n, C, H, W)``; ``y`` holds
     class labels (integers: classification) or values (floats: regression), or say ``task``.

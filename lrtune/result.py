@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import ConfigDict, Field, computed_field
 
-from lrtune._schema import JsonFloat, LRSteps, ResultModel
+from lrtune._pydantic import JsonFloat, LRSteps, ResultModel
 from lrtune.spec import JobSpec
 from lrtune.suggestions import Consensus, Suggestion, consensus, suggest_all
 

@@ -42,7 +42,7 @@ from pydantic import (
     model_validator,
 )
 
-from lrtune._schema import JsonObject, JsonText
+from lrtune._pydantic import JsonObject, JsonText
 from lrtune.exceptions import InvalidInputError
 from lrtune.optimizer_signatures import OPTIMIZERS, accepted, check_keywords
 from lrtune.params import MAX_SEED

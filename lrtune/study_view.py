@@ -12,7 +12,8 @@ that serves these pages never loads torch.
   (the study does not exist yet, or holds no result).
 - :func:`open_reader`: the Optuna storage to read them from: no heartbeat and, on SQLite,
   deferred transactions, so that a dashboard reading a study never takes the write lock that
-  the workers' IMMEDIATE transactions wait for (:mod:`lrtune.storage` opens workers' storages).
+  the workers' IMMEDIATE transactions wait for (:mod:`lrtune.optuna_storage` opens workers'
+  storages).
 - :func:`find_study_id`: the storage's id of a study (optuna-dashboard's pages name studies
   by it), or ``None`` while it does not exist.
 - :func:`read_trials`: every search trial and confirmation run as a :class:`TrialView`:
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from lrtune._schema import JsonFloat, LRSteps, ResultModel
+from lrtune._pydantic import JsonFloat, LRSteps, ResultModel
 from lrtune.result import LRBounds, LRFinderResult, TrainingRun
 from lrtune.schedules import ScheduleSpec, parse_schedule
 

@@ -81,7 +81,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import ConfigDict, model_validator
 
-from lrtune._schema import ResultModel
+from lrtune._pydantic import ResultModel
 
 __all__ = [
     "DEFAULT_RULE",

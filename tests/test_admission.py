@@ -23,7 +23,7 @@ from lrtune.api import ApiSettings, create_app
 from lrtune.exceptions import InvalidInputError, QueueFullError
 from lrtune.jobs import JobStore, PluginRegistry, WorkerRegistration
 from lrtune.spec import JobSpec
-from lrtune.uploads import check_arrays
+from lrtune.upload_parsing import check_arrays
 
 WINE = {"name": "wine"}
 DIGITS = {"name": "digits"}

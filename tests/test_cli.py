@@ -583,7 +583,7 @@ def test_tune_human_output(runs: Runs) -> None:
 def test_storage_errors_say_whether_the_url_or_the_storage_is_at_fault(
     tmp_path: Path, where: str, expected: type[Exception]
 ) -> None:
-    from lrtune.storage import open_storage
+    from lrtune.optuna_storage import open_storage
 
     (tmp_path / "file.db").write_text("not a database\n")
     with pytest.raises(expected) as raised:
@@ -601,8 +601,8 @@ def test_waiting_for_a_crashed_workers_trial_prints_no_optuna_warning(tmp_path: 
     """A rerun soon after a crash waits for the dead trial to go stale, then retries it."""
     import optuna
 
+    from lrtune.optuna_storage import open_storage
     from lrtune.spec import JobSpec
-    from lrtune.storage import open_storage
     from lrtune.tuner import prepare_study, run_worker
 
     spec = JobSpec.model_validate(

@@ -19,6 +19,7 @@ import pytest
 from small_jobs import small_job
 from torch import nn
 
+from lrtune.optuna_storage import open_storage
 from lrtune.recommendation import (
     Recommendation,
     SeedValue,
@@ -29,7 +30,6 @@ from lrtune.recommendation import (
 from lrtune.registry import register_model
 from lrtune.schedules import parse_schedule
 from lrtune.spec import JobSpec
-from lrtune.storage import open_storage
 from lrtune.training import TrainingRun, TrainingSetup, train
 from lrtune.tuner import (
     confirmation_records,
@@ -304,7 +304,7 @@ def worker_script(study_name: str, url: str, artifacts: Path, wait: bool) -> str
     return textwrap.dedent(
         f"""
         import optuna
-        from lrtune.storage import open_storage
+        from lrtune.optuna_storage import open_storage
         from lrtune.tuner import run_worker
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = open_storage({url!r}, heartbeat_interval=1, grace_period=2)

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from lrtune.client import Client
 from lrtune.jobs import JobRecord, JobStatus, JobStore
-from lrtune.storage import open_storage
+from lrtune.optuna_storage import open_storage
 from tests.test_api import sse_messages
 from tests.test_fleet import (
     Fleet,

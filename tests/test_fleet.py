@@ -32,10 +32,10 @@ from optuna.trial import TrialState
 from lrtune._optuna import ATTR_SLOT, ATTR_SPEC
 from lrtune.exceptions import StorageUnavailableError
 from lrtune.jobs import JobStatus, JobStore, StoreSettings, upgrade
+from lrtune.optuna_storage import open_storage
 from lrtune.search import TrialRecord, open_confirmation
 from lrtune.search.answer import NO_FAIL_REASON
 from lrtune.spec import JobSpec
-from lrtune.storage import open_storage
 from tests.test_worker import JOB, LONG_RANGE_TEST, REPO, _check_finished_exactly, _submit
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -50,15 +50,15 @@ def test_import_lrtune_and_validating_a_job_spec_load_no_heavy_package() -> None
 
 
 def test_the_optuna_storage_loads_neither_the_job_store_nor_alembic() -> None:
-    """``lrtune.storage`` (where ``tune`` opens its study) shares the job store's engine code,
-    ``lrtune._rdb``, not its package: a notebook's ``tune`` loads no migrations."""
+    """``lrtune.optuna_storage`` (where ``tune`` opens its study) shares the job store's engine
+    code, ``lrtune._rdb``, not its package: a notebook's ``tune`` loads no migrations."""
     code = """
         import sys
-        import lrtune.storage
+        import lrtune.optuna_storage
         store = ("alembic", "lrtune.jobs")
         loaded = sorted(m for m in sys.modules if m in store or m.startswith(store[0] + "."))
         loaded += sorted(m for m in sys.modules if m.startswith(store[1] + "."))
-        assert loaded == [], f"importing lrtune.storage loaded {loaded}"
+        assert loaded == [], f"importing lrtune.optuna_storage loaded {loaded}"
     """
     heavy_modules_after(code)  # fails on the assertion's message
 

@@ -32,8 +32,8 @@ from lrtune.jobs import (
 )
 from lrtune.jobs.db import get_engine
 from lrtune.jobs.revision import current_revision, head_revision
+from lrtune.optuna_storage import open_storage
 from lrtune.spec import JobSpec
-from lrtune.storage import open_storage
 
 LRTUNE_TABLES = sorted(tables.Base.metadata.tables)
 

@@ -28,7 +28,7 @@ from lrtune._optuna import (
     trial_counts,
     waiting_trial_ids,
 )
-from lrtune.storage import open_storage
+from lrtune.optuna_storage import open_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -19,7 +19,7 @@ from lrtune._optuna import ATTR_BOUNDS
 from lrtune.exceptions import LeaseLost
 from lrtune.jobs import JobStatus, JobStore, StoreSettings, upgrade
 from lrtune.jobs.db import get_engine
-from lrtune.storage import open_storage
+from lrtune.optuna_storage import open_storage
 from lrtune.tuner import open_study, prepare_study
 from lrtune.workers.backoff import Backoff
 from lrtune.workers.lease import LeaseHeartbeat

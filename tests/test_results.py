@@ -23,9 +23,9 @@ from lrtune.exceptions import InvalidInputError, NotFoundError
 from lrtune.jobs import JobProgress, JobStatus, JobStore, Provenance, StoreSettings, tables, upgrade
 from lrtune.jobs.db import get_engine
 from lrtune.jobs.stored_json import upgrade_json_rows
+from lrtune.optuna_storage import open_storage
 from lrtune.result import LRBounds, LRFinderResult
 from lrtune.spec import JobSpec
-from lrtune.storage import open_storage
 from lrtune.tuner import stored_bounds, stored_range_test
 from lrtune.workers.loop import Worker
 from lrtune.workers.reporting import PROGRESS_INTERVAL_S

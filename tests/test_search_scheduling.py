@@ -21,11 +21,11 @@ from test_worker import JOB, PLANNED_CONFIRMATION_RUNS, _start_worker
 from lrtune._optuna import ATTR_STOP_REASON, ATTR_WARM_START
 from lrtune.cli import main
 from lrtune.jobs import JobStatus, JobStore
+from lrtune.optuna_storage import open_storage
 from lrtune.result import LRBounds
 from lrtune.schedules import FAMILIES
 from lrtune.space import schedule_params, suggest_schedule
 from lrtune.spec import JobSpec
-from lrtune.storage import open_storage
 from lrtune.tuner import prepare_study, tune, winner_starts
 from lrtune.workers.loop import Worker
 

@@ -19,7 +19,7 @@ from lrtune.jobs import JobStore, upgrade
 from lrtune.jobs.db import get_engine
 from lrtune.jobs.revision import current_revision, head_revision
 from lrtune.registry import check_token_range
-from lrtune.uploads import check_arrays
+from lrtune.upload_parsing import check_arrays
 
 VOCABULARY = 50
 

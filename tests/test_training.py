@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lrtune._schema import run_length_decode, run_length_encode
+from lrtune._pydantic import run_length_decode, run_length_encode
 from lrtune.schedules import FAMILIES, parse_schedule, preview
 from lrtune.spec import UNIT_CHECK_S, JobSpec
 from lrtune.training import (

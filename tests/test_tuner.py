@@ -17,11 +17,11 @@ from optuna.trial import TrialState
 from small_jobs import small_job
 
 from lrtune.exceptions import ConflictError
+from lrtune.optuna_storage import open_storage
 from lrtune.schedules import FAMILIES, parse_schedule
 from lrtune.search import UnitObjective, UnitOptions
 from lrtune.space import LRBounds
 from lrtune.spec import JobSpec
-from lrtune.storage import open_storage
 from lrtune.training import TrainingSetup, train
 from lrtune.tuner import (
     TrialRecord,
@@ -153,7 +153,7 @@ def start_worker(
     script = textwrap.dedent(
         f"""
         import optuna
-        from lrtune.storage import open_storage
+        from lrtune.optuna_storage import open_storage
         from lrtune.tuner import run_worker
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = open_storage({url!r}, heartbeat_interval={heartbeat}, grace_period=2)
@@ -340,7 +340,7 @@ def test_concurrent_workers_never_claim_the_same_queued_trial(storage_url) -> No
         f"""
         import optuna
         from lrtune.spec import JobSpec
-        from lrtune.storage import open_storage
+        from lrtune.optuna_storage import open_storage
         from lrtune._optuna import QueueEmpty
         from lrtune.tuner import open_study
         optuna.logging.set_verbosity(optuna.logging.ERROR)

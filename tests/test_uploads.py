@@ -30,7 +30,7 @@ from lrtune.jobs.db import get_engine
 from lrtune.jobs.revision import current_revision, head_revision
 from lrtune.jobs.store import MAX_PAGE
 from lrtune.spec import JobSpec
-from lrtune.uploads import UploadError, check_arrays, parse_upload
+from lrtune.upload_parsing import UploadError, check_arrays, parse_upload
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -228,7 +228,7 @@ def test_a_zip_bomb_is_refused_without_being_inflated() -> None:
 
 RSS_PROBE = """
 import resource, sys
-from lrtune.uploads import UploadError, parse_upload
+from lrtune.upload_parsing import UploadError, parse_upload
 rows, width = int(sys.argv[1]), int(sys.argv[2])
 wide = b"w" * width
 body = b"a,label\\n" + b"1," + wide + b"\\n2," + wide + b"\\n" + b"3,v\\n4,v\\n" * rows

@@ -117,6 +117,7 @@ from lrtune.jobs import (
 )
 from lrtune.jobs.store import remove_checkpoints
 from lrtune.jobs.uploads import UPLOADED
+from lrtune.optuna_storage import open_storage
 from lrtune.search import (
     JobSearch,
     UnitGate,
@@ -125,7 +126,6 @@ from lrtune.search import (
     timeout_passed,
 )
 from lrtune.spec import JobSpec
-from lrtune.storage import open_storage
 from lrtune.training import (
     TrainingSetup,
     check_stop,

@@ -8,10 +8,10 @@ the workers). ``uploaded`` is one of them: a job names an upload as ``{"name": "
 ``POST /v1/datasets`` takes a multipart form: ``file`` (an ``.npz`` of arrays ``x`` and ``y``,
 or a CSV with a header row), ``target`` (a CSV's target column; default its column named
 ``target``), ``task`` (to override the task inferred from ``y``) and ``name`` (a label). The
-body may be up to ``LRTUNE_MAX_UPLOAD_BYTES`` (413 above); the checks of :mod:`lrtune.uploads`
-answer 422 at the form field to fix. The data is stored in the job store's database under the
-SHA-256 of its canonical form: 201 the first time, 200 with the same id when the same data is
-uploaded again. Nothing uploaded is executed or unpickled.
+body may be up to ``LRTUNE_MAX_UPLOAD_BYTES`` (413 above); the checks of
+:mod:`lrtune.upload_parsing` answer 422 at the form field to fix. The data is stored in the
+job store's database under the SHA-256 of its canonical form: 201 the first time, 200 with
+the same id when the same data is uploaded again. Nothing uploaded is executed or unpickled.
 
 ``GET /v1/datasets/uploads`` lists the uploads, ``GET``/``DELETE /v1/datasets/{id}`` reads or
 deletes one (409 while an unfinished job uses it).
@@ -35,7 +35,7 @@ from lrtune.api.routes._registry import registry_list
 from lrtune.api.routes.jobs import NO_NUL
 from lrtune.api.schemas import RegistryList
 from lrtune.jobs.records import DatasetUpload, DatasetUploadList
-from lrtune.uploads import UploadError, parse_upload
+from lrtune.upload_parsing import UploadError, parse_upload
 
 UPLOAD_PATH = "/datasets"
 """Where uploads are posted (under ``/v1``): the body cap there is ``max_upload_bytes``."""

@@ -156,7 +156,7 @@ def _open_storage(url: str | None) -> Any:
     """The study's storage, opened before the range test so that a bad URL fails first."""
     if url is None:
         return None
-    from lrtune.storage import open_storage
+    from lrtune.optuna_storage import open_storage
 
     return open_storage(url)
 

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, computed_field
 
-from lrtune._schema import JsonFloat, ResultModel
+from lrtune._pydantic import JsonFloat, ResultModel
 from lrtune.recommendation import Recommendation
 from lrtune.result import LRBounds, LRFinderResult
 from lrtune.spec import DatasetRef, JobSpec, SearchSpec

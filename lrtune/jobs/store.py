@@ -465,7 +465,7 @@ class JobStore(Leases, Results, Presence):
         if exists:
             import optuna
 
-            from lrtune.storage import open_storage
+            from lrtune.optuna_storage import open_storage
 
             optuna.delete_study(study_name=study_name, storage=open_storage(self.url))
 

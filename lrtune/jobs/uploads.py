@@ -1,7 +1,7 @@
 """Uploaded datasets in the job store: content-addressed rows holding their own bytes.
 
 :class:`DatasetUploads` (a :class:`~lrtune.jobs.JobStore`'s ``uploads``) keeps the arrays an
-upload was checked into (:class:`lrtune.uploads.UploadedArrays`) in ``lrtune_uploads``, as an
+upload was checked into (:class:`lrtune.upload_parsing.UploadedArrays`) in ``lrtune_uploads``, as an
 ``.npz`` in a binary column, so that any worker reads them with nothing but the database URL.
 
 Contract:
@@ -24,7 +24,7 @@ Contract:
 Example:
     >>> import tempfile, pathlib, numpy as np
     >>> from lrtune.jobs import JobStore
-    >>> from lrtune.uploads import check_arrays
+    >>> from lrtune.upload_parsing import check_arrays
     >>> store = JobStore(f"sqlite:///{pathlib.Path(tempfile.mkdtemp()) / 'jobs.db'}")
     >>> arrays = check_arrays(np.arange(60.0).reshape(20, 3), np.arange(20) % 2)
     >>> upload, created = store.uploads.save(arrays, name="toy")
@@ -56,7 +56,7 @@ from lrtune.exceptions import ConflictError, NotFoundError
 from lrtune.jobs import tables
 from lrtune.jobs.db import session
 from lrtune.jobs.records import DatasetUpload, DatasetUploadList, JobStatus
-from lrtune.uploads import UploadedArrays, check_arrays, parse_npz
+from lrtune.upload_parsing import UploadedArrays, check_arrays, parse_npz
 
 if TYPE_CHECKING:
     from lrtune.datasets import DatasetBundle

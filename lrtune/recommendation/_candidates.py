@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, computed_field
 
-from lrtune._schema import JsonFloat, ResultModel
+from lrtune._pydantic import JsonFloat, ResultModel
 from lrtune.lr_free import LRFreeName
 from lrtune.result import TrainingRun
 from lrtune.schedules import ScheduleSpec

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, SerializationInfo, computed_field, field_serializer
 
-from lrtune._schema import JsonFloat, LRSteps, ResultModel
+from lrtune._pydantic import JsonFloat, LRSteps, ResultModel
 from lrtune.lr_free import code as lr_free_code
 from lrtune.recommendation._candidates import (
     ComparisonRow,

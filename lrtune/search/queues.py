@@ -40,12 +40,12 @@ from lrtune._optuna import (
     open_queued_study,
     storage_of,
 )
+from lrtune.optuna_storage import open_storage
 from lrtune.params import MAX_SEED
 from lrtune.recommendation import Recommendation
 from lrtune.schedules import parse_schedule
 from lrtune.space import LRBounds, runnable_families, schedule_params, warm_starts
 from lrtune.spec import JobSpec, SearchSpec
-from lrtune.storage import open_storage
 
 logger = logging.getLogger(__name__)
 

@@ -40,12 +40,12 @@ Example:
     >>> parse_upload(csv, target="species", max_bytes=1 << 20)
     Traceback (most recent call last):
     ...
-    lrtune.uploads.UploadError: the CSV has no column 'species': its columns are a, b, label
+    lrtune.upload_parsing.UploadError: the CSV has no column 'species': its columns are a, b, label
     >>> parse_upload(csv, max_bytes=1 << 20)
     Traceback (most recent call last):
     ...
-    lrtune.uploads.UploadError: the CSV has no column named 'target' and the upload names no \
-target column: name one of a, b, label as target
+    lrtune.upload_parsing.UploadError: the CSV has no column named 'target' and the upload \
+names no target column: name one of a, b, label as target
     >>> parse_upload(csv.replace(b"label", b"target"), max_bytes=1 << 20).n_classes
     2
 """
