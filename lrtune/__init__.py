@@ -30,9 +30,9 @@ if TYPE_CHECKING:
     from lrtune.finder import find_lr, lr_sequence
     from lrtune.recommendation import Recommendation
     from lrtune.result import LRFinderResult, SeedCurve
+    from lrtune.search import prepare_study, run_worker, tune
     from lrtune.spec import JobSpec
     from lrtune.suggestions import Consensus, Suggestion
-    from lrtune.tuner import prepare_study, run_worker, tune
 
 __version__ = "0.1.0"
 
@@ -47,10 +47,10 @@ _LAZY: dict[str, str] = {
     "exceptions": "lrtune.exceptions",
     "find_lr": "lrtune.finder",
     "lr_sequence": "lrtune.finder",
-    "prepare_study": "lrtune.tuner",
+    "prepare_study": "lrtune.search",
     "schedules": "lrtune.schedules",
-    "tune": "lrtune.tuner",
-    "run_worker": "lrtune.tuner",
+    "tune": "lrtune.search",
+    "run_worker": "lrtune.search",
 }
 
 __all__ = [
