@@ -53,7 +53,7 @@ def test_an_upload_stores_its_value_range_and_the_record_carries_it(jobs_url: st
     upload, created = store.uploads.save(check_arrays(*token_data(largest=60)))
     assert created
     assert (upload.x_min, upload.x_max, upload.x_integral) == (0.0, 60.0, True)
-    listed = store.uploads.list().data[0]
+    listed = store.uploads.list_uploads().data[0]
     assert (listed.x_min, listed.x_max, listed.x_integral) == (0.0, 60.0, True)
     assert store.uploads.get(upload.id).model_dump(mode="json")["x_max"] == 60.0
 

@@ -521,7 +521,7 @@ def test_deleting_an_upload_while_jobs_on_it_are_posted_leaves_no_job_without_it
         for job_id in admitted:
             api.post(f"/v1/jobs/{job_id}/cancel")
     store = JobStore(jobs_url)
-    uploads = {upload.id for upload in store.uploads.list().data}
+    uploads = {upload.id for upload in store.uploads.list_uploads().data}
     for record in store.list_jobs(JobStatus.QUEUED, limit=MAX_PAGE).data:
         assert record.spec.dataset.params["id"] in uploads, f"job {record.id} has no upload"
 
@@ -619,7 +619,7 @@ def test_migration_0006_adds_the_uploads_table_and_its_downgrade_drops_it(
     assert current_revision(empty_jobs_url) == "0005"
     assert not sa.inspect(engine).has_table(tables.Upload.__tablename__)
     upgrade(empty_jobs_url)
-    assert JobStore(empty_jobs_url).uploads.list().count == 0
+    assert JobStore(empty_jobs_url).uploads.list_uploads().count == 0
 
 
 def test_the_client_uploads_a_file_bytes_or_arrays_and_deletes(

@@ -119,7 +119,7 @@ def upload_dataset(
 @router.get("/uploads", summary="List uploaded datasets", responses=error_responses(401, 503))
 def list_uploads(store: StoreDep, _: ReadAuth) -> DatasetUploadList:
     """The uploaded datasets, newest first."""
-    return store.uploads.list()
+    return store.uploads.list_uploads()
 
 
 @router.get(

@@ -118,7 +118,7 @@ class DatasetUploads:
             raise NotFoundError(f"no uploaded dataset {upload_id!r} in the job store")
         return found
 
-    def list(self) -> DatasetUploadList:
+    def list_uploads(self) -> DatasetUploadList:
         """The uploads, newest first (at most :data:`MAX_LISTED`)."""
         query = (
             select(tables.Upload)
