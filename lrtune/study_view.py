@@ -2,8 +2,8 @@
 
 The HTTP API serves a job's range test (``GET /v1/jobs/{id}/finder``) and its trials
 (``GET /v1/jobs/{id}/trials``) from the job's study, where the worker stored them
-(:mod:`lrtune.tuner` writes the ``lrtune.*`` attributes named in :mod:`lrtune._optuna`).
-:mod:`lrtune.tuner` imports torch; this module imports neither torch nor, until a
+(:mod:`lrtune.search` writes the ``lrtune.*`` attributes named in :mod:`lrtune._optuna`).
+:mod:`lrtune.search` imports torch; this module imports neither torch nor, until a
 function here is called, Optuna: the API's schemas use :class:`TrialView`, and an API process
 that serves these pages never loads torch.
 

@@ -118,7 +118,7 @@ class Results:
         Close: the same model and dataset names (and for an uploaded dataset the same upload),
         but another fingerprint (other params, batch size, optimizer or param groups), in the
         current result format, with a recommended schedule. A new job's preparing worker
-        enqueues their winners first (:func:`lrtune.tuner.prepare_study`). The newest
+        enqueues their winners first (:func:`lrtune.search.prepare_study`). The newest
         ``MAX_PAGE`` succeeded recommendations are looked through (the names live in the
         spec's JSON).
         """
