@@ -22,7 +22,7 @@ Example:
     >>> from lrtune.spec import JobSpec
     >>> spec = JobSpec.model_validate({"model": {"name": "resnet"}, "dataset": {"name": "digits"}})
     >>> try:
-    ...     check_registry(spec, registry_of_workers=None, upload=None)
+    ...     check_registry(spec, workers_registry=None, upload=None)
     ... except InvalidInputError as exc:
     ...     print(exc.loc, exc.kind)
     ('model', 'name') unknown_name
@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from lrtune.exceptions import InvalidInputError, QueueFullError
@@ -95,14 +96,15 @@ def nul_path(value: Any) -> tuple[str | int, ...] | None:
 def check_registry(
     spec: JobSpec,
     *,
-    registry_of_workers: PluginRegistry | None,
+    workers_registry: Callable[[], PluginRegistry] | None,
     upload: DatasetUpload | None,
 ) -> None:
     """Refuse a spec whose model or dataset no one can build, or whose params misfit.
 
     A name is known when this process's registry has it (built-ins and plugins installed
-    here) or ``registry_of_workers`` has it (what the live workers registered: a plugin
-    installed only on the workers, whose params the worker checks when it runs the job). A
+    here) or the registry ``workers_registry()`` returns has it (what the live workers
+    registered: a plugin installed only on the workers, whose params the worker checks when it
+    runs the job; read only for a name this process does not know). A
     built-in model whose layers depend on the data (``sequential``) is checked against a
     built-in dataset's shapes, with the path of the layer that does not fit, or against the
     ``upload``'s stored shapes (the spec's ``uploaded`` dataset, read by the caller).
@@ -128,7 +130,7 @@ def check_registry(
         try:
             validate(name, params, *extra)
         except UnknownNameError as exc:
-            if name not in _worker_names(registry_of_workers, kind):
+            if name not in _worker_names(workers_registry, kind):
                 raise InvalidInputError(str(exc), loc=(kind, "name"), kind="unknown_name") from None
         except InvalidInputError as exc:
             loc = (kind, "params", *getattr(exc, "loc", ()))
@@ -186,8 +188,9 @@ def check_queue_room(queued: int, cap: int) -> None:
         )
 
 
-def _worker_names(known: PluginRegistry | None, kind: str) -> set[str]:
+def _worker_names(workers_registry: Callable[[], PluginRegistry] | None, kind: str) -> set[str]:
     """The model or dataset names the live workers' registries hold."""
-    if known is None:
+    if workers_registry is None:
         return set()
+    known = workers_registry()
     return set(known.models if kind == "model" else known.datasets)

@@ -231,7 +231,7 @@ class JobStore(Leases, Results, Presence):
                 upload = self.uploads.get(upload_id)
             except NotFoundError as exc:
                 raise admission.unknown_upload(exc) from None
-        admission.check_registry(spec, registry_of_workers=self.known_registry(), upload=upload)
+        admission.check_registry(spec, workers_registry=self.known_registry, upload=upload)
         return upload
 
     def estimate(self, spec: JobSpec) -> footprint.Footprint | None:
