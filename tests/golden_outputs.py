@@ -38,11 +38,8 @@ import io
 import os
 import re
 import shutil
-import socket
 import sys
 import tempfile
-import threading
-import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -194,33 +191,13 @@ def run_lrtune(*argv: str) -> tuple[int, str, str]:
 @contextlib.contextmanager
 def _api_server(database_url: str) -> Iterator[str]:
     """The HTTP API for ``database_url`` on a free loopback port (uvicorn in a thread)."""
-    import uvicorn
+    from live_api import serve  # beside this file: on the path when run as a script or a test
 
     import lrtune.api as api
 
     os.environ["LRTUNE_DATABASE_URL"] = database_url
-    app = api.create_app()  # settings from the environment: no settings class named here
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2, ws="none"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    with serve(api.create_app()) as url:  # settings from the environment: no class named here
+        yield url
 
 
 def _cli_record(argv: Sequence[str], code: int, out: str, err: str) -> str:
