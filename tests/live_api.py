@@ -10,12 +10,13 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 
 from lrtune import __version__
-from lrtune.jobs import JobRecord, JobStore, Provenance
+from lrtune.jobs import JobRecord, JobStore, PluginRegistry, Provenance, WorkerRegistration
 from lrtune.recommendation import Recommendation
 from lrtune.spec import JobSpec
 
@@ -64,3 +65,21 @@ def finish_with(store: JobStore, spec: JobSpec, recommendation: Recommendation) 
     )
     store.save_recommendation(job.id, recommendation, provenance, lease=lease)
     return store.release(lease, status="succeeded")
+
+
+def register_plugin_worker(
+    store: JobStore, models: dict[str, Any], worker_id: str = "plugin-box", device: str = "cpu"
+) -> None:
+    """A live worker in ``store`` whose plugin registry holds ``models`` (name -> params
+    schema): a model the API accepts though no factory here builds or checks it."""
+    store.register_worker(
+        WorkerRegistration(
+            id=worker_id,
+            host=worker_id,
+            device=device,
+            pid=1,
+            version="0.1.0",
+            heartbeat_s=30,
+            plugin_registry=PluginRegistry(models=models),
+        )
+    )

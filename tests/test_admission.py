@@ -17,11 +17,11 @@ import httpx
 import numpy as np
 import pytest
 from cli_runs import run_cli
-from live_api import serve
+from live_api import register_plugin_worker, serve
 
 from lrtune.api import ApiSettings, create_app
 from lrtune.exceptions import InvalidInputError, QueueFullError
-from lrtune.jobs import JobStore, PluginRegistry, WorkerRegistration
+from lrtune.jobs import JobStore
 from lrtune.spec import JobSpec
 from lrtune.upload_parsing import check_arrays
 
@@ -125,17 +125,7 @@ def test_a_model_only_a_live_worker_registered_is_admitted_both_ways(
     body = {"model": {"name": "worker_only_mlp"}, "dataset": WINE}
     assert api.post("/v1/jobs", json=body).status_code == 422
     assert submit_file(capsys, tmp_path, jobs_url, body)[0] == 2
-    store.register_worker(
-        WorkerRegistration(
-            id="gpu-box-1",
-            host="gpu-box",
-            device="cuda:0",
-            pid=1,
-            version="0.1.0",
-            heartbeat_s=30,
-            plugin_registry=PluginRegistry(models={"worker_only_mlp": {"type": "object"}}),
-        )
-    )
+    register_plugin_worker(store, {"worker_only_mlp": {"type": "object"}}, "gpu-box-1", "cuda:0")
     assert api.post("/v1/jobs", json=body).status_code == 201
     code, out, _ = submit_file(capsys, tmp_path, jobs_url, {**body, "seed": 1})
     assert code == 0 and store.get(out.strip()).spec.model.name == "worker_only_mlp"

@@ -21,14 +21,14 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from live_api import finish_with, serve
+from live_api import finish_with, register_plugin_worker, serve
 from small_jobs import small_job
 from test_imports import heavy_modules_after
 
 from lrtune.api import ApiSettings, create_app
 from lrtune.api.schemas import RecommendationMatch
 from lrtune.exceptions import InvalidInputError
-from lrtune.jobs import JobStore, PluginRegistry, WorkerRegistration, tables, upgrade
+from lrtune.jobs import JobStore, tables, upgrade
 from lrtune.recommendation import Recommendation
 from lrtune.spec import JobSpec
 
@@ -126,17 +126,7 @@ def test_a_model_only_a_live_worker_knows_is_accepted_and_listed(
     assert ready["live_workers"] == 0 and "no live worker" in ready["note"]
 
     schema = {"type": "object", "properties": {"width": {"type": "integer"}}}
-    store.register_worker(
-        WorkerRegistration(
-            id="gpu-box-1",
-            host="gpu-box",
-            device="cuda:0",
-            pid=1,
-            version="0.1.0",
-            heartbeat_s=30,
-            plugin_registry=PluginRegistry(models={"worker_only_mlp": schema}),
-        )
-    )
+    register_plugin_worker(store, {"worker_only_mlp": schema}, "gpu-box-1", "cuda:0")
     accepted = submit(api, {"model": {"name": "worker_only_mlp"}, "dataset": {"name": "wine"}})
     assert accepted.status_code == 201, accepted.text
     models = {m["name"]: m for m in api.get("/v1/models").json()["data"]}
@@ -316,17 +306,7 @@ def test_a_nul_character_in_a_job_spec_is_422_at_its_field(
     api: httpx.Client, store: JobStore, body: dict[str, Any], loc: list[Any]
 ) -> None:
     # PostgreSQL cannot keep a NUL in text; a plugin model's params are checked by no factory.
-    store.register_worker(
-        WorkerRegistration(
-            id="plugin-box",
-            host="plugin-box",
-            device="cpu",
-            pid=1,
-            version="0.1.0",
-            heartbeat_s=30,
-            plugin_registry=PluginRegistry(models={"plugin_mlp": {"type": "object"}}),
-        )
-    )
+    register_plugin_worker(store, {"plugin_mlp": {"type": "object"}})
     detail = assert_field_error(submit(api, body, params={"reuse": "false"}), loc)
     assert "NUL character" in detail
     assert store.count() == 0

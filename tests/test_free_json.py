@@ -17,10 +17,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from cli_runs import run_cli
-from live_api import serve
+from live_api import register_plugin_worker, serve
 
 from lrtune.api import ApiSettings, create_app
-from lrtune.jobs import JobStore, PluginRegistry, WorkerRegistration, tables
+from lrtune.jobs import JobStore, tables
 from lrtune.jobs.db import get_engine
 from lrtune.spec import JobSpec
 
@@ -50,17 +50,7 @@ BAD_PARAMS = {
 def api(jobs_url: str, store: JobStore) -> Iterator[httpx.Client]:
     """The API on the test's store, with a live worker whose plugin model takes any params
     (no factory here checks them: the way in that stored such jobs before)."""
-    store.register_worker(
-        WorkerRegistration(
-            id="plugin-box",
-            host="plugin-box",
-            device="cpu",
-            pid=1,
-            version="0.1.0",
-            heartbeat_s=30,
-            plugin_registry=PluginRegistry(models={"plugin_mlp": {"type": "object"}}),
-        )
-    )
+    register_plugin_worker(store, {"plugin_mlp": {"type": "object"}})
     with contextlib.ExitStack() as stack:
         url = stack.enter_context(serve(create_app(ApiSettings(database_url=jobs_url))))
         yield stack.enter_context(httpx.Client(base_url=url, timeout=60))
