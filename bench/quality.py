@@ -433,7 +433,7 @@ def tlf_suggestion(setup: TrainingSetup) -> tuple[float | None, int, str]:
         return lr, steps, "lrtune's one-seed sweep read with tlf's rule (tlf not installed)"
     model = setup.build_model(SEARCH_SEED)
     optimizer = setup.build_optimizer(model, TLF_START_LR)
-    loader = setup.train_loader(torch.Generator().manual_seed(SEARCH_SEED))
+    loader = setup.task.train_loader(torch.Generator().manual_seed(SEARCH_SEED))
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         finder = tlf.LRFinder(model, optimizer, setup.bundle.loss_fn(), device=setup.device)

@@ -92,8 +92,11 @@ def seeded_order(data: Iterable[Any], seed: int | None) -> Iterable[Any]:
     """``data`` re-ordered by ``seed`` (a fresh shuffle each pass), or as given for ``None``.
 
     Multi-seed sweeps need an order per seed, which only data that can be re-shuffled allows:
-    a DataLoader over a map-style dataset with a ``batch_size``, or a sequence of batches.
+    a DataLoader over a map-style dataset with a ``batch_size``, or a sequence of batches; or
+    data that makes its own order: a callable ``data(seed)`` returning the seed's batches.
     """
+    if callable(data) and not isinstance(data, (DataLoader, Sequence)):
+        return data(seed)
     if seed is None:
         return data
     if isinstance(data, DataLoader):

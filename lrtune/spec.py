@@ -67,7 +67,9 @@ requested stop, its job cancelled): :func:`lrtune.training.train`'s ``stop_check
 workers' ``LRTUNE_UNIT_CHECK_S`` (:class:`lrtune.jobs.StoreSettings`) both default to it. Here, not
 in :mod:`lrtune.training`, so that the job store's settings read it without importing torch."""
 
-Metric = Literal["val_loss", "accuracy", "mse"]
+Metric = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*$")]
+"""A metric's name in the epoch records: ``val_loss``, ``accuracy``, ``mse`` for registry
+models, or what a task's ``evaluate`` returns (its direction then declared)."""
 BaselineName = Literal["constant_at_suggestion", "optimizer_default", "prodigy", "schedule_free"]
 DEFAULT_BASELINES: tuple[BaselineName, ...] = (
     "constant_at_suggestion",
@@ -396,20 +398,41 @@ class SearchSpec(_Strict):
 
     @model_validator(mode="after")
     def _infer_direction(self) -> SearchSpec:
-        expected = METRIC_DIRECTIONS[self.metric]
-        if self.direction is None:
+        expected = METRIC_DIRECTIONS.get(self.metric)
+        if expected is None:
+            if self.direction is None:
+                raise ValueError(
+                    f"metric {self.metric!r} is not one lrtune knows: set search.direction "
+                    "(minimize or maximize)"
+                )
+        elif self.direction is None:
             self.direction = expected
         elif self.direction != expected:
             raise ValueError(f"metric {self.metric!r} is to {expected}, not {self.direction}")
         return self
 
 
+class TaskRef(_Strict):
+    """A task by the name its worker or agent published, with JSON params for its factory
+    (:mod:`lrtune.task`); the task's code lives on the machines that run it, never in a job.
+
+    ``lr`` is the LR group 0 of the task's optimizer is built with, as its code writes it:
+    the ``optimizer_default`` baseline trains it (filled from the task, not by the user).
+    """
+
+    name: JsonText = Field(min_length=1, max_length=120)
+    params: JsonObject = Field(default_factory=dict)
+    lr: float | None = Field(None, gt=0, le=MAX_LR)
+
+
 class JobSpec(_Strict):
-    """Everything needed to find a learning rate and schedule for one model and dataset."""
+    """Everything needed to find a learning rate and schedule for one model and dataset: a
+    registry ``model`` on a ``dataset``, or a ``task`` (the user's own training code)."""
 
     name: str | None = Field(None, min_length=1, max_length=120, pattern=r"^[A-Za-z0-9_.\-]+$")
-    model: ModelRef
-    dataset: DatasetRef
+    model: ModelRef | None = None
+    dataset: DatasetRef | None = None
+    task: TaskRef | None = None
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     batch_size: int = Field(64, ge=1, le=MAX_BATCH_SIZE)
     param_groups: list[ParamGroupSpec] = Field(default_factory=list, max_length=32)
@@ -438,6 +461,33 @@ class JobSpec(_Strict):
             raise ValueError("param group prefixes must be distinct")
         return groups
 
+    @model_serializer(mode="wrap")
+    def _leave_out_the_unused_half(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """A registry job is written without ``task``, a task job without ``model`` and
+        ``dataset``: a registry job's JSON (and its study name) is what it was before tasks."""
+        dumped = handler(self)
+        if isinstance(dumped, dict):
+            for key in ("model", "dataset", "task"):
+                if dumped.get(key, "") is None:
+                    del dumped[key]
+        return dumped
+
+    @model_validator(mode="after")
+    def _model_and_dataset_or_task(self) -> JobSpec:
+        if self.task is not None:
+            if self.model is not None or self.dataset is not None:
+                raise ValueError("a job names a task, or a model and a dataset, not both")
+            return self
+        if self.model is None or self.dataset is None:
+            missing = " and ".join(f for f in ("model", "dataset") if getattr(self, f) is None)
+            raise ValueError(f"a job needs a model and a dataset (or a task): {missing} missing")
+        if self.search.metric not in METRIC_DIRECTIONS:
+            raise ValueError(
+                f"search.metric {self.search.metric!r}: a registry model reports "
+                f"{', '.join(METRIC_DIRECTIONS)}"
+            )
+        return self
+
     @property
     def needs_cuda(self) -> bool:
         """Whether only a CUDA worker may run the job (``device`` is ``cuda`` or ``cuda:N``)."""
@@ -446,7 +496,8 @@ class JobSpec(_Strict):
     def fingerprint(self) -> str:
         """SHA-256 of what determines the answer: model, dataset, optimizer, batch, groups."""
         key = self.model_dump(
-            mode="json", include={"model", "dataset", "optimizer", "batch_size", "param_groups"}
+            mode="json",
+            include={"model", "dataset", "optimizer", "batch_size", "param_groups", "task"},
         )
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 

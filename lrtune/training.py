@@ -34,7 +34,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
 import math
@@ -44,33 +43,32 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-from lrtune.batches import LoaderOrderRows, batch_loss, move_to
 from lrtune.datasets import DatasetBundle
 from lrtune.device import resolve_device
 from lrtune.exceptions import InvalidInputError
 from lrtune.lr_free import LRFreeName, prepare_to_evaluate, prepare_to_train
-from lrtune.registry import build_model, load_dataset
+from lrtune.registry import load_dataset
+from lrtune.registry_task import (  # noqa: F401 (re-exported: where they lived before)
+    DEVICE_DATA_FRACTION,
+    RegistryTask,
+    on_device,
+    torch_optimizer,
+)
 from lrtune.result import TrainingRun
 from lrtune.schedules import ScheduleSpec, drive
-from lrtune.spec import UNIT_CHECK_S, JobSpec, OptimizerSpec
+from lrtune.spec import UNIT_CHECK_S, JobSpec
+from lrtune.task import Task, TaskError, check_task, checked_scores
 
 EpochHook = Callable[[int, dict[str, float]], None]
 StopReason = Callable[[], "str | None"]
 """Why a run must stop now (e.g. its job was cancelled), else None: asked within each epoch."""
 
 logger = logging.getLogger(__name__)
-
-DEVICE_DATA_FRACTION = 0.25
-"""A job's data (train and validation tensors) is kept on a CUDA device when it takes at most
-this fraction of the device's free memory at setup; the rest is left for the model, its
-activations and other units on the same GPU. Data that does not fit stays in host memory and is
-copied batch by batch."""
 
 
 class StopTraining(Exception):
@@ -132,41 +130,69 @@ def check_stop(where: str) -> None:
 
 @dataclass
 class TrainingSetup:
-    """What every run of one job shares: data, model recipe, optimizer recipe, device."""
+    """What every run of one job shares: its spec, its task (the code that trains) and device.
+
+    ``task`` is the job's registry model and dataset (:class:`~lrtune.registry_task.RegistryTask`,
+    what :meth:`from_spec` builds) or the user's own code (:class:`~lrtune.task.Task`, given to
+    :meth:`from_spec`): both train through the same loop.
+    """
 
     spec: JobSpec
-    bundle: DatasetBundle
+    task: Task
     device: torch.device
 
     @classmethod
-    def from_spec(cls, spec: JobSpec, device: str | torch.device | None = None) -> TrainingSetup:
-        bundle = load_dataset(spec.dataset.name, spec.dataset.params)
-        return cls(spec, bundle, resolve_device(device if device is not None else spec.device))
+    def from_spec(
+        cls, spec: JobSpec, device: str | torch.device | None = None, task: Task | None = None
+    ) -> TrainingSetup:
+        """The setup of ``spec``: its registry model and dataset, or ``task`` for a job that
+        names one (``spec.task``).
 
-    @functools.cached_property
-    def data(self) -> DatasetBundle:
-        """The job's data where training reads it: :func:`on_device` (moved once, on first use)."""
-        return on_device(self.bundle, self.device)
-
-    @functools.cached_property
-    def amp(self) -> bool:
-        """Whether runs train in mixed precision: the spec asks and the device is CUDA.
-
-        On any other device ``spec.amp`` is a no-op: full precision, with one logged note.
+        Raises:
+            InvalidInputError: the job names a task and none is given, or a task is given to a
+                job that names a registry model.
         """
-        if self.spec.amp and self.device.type != "cuda":
-            logger.info("amp=true needs CUDA: training on %s in full precision", self.device)
-        return self.spec.amp and self.device.type == "cuda"
+        resolved = resolve_device(device if device is not None else spec.device)
+        if spec.task is not None:
+            if task is None:
+                raise InvalidInputError(
+                    f"job names task {spec.task.name!r}: run it where that task is loaded "
+                    "(tune(task), lrtune worker --task, lrtune agent --task)"
+                )
+            check_task(task)
+            return cls(spec, task, resolved)
+        if task is not None:
+            raise InvalidInputError("the job names a registry model: it takes no task")
+        bundle = load_dataset(spec.dataset.name, spec.dataset.params)
+        return cls(spec, RegistryTask(spec, bundle, resolved), resolved)
+
+    @classmethod
+    def from_bundle(
+        cls, spec: JobSpec, bundle: DatasetBundle, device: torch.device
+    ) -> TrainingSetup:
+        """The setup of a registry job whose data is already loaded (e.g. an upload)."""
+        return cls(spec, RegistryTask(spec, bundle, device), device)
+
+    @property
+    def bundle(self) -> DatasetBundle:
+        """A registry job's dataset (a task's data is its own business).
+
+        Raises:
+            InvalidInputError: the job runs a task.
+        """
+        if not isinstance(self.task, RegistryTask):
+            raise InvalidInputError(f"task {self.task.name!r} has no registry dataset")
+        return self.task.bundle
+
+    @property
+    def amp(self) -> bool:
+        """Whether the loop trains with a GradScaler (a registry job's ``amp`` on CUDA; a task
+        that wants AMP owns its loop: ``train_epoch``)."""
+        return bool(getattr(self.task, "amp", False))
 
     def kernels(self) -> contextlib.AbstractContextManager[None]:
         """A context with the job's CUDA kernel choice in force (see :func:`cuda_kernels`)."""
         return cuda_kernels(self.device, fast=self.spec.cuda_fast_kernels)
-
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """fp16 autocast on CUDA with ``amp``; otherwise a context that changes nothing."""
-        if not self.amp:
-            return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=torch.float16)
 
     @property
     def metric(self) -> str:
@@ -174,117 +200,131 @@ class TrainingSetup:
         return self.spec.search.metric
 
     def build_model(self, seed: int | None = None) -> nn.Module:
-        """The job's model initialised from ``seed`` (default: the job's seed, so every run
-        of the job starts from the same weights)."""
-        seed = self.spec.seed if seed is None else seed
-        model = build_model(self.spec.model.name, self.bundle, self.spec.model.params, seed=seed)
-        return model.to(self.device)
-
-    def param_groups(self, model: nn.Module) -> list[tuple[float, list[nn.Parameter]]]:
-        """The optimizer's param groups as (LR multiplier, params), in the optimizer's order.
-
-        Group 0 holds the parameters no prefix claims (multiplier 1) when there are any; then
-        one group per prefix, in the order its first parameter appears in
-        ``model.named_parameters()``. A parameter belongs to its longest matching prefix;
-        empty groups are dropped, so group 0's multiplier is not 1 when every parameter
-        matches a prefix.
-        """
-        prefixes = sorted(self.spec.param_groups, key=lambda g: len(g.prefix), reverse=True)
-        groups: dict[str | None, list[nn.Parameter]] = {None: []}
-        mults: dict[str | None, float] = {None: 1.0}
-        for name, param in model.named_parameters():
-            match = next((g for g in prefixes if name.startswith(g.prefix)), None)
-            key = None if match is None else match.prefix
-            groups.setdefault(key, []).append(param)
-            mults[key] = 1.0 if match is None else match.lr_mult
-        if len(groups) == 1 and self.spec.param_groups:
-            raise InvalidInputError(
-                f"no parameter name starts with any of {[g.prefix for g in self.spec.param_groups]}"
-            )
-        return [(mults[key], params) for key, params in groups.items() if params]
+        """The task's model initialised from ``seed`` (default: the job's seed, so every run
+        of the job starts from the same weights), on the device."""
+        return self.task.build_model(self.spec.seed if seed is None else seed, self.device)
 
     @functools.cached_property
     def group_multipliers(self) -> list[float]:
-        """Each param group's LR multiplier, in the optimizer's order (one build of the model)."""
-        return [mult for mult, _ in self.param_groups(self.build_model())]
+        """Each param group's LR multiplier, in the optimizer's order: a registry job's
+        ``lr_mult``-s, or the ratios of a task's group LRs to its group 0's as it builds them
+        (one build of the model and optimizer)."""
+        declared = getattr(self.task, "group_multipliers", None)
+        if declared is not None:
+            return list(declared)
+        return written_lr_ratios(self.task.build_optimizer(self.build_model()), self.task.name)
 
     def build_optimizer(
         self, model: nn.Module, base_lr: float, lr_free: LRFreeName | None = None
     ) -> torch.optim.Optimizer:
-        """The job's optimizer with every group at ``base_lr`` times its multiplier.
+        """The task's optimizer with every group at ``base_lr`` times its multiplier.
 
         ``base_lr`` is the LR of a parameter whose multiplier is 1, for every schedule family:
         build its scheduler with ``group_multipliers=setup.group_multipliers``. ``lr_free``
-        names a learning-rate-free optimizer to build instead (:mod:`lrtune.lr_free`).
+        names a learning-rate-free optimizer to build instead over the same groups
+        (:mod:`lrtune.lr_free`).
         """
-        groups = [{"params": p, "lr": base_lr * mult} for mult, p in self.param_groups(model)]
+        optimizer = self.task.build_optimizer(model)
+        multipliers = self.group_multipliers
+        if len(optimizer.param_groups) != len(multipliers):
+            raise TaskError(
+                f"{self.task.name}.build_optimizer() built {len(optimizer.param_groups)} param "
+                f"groups, then {len(multipliers)}: it must build the same groups every time"
+            )
         if lr_free is not None:
             from lrtune import lr_free as lr_free_baselines
 
+            groups = [
+                {"params": group["params"], "lr": base_lr * mult}
+                for group, mult in zip(optimizer.param_groups, multipliers, strict=True)
+            ]
             return lr_free_baselines.build_optimizer(lr_free, self.spec.optimizer, groups)
-        return torch_optimizer(self.spec.optimizer, groups)
+        for group, mult in zip(optimizer.param_groups, multipliers, strict=True):
+            group["lr"] = base_lr * mult
+        return optimizer
 
-    def train_loader(self, generator: torch.Generator) -> DataLoader:
-        """Shuffled train batches in the order ``generator`` gives.
+    def data_order(self, seed: int) -> DataOrder:
+        """A run's batches epoch by epoch: the task's own order (a registry job's generator,
+        checkpointed), else ``task.train_batches(seed, epoch)``."""
+        own = getattr(self.task, "data_order", None)
+        return own(seed) if own is not None else EpochBatches(self.task, seed)
 
-        A trailing batch of a single sample is dropped: it breaks BatchNorm in training mode
-        and is pure noise otherwise.
-        """
-        return DataLoader(
-            self.data.train,
-            batch_size=self.spec.batch_size,
-            shuffle=True,
-            generator=generator,
-            drop_last=len(self.bundle.train) % self.spec.batch_size == 1,
-        )
-
-    def train_batches(self, generator: torch.Generator) -> Iterable[Any]:
-        """The batches of :meth:`train_loader`, the same rows in the same order for ``generator``.
-
-        A plain ``TensorDataset`` is sliced where it lies (:class:`~lrtune.batches.LoaderOrderRows`:
-        on the GPU when :attr:`data` put it there), with no collation and no host-to-device
-        copy per batch; any other dataset goes through the DataLoader.
-        """
-        train = self.data.train
-        if type(train) is not TensorDataset:
-            return self.train_loader(generator)
-        drop_last = len(train) % self.spec.batch_size == 1
-        return LoaderOrderRows(train.tensors, self.spec.batch_size, generator, drop_last)
-
-    @property
+    @functools.cached_property
     def steps_per_epoch(self) -> int:
-        full, rest = divmod(len(self.bundle.train), self.spec.batch_size)
-        return full + (1 if rest > 1 else 0)
+        """Optimizer steps an epoch: the task's ``steps_per_epoch``, else epoch 0's batches
+        counted once."""
+        declared = getattr(self.task, "steps_per_epoch", None)
+        if declared is not None:
+            return int(declared)
+        batches = self.task.train_batches(self.spec.seed, 0)
+        try:
+            count = len(batches)  # type: ignore[arg-type]
+        except TypeError:
+            count = sum(1 for _ in batches)
+        if count < 1:
+            raise TaskError(f"{self.task.name}.train_batches() yielded no batches")
+        return count
+
+    def evaluate(self, model: nn.Module, epoch: int) -> dict[str, float]:
+        """The task's evaluation of ``model`` after ``epoch``, checked (:func:`checked_scores`)."""
+        return checked_scores(self.task, self.task.evaluate(model, self.device), epoch)
+
+    def range_test_inputs(self) -> tuple[Any, Any, Any]:
+        """What the range test sweeps: ``(train_data, criterion, loss_fn)`` for
+        :func:`lrtune.finder.find_lr`. A registry job's shuffled loader and its dataset's loss;
+        a task's batches per seed (epoch after epoch) and its ``loss``."""
+        if isinstance(self.task, RegistryTask):
+            loader = self.task.train_loader(torch.Generator().manual_seed(self.spec.seed))
+            return loader, self.task.criterion, None
+        return functools.partial(_endless_epochs, self.task), None, self.task.loss
 
 
-def on_device(bundle: DatasetBundle, device: torch.device) -> DatasetBundle:
-    """``bundle`` with its tensors on ``device`` when they fit there, else ``bundle`` itself.
+class DataOrder(Protocol):
+    """A run's batches, epoch by epoch, with the state a checkpoint keeps (if any)."""
 
-    On the CPU (and any device but CUDA) the bundle is returned as it is. On CUDA, a bundle of
-    plain ``TensorDataset`` splits whose tensors take at most :data:`DEVICE_DATA_FRACTION` of
-    the device's free memory is copied there once; a larger one stays in host memory (logged).
-    """
-    plain = type(bundle.train) is TensorDataset and type(bundle.val) is TensorDataset
-    if device.type != "cuda" or not plain:
-        return bundle
-    tensors = [*bundle.train.tensors, *bundle.val.tensors]
-    size = sum(t.numel() * t.element_size() for t in tensors)
-    free, _total = torch.cuda.mem_get_info(device)
-    if size > DEVICE_DATA_FRACTION * free:
-        logger.info(
-            "dataset %s (%d MiB) stays in host memory: more than %.0f%% of %s's free %d MiB",
-            bundle.name,
-            size >> 20,
-            100 * DEVICE_DATA_FRACTION,
-            device,
-            free >> 20,
-        )
-        return bundle
-    return dataclasses.replace(
-        bundle,
-        train=TensorDataset(*(t.to(device) for t in bundle.train.tensors)),
-        val=TensorDataset(*(t.to(device) for t in bundle.val.tensors)),
-    )
+    def epoch(self, epoch: int) -> Iterable[Any]: ...
+
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state: Any) -> None: ...
+
+
+class EpochBatches:
+    """A task's batches for one seed: ``task.train_batches(seed, epoch)``; nothing to keep."""
+
+    def __init__(self, task: Task, seed: int) -> None:
+        self.task = task
+        self.seed = seed
+
+    def epoch(self, epoch: int) -> Iterable[Any]:
+        return self.task.train_batches(self.seed, epoch)
+
+    def state_dict(self) -> None:
+        return None
+
+    def load_state_dict(self, state: Any) -> None:
+        pass
+
+
+def _endless_epochs(task: Task, seed: int | None) -> Iterator[Any]:
+    """A task's batches for ``seed``, epoch after epoch, for a range test longer than one."""
+    epoch = 0
+    while True:
+        yielded = 0
+        for batch in task.train_batches(seed or 0, epoch):
+            yielded += 1
+            yield batch
+        if not yielded:
+            raise TaskError(f"{task.name}.train_batches() yielded no batches in epoch {epoch + 1}")
+        epoch += 1
+
+
+def written_lr_ratios(optimizer: torch.optim.Optimizer, task_name: str) -> list[float]:
+    """Each param group's LR over group 0's, as a task's ``build_optimizer`` wrote them."""
+    lrs = [float(group["lr"]) for group in optimizer.param_groups]
+    if not lrs or not all(lr > 0 for lr in lrs):
+        raise TaskError(f"{task_name}.build_optimizer(): every param group needs an LR > 0")
+    return [lr / lrs[0] for lr in lrs]
 
 
 @contextlib.contextmanager
@@ -304,32 +344,6 @@ def cuda_kernels(device: torch.device, *, fast: bool) -> Iterator[None]:
         yield
     finally:
         cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32 = before
-
-
-def torch_optimizer(spec: OptimizerSpec, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
-    """The torch optimizer ``spec`` names over ``groups`` (each a dict with params and lr).
-
-    It lives here, not in :mod:`lrtune.spec`, which must not import torch (the HTTP API
-    validates specs without it). The constructor gets :meth:`OptimizerSpec.keyword_arguments`,
-    as the snippet writes it.
-
-    Raises:
-        InvalidInputError: the installed torch lacks the class or one of its keywords (the
-            spec's table is pinned to a newer torch), or refuses a value.
-    """
-    cls = getattr(torch.optim, spec.torch_class, None)
-    if cls is None:
-        raise InvalidInputError(
-            f"optimizer {spec.name!r} needs torch.optim.{spec.torch_class}, which torch "
-            f"{torch.__version__} lacks: upgrade torch"
-        )
-    try:
-        return cls(groups, **spec.keyword_arguments())
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(
-            f"torch {torch.__version__} cannot build optimizer {spec.name!r} with "
-            f"{spec.keyword_arguments()}: {exc}"
-        ) from exc
 
 
 def train(
@@ -419,22 +433,20 @@ def _train(
         epochs,
         group_multipliers=setup.group_multipliers,
     )
-    order = torch.Generator().manual_seed(seed)
+    order = setup.data_order(seed)
     scaler = torch.amp.GradScaler("cuda") if setup.amp else None
-    state = _RunState(model, optimizer, driver, order, scaler, setup.device)
+    state = _RunState(model, optimizer, driver, order, scaler, setup.device, setup.task)
     run = TrainingRun()
     start = 0
     if checkpoint is not None and checkpoint.exists():
         start = _resume(checkpoint, state, run)
     else:
         torch.manual_seed(seed)
-    criterion = setup.bundle.loss_fn()
-    batches = setup.train_batches(order)
     for epoch in range(start, epochs):
         check_stop(f"before epoch {epoch + 1}")  # the last epoch's checkpoint is saved
         prepare_to_train(optimizer)
         try:
-            train_loss = _train_epoch(setup, state, batches, criterion, run, looks.at(epoch))
+            train_loss = _train_epoch(setup, state, seed, epoch, run, looks.at(epoch))
         except StopTraining as stop:  # stop_reason said why, mid-epoch
             run.status, run.reason = "pruned", str(stop)
             break
@@ -442,17 +454,19 @@ def _train(
             run.status, run.reason = "diverged", f"non-finite training loss in epoch {epoch + 1}"
             break
         prepare_to_evaluate(  # schedule-free: evaluate (and checkpoint) the averaged weights
-            optimizer,
-            model,
-            setup.train_batches(torch.Generator().manual_seed(seed)),
-            lambda model, batch: batch_loss(model, move_to(batch, setup.device), criterion),
+            optimizer, model, setup.data_order(seed).epoch(0), setup.task.loss
         )
-        record = {"epoch": epoch, "train_loss": train_loss, **_evaluate(setup, model)}
+        record = {"epoch": epoch, "train_loss": train_loss, **setup.evaluate(model, epoch)}
         run.epochs.append(record)
-        if not math.isfinite(record["val_loss"]):
+        if not math.isfinite(record.get("val_loss", 0.0)):
             run.status, run.reason = "diverged", f"non-finite validation loss in epoch {epoch + 1}"
             break
-        driver.after_epoch(record["val_loss"])
+        if not math.isfinite(record[setup.metric]):
+            raise TaskError(
+                f"{setup.task.name}.evaluate() in epoch {epoch + 1} returned "
+                f"{setup.metric} = {record[setup.metric]}"
+            )
+        driver.after_epoch(_plateau_value(setup, record))
         if checkpoint is not None:
             _save(checkpoint, epoch, state, run)
         if on_epoch is not None:
@@ -466,6 +480,15 @@ def _train(
             run.reason = f"every group's LR fell below {lr_threshold:g} after epoch {epoch + 1}"
             break
     return run
+
+
+def _plateau_value(setup: TrainingSetup, record: dict[str, float]) -> float:
+    """What ReduceLROnPlateau watches (lower is better): ``val_loss`` when the task reports
+    one, else the searched metric (negated when it is to be maximized)."""
+    if "val_loss" in record:
+        return record["val_loss"]
+    value = record[setup.metric]
+    return -value if setup.spec.search.direction == "maximize" else value
 
 
 class _StopLooks:
@@ -499,27 +522,31 @@ class _RunState:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     driver: Any
-    order: torch.Generator
+    order: DataOrder
     scaler: torch.amp.GradScaler | None
     device: torch.device
+    task: Task
 
 
 def _train_epoch(
     setup: TrainingSetup,
     state: _RunState,
-    batches: Iterable[Any],
-    criterion: nn.Module,
+    seed: int,
+    epoch: int,
     run: TrainingRun,
-    look: Callable[[], None],
+    look: Callable[[], None] = lambda: None,
 ) -> float | None:
     """Mean training loss of one epoch, or None if a loss in it was not finite.
 
-    ``look()`` before each batch may end the epoch there (:class:`_StopLooks`).
+    ``look()`` before each batch may end the epoch there (:class:`_StopLooks`). A task with
+    its own ``train_epoch`` runs it instead (:func:`_task_epoch`).
 
     The device is read once, at the end: the summed loss and how many batches passed before
     the first non-finite loss. After a non-finite loss the epoch runs on, and ``run.lr_steps``
     is cut back to end at that batch, as a stop there would have left it.
     """
+    if callable(getattr(setup.task, "train_epoch", None)):
+        return _task_epoch(setup, state, seed, epoch, run, look)
     model, optimizer, scaler = state.model, state.optimizer, state.scaler
     model.train()
     total = torch.zeros((), device=state.device)
@@ -527,11 +554,10 @@ def _train_epoch(
     finite_steps = torch.zeros((), dtype=torch.int64, device=state.device)
     steps_before = len(run.lr_steps)
     count = 0
-    for batch in batches:
+    for batch in state.order.epoch(epoch):
         look()
         run.lr_steps.append([float(g["lr"]) for g in optimizer.param_groups])
-        with setup.autocast():
-            loss = batch_loss(model, move_to(batch, state.device), criterion)
+        loss = setup.task.loss(model, batch)
         finite &= torch.isfinite(loss)
         finite_steps += finite
         optimizer.zero_grad(set_to_none=True)
@@ -552,12 +578,39 @@ def _train_epoch(
     return loss_sum / max(count, 1)
 
 
-def _evaluate(setup: TrainingSetup, model: nn.Module) -> dict[str, float]:
-    with setup.autocast():
-        scores = setup.data.evaluate(model, device=setup.device)
-    record = {"val_loss": float(scores["loss"])}
-    record.update({k: float(v) for k, v in scores.items() if k != "loss"})
-    return record
+def _task_epoch(
+    setup: TrainingSetup,
+    state: _RunState,
+    seed: int,
+    epoch: int,
+    run: TrainingRun,
+    look: Callable[[], None],
+) -> float | None:
+    """One epoch of a task's own loop: ``task.train_epoch(model, optimizer, on_step, ...)``.
+
+    ``on_step(loss=None)``, called after each optimizer step, records the LR that step used,
+    advances the schedule and looks whether to stop (raising from inside the task's loop).
+    The epoch's loss is what ``train_epoch`` returns, else the mean of the losses ``on_step``
+    was given; None (diverged) when it is not finite.
+    """
+    optimizer, driver = state.optimizer, state.driver
+    losses: list[float] = []
+
+    def on_step(loss: Any = None) -> None:
+        run.lr_steps.append([float(g["lr"]) for g in optimizer.param_groups])
+        driver.after_batch()
+        if loss is not None:
+            losses.append(float(loss))
+        look()
+
+    state.model.train()
+    returned = setup.task.train_epoch(  # type: ignore[attr-defined]
+        state.model, optimizer, on_step, seed=seed, epoch=epoch, device=state.device
+    )
+    if returned is None and not losses:
+        raise TaskError(f"{setup.task.name}.train_epoch() returned no loss and gave on_step() none")
+    loss = float(returned) if returned is not None else sum(losses) / len(losses)
+    return loss if math.isfinite(loss) else None
 
 
 def out_of_memory_reason(setup: TrainingSetup, error: BaseException) -> str:
@@ -584,9 +637,12 @@ def _save(path: Path, epoch: int, state: _RunState, run: TrainingRun) -> None:
         "optimizer": state.optimizer.state_dict(),
         "scheduler": state.driver.state_dict(),
         "torch_rng": torch.get_rng_state(),
-        "data_order": state.order.get_state(),
+        "data_order": state.order.state_dict(),
         "run": run.model_dump(mode="json"),
     }
+    task_state = getattr(state.task, "state_dict", None)
+    if callable(task_state):
+        saved["task"] = task_state()
     if state.device.type == "cuda":
         saved["cuda_rng"] = torch.cuda.get_rng_state(state.device)
     if state.scaler is not None:
@@ -612,7 +668,9 @@ def _resume(path: Path, state: _RunState, run: TrainingRun) -> int:
         torch.cuda.set_rng_state(saved["cuda_rng"], state.device)
     if state.scaler is not None and "grad_scaler" in saved:
         state.scaler.load_state_dict(saved["grad_scaler"])
-    state.order.set_state(saved["data_order"])
+    state.order.load_state_dict(saved["data_order"])
+    if "task" in saved and callable(getattr(state.task, "load_state_dict", None)):
+        state.task.load_state_dict(saved["task"])
     restored = TrainingRun.model_validate(saved["run"])
     run.epochs, run.lr_steps = restored.epochs, restored.lr_steps
     run.resumed_from = int(saved["epoch"]) + 1

@@ -165,17 +165,16 @@ def test_an_epoch_reads_tensor_values_once_to_train_and_once_to_evaluate() -> No
     optimizer = setup.build_optimizer(model, 0.05)
     schedule = parse_schedule({"family": "onecycle", "max_lr": 0.1})
     driver = drive(schedule, optimizer, setup.steps_per_epoch, 2)
-    state = training._RunState(model, optimizer, driver, torch.Generator(), None, setup.device)
-    batches = setup.train_batches(state.order)
-    assert len(batches) == setup.steps_per_epoch > 10
+    state = training._RunState(
+        model, optimizer, driver, setup.data_order(0), None, setup.device, setup.task
+    )
+    assert len(state.order.epoch(0)) == setup.steps_per_epoch > 10
 
     look = training._StopLooks(every_s=0.0, reason=lambda: None).at(0)  # looks every batch
     with _ValueReads() as epoch:
-        training._train_epoch(
-            setup, state, batches, setup.bundle.loss_fn(), training.TrainingRun(), look
-        )
+        training._train_epoch(setup, state, 0, 0, training.TrainingRun(), look)
     with _ValueReads() as evaluation:
-        training._evaluate(setup, model)
+        setup.evaluate(model, 0)
 
     assert epoch.reads == ["tolist"]  # not one a batch: the loss sum and the finiteness count
     assert evaluation.reads == ["tolist"]
@@ -190,7 +189,7 @@ def test_amp_on_a_cpu_device_trains_in_full_precision_and_says_so(
         _spec(amp=True, cuda_fast_kernels=True, range_test={"num_iter": 20, "seeds": 1}),
         device="cpu",
     )
-    with caplog.at_level(logging.INFO, logger="lrtune.training"):
+    with caplog.at_level(logging.INFO, logger="lrtune.registry_task"):
         run = train(amp, schedule, 0.05, 2)
         result = range_test(amp, progress=False)
 
@@ -213,7 +212,9 @@ def test_a_checkpoint_keeps_the_grad_scalers_state_and_a_resume_restores_it(
         model = setup.build_model()
         optimizer = setup.build_optimizer(model, 0.05)
         driver = drive(parse_schedule({"family": "constant"}), optimizer, 10, 2)
-        return training._RunState(model, optimizer, driver, torch.Generator(), scaler, setup.device)
+        return training._RunState(
+            model, optimizer, driver, setup.data_order(0), scaler, setup.device, setup.task
+        )
 
     trained = state(torch.amp.GradScaler("cpu", init_scale=512.0, growth_interval=3))
     for _ in range(2):  # two unskipped steps: the growth tracker counts them

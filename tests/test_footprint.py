@@ -143,7 +143,7 @@ MEASURE = textwrap.dedent(
     from lrtune.tuner import range_test
     torch.set_num_threads(1)
     setup = TrainingSetup.from_spec(JobSpec.model_validate(json.loads(sys.argv[1])), "cpu")
-    setup.data  # the data on the device, as the worker holds it
+    setup.task.data  # the data on the device, as the worker holds it
     def rss():
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * resource.getpagesize()

@@ -59,7 +59,7 @@ def test_data_that_fits_stays_on_the_gpu_and_batches_are_not_copied_from_the_hos
     schedule, epochs = parse_schedule({"family": "constant"}), 2
     batches = setup.steps_per_epoch * epochs
 
-    assert all(t.is_cuda for t in (*setup.data.train.tensors, *setup.data.val.tensors))
+    assert all(t.is_cuda for t in (*setup.task.data.train.tensors, *setup.task.data.val.tensors))
     resident = _host_to_device_copies(lambda: train(setup, schedule, 0.05, epochs))
     copied = _host_to_device_copies(lambda: train(host, schedule, 0.05, epochs))
 
@@ -90,7 +90,9 @@ def test_an_amp_trial_checkpoints_its_grad_scaler_and_a_resumed_run_restores_it(
     optimizer = setup.build_optimizer(model, 0.05)
     driver = drive(schedule, optimizer, setup.steps_per_epoch, 4)
     scaler = torch.amp.GradScaler("cuda")
-    state = training._RunState(model, optimizer, driver, torch.Generator(), scaler, setup.device)
+    state = training._RunState(
+        model, optimizer, driver, setup.data_order(0), scaler, setup.device, setup.task
+    )
     assert training._resume(checkpoint, state, training.TrainingRun()) == 2
     assert scaler.get_scale() == 1024.0
 
@@ -139,16 +141,14 @@ def test_an_epoch_reads_the_device_once_to_train_and_once_to_evaluate() -> None:
     schedule = parse_schedule({"family": "cosine", "T_max": 3})
     driver = drive(schedule, optimizer, setup.steps_per_epoch, 3)
     state = training._RunState(
-        model, optimizer, driver, torch.Generator().manual_seed(0), None, setup.device
+        model, optimizer, driver, setup.data_order(0), None, setup.device, setup.task
     )
-    batches = setup.train_batches(state.order)
-    criterion = setup.bundle.loss_fn()
     run = training.TrainingRun()
-    training._train_epoch(setup, state, batches, criterion, run)  # warm-up: lazy inits
-    training._evaluate(setup, model)
+    training._train_epoch(setup, state, 0, 0, run)  # warm-up: lazy inits
+    setup.evaluate(model, 0)
 
-    assert _syncs(lambda: training._train_epoch(setup, state, batches, criterion, run)) == 1
-    assert _syncs(lambda: training._evaluate(setup, model)) == 1
+    assert _syncs(lambda: training._train_epoch(setup, state, 0, 0, run)) == 1
+    assert _syncs(lambda: setup.evaluate(model, 0)) == 1
 
 
 def test_a_run_that_diverges_on_the_gpu_is_recorded_in_its_epoch() -> None:

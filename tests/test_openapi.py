@@ -29,6 +29,8 @@ FREE_FORM = {
     # plugin's are checked only where it is installed.
     "components/schemas/ModelRef/properties/params",
     "components/schemas/DatasetRef/properties/params",
+    # A task's params: the schema its worker published checks them at admission.
+    "components/schemas/TaskRef/properties/params",
     # A JSON Schema document (a factory's params schema) is itself free-form JSON: in the
     # registry's list and in the registry each worker serves (GET /v1/workers).
     "components/schemas/RegistryEntry/properties/params_schema/anyOf/0",

@@ -396,7 +396,7 @@ def test_the_range_test_runs_every_optimizer_vectorized_where_it_is_elementwise(
         optimizer = torch_optimizer(spec, [{"params": list(model.parameters()), "lr": 1e-5}])
         result = find_lr(
             model,
-            setup.train_loader(torch.Generator().manual_seed(0)),
+            setup.task.train_loader(torch.Generator().manual_seed(0)),
             optimizer,
             seeds=2,
             seed=3,

@@ -75,7 +75,7 @@ def make_setup(grouping: str) -> TrainingSetup:
 
 def train_loader(setup: TrainingSetup) -> torch.utils.data.DataLoader:
     """The job's own train loader: what a user's ``len(train_loader)`` counts."""
-    return setup.train_loader(torch.Generator().manual_seed(0))
+    return setup.task.train_loader(torch.Generator().manual_seed(0))
 
 
 def trained_lrs_by_parameter(

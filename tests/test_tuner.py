@@ -139,7 +139,7 @@ def test_recommendation_compares_against_baselines_and_serialises() -> None:
     import torch
 
     namespace["model"] = torch.nn.Linear(13, 3)
-    namespace["train_loader"] = TrainingSetup.from_spec(spec).train_loader(torch.Generator())
+    namespace["train_loader"] = TrainingSetup.from_spec(spec).task.train_loader(torch.Generator())
     exec(rec.to_code(), namespace)  # its LRs have 4 significant digits
     assert namespace["optimizer"].param_groups[0]["lr"] == pytest.approx(rec.base_lr, rel=1e-3)
 

@@ -624,7 +624,7 @@ class Worker:
             return TrainingSetup.from_spec(spec, self.device)
         params = {key: value for key, value in dataset.params.items() if key != "id"}
         bundle = self.store.uploads.bundle(str(dataset.params.get("id")), params)
-        return TrainingSetup(spec, bundle, resolve_device(self.device))
+        return TrainingSetup.from_bundle(spec, bundle, resolve_device(self.device))
 
     def _optuna_storage(self) -> optuna.storages.BaseStorage:
         if self._storage is None:

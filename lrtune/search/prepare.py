@@ -52,13 +52,15 @@ def range_test(
     spec, options = setup.spec, setup.spec.range_test
     model = setup.build_model()
     optimizer = setup.build_optimizer(model, options.start_lr)
+    train_data, criterion, loss_fn = setup.range_test_inputs()
     try:
         with setup.kernels():
             result = find_lr(
                 model,
-                setup.train_loader(torch.Generator().manual_seed(spec.seed)),
+                train_data,
                 optimizer,
-                setup.bundle.loss_fn(),
+                criterion,
+                loss_fn=loss_fn,
                 **options.model_dump(),  # RangeTestSpec's fields are find_lr's keyword names
                 seed=spec.seed,
                 device=setup.device,
@@ -68,7 +70,7 @@ def range_test(
             )
     except torch.OutOfMemoryError as exc:
         raise DeviceOutOfMemory(f"range test: {out_of_memory_reason(setup, exc)}") from exc
-    if not spec.param_groups:
+    if not spec.param_groups:  # a task's multipliers are its groups' LRs over group 0's
         return result
     return result.rescaled(1 / setup.group_multipliers[0], "a parameter with lr_mult 1")
 
