@@ -6,6 +6,8 @@ The public API:
 - :mod:`lrtune.schedules` holds one spec per ``torch.optim.lr_scheduler`` family;
 - :class:`JobSpec` defines a job; :func:`tune` searches schedules for it and returns a
   :class:`Recommendation`;
+- :class:`Task` (with :class:`TaskBase`) is your own training code as one object: ``find_lr``
+  and ``tune`` take one as they take a model or a spec;
 - :mod:`lrtune.exceptions` holds the errors lrtune raises on purpose.
 
 ``import lrtune`` is cheap: each name is imported on first use, so a process that only
@@ -27,12 +29,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lrtune import exceptions, schedules
-    from lrtune.finder import find_lr, lr_sequence
+    from lrtune.finder import lr_sequence
+    from lrtune.notebook import find_lr, tune
     from lrtune.recommendation import Recommendation
     from lrtune.result import LRFinderResult, SeedCurve
-    from lrtune.search import prepare_study, run_worker, tune
+    from lrtune.search import prepare_study, run_worker
     from lrtune.spec import JobSpec
     from lrtune.suggestions import Consensus, Suggestion
+    from lrtune.task import Task, TaskBase
 
 __version__ = "0.1.0"
 
@@ -45,11 +49,13 @@ _LAZY: dict[str, str] = {
     "SeedCurve": "lrtune.result",
     "Suggestion": "lrtune.suggestions",
     "exceptions": "lrtune.exceptions",
-    "find_lr": "lrtune.finder",
+    "Task": "lrtune.task",
+    "TaskBase": "lrtune.task",
+    "find_lr": "lrtune.notebook",
     "lr_sequence": "lrtune.finder",
     "prepare_study": "lrtune.search",
     "schedules": "lrtune.schedules",
-    "tune": "lrtune.search",
+    "tune": "lrtune.notebook",
     "run_worker": "lrtune.search",
 }
 
@@ -60,6 +66,8 @@ __all__ = [
     "Recommendation",
     "SeedCurve",
     "Suggestion",
+    "Task",
+    "TaskBase",
     "exceptions",
     "find_lr",
     "lr_sequence",

@@ -91,7 +91,7 @@ def job_code(
         schedule,
         steps_per_epoch=steps_per_epoch,
         epochs=job.search.epochs,
-        groups="group_mults" if job.param_groups else "one",
+        groups="group_mults" if job.param_groups or job.task is not None else "one",
         cycle_momentum=_cycles_momentum(schedule, job.optimizer),
         run_epochs=run_epochs,
         run_steps_per_epoch=run_steps_per_epoch,
@@ -115,6 +115,8 @@ def optimizer_code(job: JobSpec, lr: float, *, model_name: str = "model") -> str
     """
     if not model_name.isidentifier():
         raise ValueError(f"model_name must be a Python identifier, got {model_name!r}")
+    if job.task is not None:
+        return task_optimizer_code(lr, model_name)
     optimizer = f"torch.optim.{job.optimizer.torch_class}"
     hyperparameters = _hyperparameters(job.optimizer)
     if not job.param_groups:
@@ -126,6 +128,21 @@ def optimizer_code(job: JobSpec, lr: float, *, model_name: str = "model") -> str
             f"lr = {lr!r}  # the LR of a parameter whose multiplier is 1",
             *param_groups_code(job, model_name),
             _call(f"optimizer = {optimizer}", GROUPS_ARGUMENT, *hyperparameters, force_wrap=True),
+        ]
+    )
+
+
+def task_optimizer_code(lr: float, model_name: str) -> str:
+    """A task's own optimizer (``task.build_optimizer``) with its groups set to ``lr`` times
+    their ratios to group 0 as the task builds them, as lrtune trained it."""
+    return "\n".join(
+        [
+            f"optimizer = task.build_optimizer({model_name})  # as your code builds it",
+            "written = [g['lr'] for g in optimizer.param_groups]",
+            "group_mults = [written_lr / written[0] for written_lr in written]",
+            f"lr = {lr!r}  # group 0's LR; every group keeps its ratio to it",
+            "for group, mult in zip(optimizer.param_groups, group_mults):",
+            '    group["lr"] = lr * mult',
         ]
     )
 

@@ -54,6 +54,9 @@ Example:
     >>> check_task(task)
     >>> task.name, task.steps_per_epoch
     ('Blobs', None)
+    >>> spec = task_job(task, search={"n_trials": 4})  # the job that tunes it
+    >>> spec.task.name, spec.task.lr, spec.search.metric, spec.search.direction
+    ('Blobs', 0.1, 'accuracy', 'maximize')
 """
 
 from __future__ import annotations
@@ -68,6 +71,8 @@ from lrtune.exceptions import InvalidInputError, LRTuneError
 if TYPE_CHECKING:
     import torch
     from torch import Tensor, nn
+
+    from lrtune.spec import JobSpec
 
 Direction = Literal["minimize", "maximize"]
 OnStep = Callable[..., None]
@@ -267,3 +272,64 @@ def make_task(target: Any, params: Mapping[str, Any], label: str) -> Task:
         ) from exc
     check_task(task)
     return task
+
+
+def task_job(
+    task: Task,
+    *,
+    search: Mapping[str, Any] | None = None,
+    range_test: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    name: str | None = None,
+    device: str = "auto",
+    params: Mapping[str, Any] | None = None,
+) -> JobSpec:
+    """The job spec that tunes ``task``: its name and params, its metric and direction (unless
+    ``search`` names others), and what its optimizer is as the task builds it (one build of
+    its model and optimizer on the CPU): group 0's LR (the "your lr as written" baseline) and
+    the ``torch.optim`` family the learning-rate-free baselines' recipes follow.
+    """
+    import torch
+
+    from lrtune.spec import JobSpec
+
+    check_task(task)
+    optimizer = task.build_optimizer(task.build_model(seed, torch.device("cpu")))
+    searched = {"metric": task.metric, "direction": task.direction, **(search or {})}
+    if "metric" in (search or {}) and "direction" not in (search or {}):
+        del searched["direction"]  # the metric's own, or the spec asks for one
+    return JobSpec.model_validate(
+        {
+            "name": name,
+            "task": {
+                "name": task.name,
+                "params": dict(params if params is not None else getattr(task, "params", {})),
+                "lr": float(optimizer.param_groups[0]["lr"]),
+            },
+            "optimizer": optimizer_family(optimizer),
+            "search": searched,
+            "range_test": dict(range_test or {}),
+            "seed": seed,
+            "device": device,
+        }
+    )
+
+
+def optimizer_family(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The job spec's ``optimizer`` closest to a task's: its ``torch.optim`` class when lrtune
+    knows it (with its weight decay for SGD, Adam, AdamW), else AdamW for an optimizer with
+    ``betas``, SGD otherwise. Only the learning-rate-free baselines read it (which
+    schedule-free variant, what weight decay); the task's own optimizer is what trains."""
+    from typing import get_args
+
+    from lrtune.spec import FIELD_KEYWORDS, OptimizerName
+
+    known = set(get_args(OptimizerName))
+    name = type(optimizer).__name__.lower()
+    if name not in known:
+        name = "adamw" if "betas" in optimizer.defaults else "sgd"
+    family: dict[str, Any] = {"name": name}
+    decay = optimizer.param_groups[0].get("weight_decay", 0.0)
+    if name in FIELD_KEYWORDS and isinstance(decay, (int, float)) and 0 <= decay <= 1:
+        family["weight_decay"] = float(decay)
+    return family

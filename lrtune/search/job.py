@@ -55,6 +55,7 @@ from lrtune.search.units import (
 )
 from lrtune.space import LRBounds
 from lrtune.spec import JobSpec
+from lrtune.task import Task
 from lrtune.training import TrainingSetup
 
 Phase = Literal["search", "confirmation"]
@@ -229,12 +230,13 @@ def run_worker(
     artifact_dir: str | Path | None = None,
     wait_for_others: bool = False,
     progress: bool = False,
+    task: Task | None = None,
 ) -> None:
     """The worker loop: join a prepared study and run its queued work until none is left.
 
     Runs search trials while any are queued, then, once the search is finished, confirmation
     units. The job spec is read from the study, so a worker needs only the study's name and
-    storage.
+    storage (and, for a job that names a task, the task).
     """
     storage = resolve_storage(storage)
     try:
@@ -245,7 +247,7 @@ def run_worker(
         raise NotFoundError(f"study {study_name!r} has not been prepared (no range test stored)")
     spec = JobSpec.model_validate(loaded.user_attrs[ATTR_SPEC])
     search = JobSearch.open(spec, storage)
-    setup = TrainingSetup.from_spec(spec)
+    setup = TrainingSetup.from_spec(spec, task=task)
     options = UnitOptions(
         artifact_dir=Path(artifact_dir) if artifact_dir else None,
         wait_for_others=wait_for_others,
@@ -264,11 +266,14 @@ def tune(
     *,
     artifact_dir: str | Path | None = None,
     progress: bool = True,
+    task: Task | None = None,
 ) -> Recommendation:
     """Find the LR schedule for a job: range test, search, confirmation, recommendation.
 
     Args:
         spec: the job.
+        task: the task the job names (``spec.task``), loaded in this process
+            (:func:`lrtune.notebook.tune` makes both from a task).
         storage: an Optuna storage or URL (``sqlite:///lrtune.db``, ``postgresql+psycopg://...``);
             None keeps the study in memory. With a URL, a crashed run resumes where it stopped.
         artifact_dir: where trials and confirmation runs checkpoint each epoch (needed to resume
@@ -289,7 +294,7 @@ def tune(
         >>> rec.confirm_seeds, rec.confirmed
         ([1, 2, 3], True)
     """
-    setup = TrainingSetup.from_spec(spec)
+    setup = TrainingSetup.from_spec(spec, task=task)
     search = JobSearch.prepare(spec, storage, setup=setup, progress=progress)
     options = UnitOptions(
         artifact_dir=Path(artifact_dir) if artifact_dir else None,
