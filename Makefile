@@ -23,10 +23,10 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-# lrtune with the dev and bench extras; it holds everything the demo needs too.
+# lrtune with the dev, bench and integration extras; it holds everything the demo needs too.
 $(STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[dev,bench]'
+	$(PIP) install -q -c constraints.txt -e '.[dev,bench,lightning,hf]'
 	touch $(STAMP) $(DEMO_STAMP)
 
 # lrtune and its dependencies only: the demo's store is SQLite, so not even the postgres extra.
