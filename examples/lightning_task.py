@@ -9,6 +9,7 @@ and prints the recommendation and the code to train with it.
 from __future__ import annotations
 
 import lightning.pytorch as pl
+import optuna
 import torch
 from sklearn.datasets import load_digits
 from torch import nn
@@ -69,6 +70,7 @@ class DigitsData(pl.LightningDataModule):
 
 def main() -> None:
     torch.set_num_threads(2)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line a trial otherwise
     task = LightningTask(
         lambda seed: DigitsMLP(),
         lambda seed: DigitsData(seed=0),  # one split; the seed varies weights and data order

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 pytest.importorskip("lightning")
@@ -13,11 +17,17 @@ from torch.nn import functional
 from torch.utils.data import DataLoader, TensorDataset
 
 import lrtune
-from lrtune.integrations.lightning import LightningTask, LRTuneFinder, LRTuneSchedule
+from lrtune.integrations.lightning import (
+    LightningTask,
+    LRTuneFinder,
+    LRTuneSchedule,
+    quiet_lightning,
+)
 from lrtune.schedules import preview
 from lrtune.training import StopRequested, StopTraining
 
 CPU = torch.device("cpu")
+REPO = Path(__file__).resolve().parents[1]
 
 
 class Blobs(pl.LightningModule):
@@ -144,7 +154,8 @@ def test_the_finder_callback_sets_the_modules_lr_to_the_suggestion():
         enable_model_summary=False,
         accelerator="cpu",
     )
-    trainer.fit(module, datamodule=BlobData())
+    with quiet_lightning():
+        trainer.fit(module, datamodule=BlobData())
     assert finder.result is not None and len(finder.result.seeds) == 2
     assert module.lr == pytest.approx(finder.result.suggestion)
     assert trainer.optimizers[0].param_groups[0]["initial_lr"] == pytest.approx(module.lr)
@@ -200,7 +211,26 @@ def test_the_schedule_callback_trains_under_the_recommended_lrs(recommendation, 
         enable_model_summary=False,
         accelerator="cpu",
     )
-    with pytest.warns(UserWarning, match="replaces the scheduler"):
+    with pytest.warns(UserWarning, match="replaces the scheduler"), quiet_lightning():
         trainer.fit(Blobs(lr=123.0), datamodule=BlobData())
     expected = preview(rec.schedule, [rec.base_lr], rec.steps_per_epoch, 2)[:, 0]
     assert record.lrs == pytest.approx(expected.tolist())
+
+
+def test_import_lrtune_loads_no_lightning():
+    code = "import sys, lrtune, lrtune.integrations; assert 'lightning' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+def test_the_example_tunes_the_digits_module_end_to_end():
+    done = subprocess.run(
+        [sys.executable, "examples/lightning_task.py"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "(recommended)" in done.stdout and "optimizer = " in done.stdout
