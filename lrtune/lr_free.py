@@ -101,6 +101,12 @@ def unsupported(name: LRFreeName, job: JobSpec) -> str | None:
             "prodigy estimates one step size for every param group: the job scales group LRs "
             "(lr_mult)"
         )
+    lrs = job.task.lrs if job.task is not None else None
+    if name == "prodigy" and lrs is not None and len(set(lrs)) > 1:
+        return (
+            "prodigy estimates one step size for every param group: the task builds its "
+            "groups at different LRs"
+        )
     return None
 
 

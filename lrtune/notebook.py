@@ -110,6 +110,10 @@ def tune(
     """
     from lrtune.search import tune as tune_spec
 
+    if not progress:  # as the CLI: no line per trial from Optuna
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     if not is_task(job):
         if search is not None or range_test is not None or name is not None:
             raise InvalidInputError(

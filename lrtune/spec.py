@@ -416,13 +416,17 @@ class TaskRef(_Strict):
     """A task by the name its worker or agent published, with JSON params for its factory
     (:mod:`lrtune.task`); the task's code lives on the machines that run it, never in a job.
 
-    ``lr`` is the LR group 0 of the task's optimizer is built with, as its code writes it:
-    the ``optimizer_default`` baseline trains it (filled from the task, not by the user).
+    ``lrs`` are the LRs of the param groups of the task's optimizer as its code builds them
+    (filled from the task, not by the user): the ``optimizer_default`` baseline trains group
+    0's ("your lr as written"), and Prodigy, which takes one step size for all groups, is left
+    out when they differ.
     """
 
     name: JsonText = Field(min_length=1, max_length=120)
     params: JsonObject = Field(default_factory=dict)
-    lr: float | None = Field(None, gt=0, le=MAX_LR)
+    lrs: list[Annotated[float, Field(gt=0, le=MAX_LR)]] | None = Field(
+        None, min_length=1, max_length=64
+    )
 
 
 class JobSpec(_Strict):
@@ -430,9 +434,9 @@ class JobSpec(_Strict):
     registry ``model`` on a ``dataset``, or a ``task`` (the user's own training code)."""
 
     name: str | None = Field(None, min_length=1, max_length=120, pattern=r"^[A-Za-z0-9_.\-]+$")
-    model: ModelRef | None = None
-    dataset: DatasetRef | None = None
     task: TaskRef | None = None
+    model: ModelRef | None = Field(None, validate_default=True)
+    dataset: DatasetRef | None = Field(None, validate_default=True)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     batch_size: int = Field(64, ge=1, le=MAX_BATCH_SIZE)
     param_groups: list[ParamGroupSpec] = Field(default_factory=list, max_length=32)
@@ -472,21 +476,34 @@ class JobSpec(_Strict):
                     del dumped[key]
         return dumped
 
+    @field_validator("model", "dataset")
+    @classmethod
+    def _model_and_dataset_or_task(cls, value: Any, info: ValidationInfo) -> Any:
+        has_task = info.data.get("task") is not None
+        if value is None and not has_task and "task" in info.data:
+            raise ValueError(
+                f"Field required: a job needs a model and a dataset (or a task to run "
+                f"instead): {info.field_name} is missing"
+            )
+        if value is not None and has_task:
+            raise ValueError("a job names a task, or a model and a dataset, not both")
+        return value
+
     @model_validator(mode="after")
-    def _model_and_dataset_or_task(self) -> JobSpec:
-        if self.task is not None:
-            if self.model is not None or self.dataset is not None:
-                raise ValueError("a job names a task, or a model and a dataset, not both")
-            return self
-        if self.model is None or self.dataset is None:
-            missing = " and ".join(f for f in ("model", "dataset") if getattr(self, f) is None)
-            raise ValueError(f"a job needs a model and a dataset (or a task): {missing} missing")
-        if self.search.metric not in METRIC_DIRECTIONS:
+    def _registry_metric(self) -> JobSpec:
+        if self.task is None and self.search.metric not in METRIC_DIRECTIONS:
             raise ValueError(
                 f"search.metric {self.search.metric!r}: a registry model reports "
                 f"{', '.join(METRIC_DIRECTIONS)}"
             )
         return self
+
+    @property
+    def subject(self) -> str:
+        """What the job trains, in words: ``mlp on digits``, or ``task cifar-resnet``."""
+        if self.task is not None:
+            return f"task {self.task.name}"
+        return f"{self.model.name} on {self.dataset.name}"
 
     @property
     def needs_cuda(self) -> bool:

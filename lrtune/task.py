@@ -55,8 +55,8 @@ Example:
     >>> task.name, task.steps_per_epoch
     ('Blobs', None)
     >>> spec = task_job(task, search={"n_trials": 4})  # the job that tunes it
-    >>> spec.task.name, spec.task.lr, spec.search.metric, spec.search.direction
-    ('Blobs', 0.1, 'accuracy', 'maximize')
+    >>> spec.task.name, spec.task.lrs, spec.search.metric, spec.search.direction
+    ('Blobs', [0.1], 'accuracy', 'maximize')
 """
 
 from __future__ import annotations
@@ -286,7 +286,7 @@ def task_job(
 ) -> JobSpec:
     """The job spec that tunes ``task``: its name and params, its metric and direction (unless
     ``search`` names others), and what its optimizer is as the task builds it (one build of
-    its model and optimizer on the CPU): group 0's LR (the "your lr as written" baseline) and
+    its model and optimizer on the CPU): its groups' LRs (the "your lr as written" baseline) and
     the ``torch.optim`` family the learning-rate-free baselines' recipes follow.
     """
     import torch
@@ -304,7 +304,7 @@ def task_job(
             "task": {
                 "name": task.name,
                 "params": dict(params if params is not None else getattr(task, "params", {})),
-                "lr": float(optimizer.param_groups[0]["lr"]),
+                "lrs": [float(group["lr"]) for group in optimizer.param_groups],
             },
             "optimizer": optimizer_family(optimizer),
             "search": searched,

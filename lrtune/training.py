@@ -236,6 +236,7 @@ class TrainingSetup:
 
             groups = [
                 {"params": group["params"], "lr": base_lr * mult}
+                | ({"weight_decay": group["weight_decay"]} if "weight_decay" in group else {})
                 for group, mult in zip(optimizer.param_groups, multipliers, strict=True)
             ]
             return lr_free_baselines.build_optimizer(lr_free, self.spec.optimizer, groups)
@@ -594,13 +595,15 @@ def _task_epoch(
     was given; None (diverged) when it is not finite.
     """
     optimizer, driver = state.optimizer, state.driver
-    losses: list[float] = []
+    losses: list[torch.Tensor] = []  # read once, at the end: no device sync a step
 
     def on_step(loss: Any = None) -> None:
         run.lr_steps.append([float(g["lr"]) for g in optimizer.param_groups])
         driver.after_batch()
-        if loss is not None:
-            losses.append(float(loss))
+        if isinstance(loss, torch.Tensor):
+            losses.append(loss.detach().float().reshape(()))
+        elif loss is not None:
+            losses.append(torch.tensor(float(loss)))
         look()
 
     state.model.train()
@@ -609,7 +612,10 @@ def _task_epoch(
     )
     if returned is None and not losses:
         raise TaskError(f"{setup.task.name}.train_epoch() returned no loss and gave on_step() none")
-    loss = float(returned) if returned is not None else sum(losses) / len(losses)
+    if returned is not None:
+        loss = float(returned)
+    else:
+        loss = float(torch.stack([value.to(losses[0].device) for value in losses]).mean())
     return loss if math.isfinite(loss) else None
 
 

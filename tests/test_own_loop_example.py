@@ -39,7 +39,7 @@ class Crash(Exception):
 
 def test_the_task_states_its_metric_its_lr_as_written_and_its_group_ratio(setup) -> None:
     assert (setup.spec.search.metric, setup.spec.search.direction) == ("accuracy", "maximize")
-    assert setup.spec.task.lr == 1e-3
+    assert setup.spec.task.lrs == [1e-3, 2e-3]
     assert setup.group_multipliers == [1.0, 2.0]
     assert setup.steps_per_epoch == len(setup.task.train_batches(0, 0)) == 23
 

@@ -86,7 +86,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,7 @@ from lrtune._optuna import fail_stale_trials, has_unfinished, storage_errors
 from lrtune.device import resolve_device
 from lrtune.exceptions import (
     ConflictError,
+    InvalidInputError,
     LeaseLost,
     LRTuneError,
     StorageUnavailableError,
@@ -138,6 +139,7 @@ from lrtune.workers.lease import LeaseHeartbeat
 from lrtune.workers.pool import ChildConfig, UnitOutcome
 from lrtune.workers.presence import Presence
 from lrtune.workers.reporting import RangeTestProgress, UnitProgress, save_range_test
+from lrtune.workers.tasks import LoadedTask, load_named
 from lrtune.workers.threads import torch_threads
 
 logger = logging.getLogger("lrtune.workers")
@@ -169,6 +171,8 @@ class Worker:
         concurrency: units run at once; above 1, in that many child processes.
         threads: torch CPU threads per unit (children pin it; reported in the workers table;
             default: what this process's torch uses).
+        tasks: the tasks it runs, by name (:mod:`lrtune.workers.tasks`): it publishes them and
+            claims their jobs besides registry jobs; another task's jobs it never takes.
     """
 
     def __init__(
@@ -182,6 +186,7 @@ class Worker:
         poll_s: float = IDLE_POLL_S,
         concurrency: int = 1,
         threads: int | None = None,
+        tasks: Mapping[str, LoadedTask] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -193,6 +198,7 @@ class Worker:
         self.poll_s = poll_s
         self.concurrency = concurrency
         self.threads = threads
+        self.tasks = dict(tasks or {})
         self._storage: optuna.storages.BaseStorage | None = None
         self._setups: dict[str, TrainingSetup] = {}
         self._dispatcher: Dispatcher | None = None
@@ -280,7 +286,9 @@ class Worker:
             concurrency=self.concurrency,
             threads=self.threads or torch_threads(),
             heartbeat_s=self.store.settings.worker_heartbeat_s,
-            plugin_registry=PluginRegistry.of_this_process(),
+            plugin_registry=PluginRegistry.of_this_process(
+                {name: task.info for name, task in self.tasks.items()}
+            ),
         )
         with Presence(self.store, registration, self._doing):
             yield
@@ -310,6 +318,7 @@ class Worker:
             artifact_dir=self.artifact_dir,
             threads=self.threads or torch_threads(),
             log_level=logger.getEffectiveLevel(),
+            task_paths=tuple(task.path for task in self.tasks.values()),
         )
         with children(self, config, self.concurrency, unit_runner) as self._dispatcher:
             try:
@@ -329,7 +338,7 @@ class Worker:
             claimed = self.take_exclusive()
             if claimed is not None:
                 return claimed
-        for job in self.store.shared_jobs(device=self.device):
+        for job in self.store.shared_jobs(device=self.device, tasks=self.tasks):
             if (may_start or job.id in worked) and self._help(job):
                 return job.id
         return None
@@ -366,7 +375,9 @@ class Worker:
             self._fail_with(lease, reason)
 
     def _claim(self, job_id: str | None = None) -> Lease | None:
-        lease = self.store.claim(self.id, self.lease_s, job_id=job_id, device=self.device)
+        lease = self.store.claim(
+            self.id, self.lease_s, job_id=job_id, device=self.device, tasks=self.tasks
+        )
         if lease is not None:
             log_event(lease.job_id, self.id, lease.status.value, "claimed", attempts=lease.attempts)
         return lease
@@ -618,7 +629,13 @@ class Worker:
         return self._setups[job.id]
 
     def _new_setup(self, spec: JobSpec) -> TrainingSetup:
-        """A job's setup; an uploaded dataset is read from this worker's job store."""
+        """A job's setup; an uploaded dataset is read from this worker's job store, a task is
+        made from what this worker loaded with the job's params."""
+        if spec.task is not None:
+            loaded = self.tasks.get(spec.task.name)
+            if loaded is None:
+                raise InvalidInputError(f"this worker does not run task {spec.task.name!r}")
+            return TrainingSetup.from_spec(spec, self.device, task=loaded.make(spec.task.params))
         dataset = spec.dataset
         if dataset.name != UPLOADED:
             return TrainingSetup.from_spec(spec, self.device)
@@ -672,5 +689,6 @@ def unit_runner(config: ChildConfig, worker_id: str) -> Callable[[JobRecord], Un
         lease_s=config.lease_s,
         worker_id=worker_id,
         artifact_dir=config.artifact_dir,
+        tasks=load_named(config.task_paths),
     )
     return worker.run_unit

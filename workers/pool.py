@@ -69,6 +69,8 @@ class ChildConfig:
     artifact_dir: Path | None
     threads: int
     log_level: int = logging.INFO
+    task_paths: tuple[str, ...] = ()
+    """The import paths of the tasks the parent loaded (each child imports them again)."""
 
 
 RunnerFactory = Callable[[ChildConfig, str], Callable[[JobRecord], "UnitOutcome"]]

@@ -205,9 +205,7 @@ def submit_job(
         response.status_code = 200
     response.headers["Location"] = request.url_for("get_job", job_id=job.id).path  # no Host
     event = "reused" if job.reused_from else "submitted"
-    _logger.info(
-        "job=%s event=%s model=%s dataset=%s", job.id, event, spec.model.name, spec.dataset.name
-    )
+    _logger.info("job=%s event=%s trains=%r", job.id, event, spec.subject)
     return job
 
 

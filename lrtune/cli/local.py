@@ -63,7 +63,7 @@ def find(args: argparse.Namespace) -> int:
         print(range_report.model_dump_json())
     else:
         print(
-            f"{spec.model.name} on {spec.dataset.name}, {spec.optimizer.name}, "
+            f"{spec.subject}, {spec.optimizer.name}, "
             f"{spec.range_test.seeds} seed(s), {result.config.engine} on {setup.device}"
         )
         print(result.summary())

@@ -199,6 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
     _database_option(worker, trains=True)
     worker.add_argument("--device", default="auto", help="auto, cpu or cuda:N (default auto)")
     worker.add_argument(
+        "--task",
+        action="append",
+        default=[],
+        metavar="MODULE:NAME",
+        help="also run the jobs of your own training code: an lrtune.Task (or a factory of "
+        "one) at this import path, e.g. mypkg.train:task; repeatable. Tasks installed in the "
+        "lrtune.tasks entry-point group are loaded too",
+    )
+    worker.add_argument(
         "--max-jobs", type=int, metavar="N", help="work on at most N jobs, then exit"
     )
     worker.add_argument(

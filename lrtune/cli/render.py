@@ -134,8 +134,12 @@ def describe_job(job: Any) -> str:
     progress = job.progress
     lines = [
         f"job {job.id} ({job.name or 'unnamed'}): {job.status.value}",
-        f"model {job.spec.model.name}, dataset {job.spec.dataset.name}, "
-        f"fingerprint {job.fingerprint[:12]}, study {job.study_name}",
+        (
+            f"task {job.spec.task.name}, "
+            if job.spec.task is not None
+            else f"model {job.spec.model.name}, dataset {job.spec.dataset.name}, "
+        )
+        + f"fingerprint {job.fingerprint[:12]}, study {job.study_name}",
         f"submitted {job.created_at:%Y-%m-%d %H:%M:%S} UTC, attempts {job.attempts}",
         f"range test steps {progress.range_test_steps_done}/{progress.range_test_steps_total}, "
         f"trials {progress.trials_done}/{progress.trials_total or job.spec.search.n_trials}, "

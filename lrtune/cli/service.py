@@ -97,6 +97,7 @@ def worker(args: argparse.Namespace) -> int:
     logging.getLogger("lrtune.workers").setLevel(logging.INFO)
     threads, chosen = threads_per_unit(args.concurrency, getattr(args, "threads", None))
     threads = set_torch_threads(threads)
+    tasks = load_worker_tasks(args.task)  # a task that does not load: one line, exit 2
     logging.getLogger("lrtune.workers").info("torch threads: %d per unit (%s)", threads, chosen)
     store = open_store(args.database, wait_s=args.wait_for_db)
     running = Worker(
@@ -106,11 +107,28 @@ def worker(args: argparse.Namespace) -> int:
         artifact_dir=args.artifact_dir,
         concurrency=args.concurrency,
         threads=threads,
+        tasks=tasks,
     )
     with stop_on_signals():
         jobs = running.run(max_jobs=args.max_jobs, once=args.once)
     print(f"worker {running.id} ({threads} threads) stopped after working on {jobs} jobs")
     return 0
+
+
+def load_worker_tasks(paths: list[str]) -> dict[str, Any]:
+    """The tasks ``--task`` names and installed packages declare (one line and exit 2 for a
+    named one that does not load: :class:`CliError`)."""
+    from lrtune.exceptions import LRTuneError
+    from lrtune.workers.tasks import load_installed, load_named
+
+    try:
+        named = load_named(paths)
+    except LRTuneError as exc:
+        raise CliError(f"--task: {exc}") from None
+    tasks = {**load_installed(), **named}
+    if tasks:
+        logging.getLogger("lrtune.workers").info("tasks: %s", ", ".join(sorted(tasks)))
+    return tasks
 
 
 def _artifact_dir(args: argparse.Namespace) -> tuple[str, Path]:

@@ -93,6 +93,39 @@ def nul_path(value: Any) -> tuple[str | int, ...] | None:
     return None
 
 
+def admitted_task(spec: JobSpec, workers_registry: Callable[[], PluginRegistry] | None) -> JobSpec:
+    """``spec`` completed from what the live workers published of the task it names, or a
+    refusal: no live worker or agent runs that task.
+
+    The task's metric and direction become the search's unless the spec set a metric; its LR
+    as written (``task.lrs``, for a job without params) and its optimizer's ``torch.optim``
+    family (the learning-rate-free baselines' recipes) are filled in. The params are the
+    task's factory's to check, on the machine that runs it.
+
+    Raises:
+        InvalidInputError: ``loc`` ``("task", "name")``, kind ``unknown_name``.
+    """
+    known = workers_registry() if workers_registry is not None else None
+    info = known.tasks.get(spec.task.name) if known is not None else None
+    if info is None:
+        published = ", ".join(sorted(known.tasks)) if known is not None else ""
+        raise InvalidInputError(
+            f"no live worker or agent runs task {spec.task.name!r}"
+            + (f" (they run: {published})" if published else "")
+            + ": start one with lrtune worker --task package.module:task",
+            loc=("task", "name"),
+            kind="unknown_name",
+        )
+    data = spec.model_dump(mode="json")
+    if "metric" not in spec.search.model_fields_set:
+        data["search"].update(metric=info.metric, direction=info.direction)
+    if spec.task.lrs is None and not spec.task.params:
+        data["task"]["lrs"] = info.lrs
+    if "optimizer" not in spec.model_fields_set and info.optimizer:
+        data["optimizer"] = info.optimizer
+    return type(spec).model_validate(data)
+
+
 def check_registry(
     spec: JobSpec,
     *,
@@ -158,7 +191,10 @@ def _check_upload_fits(spec: JobSpec, upload: DatasetUpload) -> None:
 
 
 def upload_id_of(spec: JobSpec) -> str | None:
-    """The id of the uploaded dataset the spec trains on, or None (a built-in or a plugin's)."""
+    """The id of the uploaded dataset the spec trains on, or None (a built-in or a plugin's,
+    or a task's own data)."""
+    if spec.dataset is None:
+        return None
     upload_id = spec.dataset.params.get("id") if spec.dataset.name == UPLOADED else None
     return upload_id if isinstance(upload_id, str) else None
 

@@ -76,7 +76,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 from sqlalchemy import and_, not_, or_, select, text, true, update
@@ -167,19 +167,26 @@ class Leases:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def shared_jobs(self, limit: int = 50, *, device: str | None = None) -> list[JobRecord]:
+    def shared_jobs(
+        self,
+        limit: int = 50,
+        *,
+        device: str | None = None,
+        tasks: Collection[str] | None = None,
+    ) -> list[JobRecord]:
         """Jobs in a shared phase (``searching``, ``confirming``), oldest first: a read.
 
         A free worker helps the first of them that has a unit it may take, so one huge job
-        does not starve the ones submitted after it. ``device`` is the asking worker's (as in
-        :meth:`claim`): a CPU worker is not shown jobs that need CUDA. A job whose stored
-        record cannot be read back is left out (no worker could run it).
+        does not starve the ones submitted after it. ``device`` and ``tasks`` are the asking
+        worker's (as in :meth:`claim`): a CPU worker is not shown jobs that need CUDA, nor a
+        worker the jobs of tasks it did not load. A job whose stored record cannot be read
+        back is left out (no worker could run it).
         """
         check_limit(limit)
         shared = [JobStatus.SEARCHING.value, JobStatus.CONFIRMING.value]
         query = (
             select(tables.Job)
-            .where(tables.Job.status.in_(shared), _servable_by(device))
+            .where(tables.Job.status.in_(shared), _servable_by(device, tasks))
             .order_by(tables.Job.submit_seq)
             .limit(limit)
         )
@@ -193,6 +200,7 @@ class Leases:
         *,
         job_id: str | None = None,
         device: str | None = None,
+        tasks: Collection[str] | None = None,
     ) -> Lease | None:
         """Take a job's exclusive phase for ``lease_s`` seconds; ``None`` if there is none.
 
@@ -201,6 +209,8 @@ class Leases:
         unfinished and no live lease holds it. ``device`` is the claiming worker's (``cpu``,
         ``cuda:0``): a worker whose device is not CUDA never takes a job that needs CUDA
         (``spec.device`` ``cuda`` or ``cuda:N``), and skips to the next; ``None`` takes any.
+        ``tasks`` are the names of the tasks the worker loaded (``lrtune worker --task``): it
+        takes registry jobs and those tasks' jobs, never another task's; ``None`` takes any.
         Atomic across workers (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, an IMMEDIATE
         transaction on SQLite): each job has one holder.
         A job claimed ``StoreSettings.max_attempts`` times without completing its phase is failed
@@ -216,7 +226,7 @@ class Leases:
             if job_id is not None:
                 job_id = find_job(s, job_id).id
             while True:
-                row = s.scalars(_claim_query(job_id, device)).first()
+                row = s.scalars(_claim_query(job_id, device, tasks)).first()
                 if row is None:
                     return None
                 if row.attempts >= self.settings.max_attempts:
@@ -403,14 +413,23 @@ def _check_lease_args(worker_id: str, lease_s: float) -> None:
         raise InvalidInputError(f"lease_s must be a positive number of seconds, got {lease_s}")
 
 
-def _servable_by(device: str | None) -> Any:
-    """The jobs a worker on ``device`` may run: any on CUDA (or unsaid), none needing it else."""
-    if device is None or device.startswith("cuda"):
-        return true()
-    return not_(tables.Job.needs_cuda)
+def _servable_by(device: str | None, tasks: Collection[str] | None = None) -> Any:
+    """The jobs a worker on ``device`` that loaded ``tasks`` may run: on CUDA (or unsaid) any
+    device's, else none needing CUDA; registry jobs and the jobs of its tasks (``None``: any
+    task, for a caller that does not run units)."""
+    on_device = (
+        true() if device is None or device.startswith("cuda") else not_(tables.Job.needs_cuda)
+    )
+    if tasks is None:
+        return on_device
+    task = tables.Job.task_name
+    own_code = task.is_(None) if not tasks else or_(task.is_(None), task.in_(sorted(tasks)))
+    return and_(on_device, own_code)
 
 
-def _claim_query(job_id: str | None, device: str | None = None) -> Any:
+def _claim_query(
+    job_id: str | None, device: str | None = None, tasks: Collection[str] | None = None
+) -> Any:
     """The oldest claimable job ``device`` can serve, locked for this transaction (others skip
     it)."""
     job = tables.Job
@@ -426,7 +445,7 @@ def _claim_query(job_id: str | None, device: str | None = None) -> Any:
         claimable = and_(job.id == job_id, job.status.in_(unfinished), free)
     return (
         select(job)
-        .where(claimable, _servable_by(device))
+        .where(claimable, _servable_by(device, tasks))
         .order_by(job.submit_seq)
         .limit(1)
         .with_for_update(skip_locked=True)

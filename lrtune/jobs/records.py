@@ -272,20 +272,42 @@ ParamsSchema = dict[str, Any] | None
 """A factory's params as a JSON schema; None for a plugin's (its factory validates them)."""
 
 
+class TaskInfo(ResultModel):
+    """A task a worker (or agent) runs, as it publishes it: what a job naming it searches,
+    and what admission fills into the job (:mod:`lrtune.task`)."""
+
+    metric: str = Field(description="the metric its evaluate() returns and the search reads")
+    direction: Literal["minimize", "maximize"]
+    version: str = Field("1", description="the task's own version string")
+    params_schema: ParamsSchema = Field(
+        None, description="JSON schema of its factory's params; null: it takes none"
+    )
+    lrs: list[float] | None = Field(
+        None, description="its param groups' LRs as its code builds the optimizer (no params)"
+    )
+    optimizer: dict[str, Any] = Field(
+        default_factory=dict, description="the torch.optim family closest to its optimizer"
+    )
+
+
 class PluginRegistry(ResultModel):
-    """The model and dataset names a worker can build, each with its params' JSON schema.
+    """The model and dataset names a worker can build, each with its params' JSON schema, and
+    the tasks it runs.
 
     What a worker serves, as its process's :mod:`lrtune.registry` knows it (built-ins and
-    entry-point plugins); :meth:`JobStore.known_registry` merges those of the live workers, so
-    the HTTP API can accept names that only the workers' plugins know.
+    entry-point plugins) and the tasks its operator loaded (``lrtune worker --task``);
+    :meth:`JobStore.known_registry` merges those of the live workers, so the HTTP API can
+    accept names that only the workers' plugins know, and tasks only they run.
     """
 
     models: dict[str, ParamsSchema] = Field(default_factory=dict)
     datasets: dict[str, ParamsSchema] = Field(default_factory=dict)
+    tasks: dict[str, TaskInfo] = Field(default_factory=dict)
 
     @classmethod
-    def of_this_process(cls) -> PluginRegistry:
-        """This process's registry, plugins included (reads no factory, imports no torch)."""
+    def of_this_process(cls, tasks: dict[str, TaskInfo] | None = None) -> PluginRegistry:
+        """This process's registry, plugins included (reads no factory, imports no torch),
+        with ``tasks`` (what the process loaded)."""
         from lrtune import registry
 
         def schema(params: type | None) -> ParamsSchema:
@@ -296,6 +318,7 @@ class PluginRegistry(ResultModel):
             datasets={
                 n: schema(registry.dataset_params_schema(n)) for n in registry.dataset_names()
             },
+            tasks=dict(tasks or {}),
         )
 
     def merged(self, other: PluginRegistry) -> PluginRegistry:
@@ -306,7 +329,9 @@ class PluginRegistry(ResultModel):
             return {n: mine.get(n) if mine.get(n) is not None else theirs.get(n) for n in names}
 
         return PluginRegistry(
-            models=merge(self.models, other.models), datasets=merge(self.datasets, other.datasets)
+            models=merge(self.models, other.models),
+            datasets=merge(self.datasets, other.datasets),
+            tasks={**other.tasks, **self.tasks},
         )
 
 

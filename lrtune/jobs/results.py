@@ -134,15 +134,11 @@ class Results:
             .order_by(tables.Recommendation.created_at.desc(), tables.Recommendation.id.desc())
             .limit(MAX_PAGE)
         )
-        names = (spec.model.name, dataset_identity(spec.dataset.model_dump()))
+        names = _trained_names(spec.model_dump(mode="json"))
         found: list[StoredRecommendation] = []
         with session(self._engine, write=False) as s:
             for row, stored_spec in s.execute(query):
-                stored_names = (
-                    stored_spec["model"]["name"],
-                    dataset_identity(stored_spec["dataset"]),
-                )
-                if stored_names != names:
+                if _trained_names(stored_spec) != names:
                     continue
                 stored = _stored_recommendation(row)
                 if stored.recommendation.best is not None:
@@ -544,3 +540,11 @@ def differences(wanted: Any, found: Any, path: str = "") -> list[str]:
                 paths += differences(wanted[key], found[key], where)
         return paths
     return [] if wanted == found else [path]
+
+
+def _trained_names(spec: dict[str, Any]) -> tuple[str, ...]:
+    """What a stored spec (as JSON) trains: its model's name and its dataset's identity, or
+    its task's name."""
+    if spec.get("task") is not None:
+        return ("task", str(spec["task"]["name"]))
+    return (spec["model"]["name"], dataset_identity(spec["dataset"]))

@@ -179,7 +179,7 @@ class JobStore(Leases, Results, Presence):
         name = name if name is not None else spec.name
         if name is not None and not 1 <= len(name) <= MAX_NAME_LENGTH:
             raise InvalidInputError(f"job name must be 1 to {MAX_NAME_LENGTH} characters")
-        upload = self._admit(spec)
+        spec, upload = self._admit(spec)
         if reuse:
             earlier = self.reusable(spec)
             if earlier is not None:
@@ -207,10 +207,11 @@ class JobStore(Leases, Results, Presence):
             attempts=0,
             fencing_token=0,
             needs_cuda=spec.needs_cuda,
+            task_name=spec.task.name if spec.task is not None else None,
         )
         with session(self._engine, write=True) as s:
             try:
-                hold_upload(s, row.spec["dataset"])
+                hold_upload(s, row.spec.get("dataset") or {})
             except NotFoundError as exc:  # deleted since _admit read it
                 raise admission.unknown_upload(exc) from None
             s.add(row)
@@ -220,10 +221,13 @@ class JobStore(Leases, Results, Presence):
             s.refresh(row)
             return Submission(**job_record(row).model_dump())
 
-    def _admit(self, spec: JobSpec) -> DatasetUpload | None:
+    def _admit(self, spec: JobSpec) -> tuple[JobSpec, DatasetUpload | None]:
         """Run the admission checks that need the registry (:mod:`lrtune.jobs.admission`);
-        return the spec's uploaded dataset's row, if it trains on one."""
+        return the spec as admitted (a task's completed from what its workers published) and
+        its uploaded dataset's row, if it trains on one."""
         admission.check_text(spec)
+        if spec.task is not None:
+            return admission.admitted_task(spec, self.known_registry), None
         upload_id = admission.upload_id_of(spec)
         upload = None
         if upload_id is not None:
@@ -232,7 +236,7 @@ class JobStore(Leases, Results, Presence):
             except NotFoundError as exc:
                 raise admission.unknown_upload(exc) from None
         admission.check_registry(spec, workers_registry=self.known_registry, upload=upload)
-        return upload
+        return spec, upload
 
     def estimate(self, spec: JobSpec) -> footprint.Footprint | None:
         """The job's estimated memory and compute (:func:`lrtune.footprint.estimate`), from its
@@ -246,8 +250,11 @@ class JobStore(Leases, Results, Presence):
         self, spec: JobSpec, upload: DatasetUpload | None = None
     ) -> tuple[tuple[tuple[int, ...], int], int | None] | None:
         """``((input_shape, output_dim), n_samples)`` of the spec's dataset, or ``None``; an
-        uploaded dataset's from ``upload`` when given, else read from the store."""
+        uploaded dataset's from ``upload`` when given, else read from the store; ``None`` for
+        a task's data, which only its code knows."""
         dataset = spec.dataset
+        if dataset is None:
+            return None
         max_samples = dataset.params.get("max_samples")
         cap = max_samples if isinstance(max_samples, int) and max_samples > 0 else None
         if dataset.name == UPLOADED:

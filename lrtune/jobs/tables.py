@@ -190,6 +190,7 @@ class Job(Base):
     fencing_token: Mapped[int] = mapped_column(BigInteger, default=0)
     search_started_at: Mapped[datetime | None]
     needs_cuda: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    task_name: Mapped[str | None] = mapped_column(String(120))
     submit_seq: Mapped[int] = mapped_column(BigInteger, SUBMIT_SEQ)
 
 

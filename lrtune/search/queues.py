@@ -282,8 +282,8 @@ def baseline_schedules(spec: JobSpec, bounds: LRBounds) -> list[Baseline]:
         if which == "constant_at_suggestion":
             baselines.append(Baseline("constant at suggestion", constant, bounds.suggestion))
         elif which == "optimizer_default" and spec.task is not None:
-            if spec.task.lr is not None:  # the LR the task's code builds its optimizer with
-                baselines.append(Baseline("your lr as written", constant, spec.task.lr))
+            if spec.task.lrs is not None:  # the LRs the task's code builds its optimizer with
+                baselines.append(Baseline("your lr as written", constant, spec.task.lrs[0]))
         elif which == "optimizer_default":
             name = f"{spec.optimizer.name} default lr"
             baselines.append(Baseline(name, constant, spec.optimizer.default_lr))

@@ -1,0 +1,64 @@
+"""Tasks the tests load as a user's operator would (``lrtune worker --task task_fixtures:Blobs``):
+one that trains, and ones that break the contract in each way a unit must report."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from lrtune.task import TaskBase
+
+_g = torch.Generator().manual_seed(0)
+X = torch.randn(192, 4, generator=_g)
+Y = (X[:, 0] + 0.5 * X[:, 1] > 0).long()
+
+
+class Blobs(TaskBase):
+    """Two blobs, a linear classifier, accuracy maximized: a task of about 20 lines."""
+
+    metric, direction = "accuracy", "maximize"
+
+    def __init__(self, hidden: int = 0) -> None:
+        self.hidden = hidden
+        self.params = {"hidden": hidden} if hidden else {}
+
+    def build_model(self, seed: int, device: torch.device) -> nn.Module:
+        torch.manual_seed(seed)
+        if not self.hidden:
+            return nn.Linear(4, 2).to(device)
+        return nn.Sequential(nn.Linear(4, self.hidden), nn.ReLU(), nn.Linear(self.hidden, 2))
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    def train_batches(self, seed: int, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(160, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+        return [(X[i], Y[i]) for i in order.split(32)]
+
+    def val_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(X[160:], Y[160:])]
+
+
+class Raises(Blobs):
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        raise ValueError("the validation set is not mounted")
+
+
+class NoMetric(Blobs):
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        return {"loss": 0.5}
+
+
+class NanMetric(Blobs):
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, Any]:
+        return {"val_loss": 0.5, "accuracy": math.nan}
+
+
+def broken_factory() -> Blobs:
+    raise RuntimeError("no GPU quota")
+
+
+blobs = Blobs()

@@ -1,0 +1,134 @@
+"""The user's own training code as a job (lrtune.Task): in a notebook, on a worker that loaded
+it, refused where no worker runs it, and failing with one line when it breaks its contract."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import task_fixtures
+
+import lrtune
+from lrtune.exceptions import InvalidInputError
+from lrtune.jobs import JobStatus, JobStore
+from lrtune.spec import JobSpec
+from lrtune.workers.loop import Worker
+from lrtune.workers.tasks import load_named
+
+REPO = Path(__file__).resolve().parents[1]
+SEARCH = {
+    "n_trials": 3,
+    "epochs": 2,
+    "families": ["constant", "cosine"],
+    "confirm_seeds": 1,
+    "max_confirm_seeds": 0,
+    "baselines": ["optimizer_default"],
+}
+RANGE_TEST = {"seeds": 2, "num_iter": 30}
+
+
+def task_job(name: str = "Blobs", **search: object) -> JobSpec:
+    """A job naming a task, as a user posts it: the task's name and the search."""
+    return JobSpec.model_validate(
+        {"task": {"name": name}, "range_test": RANGE_TEST, "search": SEARCH | search}
+    )
+
+
+def loaded_worker(store: JobStore, *paths: str, worker_id: str = "w-tasks") -> Worker:
+    return Worker(store, device="cpu", worker_id=worker_id, tasks=load_named(paths))
+
+
+def test_a_task_tuned_in_a_notebook_and_on_a_worker_gets_the_same_recommendation(
+    store: JobStore,
+) -> None:
+    in_notebook = lrtune.tune(
+        task_fixtures.Blobs(), search=SEARCH, range_test=RANGE_TEST, progress=False
+    )
+    worker = loaded_worker(store, "task_fixtures:blobs")
+    with worker._presence():  # published: the store admits jobs naming the task
+        job = store.submit(task_job())
+    assert job.spec.search.metric == "accuracy" and job.spec.task.lrs == [0.05]
+    worker.run(once=True)
+    stored = store.recommendation(job.id)
+    on_worker = stored.recommendation
+
+    assert store.get(job.id).status is JobStatus.SUCCEEDED
+    assert on_worker.metric == in_notebook.metric == "accuracy"
+    assert on_worker.best.schedule == in_notebook.best.schedule
+    assert on_worker.base_lr == in_notebook.base_lr
+    assert [b.name for b in on_worker.baselines] == ["your lr as written"]
+    assert "task.build_optimizer(model)" in on_worker.to_code()
+
+
+def test_a_job_naming_a_task_no_live_worker_runs_is_refused_at_the_task_name(
+    store: JobStore,
+) -> None:
+    with pytest.raises(InvalidInputError, match="no live worker or agent runs task 'Blobs'") as exc:
+        store.submit(task_job())
+    assert exc.value.loc == ("task", "name")
+
+
+def test_only_a_worker_that_loaded_the_task_claims_its_job(store: JobStore) -> None:
+    with loaded_worker(store, "task_fixtures:blobs")._presence():
+        job = store.submit(task_job())
+    assert store.claim("plain", 30, device="cpu", tasks=()) is None  # registry jobs only
+    assert store.claim("other", 30, device="cpu", tasks=["Other"]) is None
+    lease = store.claim("loaded", 30, device="cpu", tasks=["Blobs"])
+    assert lease is not None and lease.job_id == job.id
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("task_fixtures:Raises", "ValueError: the validation set is not mounted"),
+        ("task_fixtures:NoMetric", "Raises.evaluate() in epoch 1 returned no 'accuracy'"),
+        ("task_fixtures:NanMetric", "returned accuracy = nan"),
+    ],
+)
+def test_a_task_that_breaks_its_contract_fails_its_job_with_one_line_and_the_worker_goes_on(
+    store: JobStore, path: str, reason: str
+) -> None:
+    worker = loaded_worker(store, path, "task_fixtures:blobs")
+    name = path.split(":")[1]
+    with worker._presence():
+        broken = store.submit(task_job(name), reuse=False)
+        fine = store.submit(task_job("Blobs"), reuse=False)
+    worker.run(once=True)
+
+    failed = store.get(broken.id)
+    assert failed.status is JobStatus.FAILED
+    expected = reason.replace("Raises", name)
+    assert expected in failed.error and "\n" not in failed.error, failed.error
+    assert store.get(fine.id).status is JobStatus.SUCCEEDED  # the worker kept serving
+
+
+def test_a_factory_task_takes_the_jobs_params_and_publishes_their_schema(store: JobStore) -> None:
+    worker = loaded_worker(store, "task_fixtures:Blobs")
+    registry = worker.tasks["Blobs"].info
+    assert registry.params_schema["properties"]["hidden"]["type"] == "integer"
+    task = worker.tasks["Blobs"].make({"hidden": 8})
+    assert task.hidden == 8
+    with pytest.raises(InvalidInputError, match="params"):
+        worker.tasks["Blobs"].make({"width": 8})
+
+
+def test_lrtune_worker_with_a_task_that_does_not_import_exits_2_with_one_line(
+    tmp_path: Path,
+) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
+    for path, says in [
+        ("no_such_module:task", "failed to import: ModuleNotFoundError"),
+        ("task_fixtures:broken_factory", "raised RuntimeError: no GPU quota"),
+        ("task_fixtures", "write it as package.module:attribute"),
+    ]:
+        done = subprocess.run(
+            [sys.executable, "-m", "lrtune.cli", "worker", "--once", "--task", path,
+             "--database", f"sqlite:///{tmp_path / 'jobs.db'}"],
+            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and says in lines[0], done.stderr
