@@ -53,6 +53,8 @@ NOT_RUN = {
     "worker processes",
     "CUDA_VISIBLE_DEVICES=0": "needs two GPUs and a shared PostgreSQL; tests/test_gpu.py and "
     "tests/test_fleet.py run workers",
+    "lrtune worker --task mytrain:task": "names the reader's own module; tests/test_tasks.py "
+    "runs workers with --task on tests/task_fixtures.py, and the same job over the store",
     "LRTUNE_API_TOKEN=$(openssl": "needs Docker; tests/test_compose.py checks docker-compose.yml "
     "against the code",
 }
@@ -169,7 +171,7 @@ def test_the_quick_start_has_the_two_commands_and_the_install_line() -> None:
         ["make", "test"],
     ]
     assert "pip install -c constraints.txt ." in one("bash", "pip install").code
-    quick_start = README.read_text().split("## User guide")[0]
+    quick_start = README.read_text().split("## Your own training code")[0]
     assert "](docs/images/" in quick_start and len(quick_start.splitlines()) < 40
 
 

@@ -12,7 +12,10 @@ from lrtune.spec import JobSpec
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "examples").iterdir()), ids=lambda p: p.name)
+JOB_FILES = sorted(p for p in (ROOT / "examples").iterdir() if p.suffix in {".yaml", ".json"})
+
+
+@pytest.mark.parametrize("path", JOB_FILES, ids=lambda p: p.name)
 def test_example_jobs_are_valid_specs(path: Path) -> None:
     JobSpec.from_file(path)
 
@@ -35,4 +38,4 @@ def test_readme_commands_are_make_targets_and_ci_runs_the_test_one() -> None:
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     assert "torch==2.13.0" in (ROOT / "constraints.txt").read_text()
     install = makefile.index("-c constraints.txt torch==2.13.0")
-    assert install < makefile.index("-e '.[dev,bench]'")
+    assert install < makefile.index("-e '.[dev,bench,lightning,hf]'")

@@ -39,6 +39,11 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// What a job trains: "mlp / digits", or "task cifar-resnet" for the user's own code.
+export function trains(spec) {
+  return spec.task ? `task ${spec.task.name}` : `${spec.model.name} / ${spec.dataset.name}`;
+}
+
 // An LR with 4 significant digits, as the snippets and the CLI write it (the JSON has them all).
 export function fmtLR(x) {
   if (x === null || x === undefined || !isFinite(x)) return "–";

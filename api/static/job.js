@@ -1,6 +1,6 @@
 // One job, live: its event stream (GET /v1/jobs/{id}/events, EventSource) triggers reads of
 // the job, its range test, its trials and its recommendation; charts are uPlot.
-import { EtaEstimator, FAILED_COLOR, PALETTE, PHASES, PRUNED_COLOR, api, badge, bar, decodeSteps, el, fmtDuration, fmtLR, fmtNum, progressOf } from "./common.js";
+import { EtaEstimator, FAILED_COLOR, PALETTE, PHASES, PRUNED_COLOR, api, badge, bar, decodeSteps, el, fmtDuration, fmtLR, fmtNum, progressOf, trains } from "./common.js";
 
 const jobId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
 const base = `/v1/jobs/${encodeURIComponent(jobId)}`;
@@ -304,7 +304,7 @@ function renderJob(job) {
   document.getElementById("job-eta").textContent = progress.eta === null ? "–" : fmtDuration(progress.eta);
   document.getElementById("job-best").textContent = `${fmtNum(job.progress.best_value)} ${job.spec.search.metric}`;
   document.getElementById("metric-name").textContent = job.spec.search.metric;
-  document.getElementById("job-what").textContent = `${job.spec.model.name} / ${job.spec.dataset.name}`;
+  document.getElementById("job-what").textContent = trains(job.spec);
   document.getElementById("cancel").hidden = ["succeeded", "failed", "cancelled"].includes(job.status);
   const error = document.getElementById("job-error");
   error.textContent = job.error ? `Error: ${job.error}` : "";

@@ -1,5 +1,5 @@
 // The jobs list: polled every few seconds (GET /v1/jobs).
-import { EtaEstimator, PHASES, age, api, badge, bar, el, fmtDuration, fmtNum, progressOf } from "./common.js";
+import { EtaEstimator, PHASES, age, api, badge, bar, el, fmtDuration, fmtNum, progressOf, trains } from "./common.js";
 
 const POLL_MS = 3000;
 const body = document.querySelector("#jobs tbody");
@@ -15,7 +15,7 @@ function row(job) {
   const name = job.name || job.id.slice(0, 8);
   return el("tr", { "data-job": job.id },
     el("td", {}, el("a", { href: `/jobs/${job.id}` }, name),
-      el("div", { class: "muted" }, `${job.spec.model.name} / ${job.spec.dataset.name}`)),
+      el("div", { class: "muted" }, trains(job.spec))),
     el("td", {}, badge(job.status)),
     el("td", {}, PHASES[job.status] || job.status),
     el("td", { title: progress.label }, bar(progress.fraction),

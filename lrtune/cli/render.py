@@ -101,7 +101,7 @@ def print_recommendation(
 
 def workers_table(workers: list[Any]) -> str:
     """``lrtune workers``: one row a worker, with what it holds."""
-    rows = [("id", "host", "device", "pid", "version", "units", "heartbeat", "holds")]
+    rows = [("id", "host", "device", "pid", "version", "units", "heartbeat", "tasks", "holds")]
     for w in workers:
         state = "" if w.live else (" (stopped)" if w.stopped_at else " (silent)")
         holds = ", ".join(
@@ -116,6 +116,7 @@ def workers_table(workers: list[Any]) -> str:
                 w.version,
                 f"{w.concurrency}x{w.threads}t",
                 f"{w.heartbeat_age_s:.1f}s ago{state}",
+                ", ".join(sorted(w.plugin_registry.tasks)) or "-",
                 holds or "idle",
             )
         )
