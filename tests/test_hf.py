@@ -102,9 +102,10 @@ def token_task() -> TrainerTask:
 
 
 @pytest.fixture(autouse=True)
-def _two_threads():
+def _one_thread():
+    """One torch thread: on a shared 2-core machine, 2 threads ran these tiny models 4x slower."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
 
@@ -198,9 +199,48 @@ def test_a_model_the_task_did_not_build_is_refused():
         task.build_optimizer(tiny_bert(0))
 
 
+def training_setup(task: TrainerTask):
+    from lrtune.task import task_job
+    from lrtune.training import TrainingSetup
+
+    return TrainingSetup.from_spec(task_job(task), device="cpu", task=task)
+
+
+def test_lrtunes_loop_marks_a_diverged_trainer_run():
+    from lrtune.training import train
+
+    setup = training_setup(token_task())
+    run = train(setup, parse_schedule({"family": "constant"}), base_lr=1e4, epochs=2)
+    assert run.status == "diverged"  # eval_loss is NaN: val_loss tells lrtune
+    assert len(run.lr_steps) == 3
+
+
+def test_a_resumed_run_ends_as_an_uninterrupted_one(tmp_path):
+    from lrtune.training import train
+
+    setup = training_setup(token_task())
+    cosine = parse_schedule({"family": "cosine", "T_max": 2})
+    whole = train(setup, cosine, base_lr=3e-3, epochs=2)
+
+    def stop_after_first(epoch, record):
+        raise StopRequested("sigterm")
+
+    checkpoint = tmp_path / "run.pt"
+    with pytest.raises(StopRequested):
+        train(
+            setup, cosine, base_lr=3e-3, epochs=2, checkpoint=checkpoint, on_epoch=stop_after_first
+        )
+    resumed = train(setup, cosine, base_lr=3e-3, epochs=2, checkpoint=checkpoint)
+
+    assert resumed.resumed_from == 1
+    assert resumed.lr_steps == whole.lr_steps
+    for key in ("train_loss", "eval_loss", "eval_accuracy"):
+        assert resumed.epochs[-1][key] == pytest.approx(whole.epochs[-1][key], rel=1e-5)
+
+
 @pytest.fixture(scope="module")
 def recommendation():
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     search = {
         "n_trials": 2,
         "epochs": 2,
@@ -219,7 +259,6 @@ def recommendation():
     )
 
 
-@pytest.mark.slow
 def test_tune_a_trainer_end_to_end(recommendation):
     rec = recommendation
     assert isinstance(rec, lrtune.recommendation.Recommendation)

@@ -1,6 +1,6 @@
 """Hugging Face ``transformers.Trainer`` code as an lrtune task, and its answer back in a Trainer.
 
-``pip install lrtune[hf]`` (``transformers`` and ``accelerate``, which ``Trainer`` needs).
+Needs ``transformers`` and ``accelerate`` (``Trainer`` refuses to train without it).
 
 - :class:`TrainerTask`: a :class:`~lrtune.task.Task` from ``trainer_factory(seed) -> Trainer``
   (your model, ``TrainingArguments``, datasets, data collator, ``compute_metrics``). Every
