@@ -5,6 +5,7 @@ Every model is a tiny BERT built from a config (nothing is downloaded) on synthe
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -329,6 +330,20 @@ def test_apply_recommendation_gives_the_recommended_lr_every_step(
     assert used[0][1] == pytest.approx(used[0][0] / 2)  # the groups keep their ratio
     interval = rec.best.schedule.interval
     assert isinstance(optimizers[1], EpochSteppedScheduler) == (interval == "epoch")
+
+
+@pytest.mark.parametrize("lr_free", ["prodigy", "schedule_free"])
+def test_apply_recommendation_builds_a_learning_rate_free_winner(stand_in_recommendation, lr_free):
+    pytest.importorskip("prodigyopt" if lr_free == "prodigy" else "schedulefree")
+    rec = stand_in_recommendation.model_copy(deep=True)
+    rec.finalists[0].lr_free = lr_free
+    rec.recommended = 0
+    rec.group_multipliers = [1.0, 1.0]  # Prodigy takes one LR for every group
+    trainer = make_trainer(0, epochs=rec.spec.search.epochs)
+    trainer.optimizer, trainer.lr_scheduler = apply_recommendation(trainer, rec)
+    assert type(trainer.optimizer).__module__.split(".")[0] in ("prodigyopt", "schedulefree")
+    assert len(trainer.optimizer.param_groups) == 2
+    assert math.isfinite(trainer.train().training_loss)  # HF trains with it as it is
 
 
 def test_apply_recommendation_warns_when_the_run_differs(stand_in_recommendation):
