@@ -194,6 +194,39 @@ def test_what_on_step_raises_ends_the_epoch_as_itself(stop):
     task.train_epoch(model, optimizer, lambda loss=None: None, seed=0, epoch=1, device=CPU)
 
 
+class StreamedTokens(torch.utils.data.IterableDataset):
+    """TRAIN as a stream: no length, so the task must be told its steps an epoch."""
+
+    def __iter__(self):
+        return (TRAIN[i] for i in range(len(TRAIN)))
+
+
+def test_an_iterable_dataset_trains_the_steps_per_epoch_it_is_given():
+    def streamed_trainer(seed: int) -> Trainer:
+        trainer = make_trainer(seed)
+        trainer.train_dataset = StreamedTokens()
+        return trainer
+
+    with pytest.raises(InvalidInputError, match="steps_per_epoch"):
+        TrainerTask(streamed_trainer).build_model(0, CPU)
+    task = TrainerTask(streamed_trainer, steps_per_epoch=2)
+    model = task.build_model(0, CPU)
+    optimizer = task.build_optimizer(model)
+    steps: list[int] = []
+    task.train_epoch(
+        model, optimizer, lambda loss=None: steps.append(1), seed=0, epoch=0, device=CPU
+    )
+    assert len(steps) == 2
+
+
+def test_a_factory_that_returns_the_same_model_is_refused():
+    trainer = make_trainer(0)
+    task = TrainerTask(lambda seed: trainer)
+    task.build_model(0, CPU)
+    with pytest.raises(InvalidInputError, match="new Trainer and model"):
+        task.build_model(1, CPU)
+
+
 def test_a_model_the_task_did_not_build_is_refused():
     task = token_task()
     with pytest.raises(Exception, match="build_model"):

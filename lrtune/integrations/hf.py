@@ -26,7 +26,9 @@ your subclass's overrides) exactly as HF has it.
 What a :class:`TrainerTask` sets on your Trainer's ``args`` (everything else is yours):
 
 - once, when the model is built: ``num_train_epochs=1`` and ``max_steps=-1`` (one epoch per
-  call), ``eval_strategy``/``save_strategy`` ``"no"``, ``load_best_model_at_end=False``,
+  call; for an ``IterableDataset``, ``max_steps`` is the task's ``steps_per_epoch``, which
+  you must give, and each epoch restarts the dataset's iterator),
+  ``eval_strategy``/``save_strategy`` ``"no"``, ``load_best_model_at_end=False``,
   ``eval_on_start=False``, ``push_to_hub=False`` (lrtune evaluates after each epoch and owns
   checkpoints), and ``logging_nan_inf_filter=False`` (so a diverged epoch's loss reads NaN and
   lrtune sees the divergence); a ``model_init`` is dropped after the Trainer built the model
@@ -70,7 +72,7 @@ import transformers
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
-from transformers.trainer_utils import IntervalStrategy, SaveStrategy
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy, has_length
 
 from lrtune.exceptions import InvalidInputError
 from lrtune.task import OnStep, TaskError
@@ -258,7 +260,20 @@ class TrainerTask:
                 raise InvalidInputError(
                     f"{self.name}: the factory's Trainer has no {needed}: pass {needed}= to it"
                 )
-        prepare_for_lrtune(trainer, quiet=self.quiet)
+        if any(known.model is trainer.model for known in self._trainers.values()):
+            raise InvalidInputError(
+                f"{self.name}: trainer_factory(seed) returned a model it returned before: "
+                "build a new Trainer and model on every call"
+            )
+        sized = has_length(trainer.train_dataset)
+        if not sized and self._declared_steps is None:
+            raise InvalidInputError(
+                f"{self.name}: the Trainer's train_dataset has no length (an IterableDataset): "
+                "give TrainerTask(steps_per_epoch=...), the optimizer steps of one epoch"
+            )
+        prepare_for_lrtune(
+            trainer, quiet=self.quiet, max_steps=-1 if sized else self._declared_steps
+        )
         self._trainers[id(trainer.model)] = trainer
         while len(self._trainers) > RECENT_TRAINERS:
             self._trainers.popitem(last=False)
@@ -327,13 +342,14 @@ def scored_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     return scores
 
 
-def prepare_for_lrtune(trainer: Trainer, *, quiet: bool = True) -> None:
+def prepare_for_lrtune(trainer: Trainer, *, quiet: bool = True, max_steps: int = -1) -> None:
     """Set on ``trainer.args`` what one lrtune epoch per ``train()`` call needs (see the
     module); drop ``model_init`` (the model is built); with ``quiet``, remove HF's progress
-    bar and log printer."""
+    bar and log printer. ``max_steps``: -1 (one pass over a sized dataset), or the steps of
+    an epoch of an ``IterableDataset`` (HF needs them; each epoch restarts its iterator)."""
     args = trainer.args
     args.num_train_epochs = 1
-    args.max_steps = -1
+    args.max_steps = max_steps
     args.eval_strategy = IntervalStrategy.NO
     args.save_strategy = SaveStrategy.NO
     args.load_best_model_at_end = False
