@@ -34,6 +34,7 @@ from lrtune.api.deps import LazyStore, LazyStudies
 from lrtune.api.errors import install_error_handlers
 from lrtune.api.middleware import BodySizeLimit, TrustedHosts
 from lrtune.api.routes import (
+    agents,
     dashboard,
     datasets,
     health,
@@ -116,7 +117,8 @@ def create_app(
     app.include_router(metrics.router)
     # Every /v1 route takes parameters, so any may answer 422 (in the one error body).
     v1 = APIRouter(prefix=API_PREFIX, responses=error_responses(422))
-    for module in (jobs, results, recommendations, models, datasets, schedules, workers):
+    modules = (jobs, results, recommendations, models, datasets, schedules, workers, agents)
+    for module in modules:
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(dashboard.router)

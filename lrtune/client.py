@@ -287,6 +287,27 @@ class Client:
         """
         return wait_for(job_id, self.get, timeout_s=timeout_s, poll_s=poll_s, progress=progress)
 
+    def agent(self, tasks: Any, **options: Any) -> int:
+        """Serve this service's jobs of ``tasks`` from this machine: an agent
+        (:class:`lrtune.agent.Agent`, whose keyword ``options`` these are: ``device``,
+        ``job_id``, ``max_units``, ``once``); the number of units it ran.
+
+        ``tasks``: a task, or a list of tasks or import paths (``"mypkg.train:task"``).
+        """
+        from lrtune.agent import Agent
+        from lrtune.task import import_target
+        from lrtune.workers.tasks import loaded
+
+        items = tasks if isinstance(tasks, (list, tuple)) else [tasks]
+        found = {}
+        for item in items:
+            if isinstance(item, str):
+                task = loaded(import_target(item), item)
+            else:
+                task = loaded(item, type(item).__name__)
+            found[task.name] = task
+        return Agent(self, found, **options).run()
+
     def _parsed(self, model: type[Answer], data: Any) -> Answer:
         """``data`` as ``model``; a body this client cannot read is an error saying so."""
         try:

@@ -173,6 +173,14 @@ class TrainingSetup:
         """The setup of a registry job whose data is already loaded (e.g. an upload)."""
         return cls(spec, RegistryTask(spec, bundle, device), device)
 
+    @classmethod
+    def of_shape(
+        cls, spec: JobSpec, steps_per_epoch: int, group_multipliers: list[float]
+    ) -> TrainingSetup:
+        """A setup that knows a job's runs' shape only, and trains nothing: what a service
+        that hands a job's units to agents needs to plan them and to write the answer."""
+        return cls(spec, RunShape(spec.subject, steps_per_epoch, group_multipliers), cpu())
+
     @property
     def bundle(self) -> DatasetBundle:
         """A registry job's dataset (a task's data is its own business).
@@ -278,6 +286,27 @@ class TrainingSetup:
             loader = self.task.train_loader(torch.Generator().manual_seed(self.spec.seed))
             return loader, self.task.criterion, None
         return functools.partial(_endless_epochs, self.task), None, self.task.loss
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """A job's runs as the search sees them: steps per epoch and group LR multipliers. It
+    stands in for the task where the task's code is not (see :meth:`TrainingSetup.of_shape`)."""
+
+    name: str
+    steps_per_epoch: int
+    group_multipliers: list[float]
+    metric: str = "val_loss"
+    direction: str = "minimize"
+
+    def build_model(self, seed: int, device: torch.device) -> nn.Module:
+        raise InvalidInputError(f"{self.name} trains on the agents that run it, not here")
+
+    build_optimizer = train_batches = loss = evaluate = build_model  # type: ignore[assignment]
+
+
+def cpu() -> torch.device:
+    return torch.device("cpu")
 
 
 class DataOrder(Protocol):
@@ -458,6 +487,7 @@ def _train(
             optimizer, model, setup.data_order(seed).epoch(0), setup.task.loss
         )
         record = {"epoch": epoch, "train_loss": train_loss, **setup.evaluate(model, epoch)}
+        record["epoch"], record["train_loss"] = epoch, train_loss  # the loop's, not the task's
         run.epochs.append(record)
         if not math.isfinite(record.get("val_loss", 0.0)):
             run.status, run.reason = "diverged", f"non-finite validation loss in epoch {epoch + 1}"

@@ -245,6 +245,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(run=service.worker)
 
+    agent = sub.add_parser(
+        "agent",
+        help="serve a service's jobs of your own task from this machine, over HTTP",
+        description="Take the jobs of your task from an lrtune service by its URL (no database "
+        "access needed): range tests, search trials and confirmation runs, trained here.",
+    )
+    agent.add_argument(
+        "--url", help="the service (default: $LRTUNE_URL, else http://127.0.0.1:8000)"
+    )
+    agent.add_argument("--token", help="the service's API token (default: $LRTUNE_API_TOKEN)")
+    agent.add_argument(
+        "--task",
+        action="append",
+        required=True,
+        metavar="MODULE:NAME",
+        help="your lrtune.Task (or a factory of one) at this import path; repeatable",
+    )
+    agent.add_argument("--device", default="auto", help="auto, cpu or cuda:N (default auto)")
+    agent.add_argument("--job", metavar="JOB_ID", help="work on this job only")
+    agent.add_argument(
+        "--max-units", type=int, metavar="N", help="stop after N units (a range test counts)"
+    )
+    agent.add_argument(
+        "--once", action="store_true", help="stop as soon as there is no work for this agent"
+    )
+    agent.set_defaults(run=service.agent)
+
     workers = sub.add_parser("workers", help="list the live workers and what each holds")
     _job_service_options(workers)
     workers.add_argument("--json", action="store_true", help="machine-readable output")

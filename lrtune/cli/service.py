@@ -115,6 +115,42 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def agent(args: argparse.Namespace) -> int:
+    """``lrtune agent``: serve the service's jobs of ``--task`` over HTTP until stopped."""
+    from lrtune.agent import Agent
+    from lrtune.cli.jobs import api_client
+    from lrtune.exceptions import LRTuneError
+    from lrtune.workers.signals import stop_on_signals
+    from lrtune.workers.tasks import load_named
+
+    if args.max_units is not None and args.max_units < 1:
+        raise CliError(f"--max-units must be >= 1, got {args.max_units}")
+    try:
+        tasks = load_named(args.task)
+    except LRTuneError as exc:
+        raise CliError(f"--task: {exc}") from None
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("lrtune.agent").setLevel(logging.INFO)
+    client = api_client(args)
+    if client is None:
+        raise CliError("give --url (the lrtune service) or set LRTUNE_URL")
+    with client:
+        running = Agent(
+            client,
+            tasks,
+            device=args.device,
+            job_id=args.job,
+            max_units=args.max_units,
+            once=args.once,
+        )
+        with stop_on_signals():
+            units = running.run()
+    print(f"agent {running.id} stopped after {units} units")
+    return 0
+
+
 def load_worker_tasks(paths: list[str]) -> dict[str, Any]:
     """The tasks ``--task`` names and installed packages declare (one line and exit 2 for a
     named one that does not load: :class:`CliError`)."""

@@ -79,7 +79,7 @@ import threading
 from collections.abc import Collection, Iterator
 from typing import Any
 
-from sqlalchemy import and_, not_, or_, select, text, true, update
+from sqlalchemy import and_, false, not_, or_, select, text, true, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -173,6 +173,7 @@ class Leases:
         *,
         device: str | None = None,
         tasks: Collection[str] | None = None,
+        registry_jobs: bool = True,
     ) -> list[JobRecord]:
         """Jobs in a shared phase (``searching``, ``confirming``), oldest first: a read.
 
@@ -186,7 +187,7 @@ class Leases:
         shared = [JobStatus.SEARCHING.value, JobStatus.CONFIRMING.value]
         query = (
             select(tables.Job)
-            .where(tables.Job.status.in_(shared), _servable_by(device, tasks))
+            .where(tables.Job.status.in_(shared), _servable_by(device, tasks, registry_jobs))
             .order_by(tables.Job.submit_seq)
             .limit(limit)
         )
@@ -201,6 +202,7 @@ class Leases:
         job_id: str | None = None,
         device: str | None = None,
         tasks: Collection[str] | None = None,
+        registry_jobs: bool = True,
     ) -> Lease | None:
         """Take a job's exclusive phase for ``lease_s`` seconds; ``None`` if there is none.
 
@@ -210,7 +212,8 @@ class Leases:
         ``cuda:0``): a worker whose device is not CUDA never takes a job that needs CUDA
         (``spec.device`` ``cuda`` or ``cuda:N``), and skips to the next; ``None`` takes any.
         ``tasks`` are the names of the tasks the worker loaded (``lrtune worker --task``): it
-        takes registry jobs and those tasks' jobs, never another task's; ``None`` takes any.
+        takes registry jobs (unless not ``registry_jobs``: an agent, which runs only its
+        tasks) and those tasks' jobs, never another task's; ``None`` takes any.
         Atomic across workers (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, an IMMEDIATE
         transaction on SQLite): each job has one holder.
         A job claimed ``StoreSettings.max_attempts`` times without completing its phase is failed
@@ -226,7 +229,7 @@ class Leases:
             if job_id is not None:
                 job_id = find_job(s, job_id).id
             while True:
-                row = s.scalars(_claim_query(job_id, device, tasks)).first()
+                row = s.scalars(_claim_query(job_id, device, tasks, registry_jobs)).first()
                 if row is None:
                     return None
                 if row.attempts >= self.settings.max_attempts:
@@ -413,22 +416,27 @@ def _check_lease_args(worker_id: str, lease_s: float) -> None:
         raise InvalidInputError(f"lease_s must be a positive number of seconds, got {lease_s}")
 
 
-def _servable_by(device: str | None, tasks: Collection[str] | None = None) -> Any:
+def _servable_by(
+    device: str | None, tasks: Collection[str] | None = None, registry_jobs: bool = True
+) -> Any:
     """The jobs a worker on ``device`` that loaded ``tasks`` may run: on CUDA (or unsaid) any
-    device's, else none needing CUDA; registry jobs and the jobs of its tasks (``None``: any
-    task, for a caller that does not run units)."""
+    device's, else none needing CUDA; registry jobs (unless not ``registry_jobs``: an agent's)
+    and the jobs of its tasks (``None``: any task, for a caller that does not run units)."""
     on_device = (
         true() if device is None or device.startswith("cuda") else not_(tables.Job.needs_cuda)
     )
     if tasks is None:
         return on_device
     task = tables.Job.task_name
-    own_code = task.is_(None) if not tasks else or_(task.is_(None), task.in_(sorted(tasks)))
-    return and_(on_device, own_code)
+    loaded = task.in_(sorted(tasks)) if tasks else false()
+    return and_(on_device, or_(task.is_(None), loaded) if registry_jobs else loaded)
 
 
 def _claim_query(
-    job_id: str | None, device: str | None = None, tasks: Collection[str] | None = None
+    job_id: str | None,
+    device: str | None = None,
+    tasks: Collection[str] | None = None,
+    registry_jobs: bool = True,
 ) -> Any:
     """The oldest claimable job ``device`` can serve, locked for this transaction (others skip
     it)."""
@@ -445,7 +453,7 @@ def _claim_query(
         claimable = and_(job.id == job_id, job.status.in_(unfinished), free)
     return (
         select(job)
-        .where(claimable, _servable_by(device, tasks))
+        .where(claimable, _servable_by(device, tasks, registry_jobs))
         .order_by(job.submit_seq)
         .limit(1)
         .with_for_update(skip_locked=True)

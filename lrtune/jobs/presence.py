@@ -138,12 +138,21 @@ class Presence:
             known = known.merged(worker.plugin_registry)
         return known
 
-    def _worker(self, worker_id: str) -> WorkerRecord:
+    def get_worker(self, worker_id: str) -> WorkerRecord:
+        """The worker (or agent) ``worker_id`` as stored.
+
+        Raises:
+            NotFoundError: no such worker: register it first.
+        """
         with session(self._engine, write=False) as s:
-            row, now = s.execute(
+            found = s.execute(
                 select(tables.Worker, tables.utcnow()).where(tables.Worker.id == worker_id)
-            ).one()
-            return _worker_record(row, now)
+            ).one_or_none()
+            if found is None:
+                raise NotFoundError(f"no worker or agent {worker_id!r}: register it first")
+            return _worker_record(*found)
+
+    _worker = get_worker
 
 
 def _worker_record(row: tables.Worker, now: datetime) -> WorkerRecord:

@@ -36,6 +36,7 @@ from lrtune._optuna import (
 from lrtune.exceptions import NotFoundError
 from lrtune.finder import StepCallback
 from lrtune.recommendation import Recommendation
+from lrtune.result import LRFinderResult
 from lrtune.search import answer
 from lrtune.search.gate import UnitGate
 from lrtune.search.prepare import prepare_study, stored_bounds
@@ -107,6 +108,7 @@ class JobSearch:
         callback: StepCallback | None = None,
         earlier_winners: Sequence[tuple[str, Recommendation]] = (),
         fence: Callable[[], None] | None = None,
+        range_test_result: LRFinderResult | None = None,
     ) -> JobSearch:
         """The search of a prepared job: range test and units enqueued
         (:func:`~lrtune.search.prepare.prepare_study`, whose arguments these are)."""
@@ -119,6 +121,7 @@ class JobSearch:
             callback=callback,
             earlier_winners=earlier_winners,
             fence=fence,
+            range_test_result=range_test_result,
         )
         return cls(spec, study)
 

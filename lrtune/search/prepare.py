@@ -85,6 +85,7 @@ def prepare_study(
     callback: StepCallback | None = None,
     earlier_winners: Sequence[tuple[str, Recommendation]] = (),
     fence: Callable[[], None] | None = None,
+    range_test_result: LRFinderResult | None = None,
 ) -> QueuedStudy:
     """Run the range test and enqueue the trial budget and the confirmation units.
 
@@ -109,6 +110,9 @@ def prepare_study(
     one lease after the renewal before them (a process paused, or a connection stalled, for a
     whole lease mid-write) can land while a new holder runs the phase, who may enqueue the
     same slots again. The writes take milliseconds against a lease of a minute.
+
+    ``range_test_result`` is the job's range test run elsewhere (an agent ran it on the user's
+    machine, with a setup of the run's shape only: :meth:`TrainingSetup.of_shape`).
     """
     study = open_study(spec, storage, study_name)
     stored = study.user_attrs.get(ATTR_SPEC)
@@ -120,7 +124,7 @@ def prepare_study(
     setup = setup or TrainingSetup.from_spec(spec)
     hold = fence or (lambda: None)
     if ATTR_BOUNDS not in study.user_attrs:
-        result = range_test(setup, progress=progress, callback=callback)
+        result = range_test_result or range_test(setup, progress=progress, callback=callback)
         bounds = search_bounds(result)
         hold()
         study.set_user_attr(ATTR_SPEC, spec.model_dump(mode="json"))
