@@ -4,6 +4,8 @@ one that trains, and ones that break the contract in each way a unit must report
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -62,3 +64,12 @@ def broken_factory() -> Blobs:
 
 
 blobs = Blobs()
+
+
+class Slow(Blobs):
+    """Blobs at 0.1 s a batch (5 batches an epoch): slow enough to be killed mid-unit."""
+
+    def train_batches(self, seed: int, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in super().train_batches(seed, epoch):
+            time.sleep(0.1)
+            yield batch

@@ -26,6 +26,7 @@ never counted twice. A range test's writes are fenced by the lease, as a worker'
 from __future__ import annotations
 
 import warnings
+from datetime import datetime, timezone
 from typing import Any
 
 import optuna
@@ -84,7 +85,7 @@ class AgentBroker(Worker):
     def next_work(self, job_id: str | None = None) -> AgentWork:
         """The agent's next piece of work; moving a job on needs none, and happens here."""
         for _ in range(8):  # each pass moves a job on or hands out; bounded per request
-            lease = self._claim(job_id)
+            lease = self._claim(job_id) if self._may_start(job_id) else None
             if lease is not None:
                 if lease.status is JobStatus.FINDING:
                     return RangeTestWork(
@@ -105,6 +106,18 @@ class AgentBroker(Worker):
             if not self._moved:  # else a job moved on (to confirming): it may have units now
                 return NoWork(retry_after_s=NO_WORK_RETRY_S)
         return NoWork(retry_after_s=0.0)
+
+    def _may_start(self, job_id: str | None) -> bool:
+        """Whether to claim an exclusive phase: any job's (``job_id`` None), else only that
+        job's range test (queued, or its holder's lease expired while ``finding``); a shared
+        job's phase is claimed only to move it on, when its queue is done."""
+        if job_id is None:
+            return True
+        job = self.store.get(job_id)
+        if job.status is JobStatus.QUEUED:
+            return True
+        expired = job.lease_expires_at is None or job.lease_expires_at < datetime.now(timezone.utc)
+        return job.status is JobStatus.FINDING and expired
 
     def _claim(self, job_id: str | None = None) -> Lease | None:
         lease = self.store.claim(
