@@ -267,7 +267,7 @@ def components(arms_setups: tuple[Any, Any], repeats: int) -> list[tuple[str, fl
             steps,
         ),
         (
-            "of which `_on_model_device` (`next(model.parameters())`, `move_to`)",
+            "of which `_on_model_device` (moves the batch only when it is elsewhere)",
             us["device"],
             steps,
         ),
@@ -275,12 +275,6 @@ def components(arms_setups: tuple[Any, Any], repeats: int) -> list[tuple[str, fl
             "`RegistryTask.loss` over a plain `cross_entropy(model(x), y)`",
             us["registry_loss"] - us["plain"],
             steps,
-        ),
-        (
-            "`train_batches(seed, 0)` built again each epoch by `_train` "
-            "(for `prepare_to_evaluate`)",
-            us["batches"],
-            1,
         ),
         (
             "`TaskBase.evaluate` over `RegistryTask.evaluate` (an epoch)",
@@ -389,21 +383,14 @@ def report(
         "and the loss wrapper (`_task_epoch`'s `on_step` keeps a list of detached losses, "
         "stacked and read once an epoch), which is why it is at or under (a).",
         "- **What (b) adds is in lrtune's generic path, not in the task's code** (the parts "
-        "table): (1) `lrtune/training.py` `_train` passes `setup.data_order(seed).epoch(0)` "
-        "to `prepare_to_evaluate` after every epoch; for a user's task that is "
-        "`EpochBatches.epoch(0)`, which calls `task.train_batches(seed, 0)` at once, so a task "
-        "that returns a list of batches (as the `lrtune.task` example does) builds a whole "
-        "epoch of batches each epoch that nothing reads unless the optimizer is schedule-free "
-        "and the model has BatchNorm (a `train_batches` that is a generator, as in the "
-        "diagnostic arm, is not run by it; that arm's ratio, "
-        f"{ratios['lazy']:.3f} against (b)'s {task_ratio:.3f} in this run, is within the "
-        "noise of so small a difference); (2) `lrtune/task.py` "
-        "`TaskBase.loss` calls `_on_model_device` every step (a function-level import, "
-        "`next(model.parameters())` and `move_to`'s walk of the batch with a no-op `.to` per "
-        "tensor on the CPU); (3) `TaskBase.evaluate` runs the model twice over each "
-        "validation batch (once inside `self.loss`, once for the accuracy) where the "
-        "registry's evaluate runs it once. `EpochBatches` and `checked_scores` cost a few "
-        "microseconds an epoch.",
+        "table). A first run of this benchmark measured (b) at 1.04-1.05x and found three "
+        "costs, since removed: `_train` built epoch 0's batches again after every epoch for "
+        "`prepare_to_evaluate` (now only for a schedule-free optimizer), `TaskBase.loss` "
+        "walked every batch with `move_to` (now it moves a batch only when it is on another "
+        "device), and `TaskBase.evaluate` ran the model twice per validation batch (now once "
+        "with the default loss). A generator `train_batches` (the diagnostic arm, "
+        f"{ratios['lazy']:.3f}) and a list ((b), {task_ratio:.3f}) now cost the same. "
+        "`EpochBatches` and `checked_scores` cost a few microseconds an epoch.",
         "- On a shared 2-core machine the per-epoch times move with the load (see min-max): "
         "the paired per-round ratios cancel most of it, not all (runs of a few tens of "
         "milliseconds; repeated runs of this benchmark put the headline ratios within about "

@@ -132,6 +132,9 @@ class TaskBase:
         inputs, targets = _on_model_device(model, batch)
         return functional.cross_entropy(model(inputs), targets)
 
+    def _default_loss(self) -> bool:
+        return type(self).loss is TaskBase.loss
+
     def val_batches(self) -> Iterable[Any]:
         """The validation batches :meth:`evaluate` reads (override, or override evaluate)."""
         raise NotImplementedError(
@@ -142,6 +145,7 @@ class TaskBase:
         """``val_loss`` (mean :meth:`loss` per batch, weighted by its size) and, where the model
         outputs one score per class, ``accuracy``, over :meth:`val_batches`."""
         import torch
+        from torch.nn import functional
 
         total = correct = count = 0.0
         was_training = model.training
@@ -150,8 +154,12 @@ class TaskBase:
             for batch in self.val_batches():
                 inputs, targets = _on_model_device(model, batch)
                 size = len(targets)
-                total += float(self.loss(model, (inputs, targets))) * size
                 outputs = model(inputs)
+                if self._default_loss():  # one forward for the loss and the accuracy
+                    loss = functional.cross_entropy(outputs, targets)
+                else:
+                    loss = self.loss(model, (inputs, targets))
+                total += float(loss) * size
                 if outputs.dim() == 2 and targets.dim() == 1 and not targets.is_floating_point():
                     correct += float((outputs.argmax(1) == targets).sum())
                 count += size
@@ -165,10 +173,12 @@ class TaskBase:
 
 
 def _on_model_device(model: nn.Module, batch: Any) -> Any:
-    from lrtune.batches import move_to
-
+    """An ``(inputs, targets)`` batch on the model's device (moved only when it is not)."""
+    inputs, targets = batch
     parameter = next(model.parameters(), None)
-    return batch if parameter is None else move_to(batch, parameter.device)
+    if parameter is None or inputs.device == parameter.device:
+        return inputs, targets
+    return inputs.to(parameter.device), targets.to(parameter.device)
 
 
 def check_task(task: Any) -> None:

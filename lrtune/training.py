@@ -51,7 +51,7 @@ from torch import nn
 from lrtune.datasets import DatasetBundle
 from lrtune.device import resolve_device
 from lrtune.exceptions import InvalidInputError
-from lrtune.lr_free import LRFreeName, prepare_to_evaluate, prepare_to_train
+from lrtune.lr_free import LRFreeName, needs_modes, prepare_to_evaluate, prepare_to_train
 from lrtune.registry import load_dataset
 from lrtune.registry_task import (  # noqa: F401 (re-exported: where they lived before)
     DEVICE_DATA_FRACTION,
@@ -483,9 +483,8 @@ def _train(
         if train_loss is None:
             run.status, run.reason = "diverged", f"non-finite training loss in epoch {epoch + 1}"
             break
-        prepare_to_evaluate(  # schedule-free: evaluate (and checkpoint) the averaged weights
-            optimizer, model, setup.data_order(seed).epoch(0), setup.task.loss
-        )
+        if needs_modes(optimizer):  # schedule-free: evaluate (and checkpoint) the averaged weights
+            prepare_to_evaluate(optimizer, model, setup.data_order(seed).epoch(0), setup.task.loss)
         record = {"epoch": epoch, "train_loss": train_loss, **setup.evaluate(model, epoch)}
         record["epoch"], record["train_loss"] = epoch, train_loss  # the loop's, not the task's
         run.epochs.append(record)

@@ -55,6 +55,8 @@ NOT_RUN = {
     "tests/test_fleet.py run workers",
     "lrtune worker --task mytrain:task": "names the reader's own module; tests/test_tasks.py "
     "runs workers with --task on tests/task_fixtures.py, and the same job over the store",
+    "lrtune agent --url http://service:8000": "names the reader's own module and service; "
+    "tests/test_agents.py runs lrtune agent processes against a real service",
     "LRTUNE_API_TOKEN=$(openssl": "needs Docker; tests/test_compose.py checks docker-compose.yml "
     "against the code",
 }

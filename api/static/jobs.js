@@ -27,7 +27,29 @@ function row(job) {
   );
 }
 
+// A worker or an agent (an agent's id starts with "agent-"), with the tasks it runs.
+function workerRow(w) {
+  const doing = w.activity.map((a) => `${a.job_id.slice(0, 8)} ${a.phase}${a.lease ? " (lease)" : ""}`);
+  return el("tr", { "data-worker": w.id },
+    el("td", {}, w.id),
+    el("td", {}, w.host),
+    el("td", {}, w.device),
+    el("td", {}, Object.keys(w.plugin_registry.tasks || {}).sort().join(", ") || "–"),
+    el("td", {}, doing.join(", ") || "idle"),
+    el("td", {}, `${fmtNum(w.heartbeat_age_s, 2)} s ago`),
+  );
+}
+
+async function refreshWorkers() {
+  try {
+    const workers = await api("/v1/workers");
+    document.querySelector("#workers tbody").replaceChildren(...workers.data.map(workerRow));
+    document.getElementById("workers-empty").hidden = workers.data.length > 0;
+  } catch (exc) { /* the jobs' error line says why the service cannot be read */ }
+}
+
 async function refresh() {
+  refreshWorkers();
   const error = document.getElementById("jobs-error");
   try {
     const page = await api("/v1/jobs?limit=100");
