@@ -78,7 +78,8 @@ class Agent:
         device: where it trains (``auto``: CUDA when present).
         job_id: work on this job only.
         max_units: stop after this many units (range tests count too).
-        once: stop as soon as there is no work for it.
+        once: stop as soon as no job of its tasks is unfinished (while one is, e.g. its range
+            test runs on another agent, it waits for the job's units).
         agent_id: its id in the workers table (default ``agent-<host>-<pid>``).
     """
 
@@ -121,7 +122,7 @@ class Agent:
                 work = self._call("POST", "/work", json={"job_id": self.job_id})
                 work = AgentWork.validate_python(work)
                 if isinstance(work, NoWork):
-                    if self.once:
+                    if self.once and not work.pending:  # no unfinished job of its tasks
                         break
                     wait_for_stop(work.retry_after_s)
                     continue

@@ -44,6 +44,11 @@ class WorkRequest(ResultModel):
 class NoWork(ResultModel):
     kind: Literal["none"] = "none"
     retry_after_s: float = Field(description="when to ask again")
+    pending: bool = Field(
+        False,
+        description="jobs of the agent's tasks are unfinished (a range test or a search runs "
+        "elsewhere): work may come; an agent run with --once waits for it",
+    )
 
 
 class RangeTestWork(ResultModel):

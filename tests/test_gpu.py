@@ -235,3 +235,68 @@ def test_a_pruned_gpu_run_stops_without_error() -> None:
 
     run = train(setup, parse_schedule({"family": "constant"}), 0.05, 3, on_epoch=prune)
     assert run.status == "pruned" and len(run.epochs) == 1
+
+
+# --- the user's own task on CUDA ---------------------------------------------------------------
+
+
+class _CudaTask:
+    """A task that asserts where lrtune puts it: the model built on the device it is given,
+    batches moved there by its own loss, AMP in its own epoch loop."""
+
+    name, metric, direction = "cuda-blobs", "accuracy", "maximize"
+
+    def __init__(self) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.x = torch.randn(256, 8, generator=generator)
+        self.y = (self.x[:, 0] > 0).long()
+        self.devices: set[str] = set()
+
+    def build_model(self, seed: int, device: torch.device) -> nn.Module:
+        self.devices.add(device.type)
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2)).to(device)
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def train_batches(self, seed: int, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(224, generator=torch.Generator().manual_seed(seed * 100 + epoch))
+        return [(self.x[i], self.y[i]) for i in order.split(32)]
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        device = next(model.parameters()).device
+        inputs, targets = (t.to(device) for t in batch)
+        return nn.functional.cross_entropy(model(inputs), targets)
+
+    def train_epoch(self, model, optimizer, on_step, *, seed, epoch, device):  # type: ignore[no-untyped-def]
+        scaler = torch.amp.GradScaler("cuda")
+        for batch in self.train_batches(seed, epoch):
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", dtype=torch.float16):
+                loss = self.loss(model, batch)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            on_step(loss)
+        return None
+
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        with torch.no_grad():
+            outputs = model(self.x[224:].to(device))
+        return {"accuracy": float((outputs.argmax(1).cpu() == self.y[224:]).float().mean())}
+
+
+def test_a_users_task_on_cuda_gets_the_device_and_trains_with_its_own_amp_loop() -> None:
+    import lrtune
+
+    task = _CudaTask()
+    rec = lrtune.tune(
+        task,
+        device="cuda",
+        search={"n_trials": 3, "epochs": 2, "families": ["constant", "cosine"]},
+        range_test={"seeds": 2, "num_iter": 30},
+        progress=False,
+    )
+    assert "cuda" in task.devices  # (task_job reads its LRs from one build on the CPU)
+    assert rec.metric == "accuracy" and rec.confirmed

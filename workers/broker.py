@@ -59,7 +59,7 @@ from lrtune.search.units import Unit, UnitPlan
 from lrtune.training import StopTraining, TrainingSetup
 from lrtune.workers.dispatch import log_event, phase_of
 from lrtune.workers.loop import Worker
-from lrtune.workers.reporting import UnitProgress, save_range_test
+from lrtune.workers.reporting import UnitProgress
 
 NO_WORK_RETRY_S = 2.0
 """How long an agent with nothing to do waits before asking again."""
@@ -104,7 +104,8 @@ class AgentBroker(Worker):
                 if work is not None:
                     return work
             if not self._moved:  # else a job moved on (to confirming): it may have units now
-                return NoWork(retry_after_s=NO_WORK_RETRY_S)
+                pending = self.store.unfinished_task_jobs(self.task_names, job_id) > 0
+                return NoWork(retry_after_s=NO_WORK_RETRY_S, pending=pending)
         return NoWork(retry_after_s=0.0)
 
     def _may_start(self, job_id: str | None) -> bool:
@@ -135,7 +136,7 @@ class AgentBroker(Worker):
     def _next_unit(self, job: JobRecord) -> UnitWork | None:
         """Pop and plan one of ``job``'s queued units for the agent; None if there is none (a
         job whose queue is done is moved on, one whose unit failed is failed)."""
-        search, phase = self._open_search(job), phase_of(job)
+        search, phase = self.search(job), phase_of(job)
         queue = search.queue(phase)
         fail_stale_trials(queue)  # an agent gone silent must not hold a place
         failure = search.unit_failure(phase)
@@ -181,7 +182,7 @@ class AgentBroker(Worker):
     def _setup(self, job: JobRecord) -> TrainingSetup:
         """The job's runs' shape, as the agent that ran its range test measured it."""
         if job.id not in self._setups:
-            shape = self._open_search(job).study.user_attrs[ATTR_RUN_SHAPE]
+            shape = self.search(job).study.user_attrs[ATTR_RUN_SHAPE]
             self._setups[job.id] = TrainingSetup.of_shape(
                 job.spec, shape["steps_per_epoch"], shape["group_multipliers"]
             )
@@ -210,17 +211,7 @@ class AgentBroker(Worker):
                 (c.job_id, c.recommendation) for c in self.store.warm_start_candidates(job.spec)
             ],
         )
-        save_range_test(self.store, lease, search.study, self._provenance(job, search))
-        steps = len(done.result.lrs)
-        progress = job.progress.model_copy(
-            update={
-                "range_test_steps_done": steps,
-                "range_test_steps_total": steps,
-                "trials_total": len(search.study.get_trials(deepcopy=False)),
-                "confirmations_total": len(search.confirmation.get_trials(deepcopy=False)),
-            }
-        )
-        self.store.release(lease, status=JobStatus.SEARCHING, progress=progress)
+        self._start_search(job, lease, search, len(done.result.lrs))
         log_event(job.id, self.id, "finding", "done", by="agent")
 
     def fail_range_test(self, lease: Lease, reason: str) -> None:
@@ -237,8 +228,8 @@ class AgentBroker(Worker):
     def report(self, job_id: str, trial_id: int, report: EpochReport) -> ReportAnswer:
         """A unit's epoch: the pruner's verdict (search trials), then whether its job ended."""
         job, queue, trial = self._running(job_id, trial_id)
-        if queue is self._open_search(job).study:  # a search trial: the pruner decides
-            unit = _unit(trial, "search", self._setup(job), self._open_search(job))
+        if queue is self.search(job).study:  # a search trial: the pruner decides
+            unit = _unit(trial, "search", self._setup(job), self.search(job))
             try:
                 unit._report(report.epoch, report.record)
             except StopTraining as stop:
@@ -254,8 +245,8 @@ class AgentBroker(Worker):
     def complete(self, job_id: str, trial_id: int, done: UnitDone) -> None:
         """Store the unit's run and tell its trial COMPLETE (or PRUNED: stopped, diverged)."""
         job, queue, trial = self._running(job_id, trial_id)
-        phase = "search" if queue is self._open_search(job).study else "confirmation"
-        unit = _unit(trial, phase, self._setup(job), self._open_search(job))
+        phase = "search" if queue is self.search(job).study else "confirmation"
+        unit = _unit(trial, phase, self._setup(job), self.search(job))
         no_checkpoint = UnitPlan(None, 0.0, None, None, None)  # type: ignore[arg-type]
         try:
             value = unit.complete(done.run, no_checkpoint)
@@ -263,7 +254,7 @@ class AgentBroker(Worker):
             queue.tell(trial, state=TrialState.PRUNED)
         else:
             queue.tell(trial, value)
-        UnitProgress(self.store, job, self._open_search(job).study).record()
+        UnitProgress(self.store, job, self.search(job).study).record()
         log_event(job.id, self.id, job.status.value, "unit_done", trial=trial.number)
 
     def fail(self, job_id: str, trial_id: int, failure: UnitFailure) -> None:
@@ -286,7 +277,7 @@ class AgentBroker(Worker):
                 stale and it was queued again, or the job was deleted).
         """
         job = self.store.get(job_id)
-        search = self._open_search(job)
+        search = self.search(job)
         for queue in (search.study, search.confirmation):
             # Reads the queue's trials into the storage's cache too: Optuna's cached RDB
             # storage writes reports only for trials it has read.

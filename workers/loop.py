@@ -430,17 +430,23 @@ class Worker:
                     (c.job_id, c.recommendation) for c in self.store.warm_start_candidates(job.spec)
                 ],
             )
+        heartbeat.stop()
+        heartbeat.check()
+        self._start_search(job, lease, search, steps.total)
+
+    def _start_search(self, job: JobRecord, lease: Lease, search: JobSearch, steps: int) -> None:
+        """Store the prepared study's range test under ``lease`` and move the job on to
+        ``searching``, with its units counted (``steps``: the range test's, maybe fewer than
+        asked when it stopped at divergence)."""
         save_range_test(self.store, lease, search.study, self._provenance(job, search))
         progress = job.progress.model_copy(
             update={
-                "range_test_steps_done": steps.total,  # completed (maybe stopped at divergence)
-                "range_test_steps_total": steps.total,
+                "range_test_steps_done": steps,
+                "range_test_steps_total": steps,
                 "trials_total": len(search.study.get_trials(deepcopy=False)),
                 "confirmations_total": len(search.confirmation.get_trials(deepcopy=False)),
             }
         )
-        heartbeat.stop()
-        heartbeat.check()
         self.store.release(lease, status=JobStatus.SEARCHING, progress=progress)
 
     def _range_test_step(self, heartbeat: LeaseHeartbeat) -> Callable[..., None]:

@@ -79,7 +79,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -313,6 +313,20 @@ class JobStore(Leases, Results, Presence):
         query = select(func.count()).select_from(tables.Job)
         if status is not None:
             query = query.where(tables.Job.status == parse_status(status).value)
+        with session(self._engine, write=False) as s:
+            return int(s.scalar(query) or 0)
+
+    def unfinished_task_jobs(self, tasks: Collection[str], job_id: str | None = None) -> int:
+        """How many jobs of ``tasks`` (only ``job_id``, if given) have not finished: work an
+        agent of those tasks may still get, once a range test or a search ends elsewhere."""
+        unfinished = [status.value for status in JobStatus if not status.finished]
+        query = (
+            select(func.count())
+            .select_from(tables.Job)
+            .where(tables.Job.task_name.in_(sorted(tasks)), tables.Job.status.in_(unfinished))
+        )
+        if job_id is not None:
+            query = query.where(tables.Job.id.startswith(job_id))
         with session(self._engine, write=False) as s:
             return int(s.scalar(query) or 0)
 
