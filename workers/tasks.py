@@ -85,7 +85,12 @@ def load_installed() -> dict[str, LoadedTask]:
 def load(path: str) -> LoadedTask:
     """The task at ``path``, with what it publishes (one build of its model and optimizer on
     the CPU, for its LR as written; a factory is called without params for it)."""
-    target = import_target(path)
+    return loaded(import_target(path), path)
+
+
+def loaded(target: Any, path: str) -> LoadedTask:
+    """``target`` (a task, or a factory of one) as :func:`load` gives it; ``path`` names it
+    in messages."""
     try:
         example = make_task(target, {}, path)
     except InvalidInputError:
