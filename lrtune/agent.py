@@ -38,7 +38,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lrtune import __version__
 from lrtune.agent_protocol import (
@@ -58,11 +58,18 @@ from lrtune.exceptions import ConflictError, LRTuneError, StorageUnavailableErro
 from lrtune.jobs.records import PluginRegistry, WorkerRegistration
 
 if TYPE_CHECKING:
-    from lrtune.client import Client
     from lrtune.training import TrainingSetup
     from lrtune.workers.tasks import LoadedTask
 
 logger = logging.getLogger("lrtune.agent")
+
+class ServiceClient(Protocol):
+    """What an agent needs of :class:`lrtune.client.Client` (which imports this module)."""
+
+    url: str
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any: ...
+
 
 HEARTBEAT_S = 10.0
 """Seconds between the agent's heartbeats (and its running unit's, at most)."""
@@ -85,7 +92,7 @@ class Agent:
 
     def __init__(
         self,
-        client: Client,
+        client: ServiceClient,
         tasks: Mapping[str, LoadedTask],
         *,
         device: str = "auto",

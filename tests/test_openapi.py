@@ -29,8 +29,10 @@ FREE_FORM = {
     # plugin's are checked only where it is installed.
     "components/schemas/ModelRef/properties/params",
     "components/schemas/DatasetRef/properties/params",
-    # A task's params: the schema its worker published checks them at admission.
+    # A task's params: the task's factory checks them on the machine that runs it; the JSON
+    # schema a worker publishes of them is itself free-form JSON, as a registry entry's is.
     "components/schemas/TaskRef/properties/params",
+    "components/schemas/TaskInfo/properties/params_schema/anyOf/0",
     # A JSON Schema document (a factory's params schema) is itself free-form JSON: in the
     # registry's list and in the registry each worker serves (GET /v1/workers).
     "components/schemas/RegistryEntry/properties/params_schema/anyOf/0",

@@ -107,8 +107,7 @@ def loaded(target: Any, path: str) -> LoadedTask:
         version=str(getattr(example, "version", "1")),
         params_schema=params_schema(target),
         lrs=spec.task.lrs,
-        optimizer=spec.optimizer.model_dump(mode="json", exclude_defaults=True)
-        | {"name": spec.optimizer.name},
+        optimizer=spec.optimizer,
     )
     return LoadedTask(path, target, str(example.name), info)
 

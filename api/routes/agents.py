@@ -4,7 +4,9 @@ An agent (``lrtune agent --url URL --task module:task``) registers like a worker
 the workers table, with the tasks it runs: ``lrtune workers`` and the dashboard list it), asks
 for work, and reports, completes or fails it (:mod:`lrtune.agent_protocol`); the service keeps
 the queue and the answer (:class:`~lrtune.workers.broker.AgentBroker`). Every route takes the
-write token. A unit that is no longer the agent's is 409: the agent stops it.
+write token, and answers errors in the API's one error body (a unit that is no longer the
+agent's is 409: the agent stops it). Not in the OpenAPI schema: only ``lrtune agent`` and
+:meth:`lrtune.client.Client.agent` speak it.
 
 Example:
     >>> sorted(route.path for route in router.routes)[:3]
@@ -36,7 +38,10 @@ from lrtune.api.deps import StoreDep, WriteAuth
 from lrtune.api.routes._docs import error_responses
 from lrtune.jobs import JobStore, Lease, WorkerRecord, WorkerRegistration
 
-router = APIRouter(prefix="/agents", tags=["agents"])
+# The agents' protocol is lrtune's own, between ``lrtune agent`` and the service of the same
+# version (its shapes: lrtune/agent_protocol.py), not an API for users: left out of the
+# OpenAPI schema.
+router = APIRouter(prefix="/agents", tags=["agents"], include_in_schema=False)
 
 AgentId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[^\x00/]+$")]
 JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[^\x00/]+$")]

@@ -121,8 +121,8 @@ def admitted_task(spec: JobSpec, workers_registry: Callable[[], PluginRegistry] 
         data["search"].update(metric=info.metric, direction=info.direction)
     if spec.task.lrs is None and not spec.task.params:
         data["task"]["lrs"] = info.lrs
-    if "optimizer" not in spec.model_fields_set and info.optimizer:
-        data["optimizer"] = info.optimizer
+    if "optimizer" not in spec.model_fields_set and info.optimizer is not None:
+        data["optimizer"] = info.optimizer.model_dump(mode="json")
     return type(spec).model_validate(data)
 
 

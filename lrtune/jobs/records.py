@@ -24,7 +24,7 @@ from pydantic import AfterValidator, Field, computed_field
 from lrtune._pydantic import JsonFloat, ResultModel
 from lrtune.recommendation import Recommendation
 from lrtune.result import LRBounds, LRFinderResult
-from lrtune.spec import DatasetRef, JobSpec, SearchSpec
+from lrtune.spec import DatasetRef, JobSpec, OptimizerSpec, SearchSpec
 
 SPEC_FORMAT_VERSION = 1
 """Format of the job spec JSON stored in ``lrtune_jobs.spec``."""
@@ -285,8 +285,8 @@ class TaskInfo(ResultModel):
     lrs: list[float] | None = Field(
         None, description="its param groups' LRs as its code builds the optimizer (no params)"
     )
-    optimizer: dict[str, Any] = Field(
-        default_factory=dict, description="the torch.optim family closest to its optimizer"
+    optimizer: OptimizerSpec | None = Field(
+        None, description="the torch.optim family closest to its optimizer"
     )
 
 
