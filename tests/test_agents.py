@@ -95,17 +95,19 @@ def test_an_agents_report_on_a_unit_retaken_from_it_is_refused(
         serving.run()  # the range test
         work = AgentWork.validate_python(serving._call("POST", "/work", json={"job_id": job_id}))
         assert isinstance(work, UnitWork) and work.queue == "search"
-        # the agent goes silent past the grace period: its trial is failed (and cloned)
+        # the agent goes silent past the grace period; the next request for work (another
+        # agent's) finds its trial stale: failed, and queued again for whoever asks
         time.sleep(3.5)
-        study = optuna.load_study(
-            study_name=store.get(job_id).study_name, storage=jobs_storage(store)
-        )
-        optuna.storages.fail_stale_trials(study)
+        other = agent(url, agent_id="agent-other")
+        with other._registered():
+            retaken = other._call("POST", "/work", json={"job_id": job_id})
+        assert retaken["kind"] == "unit" and retaken["trial_id"] != work.trial_id
         report = {"epoch": 0, "record": {"epoch": 0, "accuracy": 0.5}}
         with pytest.raises(ConflictError, match="not yours any more"):
             serving._call("POST", f"/units/{job_id}/{work.trial_id}/reports", json=report)
+    study = optuna.load_study(study_name=store.get(job_id).study_name, storage=jobs_storage(store))
     states = [t.state for t in study.get_trials(deepcopy=False)]
-    assert states.count(TrialState.FAIL) == 1 and states.count(TrialState.WAITING) == 3
+    assert states.count(TrialState.FAIL) == 1 and states.count(TrialState.RUNNING) == 1
 
 
 def jobs_storage(store: JobStore) -> optuna.storages.BaseStorage:
