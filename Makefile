@@ -57,6 +57,8 @@ test-slow: setup
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 bench: setup
+	$(PY) bench/tasks.py
+	$(PY) bench/agents.py
 	$(PY) bench/finder.py
 	$(PY) bench/search.py
 	$(PY) bench/suggest.py

@@ -31,8 +31,10 @@ import os
 import platform
 import statistics
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import optuna
 import torch
@@ -89,9 +91,25 @@ def run_worker(store: JobStore, trials: int) -> float:
     return _per_trial(store, job_id)
 
 
+class TimedAgent(Agent):
+    """An agent that times each request it sends, by what it is for."""
+
+    calls: ClassVar[dict[str, list[float]]] = {}
+
+    def _call(self, method: str, path: str, **kwargs: object) -> object:
+        kind = path.rsplit("/", 1)[-1] or method.lower()
+        start = time.perf_counter()
+        try:
+            return super()._call(method, path, **kwargs)
+        finally:
+            self.calls.setdefault(kind, []).append(1000 * (time.perf_counter() - start))
+
+
 def run_agent(store: JobStore, url: str, trials: int) -> float:
     """Seconds a trial, an agent over HTTP running the job."""
-    agent = Agent(Client(url), load_named([TASK]), device="cpu", once=True, agent_id="bench-agent")
+    agent = TimedAgent(
+        Client(url), load_named([TASK]), device="cpu", once=True, agent_id="bench-agent"
+    )
     with agent._registered():
         job_id = Client(url).submit(job(trials), reuse=False).id
     agent.run()
@@ -132,6 +150,16 @@ def report(rows: list[tuple[float, float]], trials: int, load: tuple[float, floa
             for i, (w, a) in enumerate(rows)
         ),
         f"| median | {worker:.3f} | {agent:.3f} | {1000 * (agent - worker):.1f} |",
+        "",
+        "The agent's requests, timed at the agent (milliseconds, median over every request):",
+        "",
+        "| request | count | median ms | p90 ms |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| `{kind}` | {len(times)} | {statistics.median(times):.1f} | "
+            f"{sorted(times)[int(0.9 * (len(times) - 1))]:.1f} |"
+            for kind, times in sorted(TimedAgent.calls.items())
+        ),
         "",
         f"**An epoch report costs {per_epoch_ms:.1f} ms more on an agent than on a worker** "
         f"(the median extra time a trial over its {EPOCHS} epoch reports): the target, under "

@@ -25,6 +25,7 @@ never counted twice. A range test's writes are fenced by the lease, as a worker'
 
 from __future__ import annotations
 
+import time
 import warnings
 from datetime import datetime, timezone
 from typing import Any
@@ -58,7 +59,7 @@ from lrtune.search.queues import INTERRUPTED
 from lrtune.search.units import Unit, UnitPlan
 from lrtune.training import StopTraining, TrainingSetup
 from lrtune.workers.dispatch import log_event, phase_of
-from lrtune.workers.loop import Worker
+from lrtune.workers.loop import ENDED_POLL_S, Worker
 from lrtune.workers.reporting import UnitProgress
 
 NO_WORK_RETRY_S = 2.0
@@ -79,6 +80,7 @@ class AgentBroker(Worker):
         self.device = device  # the agent's, for the store's routing (not resolved here)
         self.task_names = list(tasks)
         self._moved = False
+        self._jobs: dict[str, tuple[float, JobRecord]] = {}
 
     # --- handing out -------------------------------------------------------------------------
 
@@ -268,6 +270,15 @@ class AgentBroker(Worker):
             self._requeue(job)
         log_event(job.id, self.id, job.status.value, "failed_unit", trial=trial.number)
 
+    def _job(self, job_id: str) -> JobRecord:
+        """The job as stored, read at most every ``ENDED_POLL_S`` seconds (its state is what
+        a report needs: whether it was cancelled), as a worker's unit reads it."""
+        now = time.monotonic()
+        cached = self._jobs.get(job_id)
+        if cached is None or now - cached[0] > ENDED_POLL_S:
+            cached = self._jobs[job_id] = (now, self.store.get(job_id))
+        return cached[1]
+
     def _running(self, job_id: str, trial_id: int) -> tuple[JobRecord, Any, optuna.Trial]:
         """The job, the queue and the trial of a unit the agent holds, its heartbeat recorded.
 
@@ -276,7 +287,7 @@ class AgentBroker(Worker):
             ConflictError: the unit is no longer the agent's (not RUNNING: its heartbeat went
                 stale and it was queued again, or the job was deleted).
         """
-        job = self.store.get(job_id)
+        job = self._job(job_id)
         search = self.search(job)
         for queue in (search.study, search.confirmation):
             # Reads the queue's trials into the storage's cache too: Optuna's cached RDB
