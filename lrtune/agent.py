@@ -63,6 +63,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("lrtune.agent")
 
+
 class ServiceClient(Protocol):
     """What an agent needs of :class:`lrtune.client.Client` (which imports this module)."""
 
@@ -74,6 +75,8 @@ class ServiceClient(Protocol):
 HEARTBEAT_S = 10.0
 """Seconds between the agent's heartbeats (and its running unit's, at most)."""
 MAX_RETRY_S = 30.0
+SETUPS_KEPT = 4
+"""Jobs whose task an agent keeps made, so that their next units reuse it."""
 
 
 class Agent:
@@ -287,6 +290,8 @@ class Agent:
             if loaded is None:
                 raise LRTuneError(f"this agent does not run what job {job_id} trains")
             task = loaded.make(spec.task.params)
+            if len(self._setups) >= SETUPS_KEPT:
+                del self._setups[next(iter(self._setups))]  # the oldest
             self._setups[job_id] = TrainingSetup.from_spec(spec, self.device, task=task)
         return self._setups[job_id]
 

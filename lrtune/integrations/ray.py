@@ -30,9 +30,9 @@ Example:
 
 Stopping: ``Ctrl-C`` in the driver asks every agent to stop (its unit is handed back to the
 service, queued again, at the epoch's end) and waits ``stop_timeout_s`` seconds for them
-before killing the actors. ``once`` stops an agent the first time the service has nothing
-for it *now*: while another agent runs a job's range test (or holds its last units), the
-others stop; use ``once=False`` for a standing fleet, stopped with ``Ctrl-C``.
+before killing the actors. ``once`` stops an agent once no job of its tasks is unfinished
+(while another agent runs a job's range test or its last units, it waits for the job's
+units); ``once=False`` keeps a standing fleet, stopped with ``Ctrl-C``.
 """
 
 from __future__ import annotations
