@@ -26,7 +26,7 @@ $(PY):
 # lrtune with the dev, bench and integration extras; it holds everything the demo needs too.
 $(STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[dev,bench,lightning,hf]'
+	$(PIP) install -q -c constraints.txt -e '.[dev,bench,lightning,hf,ray]'
 	touch $(STAMP) $(DEMO_STAMP)
 
 # lrtune and its dependencies only: the demo's store is SQLite, so not even the postgres extra.

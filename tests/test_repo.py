@@ -38,4 +38,4 @@ def test_readme_commands_are_make_targets_and_ci_runs_the_test_one() -> None:
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     assert "torch==2.13.0" in (ROOT / "constraints.txt").read_text()
     install = makefile.index("-c constraints.txt torch==2.13.0")
-    assert install < makefile.index("-e '.[dev,bench,lightning,hf]'")
+    assert install < makefile.index("-e '.[dev,bench,lightning,hf,ray]'")

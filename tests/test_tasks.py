@@ -132,3 +132,20 @@ def test_lrtune_worker_with_a_task_that_does_not_import_exits_2_with_one_line(
         assert done.returncode == 2, done.stderr
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and says in lines[0], done.stderr
+
+
+def test_a_worker_loads_the_tasks_installed_packages_declare_and_skips_a_broken_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from lrtune.workers.tasks import load_installed
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(REPO / "tests" / "plugin_dist"))
+        try:
+            with caplog.at_level("WARNING", logger="lrtune.workers"):
+                installed = load_installed()
+        finally:
+            sys.modules.pop("lrtune_test_plugin", None)
+    assert set(installed) == {"plugin_task"}
+    assert installed["plugin_task"].info.metric == "val_loss"
+    assert any("broken_task left out" in r.message for r in caplog.records), caplog.text

@@ -53,3 +53,30 @@ def make_dataset(**params: Any) -> DatasetBundle:
         input_shape=(2,),
         output_dim=3,
     )
+
+
+class PluginTask:
+    """A task an installed package declares in the ``lrtune.tasks`` entry-point group."""
+
+    name, metric, direction = "plugin_task", "val_loss", "minimize"
+
+    def build_model(self, seed: int, device: torch.device) -> nn.Module:
+        torch.manual_seed(seed)
+        return nn.Linear(2, 3).to(device)
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def train_batches(self, seed: int, epoch: int) -> list[Any]:
+        bundle = make_dataset()
+        return [bundle.train.tensors]
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        return nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        x, y = make_dataset().val.tensors
+        return {"val_loss": float(nn.functional.cross_entropy(model(x), y))}
+
+
+plugin_task = PluginTask()
