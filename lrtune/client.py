@@ -147,8 +147,12 @@ class Client:
         ``recommendation`` its answer; ``reuse=False`` always queues a new job.
         """
         # A mapping may hold models, e.g. an upload's ``dataset``: they are sent as their JSON.
+        # A spec is sent as it was written (its unset fields left to the service's defaults):
+        # what a job naming a task leaves unset, its metric, admission takes from the task.
         body = (
-            spec.model_dump(mode="json") if isinstance(spec, JobSpec) else to_jsonable_python(spec)
+            spec.model_dump(mode="json", exclude_unset=True)
+            if isinstance(spec, JobSpec)
+            else to_jsonable_python(spec)
         )
         params: dict[str, Any] = {"reuse": "true" if reuse else "false"}
         if name is not None:

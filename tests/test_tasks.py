@@ -149,3 +149,26 @@ def test_a_worker_loads_the_tasks_installed_packages_declare_and_skips_a_broken_
     assert set(installed) == {"plugin_task"}
     assert installed["plugin_task"].info.metric == "val_loss"
     assert any("broken_task left out" in r.message for r in caplog.records), caplog.text
+
+
+def test_a_task_job_file_submitted_through_the_cli_searches_the_tasks_metric(
+    store: JobStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The file leaves the metric unset: by the store and over HTTP, the task's is searched."""
+    from cli_runs import run_cli
+    from live_api import serve
+
+    from lrtune.api.config import ApiSettings
+    from lrtune.api.main import create_app
+
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text("task: {name: Blobs}\nsearch: {n_trials: 2}\n")
+    app = create_app(ApiSettings(database_url=store.url), store=store)
+    with serve(app) as url, loaded_worker(store, "task_fixtures:blobs")._presence():
+        for where in (["--database", store.url], ["--url", url]):
+            code, _, err = run_cli(capsys, "submit", str(job_file), "--no-reuse", *where)
+            assert code == 0, err
+    jobs = store.list_jobs().data
+    assert len(jobs) == 2
+    for job in jobs:
+        assert (job.spec.search.metric, job.spec.search.direction) == ("accuracy", "maximize")
