@@ -13,6 +13,17 @@ from torch import nn
 
 from lrtune.task import TaskBase
 
+SEARCH = {
+    "n_trials": 3,
+    "epochs": 2,
+    "families": ["constant", "cosine"],
+    "confirm_seeds": 1,
+    "max_confirm_seeds": 0,
+    "baselines": ["optimizer_default"],
+}
+"""A small search the tests of tasks, workers and agents share: 3 trials, one finalist seed."""
+RANGE_TEST = {"seeds": 2, "num_iter": 30}
+
 _g = torch.Generator().manual_seed(0)
 X = torch.randn(192, 4, generator=_g)
 Y = (X[:, 0] + 0.5 * X[:, 1] > 0).long()

@@ -18,6 +18,7 @@ import pytest
 import task_fixtures
 from live_api import serve
 from optuna.trial import TrialState
+from task_fixtures import RANGE_TEST, SEARCH
 
 import lrtune
 from lrtune.agent import Agent
@@ -30,15 +31,6 @@ from lrtune.jobs import JobStatus, JobStore, StoreSettings
 from lrtune.workers.tasks import load_named
 
 REPO = Path(__file__).resolve().parents[1]
-SEARCH = {
-    "n_trials": 3,
-    "epochs": 2,
-    "families": ["constant", "cosine"],
-    "confirm_seeds": 1,
-    "max_confirm_seeds": 0,
-    "baselines": ["optimizer_default"],
-}
-RANGE_TEST = {"seeds": 2, "num_iter": 30}
 
 
 @pytest.fixture

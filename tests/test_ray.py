@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from live_api import serve
+from task_fixtures import RANGE_TEST, SEARCH
 
 from lrtune.agent import Agent
 from lrtune.api.config import ApiSettings
@@ -20,14 +21,6 @@ from lrtune.workers.tasks import load_named
 ray = pytest.importorskip("ray")
 
 TESTS = Path(__file__).resolve().parent
-SEARCH = {
-    "n_trials": 3,
-    "epochs": 2,
-    "families": ["constant", "cosine"],
-    "confirm_seeds": 1,
-    "max_confirm_seeds": 0,
-    "baselines": ["optimizer_default"],
-}
 
 
 @pytest.fixture
@@ -52,8 +45,7 @@ def test_two_ray_agents_serve_a_job_and_count_each_unit_once(
     with serve(create_app(ApiSettings(database_url=jobs_url), store=store)) as url:
         publisher = Agent(Client(url), load_named(["task_fixtures:blobs"]), device="cpu")
         with publisher._registered():  # a job naming a task needs one published to be admitted
-            body = {"task": {"name": "Blobs"}, "range_test": {"seeds": 2, "num_iter": 30},
-                    "search": SEARCH}  # fmt: skip
+            body = {"task": {"name": "Blobs"}, "range_test": RANGE_TEST, "search": SEARCH}
             job_id = Client(url).submit(body, reuse=False).id
 
         units = launch_agents(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import task_fixtures
+from task_fixtures import RANGE_TEST, SEARCH
 
 import lrtune
 from lrtune.exceptions import InvalidInputError
@@ -19,15 +20,6 @@ from lrtune.workers.loop import Worker
 from lrtune.workers.tasks import load_named
 
 REPO = Path(__file__).resolve().parents[1]
-SEARCH = {
-    "n_trials": 3,
-    "epochs": 2,
-    "families": ["constant", "cosine"],
-    "confirm_seeds": 1,
-    "max_confirm_seeds": 0,
-    "baselines": ["optimizer_default"],
-}
-RANGE_TEST = {"seeds": 2, "num_iter": 30}
 
 
 def task_job(name: str = "Blobs", **search: object) -> JobSpec:
