@@ -233,7 +233,7 @@ class AgentBroker(Worker):
         if queue is self.search(job).study:  # a search trial: the pruner decides
             unit = _unit(trial, "search", self._setup(job), self.search(job))
             try:
-                unit._report(report.epoch, report.record)
+                unit.report(report.epoch, report.record)
             except StopTraining as stop:
                 return ReportAnswer(stop=str(stop))
         if job.status.finished:

@@ -272,7 +272,7 @@ class Unit:
             plan.base_lr,
             search.epochs,
             lr_threshold=search.lr_threshold,
-            on_epoch=self._report if self.kind == "trial" else self._look_for_stop,
+            on_epoch=self.report if self.kind == "trial" else self._look_for_stop,
             checkpoint=plan.checkpoint,
             seed=plan.seed,
             lr_free=plan.lr_free,
@@ -292,7 +292,7 @@ class Unit:
             raise optuna.TrialPruned(run.reason)
         return run.final(self.setup.metric)
 
-    def _report(self, epoch: int, record: dict[str, float]) -> None:
+    def report(self, epoch: int, record: dict[str, float]) -> None:
         """A search trial's epoch: report its metric to the pruner, then look for a stop."""
         metric, epochs = self.setup.metric, self.setup.spec.search.epochs
         try:
