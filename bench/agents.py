@@ -110,7 +110,7 @@ def run_agent(store: JobStore, url: str, trials: int) -> float:
     agent = TimedAgent(
         Client(url), load_named([TASK]), device="cpu", once=True, agent_id="bench-agent"
     )
-    with agent._registered():
+    with agent.registered():
         job_id = Client(url).submit(job(trials), reuse=False).id
     agent.run()
     return _per_trial(store, job_id)

@@ -127,7 +127,7 @@ class Agent:
         from lrtune.training import stop_requested, wait_for_stop
 
         done = 0
-        with self._registered():
+        with self.registered():
             while not stop_requested():
                 work = self._call("POST", "/work", json={"job_id": self.job_id})
                 work = AgentWork.validate_python(work)
@@ -150,7 +150,10 @@ class Agent:
         return done
 
     @contextmanager
-    def _registered(self) -> Iterator[None]:
+    def registered(self) -> Iterator[None]:
+        """The agent registered, with its tasks, and its heartbeat beating while in the
+        ``with``; unregistered on exit. :meth:`run` works inside it; alone, it publishes the
+        tasks, so that the service admits jobs naming them before the agent runs."""
         registration = WorkerRegistration(
             id=self.id,
             host=socket.gethostname(),

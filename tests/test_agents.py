@@ -58,7 +58,7 @@ def test_a_task_tuned_by_an_agent_gets_the_notebooks_recommendation(
 ) -> None:
     url, store = service
     serving = agent(url, once=True)
-    with serving._registered():  # published: the service admits the job
+    with serving.registered():  # published: the service admits the job
         job_id = submit(url)
         listed = Client(url).list_workers().data
     assert [w.plugin_registry.tasks["Blobs"].metric for w in listed] == ["accuracy"]
@@ -82,7 +82,7 @@ def test_an_agents_report_on_a_unit_retaken_from_it_is_refused(
 ) -> None:
     url, store = service
     serving = agent(url, max_units=1)
-    with serving._registered():
+    with serving.registered():
         job_id = submit(url)
         serving.run()  # the range test
         work = AgentWork.validate_python(serving._call("POST", "/work", json={"job_id": job_id}))
@@ -91,7 +91,7 @@ def test_an_agents_report_on_a_unit_retaken_from_it_is_refused(
         # agent's) finds its trial stale: failed, and queued again for whoever asks
         time.sleep(3.5)
         other = agent(url, agent_id="agent-other")
-        with other._registered():
+        with other.registered():
             retaken = other._call("POST", "/work", json={"job_id": job_id})
         assert retaken["kind"] == "unit" and retaken["trial_id"] != work.trial_id
         report = {"epoch": 0, "record": {"epoch": 0, "accuracy": 0.5}}

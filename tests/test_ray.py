@@ -44,7 +44,7 @@ def test_two_ray_agents_serve_a_job_and_count_each_unit_once(
 
     with serve(create_app(ApiSettings(database_url=jobs_url), store=store)) as url:
         publisher = Agent(Client(url), load_named(["task_fixtures:blobs"]), device="cpu")
-        with publisher._registered():  # a job naming a task needs one published to be admitted
+        with publisher.registered():  # a job naming a task needs one published to be admitted
             body = {"task": {"name": "Blobs"}, "range_test": RANGE_TEST, "search": SEARCH}
             job_id = Client(url).submit(body, reuse=False).id
 
