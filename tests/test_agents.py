@@ -124,6 +124,7 @@ def wait_for(condition, timeout_s: float, what: str) -> None:  # type: ignore[no
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("storage_url", ["postgres"], indirect=True)  # a fleet's store
 def test_kill_9_of_an_agent_mid_unit_loses_nothing_and_counts_each_unit_once(
     service: tuple[str, JobStore],
 ) -> None:
@@ -148,6 +149,7 @@ def test_kill_9_of_an_agent_mid_unit_loses_nothing_and_counts_each_unit_once(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)  # the handback is the agent's
 def test_sigterm_hands_the_agents_unit_back_within_an_epoch(
     service: tuple[str, JobStore],
 ) -> None:
