@@ -164,3 +164,21 @@ def test_a_task_job_file_submitted_through_the_cli_searches_the_tasks_metric(
     assert len(jobs) == 2
     for job in jobs:
         assert (job.spec.search.metric, job.spec.search.direction) == ("accuracy", "maximize")
+
+
+def test_lrtune_serve_passes_its_tasks_to_the_embedded_workers_and_checks_them_first(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from cli_runs import run_cli
+
+    from lrtune.api.config import ApiSettings
+    from lrtune.cli.service import ServeOptions, _worker_argv
+
+    options = ServeOptions(settings=ApiSettings(), tasks=("task_fixtures:blobs",))
+    assert _worker_argv(options)[-2:] == ["--task", "task_fixtures:blobs"]
+    for argv, says in [
+        (["serve", "--task", "no_such_module:task"], "failed to import: ModuleNotFoundError"),
+        (["serve", "--no-worker", "--task", "task_fixtures:blobs"], "drop --no-worker"),
+    ]:
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err

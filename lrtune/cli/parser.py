@@ -301,6 +301,14 @@ def _serve_parser(sub: Any) -> None:
     )
     serve.add_argument("--device", default="auto", help="the workers' device (default auto)")
     serve.add_argument(
+        "--task",
+        action="append",
+        default=[],
+        metavar="MODULE:NAME",
+        help="the embedded workers also run the jobs of this task of yours (lrtune worker "
+        "--task); repeatable",
+    )
+    serve.add_argument(
         "--submit",
         type=Path,
         metavar="JOB",

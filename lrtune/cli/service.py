@@ -186,6 +186,7 @@ class ServeOptions:
     workers: int = 1
     threads: int | None = None
     device: str = "auto"
+    tasks: tuple[str, ...] = ()
     submit: Path | None = None
     exit_when_done: bool = False
     access_log: bool = False
@@ -202,6 +203,11 @@ def serve(args: argparse.Namespace) -> int:
         raise CliError("--exit-when-done needs --submit JOB")
     if args.submit is not None:
         load_job(args.submit)  # a bad job file fails now, before anything starts
+    if args.task and args.no_worker:
+        raise CliError("--task is for the embedded workers: drop --no-worker (or run lrtune "
+                       "worker --task, or lrtune agent --task, beside the service)")  # fmt: skip
+    if args.task:
+        load_worker_tasks(args.task)  # a task that does not load fails now, in one line
     if args.port is not None and not 0 <= args.port <= 65535:
         raise CliError(f"--port must be 0 (any free port) to 65535, got {args.port}")
     overrides = {"database_url": args.database, "host": args.host}
@@ -218,6 +224,7 @@ def serve(args: argparse.Namespace) -> int:
         workers=0 if args.no_worker else args.workers,
         threads=getattr(args, "threads", None),
         device=args.device,
+        tasks=tuple(args.task),
         submit=args.submit,
         exit_when_done=args.exit_when_done,
         access_log=args.access_log,
@@ -382,6 +389,8 @@ def _worker_argv(options: ServeOptions) -> list[str]:
     command = [*python_module("lrtune.cli"), "worker", "--device", options.device]
     if options.threads is not None:
         command += ["--threads", str(options.threads)]
+    for task in options.tasks:
+        command += ["--task", task]
     return command
 
 
