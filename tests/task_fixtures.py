@@ -84,3 +84,22 @@ class Slow(Blobs):
         for batch in super().train_batches(seed, epoch):
             time.sleep(0.1)
             yield batch
+
+
+def trained_units(store: Any, job_id: str) -> int:
+    """The job's units that were trained (a run stored on the trial): the range test aside,
+    what its workers or agents ran; a confirmation unit the service resolved without training
+    (a finalist that is a baseline, or none) is not one."""
+    import optuna
+
+    from lrtune._optuna import ATTR_RUN
+    from lrtune.optuna_storage import open_storage
+    from lrtune.search.queues import CONFIRM_SUFFIX
+
+    storage = open_storage(store.url)
+    name = store.get(job_id).study_name
+    return sum(
+        ATTR_RUN in trial.user_attrs
+        for study_name in (name, name + CONFIRM_SUFFIX)
+        for trial in optuna.load_study(study_name=study_name, storage=storage).get_trials()
+    )
