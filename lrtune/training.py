@@ -1,17 +1,19 @@
-"""Train a registry model under one LR schedule: the loop behind trials, baselines and benchmarks.
+"""Train a job's task under one LR schedule: the loop behind trials, baselines and benchmarks.
 
-Each epoch trains on the job's train split (the scheduler stepped per batch or per epoch as its
-spec says, always after ``optimizer.step()``), evaluates on the validation split, reports to an
+The task is the job's registry model and dataset (:mod:`lrtune.registry_task`) or the user's
+own code (:mod:`lrtune.task`): one loop for both. Each epoch trains on the task's batches (or
+runs the task's own ``train_epoch``; the scheduler stepped per batch or per epoch as its spec
+says, always after ``optimizer.step()``), evaluates (the task's ``evaluate``), reports to an
 ``on_epoch`` hook (the search prunes there), and writes a checkpoint of model, optimizer,
-scheduler, RNG and data-order state (and the GradScaler's, with ``amp``), so that a run resumed
-from it ends exactly as an uninterrupted one would.
+scheduler, RNG, data-order state and the task's own state (and the GradScaler's, with ``amp``),
+so that a run resumed from it ends exactly as an uninterrupted one would.
 
-On a GPU (see :class:`TrainingSetup`): the job's data is moved to the device once when it fits
-(:data:`DEVICE_DATA_FRACTION`), and batches are sliced there; ``spec.amp`` trains under fp16
-autocast with a GradScaler; an epoch reads the device once for its loss and its divergence
-check, and once for its evaluation (not once a batch); cuDNN runs deterministic kernels in full
-fp32 unless ``spec.cuda_fast_kernels`` opts in to autotuning and TF32. On the CPU all of this
-is a no-op and runs are bit-for-bit what they were without it.
+On a GPU (see :class:`TrainingSetup`), for a registry job: the job's data is moved to the device
+once when it fits (:data:`DEVICE_DATA_FRACTION`), and batches are sliced there; ``spec.amp``
+trains under fp16 autocast with a GradScaler; an epoch reads the device once for its loss and
+its divergence check, and once for its evaluation (not once a batch); cuDNN runs deterministic
+kernels in full fp32 unless ``spec.cuda_fast_kernels`` opts in to autotuning and TF32. On the
+CPU all of this is a no-op and runs are bit-for-bit what they were without it.
 
 A process that wants its runs to end cleanly (a worker told to stop by SIGTERM) calls
 :func:`request_stop`: every run then raises :class:`StopRequested` at its next epoch boundary
