@@ -40,17 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from lrtune.exceptions import InvalidInputError
-from lrtune.task import Task, task_job
-
-TASK_METHODS = ("build_model", "build_optimizer", "train_batches", "loss", "evaluate")
-
-
-def is_task(value: Any) -> bool:
-    """Whether ``value`` is a task (an object with the :class:`~lrtune.task.Task` methods),
-    not a model, a spec or a class."""
-    return not isinstance(value, type) and all(
-        callable(getattr(value, name, None)) for name in TASK_METHODS
-    )
+from lrtune.task import Task, is_task, task_job
 
 
 def find_lr(

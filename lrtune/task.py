@@ -261,11 +261,17 @@ def import_target(path: str) -> Any:
     return target
 
 
+def is_task(value: Any) -> bool:
+    """Whether ``value`` is a task object (it has the :class:`Task` methods), not a class or a
+    factory of tasks, a model or a spec."""
+    return not inspect.isclass(value) and all(
+        callable(getattr(value, name, None)) for name in REQUIRED_METHODS
+    )
+
+
 def make_task(target: Any, params: Mapping[str, Any], label: str) -> Task:
     """``target`` itself when it is a task, else ``target(**params)`` checked as one."""
-    if not inspect.isclass(target) and all(
-        callable(getattr(target, m, None)) for m in REQUIRED_METHODS
-    ):
+    if is_task(target):
         if params:
             raise InvalidInputError(f"task {label!r} takes no params, got {sorted(params)}")
         check_task(target)

@@ -8,10 +8,10 @@ into the registry the worker publishes, so that the API admits jobs naming it an
 hands them only to workers that loaded it. Nothing a job says is ever imported.
 
 Example:
-    >>> loaded = load_named(["lrtune.task:TaskBase"])
+    >>> load_named(["lrtune.task:TaskBase"])  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    lrtune.exceptions.InvalidInputError: task 'lrtune.task:TaskBase' ...
+    lrtune.exceptions.InvalidInputError: TaskBase is not an lrtune Task: it lacks build_model, ...
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 
 from lrtune.exceptions import InvalidInputError, LRTuneError
 from lrtune.jobs import TaskInfo
-from lrtune.task import Task, import_target, make_task, task_job
+from lrtune.task import Task, import_target, is_task, make_task, task_job
 
 logger = logging.getLogger("lrtune.workers")
 
@@ -93,8 +93,8 @@ def loaded(target: Any, path: str) -> LoadedTask:
     in messages."""
     try:
         example = make_task(target, {}, path)
-    except InvalidInputError:
-        if inspect.isclass(target) or callable(target):
+    except InvalidInputError as exc:
+        if isinstance(exc.__cause__, TypeError):  # the factory refused to be called bare
             raise InvalidInputError(
                 f"task {path!r}: its factory must work without params too (give each a "
                 "default), so that the worker can say what the task searches"
@@ -115,10 +115,7 @@ def loaded(target: Any, path: str) -> LoadedTask:
 def params_schema(target: Any) -> dict[str, Any] | None:
     """The JSON schema of a factory's keyword params (from its signature), or None for a task
     object, which takes none."""
-    if not callable(target) or all(
-        callable(getattr(target, m, None)) and not inspect.isclass(target)
-        for m in ("build_model", "evaluate")
-    ):
+    if not callable(target) or is_task(target):
         return None
     from pydantic import create_model
 
