@@ -88,8 +88,9 @@ def test_an_agents_report_on_a_unit_retaken_from_it_is_refused(
         work = AgentWork.validate_python(serving._call("POST", "/work", json={"job_id": job_id}))
         assert isinstance(work, UnitWork) and work.queue == "search"
         # the agent goes silent past the grace period; the next request for work (another
-        # agent's) finds its trial stale: failed, and queued again for whoever asks
-        time.sleep(3.5)
+        # agent's) finds its trial stale: failed, and queued again for whoever asks. The grace
+        # period is 3 s; SQLite's now() has whole seconds, so a beat can read up to 1 s older
+        time.sleep(4.5)
         other = agent(url, agent_id="agent-other")
         with other.registered():
             retaken = other._call("POST", "/work", json={"job_id": job_id})
