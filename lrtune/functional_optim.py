@@ -1,0 +1,226 @@
+"""torch.optim's SGD, Adam and AdamW for K models stacked along each tensor's first dimension.
+
+A population (:mod:`lrtune.population`) keeps K members' parameters as one tensor each, shape
+``(K, *shape)``. :class:`StackedOptimizer` updates them in one go with per-member
+hyperparameters (each member's LR, momentum, betas... as its own torch optimizer's param groups
+hold them at that step: its schedule sets them there), and member ``k``'s result equals what
+``torch.optim``'s single-tensor implementation gives that member alone, to float tolerance.
+It keeps each member's state in torch.optim's per-parameter format (:meth:`member_state`,
+:meth:`load_member_states`), so a member's checkpoint is an ordinary optimizer state dict.
+
+Example:
+    >>> import torch
+    >>> stacked = torch.zeros(2, 3)  # two members' copies of one 3-value parameter
+    >>> optimizer = StackedOptimizer(torch.optim.SGD, {"w": 0})
+    >>> member_groups = [[{"lr": 0.1, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0,
+    ...                    "nesterov": False}], [{"lr": 1.0, "momentum": 0.0, "dampening": 0.0,
+    ...                    "weight_decay": 0.0, "nesterov": False}]]
+    >>> optimizer.step({"w": stacked}, {"w": torch.ones(2, 3)}, member_groups)
+    >>> stacked[:, 0].tolist()
+    [-0.10000000149011612, -1.0]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+GroupOptions = Mapping[str, Any]
+"""One param group of a member's torch optimizer (``optimizer.param_groups[g]``)."""
+
+FUNCTIONAL_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = (
+    torch.optim.SGD,
+    torch.optim.Adam,
+    torch.optim.AdamW,
+)
+
+
+def functional_refusal(optimizer: torch.optim.Optimizer) -> str | None:
+    """Why ``optimizer``'s updates cannot run stacked (None: they can)."""
+    name = type(optimizer).__name__
+    if type(optimizer) not in FUNCTIONAL_OPTIMIZERS:
+        return f"optimizer {name} has no functional population form (SGD, Adam and AdamW have)"
+    for option in ("maximize", "differentiable", "capturable", "fused"):
+        if any(group.get(option) for group in optimizer.param_groups):
+            return f"optimizer {name} with {option}=True has no functional population form"
+    return None
+
+
+class StackedOptimizer:
+    """One optimizer class's update for K members stacked along dim 0 (see the module).
+
+    Args:
+        kind: ``torch.optim.SGD``, ``Adam`` or ``AdamW``.
+        group_of: each trained parameter's name and its param group index.
+    """
+
+    def __init__(self, kind: type[torch.optim.Optimizer], group_of: Mapping[str, int]) -> None:
+        if kind not in FUNCTIONAL_OPTIMIZERS:
+            raise ValueError(f"{kind.__name__} has no functional population form")
+        self.kind = kind
+        self.group_of = dict(group_of)
+        self.state: dict[str, dict[str, Tensor]] = {}
+
+    @torch.no_grad()
+    def step(
+        self,
+        params: Mapping[str, Tensor],
+        grads: Mapping[str, Tensor | None],
+        member_groups: Sequence[Sequence[GroupOptions]],
+    ) -> None:
+        """Update ``params`` in place from ``grads`` (a None gradient leaves its parameter and
+        state alone, as torch.optim does); ``member_groups[k][g]`` is member k's group g."""
+        by_group = [[groups[g] for groups in member_groups] for g in range(len(member_groups[0]))]
+        for name, group in self.group_of.items():
+            grad = grads.get(name)
+            if grad is None:
+                continue
+            options = by_group[group]
+            if self.kind is torch.optim.SGD:
+                self._sgd(params[name], grad, self.state.setdefault(name, {}), options)
+            else:
+                self._adam(params[name], grad, self.state.setdefault(name, {}), options)
+
+    def _sgd(
+        self, param: Tensor, grad: Tensor, state: dict[str, Tensor], options: list[GroupOptions]
+    ) -> None:
+        """torch.optim.SGD's ``_single_tensor_sgd``, member by member."""
+        column = _Columns(options, param)
+        if column.any_nonzero("weight_decay"):
+            grad = grad.add(param * column["weight_decay"])
+        momenta = [float(o["momentum"]) for o in options]
+        if any(m != 0 for m in momenta):
+            grad = _momentum_step(grad, state, column, momenta, bool(options[0]["nesterov"]))
+        param.sub_(grad * column["lr"])
+
+    def _adam(
+        self, param: Tensor, grad: Tensor, state: dict[str, Tensor], options: list[GroupOptions]
+    ) -> None:
+        """torch.optim.Adam's and AdamW's ``_single_tensor_adam``, member by member."""
+        column = _Columns(options, param)
+        if not state:
+            state["step"] = torch.zeros(len(options), dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(param)
+            state["exp_avg_sq"] = torch.zeros_like(param)
+            if options[0]["amsgrad"]:
+                state["max_exp_avg_sq"] = torch.zeros_like(param)
+        state["step"] += 1
+        steps = state["step"].tolist()
+        lrs = [float(o["lr"]) for o in options]
+        decays = [float(o["weight_decay"]) for o in options]
+        if any(d != 0 for d in decays):
+            if options[0].get("decoupled_weight_decay", self.kind is torch.optim.AdamW):
+                param.mul_(column.of([1 - lr * d for lr, d in zip(lrs, decays, strict=True)]))
+            else:
+                grad = grad.add(param * column["weight_decay"])
+        beta1 = [float(o["betas"][0]) for o in options]
+        beta2 = [float(o["betas"][1]) for o in options]
+        state["exp_avg"].lerp_(grad, column.of([1 - b for b in beta1]))
+        exp_avg_sq = state["exp_avg_sq"]
+        exp_avg_sq.mul_(column.of(beta2)).add_(grad * grad * column.of([1 - b for b in beta2]))
+        if "max_exp_avg_sq" in state:
+            torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
+            exp_avg_sq = state["max_exp_avg_sq"]
+        step_sizes = [lr / (1 - b**s) for lr, b, s in zip(lrs, beta1, steps, strict=True)]
+        bias_sqrt = [math.sqrt(1 - b**s) for b, s in zip(beta2, steps, strict=True)]
+        denom = (exp_avg_sq.sqrt() / column.of(bias_sqrt)).add_(column["eps"])
+        param.sub_(torch.div(state["exp_avg"], denom).mul_(column.of(step_sizes)))
+
+    def member_state(self, member: int, name: str) -> dict[str, Tensor]:
+        """Member ``member``'s state of parameter ``name`` as torch.optim keeps it (empty
+        before the first step, or for SGD without momentum)."""
+        state = self.state.get(name, {})
+        if self.kind is torch.optim.SGD:
+            if "momentum_buffer" not in state or not bool(state["has_buffer"][member]):
+                return {}
+            return {"momentum_buffer": state["momentum_buffer"][member].clone()}
+        if not state:
+            return {}
+        saved = {"step": state["step"][member].clone()}
+        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            if key in state:
+                saved[key] = state[key][member].clone()
+        return saved
+
+    def load_member_states(self, states: Sequence[Mapping[str, Mapping[str, Tensor]]]) -> None:
+        """Stack the members' torch.optim states (``states[k][name]``, as :meth:`member_state`
+        gives them); a member with no state for a parameter must be alone in that."""
+        self.state = {}
+        for name in self.group_of:
+            per_member = [member.get(name, {}) for member in states]
+            if not any(per_member):
+                continue
+            if not all(per_member) and self.kind is not torch.optim.SGD:
+                raise ValueError(f"members disagree on whether {name!r} has optimizer state")
+            self.state[name] = _stacked_state(per_member)
+
+    def keep(self, rows: Tensor) -> None:
+        """Keep only the members at ``rows`` (indices into dim 0), in that order."""
+        for state in self.state.values():
+            for key, value in state.items():
+                state[key] = value.index_select(0, rows.to(value.device))
+
+
+class _Columns:
+    """Per-member hyperparameters of one group, as tensors broadcasting against a stacked
+    parameter (shape ``(K, 1, ...)``, its dtype and device)."""
+
+    def __init__(self, options: list[GroupOptions], param: Tensor) -> None:
+        self.options = options
+        self.param = param
+
+    def of(self, values: Sequence[float]) -> Tensor:
+        shape = (len(values),) + (1,) * (self.param.dim() - 1)
+        return torch.tensor(values, dtype=self.param.dtype).to(self.param.device).view(shape)
+
+    def __getitem__(self, key: str) -> Tensor:
+        return self.of([float(o[key]) for o in self.options])
+
+    def any_nonzero(self, key: str) -> bool:
+        return any(float(o[key]) != 0 for o in self.options)
+
+
+def _momentum_step(
+    grad: Tensor, state: dict[str, Tensor], column: _Columns, momenta: list[float], nesterov: bool
+) -> Tensor:
+    """SGD's momentum buffer update; the direction each member steps in.
+
+    A member's buffer starts as its gradient at its first step with momentum (torch.optim's
+    rule); a member at momentum 0 in this step keeps its buffer and steps along its gradient.
+    """
+    momentum = column.of(momenta)
+    undamped = column.of([1 - float(o["dampening"]) for o in column.options])
+    uses = column.of([float(m != 0) for m in momenta]).bool()
+    if "momentum_buffer" not in state:
+        state["momentum_buffer"] = grad.clone()
+        state["has_buffer"] = uses.flatten().clone()
+        fresh = uses
+    else:
+        fresh = uses & ~state["has_buffer"].view(uses.shape)
+        state["has_buffer"] |= uses.flatten()
+    buffer = state["momentum_buffer"]
+    every_member_continues = all(m != 0 for m in momenta) and not bool(fresh.any())
+    if every_member_continues:
+        buffer.mul_(momentum).add_(grad * undamped)
+    else:
+        updated = torch.where(fresh, grad, buffer * momentum + grad * undamped)
+        buffer.copy_(torch.where(uses, updated, buffer))
+    direction = grad + buffer * momentum if nesterov else buffer
+    return direction if every_member_continues else torch.where(uses, direction, grad)
+
+
+def _stacked_state(per_member: list[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    """One parameter's state across members, stacked (SGD: absent buffers are zeros, masked)."""
+    present = next(state for state in per_member if state)
+    if "momentum_buffer" in present:
+        zeros = torch.zeros_like(present["momentum_buffer"])
+        buffers = [s.get("momentum_buffer", zeros) for s in per_member]
+        has = torch.tensor([bool(s) for s in per_member]).to(zeros.device)
+        return {"momentum_buffer": torch.stack(buffers), "has_buffer": has}
+    stacked = {key: torch.stack([s[key] for s in per_member]) for key in present if key != "step"}
+    stacked["step"] = torch.stack([s["step"].float().cpu() for s in per_member])
+    return stacked

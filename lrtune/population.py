@@ -1,0 +1,541 @@
+"""Train K search trials of one job as one population: one forward and backward for all K.
+
+A job's search trials share its seed, so they start from the same weights and read the same
+batches. :func:`train_population` stacks its members' parameters and buffers (``(K, *shape)``
+each), computes every member's loss on a batch with one ``torch.func.vmap`` call over the task's
+own loss, takes one backward pass for all and steps them with
+:class:`~lrtune.functional_optim.StackedOptimizer`. Each member keeps what :func:`train` would
+give it alone: its own torch optimizer (over the job's model, never stepped: it is where the
+member's schedule writes each step's LR, momentum and betas, which the stacked update reads),
+its schedule driver (plateau fed its own metric), its records and ``lr_steps``, its checkpoint
+(the format :func:`train` resumes from) and its ``on_epoch`` hook. ``runs[i]`` is what
+``train()`` returns for member ``i`` alone, to float tolerance.
+
+- Dropout draws one mask for all members (``randomness="same"``): the mask every run of the job
+  draws alone, from the same RNG stream. BatchNorm keeps per-member running statistics.
+- A member that is pruned (its hook raises :class:`StopTraining`), diverges or crosses
+  ``lr_threshold`` leaves at that epoch's end (the stacks are compacted); the rest go on.
+- Evaluation copies each member's weights into the job's model and calls the task's own
+  ``evaluate``: the same code, hence the same records, as a run alone.
+- Resuming: members are grouped by the state their checkpoints resume from (epoch, RNG, data
+  order); members with none start together from epoch 0. Each group trains as one population,
+  one group after another, as their runs alone would one after another.
+- Where the job cannot train this way (:func:`population_refusal`: a task's own loop or code,
+  AMP, an optimizer without a stacked form, a model vmap cannot run), or a group has one
+  member, the members train one at a time with :func:`train`; the reason is logged once.
+
+Example:
+    >>> from lrtune.spec import JobSpec
+    >>> from lrtune.schedules import parse_schedule
+    >>> spec = JobSpec.model_validate({"model": {"name": "mlp", "params": {"hidden": [16]}},
+    ...                                "dataset": {"name": "wine"}})
+    >>> setup = TrainingSetup.from_spec(spec, device="cpu")
+    >>> print(population_refusal(setup))
+    None
+    >>> members = [Member(parse_schedule({"family": "constant"}), lr) for lr in (0.01, 0.1)]
+    >>> runs = train_population(setup, members, epochs=2)
+    >>> [(run.status, len(run.epochs)) for run in runs]
+    [('completed', 2), ('completed', 2)]
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from lrtune._multiseed import _LossModule
+from lrtune.functional_optim import StackedOptimizer, functional_refusal
+from lrtune.lr_free import LRFreeName
+from lrtune.registry_task import RegistryTask
+from lrtune.result import TrainingRun
+from lrtune.schedules import ScheduleDriver, ScheduleSpec, drive
+from lrtune.spec import UNIT_CHECK_S
+from lrtune.task import TaskError
+from lrtune.training import (
+    EpochHook,
+    StopReason,
+    StopTraining,
+    TrainingSetup,
+    _plateau_value,
+    _resume,
+    _RunState,
+    _save,
+    _StopLooks,
+    check_stop,
+    train,
+)
+
+logger = logging.getLogger(__name__)
+
+DEVICE_MEMORY_FRACTION = 0.5
+"""A CUDA population takes at most this fraction of the device's free memory (estimated per
+member from the job's footprint); the rest is left for the data, the allocator and others."""
+
+
+@dataclass
+class Member:
+    """One run of a population: what :func:`train` takes for it alone."""
+
+    schedule: ScheduleSpec
+    base_lr: float
+    on_epoch: EpochHook | None = None
+    """As :func:`train`'s: raise :class:`StopTraining` in it to end this member as pruned."""
+    checkpoint: Path | None = None
+    """This member's checkpoint file (:func:`train`'s format): saved each epoch, resumed from."""
+
+
+def population_refusal(setup: TrainingSetup, *, lr_free: LRFreeName | None = None) -> str | None:
+    """Why the setup's runs cannot train as one population (None: they can).
+
+    Only registry models train as populations (a user's task is its own code); a task's own
+    loop, AMP, a learning-rate-free optimizer, an optimizer other than SGD, Adam and AdamW,
+    and a model whose loss ``vmap`` cannot compute (tried on one batch) are refused.
+    """
+    if lr_free is not None:
+        return f"the learning-rate-free optimizer {lr_free} has no functional population form"
+    if callable(getattr(setup.task, "train_epoch", None)):
+        return "the task owns its training loop (train_epoch)"
+    if not isinstance(setup.task, RegistryTask):
+        return f"task {setup.task.name!r} is user code: populations train registry models only"
+    if setup.amp:
+        return "amp: a GradScaler steps one model at a time"
+    model = setup.build_model()
+    refusal = functional_refusal(setup.build_optimizer(model, 1.0))
+    return refusal if refusal is not None else _vmap_refusal(setup, model)
+
+
+def population_size(setup: TrainingSetup, cap: int) -> int:
+    """How many members to train at once: ``cap`` on the CPU; on CUDA at most what
+    :data:`DEVICE_MEMORY_FRACTION` of the free memory holds by the job's footprint (>= 1)."""
+    if setup.device.type != "cuda":
+        return cap
+    free, _total = torch.cuda.mem_get_info(setup.device)
+    return max(1, min(cap, int(DEVICE_MEMORY_FRACTION * free // _member_bytes(setup))))
+
+
+def train_population(
+    setup: TrainingSetup,
+    members: list[Member],
+    epochs: int,
+    *,
+    lr_threshold: float | None = None,
+    seed: int | None = None,
+    stop_reason: StopReason | None = None,
+    stop_check_s: float = UNIT_CHECK_S,
+) -> list[TrainingRun]:
+    """Train the members together; ``runs[i]`` equals (to float tolerance) what
+    ``train(setup, m.schedule, m.base_lr, epochs, lr_threshold=..., on_epoch=m.on_epoch,
+    checkpoint=m.checkpoint, seed=seed)`` returns for member ``m = members[i]``.
+
+    ``stop_reason`` and a requested stop apply to the whole population: a reason given
+    mid-epoch ends every member still training as pruned with it; :class:`StopRequested`
+    propagates, every member's checkpoint of its last finished epoch written. An exception
+    other than :class:`StopTraining` from a hook propagates after the epoch's checkpoints are
+    written. When :func:`population_refusal` gives a reason, the members train one at a time
+    with :func:`train` (identical results), and the reason is logged once.
+    """
+    refusal = population_refusal(setup) if len(members) > 1 else None
+    if refusal is not None:
+        logger.info("training %d runs one at a time: %s", len(members), refusal)
+        return [
+            _train_alone(setup, m, epochs, lr_threshold, seed, stop_reason, stop_check_s)
+            for m in members
+        ]
+    seed = setup.spec.seed if seed is None else seed
+    looks = _StopLooks(stop_check_s, stop_reason)
+    with setup.kernels():
+        model = setup.build_model(seed)
+        initial = {name: value.clone() for name, value in model.state_dict().items()}
+        seats = [_Seat.take(setup, model, i, m, epochs, seed) for i, m in enumerate(members)]
+        for cohort in _cohorts(seats):
+            if cohort[0].start >= epochs:
+                continue
+            if len(cohort) == 1:
+                seat = cohort[0]
+                seat.run = _train_alone(
+                    setup, seat.member, epochs, lr_threshold, seed, stop_reason, stop_check_s
+                )
+                continue
+            _Population(setup, model, initial, cohort, seed).train(epochs, lr_threshold, looks)
+    return [seat.run for seat in seats]
+
+
+def _train_alone(
+    setup: TrainingSetup,
+    member: Member,
+    epochs: int,
+    lr_threshold: float | None,
+    seed: int | None,
+    stop_reason: StopReason | None,
+    stop_check_s: float,
+) -> TrainingRun:
+    return train(
+        setup,
+        member.schedule,
+        member.base_lr,
+        epochs,
+        lr_threshold=lr_threshold,
+        on_epoch=member.on_epoch,
+        checkpoint=member.checkpoint,
+        seed=seed,
+        stop_reason=stop_reason,
+        stop_check_s=stop_check_s,
+    )
+
+
+@dataclass
+class _Resumed:
+    """What a member's checkpoint restored, to stack with its group's."""
+
+    model: dict[str, Tensor]
+    optimizer: dict[str, dict[str, Tensor]]  # by parameter name, torch.optim's format
+    torch_rng: Tensor
+    cuda_rng: Tensor | None
+    data_order: Any
+
+    def key(self) -> tuple[bytes, bytes]:
+        """What members must share to train together: the RNG and the data order."""
+        return _fingerprint(self.torch_rng), _fingerprint(self.data_order)
+
+
+@dataclass
+class _Seat:
+    """One member while it trains: its own optimizer (where its schedule writes), driver, run."""
+
+    position: int
+    member: Member
+    optimizer: torch.optim.Optimizer
+    driver: ScheduleDriver
+    run: TrainingRun = field(default_factory=TrainingRun)
+    start: int = 0
+    resumed: _Resumed | None = None
+
+    @classmethod
+    def take(
+        cls,
+        setup: TrainingSetup,
+        model: nn.Module,
+        position: int,
+        member: Member,
+        epochs: int,
+        seed: int,
+    ) -> _Seat:
+        """The member's seat over ``model``'s parameters, resumed from its checkpoint if any
+        (``model``'s tensors are put back as they were)."""
+        optimizer = setup.build_optimizer(model, member.base_lr)
+        driver = drive(
+            member.schedule,
+            optimizer,
+            setup.steps_per_epoch,
+            epochs,
+            group_multipliers=setup.group_multipliers,
+        )
+        optimizer.step()  # no gradients: changes nothing; the scheduler sees the usual order
+        seat = cls(position, member, optimizer, driver)
+        if member.checkpoint is not None and member.checkpoint.exists():
+            seat.resume(setup, model, seed)
+        return seat
+
+    def resume(self, setup: TrainingSetup, model: nn.Module, seed: int) -> None:
+        initial = {k: v.clone() for k, v in model.state_dict().items()}
+        order = setup.data_order(seed)
+        state = _RunState(model, self.optimizer, self.driver, order, None, setup.device, setup.task)
+        assert self.member.checkpoint is not None
+        self.start = _resume(self.member.checkpoint, state, self.run)
+        names = {id(p): n for n, p in model.named_parameters()}
+        self.resumed = _Resumed(
+            model={k: v.clone() for k, v in model.state_dict().items()},
+            optimizer={names[id(p)]: dict(s) for p, s in self.optimizer.state.items()},
+            torch_rng=torch.get_rng_state(),
+            cuda_rng=torch.cuda.get_rng_state(setup.device)
+            if setup.device.type == "cuda"
+            else None,
+            data_order=order.state_dict(),
+        )
+        self.optimizer.state = defaultdict(dict)
+        model.load_state_dict(initial)
+
+
+def _cohorts(seats: list[_Seat]) -> list[list[_Seat]]:
+    """The seats grouped by the state they start from, fresh ones first."""
+    groups: dict[tuple[Any, ...], list[_Seat]] = {}
+    for seat in seats:
+        key = (seat.start,) + (() if seat.resumed is None else seat.resumed.key())
+        groups.setdefault(key, []).append(seat)
+    return list(groups.values())
+
+
+def _fingerprint(value: Any) -> bytes:
+    if isinstance(value, Tensor):
+        return value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+    return repr(value).encode()
+
+
+class _Population:
+    """Members that start from one state, their tensors stacked (see the module)."""
+
+    def __init__(
+        self,
+        setup: TrainingSetup,
+        model: nn.Module,
+        initial: Mapping[str, Tensor],
+        seats: list[_Seat],
+        seed: int,
+    ) -> None:
+        self.setup = setup
+        self.model = model
+        self.seats = seats
+        self.order = setup.data_order(seed)
+        self.loss_module = _LossModule(model, setup.task.loss)
+        names = {id(p): n for n, p in model.named_parameters()}
+        group_of = {
+            names[id(p)]: g
+            for g, group in enumerate(seats[0].optimizer.param_groups)
+            for p in group["params"]
+            if p.requires_grad
+        }
+        self.trained = list(group_of)
+        self.optim = StackedOptimizer(type(seats[0].optimizer), group_of)
+        self._stack(initial, seed)
+        self._losses = vmap(self._member_loss, in_dims=(0, 0, None), randomness="same")
+
+    def _stack(self, initial: Mapping[str, Tensor], seed: int) -> None:
+        """Stack the members' weights, buffers and optimizer states (``initial``: a fresh
+        member's); set the RNG and the data order where the members start."""
+        resumed = [seat.resumed for seat in self.seats]
+        states = [initial if r is None else r.model for r in resumed]
+        model = self.model
+        own = dict(model.named_parameters())
+        self.params = {
+            name: torch.stack([s[name] for s in states])
+            .detach()
+            .requires_grad_(name in self.trained)
+            for name in own
+        }
+        self.buffers = {
+            name: torch.stack([s.get(name, value) for s in states]).detach()
+            for name, value in model.named_buffers()
+        }
+        first = resumed[0]
+        if first is None:
+            torch.manual_seed(seed)
+            return
+        self.optim.load_member_states([r.optimizer for r in resumed if r is not None])
+        torch.set_rng_state(first.torch_rng)
+        if first.cuda_rng is not None:
+            torch.cuda.set_rng_state(first.cuda_rng, self.setup.device)
+        self.order.load_state_dict(first.data_order)
+
+    def _member_loss(
+        self, params: dict[str, Tensor], buffers: dict[str, Tensor], batch: Any
+    ) -> Tensor:
+        prefixed = {f"model.{k}": v for k, v in (params | buffers).items()}
+        return functional_call(self.loss_module, prefixed, (batch,))
+
+    def train(self, epochs: int, lr_threshold: float | None, looks: _StopLooks) -> None:
+        """Train every member up to ``epochs``, members leaving as their runs end."""
+        for epoch in range(self.seats[0].start, epochs):
+            check_stop(f"before epoch {epoch + 1}")  # every member's last epoch is saved
+            try:
+                losses = self._train_epoch(epoch, looks.at(epoch))
+            except StopTraining as stop:  # stop_reason said why, mid-epoch
+                for seat in self.seats:
+                    seat.run.status, seat.run.reason = "pruned", str(stop)
+                return
+            records = self._evaluate_and_save(epoch, losses)
+            self._leave(self._report(epoch, records, lr_threshold))
+            if not self.seats:
+                return
+
+    def _train_epoch(self, epoch: int, look: Callable[[], None]) -> list[float | None]:
+        """Each member's mean training loss of one epoch, None where a loss was not finite
+        (its ``lr_steps`` then cut back to end at that batch, as :func:`train` does)."""
+        self.model.train()
+        size = len(self.seats)
+        total = torch.zeros(size, device=self.setup.device)
+        finite = torch.ones(size, dtype=torch.bool, device=self.setup.device)
+        finite_steps = torch.zeros(size, dtype=torch.int64, device=self.setup.device)
+        steps_before = [len(seat.run.lr_steps) for seat in self.seats]
+        trained = [self.params[name] for name in self.trained]
+        count = 0
+        for batch in self.order.epoch(epoch):
+            look()
+            member_groups = [seat.optimizer.param_groups for seat in self.seats]
+            for seat, groups in zip(self.seats, member_groups, strict=True):
+                seat.run.lr_steps.append([float(g["lr"]) for g in groups])
+            losses = self._losses(self.params, self.buffers, batch)
+            finite &= torch.isfinite(losses.detach())
+            finite_steps += finite
+            grads = torch.autograd.grad(losses.sum(), trained, allow_unused=True)
+            self.optim.step(self.params, dict(zip(self.trained, grads, strict=True)), member_groups)
+            for seat in self.seats:
+                seat.driver.after_batch()
+            total += losses.detach().float()
+            count += 1
+        sums, passed = torch.stack([total.double(), finite_steps.double()]).tolist()
+        means: list[float | None] = []
+        for seat, before, loss_sum, steps in zip(
+            self.seats, steps_before, sums, passed, strict=True
+        ):
+            if steps < count:
+                del seat.run.lr_steps[before + int(steps) + 1 :]
+                means.append(None)
+            else:
+                means.append(loss_sum / max(count, 1))
+        return means
+
+    def _evaluate_and_save(
+        self, epoch: int, losses: list[float | None]
+    ) -> list[dict[str, float] | None]:
+        """Each member's epoch end up to its checkpoint, as :func:`train` does it: its record,
+        or None for a member that diverged (its run then says so)."""
+        records: list[dict[str, float] | None] = []
+        for row, (seat, train_loss) in enumerate(zip(self.seats, losses, strict=True)):
+            run = seat.run
+            if train_loss is None:
+                run.status, run.reason = (
+                    "diverged",
+                    f"non-finite training loss in epoch {epoch + 1}",
+                )
+                records.append(None)
+                continue
+            self._load_member(row)
+            record = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                **self.setup.evaluate(self.model, epoch),
+            }
+            record["epoch"], record["train_loss"] = epoch, train_loss
+            run.epochs.append(record)
+            if not math.isfinite(record.get("val_loss", 0.0)):
+                run.status = "diverged"
+                run.reason = f"non-finite validation loss in epoch {epoch + 1}"
+                records.append(None)
+                continue
+            metric = self.setup.metric
+            if not math.isfinite(record[metric]):
+                raise TaskError(
+                    f"{self.setup.task.name}.evaluate() in epoch {epoch + 1} returned "
+                    f"{metric} = {record[metric]}"
+                )
+            seat.driver.after_epoch(_plateau_value(self.setup, record))
+            if seat.member.checkpoint is not None:
+                self._save(row, epoch)
+            records.append(record)
+        return records
+
+    def _report(
+        self, epoch: int, records: list[dict[str, float] | None], lr_threshold: float | None
+    ) -> list[int]:
+        """Call each member's hook with its record; the rows of the members whose runs end."""
+        ended = []
+        for row, (seat, record) in enumerate(zip(self.seats, records, strict=True)):
+            if record is None:
+                ended.append(row)
+                continue
+            if seat.member.on_epoch is not None:
+                try:
+                    seat.member.on_epoch(epoch, record)
+                except StopTraining as stop:
+                    seat.run.status = "pruned"
+                    seat.run.reason = str(stop) or f"pruned after epoch {epoch + 1}"
+                    ended.append(row)
+                    continue
+            if lr_threshold is not None and all(lr < lr_threshold for lr in seat.driver.last_lrs()):
+                seat.run.status = "lr_threshold"
+                seat.run.reason = (
+                    f"every group's LR fell below {lr_threshold:g} after epoch {epoch + 1}"
+                )
+                ended.append(row)
+        return ended
+
+    @torch.no_grad()
+    def _load_member(self, row: int) -> None:
+        """Copy member ``row``'s weights and buffers into the job's model."""
+        for name, param in self.model.named_parameters():
+            param.copy_(self.params[name][row])
+        for name, buffer in self.model.named_buffers():
+            buffer.copy_(self.buffers[name][row])
+
+    def _save(self, row: int, epoch: int) -> None:
+        """Member ``row``'s checkpoint, exactly as :func:`train` writes it (the model holds
+        its weights: :meth:`_load_member`)."""
+        seat = self.seats[row]
+        optimizer = seat.optimizer
+        for name, param in self.model.named_parameters():
+            state = self.optim.member_state(row, name) if name in self.trained else {}
+            if state:
+                optimizer.state[param] = state
+        setup = self.setup
+        state = _RunState(
+            self.model, optimizer, seat.driver, self.order, None, setup.device, setup.task
+        )
+        try:
+            assert seat.member.checkpoint is not None
+            _save(seat.member.checkpoint, epoch, state, seat.run)
+        finally:
+            optimizer.state = defaultdict(dict)
+
+    def _leave(self, rows: list[int]) -> None:
+        """Drop the members at ``rows`` from the stacks."""
+        if not rows:
+            return
+        keep = [row for row in range(len(self.seats)) if row not in rows]
+        self.seats = [self.seats[row] for row in keep]
+        if not keep:
+            return
+        index = torch.tensor(keep, device=self.setup.device)
+        self.params = {
+            name: value.detach().index_select(0, index).requires_grad_(value.requires_grad)
+            for name, value in self.params.items()
+        }
+        self.buffers = {name: value.index_select(0, index) for name, value in self.buffers.items()}
+        self.optim.keep(index)
+
+
+def _vmap_refusal(setup: TrainingSetup, model: nn.Module) -> str | None:
+    """Why vmap cannot compute two stacked copies' losses and gradients on the job's first
+    batch (None: it can). The RNG, the model and its buffers are left as they were."""
+    loss_module = _LossModule(model, setup.task.loss)
+    params = {
+        f"model.{k}": torch.stack([v, v]).detach().requires_grad_(v.requires_grad)
+        for k, v in model.named_parameters()
+    }
+    buffers = {f"model.{k}": torch.stack([v, v]) for k, v in model.named_buffers()}
+
+    def loss(p: dict[str, Tensor], b: dict[str, Tensor], batch: Any) -> Tensor:
+        return functional_call(loss_module, p | b, (batch,))
+
+    devices = [setup.device] if setup.device.type == "cuda" else []
+    try:
+        batch = next(iter(setup.data_order(setup.spec.seed).epoch(0)))
+        with torch.random.fork_rng(devices=devices):
+            losses = vmap(loss, in_dims=(0, 0, None), randomness="same")(params, buffers, batch)
+            trained = [v for v in params.values() if v.requires_grad]
+            torch.autograd.grad(losses.sum(), trained, allow_unused=True)
+    except Exception as exc:  # any op without a batching rule, any shape it cannot take
+        first_line = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        return f"the model cannot run stacked under torch.func.vmap ({first_line})"
+    return None
+
+
+def _member_bytes(setup: TrainingSetup) -> int:
+    """One member's device memory by the job's footprint (its weights, gradients, optimizer
+    state, working copies and one batch's activations)."""
+    from lrtune.footprint import BYTES_PER_VALUE, WORKING_COPIES, estimate
+
+    bundle = setup.bundle
+    cost = estimate(setup.spec, (bundle.input_shape, bundle.output_dim), None)
+    if cost is not None:
+        return max(1, cost.model_bytes + cost.activation_bytes)
+    parameters = sum(p.numel() for p in setup.build_model().parameters())
+    return max(1, parameters * (4 + WORKING_COPIES) * BYTES_PER_VALUE)
