@@ -74,61 +74,19 @@ class StackedOptimizer:
     ) -> None:
         """Update ``params`` in place from ``grads`` (a None gradient leaves its parameter and
         state alone, as torch.optim does); ``member_groups[k][g]`` is member k's group g."""
-        by_group = [[groups[g] for groups in member_groups] for g in range(len(member_groups[0]))]
+        columns: dict[int, _Columns] = {}
         for name, group in self.group_of.items():
             grad = grads.get(name)
             if grad is None:
                 continue
-            options = by_group[group]
+            if group not in columns:
+                options = [groups[group] for groups in member_groups]
+                columns[group] = _Columns(options, grad)
+            state = self.state.setdefault(name, {})
             if self.kind is torch.optim.SGD:
-                self._sgd(params[name], grad, self.state.setdefault(name, {}), options)
+                _sgd(params[name], grad, state, columns[group])
             else:
-                self._adam(params[name], grad, self.state.setdefault(name, {}), options)
-
-    def _sgd(
-        self, param: Tensor, grad: Tensor, state: dict[str, Tensor], options: list[GroupOptions]
-    ) -> None:
-        """torch.optim.SGD's ``_single_tensor_sgd``, member by member."""
-        column = _Columns(options, param)
-        if column.any_nonzero("weight_decay"):
-            grad = grad.add(param * column["weight_decay"])
-        momenta = [float(o["momentum"]) for o in options]
-        if any(m != 0 for m in momenta):
-            grad = _momentum_step(grad, state, column, momenta, bool(options[0]["nesterov"]))
-        param.sub_(grad * column["lr"])
-
-    def _adam(
-        self, param: Tensor, grad: Tensor, state: dict[str, Tensor], options: list[GroupOptions]
-    ) -> None:
-        """torch.optim.Adam's and AdamW's ``_single_tensor_adam``, member by member."""
-        column = _Columns(options, param)
-        if not state:
-            state["step"] = torch.zeros(len(options), dtype=torch.float32)
-            state["exp_avg"] = torch.zeros_like(param)
-            state["exp_avg_sq"] = torch.zeros_like(param)
-            if options[0]["amsgrad"]:
-                state["max_exp_avg_sq"] = torch.zeros_like(param)
-        state["step"] += 1
-        steps = state["step"].tolist()
-        lrs = [float(o["lr"]) for o in options]
-        decays = [float(o["weight_decay"]) for o in options]
-        if any(d != 0 for d in decays):
-            if options[0].get("decoupled_weight_decay", self.kind is torch.optim.AdamW):
-                param.mul_(column.of([1 - lr * d for lr, d in zip(lrs, decays, strict=True)]))
-            else:
-                grad = grad.add(param * column["weight_decay"])
-        beta1 = [float(o["betas"][0]) for o in options]
-        beta2 = [float(o["betas"][1]) for o in options]
-        state["exp_avg"].lerp_(grad, column.of([1 - b for b in beta1]))
-        exp_avg_sq = state["exp_avg_sq"]
-        exp_avg_sq.mul_(column.of(beta2)).add_(grad * grad * column.of([1 - b for b in beta2]))
-        if "max_exp_avg_sq" in state:
-            torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
-            exp_avg_sq = state["max_exp_avg_sq"]
-        step_sizes = [lr / (1 - b**s) for lr, b, s in zip(lrs, beta1, steps, strict=True)]
-        bias_sqrt = [math.sqrt(1 - b**s) for b, s in zip(beta2, steps, strict=True)]
-        denom = (exp_avg_sq.sqrt() / column.of(bias_sqrt)).add_(column["eps"])
-        param.sub_(torch.div(state["exp_avg"], denom).mul_(column.of(step_sizes)))
+                _adam(params[name], grad, state, columns[group], self.kind)
 
     def member_state(self, member: int, name: str) -> dict[str, Tensor]:
         """Member ``member``'s state of parameter ``name`` as torch.optim keeps it (empty
@@ -166,35 +124,63 @@ class StackedOptimizer:
 
 
 class _Columns:
-    """Per-member hyperparameters of one group, as tensors broadcasting against a stacked
-    parameter (shape ``(K, 1, ...)``, its dtype and device)."""
+    """One param group's per-member hyperparameters for one step: each a ``(K,)`` tensor of
+    the parameters' dtype and device (one host-to-device copy for all), and the Python floats
+    torch.optim would compute with."""
 
-    def __init__(self, options: list[GroupOptions], param: Tensor) -> None:
+    def __init__(self, options: list[GroupOptions], like: Tensor) -> None:
         self.options = options
-        self.param = param
+        self.lr = [float(o["lr"]) for o in options]
+        self.weight_decay = [float(o["weight_decay"]) for o in options]
+        if "momentum" in options[0]:
+            self.momentum = [float(o["momentum"]) for o in options]
+            self.undamped = [1 - float(o["dampening"]) for o in options]
+            self.nesterov = bool(options[0]["nesterov"])
+            rows = [self.lr, self.weight_decay, self.momentum, self.undamped]
+        else:
+            self.beta1 = [float(o["betas"][0]) for o in options]
+            self.beta2 = [float(o["betas"][1]) for o in options]
+            self.amsgrad = bool(options[0]["amsgrad"])
+            self.decoupled = bool(options[0].get("decoupled_weight_decay", False))
+            rows = [
+                self.lr,
+                self.weight_decay,
+                [1 - b for b in self.beta1],
+                self.beta2,
+                [1 - b for b in self.beta2],
+                [float(o["eps"]) for o in options],
+            ]
+        self.table = torch.tensor(rows, dtype=like.dtype).to(like.device)
 
-    def of(self, values: Sequence[float]) -> Tensor:
-        shape = (len(values),) + (1,) * (self.param.dim() - 1)
-        return torch.tensor(values, dtype=self.param.dtype).to(self.param.device).view(shape)
+    def row(self, index: int, param: Tensor) -> Tensor:
+        """Row ``index`` of the table, shaped to broadcast against ``param`` ``(K, ...)``."""
+        return self.table[index].view((-1,) + (1,) * (param.dim() - 1))
 
-    def __getitem__(self, key: str) -> Tensor:
-        return self.of([float(o[key]) for o in self.options])
+    def of(self, values: Sequence[float], param: Tensor) -> Tensor:
+        """Per-member ``values`` shaped to broadcast against ``param``."""
+        shape = (len(values),) + (1,) * (param.dim() - 1)
+        return torch.tensor(values, dtype=param.dtype).to(param.device).view(shape)
 
-    def any_nonzero(self, key: str) -> bool:
-        return any(float(o[key]) != 0 for o in self.options)
+
+def _sgd(param: Tensor, grad: Tensor, state: dict[str, Tensor], column: _Columns) -> None:
+    """torch.optim.SGD's ``_single_tensor_sgd``, member by member."""
+    if any(d != 0 for d in column.weight_decay):
+        grad = grad.add(param * column.row(1, param))
+    if any(m != 0 for m in column.momentum):
+        grad = _momentum_step(grad, state, column, param)
+    param.addcmul_(grad, column.row(0, param), value=-1)
 
 
 def _momentum_step(
-    grad: Tensor, state: dict[str, Tensor], column: _Columns, momenta: list[float], nesterov: bool
+    grad: Tensor, state: dict[str, Tensor], column: _Columns, param: Tensor
 ) -> Tensor:
     """SGD's momentum buffer update; the direction each member steps in.
 
     A member's buffer starts as its gradient at its first step with momentum (torch.optim's
     rule); a member at momentum 0 in this step keeps its buffer and steps along its gradient.
     """
-    momentum = column.of(momenta)
-    undamped = column.of([1 - float(o["dampening"]) for o in column.options])
-    uses = column.of([float(m != 0) for m in momenta]).bool()
+    momentum, undamped = column.row(2, param), column.row(3, param)
+    uses = momentum != 0
     if "momentum_buffer" not in state:
         state["momentum_buffer"] = grad.clone()
         state["has_buffer"] = uses.flatten().clone()
@@ -203,14 +189,51 @@ def _momentum_step(
         fresh = uses & ~state["has_buffer"].view(uses.shape)
         state["has_buffer"] |= uses.flatten()
     buffer = state["momentum_buffer"]
-    every_member_continues = all(m != 0 for m in momenta) and not bool(fresh.any())
+    every_member_continues = all(m != 0 for m in column.momentum) and not bool(fresh.any())
     if every_member_continues:
-        buffer.mul_(momentum).add_(grad * undamped)
+        if all(u == 1 for u in column.undamped):
+            buffer.mul_(momentum).add_(grad)
+        else:
+            buffer.mul_(momentum).add_(grad * undamped)
     else:
         updated = torch.where(fresh, grad, buffer * momentum + grad * undamped)
         buffer.copy_(torch.where(uses, updated, buffer))
-    direction = grad + buffer * momentum if nesterov else buffer
+    direction = grad + buffer * momentum if column.nesterov else buffer
     return direction if every_member_continues else torch.where(uses, direction, grad)
+
+
+def _adam(
+    param: Tensor,
+    grad: Tensor,
+    state: dict[str, Tensor],
+    column: _Columns,
+    kind: type[torch.optim.Optimizer],
+) -> None:
+    """torch.optim.Adam's and AdamW's ``_single_tensor_adam``, member by member."""
+    if not state:
+        state["step"] = torch.zeros(param.shape[0], dtype=torch.float32)
+        state["exp_avg"] = torch.zeros_like(param)
+        state["exp_avg_sq"] = torch.zeros_like(param)
+        if column.amsgrad:
+            state["max_exp_avg_sq"] = torch.zeros_like(param)
+    state["step"] += 1
+    steps = state["step"].tolist()
+    if any(d != 0 for d in column.weight_decay):
+        if column.decoupled or kind is torch.optim.AdamW:
+            decay = [1 - lr * d for lr, d in zip(column.lr, column.weight_decay, strict=True)]
+            param.mul_(column.of(decay, param))
+        else:
+            grad = grad.add(param * column.row(1, param))
+    state["exp_avg"].lerp_(grad, column.row(2, param))
+    exp_avg_sq = state["exp_avg_sq"]
+    exp_avg_sq.mul_(column.row(3, param)).add_(grad * grad * column.row(4, param))
+    if "max_exp_avg_sq" in state:
+        torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
+        exp_avg_sq = state["max_exp_avg_sq"]
+    step_sizes = [-lr / (1 - b**s) for lr, b, s in zip(column.lr, column.beta1, steps, strict=True)]
+    bias_sqrt = [math.sqrt(1 - b**s) for b, s in zip(column.beta2, steps, strict=True)]
+    denom = (exp_avg_sq.sqrt() / column.of(bias_sqrt, param)).add_(column.row(5, param))
+    param.add_(torch.div(state["exp_avg"], denom).mul_(column.of(step_sizes, param)))
 
 
 def _stacked_state(per_member: list[Mapping[str, Tensor]]) -> dict[str, Tensor]:

@@ -50,15 +50,16 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
+from torch.nn import functional
 
-from lrtune._multiseed import _LossModule
+from lrtune.batches import move_to
 from lrtune.functional_optim import StackedOptimizer, functional_refusal
 from lrtune.lr_free import LRFreeName
 from lrtune.registry_task import RegistryTask
 from lrtune.result import TrainingRun
 from lrtune.schedules import ScheduleDriver, ScheduleSpec, drive
 from lrtune.spec import UNIT_CHECK_S
+from lrtune.stacked_forward import stacked_forward
 from lrtune.task import TaskError
 from lrtune.training import (
     EpochHook,
@@ -91,6 +92,15 @@ class Member:
     """As :func:`train`'s: raise :class:`StopTraining` in it to end this member as pruned."""
     checkpoint: Path | None = None
     """This member's checkpoint file (:func:`train`'s format): saved each epoch, resumed from."""
+    on_end: Callable[[TrainingRun], None] | None = None
+    """Called with the member's run as soon as it ends (pruned, diverged, below the LR
+    threshold, stopped, or done), while the others may train on: a search tells its trial
+    then. An exception from it propagates, as one from ``on_epoch`` does."""
+
+    def end(self, run: TrainingRun) -> TrainingRun:
+        if self.on_end is not None:
+            self.on_end(run)
+        return run
 
 
 def population_refusal(setup: TrainingSetup, *, lr_free: LRFreeName | None = None) -> str | None:
@@ -110,7 +120,7 @@ def population_refusal(setup: TrainingSetup, *, lr_free: LRFreeName | None = Non
         return "amp: a GradScaler steps one model at a time"
     model = setup.build_model()
     refusal = functional_refusal(setup.build_optimizer(model, 1.0))
-    return refusal if refusal is not None else _vmap_refusal(setup, model)
+    return refusal if refusal is not None else _stacked_refusal(setup, model)
 
 
 def population_size(setup: TrainingSetup, cap: int) -> int:
@@ -147,7 +157,7 @@ def train_population(
     if refusal is not None:
         logger.info("training %d runs one at a time: %s", len(members), refusal)
         return [
-            _train_alone(setup, m, epochs, lr_threshold, seed, stop_reason, stop_check_s)
+            m.end(_train_alone(setup, m, epochs, lr_threshold, seed, stop_reason, stop_check_s))
             for m in members
         ]
     seed = setup.spec.seed if seed is None else seed
@@ -158,11 +168,15 @@ def train_population(
         seats = [_Seat.take(setup, model, i, m, epochs, seed) for i, m in enumerate(members)]
         for cohort in _cohorts(seats):
             if cohort[0].start >= epochs:
+                for seat in cohort:
+                    seat.member.end(seat.run)
                 continue
             if len(cohort) == 1:
                 seat = cohort[0]
-                seat.run = _train_alone(
-                    setup, seat.member, epochs, lr_threshold, seed, stop_reason, stop_check_s
+                seat.run = seat.member.end(
+                    _train_alone(
+                        setup, seat.member, epochs, lr_threshold, seed, stop_reason, stop_check_s
+                    )
                 )
                 continue
             _Population(setup, model, initial, cohort, seed).train(epochs, lr_threshold, looks)
@@ -295,7 +309,6 @@ class _Population:
         self.model = model
         self.seats = seats
         self.order = setup.data_order(seed)
-        self.loss_module = _LossModule(model, setup.task.loss)
         names = {id(p): n for n, p in model.named_parameters()}
         group_of = {
             names[id(p)]: g
@@ -306,7 +319,6 @@ class _Population:
         self.trained = list(group_of)
         self.optim = StackedOptimizer(type(seats[0].optimizer), group_of)
         self._stack(initial, seed)
-        self._losses = vmap(self._member_loss, in_dims=(0, 0, None), randomness="same")
 
     def _stack(self, initial: Mapping[str, Tensor], seed: int) -> None:
         """Stack the members' weights, buffers and optimizer states (``initial``: a fresh
@@ -335,11 +347,11 @@ class _Population:
             torch.cuda.set_rng_state(first.cuda_rng, self.setup.device)
         self.order.load_state_dict(first.data_order)
 
-    def _member_loss(
-        self, params: dict[str, Tensor], buffers: dict[str, Tensor], batch: Any
-    ) -> Tensor:
-        prefixed = {f"model.{k}": v for k, v in (params | buffers).items()}
-        return functional_call(self.loss_module, prefixed, (batch,))
+    def _losses(self, batch: Any) -> Tensor:
+        """Each member's training loss on ``batch``, shape ``(K,)``."""
+        inputs, targets = move_to(batch, self.setup.device)
+        outputs = stacked_forward(self.model, self.params, self.buffers, inputs, len(self.seats))
+        return member_losses(self.setup.task.criterion, outputs, targets)
 
     def train(self, epochs: int, lr_threshold: float | None, looks: _StopLooks) -> None:
         """Train every member up to ``epochs``, members leaving as their runs end."""
@@ -350,11 +362,14 @@ class _Population:
             except StopTraining as stop:  # stop_reason said why, mid-epoch
                 for seat in self.seats:
                     seat.run.status, seat.run.reason = "pruned", str(stop)
+                    seat.member.end(seat.run)
                 return
             records = self._evaluate_and_save(epoch, losses)
             self._leave(self._report(epoch, records, lr_threshold))
             if not self.seats:
                 return
+        for seat in self.seats:
+            seat.member.end(seat.run)
 
     def _train_epoch(self, epoch: int, look: Callable[[], None]) -> list[float | None]:
         """Each member's mean training loss of one epoch, None where a loss was not finite
@@ -372,7 +387,7 @@ class _Population:
             member_groups = [seat.optimizer.param_groups for seat in self.seats]
             for seat, groups in zip(self.seats, member_groups, strict=True):
                 seat.run.lr_steps.append([float(g["lr"]) for g in groups])
-            losses = self._losses(self.params, self.buffers, batch)
+            losses = self._losses(batch)
             finite &= torch.isfinite(losses.detach())
             finite_steps += finite
             grads = torch.autograd.grad(losses.sum(), trained, allow_unused=True)
@@ -489,6 +504,8 @@ class _Population:
         """Drop the members at ``rows`` from the stacks."""
         if not rows:
             return
+        for row in rows:
+            self.seats[row].member.end(self.seats[row].run)
         keep = [row for row in range(len(self.seats)) if row not in rows]
         self.seats = [self.seats[row] for row in keep]
         if not keep:
@@ -502,29 +519,50 @@ class _Population:
         self.optim.keep(index)
 
 
-def _vmap_refusal(setup: TrainingSetup, model: nn.Module) -> str | None:
-    """Why vmap cannot compute two stacked copies' losses and gradients on the job's first
-    batch (None: it can). The RNG, the model and its buffers are left as they were."""
-    loss_module = _LossModule(model, setup.task.loss)
+def member_losses(criterion: nn.Module, outputs: Tensor, targets: Tensor) -> Tensor:
+    """Each member's mean loss, shape ``(K,)``, from ``outputs`` ``(K, B, ...)`` against the
+    ``targets`` they share: what ``criterion(outputs[k], targets)`` gives member ``k``.
+
+    Raises:
+        TypeError: ``criterion`` is not a plain ``nn.CrossEntropyLoss`` or ``nn.MSELoss``.
+    """
+    members = outputs.shape[0]
+    if type(criterion) is nn.CrossEntropyLoss and criterion.weight is None:
+        flat = outputs.reshape(-1, *outputs.shape[2:])
+        losses = functional.cross_entropy(
+            flat,
+            targets.repeat(members, *[1] * (targets.dim() - 1)),
+            reduction="none",
+            ignore_index=criterion.ignore_index,
+            label_smoothing=criterion.label_smoothing,
+        )
+    elif type(criterion) is nn.MSELoss:
+        losses = functional.mse_loss(outputs, targets.expand_as(outputs), reduction="none")
+    else:
+        raise TypeError(f"{type(criterion).__name__} has no per-member form")
+    return losses.reshape(members, -1).mean(1)
+
+
+def _stacked_refusal(setup: TrainingSetup, model: nn.Module) -> str | None:
+    """Why two stacked copies of ``model`` cannot compute their losses and gradients on the
+    job's first batch (None: they can). The RNG, the model and its buffers are left alone."""
     params = {
-        f"model.{k}": torch.stack([v, v]).detach().requires_grad_(v.requires_grad)
-        for k, v in model.named_parameters()
+        name: torch.stack([value, value]).detach().requires_grad_(value.requires_grad)
+        for name, value in model.named_parameters()
     }
-    buffers = {f"model.{k}": torch.stack([v, v]) for k, v in model.named_buffers()}
-
-    def loss(p: dict[str, Tensor], b: dict[str, Tensor], batch: Any) -> Tensor:
-        return functional_call(loss_module, p | b, (batch,))
-
+    buffers = {name: torch.stack([value, value]) for name, value in model.named_buffers()}
     devices = [setup.device] if setup.device.type == "cuda" else []
     try:
         batch = next(iter(setup.data_order(setup.spec.seed).epoch(0)))
+        inputs, targets = move_to(batch, setup.device)
         with torch.random.fork_rng(devices=devices):
-            losses = vmap(loss, in_dims=(0, 0, None), randomness="same")(params, buffers, batch)
-            trained = [v for v in params.values() if v.requires_grad]
+            outputs = stacked_forward(model.train(), params, buffers, inputs, 2)
+            losses = member_losses(setup.task.criterion, outputs, targets)
+            trained = [value for value in params.values() if value.requires_grad]
             torch.autograd.grad(losses.sum(), trained, allow_unused=True)
     except Exception as exc:  # any op without a batching rule, any shape it cannot take
         first_line = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-        return f"the model cannot run stacked under torch.func.vmap ({first_line})"
+        return f"the model cannot train stacked ({first_line})"
     return None
 
 

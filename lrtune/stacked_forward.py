@@ -1,0 +1,227 @@
+"""One forward pass for K copies of a model whose weights are stacked: fused per operator.
+
+A population (:mod:`lrtune.population`) holds its members' weights as ``(K, *shape)`` tensors.
+:func:`stacked_forward` runs a model's ``nn.Sequential`` tree on them the way HFTA fuses
+models: K Linear layers as one batched matmul (one plain matmul while the input is still the
+batch all members share), K convolutions as one grouped convolution, K BatchNorms as one over
+K times the channels (each member's running statistics updated in place in its row); modules
+without weights run once on the K batches merged, elementwise ones on the stack as it is. A
+module it does not know runs under ``torch.func.vmap`` on its own. Dropout draws one mask of
+one member's batch shape and applies it to every member: the mask, and the RNG draws, of a run
+of one model alone.
+
+Activations are ``(K, B, ...)`` once they differ between members, ``(B, ...)`` (shared) before.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    >>> params = {n: torch.stack([p.detach()] * 5) for n, p in model.named_parameters()}
+    >>> x = torch.randn(8, 3)
+    >>> out = stacked_forward(model, params, {}, x)
+    >>> out.shape, torch.allclose(out[2], model(x), atol=1e-6)
+    (torch.Size([5, 8, 2]), True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+from torch.nn import functional
+
+from lrtune.models import _Residual
+
+ELEMENTWISE = (
+    nn.ReLU,
+    nn.GELU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.SiLU,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.Identity,
+)
+"""Modules without weights that act on each value alone: they run on the stack as it is."""
+
+_CONV = {nn.Conv1d: functional.conv1d, nn.Conv2d: functional.conv2d}
+
+
+@dataclass(frozen=True)
+class _Activation:
+    """What flows between modules: ``(K, B, ...)`` or, while shared, ``(B, ...)``."""
+
+    value: Tensor
+    shared: bool
+
+
+def stacked_forward(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor],
+    inputs: Tensor,
+    members: int | None = None,
+) -> Tensor:
+    """``model``'s output for every member, ``(K, B, ...)``, from the batch ``inputs`` they
+    share; ``params`` and ``buffers`` by ``model``'s names, stacked along dim 0 (``K`` rows).
+
+    The modules' ``training`` flags apply (dropout, BatchNorm's batch statistics).
+    """
+    count = members if members is not None else len(next(iter(params.values())))
+    out = _run(model, "", params, buffers, _Activation(inputs, shared=True), count)
+    return out.value if not out.shared else out.value.expand(count, *out.value.shape)
+
+
+def _run(
+    module: nn.Module,
+    prefix: str,
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor],
+    x: _Activation,
+    count: int,
+) -> _Activation:
+    kind = type(module)
+    if kind is nn.Sequential:
+        for name, child in module.named_children():
+            x = _run(child, f"{prefix}{name}.", params, buffers, x, count)
+        return x
+    if kind is _Residual:
+        body = _run(module.body, f"{prefix}body.", params, buffers, x, count)
+        return _Activation(x.value + body.value, x.shared and body.shared)
+    if kind is nn.Linear:
+        return _linear(params[f"{prefix}weight"], params.get(f"{prefix}bias"), x)
+    if kind in _CONV and module.padding_mode == "zeros":  # type: ignore[attr-defined]
+        return _conv(module, prefix, params, x)
+    if kind in (nn.BatchNorm1d, nn.BatchNorm2d) and _stackable_norm(module):
+        return _batch_norm(module, prefix, params, buffers, x, count)
+    if kind is nn.Dropout:
+        return _dropout(module, x)
+    if _has_tensors(module):
+        return _vmapped(module, prefix, params, buffers, x)
+    if isinstance(module, ELEMENTWISE) or x.shared:
+        return _Activation(module(x.value), x.shared)
+    merged = x.value.reshape(-1, *x.value.shape[2:])
+    out = module(merged)
+    return _Activation(out.reshape(count, -1, *out.shape[1:]), shared=False)
+
+
+def _linear(weight: Tensor, bias: Tensor | None, x: _Activation) -> _Activation:
+    members, out_features, in_features = weight.shape
+    if x.shared:  # one matmul for every member: (B, in) @ (in, K * out)
+        flat_bias = None if bias is None else bias.reshape(-1)
+        out = functional.linear(x.value, weight.reshape(-1, in_features), flat_bias)
+        out = out.view(*out.shape[:-1], members, out_features).movedim(-2, 0)
+        return _Activation(out, shared=False)
+    value = x.value
+    rows = value.reshape(members, -1, in_features)
+    if bias is None:
+        out = torch.bmm(rows, weight.transpose(1, 2))
+    else:
+        out = torch.baddbmm(bias.unsqueeze(1), rows, weight.transpose(1, 2))
+    return _Activation(out.view(*value.shape[:-1], out_features), shared=False)
+
+
+def _conv(
+    module: nn.Module, prefix: str, params: Mapping[str, Tensor], x: _Activation
+) -> _Activation:
+    """K convolutions as one: shared input against K * out channels, else grouped by member."""
+    weight, bias = params[f"{prefix}weight"], params.get(f"{prefix}bias")
+    members = weight.shape[0]
+    conv = _CONV[type(module)]
+    flat_bias = None if bias is None else bias.reshape(-1)
+    options = {
+        "stride": module.stride,
+        "padding": module.padding,
+        "dilation": module.dilation,
+    }
+    if x.shared:
+        out = conv(
+            x.value,
+            weight.reshape(-1, *weight.shape[2:]),
+            flat_bias,
+            groups=module.groups,
+            **options,
+        )
+    else:
+        batch = x.value.shape[1]
+        merged = x.value.transpose(0, 1).reshape(batch, -1, *x.value.shape[3:])
+        out = conv(
+            merged,
+            weight.reshape(-1, *weight.shape[2:]),
+            flat_bias,
+            groups=module.groups * members,
+            **options,
+        )
+    out = out.view(out.shape[0], members, -1, *out.shape[2:]).transpose(0, 1)
+    return _Activation(out, shared=False)
+
+
+def _stackable_norm(module: nn.Module) -> bool:
+    """A BatchNorm whose update needs no step count (``momentum`` set) and keeps statistics."""
+    return module.momentum is not None and module.track_running_stats  # type: ignore[attr-defined]
+
+
+def _batch_norm(
+    module: nn.Module,
+    prefix: str,
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor],
+    x: _Activation,
+    count: int,
+) -> _Activation:
+    """K BatchNorms as one over K * C channels; each member's running statistics (its row of
+    the stacked buffers, viewed flat) are updated in place, as one BatchNorm updates its own."""
+    value = x.value if not x.shared else x.value.expand(count, *x.value.shape)
+    batch = value.shape[1]
+    merged = value.transpose(0, 1).reshape(batch, -1, *value.shape[3:])
+    weight, bias = params.get(f"{prefix}weight"), params.get(f"{prefix}bias")
+    running_mean = buffers[f"{prefix}running_mean"]
+    running_var = buffers[f"{prefix}running_var"]
+    if module.training:
+        buffers[f"{prefix}num_batches_tracked"].add_(1)
+    out = functional.batch_norm(
+        merged,
+        running_mean.view(-1),
+        running_var.view(-1),
+        None if weight is None else weight.reshape(-1),
+        None if bias is None else bias.reshape(-1),
+        training=module.training,
+        momentum=module.momentum,  # type: ignore[arg-type]
+        eps=module.eps,  # type: ignore[arg-type]
+    )
+    out = out.view(batch, count, -1, *out.shape[2:]).transpose(0, 1)
+    return _Activation(out, shared=False)
+
+
+def _dropout(module: nn.Module, x: _Activation) -> _Activation:
+    """One mask of one member's shape, for all: what a run of one model draws."""
+    if x.shared or not module.training:
+        return _Activation(module(x.value), x.shared)
+    scaled_mask = module(torch.ones_like(x.value[0]))
+    return _Activation(x.value * scaled_mask, shared=False)
+
+
+def _has_tensors(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
+
+
+def _vmapped(
+    module: nn.Module,
+    prefix: str,
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor],
+    x: _Activation,
+) -> _Activation:
+    """A module this file does not fuse, run per member under vmap (same randomness)."""
+    own_params = {n: params[f"{prefix}{n}"] for n, _ in module.named_parameters()}
+    own_buffers = {n: buffers[f"{prefix}{n}"] for n, _ in module.named_buffers()}
+
+    def member(p: dict[str, Tensor], b: dict[str, Tensor], value: Tensor) -> Tensor:
+        return functional_call(module, (p, b), (value,))
+
+    in_dims = (0, 0, None if x.shared else 0)
+    out = vmap(member, in_dims=in_dims, randomness="same")(own_params, own_buffers, x.value)
+    return _Activation(out, shared=False)
