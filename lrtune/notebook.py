@@ -88,10 +88,11 @@ def tune(
     device: str = "auto",
     artifact_dir: str | Path | None = None,
     progress: bool = True,
+    population: int = 1,
 ) -> Any:
     """Find the LR schedule for a job spec or a task: range test, search, confirmation,
-    recommendation (:func:`lrtune.search.tune`, whose ``storage``, ``artifact_dir`` and
-    ``progress`` these are).
+    recommendation (:func:`lrtune.search.tune`, whose ``storage``, ``artifact_dir``,
+    ``progress`` and ``population`` these are).
 
     For a task, ``search`` and ``range_test`` are a job's (e.g. ``{"n_trials": 20,
     "epochs": 5}``); the task's metric and direction are searched unless ``search`` names
@@ -109,7 +110,16 @@ def tune(
             raise InvalidInputError(
                 "search=, range_test= and name= are for a task: a job spec holds its own"
             )
-        return tune_spec(job, storage, artifact_dir=artifact_dir, progress=progress)
+        return tune_spec(
+            job, storage, artifact_dir=artifact_dir, progress=progress, population=population
+        )
     task: Task = job
     spec = task_job(task, search=search, range_test=range_test, seed=seed, name=name, device=device)
-    return tune_spec(spec, storage, artifact_dir=artifact_dir, progress=progress, task=task)
+    return tune_spec(
+        spec,
+        storage,
+        artifact_dir=artifact_dir,
+        progress=progress,
+        task=task,
+        population=population,
+    )

@@ -294,34 +294,6 @@ def _fingerprint(value: Any) -> bytes:
     return repr(value).encode()
 
 
-def _group_key(group: int) -> str:
-    return f"group {group}"
-
-
-class _Segments:
-    """One param group's trained parameters as consecutive segments of one flat tensor."""
-
-    def __init__(self, shapes: list[tuple[str, torch.Size]]) -> None:
-        self.names = [name for name, _ in shapes]
-        self.shapes = [shape for _, shape in shapes]
-        self.sizes = [shape.numel() for shape in self.shapes]
-
-    def flatten(self, tensors: Mapping[str, Tensor], batched: bool = True) -> Tensor:
-        """The group's tensors (each ``(K, *shape)``, or ``shape`` unbatched) as one."""
-        lead = 1 if batched else 0
-        parts = [tensors[name].detach().flatten(lead) for name in self.names]
-        return torch.cat(parts, dim=lead)
-
-    def split(self, flat: Tensor, batched: bool = True) -> dict[str, Tensor]:
-        """Views of ``flat`` (``(K, N)``, or ``(N,)`` unbatched), one per parameter."""
-        lead = flat.shape[:1] if batched else ()
-        parts = flat.split(self.sizes, dim=-1)
-        return {
-            name: part.view(*lead, *shape)
-            for name, part, shape in zip(self.names, parts, self.shapes, strict=True)
-        }
-
-
 class _Population:
     """Members that start from one state, their tensors stacked (see the module)."""
 
@@ -338,15 +310,14 @@ class _Population:
         self.seats = seats
         self.order = setup.data_order(seed)
         names = {id(p): n for n, p in model.named_parameters()}
-        self.groups = [
-            _Segments([(names[id(p)], p.shape) for p in group["params"] if p.requires_grad])
-            for group in seats[0].optimizer.param_groups
-        ]
-        self.trained = [name for group in self.groups for name in group.names]
-        self.optim = StackedOptimizer(
-            type(seats[0].optimizer),
-            {_group_key(g): g for g, group in enumerate(self.groups) if group.names},
-        )
+        group_of = {
+            names[id(p)]: g
+            for g, group in enumerate(seats[0].optimizer.param_groups)
+            for p in group["params"]
+            if p.requires_grad
+        }
+        self.trained = list(group_of)
+        self.optim = StackedOptimizer(type(seats[0].optimizer), group_of)
         self._stack(initial, seed)
 
     def _stack(self, initial: Mapping[str, Tensor], seed: int) -> None:
@@ -354,62 +325,27 @@ class _Population:
         member's); set the RNG and the data order where the members start."""
         resumed = [seat.resumed for seat in self.seats]
         states = [initial if r is None else r.model for r in resumed]
-        self.flat = {
-            _group_key(g): torch.stack([group.flatten(s, batched=False) for s in states])
-            for g, group in enumerate(self.groups)
-            if group.names
-        }
-        self.frozen = {
+        model = self.model
+        own = dict(model.named_parameters())
+        self.params = {
             name: torch.stack([s[name] for s in states])
-            for name, _ in self.model.named_parameters()
-            if name not in self.trained
+            .detach()
+            .requires_grad_(name in self.trained)
+            for name in own
         }
         self.buffers = {
             name: torch.stack([s.get(name, value) for s in states]).detach()
-            for name, value in self.model.named_buffers()
+            for name, value in model.named_buffers()
         }
-        self._view_params()
         first = resumed[0]
         if first is None:
             torch.manual_seed(seed)
             return
-        self.optim.load_member_states(
-            [self._flat_optimizer_state(r.optimizer) for r in resumed if r is not None]
-        )
+        self.optim.load_member_states([r.optimizer for r in resumed if r is not None])
         torch.set_rng_state(first.torch_rng)
         if first.cuda_rng is not None:
             torch.cuda.set_rng_state(first.cuda_rng, self.setup.device)
         self.order.load_state_dict(first.data_order)
-
-    def _view_params(self) -> None:
-        """Each trained parameter as a leaf view of its group's flat stack (so one update of
-        the stack moves them all), the frozen ones as they are."""
-        self.params = dict(self.frozen)
-        for g, group in enumerate(self.groups):
-            if not group.names:
-                continue
-            for name, view in group.split(self.flat[_group_key(g)]).items():
-                self.params[name] = view.requires_grad_()
-
-    def _flat_optimizer_state(
-        self, by_name: Mapping[str, Mapping[str, Tensor]]
-    ) -> dict[str, dict[str, Tensor]]:
-        """A member's torch.optim state by parameter name, flattened per group."""
-        flat: dict[str, dict[str, Tensor]] = {}
-        for g, group in enumerate(self.groups):
-            first = by_name.get(group.names[0], {}) if group.names else {}
-            if not first:
-                continue
-            flat[_group_key(g)] = {
-                key: first[key]
-                if key == "step"
-                else group.flatten({n: by_name[n][key] for n in group.names}, batched=False)
-                for key in first
-            }
-        return flat
-
-    def _flat_grads(self, grads: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        return {_group_key(g): group.flatten(grads) for g, group in enumerate(self.groups)}
 
     def _losses(self, batch: Any) -> Tensor:
         """Each member's training loss on ``batch``, shape ``(K,)``."""
@@ -454,8 +390,8 @@ class _Population:
             losses = self._losses(batch)
             finite &= torch.isfinite(losses.detach())
             finite_steps += finite
-            grads = dict(zip(self.trained, torch.autograd.grad(losses.sum(), trained), strict=True))
-            self.optim.step(self.flat, self._flat_grads(grads), member_groups)
+            grads = torch.autograd.grad(losses.sum(), trained, allow_unused=True)
+            self.optim.step(self.params, dict(zip(self.trained, grads, strict=True)), member_groups)
             for seat in self.seats:
                 seat.driver.after_batch()
             total += losses.detach().float()
@@ -550,14 +486,10 @@ class _Population:
         its weights: :meth:`_load_member`)."""
         seat = self.seats[row]
         optimizer = seat.optimizer
-        params = dict(self.model.named_parameters())
-        for g, group in enumerate(self.groups):
-            flat = self.optim.member_state(row, _group_key(g))
-            for name in group.names if flat else ():
-                optimizer.state[params[name]] = {
-                    key: value if key == "step" else group.split(value, batched=False)[name].clone()
-                    for key, value in flat.items()
-                }
+        for name, param in self.model.named_parameters():
+            state = self.optim.member_state(row, name) if name in self.trained else {}
+            if state:
+                optimizer.state[param] = state
         setup = self.setup
         state = _RunState(
             self.model, optimizer, seat.driver, self.order, None, setup.device, setup.task
@@ -579,10 +511,11 @@ class _Population:
         if not keep:
             return
         index = torch.tensor(keep, device=self.setup.device)
-        self.flat = {key: value.index_select(0, index) for key, value in self.flat.items()}
-        self.frozen = {name: value.index_select(0, index) for name, value in self.frozen.items()}
+        self.params = {
+            name: value.detach().index_select(0, index).requires_grad_(value.requires_grad)
+            for name, value in self.params.items()
+        }
         self.buffers = {name: value.index_select(0, index) for name, value in self.buffers.items()}
-        self._view_params()
         self.optim.keep(index)
 
 
@@ -626,7 +559,7 @@ def _stacked_refusal(setup: TrainingSetup, model: nn.Module) -> str | None:
             outputs = stacked_forward(model.train(), params, buffers, inputs, 2)
             losses = member_losses(setup.task.criterion, outputs, targets)
             trained = [value for value in params.values() if value.requires_grad]
-            torch.autograd.grad(losses.sum(), trained)  # every trained parameter is used
+            torch.autograd.grad(losses.sum(), trained, allow_unused=True)
     except Exception as exc:  # any op without a batching rule, any shape it cannot take
         first_line = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         return f"the model cannot train stacked ({first_line})"

@@ -306,6 +306,55 @@ def test_a_job_survives_workers_killed_mid_range_test_and_mid_trial(
     assert retry.run.resumed_from > 0  # resumed from the killed trial's checkpoint
 
 
+# Trials of many epochs, all three trained as one population (killed two epochs in).
+POPULATION_JOB = {**JOB, "search": {**JOB["search"], "epochs": 60, "pruner": "none"}}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_population_killed_mid_trial_resumes_every_member_from_its_checkpoint(
+    jobs_url: str, tmp_path: Path, fleet_factory: Any
+) -> None:
+    (job_id,) = _submit(jobs_url, 1, POPULATION_JOB)
+    store = JobStore(jobs_url)
+    fleet = fleet_factory(jobs_url, "--artifact-dir", str(tmp_path / "artifacts"))
+    (first,) = fleet.start(1, "--population", "3")
+    _until(lambda: store.get(job_id).status is JobStatus.SEARCHING, "the search to start")
+    study_name = store.get(job_id).study_name
+    _until(lambda: _running_with_epochs_done(jobs_url, study_name, 2) == 3, "3 members 2 in")
+
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    fleet.start(1, "--population", "3")  # retries the dead members once they go stale
+    _until(lambda: store.get(job_id).status.finished, "the job to finish")
+
+    assert fleet.stop()[-1] == 0, fleet.log_text()[-3000:]
+    _check_finished_exactly(store, jobs_url, job_id)
+    killed = _check_no_duplicate_or_unexplained_fail(jobs_url, study_name)
+    assert len(killed) == 3  # the whole population, each retried once
+    study = optuna.load_study(study_name=study_name, storage=open_storage(jobs_url))
+    retries = [
+        TrialRecord.read(t)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get(ATTR_SLOT) in {k.slot for k in killed}
+    ]
+    assert sorted(r.root_trial for r in retries) == sorted(k.number for k in killed)
+    for retry in retries:
+        assert retry.run is not None and retry.run.resumed_from is not None
+        assert retry.run.resumed_from >= 2  # from the killed member's own checkpoint
+        assert len(retry.run.epochs) == 60
+
+
+def _running_with_epochs_done(url: str, study_name: str, epochs: int) -> int:
+    """How many running trials of the study have reported ``epochs`` epochs."""
+    try:
+        study = optuna.load_study(study_name=study_name, storage=open_storage(url))
+    except KeyError:  # not created yet
+        return 0
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return sum(len(t.intermediate_values) >= epochs for t in running)
+
+
 def _restart_postgres(postgres_url: str) -> None:
     command = os.environ.get("LRTUNE_TEST_POSTGRES_RESTART")
     if not command:

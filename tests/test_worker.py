@@ -354,6 +354,7 @@ def test_max_jobs_bounds_the_jobs_a_worker_takes_part_in(sqlite_url: str) -> Non
         (["--max-jobs", "0"], "--max-jobs must be >= 1"),
         (["--lease-s", "0"], "--lease-s must be"),
         (["--concurrency", "0"], "--concurrency must be >= 1"),
+        (["--population", "0"], "--population must be >= 1"),
     ],
 )
 def test_worker_options_out_of_range_are_one_line_errors(

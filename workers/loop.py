@@ -173,6 +173,9 @@ class Worker:
             default: what this process's torch uses).
         tasks: the tasks it runs, by name (:mod:`lrtune.workers.tasks`): it publishes them and
             claims their jobs besides registry jobs; another task's jobs it never takes.
+        population: search trials of one job trained at once as a population, at most
+            (:mod:`lrtune.search.populations`; fewer where the device's memory holds fewer, one
+            at a time for a task that cannot be trained so); per unit slot.
     """
 
     def __init__(
@@ -187,9 +190,12 @@ class Worker:
         concurrency: int = 1,
         threads: int | None = None,
         tasks: Mapping[str, LoadedTask] | None = None,
+        population: int = 1,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        if population < 1:
+            raise ValueError(f"population must be >= 1, got {population}")
         self.store = store
         self.device = str(resolve_device(device))
         self.lease_s = lease_s
@@ -199,6 +205,7 @@ class Worker:
         self.concurrency = concurrency
         self.threads = threads
         self.tasks = dict(tasks or {})
+        self.population = population
         self._storage: optuna.storages.BaseStorage | None = None
         self._setups: dict[str, TrainingSetup] = {}
         self._dispatcher: Dispatcher | None = None
@@ -319,6 +326,7 @@ class Worker:
             threads=self.threads or torch_threads(),
             log_level=logger.getEffectiveLevel(),
             task_paths=tuple(task.path for task in self.tasks.values()),
+            population=self.population,
         )
         with children(self, config, self.concurrency, unit_runner) as self._dispatcher:
             try:
@@ -553,6 +561,7 @@ class Worker:
             gate=self._gate(job),
             stop_unit=self._stop_when_ended(job.id),
             unit_check_s=self.store.settings.unit_check_s,
+            population=self.population,
         )
         log_event(job.id, self.id, job.status.value, "helping")
         self._holding["unit"] = WorkerActivity(job_id=job.id, phase=job.status, lease=False)
@@ -696,5 +705,6 @@ def unit_runner(config: ChildConfig, worker_id: str) -> Callable[[JobRecord], Un
         worker_id=worker_id,
         artifact_dir=config.artifact_dir,
         tasks=load_named(config.task_paths),
+        population=config.population,
     )
     return worker.run_unit

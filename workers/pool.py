@@ -71,6 +71,8 @@ class ChildConfig:
     log_level: int = logging.INFO
     task_paths: tuple[str, ...] = ()
     """The import paths of the tasks the parent loaded (each child imports them again)."""
+    population: int = 1
+    """Search trials a child trains at once (the parent's ``population``)."""
 
 
 RunnerFactory = Callable[[ChildConfig, str], Callable[[JobRecord], "UnitOutcome"]]

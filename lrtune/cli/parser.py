@@ -229,6 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 1: in this process)",
     )
     worker.add_argument(
+        "--population",
+        type=int,
+        default=1,
+        metavar="K",
+        help="train up to K search trials of a job at once as one population (stacked "
+        "models, one forward and backward for all; fewer when the device's memory holds "
+        "fewer; one at a time for a task that cannot be stacked; default 1)",
+    )
+    worker.add_argument(
         "--artifact-dir",
         type=Path,
         help="where trials checkpoint each epoch, so an interrupted one resumes (default: "
@@ -300,6 +309,14 @@ def _serve_parser(sub: Any) -> None:
         "--workers", type=int, default=1, metavar="N", help="embedded workers (default 1)"
     )
     serve.add_argument("--device", default="auto", help="the workers' device (default auto)")
+    serve.add_argument(
+        "--population",
+        type=int,
+        default=1,
+        metavar="K",
+        help="the embedded workers train up to K search trials at once (lrtune worker "
+        "--population; default 1)",
+    )
     serve.add_argument(
         "--task",
         action="append",

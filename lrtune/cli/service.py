@@ -85,6 +85,8 @@ def worker(args: argparse.Namespace) -> int:
         raise CliError(f"--max-jobs must be >= 1, got {args.max_jobs}")
     if args.concurrency < 1:
         raise CliError(f"--concurrency must be >= 1, got {args.concurrency}")
+    if args.population < 1:
+        raise CliError(f"--population must be >= 1, got {args.population}")
     lease_s = DEFAULT_LEASE_S if args.lease_s is None else args.lease_s
     if not lease_s > 0:
         raise CliError(f"--lease-s must be a positive number of seconds, got {lease_s}")
@@ -108,6 +110,7 @@ def worker(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         threads=threads,
         tasks=tasks,
+        population=args.population,
     )
     with stop_on_signals():
         jobs = running.run(max_jobs=args.max_jobs, once=args.once)
@@ -186,6 +189,7 @@ class ServeOptions:
     workers: int = 1
     threads: int | None = None
     device: str = "auto"
+    population: int = 1
     tasks: tuple[str, ...] = ()
     submit: Path | None = None
     exit_when_done: bool = False
@@ -199,6 +203,8 @@ def serve(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise CliError(f"--workers must be >= 1, got {args.workers} (or pass --no-worker)")
+    if args.population < 1:
+        raise CliError(f"--population must be >= 1, got {args.population}")
     if args.exit_when_done and args.submit is None:
         raise CliError("--exit-when-done needs --submit JOB")
     if args.submit is not None:
@@ -224,6 +230,7 @@ def serve(args: argparse.Namespace) -> int:
         workers=0 if args.no_worker else args.workers,
         threads=getattr(args, "threads", None),
         device=args.device,
+        population=args.population,
         tasks=tuple(args.task),
         submit=args.submit,
         exit_when_done=args.exit_when_done,
@@ -389,6 +396,8 @@ def _worker_argv(options: ServeOptions) -> list[str]:
     command = [*python_module("lrtune.cli"), "worker", "--device", options.device]
     if options.threads is not None:
         command += ["--threads", str(options.threads)]
+    if options.population > 1:
+        command += ["--population", str(options.population)]
     for task in options.tasks:
         command += ["--task", task]
     return command

@@ -39,6 +39,7 @@ from lrtune.recommendation import Recommendation
 from lrtune.result import LRFinderResult
 from lrtune.search import answer
 from lrtune.search.gate import UnitGate
+from lrtune.search.populations import population_size
 from lrtune.search.prepare import prepare_study, stored_bounds
 from lrtune.search.queues import (
     Storage,
@@ -155,7 +156,10 @@ class JobSearch:
         if phase == "search":
             self.study.gate = options.gate or UnitGate(self.spec.search)
             objective = UnitObjective("trial", setup, self.study, self.bounds, options)
-            self._drain(self.study, objective, "trials", options, options.timeout_s, True)
+            population = population_size(setup, options.population)
+            self._drain(
+                self.study, objective, "trials", options, options.timeout_s, True, population
+            )
             return True
         if not self._search_finished(options.wait_for_others):
             return False
@@ -212,6 +216,7 @@ class JobSearch:
         options: UnitOptions,
         timeout_s: float | None,
         show_best: bool,
+        population: int = 1,
     ) -> None:
         drain(
             queue,
@@ -222,6 +227,7 @@ class JobSearch:
             progress=options.progress,
             show_best=show_best,
             should_stop=options.should_stop,
+            population=population,
         )
 
 
@@ -270,6 +276,7 @@ def tune(
     artifact_dir: str | Path | None = None,
     progress: bool = True,
     task: Task | None = None,
+    population: int = 1,
 ) -> Recommendation:
     """Find the LR schedule for a job: range test, search, confirmation, recommendation.
 
@@ -282,6 +289,9 @@ def tune(
         artifact_dir: where trials and confirmation runs checkpoint each epoch (needed to resume
             a run mid-way).
         progress: progress bars on stderr.
+        population: train up to this many search trials at once as one population
+            (:mod:`lrtune.search.populations`): faster for small models, each trial still its
+            own; 1 runs them one at a time.
 
     ``search.timeout_s`` bounds the search; a search cut short leaves its queue for a later run
     and is not confirmed (the recommendation says so).
@@ -303,6 +313,7 @@ def tune(
         artifact_dir=Path(artifact_dir) if artifact_dir else None,
         progress=progress,
         timeout_s=spec.search.timeout_s,
+        population=population,
     )
     search.run_units("search", setup, options)
     while True:  # confirmation, then more seeds while the best are inside the noise

@@ -165,6 +165,9 @@ class UnitOptions:
             (:func:`~lrtune.training.request_stop`) is looked for as often.
         timeout_s: how long the search runs units (None: until its queue is empty); the
             confirmation ignores it.
+        population: how many search trials to train at once as one population
+            (:mod:`lrtune.search.populations`); 1, or a task that cannot be trained so, runs
+            them one at a time. Confirmation runs always run one at a time.
     """
 
     artifact_dir: Path | None = None
@@ -175,6 +178,7 @@ class UnitOptions:
     stop_unit: UnitStop | None = None
     unit_check_s: float = UNIT_CHECK_S
     timeout_s: float | None = None
+    population: int = 1
 
 
 class UnitPlan(NamedTuple):
@@ -362,10 +366,13 @@ class UnitObjective:
         self._finalists: list[FrozenTrial] | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
-        unit = Unit(
+        return self.unit(trial).run()
+
+    def unit(self, trial: optuna.Trial) -> Unit:
+        """The unit a popped trial of the queue is."""
+        return Unit(
             trial, self.kind, self.setup, self.search, self.bounds, self.options, self.finalists
         )
-        return unit.run()
 
     def finalists(self) -> list[FrozenTrial]:
         if self._finalists is None:
@@ -400,7 +407,7 @@ def _guarded(trial: optuna.Trial, setup: TrainingSetup, training: Callable[[], T
 
 def drain(
     study: optuna.Study,
-    objective: Callable[[optuna.Trial], float],
+    objective: UnitObjective,
     *,
     desc: str,
     timeout_s: float | None,
@@ -408,9 +415,11 @@ def drain(
     progress: bool,
     show_best: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    population: int = 1,
 ) -> None:
     """Pop and run ``study``'s queued trials until the queue is empty, the time is up, or
-    ``should_stop`` says so after a trial."""
+    ``should_stop`` says so after a trial; ``population`` > 1 pops and trains that many at
+    once (:func:`~lrtune.search.populations.drain_population`)."""
     total = len(study.get_trials(deepcopy=False, states=(*FINISHED, *UNFINISHED)))
     bar = tqdm(total=total, desc=desc, disable=None if progress else True, unit="run")
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -425,20 +434,33 @@ def drain(
             bar.refresh()
         if should_stop is not None and should_stop():
             stopped.append(trial.number)
-            study.stop()
+            if population == 1:
+                study.stop()
 
     stopped: list[int] = []
     with bar:
         while deadline is None or time.monotonic() < deadline:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                study.optimize(
-                    objective,
-                    timeout=remaining,
-                    callbacks=[update_bar],
-                    catch=(TrialFailed,),
-                    gc_after_trial=False,
-                )
+                if population > 1:
+                    from lrtune.search.populations import drain_population
+
+                    drain_population(
+                        study,  # type: ignore[arg-type]
+                        objective,
+                        population,
+                        deadline=deadline,
+                        on_told=update_bar,
+                        should_stop=lambda: bool(stopped),
+                    )
+                else:
+                    study.optimize(
+                        objective,
+                        timeout=remaining,
+                        callbacks=[update_bar],
+                        catch=(TrialFailed,),
+                        gc_after_trial=False,
+                    )
                 break  # timed out or stopped: stop starting trials
             except QueueEmpty:
                 if stopped:
