@@ -15,6 +15,10 @@ is asked of the store; :meth:`ResponseCache.recent` keeps each question's last a
 few seconds at most (the caller's ``max_age_s``: the lookups' ``LRTUNE_ANSWER_TTL_S``), so
 that a burst of the same question asks the store once, and not from the threadpool each time.
 
+A job's own body (``GET /v1/jobs/{id}``) changes with its row, so :class:`JobBodies` keeps
+each job's body with the row version it was built from (:mod:`lrtune.jobs.row_versions`), and
+the route serves it while one indexed read says the row is still at that version.
+
 Example:
     >>> cache = ResponseCache(max_entries=2)
     >>> cache.put(("finder", "job-1"), b'{"a":1}').etag == cache.get(("finder", "job-1")).etag
@@ -50,6 +54,8 @@ from lrtune.exceptions import LRTuneError
 
 MAX_ENTRIES = 256
 """Bodies kept per process (a recommendation's body is ~20-200 KiB: at most ~50 MiB)."""
+MAX_JOBS = 1024
+"""Job bodies kept per process (:class:`JobBodies`; ~1-3 KiB each: a few MiB at most)."""
 
 
 @dataclass(frozen=True)
@@ -166,6 +172,58 @@ class ResponseCache:
                 del self._bodies[key]
             for question in [q for q, (job, _, _) in self._answers.items() if job == job_id]:
                 del self._answers[question]
+
+    def __len__(self) -> int:
+        return len(self._bodies)
+
+
+class JobBodies:
+    """Each job's body as served, with the row version it was built from; the least recently
+    served job's goes first beyond ``max_jobs``. Safe across the threadpool's threads.
+
+    Example:
+        >>> bodies = JobBodies(max_jobs=1)
+        >>> served = bodies.put("job-1", 3, b'{"status":"queued"}')
+        >>> bodies.get("job-1", 3) is served, bodies.get("job-1", 4)  # the row moved on
+        (True, None)
+        >>> bodies.put("job-1", 2, b'{"old":1}') is served  # built from an older row: kept out
+        True
+        >>> _ = bodies.put("job-2", 1, b"{}"); len(bodies), bodies.get("job-1", 3)
+        (1, None)
+    """
+
+    def __init__(self, max_jobs: int = MAX_JOBS) -> None:
+        self.max_jobs = max_jobs
+        self._bodies: OrderedDict[str, tuple[int, CachedBody]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, job_id: str, row_version: int) -> CachedBody | None:
+        """The job's body if it was built from the row at ``row_version``, else None."""
+        with self._lock:
+            kept = self._bodies.get(job_id)
+            if kept is None or kept[0] != row_version:
+                return None
+            self._bodies.move_to_end(job_id)
+            return kept[1]
+
+    def put(self, job_id: str, row_version: int, body: bytes) -> CachedBody:
+        """Keep ``body``, built from the job's row at ``row_version``, unless a body built from
+        a later version is kept already (two requests built at once): return the one kept."""
+        built = CachedBody.of(body)
+        with self._lock:
+            kept = self._bodies.get(job_id)
+            if kept is not None and kept[0] > row_version:
+                return kept[1]
+            self._bodies[job_id] = (row_version, built)
+            self._bodies.move_to_end(job_id)
+            while len(self._bodies) > self.max_jobs:
+                self._bodies.popitem(last=False)
+        return built
+
+    def forget(self, job_id: str) -> None:
+        """Drop the job's body (it was deleted)."""
+        with self._lock:
+            self._bodies.pop(job_id, None)
 
     def __len__(self) -> int:
         return len(self._bodies)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter, FastAPI
 
 from lrtune import __version__
-from lrtune.api.cache import ResponseCache
+from lrtune.api.cache import JobBodies, ResponseCache
 from lrtune.api.config import ApiSettings
 from lrtune.api.deps import LazyStore, LazyStudies
 from lrtune.api.errors import install_error_handlers
@@ -111,6 +111,7 @@ def create_app(
     app.state.store = LazyStore(settings, store)
     app.state.studies = LazyStudies(app.state.store)
     app.state.responses = ResponseCache()
+    app.state.job_bodies = JobBodies()
     app.state.embedded_workers = embedded_workers
     install_error_handlers(app)
     app.include_router(health.router)
