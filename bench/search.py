@@ -84,6 +84,7 @@ from lrtune.tuner import (
 )
 
 DOC_PATH = Path(__file__).resolve().parents[1] / "docs" / "benchmark_search.md"
+POPULATION_DOC_PATH = DOC_PATH.with_name("benchmark_search_population.md")
 METRIC = "accuracy"
 TARGET_GAP = 0.005  # lrtune's winner within 0.5 accuracy points of the grid's, on fresh seeds ...
 TARGET_SHARE = 0.30  # ... at <= 30% of the grid's compute, confirmation included
@@ -143,6 +144,8 @@ class Plan:
     evaluation_seeds: tuple[int, ...]
     variants: tuple[str, ...]
     repeats: int = 0
+    population: int = 1
+    """lrtune's search trials trained this many at once (``run_trials(population=)``)."""
 
     @property
     def grid_runs(self) -> int:
@@ -530,7 +533,12 @@ def run_grid(setup: TrainingSetup, plan: Plan, log: Callable[[str], None]) -> Gr
 
 
 def run_lrtune(
-    spec: JobSpec, setup: TrainingSetup, variant: str, seed: int, evaluation_seeds: Sequence[int]
+    spec: JobSpec,
+    setup: TrainingSetup,
+    variant: str,
+    seed: int,
+    evaluation_seeds: Sequence[int],
+    population: int = 1,
 ) -> TuneResult:
     """``lrtune.tune(spec)`` (in-memory storage) under a bounds variant, its steps timed apart;
     then the recommendation retrained on ``evaluation_seeds``."""
@@ -539,7 +547,9 @@ def run_lrtune(
         study = prepare_study(spec, None, setup=setup, progress=False)
         range_wall = time.perf_counter() - start
         start = time.perf_counter()
-        run_trials(study, setup, timeout_s=spec.search.timeout_s, progress=False)
+        run_trials(
+            study, setup, timeout_s=spec.search.timeout_s, progress=False, population=population
+        )
         trials_wall = time.perf_counter() - start
         start = time.perf_counter()
         run_confirmation(study, setup, progress=False)
@@ -591,7 +601,9 @@ def benchmark_model(plan: Plan, setup: TrainingSetup, log: Callable[[str], None]
     )
     searches: dict[str, list[TuneResult]] = {}
     for variant, seed in itertools.product(plan.variants, range(plan.repeats + 1)):
-        tuned = run_lrtune(_named(spec, seed), setup, variant, seed, plan.evaluation_seeds)
+        tuned = run_lrtune(
+            _named(spec, seed), setup, variant, seed, plan.evaluation_seeds, plan.population
+        )
         searches.setdefault(variant, []).append(tuned)
         log(
             f"[{plan.model}] lrtune {variant} (sampler seed {seed}): "
@@ -663,7 +675,9 @@ def plan_lines(plans: Sequence[Plan]) -> list[str]:
             f"({lrs}) = {p.grid_runs} runs = {p.grid_epochs} epochs on seed {SEARCH_SEED} "
             f"(estimated {p.grid_epochs * p.epoch_s:.0f} s)",
             f"  - lrtune: range test {p.range_num_iter} steps x {p.range_seeds} seeds "
-            f"= {p.range_epochs:.1f} epochs, {p.n_trials} trials (TPE, Hyperband) on seed "
+            f"= {p.range_epochs:.1f} epochs, {p.n_trials} trials (TPE, Hyperband"
+            + (f", trained {p.population} at once as populations" if p.population > 1 else "")
+            + ") on seed "
             f"{SEARCH_SEED}, then {p.finalists} finalists x {p.confirm_seeds} confirmation seeds "
             f"and 2 baselines x {1 + p.confirm_seeds} seeds = "
             f"{confirmation_runs(p.finalists, p.confirm_seeds)} runs; at most "
@@ -1087,6 +1101,7 @@ def build_plans(
                 evaluation_seeds=evaluation_seeds,
                 variants=tuple(args.bounds),
                 repeats=args.repeats,
+                population=args.population,
             )
         )
     return plans, setups
@@ -1111,6 +1126,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--repeats", type=int, default=5, help="extra searches per variant, other sampler seeds"
     )
     parser.add_argument("--budget-s", type=float, default=1800.0, help="time budget to size for")
+    parser.add_argument(
+        "--population",
+        type=int,
+        default=1,
+        metavar="K",
+        help="train lrtune's search trials K at once (default 1); --write then writes "
+        f"{POPULATION_DOC_PATH.name}",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats = 0
@@ -1134,9 +1157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     markdown = render(reports, environment(args.threads), time.perf_counter() - start, args.quick)
     print(markdown)
     if args.write:
-        DOC_PATH.parent.mkdir(parents=True, exist_ok=True)
-        DOC_PATH.write_text(markdown)
-        log(f"wrote {DOC_PATH}")
+        path = DOC_PATH if args.population == 1 else POPULATION_DOC_PATH
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(markdown)
+        log(f"wrote {path}")
     return 0
 
 

@@ -112,6 +112,7 @@ def run_trials(
     gate: UnitGate | None = None,
     stop_unit: UnitStop | None = None,
     unit_check_s: float = UNIT_CHECK_S,
+    population: int = 1,
 ) -> None:
     """Run queued trials of a prepared study until the queue is empty (or time is up); the
     arguments are :class:`~lrtune.search.UnitOptions`' fields."""
@@ -119,7 +120,7 @@ def run_trials(
         artifact_dir, wait_for_others, progress, should_stop, gate, stop_unit, unit_check_s
     )
     search = JobSearch(setup.spec, study)  # type: ignore[arg-type]  # a prepared QueuedStudy
-    search.run_units("search", setup, replace(options, timeout_s=timeout_s))
+    search.run_units("search", setup, replace(options, timeout_s=timeout_s, population=population))
 
 
 def run_confirmation(
