@@ -52,9 +52,10 @@ TrialDone = Callable[[optuna.Study, FrozenTrial], None]
 
 
 def population_size(setup: TrainingSetup, requested: int) -> int:
-    """How many search trials to train at once: ``requested`` as far as the device's memory
-    holds (:func:`lrtune.population.population_size`), or 1 when ``requested`` is 1 or
-    ``setup``'s runs cannot be trained as a population (the reason logged once a task)."""
+    """How many search trials to train at once: ``requested``, as far as the job's
+    ``search.max_parallel`` (each member is a running trial) and the device's memory
+    (:func:`lrtune.population.population_size`) allow; 1 when ``requested`` is 1 or ``setup``'s
+    runs cannot be trained as a population. Why it is fewer is logged once a task."""
     if requested <= 1:
         return 1
     from lrtune.population import population_refusal
@@ -62,11 +63,18 @@ def population_size(setup: TrainingSetup, requested: int) -> int:
 
     reason = population_refusal(setup)
     if reason is not None:
-        if (setup.task.name, reason) not in _told:
-            _told.add((setup.task.name, reason))
-            _logger.info("%s: search trials run one at a time: %s", setup.task.name, reason)
+        _say_once(setup, f"search trials run one at a time: {reason}")
         return 1
-    return max(1, fitting(setup, requested))
+    max_parallel = setup.spec.search.max_parallel
+    if max_parallel < requested:
+        _say_once(setup, f"populations of {max_parallel}, the job's search.max_parallel")
+    return max(1, fitting(setup, min(requested, max_parallel)))
+
+
+def _say_once(setup: TrainingSetup, message: str) -> None:
+    if (setup.task.name, message) not in _told:
+        _told.add((setup.task.name, message))
+        _logger.info("%s: %s", setup.task.name, message)
 
 
 _told: set[tuple[str, str]] = set()
