@@ -64,6 +64,9 @@ class StackedOptimizer:
         self.kind = kind
         self.group_of = dict(group_of)
         self.state: dict[str, dict[str, Tensor]] = {}
+        self.buffered: dict[str, list[bool]] = {}
+        """SGD: which members have a momentum buffer, per parameter (torch.optim keeps none
+        for a member until it steps with momentum)."""
 
     @torch.no_grad()
     def step(
@@ -84,7 +87,8 @@ class StackedOptimizer:
                 columns[group] = _Columns(options, grad)
             state = self.state.setdefault(name, {})
             if self.kind is torch.optim.SGD:
-                _sgd(params[name], grad, state, columns[group])
+                buffered = self.buffered.setdefault(name, [False] * len(grad))
+                _sgd(params[name], grad, state, buffered, columns[group])
             else:
                 _adam(params[name], grad, state, columns[group], self.kind)
 
@@ -93,7 +97,7 @@ class StackedOptimizer:
         before the first step, or for SGD without momentum)."""
         state = self.state.get(name, {})
         if self.kind is torch.optim.SGD:
-            if "momentum_buffer" not in state or not bool(state["has_buffer"][member]):
+            if "momentum_buffer" not in state or not self.buffered[name][member]:
                 return {}
             return {"momentum_buffer": state["momentum_buffer"][member].clone()}
         if not state:
@@ -107,11 +111,12 @@ class StackedOptimizer:
     def load_member_states(self, states: Sequence[Mapping[str, Mapping[str, Tensor]]]) -> None:
         """Stack the members' torch.optim states (``states[k][name]``, as :meth:`member_state`
         gives them); a member with no state for a parameter must be alone in that."""
-        self.state = {}
+        self.state, self.buffered = {}, {}
         for name in self.group_of:
             per_member = [member.get(name, {}) for member in states]
             if not any(per_member):
                 continue
+            self.buffered[name] = [bool(state) for state in per_member]
             if not all(per_member) and self.kind is not torch.optim.SGD:
                 raise ValueError(f"members disagree on whether {name!r} has optimizer state")
             self.state[name] = _stacked_state(per_member)
@@ -121,6 +126,9 @@ class StackedOptimizer:
         for state in self.state.values():
             for key, value in state.items():
                 state[key] = value.index_select(0, rows.to(value.device))
+        kept = rows.tolist()
+        for name, buffered in self.buffered.items():
+            self.buffered[name] = [buffered[row] for row in kept]
 
 
 class _Columns:
@@ -162,44 +170,54 @@ class _Columns:
         return torch.tensor(values, dtype=param.dtype).to(param.device).view(shape)
 
 
-def _sgd(param: Tensor, grad: Tensor, state: dict[str, Tensor], column: _Columns) -> None:
+def _sgd(
+    param: Tensor,
+    grad: Tensor,
+    state: dict[str, Tensor],
+    buffered: list[bool],
+    column: _Columns,
+) -> None:
     """torch.optim.SGD's ``_single_tensor_sgd``, member by member."""
     if any(d != 0 for d in column.weight_decay):
         grad = grad.add(param * column.row(1, param))
     if any(m != 0 for m in column.momentum):
-        grad = _momentum_step(grad, state, column, param)
+        grad = _momentum_step(grad, state, buffered, column, param)
     param.addcmul_(grad, column.row(0, param), value=-1)
 
 
 def _momentum_step(
-    grad: Tensor, state: dict[str, Tensor], column: _Columns, param: Tensor
+    grad: Tensor, state: dict[str, Tensor], buffered: list[bool], column: _Columns, param: Tensor
 ) -> Tensor:
-    """SGD's momentum buffer update; the direction each member steps in.
+    """SGD's momentum buffer update (``buffered`` updated in place); the direction each member
+    steps in.
 
     A member's buffer starts as its gradient at its first step with momentum (torch.optim's
     rule); a member at momentum 0 in this step keeps its buffer and steps along its gradient.
     """
     momentum, undamped = column.row(2, param), column.row(3, param)
-    uses = momentum != 0
+    uses = [m != 0 for m in column.momentum]
+    fresh = [u and not b for u, b in zip(uses, buffered, strict=True)]
+    buffered[:] = [u or b for u, b in zip(uses, buffered, strict=True)]
     if "momentum_buffer" not in state:
         state["momentum_buffer"] = grad.clone()
-        state["has_buffer"] = uses.flatten().clone()
-        fresh = uses
-    else:
-        fresh = uses & ~state["has_buffer"].view(uses.shape)
-        state["has_buffer"] |= uses.flatten()
+        if all(uses):
+            return _nesterov(grad, state["momentum_buffer"], momentum, column.nesterov)
     buffer = state["momentum_buffer"]
-    every_member_continues = all(m != 0 for m in column.momentum) and not bool(fresh.any())
-    if every_member_continues:
+    if all(uses) and not any(fresh):
         if all(u == 1 for u in column.undamped):
             buffer.mul_(momentum).add_(grad)
         else:
             buffer.mul_(momentum).add_(grad * undamped)
-    else:
-        updated = torch.where(fresh, grad, buffer * momentum + grad * undamped)
-        buffer.copy_(torch.where(uses, updated, buffer))
-    direction = grad + buffer * momentum if column.nesterov else buffer
-    return direction if every_member_continues else torch.where(uses, direction, grad)
+        return _nesterov(grad, buffer, momentum, column.nesterov)
+    uses_mask = column.of([float(u) for u in uses], param).bool()
+    fresh_mask = column.of([float(f) for f in fresh], param).bool()
+    updated = torch.where(fresh_mask, grad, buffer * momentum + grad * undamped)
+    buffer.copy_(torch.where(uses_mask, updated, buffer))
+    return torch.where(uses_mask, _nesterov(grad, buffer, momentum, column.nesterov), grad)
+
+
+def _nesterov(grad: Tensor, buffer: Tensor, momentum: Tensor, nesterov: bool) -> Tensor:
+    return grad + buffer * momentum if nesterov else buffer
 
 
 def _adam(
@@ -242,8 +260,7 @@ def _stacked_state(per_member: list[Mapping[str, Tensor]]) -> dict[str, Tensor]:
     if "momentum_buffer" in present:
         zeros = torch.zeros_like(present["momentum_buffer"])
         buffers = [s.get("momentum_buffer", zeros) for s in per_member]
-        has = torch.tensor([bool(s) for s in per_member]).to(zeros.device)
-        return {"momentum_buffer": torch.stack(buffers), "has_buffer": has}
+        return {"momentum_buffer": torch.stack(buffers)}
     stacked = {key: torch.stack([s[key] for s in per_member]) for key in present if key != "step"}
     stacked["step"] = torch.stack([s["step"].float().cpu() for s in per_member])
     return stacked

@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from torch.nn import functional
 
 from lrtune.batches import move_to
+from lrtune.datasets import DatasetBundle
 from lrtune.functional_optim import StackedOptimizer, functional_refusal
 from lrtune.lr_free import LRFreeName
 from lrtune.registry_task import RegistryTask
@@ -60,7 +61,7 @@ from lrtune.result import TrainingRun
 from lrtune.schedules import ScheduleDriver, ScheduleSpec, drive
 from lrtune.spec import UNIT_CHECK_S
 from lrtune.stacked_forward import stacked_forward
-from lrtune.task import TaskError
+from lrtune.task import TaskError, checked_scores
 from lrtune.training import (
     EpochHook,
     StopReason,
@@ -294,6 +295,34 @@ def _fingerprint(value: Any) -> bytes:
     return repr(value).encode()
 
 
+def _group_key(group: int) -> str:
+    return f"group {group}"
+
+
+class _Segments:
+    """One param group's trained parameters as consecutive segments of one flat tensor."""
+
+    def __init__(self, shapes: list[tuple[str, torch.Size]]) -> None:
+        self.names = [name for name, _ in shapes]
+        self.shapes = [shape for _, shape in shapes]
+        self.sizes = [shape.numel() for shape in self.shapes]
+
+    def flatten(self, tensors: Mapping[str, Tensor], batched: bool = True) -> Tensor:
+        """The group's tensors (each ``(K, *shape)``, or ``shape`` unbatched) as one."""
+        lead = 1 if batched else 0
+        parts = [tensors[name].detach().flatten(lead) for name in self.names]
+        return torch.cat(parts, dim=lead)
+
+    def split(self, flat: Tensor, batched: bool = True) -> dict[str, Tensor]:
+        """Views of ``flat`` (``(K, N)``, or ``(N,)`` unbatched), one per parameter."""
+        lead = flat.shape[:1] if batched else ()
+        parts = flat.split(self.sizes, dim=-1)
+        return {
+            name: part.view(*lead, *shape)
+            for name, part, shape in zip(self.names, parts, self.shapes, strict=True)
+        }
+
+
 class _Population:
     """Members that start from one state, their tensors stacked (see the module)."""
 
@@ -310,14 +339,15 @@ class _Population:
         self.seats = seats
         self.order = setup.data_order(seed)
         names = {id(p): n for n, p in model.named_parameters()}
-        group_of = {
-            names[id(p)]: g
-            for g, group in enumerate(seats[0].optimizer.param_groups)
-            for p in group["params"]
-            if p.requires_grad
-        }
-        self.trained = list(group_of)
-        self.optim = StackedOptimizer(type(seats[0].optimizer), group_of)
+        self.groups = [
+            _Segments([(names[id(p)], p.shape) for p in group["params"] if p.requires_grad])
+            for group in seats[0].optimizer.param_groups
+        ]
+        self.trained = [name for group in self.groups for name in group.names]
+        self.optim = StackedOptimizer(
+            type(seats[0].optimizer),
+            {_group_key(g): g for g, group in enumerate(self.groups) if group.names},
+        )
         self._stack(initial, seed)
 
     def _stack(self, initial: Mapping[str, Tensor], seed: int) -> None:
@@ -325,27 +355,62 @@ class _Population:
         member's); set the RNG and the data order where the members start."""
         resumed = [seat.resumed for seat in self.seats]
         states = [initial if r is None else r.model for r in resumed]
-        model = self.model
-        own = dict(model.named_parameters())
-        self.params = {
+        self.flat = {
+            _group_key(g): torch.stack([group.flatten(s, batched=False) for s in states])
+            for g, group in enumerate(self.groups)
+            if group.names
+        }
+        self.frozen = {
             name: torch.stack([s[name] for s in states])
-            .detach()
-            .requires_grad_(name in self.trained)
-            for name in own
+            for name, _ in self.model.named_parameters()
+            if name not in self.trained
         }
         self.buffers = {
             name: torch.stack([s.get(name, value) for s in states]).detach()
-            for name, value in model.named_buffers()
+            for name, value in self.model.named_buffers()
         }
+        self._view_params()
         first = resumed[0]
         if first is None:
             torch.manual_seed(seed)
             return
-        self.optim.load_member_states([r.optimizer for r in resumed if r is not None])
+        self.optim.load_member_states(
+            [self._flat_optimizer_state(r.optimizer) for r in resumed if r is not None]
+        )
         torch.set_rng_state(first.torch_rng)
         if first.cuda_rng is not None:
             torch.cuda.set_rng_state(first.cuda_rng, self.setup.device)
         self.order.load_state_dict(first.data_order)
+
+    def _view_params(self) -> None:
+        """Each trained parameter as a leaf view of its group's flat stack (so one update of
+        the stack moves them all), the frozen ones as they are."""
+        self.params = dict(self.frozen)
+        for g, group in enumerate(self.groups):
+            if not group.names:
+                continue
+            for name, view in group.split(self.flat[_group_key(g)]).items():
+                self.params[name] = view.requires_grad_()
+
+    def _flat_optimizer_state(
+        self, by_name: Mapping[str, Mapping[str, Tensor]]
+    ) -> dict[str, dict[str, Tensor]]:
+        """A member's torch.optim state by parameter name, flattened per group."""
+        flat: dict[str, dict[str, Tensor]] = {}
+        for g, group in enumerate(self.groups):
+            first = by_name.get(group.names[0], {}) if group.names else {}
+            if not first:
+                continue
+            flat[_group_key(g)] = {
+                key: first[key]
+                if key == "step"
+                else group.flatten({n: by_name[n][key] for n in group.names}, batched=False)
+                for key in first
+            }
+        return flat
+
+    def _flat_grads(self, grads: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {_group_key(g): group.flatten(grads) for g, group in enumerate(self.groups)}
 
     def _losses(self, batch: Any) -> Tensor:
         """Each member's training loss on ``batch``, shape ``(K,)``."""
@@ -390,8 +455,8 @@ class _Population:
             losses = self._losses(batch)
             finite &= torch.isfinite(losses.detach())
             finite_steps += finite
-            grads = torch.autograd.grad(losses.sum(), trained, allow_unused=True)
-            self.optim.step(self.params, dict(zip(self.trained, grads, strict=True)), member_groups)
+            grads = dict(zip(self.trained, torch.autograd.grad(losses.sum(), trained), strict=True))
+            self.optim.step(self.flat, self._flat_grads(grads), member_groups)
             for seat in self.seats:
                 seat.driver.after_batch()
             total += losses.detach().float()
@@ -414,6 +479,7 @@ class _Population:
         """Each member's epoch end up to its checkpoint, as :func:`train` does it: its record,
         or None for a member that diverged (its run then says so)."""
         records: list[dict[str, float] | None] = []
+        scores = member_scores(self.setup.task.data, self.model, self.params, self.buffers)
         for row, (seat, train_loss) in enumerate(zip(self.seats, losses, strict=True)):
             run = seat.run
             if train_loss is None:
@@ -423,11 +489,10 @@ class _Population:
                 )
                 records.append(None)
                 continue
-            self._load_member(row)
             record = {
                 "epoch": epoch,
                 "train_loss": train_loss,
-                **self.setup.evaluate(self.model, epoch),
+                **checked_scores(self.setup.task, scores[row], epoch),
             }
             record["epoch"], record["train_loss"] = epoch, train_loss
             run.epochs.append(record)
@@ -444,6 +509,7 @@ class _Population:
                 )
             seat.driver.after_epoch(_plateau_value(self.setup, record))
             if seat.member.checkpoint is not None:
+                self._load_member(row)
                 self._save(row, epoch)
             records.append(record)
         return records
@@ -486,10 +552,14 @@ class _Population:
         its weights: :meth:`_load_member`)."""
         seat = self.seats[row]
         optimizer = seat.optimizer
-        for name, param in self.model.named_parameters():
-            state = self.optim.member_state(row, name) if name in self.trained else {}
-            if state:
-                optimizer.state[param] = state
+        params = dict(self.model.named_parameters())
+        for g, group in enumerate(self.groups):
+            flat = self.optim.member_state(row, _group_key(g))
+            for name in group.names if flat else ():
+                optimizer.state[params[name]] = {
+                    key: value if key == "step" else group.split(value, batched=False)[name].clone()
+                    for key, value in flat.items()
+                }
         setup = self.setup
         state = _RunState(
             self.model, optimizer, seat.driver, self.order, None, setup.device, setup.task
@@ -511,12 +581,67 @@ class _Population:
         if not keep:
             return
         index = torch.tensor(keep, device=self.setup.device)
-        self.params = {
-            name: value.detach().index_select(0, index).requires_grad_(value.requires_grad)
-            for name, value in self.params.items()
-        }
+        self.flat = {key: value.index_select(0, index) for key, value in self.flat.items()}
+        self.frozen = {name: value.index_select(0, index) for name, value in self.frozen.items()}
         self.buffers = {name: value.index_select(0, index) for name, value in self.buffers.items()}
+        self._view_params()
         self.optim.keep(index)
+
+
+@torch.no_grad()
+def member_scores(
+    bundle: DatasetBundle,
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor],
+) -> list[dict[str, float]]:
+    """Each member's scores on the validation split, as ``RegistryTask.evaluate`` gives them
+    for that member alone (``val_loss`` and the dataset's metric; :meth:`DatasetBundle.evaluate`'s
+    batches of 1024, sums in float64), from one stacked forward pass a batch in eval mode."""
+    features, targets = bundle.val.tensors
+    members = len(next(iter(params.values())))
+    sums = torch.zeros(members, 2, dtype=torch.float64, device=features.device)
+    model.eval()
+    try:
+        for start in range(0, len(features), 1024):
+            batch_y = targets[start : start + 1024]
+            outputs = stacked_forward(model, params, buffers, features[start : start + 1024])
+            if bundle.task == "classification":
+                loss = _cross_entropies(outputs, batch_y).sum(1)
+                metric = (outputs.argmax(-1) == batch_y).sum(1)
+            else:
+                loss = metric = (
+                    functional.mse_loss(outputs, batch_y.expand_as(outputs), reduction="none")
+                    .reshape(members, -1)
+                    .sum(1)
+                )
+            sums += torch.stack([loss.double(), metric.double()], dim=1)
+    finally:
+        model.train()
+    count = len(targets) if bundle.task == "classification" else targets.numel()
+    return [
+        {"val_loss": loss_sum / count, bundle.metric_name: metric_sum / count}
+        for loss_sum, metric_sum in sums.tolist()
+    ]
+
+
+def _cross_entropies(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Each member's per-sample cross-entropy, ``(K, B)``, of ``outputs`` ``(K, B, C)`` against
+    the ``targets`` ``(B,)`` they share (the class dimension second, members last: no copy of
+    the targets, and a faster softmax than over rows of C)."""
+    members, batch = outputs.shape[:2]
+    per_sample = functional.cross_entropy(
+        outputs.permute(1, 2, 0), targets.unsqueeze(1).expand(batch, members), reduction="none"
+    )
+    return per_sample.t()
+
+
+def _plain(criterion: nn.CrossEntropyLoss) -> bool:
+    """Cross-entropy as a mean over the samples: no class weights, label smoothing or
+    ignored class."""
+    return (
+        criterion.weight is None and criterion.label_smoothing == 0 and criterion.ignore_index < 0
+    )
 
 
 def member_losses(criterion: nn.Module, outputs: Tensor, targets: Tensor) -> Tensor:
@@ -527,15 +652,8 @@ def member_losses(criterion: nn.Module, outputs: Tensor, targets: Tensor) -> Ten
         TypeError: ``criterion`` is not a plain ``nn.CrossEntropyLoss`` or ``nn.MSELoss``.
     """
     members = outputs.shape[0]
-    if type(criterion) is nn.CrossEntropyLoss and criterion.weight is None:
-        flat = outputs.reshape(-1, *outputs.shape[2:])
-        losses = functional.cross_entropy(
-            flat,
-            targets.repeat(members, *[1] * (targets.dim() - 1)),
-            reduction="none",
-            ignore_index=criterion.ignore_index,
-            label_smoothing=criterion.label_smoothing,
-        )
+    if type(criterion) is nn.CrossEntropyLoss and _plain(criterion) and targets.dim() == 1:
+        losses = _cross_entropies(outputs, targets)
     elif type(criterion) is nn.MSELoss:
         losses = functional.mse_loss(outputs, targets.expand_as(outputs), reduction="none")
     else:
@@ -559,7 +677,7 @@ def _stacked_refusal(setup: TrainingSetup, model: nn.Module) -> str | None:
             outputs = stacked_forward(model.train(), params, buffers, inputs, 2)
             losses = member_losses(setup.task.criterion, outputs, targets)
             trained = [value for value in params.values() if value.requires_grad]
-            torch.autograd.grad(losses.sum(), trained, allow_unused=True)
+            torch.autograd.grad(losses.sum(), trained)  # every trained parameter is used
     except Exception as exc:  # any op without a batching rule, any shape it cannot take
         first_line = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         return f"the model cannot train stacked ({first_line})"

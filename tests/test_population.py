@@ -114,6 +114,7 @@ OPTIMIZERS = {
     ),
     "sgd dampening": (torch.optim.SGD, {"momentum": 0.9, "dampening": 0.3}),
     "sgd plain": (torch.optim.SGD, {"momentum": 0.0}),
+    "sgd, one member without momentum until step 3": (torch.optim.SGD, {"momentum": 0.9}),
     "adam": (torch.optim.Adam, {}),
     "adam amsgrad, weight decay": (torch.optim.Adam, {"amsgrad": True, "weight_decay": 0.01}),
     "adamw": (torch.optim.AdamW, {"weight_decay": 0.05, "betas": (0.8, 0.99)}),
@@ -134,7 +135,13 @@ def test_stacked_optimizer_steps_each_member_as_torch_optim_does(name: str) -> N
         members.append((params, kind(groups, **options)))
     stacked = {n: torch.stack([t] * len(lrs)) for n, t in start.items()}
     optimizer = StackedOptimizer(kind, {"w": 0, "b": 1})
+    late_momentum = name.startswith("sgd, one member without momentum")
+    for group in members[2][1].param_groups if late_momentum else ():
+        group["momentum"] = 0.0
     for step in range(6):
+        if late_momentum and step == 3:
+            for group in members[2][1].param_groups:
+                group["momentum"] = 0.9
         grads = {n: torch.randn((len(lrs), *s), generator=generator) for n, s in shapes.items()}
         if step == 3:  # a schedule changes one member's momentum or betas mid-run
             group = members[1][1].param_groups[0]
