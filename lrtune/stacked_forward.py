@@ -2,8 +2,8 @@
 
 A population (:mod:`lrtune.population`) holds its members' weights as ``(K, *shape)`` tensors.
 :func:`stacked_forward` runs a model's ``nn.Sequential`` tree on them the way HFTA fuses
-models: K Linear layers as one batched matmul (one plain matmul while the input is still the
-batch all members share), K convolutions as one grouped convolution, K BatchNorms as one over
+models: K Linear layers as one batched matmul (the batch all members share broadcast to
+them, not copied), K convolutions as one grouped convolution, K BatchNorms as one over
 K times the channels (each member's running statistics updated in place in its row); modules
 without weights run once on the K batches merged, elementwise ones on the stack as it is. A
 module it does not know runs under ``torch.func.vmap`` on its own. Dropout draws one mask of
@@ -110,11 +110,8 @@ def _run(
 
 def _linear(weight: Tensor, bias: Tensor | None, x: _Activation) -> _Activation:
     members, out_features, in_features = weight.shape
-    if x.shared:  # one matmul for every member: (B, in) @ (in, K * out)
-        flat_bias = None if bias is None else bias.reshape(-1)
-        out = functional.linear(x.value, weight.reshape(-1, in_features), flat_bias)
-        out = out.view(*out.shape[:-1], members, out_features).movedim(-2, 0)
-        return _Activation(out, shared=False)
+    if x.shared:  # every member reads the same rows: a broadcast, not a copy
+        x = _Activation(x.value.expand(members, *x.value.shape), shared=False)
     value = x.value
     rows = value.reshape(members, -1, in_features)
     if bias is None:
@@ -205,7 +202,11 @@ def _dropout(module: nn.Module, x: _Activation) -> _Activation:
 
 
 def _has_tensors(module: nn.Module) -> bool:
-    return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
+    """Whether the module or one inside it holds a parameter or a buffer (asked every batch:
+    a leaf module answers from its own dicts)."""
+    if not module._modules:
+        return bool(module._parameters) or bool(module._buffers)
+    return next(module.parameters(), None) is not None or next(module.buffers(), None) is not None
 
 
 def _vmapped(
