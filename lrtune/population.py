@@ -308,10 +308,14 @@ class _Segments:
         self.sizes = [shape.numel() for shape in self.shapes]
 
     def flatten(self, tensors: Mapping[str, Tensor], batched: bool = True) -> Tensor:
-        """The group's tensors (each ``(K, *shape)``, or ``shape`` unbatched) as one."""
-        lead = 1 if batched else 0
-        parts = [tensors[name].detach().flatten(lead) for name in self.names]
-        return torch.cat(parts, dim=lead)
+        """The group's tensors (each ``(K, *shape)``, or ``shape`` unbatched) as one, each
+        copied once into its segment (a transposed gradient too)."""
+        first = tensors[self.names[0]]
+        lead = first.shape[:1] if batched else ()
+        flat = first.new_empty(*lead, sum(self.sizes))
+        for name, segment in self.split(flat, batched).items():
+            segment.copy_(tensors[name].detach())
+        return flat
 
     def split(self, flat: Tensor, batched: bool = True) -> dict[str, Tensor]:
         """Views of ``flat`` (``(K, N)``, or ``(N,)`` unbatched), one per parameter."""
@@ -410,7 +414,11 @@ class _Population:
         return flat
 
     def _flat_grads(self, grads: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        return {_group_key(g): group.flatten(grads) for g, group in enumerate(self.groups)}
+        return {
+            _group_key(g): group.flatten(grads)
+            for g, group in enumerate(self.groups)
+            if group.names
+        }
 
     def _losses(self, batch: Any) -> Tensor:
         """Each member's training loss on ``batch``, shape ``(K,)``."""
@@ -440,28 +448,24 @@ class _Population:
         """Each member's mean training loss of one epoch, None where a loss was not finite
         (its ``lr_steps`` then cut back to end at that batch, as :func:`train` does)."""
         self.model.train()
-        size = len(self.seats)
-        total = torch.zeros(size, device=self.setup.device)
-        finite = torch.ones(size, dtype=torch.bool, device=self.setup.device)
-        finite_steps = torch.zeros(size, dtype=torch.int64, device=self.setup.device)
         steps_before = [len(seat.run.lr_steps) for seat in self.seats]
         trained = [self.params[name] for name in self.trained]
-        count = 0
+        step_losses: list[Tensor] = []  # read once, at the end: no device sync a step
         for batch in self.order.epoch(epoch):
             look()
             member_groups = [seat.optimizer.param_groups for seat in self.seats]
             for seat, groups in zip(self.seats, member_groups, strict=True):
                 seat.run.lr_steps.append([float(g["lr"]) for g in groups])
             losses = self._losses(batch)
-            finite &= torch.isfinite(losses.detach())
-            finite_steps += finite
             grads = dict(zip(self.trained, torch.autograd.grad(losses.sum(), trained), strict=True))
             self.optim.step(self.flat, self._flat_grads(grads), member_groups)
             for seat in self.seats:
                 seat.driver.after_batch()
-            total += losses.detach().float()
-            count += 1
-        sums, passed = torch.stack([total.double(), finite_steps.double()]).tolist()
+            step_losses.append(losses.detach())
+        count = len(step_losses)
+        by_step = torch.stack(step_losses) if step_losses else torch.zeros(0, len(self.seats))
+        finite_run = torch.isfinite(by_step).cumprod(0).sum(0)  # steps before a non-finite loss
+        sums, passed = torch.stack([by_step.double().sum(0), finite_run.double()]).tolist()
         means: list[float | None] = []
         for seat, before, loss_sum, steps in zip(
             self.seats, steps_before, sums, passed, strict=True
