@@ -246,13 +246,42 @@ def report(
         "Final metrics equal to one at a time's (val loss to 1e-3 relative, accuracy to one "
         f"validation sample) in every arm: {'yes' if not wrong else 'NO: ' + '; '.join(wrong)}.",
         "",
+        "## What limits the figures",
+        "",
+        "- **A population shares only the per-step overhead, not the arithmetic.** The MLP's "
+        "first layer is most of its multiply-adds, and K members do K times them whether "
+        "they run as K small matmuls or one batched one; what a population saves is what a "
+        "step costs around the arithmetic (Python, the autograd graph's bookkeeping, kernel "
+        "launches on small tensors, the optimizer's per-tensor calls), paid once for K "
+        "members instead of K times. On one CPU thread a digits MLP step is about a third "
+        "arithmetic, so the speedup grows with K and levels off (K = 16 gains less over "
+        "K = 8 than K = 8 over K = 4).",
+        "- **What every member still pays alone**: its schedule's `scheduler.step()` each "
+        "batch (per-batch families: one-cycle, cyclic, warm-ups) and each epoch (torch's "
+        "schedulers, so that every family, plateau included, behaves exactly as in `train()`), "
+        "its `lr_steps` record, its epoch-end bookkeeping and its checkpoint (none here). "
+        "Evaluation is one stacked pass for all members a batch of the validation split.",
+        "- **The CNN on the CPU** gains less: its K convolutions run as one grouped "
+        "convolution over tiny 8x8 images, which on one CPU thread costs about what K "
+        "separate ones do, and its BatchNorms and residual add copy the stacked activations "
+        "between layouts. Stacking pays where kernels are launch-bound: on a GPU, "
+        "where one model's step leaves most of the device idle (the issue's 8x target, "
+        + ("measured above)." if cuda else "not measured: no CUDA device was lent).")
+        + "",
+        "- The machine is shared: the per-round ratios cancel most of a slow spell, not all "
+        "(see min-max); CPU seconds still count time a busy host takes from this process.",
+        "",
     ]
+
+    def figure(value: float) -> float | None:  # JSON has no NaN: a job not run is null
+        return round(value, 2) if math.isfinite(value) else None
+
     summary = {
-        "speedup_k8_mlp": round(headline, 2),
+        "speedup_k8_mlp": figure(headline),
         "target": TARGET_CPU,
         "met": met_cpu,
-        "speedup_k16_mlp": round(ups.get(("mlp", 16), math.nan), 2),
-        "speedup_k16_cnn": round(gpu_headline, 2),
+        "speedup_k16_mlp": figure(ups.get(("mlp", 16), math.nan)),
+        "speedup_k16_cnn": figure(gpu_headline),
         "target_gpu_k16_cnn": TARGET_GPU,
         "device": args.device,
         "metrics_equal": not wrong,
