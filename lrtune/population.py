@@ -2,27 +2,30 @@
 
 A job's search trials share its seed, so they start from the same weights and read the same
 batches. :func:`train_population` stacks its members' parameters and buffers (``(K, *shape)``
-each), computes every member's loss on a batch with one ``torch.func.vmap`` call over the task's
-own loss, takes one backward pass for all and steps them with
-:class:`~lrtune.functional_optim.StackedOptimizer`. Each member keeps what :func:`train` would
-give it alone: its own torch optimizer (over the job's model, never stepped: it is where the
-member's schedule writes each step's LR, momentum and betas, which the stacked update reads),
-its schedule driver (plateau fed its own metric), its records and ``lr_steps``, its checkpoint
-(the format :func:`train` resumes from) and its ``on_epoch`` hook. ``runs[i]`` is what
-``train()`` returns for member ``i`` alone, to float tolerance.
+each; a param group's trained parameters as one flat ``(K, N)`` stack), runs the model once a
+batch for all of them, fused per operator (:mod:`lrtune.stacked_forward`: K Linear layers as
+one batched matmul, K convolutions as one grouped convolution), takes one backward pass and
+steps them with :class:`~lrtune.functional_optim.StackedOptimizer`. Each member keeps what
+:func:`train` would give it alone: its own torch optimizer (over the job's model, never
+stepped: it is where the member's schedule writes each step's LR, momentum and betas, which
+the stacked update reads), its schedule driver (plateau fed its own metric), its records and
+``lr_steps``, its checkpoint (the format :func:`train` resumes from) and its ``on_epoch`` and
+``on_end`` hooks. ``runs[i]`` is what ``train()`` returns for member ``i`` alone, to float
+tolerance.
 
-- Dropout draws one mask for all members (``randomness="same"``): the mask every run of the job
-  draws alone, from the same RNG stream. BatchNorm keeps per-member running statistics.
+- Dropout draws one mask for all members: the mask every run of the job draws alone, from the
+  same RNG stream. BatchNorm keeps per-member running statistics.
 - A member that is pruned (its hook raises :class:`StopTraining`), diverges or crosses
   ``lr_threshold`` leaves at that epoch's end (the stacks are compacted); the rest go on.
-- Evaluation copies each member's weights into the job's model and calls the task's own
-  ``evaluate``: the same code, hence the same records, as a run alone.
+- Evaluation is one stacked pass over the validation split with the dataset's own sums
+  (:func:`member_scores`); a checkpoint copies the member's weights into the job's model and
+  writes what :func:`train` writes.
 - Resuming: members are grouped by the state their checkpoints resume from (epoch, RNG, data
   order); members with none start together from epoch 0. Each group trains as one population,
   one group after another, as their runs alone would one after another.
 - Where the job cannot train this way (:func:`population_refusal`: a task's own loop or code,
-  AMP, an optimizer without a stacked form, a model vmap cannot run), or a group has one
-  member, the members train one at a time with :func:`train`; the reason is logged once.
+  AMP, an optimizer without a stacked form, a model that cannot run stacked), or a group has
+  one member, the members train one at a time with :func:`train`; the reason is logged once.
 
 Example:
     >>> from lrtune.spec import JobSpec
@@ -108,8 +111,10 @@ def population_refusal(setup: TrainingSetup, *, lr_free: LRFreeName | None = Non
     """Why the setup's runs cannot train as one population (None: they can).
 
     Only registry models train as populations (a user's task is its own code); a task's own
-    loop, AMP, a learning-rate-free optimizer, an optimizer other than SGD, Adam and AdamW,
-    and a model whose loss ``vmap`` cannot compute (tried on one batch) are refused.
+    loop, AMP, a learning-rate-free optimizer, an optimizer other than SGD, Adam and AdamW
+    (or with ``maximize``, ``fused``...), a loss other than plain cross-entropy and MSE, and a
+    model that cannot run stacked (two copies' losses and gradients are tried on one batch)
+    are refused.
     """
     if lr_free is not None:
         return f"the learning-rate-free optimizer {lr_free} has no functional population form"
