@@ -6,25 +6,30 @@ else in the library spells those strings. It relies on these behaviours of Optun
 
 - ``Study._pop_waiting_trial_id`` claims the oldest WAITING trial atomically (RUNNING for one
   caller only) and returns None when none is left; :class:`QueuedStudy` turns that None into
-  :class:`QueueEmpty`, so a study never creates trials beyond its queue.
+  :class:`QueueEmpty`, so a study never creates trials beyond its queue. On lrtune's journal
+  storage (:mod:`lrtune._journal`) a claim is an appended "RUNNING" operation, and the first
+  claim in the log's one order wins in every process (``JournalStorage``'s replay rejects a
+  second RUNNING of a trial; ``set_trial_state_values`` returns whether this thread owns it).
 - ``Study.enqueue_trial(params, user_attrs=...)`` creates a WAITING trial carrying those attrs.
 - ``optuna.storages.fail_stale_trials`` marks a RUNNING trial whose heartbeat is older than the
-  grace period FAIL (and the storage's retry callback queues a clone with the same attrs).
+  grace period FAIL (and the storage's retry callback queues a clone with the same attrs); it
+  works on any storage that is a ``BaseHeartbeat`` (``optuna.storages._heartbeat``), as
+  :class:`lrtune._journal.SqlJournalStorage` is. Optuna's heartbeat thread calls
+  ``record_heartbeat`` in a loop and dies at its first exception: lrtune's storage logs a storage
+  error instead, so a trial keeps its heartbeat through a database restart.
+- A write to a trial that another process finished (its heartbeat went stale and it was failed)
+  raises ``UpdateFinishedTrialError`` (the journal's replay raises it for this process's own
+  operation), so a zombie run's results are never written.
 - ``RDBStorage`` keeps its engine in ``engine``, its sessions in ``scoped_session`` and its
   schema check in ``_version_manager``, and its methods read only the attributes its
-  ``__init__`` sets: :class:`SharedEngineStorage` sets them itself on an engine lrtune owns, so
-  the studies and the job store of a process share one connection pool. Optuna's heartbeat
-  thread calls ``record_heartbeat`` in a loop and dies at its first exception: the shared
-  storage's ``record_heartbeat`` logs a storage error instead, so a trial keeps its heartbeat
-  through a database restart.
-- The RDB schema's ``trials`` table (``TrialModel``: ``trial_id``, ``study_id``, ``state``) and
-  ``trial_values`` (``TrialValueModel``: ``objective``, ``value``, ``value_type``), read through
-  Optuna's own ORM classes by :func:`trial_counts`, :func:`waiting_trial_ids` and
-  :func:`best_value`: one aggregate or one id list per read, where ``Study.get_trials`` loads
-  every matching trial with its params, values and attributes (five queries more, and rows that
-  grow with the study). ``Study._study_id`` names the study's row. Read-only, on the
-  storage's own engine; a storage that is not an ``RDBStorage`` is read through
-  ``get_trials``, with the same answers.
+  ``__init__`` sets: :class:`SharedEngineStorage` sets them itself on an engine lrtune owns. It
+  only reads studies that an earlier lrtune kept in Optuna's RDB tables, to copy them into the
+  journal once (:func:`lrtune._journal.start_journal`).
+- ``Study._study_id`` names the study in its storage.
+
+:func:`trial_counts`, :func:`waiting_trial_ids` and :func:`best_value` read the study's trials
+in memory (``get_trials(deepcopy=False)``): on the journal storage that is one read of the
+operations other processes appended since this process's last read.
 
 Example:
     >>> import optuna
@@ -50,14 +55,12 @@ from contextlib import AbstractContextManager
 import optuna
 from optuna.storages._rdb import models as rdb_models
 from optuna.storages._rdb.storage import _VersionManager
-from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import asc, case, desc, func, select
+from optuna.trial import TrialState
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import scoped_session, sessionmaker
 
-from lrtune._rdb import SQLITE_BEGIN_OPTION, read_only
+from lrtune._rdb import SQLITE_BEGIN_OPTION
 from lrtune.exceptions import StorageUnavailableError
 
 # Study attributes: what prepare_study stores once per job.
@@ -113,8 +116,8 @@ for the duration, so that what it checked still holds when the trial is popped.
 class QueuedStudy(optuna.Study):
     """A study whose ``ask`` only hands out queued trials instead of creating new ones.
 
-    Optuna's ``_pop_waiting_trial_id`` claims a WAITING trial atomically in the storage (one
-    conditional UPDATE), so two workers never get the same trial; refusing to fall back to
+    Optuna's ``_pop_waiting_trial_id`` claims a WAITING trial atomically in the storage, so two
+    workers never get the same trial; refusing to fall back to
     ``create_new_trial`` is what keeps the trial count exact under concurrency. ``gate``, when
     set, wraps every pop (a job's ``max_parallel``, its target and its timeout).
     """
@@ -129,20 +132,8 @@ class QueuedStudy(optuna.Study):
         return trial_id
 
     def pop_unstarted(self) -> int | None:
-        """Claim the oldest queued trial without the gate (to close it unrun); None if none.
-
-        Optuna's own claim (``Study._pop_waiting_trial_id``), reading only the queued trials'
-        ids from an RDB storage instead of the whole trials.
-        """
-        if rdb_storage(self) is None:
-            return super()._pop_waiting_trial_id()
-        for trial_id in waiting_trial_ids(self):
-            try:  # False, or UpdateFinishedTrialError: another process took it first
-                if self._storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
-                    return trial_id
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue
-        return None
+        """Claim the oldest queued trial without the gate (to close it unrun); None if none."""
+        return super()._pop_waiting_trial_id()  # Optuna's own claim
 
 
 def open_queued_study(
@@ -153,54 +144,42 @@ def open_queued_study(
     sampler: optuna.samplers.BaseSampler | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
 ) -> QueuedStudy:
-    """Create the study, or load it when it exists, as a :class:`QueuedStudy`."""
-    study = optuna.create_study(
-        storage=storage,
-        study_name=study_name,
-        sampler=sampler,
-        pruner=pruner,
-        direction=direction,
-        load_if_exists=True,
-    )
-    return QueuedStudy(
-        study_name=study.study_name, storage=storage, sampler=study.sampler, pruner=study.pruner
-    )
+    """Create the study, or load it when it exists, as a :class:`QueuedStudy`.
+
+    An existing study is only read: on a journal storage, ``create_study(load_if_exists=True)``
+    would append a "create" operation every time (which every process then replays).
+    """
+    try:
+        storage.get_study_id_from_name(study_name)
+    except KeyError:  # not yet; load_if_exists: another process may create it meanwhile
+        optuna.create_study(
+            storage=storage, study_name=study_name, direction=direction, load_if_exists=True
+        )
+    return QueuedStudy(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
 
 
 class SharedEngineStorage(optuna.storages.RDBStorage):
-    """An Optuna ``RDBStorage`` on ``engine``: no engine or pool of its own.
+    """An Optuna ``RDBStorage`` on ``engine``: no engine or pool of its own; no heartbeat.
 
-    ``RDBStorage(url)`` creates an engine, and so a pool, per storage (optuna#1347: many
-    studies exhaust PostgreSQL's connections). This one sets the attributes Optuna's
-    ``__init__`` would set, with ``engine`` in place of a new engine; it creates Optuna's tables
-    if needed and checks their schema as ``RDBStorage`` does. ``record_heartbeat`` survives a
-    storage error (logged; the next beat tries again), so a database restart shorter than the
-    grace period does not fail the running trial. A pickled copy opens its own engine (Optuna's
-    ``__setstate__``).
+    lrtune's studies live in its journal (:mod:`lrtune._journal`); this storage reads the
+    studies an earlier lrtune kept in Optuna's RDB tables, to copy them into the journal.
+    ``RDBStorage(url)`` would create an engine, and so a pool, of its own (optuna#1347); this
+    sets the attributes Optuna's ``__init__`` would set, with ``engine`` in place of a new one,
+    and checks the tables' schema as ``RDBStorage`` does.
 
     Raises:
-        ValueError: ``heartbeat_interval`` or ``grace_period`` is not positive.
         sqlalchemy.exc.SQLAlchemyError: the database cannot be reached.
+        RuntimeError: Optuna's tables are of a schema version this Optuna cannot read.
     """
 
-    def __init__(
-        self,
-        engine: Engine,
-        *,
-        heartbeat_interval: int | None = None,
-        grace_period: int | None = None,
-        heartbeat_stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
-    ) -> None:  # no super().__init__(): it would create the engine this class exists to share
-        for name, value in (("heartbeat_interval", heartbeat_interval), ("grace", grace_period)):
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value}")
+    def __init__(self, engine: Engine) -> None:  # no super().__init__(): it creates an engine
         self.engine_kwargs: dict[str, object] = {}
         self.url = engine.url.render_as_string(hide_password=False)
         self.skip_compatibility_check = False
-        self.heartbeat_interval = heartbeat_interval
-        self.grace_period = grace_period
-        self.heartbeat_stale_trial_callback = heartbeat_stale_trial_callback
-        self.failed_trial_callback = heartbeat_stale_trial_callback
+        self.heartbeat_interval = None
+        self.grace_period = None
+        self.heartbeat_stale_trial_callback = None
+        self.failed_trial_callback = None
         self.engine = engine
         self.scoped_session = scoped_session(sessionmaker(bind=engine))
         rdb_models.BaseModel.metadata.create_all(engine)
@@ -213,27 +192,9 @@ class SharedEngineStorage(optuna.storages.RDBStorage):
         self._version_manager = _VersionManager(self.url, reads, versions)
         self._version_manager.check_table_schema_compatibility()
 
-    def record_heartbeat(self, trial_id: int) -> None:
-        try:
-            super().record_heartbeat(trial_id)
-        except STORAGE_ERRORS as exc:
-            logger.warning("trial_id=%d event=heartbeat_failed error=%s", trial_id, exc)
-
 
 def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
     return study._storage  # Study has no public accessor for its storage
-
-
-def rdb_storage(study: optuna.Study) -> optuna.storages.RDBStorage | None:
-    """The study's RDB storage, unwrapped from the cache ``Study`` puts around it; else None.
-
-    ``optuna.storages.get_storage`` wraps every ``RDBStorage`` in ``_CachedStorage``, which
-    keeps the finished trials and reads the rest again on each ``get_trials``: the
-    ``_backend`` attribute is the RDB storage itself.
-    """
-    storage = storage_of(study)
-    storage = getattr(storage, "_backend", storage)
-    return storage if isinstance(storage, optuna.storages.RDBStorage) else None
 
 
 def heartbeat_interval(study: optuna.Study) -> float | None:
@@ -253,74 +214,22 @@ def fail_stale_trials(study: optuna.Study) -> None:
 
 
 def trial_counts(study: optuna.Study) -> collections.Counter[TrialState]:
-    """How many of the study's trials are in each state now (here or in other processes).
-
-    On an RDB storage one ``GROUP BY`` over Optuna's ``trials`` table; states with no trial
-    count 0.
-    """
-    storage = rdb_storage(study)
-    if storage is None:
-        return collections.Counter(t.state for t in study.get_trials(deepcopy=False))
-    trial = rdb_models.TrialModel
-    query = (
-        select(trial.state, func.count())
-        .where(trial.study_id == study._study_id)
-        .group_by(trial.state)
-    )
-    with read_only(storage.engine) as connection:
-        return collections.Counter(dict(connection.execute(query).all()))
+    """How many of the study's trials are in each state now (here or in other processes)."""
+    return collections.Counter(t.state for t in study.get_trials(deepcopy=False))
 
 
 def waiting_trial_ids(study: optuna.Study) -> list[int]:
-    """The ids of the study's queued (WAITING) trials, oldest first: one read of ids only."""
-    storage = rdb_storage(study)
-    if storage is None:
-        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        return [t._trial_id for t in waiting]
-    trial = rdb_models.TrialModel
-    query = (
-        select(trial.trial_id)
-        .where(trial.study_id == study._study_id, trial.state == TrialState.WAITING)
-        .order_by(trial.trial_id)
-    )
-    with read_only(storage.engine) as connection:
-        return list(connection.execute(query).scalars())
+    """The ids of the study's queued (WAITING) trials, oldest first."""
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    return [t._trial_id for t in waiting]
 
 
 def best_value(study: optuna.Study) -> float | None:
-    """The best value of the study's COMPLETE trials (single objective); None before any.
-
-    On an RDB storage one query, ordered as Optuna's ``get_best_trial`` orders (infinities
-    included), instead of reading the best trial whole.
-    """
-    storage = rdb_storage(study)
-    if storage is None:
-        try:
-            return study.best_value
-        except ValueError:  # no trial has completed yet
-            return None
-    trial, value = rdb_models.TrialModel, rdb_models.TrialValueModel
-    kinds = value.TrialValueType
-    rank = case(
-        (value.value_type == kinds.INF_NEG, -1),
-        (value.value_type == kinds.FINITE, 0),
-        (value.value_type == kinds.INF_POS, 1),
-    )
-    order = desc if study.direction == StudyDirection.MAXIMIZE else asc
-    query = (
-        select(value.value, value.value_type)
-        .join(trial, trial.trial_id == value.trial_id)
-        .where(
-            trial.study_id == study._study_id,
-            trial.state == TrialState.COMPLETE,
-            value.objective == 0,
-        )
-        .order_by(order(rank), order(value.value))
-        .limit(1)
-    )
-    with read_only(storage.engine) as connection:
-        best = connection.execute(query).first()
-    return None if best is None else value.stored_repr_to_value(best[0], best[1])
+    """The best value of the study's COMPLETE trials (single objective); None before any."""
+    try:
+        return study.best_value
+    except ValueError:  # no trial has completed yet
+        return None
 
 
 def has_unfinished(study: optuna.Study) -> bool:

@@ -10,10 +10,9 @@ that serves these pages never loads torch.
 - :func:`read_finder`: the stored :class:`~lrtune.result.LRFinderResult` and
   :class:`~lrtune.result.LRBounds`, or ``None`` for each while the range test has not finished
   (the study does not exist yet, or holds no result).
-- :func:`open_reader`: the Optuna storage to read them from: no heartbeat and, on SQLite,
-  deferred transactions, so that a dashboard reading a study never takes the write lock that
-  the workers' IMMEDIATE transactions wait for (:mod:`lrtune.optuna_storage` opens workers'
-  storages).
+- :func:`open_reader`: the Optuna storage to read them from (:mod:`lrtune.optuna_storage`'s,
+  without a heartbeat): its reads are deferred transactions on SQLite, so that a dashboard
+  reading a study never takes the write lock that the workers' IMMEDIATE transactions wait for.
 - :func:`find_study_id`: the storage's id of a study (optuna-dashboard's pages name studies
   by it), or ``None`` while it does not exist.
 - :func:`read_trials`: every search trial and confirmation run as a :class:`TrialView`:
@@ -149,15 +148,11 @@ def open_reader(url: str) -> optuna.storages.BaseStorage:
         InvalidInputError: the URL does not parse.
         StorageUnavailableError: the database cannot be reached.
     """
-    import optuna
-
     from lrtune._optuna import storage_errors
-    from lrtune._rdb import engine_kwargs, parse_url
+    from lrtune.optuna_storage import open_storage
 
-    parsed = parse_url(url)
-    kwargs = engine_kwargs(parsed, parsed.render_as_string(hide_password=True))
     with storage_errors():
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        return open_storage(url, heartbeat_interval=None)
 
 
 def _load(storage: optuna.storages.BaseStorage, study_name: str) -> optuna.Study | None:

@@ -26,6 +26,7 @@ from lrtune import registry, training
 from lrtune._optuna import ATTR_FAIL_REASON
 from lrtune.batches import LoaderOrderRows, batch_loss, move_to
 from lrtune.jobs import JobStatus, JobStore
+from lrtune.optuna_storage import open_storage
 from lrtune.registry import register_model
 from lrtune.schedules import ScheduleSpec, drive, parse_schedule
 from lrtune.spec import JobSpec
@@ -313,7 +314,7 @@ def test_a_worker_fails_a_job_whose_unit_runs_out_of_memory_and_does_not_retry_i
     failed = store.get(job.id)
     assert failed.status is JobStatus.FAILED
     assert "out of memory" in failed.error and "lower batch_size (now 32)" in failed.error
-    study = optuna.load_study(study_name=failed.study_name, storage=jobs_url)
+    study = optuna.load_study(study_name=failed.study_name, storage=open_storage(jobs_url))
     fails = [t for t in study.trials if t.state == TrialState.FAIL]
     assert len(fails) == 1 and "out of memory" in fails[0].user_attrs[ATTR_FAIL_REASON]
     assert len(study.trials) == 3  # the budget, no clone of the failed trial

@@ -24,7 +24,6 @@ from lrtune._optuna import (
     has_unfinished,
     heartbeat_interval,
     open_queued_study,
-    rdb_storage,
     trial_counts,
     waiting_trial_ids,
 )
@@ -48,14 +47,14 @@ def test_pop_claims_waiting_trials_in_order_and_returns_none_when_empty(storage_
 
 
 @pytest.mark.parametrize("direction", ["minimize", "maximize"])
-def test_the_sql_reads_of_optunas_tables_answer_as_get_trials_does(storage_url, direction) -> None:
-    """trial_counts, waiting_trial_ids and best_value read Optuna's RDB schema directly (one
-    query each): they must agree with Optuna's own trial objects, infinities included."""
+def test_the_counts_of_another_process_answer_as_get_trials_does(storage_url, direction) -> None:
+    """trial_counts, waiting_trial_ids and best_value, read through a storage of its own (as
+    another process reads the study another wrote), agree with the writer's trial objects,
+    infinities included."""
     storage = open_storage(storage_url)
     name = f"counts-{uuid.uuid4().hex[:12]}"
     plain = optuna.create_study(storage=storage, study_name=name, direction=direction)
-    study = open_queued_study(storage, name, direction=direction)
-    assert rdb_storage(study) is not None  # the SQL path, not the get_trials fallback
+    study = open_queued_study(open_storage(storage_url), name, direction=direction)
     assert best_value(study) is None and waiting_trial_ids(study) == []
     for value in (3.0, float("-inf"), 1.5, float("inf")):
         plain.tell(plain.ask(), value)
@@ -64,14 +63,14 @@ def test_the_sql_reads_of_optunas_tables_answer_as_get_trials_does(storage_url, 
     plain.ask()  # RUNNING
     for _ in range(3):
         study.enqueue_trial({})
-    trials = study.get_trials(deepcopy=False)
+    trials = plain.get_trials(deepcopy=False)
     counts = trial_counts(study)
     assert {state: counts[state] for state in TrialState} == {
         state: sum(t.state == state for t in trials) for state in TrialState
     }
     waiting = [t._trial_id for t in trials if t.state == TrialState.WAITING]
     assert waiting_trial_ids(study) == waiting and len(waiting) == 3
-    assert best_value(study) == study.best_value  # -inf when minimizing, inf when maximizing
+    assert best_value(study) == plain.best_value  # -inf when minimizing, inf when maximizing
     finite = optuna.create_study(storage=storage, study_name=f"{name}-f", direction=direction)
     for value in (2.0, 0.5, 4.0):
         finite.tell(finite.ask(), value)
@@ -80,12 +79,11 @@ def test_the_sql_reads_of_optunas_tables_answer_as_get_trials_does(storage_url, 
     assert trial_counts(study)[TrialState.WAITING] == 2
 
 
-def test_the_sql_reads_fall_back_to_get_trials_off_an_rdb_storage() -> None:
+def test_the_counts_of_an_in_memory_study() -> None:
     study = open_queued_study(optuna.storages.InMemoryStorage(), "mem", direction="minimize")
     study.enqueue_trial({})
     study.tell(study.ask(), 2.0)  # the queued trial
     study.enqueue_trial({})
-    assert rdb_storage(study) is None
     assert trial_counts(study)[TrialState.WAITING] == 1
     assert trial_counts(study)[TrialState.COMPLETE] == 1
     assert best_value(study) == 2.0 and len(waiting_trial_ids(study)) == 1
@@ -113,9 +111,9 @@ def test_a_queued_study_hands_out_only_queued_trials() -> None:
     assert len(again.get_trials()) == 1
 
 
-def test_fail_stale_trials_fails_a_silent_trial_and_queues_a_clone(tmp_path) -> None:
-    storage = open_storage(f"sqlite:///{tmp_path / 'h.db'}", heartbeat_interval=1, grace_period=1)
-    study = open_queued_study(storage, "stale", direction="minimize")
+def test_fail_stale_trials_fails_a_silent_trial_and_queues_a_clone(storage_url) -> None:
+    storage = open_storage(storage_url, heartbeat_interval=1, grace_period=1)
+    study = open_queued_study(storage, f"stale-{uuid.uuid4().hex[:12]}", direction="minimize")
     assert heartbeat_interval(study) == 1.0
     study.enqueue_trial({}, user_attrs={ATTR_ROOT: 0})
     trial_id = study._pop_waiting_trial_id()
@@ -137,18 +135,17 @@ def test_an_in_memory_study_has_no_heartbeat() -> None:
 def test_the_shared_storage_sets_what_rdbstorage_sets_on_the_engine_it_is_given(
     tmp_path,
 ) -> None:
-    """SharedEngineStorage replaces RDBStorage.__init__: an Optuna that sets another attribute
-    there (which its methods would then read) must be followed, or the storage breaks."""
+    """SharedEngineStorage (which reads the studies of an earlier lrtune, to copy them into
+    the journal) replaces RDBStorage.__init__: an Optuna that sets another attribute there
+    (which its methods would then read) must be followed, or the storage breaks."""
     from lrtune._optuna import SharedEngineStorage
     from lrtune.jobs.db import get_engine
 
     url = f"sqlite:///{tmp_path / 'shared.db'}"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        own = optuna.storages.RDBStorage(url, heartbeat_interval=1)
+    own = optuna.storages.RDBStorage(url)
     own.engine.dispose()
     engine = get_engine(url)
-    shared = SharedEngineStorage(engine, heartbeat_interval=1, grace_period=2)
+    shared = SharedEngineStorage(engine)
 
     assert set(vars(shared)) == set(vars(own))
     assert shared.engine is engine
@@ -160,8 +157,8 @@ def test_the_shared_storage_sets_what_rdbstorage_sets_on_the_engine_it_is_given(
 
 
 def test_a_heartbeat_that_meets_a_storage_error_survives_it(tmp_path) -> None:
-    """Optuna's heartbeat thread dies at the first exception of record_heartbeat; the shared
-    storage's logs it instead, so the trial keeps beating once the database is back."""
+    """Optuna's heartbeat thread dies at the first exception of record_heartbeat; lrtune's
+    storage logs it instead, so the trial keeps beating once the database is back."""
     from lrtune.jobs.db import get_engine
 
     url = f"sqlite:///{tmp_path / 'beat.db'}"
@@ -170,9 +167,9 @@ def test_a_heartbeat_that_meets_a_storage_error_survives_it(tmp_path) -> None:
     study.enqueue_trial({})
     trial_id = study._pop_waiting_trial_id()
     with get_engine(url).begin() as conn:
-        conn.exec_driver_sql("ALTER TABLE trial_heartbeats RENAME TO away")
+        conn.exec_driver_sql("ALTER TABLE lrtune_optuna_heartbeats RENAME TO away")
     storage.record_heartbeat(trial_id)  # the table is gone: logged, not raised
     with get_engine(url).begin() as conn:
-        conn.exec_driver_sql("ALTER TABLE away RENAME TO trial_heartbeats")
+        conn.exec_driver_sql("ALTER TABLE away RENAME TO lrtune_optuna_heartbeats")
     storage.record_heartbeat(trial_id)
     assert storage._get_stale_trial_ids(study._study_id) == []

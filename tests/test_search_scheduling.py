@@ -35,7 +35,9 @@ def _job(**search: Any) -> dict[str, Any]:
 
 
 def _trials(url: str, study_name: str) -> list[FrozenTrial]:
-    return optuna.load_study(study_name=study_name, storage=url).get_trials(deepcopy=False)
+    return optuna.load_study(study_name=study_name, storage=open_storage(url)).get_trials(
+        deepcopy=False
+    )
 
 
 def _intervals(trials: list[FrozenTrial]) -> list[tuple[datetime, datetime]]:

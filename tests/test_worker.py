@@ -23,6 +23,7 @@ from lrtune.cli import main
 from lrtune.jobs import JobRecord, JobStatus, JobStore, tables, upgrade
 from lrtune.jobs.db import get_engine
 from lrtune.jobs.records import StoredRecommendation
+from lrtune.optuna_storage import open_storage
 from lrtune.spec import JobSpec
 from lrtune.tuner import open_study, prepare_study
 from lrtune.workers.loop import Worker
@@ -101,7 +102,7 @@ def _submit(url: str, n: int, job: dict[str, Any] | None = None) -> list[str]:
 
 
 def _trial_counts(url: str, study_name: str) -> dict[str, int]:
-    study = optuna.load_study(study_name=study_name, storage=url)
+    study = optuna.load_study(study_name=study_name, storage=open_storage(url))
     states = [t.state.name.lower() for t in study.get_trials(deepcopy=False)]
     return {state: states.count(state) for state in ("complete", "pruned", "fail", "waiting")}
 
@@ -247,7 +248,7 @@ def test_a_worker_that_loses_its_lease_stops_the_range_test_and_writes_nothing(
     job = store.get(job_id)
     assert job.status is JobStatus.CANCELLED
     try:
-        study = optuna.load_study(study_name=job.study_name, storage=sqlite_url)
+        study = optuna.load_study(study_name=job.study_name, storage=open_storage(sqlite_url))
     except KeyError:  # cancelled before the study was created
         return
     assert ATTR_BOUNDS not in study.user_attrs  # the range test stopped before storing
@@ -280,7 +281,9 @@ def test_a_cancelled_job_stops_its_running_trial_within_an_epoch(sqlite_url: str
     store = JobStore(sqlite_url)
     thread = _run_in_thread(Worker(store, device="cpu", worker_id="w1"))
     _wait_for_status(store, job_id, JobStatus.SEARCHING)
-    study = optuna.load_study(study_name=store.get(job_id).study_name, storage=sqlite_url)
+    study = optuna.load_study(
+        study_name=store.get(job_id).study_name, storage=open_storage(sqlite_url)
+    )
     while not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         time.sleep(0.02)
     time.sleep(0.5)  # into the trial, past the worker's first read of the job

@@ -27,6 +27,7 @@ from test_worker import _check_finished_exactly as check_finished_exactly
 from lrtune._optuna import ATTR_FAIL_REASON, ATTR_ROOT, ATTR_RUN, ATTR_STOP_REASON
 from lrtune.exceptions import NotFoundError
 from lrtune.jobs import JobStatus, JobStore, PluginRegistry, WorkerActivity, WorkerRegistration
+from lrtune.optuna_storage import open_storage
 from lrtune.registry import model_names
 from lrtune.result import TrainingRun
 from lrtune.spec import JobSpec
@@ -133,7 +134,7 @@ def _running_trial(url: str, store: JobStore, job_id: str) -> optuna.trial.Froze
     job = store.get(job_id)
     if job.status is not JobStatus.SEARCHING:
         return None
-    study = optuna.load_study(study_name=job.study_name, storage=url)
+    study = optuna.load_study(study_name=job.study_name, storage=open_storage(url))
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     return next((t for t in running if t.intermediate_values), None)
 
@@ -352,7 +353,7 @@ def _root(trial: optuna.trial.FrozenTrial) -> int:
 def _trials(
     url: str, store: JobStore, job_id: str, *states: TrialState
 ) -> list[optuna.trial.FrozenTrial]:
-    study = optuna.load_study(study_name=store.get(job_id).study_name, storage=url)
+    study = optuna.load_study(study_name=store.get(job_id).study_name, storage=open_storage(url))
     return study.get_trials(deepcopy=False, states=states)
 
 
@@ -444,7 +445,7 @@ def test_sigterm_mid_trial_stops_at_the_epoch_boundary_and_the_next_worker_resum
 
 def _epoch_seconds(url: str, study_name: str, number: int) -> float:
     """How long one epoch of the running trial ``number`` takes, from one report to the next."""
-    study = optuna.load_study(study_name=study_name, storage=url)
+    study = optuna.load_study(study_name=study_name, storage=open_storage(url))
 
     def reported() -> int:
         return len(study.get_trials(deepcopy=False)[number].intermediate_values)

@@ -84,7 +84,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, inspect, select, text, update
+from sqlalchemy import delete, func, select, update
 
 from lrtune import footprint
 from lrtune._rdb import parse_url
@@ -151,6 +151,7 @@ class JobStore(Leases, Results, Presence):
         if not create:
             _check_exists(self.url)
         self._engine = get_engine(self.url, settings)
+        self._studies: Any = None  # the Optuna storage, opened by the first delete of a study
         ensure_current(self.url)
         self.uploads = DatasetUploads(self._engine)
         """The uploaded datasets (:mod:`lrtune.jobs.uploads`)."""
@@ -477,18 +478,18 @@ class JobStore(Leases, Results, Presence):
 
     def _delete_study(self, study_name: str) -> None:
         """Delete the job's Optuna study if one was created (imports Optuna only then)."""
-        if not inspect(self._engine).has_table("studies"):
-            return
         with session(self._engine, write=False) as s:
-            exists = s.execute(
-                text("SELECT 1 FROM studies WHERE study_name = :name"), {"name": study_name}
-            ).first()
-        if exists:
-            import optuna
+            logged = s.execute(select(tables.JOURNAL_LOG.c.number).limit(1)).first()
+        if logged is None:  # no study in this database yet
+            return
+        import optuna
 
-            from lrtune.optuna_storage import open_storage
+        from lrtune.optuna_storage import open_storage
 
-            optuna.delete_study(study_name=study_name, storage=open_storage(self.url))
+        if self._studies is None:  # opened once: it replays the whole journal
+            self._studies = open_storage(self.url, heartbeat_interval=None)
+        with contextlib.suppress(KeyError):  # KeyError: the job never reached its search
+            optuna.delete_study(study_name=study_name, storage=self._studies)
 
 
 def _check_exists(url: str) -> None:

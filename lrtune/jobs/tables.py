@@ -18,6 +18,9 @@ two schemas, and any other application's, never collide; lrtune's alembic revisi
 - ``lrtune_workers``: one row per worker process: its heartbeat, what it is doing, when it
   stopped, and the plugin registry it serves.
 - ``lrtune_job_events``: append-only; its ids grow, so a reader resumes from the last id seen.
+- ``lrtune_optuna_log``, ``lrtune_optuna_log_head``, ``lrtune_optuna_heartbeats``: the Optuna
+  studies' journal and their trials' heartbeats (:mod:`lrtune._journal_tables`; defined there,
+  so that the Optuna storage does not load the job store).
 - ``lrtune_uploads``: content-addressed uploads (``id``: SHA-256 hex of the canonical data),
   each with its bytes (``data``, an ``.npz``) and what a submit checks without reading them:
   shapes, and the range of the features' values (``x_min``, ``x_max``, ``x_integral``: the
@@ -64,6 +67,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.functions import FunctionElement
+
+from lrtune._journal_tables import define_tables
 
 VERSION_TABLE = "lrtune_alembic_version"
 """lrtune's alembic revision table (Optuna's alembic uses the default ``alembic_version``)."""
@@ -294,3 +299,6 @@ class Upload(Base):
     bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(server_default=utcnow())
     data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+
+
+JOURNAL_LOG, JOURNAL_HEAD, TRIAL_HEARTBEATS = define_tables(Base.metadata)
