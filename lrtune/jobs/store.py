@@ -106,6 +106,7 @@ from lrtune.jobs.records import (
 )
 from lrtune.jobs.results import Results
 from lrtune.jobs.revision import ensure_current
+from lrtune.jobs.row_versions import RowVersions
 from lrtune.jobs.rows import (
     MAX_PAGE,
     add_event,
@@ -155,6 +156,8 @@ class JobStore(Leases, Results, Presence):
         ensure_current(self.url)
         self.uploads = DatasetUploads(self._engine)
         """The uploaded datasets (:mod:`lrtune.jobs.uploads`)."""
+        self.row_versions = RowVersions(self._engine)
+        """Each job's row version, one cheap read (:mod:`lrtune.jobs.row_versions`)."""
 
     def __repr__(self) -> str:
         return f"JobStore({safe_url(self.url)!r})"

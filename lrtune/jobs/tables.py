@@ -12,7 +12,10 @@ two schemas, and any other application's, never collide; lrtune's alembic revisi
   claim it). ``submit_seq`` numbers the jobs in the order they were submitted (a PostgreSQL
   sequence; on SQLite the next number, inside the insert's IMMEDIATE transaction): claims, the
   shared-phase rota and listings order by it, since two jobs submitted within one clock tick
-  have equal ``created_at``.
+  have equal ``created_at``. ``row_version`` grows by one with every UPDATE of the row, whoever
+  sends it (the column's ``onupdate``: SQLAlchemy adds it to every UPDATE of the table), so a
+  reader that kept what it built from the row at one version knows, from one indexed read, when
+  the row has changed (:mod:`lrtune.jobs.row_versions`).
 - ``lrtune_range_tests`` and ``lrtune_recommendations``: at most one of each per job, stored
   as JSON with a format version and the provenance of the result.
 - ``lrtune_workers``: one row per worker process: its heartbeat, what it is doing, when it
@@ -61,6 +64,7 @@ from sqlalchemy import (
     false,
     func,
     literal,
+    literal_column,
     select,
 )
 from sqlalchemy.engine import Connection
@@ -197,6 +201,9 @@ class Job(Base):
     needs_cuda: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     task_name: Mapped[str | None] = mapped_column(String(120))
     submit_seq: Mapped[int] = mapped_column(BigInteger, SUBMIT_SEQ)
+    row_version: Mapped[int] = mapped_column(
+        BigInteger, default=1, server_default="1", onupdate=literal_column("row_version") + 1
+    )
 
 
 @event.listens_for(Job, "before_insert")
