@@ -80,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loop", default=_default("uvloop", "asyncio"))
     parser.add_argument("--http", default=_default("httptools", "h11"))
     parser.add_argument("--quick", action="store_true", help="one 2 s round per side")
+    parser.add_argument(
+        "--probes",
+        action="store_true",
+        help="also serve GET /v1/jobs/{id}'s body from a bare Starlette route and a FastAPI "
+        "route with no dependencies in the same app: what limits it",
+    )
     parser.add_argument("--write", action="store_true", help=f"write {DOC.relative_to(REPO)}")
     parser.add_argument("--serve", nargs=2, metavar=("KIND", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -87,13 +93,31 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args.serve[0], int(args.serve[1]), args)
     if args.quick:
         args.seconds, args.rounds = 2.0, 1
-    report = run(args)
+    report, rows = run(args)
     print(report)
     if args.write:
         kept = DOC.read_text().partition(ANALYSIS)[2] if DOC.exists() else "\n"
         DOC.write_text(f"{report}\n{ANALYSIS}{kept}")
         print(f"written to {DOC.relative_to(REPO)}", file=sys.stderr)
+    print(json.dumps(headline(rows)))
     return 0
+
+
+def headline(rows: list[Row]) -> dict[str, Any]:
+    """The figures the targets name, for ``GET /v1/jobs/{id}``: its share of the ceiling and
+    its p99 under the cheapest client measured (``raw`` when run: ``httpx`` measures itself)."""
+    jobs = [row for row in rows if _label(row.endpoint) == "/v1/jobs/{id}"]
+    row = min(jobs, key=lambda row: row.client != "raw")
+    return {
+        "job_get_vs_ceiling": round(row.api.rps / row.ceiling.rps, 3),
+        "target": TARGET_SHARE,
+        "job_get_p99_ms": round(row.api.percentile_ms(0.99), 1),
+        "target_p99_ms": TARGET_P99_MS,
+        "job_get_rps": round(row.api.rps),
+        "ceiling_rps": round(row.ceiling.rps),
+        "client": row.client,
+        "load_average": round(os.getloadavg()[0], 2),
+    }
 
 
 def _default(module: str, fallback: str) -> str:
@@ -117,10 +141,50 @@ def ceiling_app() -> Any:
     return Starlette(routes=[Route("/{path:path}", answer)])
 
 
+PROBES = ("/probe/starlette/{job_id}", "/probe/fastapi/{job_id}")
+
+
+def probes_app() -> Any:
+    """The API app with two more routes, first in its routing, that serve the job's body as
+    ``GET /v1/jobs/{id}`` does (serialized once, with its ETag), without the route's parts:
+    ``/probe/starlette/{job_id}`` a bare Starlette route (the app's middleware, no FastAPI),
+    ``/probe/fastapi/{job_id}`` a FastAPI route with no dependencies and an unvalidated id;
+    neither reads the row's version. What limits ``GET /v1/jobs/{id}``, by subtraction.
+    """
+    from fastapi import Response
+    from fastapi.routing import APIRoute
+    from starlette.routing import Route
+
+    from lrtune.api.cache import CachedBody
+    from lrtune.api.main import create_app
+
+    app = create_app()
+    kept: dict[str, CachedBody] = {}
+
+    def kept_body(job_id: str) -> CachedBody:
+        if job_id not in kept:
+            job = app.state.store.get().get(job_id)
+            kept[job_id] = CachedBody.of(job.model_dump_json(by_alias=True).encode())
+        return kept[job_id]
+
+    async def starlette_probe(request: Any) -> Response:
+        return kept_body(request.path_params["job_id"]).response(None)
+
+    async def fastapi_probe(job_id: str) -> Response:
+        return kept_body(job_id).response(None)
+
+    app.router.routes.insert(0, Route(PROBES[0], starlette_probe))
+    app.router.routes.insert(0, APIRoute(PROBES[1], fastapi_probe, methods=["GET"]))
+    return app
+
+
 def _serve(kind: str, port: int, args: argparse.Namespace) -> int:
     import uvicorn
 
-    target = "bench.api:ceiling_app" if kind == "ceiling" else "lrtune.api.main:create_app"
+    target = {
+        "ceiling": "bench.api:ceiling_app",
+        "probes": "bench.api:probes_app",
+    }.get(kind, "lrtune.api.main:create_app")
     uvicorn.run(
         target,
         factory=True,
@@ -310,7 +374,7 @@ def measure(path: str, api: Server, args: argparse.Namespace, env: dict[str, str
     return rows
 
 
-def run(args: argparse.Namespace) -> str:
+def run(args: argparse.Namespace) -> tuple[str, list[Row]]:
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         database = args.database or f"sqlite:///{Path(tmp) / 'jobs.db'}"
@@ -329,8 +393,23 @@ def run(args: argparse.Namespace) -> str:
             rows = [row for path in paths for row in measure(path, api, args, env)]
         finally:
             api.stop()
+        if args.probes:
+            rows += measure_probes(job_id, args, env)
         steps = profile(database, job_id, fingerprint)
-    return report(rows, args, load_start, os.getloadavg(), has_finder, database, steps)
+    text = report(rows, args, load_start, os.getloadavg(), has_finder, database, steps)
+    return text, rows
+
+
+def measure_probes(job_id: str, args: argparse.Namespace, env: dict[str, str]) -> list[Row]:
+    """``GET /v1/jobs/{id}`` and the :func:`probes_app` routes, each against the ceiling."""
+    server = start_server("probes", args, env)
+    try:
+        job_path = f"/v1/jobs/{job_id}"
+        httpx.get(f"{server.url}{job_path}").raise_for_status()  # its body, kept
+        paths = [job_path, *(probe.format(job_id=job_id) for probe in PROBES)]
+        return [row for path in paths for row in measure(path, server, args, env)]
+    finally:
+        server.stop()
 
 
 def _answer_ttl_s() -> float:
@@ -345,8 +424,9 @@ def profile(database: str, job_id: str, fingerprint: str, repeats: int = 200) ->
     hot path (the answer noted for its question), what it does once per question and
     ``LRTUNE_ANSWER_TTL_S`` (the store's read of which answer is current, the cache's lookup of
     its body), and what a cache miss does once per answer (the store's read and validation,
-    the serialisation)."""
-    from lrtune.api.cache import ResponseCache
+    the serialisation); for ``GET /v1/jobs/{id}``, the read of the row's version and the body
+    kept for it (every request), and the record's read and serialisation (once a change)."""
+    from lrtune.api.cache import CachedBody, JobBodies, ResponseCache
     from lrtune.api.schemas import RecommendationMatch
     from lrtune.jobs import JobStore
 
@@ -358,6 +438,8 @@ def profile(database: str, job_id: str, fingerprint: str, repeats: int = 200) ->
     served = cache.put(("fingerprint", job_id), match.model_dump_json().encode())
     question = ("fingerprint", fingerprint)
     cache.remember(question, job_id, served)
+    job, version, bodies = store.get(job_id), store.row_versions.read(job_id), JobBodies()
+    bodies.put(job_id, version, job.model_dump_json(by_alias=True).encode())
     steps = {
         "per request: `ResponseCache.recent` (the answer noted for the question)": lambda: (
             cache.recent(question, max_age_s=3600)
@@ -368,8 +450,16 @@ def profile(database: str, job_id: str, fingerprint: str, repeats: int = 200) ->
         "once a TTL: `ResponseCache.get` (the body's bytes and ETag)": lambda: cache.get(
             ("fingerprint", job_id)
         ),
-        "per request (`/v1/jobs/{id}`): `JobStore.get` (SQL + `JobRecord` validation)": (
+        "per request (`/v1/jobs/{id}`): `RowVersions.read` (one indexed SELECT of the row's "
+        "version)": lambda: store.row_versions.read(job_id),
+        "per request (`/v1/jobs/{id}`): `JobBodies.get` (the body kept for that version)": (
+            lambda: bodies.get(job_id, version)
+        ),
+        "once a change of the job's row: `JobStore.get` (SQL + `JobRecord` validation)": (
             lambda: store.get(job_id)
+        ),
+        "once a change of the job's row: `JobRecord.model_dump_json()` and its ETag": lambda: (
+            CachedBody.of(job.model_dump_json(by_alias=True).encode())
         ),
         "once (a miss): `JobStore.recommendation` (SQL + `Recommendation` validation)": lambda: (
             store.recommendation(job_id)
@@ -383,7 +473,7 @@ def profile(database: str, job_id: str, fingerprint: str, repeats: int = 200) ->
         started = time.perf_counter()
         for _ in range(repeats):
             step()
-        lines.append(f"| {name} | {(time.perf_counter() - started) / repeats * 1000:.2f} |")
+        lines.append(f"| {name} | {(time.perf_counter() - started) / repeats * 1000:.3f} |")
     return lines
 
 
@@ -454,7 +544,7 @@ def _label(endpoint: str) -> str:
     """``/v1/jobs/{id}``, ``/v1/recommendations?fingerprint=..``: the endpoint, not the ids."""
     path, _, query = endpoint.partition("?")
     parts = path.split("/")
-    if len(parts) > 3 and parts[2] == "jobs":
+    if (len(parts) > 3 and parts[2] == "jobs") or parts[1] == "probe":
         parts[3] = "{id}"
     names = "&".join(part.split("=")[0] + "=.." for part in query.split("&")) if query else ""
     return "/".join(parts) + (f"?{names}" if names else "")
