@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch.nn import functional
+from torch.nn.modules.dropout import _DropoutNd
 
 from lrtune.models import _Residual
 
@@ -209,6 +210,19 @@ def _has_tensors(module: nn.Module) -> bool:
     return next(module.parameters(), None) is not None or next(module.buffers(), None) is not None
 
 
+def _draws_random_numbers(module: nn.Module) -> bool:
+    """Whether the module, training, draws dropout masks (an ``nn.Dropout`` inside it, or a
+    ``dropout`` option of attention or a recurrent layer)."""
+    if not module.training:
+        return False
+    for inner in module.modules():
+        rate = getattr(inner, "p", None) if isinstance(inner, _DropoutNd) else None
+        rate = rate if rate is not None else getattr(inner, "dropout", 0.0)
+        if isinstance(rate, float) and rate > 0:
+            return True
+    return False
+
+
 def _vmapped(
     module: nn.Module,
     prefix: str,
@@ -216,7 +230,17 @@ def _vmapped(
     buffers: Mapping[str, Tensor],
     x: _Activation,
 ) -> _Activation:
-    """A module this file does not fuse, run per member under vmap (same randomness)."""
+    """A module this file does not fuse, run per member under vmap.
+
+    Raises:
+        NotImplementedError: the module draws random numbers (dropout inside it): under vmap
+            its masks and RNG draws would not be those of a run of one model alone.
+    """
+    if _draws_random_numbers(module):
+        raise NotImplementedError(
+            f"{type(module).__name__} has dropout inside: it cannot run stacked with the masks "
+            "of a run alone"
+        )
     own_params = {n: params[f"{prefix}{n}"] for n, _ in module.named_parameters()}
     own_buffers = {n: buffers[f"{prefix}{n}"] for n, _ in module.named_buffers()}
 

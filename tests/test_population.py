@@ -327,3 +327,38 @@ def test_refusals_name_what_cannot_be_stacked(optimizer, lr_free, expected: str)
 
 def test_population_size_is_the_cap_on_the_cpu() -> None:
     assert population_size(make_setup(MODELS["mlp with dropout"]), 8) == 8
+
+
+def sequential_model(*layers: dict) -> dict:
+    return {"name": "sequential", "params": {"layers": list(layers)}}
+
+
+def test_a_layer_without_a_fused_form_runs_per_member_under_vmap() -> None:
+    model = sequential_model(
+        {"type": "linear", "out_features": 32},
+        {"type": "layernorm"},  # no fused form: vmapped on its own
+        {"type": "relu"},
+        {"type": "dropout", "p": 0.2},
+        {"type": "linear", "out_features": 10},
+    )
+    setup = make_setup(model)
+    assert population_refusal(setup) is None
+    members = [Member(parse_schedule(s), lr) for s, lr in MIX[:3]]
+    for member, run in zip(members, train_population(setup, members, 2), strict=True):
+        assert_same_run(
+            run, train(setup, member.schedule, member.base_lr, 2), len(setup.bundle.val)
+        )
+
+
+def test_dropout_inside_a_vmapped_layer_is_refused_and_trains_one_at_a_time() -> None:
+    model = sequential_model(
+        {"type": "reshape", "shape": [8, 8]},
+        {"type": "transformer_encoder_layer", "nhead": 2, "dim_feedforward": 16, "dropout": 0.1},
+        {"type": "sequence_pool", "mode": "mean"},
+        {"type": "linear", "out_features": 10},
+    )
+    setup = make_setup(model)
+    assert "TransformerEncoderLayer has dropout inside" in population_refusal(setup)
+    members = [Member(parse_schedule(s), lr) for s, lr in MIX[:2]]
+    for member, run in zip(members, train_population(setup, members, 1), strict=True):
+        assert run == train(setup, member.schedule, member.base_lr, 1)
