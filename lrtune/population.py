@@ -130,9 +130,10 @@ def population_refusal(setup: TrainingSetup, *, lr_free: LRFreeName | None = Non
 
 
 def population_size(setup: TrainingSetup, cap: int) -> int:
-    """How many members to train at once: ``cap`` on the CPU; on CUDA at most what
-    :data:`DEVICE_MEMORY_FRACTION` of the free memory holds by the job's footprint (>= 1)."""
-    if setup.device.type != "cuda":
+    """How many members to train at once: ``cap`` on the CPU (and for a task's runs, which
+    train one at a time anyway); on CUDA at most what :data:`DEVICE_MEMORY_FRACTION` of the
+    free memory holds by the job's footprint (>= 1)."""
+    if setup.device.type != "cuda" or not isinstance(setup.task, RegistryTask):
         return cap
     free, _total = torch.cuda.mem_get_info(setup.device)
     return max(1, min(cap, int(DEVICE_MEMORY_FRACTION * free // _member_bytes(setup))))
