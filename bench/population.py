@@ -343,6 +343,10 @@ def report(
             for job in jobs
         ),
         "",
+        "Arms: one at a time is `train()` for each trial; population, K = k is "
+        "`train_population` on the trials in groups of k (a group of one trains with "
+        "`train()` itself, so K = 1 measures only the extra setup).",
+        "",
         f"| Job | Arm | {unit} (median) | min-max | speedup |",
         "|---|---|---:|---:|---:|",
         *(
