@@ -535,6 +535,14 @@ def report(
     ]
     if not has_finder:
         lines.append("`GET /v1/jobs/{id}/finder` did not exist in this build: not measured.")
+    if args.probes:
+        lines.append(
+            "The rows after `/v1/jobs/{id}/finder` (`--probes`): a second API process with two "
+            "more routes that serve the job's body without the route's parts "
+            "(`/probe/starlette/{id}`: a bare Starlette route in the app; `/probe/fastapi/{id}`: "
+            "a FastAPI route with no dependencies; `bench.api.probes_app`), each against the "
+            "ceiling, with `GET /v1/jobs/{id}` again on that process."
+        )
     lines += ["", "Where a request's time goes, measured in this process after the load:", ""]
     lines += steps
     return "\n".join(lines) + "\n"
