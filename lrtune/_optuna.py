@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import logging
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -92,9 +91,6 @@ CONFIRM_SUFFIX = ":confirm"  # JobSpec names cannot hold ':', so this never name
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 UNFINISHED = (TrialState.WAITING, TrialState.RUNNING)
-
-
-logger = logging.getLogger(__name__)
 
 
 class QueueEmpty(Exception):
