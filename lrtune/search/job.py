@@ -14,6 +14,7 @@ its pool's children, a bare :func:`run_worker` process sharing a study:
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,7 +40,7 @@ from lrtune.recommendation import Recommendation
 from lrtune.result import LRFinderResult
 from lrtune.search import answer
 from lrtune.search.gate import UnitGate
-from lrtune.search.populations import population_size
+from lrtune.search.populations import drain_population, population_size
 from lrtune.search.prepare import prepare_study, stored_bounds
 from lrtune.search.queues import (
     Storage,
@@ -49,6 +50,7 @@ from lrtune.search.queues import (
     resolve_storage,
 )
 from lrtune.search.units import (
+    PopulationRunner,
     UnitObjective,
     UnitOptions,
     drain,
@@ -157,8 +159,11 @@ class JobSearch:
             self.study.gate = options.gate or UnitGate(self.spec.search)
             objective = UnitObjective("trial", setup, self.study, self.bounds, options)
             population = population_size(setup, options.population)
+            populations = None
+            if population > 1:
+                populations = functools.partial(drain_population, self.study, objective, population)
             self._drain(
-                self.study, objective, "trials", options, options.timeout_s, True, population
+                self.study, objective, "trials", options, options.timeout_s, True, populations
             )
             return True
         if not self._search_finished(options.wait_for_others):
@@ -216,7 +221,7 @@ class JobSearch:
         options: UnitOptions,
         timeout_s: float | None,
         show_best: bool,
-        population: int = 1,
+        populations: PopulationRunner | None = None,
     ) -> None:
         drain(
             queue,
@@ -227,7 +232,7 @@ class JobSearch:
             progress=options.progress,
             show_best=show_best,
             should_stop=options.should_stop,
-            population=population,
+            populations=populations,
         )
 
 

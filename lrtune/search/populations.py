@@ -84,7 +84,6 @@ def drain_population(
     study: QueuedStudy,
     objective: UnitObjective,
     size: int,
-    *,
     deadline: float | None,
     on_told: TrialDone,
     should_stop: Callable[[], bool],

@@ -78,6 +78,14 @@ T = TypeVar("T")
 UnitKind = Literal["trial", "confirm"]
 """A search trial, or a confirmation run (the names of their checkpoint files)."""
 
+PopulationRunner = Callable[
+    [float | None, Callable[[optuna.Study, FrozenTrial], None], Callable[[], bool]], None
+]
+"""Pops and trains a queue's trials several at a time until the queue is empty (raising
+:class:`~lrtune._optuna.QueueEmpty`), the deadline (``time.monotonic()``) passes, or the stop
+check says so after a population; ``(deadline, on_told, should_stop)``, ``on_told`` called
+after each trial is told (:func:`~lrtune.search.populations.drain_population`)."""
+
 
 class TrialFailed(Exception):
     """Training raised an error: the trial is recorded FAIL with the reason, and work goes on.
@@ -415,11 +423,11 @@ def drain(
     progress: bool,
     show_best: bool = False,
     should_stop: Callable[[], bool] | None = None,
-    population: int = 1,
+    populations: PopulationRunner | None = None,
 ) -> None:
     """Pop and run ``study``'s queued trials until the queue is empty, the time is up, or
-    ``should_stop`` says so after a trial; ``population`` > 1 pops and trains that many at
-    once (:func:`~lrtune.search.populations.drain_population`)."""
+    ``should_stop`` says so after a trial; ``populations`` pops and trains several at once
+    instead of Optuna's ``optimize`` (:func:`~lrtune.search.populations.drain_population`)."""
     total = len(study.get_trials(deepcopy=False, states=(*FINISHED, *UNFINISHED)))
     bar = tqdm(total=total, desc=desc, disable=None if progress else True, unit="run")
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -434,7 +442,7 @@ def drain(
             bar.refresh()
         if should_stop is not None and should_stop():
             stopped.append(trial.number)
-            if population == 1:
+            if populations is None:
                 study.stop()
 
     stopped: list[int] = []
@@ -442,17 +450,8 @@ def drain(
         while deadline is None or time.monotonic() < deadline:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                if population > 1:
-                    from lrtune.search.populations import drain_population
-
-                    drain_population(
-                        study,  # type: ignore[arg-type]
-                        objective,
-                        population,
-                        deadline=deadline,
-                        on_told=update_bar,
-                        should_stop=lambda: bool(stopped),
-                    )
+                if populations is not None:
+                    populations(deadline, update_bar, lambda: bool(stopped))
                 else:
                     study.optimize(
                         objective,
