@@ -65,7 +65,7 @@ LOG, HEAD, HEARTBEATS = define_tables(METADATA)
 
 
 class epoch_now(FunctionElement[float]):
-    """The database's clock in seconds since the Unix epoch (microseconds on both databases)."""
+    """The database's clock in seconds since the Unix epoch (to the millisecond on SQLite)."""
 
     type = Double()
     inherit_cache = True
