@@ -73,6 +73,20 @@ NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
 }
 """The ``responses`` entry of a route that answers ``If-None-Match`` (:data:`IfNoneMatch`)."""
 
+IF_NONE_MATCH_PARAMETER: dict[str, Any] = {
+    "name": "if-none-match",
+    "in": "header",
+    "required": False,
+    "schema": {
+        "anyOf": [{"type": "string"}, {"type": "null"}],
+        "description": "the `ETag` of the copy the client has",
+        "title": "If-None-Match",
+    },
+    "description": "the `ETag` of the copy the client has",
+}
+"""The OpenAPI entry :data:`IfNoneMatch` gives a route, for a route that reads the header
+itself (``openapi_extra``), as ``GET /v1/jobs/{id}`` does to skip FastAPI's parsing."""
+
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for these error statuses, each with an example body."""
