@@ -64,6 +64,7 @@ bench: setup
 	$(PY) bench/suggest.py
 	$(PY) bench/api.py
 	$(PY) bench/workers.py
+	$(PY) bench/population.py
 	$(PY) bench/quality.py
 
 clean:
