@@ -328,10 +328,12 @@ def test_a_database_at_0001_with_jobs_upgrades_its_tables_and_its_stored_json(
     def spec_v1_to_v2(spec: dict) -> dict:
         return {**spec, "name": f"upgraded-{spec['seed']}"}
 
+    # the table as it is at 0001 (the models' has later columns, which an UPDATE would set)
+    jobs_at_0001 = sa.table("lrtune_jobs", sa.column("id"), sa.column("spec_format_version"))
     with get_engine(url).begin() as conn:
         conn.execute(
-            sa.update(tables.Job.__table__)
-            .where(tables.Job.id == ids[0])
+            sa.update(jobs_at_0001)
+            .where(jobs_at_0001.c.id == ids[0])
             .values(spec_format_version=2)  # already at the later format: left alone
         )
         rewritten = upgrade_json_rows(

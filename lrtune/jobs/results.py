@@ -255,9 +255,10 @@ class Results:
         """The best finished search trial of ``job`` as a provisional, unconfirmed
         recommendation (:func:`lrtune.study_view.read_best_so_far`); None without one."""
         from lrtune import __version__
+        from lrtune._journal_tables import LOG_TABLE
         from lrtune.study_view import open_reader, read_best_so_far
 
-        if not inspect(self._engine).has_table("studies"):
+        if not inspect(self._engine).has_table(LOG_TABLE):  # no study was ever stored
             return None
         rec = read_best_so_far(open_reader(self.url), job.study_name)
         if rec is None:

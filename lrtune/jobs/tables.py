@@ -37,7 +37,7 @@ Times come from the database's clock (:class:`utcnow`), never a worker's, and ar
 
 Example:
     >>> sorted(Base.metadata.tables)[:3]
-    ['lrtune_job_events', 'lrtune_jobs', 'lrtune_range_tests']
+    ['lrtune_job_events', 'lrtune_jobs', 'lrtune_optuna_heartbeats']
 """
 
 from __future__ import annotations
