@@ -253,13 +253,23 @@ def _fresh_schema(postgres_url: str) -> None:
     upgrade(postgres_url)
 
 
-def _trial_with_epochs_done(url: str, study_name: str, epochs: int) -> bool:
+def _trial_with_epochs_done(
+    reader: optuna.storages.BaseStorage, study_name: str, epochs: int
+) -> bool:
+    return _running_with_epochs_done(reader, study_name, epochs) > 0
+
+
+def _running_with_epochs_done(
+    reader: optuna.storages.BaseStorage, study_name: str, epochs: int
+) -> int:
+    """How many running trials of the study have reported ``epochs`` epochs. ``reader``: one
+    storage for the whole test (a new one replays the whole journal: too slow to poll with)."""
     try:
-        study = optuna.load_study(study_name=study_name, storage=open_storage(url))
+        study = optuna.load_study(study_name=study_name, storage=reader)
     except KeyError:  # not created yet
-        return False
+        return 0
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    return any(len(t.intermediate_values) >= epochs for t in running)
+    return sum(len(t.intermediate_values) >= epochs for t in running)
 
 
 # A range test of seconds (killed midway), then trials of many epochs (killed after two).
@@ -283,7 +293,8 @@ def test_a_job_survives_workers_killed_mid_range_test_and_mid_trial(
     (second,) = fleet.start()  # takes the job over once the dead worker's lease expires
     study_name = store.get(job_id).study_name
     _until(lambda: store.get(job_id).status is JobStatus.SEARCHING, "the range test's re-run")
-    _until(lambda: _trial_with_epochs_done(jobs_url, study_name, 2), "a trial two epochs in")
+    reader = open_storage(jobs_url, heartbeat_interval=None)
+    _until(lambda: _trial_with_epochs_done(reader, study_name, 2), "a trial two epochs in")
     second.send_signal(signal.SIGKILL)
     second.wait()
     fleet.start()  # retries the dead trial once its heartbeat is stale, from its checkpoint
@@ -321,7 +332,8 @@ def test_a_population_killed_mid_trial_resumes_every_member_from_its_checkpoint(
     (first,) = fleet.start(1, "--population", "3")
     _until(lambda: store.get(job_id).status is JobStatus.SEARCHING, "the search to start")
     study_name = store.get(job_id).study_name
-    _until(lambda: _running_with_epochs_done(jobs_url, study_name, 2) == 3, "3 members 2 in")
+    reader = open_storage(jobs_url, heartbeat_interval=None)
+    _until(lambda: _running_with_epochs_done(reader, study_name, 2) == 3, "3 members 2 in")
 
     first.send_signal(signal.SIGKILL)
     first.wait()
@@ -345,16 +357,6 @@ def test_a_population_killed_mid_trial_resumes_every_member_from_its_checkpoint(
         assert len(retry.run.epochs) == 60
 
 
-def _running_with_epochs_done(url: str, study_name: str, epochs: int) -> int:
-    """How many running trials of the study have reported ``epochs`` epochs."""
-    try:
-        study = optuna.load_study(study_name=study_name, storage=open_storage(url))
-    except KeyError:  # not created yet
-        return 0
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    return sum(len(t.intermediate_values) >= epochs for t in running)
-
-
 def _restart_postgres(postgres_url: str) -> None:
     command = os.environ.get("LRTUNE_TEST_POSTGRES_RESTART")
     if not command:
@@ -375,7 +377,8 @@ def test_jobs_survive_postgres_restarted_under_running_workers(
 ) -> None:
     _fresh_schema(postgres_url)
     slower = {**JOB, "range_test": {"seeds": 2, "num_iter": 600}}
-    slower["search"] = {**JOB["search"], "epochs": 20}
+    # trials of 60 epochs: long enough that the restart below finds one running
+    slower["search"] = {**JOB["search"], "epochs": 60}
     job_ids = _submit(postgres_url, 3, slower)
     store = JobStore(postgres_url)
     fleet = fleet_factory(postgres_url, "--artifact-dir", str(tmp_path / "artifacts"))
@@ -385,7 +388,8 @@ def test_jobs_survive_postgres_restarted_under_running_workers(
     _until(lambda: store.get(job_ids[0]).status is JobStatus.FINDING, "a range test")
     _restart_postgres(postgres_url)  # during a range test (and its lease's renewals)
     study_name = store.get(job_ids[0]).study_name
-    _until(lambda: _trial_with_epochs_done(postgres_url, study_name, 1), "a running trial")
+    reader = open_storage(postgres_url, heartbeat_interval=None)
+    _until(lambda: _trial_with_epochs_done(reader, study_name, 1), "a running trial")
     _restart_postgres(postgres_url)  # during trials
     _until(lambda: _all_finished(store, job_ids), "the jobs to finish")
 
