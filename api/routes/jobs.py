@@ -54,6 +54,7 @@ from lrtune.api.deps import (
     SettingsDep,
     StoreDep,
     WriteAuth,
+    get_job_bodies,
     get_store,
     require_read_token,
 )
@@ -268,7 +269,7 @@ async def get_job(request: Request, job_id: JobId) -> Response:
     # The most-polled route: it declares no dependencies and reads its header itself, since
     # FastAPI's solving of them took a fifth of its time (the schema says what it reads)
     await require_read_token(request)
-    store, bodies = await get_store(request), request.app.state.job_bodies
+    store, bodies = await get_store(request), await get_job_bodies(request)
     if_none_match = request.headers.get("if-none-match")
     row_version = await store.row_versions.read_async(job_id)
     served = bodies.get(job_id, row_version) if row_version is not None else None

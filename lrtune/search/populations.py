@@ -35,15 +35,15 @@ from lrtune._optuna import (
     QueuedStudy,
     QueueEmpty,
 )
-from lrtune.search.queues import INTERRUPTED
 from lrtune.search.units import (
     DeviceOutOfMemory,
     Unit,
     UnitObjective,
     UnitPlan,
     _StorageTrouble,
+    failure_reason,
 )
-from lrtune.training import TrainingRun, TrainingSetup, out_of_memory_reason
+from lrtune.training import TrainingRun, TrainingSetup
 
 _logger = logging.getLogger("lrtune.population")
 
@@ -116,7 +116,7 @@ def _pop_units(
         try:
             units.append((unit, unit.plan()))
         except BaseException as exc:
-            reason = _failure_reason(exc, objective.setup)
+            reason = failure_reason(objective.setup, exc)
             _end_failed(study, [*(popped for popped, _plan in units), unit], exc, reason)
             raise
     return units
@@ -163,7 +163,7 @@ def _train_units(
                 stop_check_s=options.unit_check_s,
             )
         except BaseException as exc:
-            reason = _failure_reason(exc, setup)
+            reason = failure_reason(setup, exc)
             _end_failed(study, list(training.values()), exc, reason, on_told)
             _reraise_unless_caught(exc, reason)
 
@@ -198,15 +198,6 @@ def _end_failed(
         study.tell(unit.trial, state=TrialState.FAIL)
         if on_told is not None and _caught(error):
             on_told(study, study._storage.get_trial(unit.trial._trial_id))
-
-
-def _failure_reason(error: BaseException, setup: TrainingSetup) -> str:
-    """What a failed unit records (as :func:`~lrtune.search.units._guarded` words it)."""
-    if isinstance(error, torch.OutOfMemoryError):
-        return out_of_memory_reason(setup, error)
-    if isinstance(error, Exception):
-        return f"{type(error).__name__}: {error}".splitlines()[0][:500]
-    return f"{INTERRUPTED} ({type(error).__name__})"
 
 
 def _caught(error: BaseException) -> bool:

@@ -400,17 +400,24 @@ def _guarded(trial: optuna.Trial, setup: TrainingSetup, training: Callable[[], T
         return training()
     except (optuna.TrialPruned, _StorageTrouble, *STORAGE_ERRORS):
         raise
-    except torch.OutOfMemoryError as exc:
-        reason = out_of_memory_reason(setup, exc)
-        trial.set_user_attr(ATTR_FAIL_REASON, reason)
-        raise DeviceOutOfMemory(reason) from exc
-    except Exception as exc:
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-        trial.set_user_attr(ATTR_FAIL_REASON, reason)
-        raise TrialFailed(reason) from exc
     except BaseException as exc:
-        trial.set_user_attr(ATTR_FAIL_REASON, f"{INTERRUPTED} ({type(exc).__name__})")
+        reason = failure_reason(setup, exc)
+        trial.set_user_attr(ATTR_FAIL_REASON, reason)
+        if isinstance(exc, torch.OutOfMemoryError):
+            raise DeviceOutOfMemory(reason) from exc
+        if isinstance(exc, Exception):
+            raise TrialFailed(reason) from exc
         raise
+
+
+def failure_reason(setup: TrainingSetup, error: BaseException) -> str:
+    """What a unit whose training raised ``error`` records as its trial's fail reason: what to
+    change when the device ran out of memory, the error's first line, or ``interrupted``."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return out_of_memory_reason(setup, error)
+    if isinstance(error, Exception):
+        return f"{type(error).__name__}: {error}".splitlines()[0][:500]
+    return f"{INTERRUPTED} ({type(error).__name__})"
 
 
 def drain(
