@@ -208,6 +208,8 @@ class Agent:
         except Exception as exc:  # the task's own error: the job fails with it
             failure = RangeTestFailure(lease=lease, reason=_one_line(exc))
             self._call("POST", "/leases/fail", json=failure.model_dump(mode="json"))
+            logger.warning("agent=%s job=%s event=range_test_failed reason=%s", self.id,
+                           lease.job_id, failure.reason)  # fmt: skip
             return
         done = RangeTestDone(
             lease=lease,
@@ -264,6 +266,8 @@ class Agent:
             raise
         except Exception as exc:  # the task's own error: the unit fails, the job with it
             self._fail(unit, UnitFailure(reason=_one_line(exc)))
+            logger.warning("agent=%s job=%s event=unit_failed trial=%d reason=%s", self.id,
+                           work.job_id, work.number, _one_line(exc))  # fmt: skip
             return
         if lost:  # another agent or worker has it now
             logger.warning(

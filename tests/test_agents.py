@@ -172,6 +172,33 @@ def test_sigterm_hands_the_agents_unit_back_within_an_epoch(
     assert TrialState.RUNNING not in states and states.count(TrialState.WAITING) >= 1, states
 
 
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("Raises", "ValueError: the validation set is not mounted"),
+        ("NoMetric", "Raises.evaluate() in epoch 1 returned no 'accuracy'"),
+        ("NanMetric", "returned accuracy = nan"),
+    ],
+)
+def test_an_agents_broken_task_fails_its_job_with_one_line_logged_and_the_agent_goes_on(
+    service: tuple[str, JobStore], caplog: pytest.LogCaptureFixture, name: str, reason: str
+) -> None:
+    url, store = service
+    serving = agent(url, f"task_fixtures:{name}", "task_fixtures:blobs", once=True)
+    with serving.registered():
+        broken, fine = submit(url, name), submit(url)
+    with caplog.at_level("WARNING", logger="lrtune.agent"):
+        serving.run()
+
+    failed = store.get(broken)
+    expected = reason.replace("Raises", name)
+    assert failed.status is JobStatus.FAILED
+    assert expected in failed.error and "\n" not in failed.error, failed.error
+    said = [r.getMessage() for r in caplog.records if f"job={broken}" in r.getMessage()]
+    assert said and all(expected in line and "\n" not in line for line in said), said
+    assert store.get(fine).status is JobStatus.SUCCEEDED  # the agent kept serving
+
+
 def test_lrtune_agent_with_a_task_that_does_not_import_exits_2_with_one_line() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "lrtune.cli", "agent", "--url", "http://127.0.0.1:9", "--task",
