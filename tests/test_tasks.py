@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import task_fixtures
+import yaml
 from task_fixtures import RANGE_TEST, SEARCH
 
 import lrtune
@@ -182,3 +183,23 @@ def test_lrtune_serve_passes_its_tasks_to_the_embedded_workers_and_checks_them_f
     ]:
         code, _, err = run_cli(capsys, *argv)
         assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.slow
+def test_lrtune_serve_with_a_task_submits_its_job_at_once_and_prints_the_answer(
+    tmp_path: Path,
+) -> None:
+    """The job is submitted as soon as the service serves: the embedded worker has published
+    the task by then (a 422 'no live worker runs task' before the fix)."""
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump({"task": {"name": "Blobs"}, "range_test": RANGE_TEST,
+                                        "search": SEARCH}))  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "lrtune.cli", "serve", "--port", "0", "--database",
+         f"sqlite:///{tmp_path / 'jobs.db'}", "--task", "task_fixtures:blobs", "--submit",
+         str(job_file), "--exit-when-done"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "recommended: " in done.stdout and "# paste into your training script" in done.stdout

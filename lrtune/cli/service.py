@@ -41,6 +41,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -69,6 +70,8 @@ logger = logging.getLogger("lrtune.api")
 
 WORKER_STOP_S = 60.0
 """Seconds a worker gets, after SIGTERM, to hand its unit back before it is killed."""
+WORKER_START_S = 120.0
+"""Seconds ``serve --task`` waits for its embedded workers to publish their tasks."""
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 """The service's log lines: the API's, uvicorn's and (in their own processes) the workers'."""
 
@@ -298,6 +301,8 @@ def run_service(options: ServeOptions) -> int:
                 ws="none",
             )
             server = stop.server = uvicorn.Server(config)
+            if options.tasks:  # the API admits a task's job once a live worker published it
+                _wait_until_registered(store, workers, stop)
             if stop.received:  # a signal while the workers started
                 server.should_exit = True
             _announce(url, store, workers)
@@ -329,6 +334,22 @@ def _bind(host: str, port: int) -> socket.socket:
         ) from None
     sock.set_inheritable(False)
     return sock
+
+
+def _wait_until_registered(
+    store: Any, workers: list[subprocess.Popen[bytes]], stop: _StopSignals
+) -> None:
+    """Wait until every embedded worker has registered (and so published its tasks), one
+    exits (:func:`_watch_workers` says why), a signal arrives, or ``WORKER_START_S`` pass."""
+    pids = {worker.pid for worker in workers}
+    deadline = time.monotonic() + WORKER_START_S
+    while time.monotonic() < deadline and not stop.received:
+        if any(worker.poll() is not None for worker in workers):
+            return
+        live = store.list_workers().data
+        if pids <= {w.pid for w in live if w.host == socket.gethostname()}:
+            return
+        time.sleep(0.2)
 
 
 def _announce(url: str, store: Any, workers: list[subprocess.Popen[bytes]]) -> None:
