@@ -383,7 +383,7 @@ def test_apply_recommendation_warns_when_the_run_differs(stand_in_recommendation
     rec = stand_in_recommendation.model_copy(deep=True)
     with pytest.warns(UserWarning, match="pass steps_per_epoch= and epochs="):
         apply_recommendation(make_trainer(0, epochs=5), rec)
-    with pytest.raises(InvalidInputError, match="Recommendation or the path"):
+    with pytest.raises(InvalidInputError, match="a Recommendation, the path of its JSON"):
         apply_recommendation(make_trainer(0), "no-such-file.json")
 
 

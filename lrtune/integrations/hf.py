@@ -56,7 +56,6 @@ micro-batch per step, with no accumulation or clipping.
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import math
 import shutil
@@ -64,7 +63,6 @@ import tempfile
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -460,27 +458,13 @@ class EpochSteppedScheduler:
         self.scheduler.load_state_dict(dict(state["scheduler"]))
 
 
-def load_recommendation(source: Any) -> Any:
-    """A :class:`~lrtune.recommendation.Recommendation` from itself or the path of its JSON
-    (``lrtune tune --json``'s, or a stored recommendation's, which holds one)."""
-    from lrtune.recommendation import Recommendation
-
-    if isinstance(source, Recommendation):
-        return source
-    if isinstance(source, (str, Path)) and Path(source).is_file():
-        data = json.loads(Path(source).read_text())
-        if isinstance(data, dict) and "recommendation" in data and "spec" not in data:
-            data = data["recommendation"]
-        return Recommendation.model_validate(data)
-    raise InvalidInputError(
-        f"apply_recommendation needs a Recommendation or the path of its JSON, got {source!r}"
-    )
-
-
 def apply_recommendation(
     trainer_or_kwargs: Trainer | Mapping[str, Any],
     recommendation: Any,
     *,
+    url: str | None = None,
+    token: str | None = None,
+    database: str | None = None,
     steps_per_epoch: int | None = None,
     epochs: int | None = None,
 ) -> tuple[torch.optim.Optimizer, Any]:
@@ -495,7 +479,10 @@ def apply_recommendation(
         trainer_or_kwargs: a ``Trainer``, or the keyword arguments you would build one with
             (``model``, ``args``, ...): the optimizer is a new one built as that Trainer builds
             it (``create_optimizer()``), over the param groups the task tuned.
-        recommendation: a :class:`~lrtune.recommendation.Recommendation` or its JSON's path.
+        recommendation: a :class:`~lrtune.recommendation.Recommendation`, its JSON's path,
+            or a job id or spec fingerprint on the service at ``url`` (``token`` if it wants
+            one) or in the job store at ``database``
+            (:func:`lrtune.recommendation.load_recommendation`).
         steps_per_epoch, epochs: the run the schedule spans; default the tuned run's
             (``recommendation.steps_per_epoch`` and ``spec.search.epochs``). A warning says so
             when the Trainer's own differ.
@@ -512,9 +499,10 @@ def apply_recommendation(
         InvalidInputError: no recommended schedule, a group count that differs from the tuned
             one, or a schedule HF cannot step (plateau with a warm-up).
     """
+    from lrtune.recommendation import load_recommendation
     from lrtune.schedules import build
 
-    rec = load_recommendation(recommendation)
+    rec = load_recommendation(recommendation, url=url, token=token, database=database)
     best = rec.best
     if best is None:
         raise InvalidInputError("the recommendation has no recommended schedule: no trial finished")
@@ -599,7 +587,6 @@ __all__ = [
     "TrainerTask",
     "apply_recommendation",
     "eval_metric_name",
-    "load_recommendation",
     "quiet_training_args",
     "scored_metrics",
 ]

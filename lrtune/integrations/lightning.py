@@ -43,7 +43,6 @@ import logging
 import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -586,32 +585,6 @@ def _lr_attribute(module: pl.LightningModule, attr_name: str) -> str:
 # -- a recommendation as a callback ---------------------------------------------------------
 
 
-def load_recommendation(source: Any, *, url: str | None = None, token: str | None = None) -> Any:
-    """A :class:`~lrtune.recommendation.Recommendation` from itself, the path of its JSON
-    (``lrtune tune --json``, or a stored recommendation's, which holds one), or a job id on the
-    lrtune server at ``url``."""
-    from lrtune.recommendation import Recommendation
-
-    if isinstance(source, Recommendation):
-        return source
-    if url is not None:
-        from lrtune.client import Client
-
-        with Client(url, token) as client:
-            return client.recommendation(str(source)).recommendation
-    if isinstance(source, (str, Path)) and Path(source).is_file():
-        import json
-
-        data = json.loads(Path(source).read_text())
-        if isinstance(data, dict) and "recommendation" in data and "spec" not in data:
-            data = data["recommendation"]  # a stored recommendation
-        return Recommendation.model_validate(data)
-    raise InvalidInputError(
-        f"LRTuneSchedule needs a Recommendation, the path of its JSON, or a job id with url=; "
-        f"got {source!r}"
-    )
-
-
 class LRTuneSchedule(pl.Callback):
     """Train under a recommendation: at fit start, set the optimizer's param-group LRs to the
     recommended LR (keeping the groups' ratios: group ``i`` at ``base_lr * multiplier_i``) and
@@ -620,7 +593,9 @@ class LRTuneSchedule(pl.Callback):
 
     Args:
         recommendation: a :class:`~lrtune.recommendation.Recommendation`, the path of its
-            JSON, or a job id (with ``url``, and ``token`` if the server wants one).
+            JSON, or a job id or spec fingerprint on the service at ``url`` (``token`` if it
+            wants one) or in the job store at ``database``
+            (:func:`lrtune.recommendation.load_recommendation`).
         steps_per_epoch, epochs: the schedule's length; default the recommendation's (what
             was tuned and confirmed). A fit that runs longer keeps the schedule's last LR.
 
@@ -635,10 +610,15 @@ class LRTuneSchedule(pl.Callback):
         *,
         url: str | None = None,
         token: str | None = None,
+        database: str | None = None,
         steps_per_epoch: int | None = None,
         epochs: int | None = None,
     ) -> None:
-        self.recommendation = load_recommendation(recommendation, url=url, token=token)
+        from lrtune.recommendation import load_recommendation
+
+        self.recommendation = load_recommendation(
+            recommendation, url=url, token=token, database=database
+        )
         best = self.recommendation.best
         if best is None:
             raise InvalidInputError("the recommendation has no recommended schedule (no trial)")

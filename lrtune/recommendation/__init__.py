@@ -78,6 +78,7 @@ from lrtune.recommendation._pick import (
     simplicity,
 )
 from lrtune.recommendation._recommendation import Recommendation
+from lrtune.recommendation._sources import load_recommendation
 
 __all__ = [
     "NEGLIGIBLE_SHARE",
@@ -94,6 +95,7 @@ __all__ = [
     "comparable",
     "compare",
     "contenders",
+    "load_recommendation",
     "negligible_difference",
     "paired_comparison",
     "pick_recommended",
