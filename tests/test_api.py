@@ -1090,6 +1090,7 @@ API_MODULES = [
     "lrtune.api.schemas",
     "lrtune.api.routes",
     "lrtune.api.routes._docs",
+    "lrtune.api.routes._lean",
     "lrtune.api.routes._registry",
     "lrtune.api.routes.agents",
     "lrtune.api.routes.dashboard",

@@ -7,13 +7,13 @@ are (:class:`~lrtune.jobs.JobRecord`, :class:`~lrtune.jobs.JobPage`,
 call never blocks the event loop; the event stream is ``async`` and calls the store through
 :func:`~starlette.concurrency.run_in_threadpool`.
 
-``GET /v1/jobs/{id}``, what every poller asks, serves the job's body serialized once per change
-of its row: one indexed read of the row's version on the event loop
-(:mod:`lrtune.jobs.row_versions`: a few microseconds on SQLite, an awaited round trip on
-PostgreSQL), and the body kept in :class:`~lrtune.api.cache.JobBodies` while the row is at the
-version it was built from. A write
-committed before a request, by any process, is in its answer; the ``ETag`` is a digest of the
-body, so it changes exactly when the body does.
+``GET /v1/jobs/{id}``, what every poller asks, is served from a Starlette route ahead of
+FastAPI's routing (:mod:`lrtune.api.routes._lean`; this declaration documents it), with the
+job's body serialized once per change of its row: one indexed read of the row's version on the
+event loop (:mod:`lrtune.jobs.row_versions`: a few microseconds on SQLite, an awaited round
+trip on PostgreSQL), and the body kept in :class:`~lrtune.api.cache.JobBodies` while the row is
+at the version it was built from. A write committed before a request, by any process, is in
+its answer; the ``ETag`` is a digest of the body, so it changes exactly when the body does.
 
 Submitting checks what the spec's schema cannot in the store, as every way in does
 (:mod:`lrtune.jobs.admission`): that the model and dataset names are in the registry and their
@@ -266,8 +266,10 @@ async def get_job(request: Request, job_id: JobId) -> Response:
     Carries an `ETag`; a poller that sends it back in `If-None-Match` gets 304 while the job
     is unchanged.
     """
-    # The most-polled route: it declares no dependencies and reads its header itself, since
-    # FastAPI's solving of them took a fifth of its time (the schema says what it reads)
+    # The most-polled route, served without FastAPI's request handling (create_app puts a
+    # lean_route of it first: lrtune.api.routes._lean, which refuses a declared dependency or
+    # header): it reads its token, store, bodies and If-None-Match from the request itself
+    # (openapi_extra documents the header)
     await require_read_token(request)
     store, bodies = await get_store(request), await get_job_bodies(request)
     if_none_match = request.headers.get("if-none-match")
