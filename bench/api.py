@@ -425,7 +425,9 @@ def profile(database: str, job_id: str, fingerprint: str, repeats: int = 200) ->
     ``LRTUNE_ANSWER_TTL_S`` (the store's read of which answer is current, the cache's lookup of
     its body), and what a cache miss does once per answer (the store's read and validation,
     the serialisation); for ``GET /v1/jobs/{id}``, the read of the row's version and the body
-    kept for it (every request), and the record's read and serialisation (once a change)."""
+    kept for it (every request), the record's read and serialisation (once a change), and the
+    whole request through the app, from its lean route and through FastAPI
+    (:func:`served_in_process`)."""
     from lrtune.api.cache import CachedBody, JobBodies, ResponseCache
     from lrtune.api.schemas import RecommendationMatch
     from lrtune.jobs import JobStore
@@ -474,7 +476,63 @@ def profile(database: str, job_id: str, fingerprint: str, repeats: int = 200) ->
         for _ in range(repeats):
             step()
         lines.append(f"| {name} | {(time.perf_counter() - started) / repeats * 1000:.3f} |")
+    for name, ms in served_in_process(database, job_id).items():
+        lines.append(f"| {name} | {ms:.3f} |")
     return lines
+
+
+def served_in_process(
+    database: str, job_id: str, requests: int = 2000, rounds: int = 3
+) -> dict[str, float]:
+    """ms per ``GET /v1/jobs/{id}`` through the whole app in this process (ASGI calls, no
+    HTTP): as built, from its lean route (``lrtune.api.routes._lean``), and with that route
+    taken out of the app's routing, so that FastAPI handles the same declaration; the best of
+    ``rounds``, the two alternated."""
+    from starlette.routing import Route
+
+    from lrtune.api import ApiSettings, create_app
+
+    app = create_app(ApiSettings(database_url=database))
+    lean = next(r for r in app.router.routes if type(r) is Route and r.name == "get_job")
+    path = f"/v1/jobs/{job_id}"
+    scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"127.0.0.1")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start" and message["status"] != 200:
+            raise RuntimeError(f"GET {path} in-process answered {message['status']}")
+
+    async def per_request_ms() -> float:
+        started = time.perf_counter()
+        for _ in range(requests):
+            await app(dict(scope), receive, send)
+        return (time.perf_counter() - started) / requests * 1000
+
+    where = app.router.routes.index(lean)
+    prefix = "per request (`/v1/jobs/{id}`): the whole app in-process (ASGI calls, no HTTP), "
+    lean_name = prefix + "as served: its lean route"
+    fastapi_name = prefix + "its FastAPI declaration serving it (the lean route taken out)"
+    best = {lean_name: float("inf"), fastapi_name: float("inf")}
+    for _ in range(rounds):
+        best[lean_name] = min(best[lean_name], asyncio.run(per_request_ms()))
+        app.router.routes.remove(lean)
+        best[fastapi_name] = min(best[fastapi_name], asyncio.run(per_request_ms()))
+        app.router.routes.insert(where, lean)
+    return best
 
 
 # --- the report -------------------------------------------------------------------------------
