@@ -17,10 +17,18 @@ every study in memory, replayed from a log of operations; here that log is a tab
   the database's clock (one upsert a beat; heartbeats never enter the log).
 
 On PostgreSQL an append is one statement that commits on its own (the head's update and the
-insert in one ``WITH``), a read one ``SELECT``: no BEGIN or COMMIT round trips. An append that
-finds no row appended by others since this process's last read skips the read that
+insert in one ``WITH``), a read one ``SELECT``: no BEGIN or COMMIT round trips; a storage that
+runs trials sends them on one held connection (no checkout and ping per statement). An append
+that finds no row appended by others since this process's last read skips the read that
 ``JournalStorage`` makes after every write: its own rows are all that is new. Otherwise it
 reads the rows between (all committed: their appends held the head's lock before it).
+
+Each append waits for its commit to reach the disk, so the storage appends as few as it can: a
+running trial's writes (parameters, attributes, reports) wait up to a second for the trial's
+next append and go with it (:mod:`lrtune._journal_writes`, which says why claims, fencing,
+resume and pruning are as before): a trial of short epochs is three appends, its claim, its
+plan and its finish. Reads of a trial that is finished or that this process runs are answered
+from memory.
 
 Exactly-once hand-out of a queued trial is Optuna's: a claim appends "RUNNING" for the trial,
 and in the log's one order the first claim wins; every process replays the same order, so two
@@ -45,25 +53,31 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
-from collections.abc import Callable, Iterable
+import select as sockets
+import threading
+import weakref
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
 from optuna.storages._heartbeat import BaseHeartbeat  # not re-exported; RDBStorage uses it
 from optuna.storages.journal import BaseJournalBackend, JournalStorage
+from optuna.storages.journal._storage import JournalStorageReplayResult
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import (
     Connection,
+    Select,
     insert,
     select,
     text,
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from lrtune._journal_tables import (
     HEAD,
@@ -74,11 +88,13 @@ from lrtune._journal_tables import (
     has_optuna_studies,
     record_heartbeats,
 )
+from lrtune._journal_writes import FLUSH_S, Log, PendingWrites, detached
 from lrtune._rdb import SQLITE_BEGIN_OPTION, get_engine, read_only
 
 logger = logging.getLogger(__name__)
 
 StaleCallback = Callable[[optuna.Study, FrozenTrial], None]
+T = TypeVar("T")
 
 
 def _decoded(bodies: Iterable[str]) -> list[dict[str, Any]]:
@@ -94,24 +110,37 @@ class SqlJournalBackend(BaseJournalBackend):
     raised may still have been committed (the commit's answer was lost): a later read returns
     it, which is what Optuna's replay expects of a journal. A pickled copy reopens the engine
     from the URL.
+
+    ``hold_connection`` (PostgreSQL): read and append on one connection held from the pool,
+    not one checked out (and pinged) for each: one round trip a statement instead of two. The
+    ping's job is done without a round trip: a held connection on which the server said
+    something while it was idle (a restart's goodbye) or that it closed is replaced before
+    use, and a read that finds its connection gone is read again on a new one.
     """
 
-    def __init__(self, bind: Engine | Connection) -> None:
+    def __init__(self, bind: Engine | Connection, *, hold_connection: bool = False) -> None:
         self._bind = bind  # a Connection: every read and append joins its transaction
         self._postgresql = bind.dialect.name == "postgresql"
         self._read_until = 0  # the number after the last operation read_logs returned
         self._unread: tuple[int, list[dict[str, Any]]] | None = None  # read during an append
+        self._held: _HeldConnection | None = None
+        if hold_connection and self._postgresql and isinstance(bind, Engine):
+            self._held = _HeldConnection(bind)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"url": self._bind.engine.url.render_as_string(hide_password=False)}
+        url = self._bind.engine.url.render_as_string(hide_password=False)
+        return {"url": url, "hold_connection": self._held is not None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(get_engine(state["url"]))  # type: ignore[misc]
+        engine = get_engine(state["url"])
+        self.__init__(engine, hold_connection=state.get("hold_connection", False))  # type: ignore[misc]
 
     def read_logs(self, log_number_from: int) -> list[dict[str, Any]]:
         unread, self._unread = self._unread, None
         if unread is not None and unread[0] == log_number_from:
             logs = unread[1]
+        elif self._held is not None:
+            logs = self._held.read(lambda connection: _read_from(connection, log_number_from))
         else:
             with self._connection(write=False) as connection:
                 logs = _read_from(connection, log_number_from)
@@ -130,18 +159,83 @@ class SqlJournalBackend(BaseJournalBackend):
                 others = _read_from(connection, self._read_until, before=first)
         self._unread = (self._read_until, others + _decoded(bodies))
 
+    def scalars(self, query: Select[Any]) -> list[Any]:
+        """The first column of ``query``'s rows, read as :meth:`read_logs` reads."""
+        if self._held is not None:
+            return self._held.read(lambda connection: list(connection.execute(query).scalars()))
+        with self._connection(write=False) as connection:
+            return list(connection.execute(query).scalars())
+
     def _connection(self, *, write: bool) -> AbstractContextManager[Connection]:
         """A connection for one read or one append.
 
         PostgreSQL: no transaction around it (each statement commits on its own: an append is
-        one statement), which saves the BEGIN and COMMIT round trips. SQLite: an append is an
-        IMMEDIATE transaction, a read a DEFERRED one.
+        one statement), which saves the BEGIN and COMMIT round trips; the held connection if
+        there is one. SQLite: an append is an IMMEDIATE transaction, a read a DEFERRED one.
         """
         if isinstance(self._bind, Connection):
             return contextlib.nullcontext(self._bind)
+        if self._held is not None:
+            return self._held.use()
         if self._postgresql:
             return self._bind.execution_options(isolation_level="AUTOCOMMIT").connect()
         return self._bind.begin() if write else read_only(self._bind)
+
+
+class _HeldConnection:
+    """One AUTOCOMMIT connection of ``engine``'s pool, held until its owner is collected."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._lock = threading.Lock()
+        self._connection: Connection | None = None
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[Connection]:
+        """The held connection (a new one if it was dropped or the server closed it); an
+        error drops it, and is raised."""
+        with self._lock:
+            if self._connection is None or _closed_by_server(self._connection):
+                self._reconnect()
+            assert self._connection is not None
+            try:
+                yield self._connection
+            except SQLAlchemyError:
+                self._drop()
+                raise
+
+    def read(self, query: Callable[[Connection], list[T]]) -> list[T]:
+        """``query`` run on the held connection, once more on a new one if that one was gone."""
+        try:
+            with self.use() as connection:
+                return query(connection)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+        with self.use() as connection:
+            return query(connection)
+
+    def _reconnect(self) -> None:
+        self._drop()
+        autocommit = self._engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._connection = connection = autocommit.connect()
+        self._finalizer = weakref.finalize(self, connection.close)
+
+    def _drop(self) -> None:
+        if self._connection is not None:
+            self._finalizer()  # closes it: back to the pool, or discarded if it is broken
+            self._connection = None
+
+
+def _closed_by_server(connection: Connection) -> bool:
+    """Whether the server closed the idle ``connection`` or sent on it unasked (it sends
+    nothing to an idle client but a notice that it terminates the session): a check without a
+    round trip."""
+    dbapi = connection.connection.dbapi_connection
+    if dbapi is None or dbapi.closed:
+        return True
+    readable, _, _ = sockets.select([dbapi.fileno()], [], [], 0)
+    return bool(readable)
 
 
 def _read_from(
@@ -183,7 +277,8 @@ def _append_postgresql(connection: Connection, bodies: list[str]) -> int:
 
 
 class SqlJournalStorage(JournalStorage, BaseHeartbeat):
-    """Optuna's ``JournalStorage`` on :class:`SqlJournalBackend`, with Optuna's heartbeat.
+    """Optuna's ``JournalStorage`` on :class:`SqlJournalBackend`, with Optuna's heartbeat, and
+    a running trial's writes held back for its next append (:mod:`lrtune._journal_writes`).
 
     A running trial beats every ``heartbeat_interval`` seconds (one upsert into
     ``lrtune_optuna_heartbeats``; a storage error is logged and the next beat tries again, so a
@@ -191,7 +286,15 @@ class SqlJournalStorage(JournalStorage, BaseHeartbeat):
     whose last beat is older than ``grace_period`` seconds by the database's clock is stale:
     ``optuna.storages.fail_stale_trials`` fails it and calls
     ``heartbeat_stale_trial_callback`` (lrtune's retries). A RUNNING trial that never beat is
-    not stale, as in Optuna's RDB storage.
+    not stale, as in Optuna's RDB storage. A storage with a heartbeat runs trials: on
+    PostgreSQL it holds one connection (:class:`SqlJournalBackend`'s ``hold_connection``).
+
+    Writes to a trial this process runs wait up to ``flush_s`` seconds for the trial's next
+    append (:mod:`lrtune._journal_writes` says why that keeps claims, fencing, resume and
+    pruning as they were); :meth:`flush` appends them now. Reads in this process show them.
+    A read of one trial that is finished, or that this process runs, is answered from memory:
+    nothing but this process changes it (another process failing it as stale is learned at
+    this process's next append to it, which the journal refuses).
 
     Raises:
         ValueError: ``heartbeat_interval`` or ``grace_period`` is not positive.
@@ -205,6 +308,7 @@ class SqlJournalStorage(JournalStorage, BaseHeartbeat):
         heartbeat_interval: int | None = None,
         grace_period: int | None = None,
         heartbeat_stale_trial_callback: StaleCallback | None = None,
+        flush_s: float = FLUSH_S,
     ) -> None:
         for name, value in (("heartbeat_interval", heartbeat_interval), ("grace", grace_period)):
             if value is not None and value <= 0:
@@ -215,16 +319,105 @@ class SqlJournalStorage(JournalStorage, BaseHeartbeat):
         self.grace_period = grace_period
         self.heartbeat_stale_trial_callback = heartbeat_stale_trial_callback
         self.engine = engine
-        super().__init__(SqlJournalBackend(engine))
+        self._writes = PendingWrites(flush_s)
+        self._skip_read: int | None = None  # this thread's next sync reads nothing
+        backend = SqlJournalBackend(engine, hold_connection=heartbeat_interval is not None)
+        super().__init__(backend)
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
         del state["engine"]  # the backend reopens it from the URL
+        state["_writes"] = PendingWrites(self._writes.flush_s)  # this process's own
+        state["_skip_read"] = None
         return state
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)
         self.engine = self._backend._bind.engine  # type: ignore[attr-defined]
+
+    def flush(self, trial_id: int) -> None:
+        """Append ``trial_id``'s waiting writes now (one append), so other processes see them.
+
+        Raises:
+            optuna.exceptions.UpdateFinishedTrialError: another process finished the trial (it
+                went stale): the journal refused the writes.
+            sqlalchemy.exc.SQLAlchemyError: the database cannot be reached.
+        """
+        with self._thread_lock:
+            logs = self._writes.take(trial_id)
+            if logs:
+                self._backend.append_logs(logs)
+                self._sync_with_backend()
+
+    def _write_log(self, op_code: int, extra_fields: dict[str, Any]) -> None:
+        """Optuna's every write: held back if it may wait (then the read Optuna makes after it
+        is skipped: there is nothing of this process's to read), else appended with its
+        trial's waiting writes before it, in one append."""
+        log = {"op_code": op_code, "worker_id": self._replay_result.worker_id, **extra_fields}
+        if self._writes.defer(log):
+            self._skip_read = threading.get_ident()
+            return
+        self._backend.append_logs(self._writes.due(log))
+
+    def _sync_with_backend(self) -> None:
+        """Replay what was appended since the last read. Every operation read is applied, even
+        after one of this process's is refused (one batch can hold several); the first
+        refusal is raised after."""
+        if self._skip_read == threading.get_ident():
+            self._skip_read = None
+            return
+        _apply_each(
+            self._replay_result, self._backend.read_logs(self._replay_result.log_number_read)
+        )
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        trial_id = super().create_new_trial(study_id, template_trial)
+        if template_trial is None or template_trial.state == TrialState.RUNNING:
+            with self._thread_lock:
+                self._writes.claimed(trial_id)
+        return trial_id
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        """Optuna's, but a claim skips the read Optuna makes before it: its append reads every
+        operation appended before it (a claim of a trial another process took meanwhile is
+        then refused, as one appended a moment later would be)."""
+        if state == TrialState.RUNNING:
+            self._skip_read = threading.get_ident()
+        try:
+            owned = super().set_trial_state_values(trial_id, state, values)
+        finally:
+            self._skip_read = None
+        if state == TrialState.RUNNING:
+            with self._thread_lock:
+                (self._writes.claimed if owned else self._writes.ended)(trial_id)
+        return owned
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        with self._thread_lock:
+            if not self._settled(trial_id):
+                self._sync_with_backend()
+            trial = self._writes.overlaid(self._replay_result).get_trial(trial_id)
+            return detached(trial) if self._writes.running_here(trial_id) else trial
+
+    def get_all_trials(
+        self,
+        study_id: int,
+        deepcopy: bool = True,
+        states: Container[TrialState] | None = None,
+    ) -> list[FrozenTrial]:
+        with self._thread_lock:
+            self._sync_with_backend()
+            trials = self._writes.overlaid(self._replay_result).get_all_trials(study_id, states)
+            return copy.deepcopy(trials) if deepcopy else trials
+
+    def _settled(self, trial_id: int) -> bool:
+        """Whether no other process can change ``trial_id`` now but by failing it as stale."""
+        trial = self._replay_result._trials.get(trial_id)
+        return trial is not None and (
+            trial.state.is_finished() or self._writes.running_here(trial_id)
+        )
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
@@ -241,14 +434,26 @@ class SqlJournalStorage(JournalStorage, BaseHeartbeat):
             HEARTBEATS.c.trial_id.in_([trial._trial_id for trial in running]),
             HEARTBEATS.c.beat_s < epoch_now() - self.grace_period,
         )
-        with read_only(self.engine) as connection:
-            return sorted(connection.execute(stale).scalars())
+        return sorted(self._backend.scalars(stale))  # type: ignore[attr-defined]
 
     def get_heartbeat_interval(self) -> int | None:
         return self.heartbeat_interval
 
     def get_heartbeat_stale_trial_callback(self) -> StaleCallback | None:
         return self.heartbeat_stale_trial_callback
+
+
+def _apply_each(replay: JournalStorageReplayResult, logs: list[Log]) -> None:
+    """Apply every one of ``logs`` to ``replay``; raise the first error after (Optuna's
+    ``apply_logs`` stops at it, and would leave the rest to the next read, raising again)."""
+    refused: Exception | None = None
+    for log in logs:
+        try:
+            replay.apply_logs([log])
+        except Exception as exc:  # KeyError, UpdateFinishedTrialError, ...: this process's op
+            refused = refused or exc
+    if refused is not None:
+        raise refused
 
 
 def start_journal(connection: Connection) -> list[str]:

@@ -26,6 +26,12 @@ else in the library spells those strings. It relies on these behaviours of Optun
   only reads studies that an earlier lrtune kept in Optuna's RDB tables, to copy them into the
   journal once (:func:`lrtune._journal.start_journal`).
 - ``Study._study_id`` names the study in its storage.
+- ``JournalStorage`` (lrtune's journal, :class:`lrtune._journal.SqlJournalStorage`) writes every
+  operation through ``_write_log`` and reads through ``_sync_with_backend``, each write
+  followed by a read; ``set_trial_state_values(RUNNING)`` reads before it writes its claim; its
+  replay (``JournalStorageReplayResult.apply_logs``) replaces a trial it changes by a changed
+  copy in ``_trials``. The journal holds a running trial's writes back and shows them to this
+  process on top of the replay (:mod:`lrtune._journal_writes`) through these.
 
 :func:`trial_counts`, :func:`waiting_trial_ids` and :func:`best_value` read the study's trials
 in memory (``get_trials(deepcopy=False)``): on the journal storage that is one read of the
@@ -191,6 +197,15 @@ class SharedEngineStorage(optuna.storages.RDBStorage):
 
 def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
     return study._storage  # Study has no public accessor for its storage
+
+
+def publish(trial: optuna.Trial) -> None:
+    """Append the writes to ``trial`` that its storage holds back (lrtune's journal holds a
+    running trial's for up to a second: :mod:`lrtune._journal_writes`), so that other
+    processes see them now: e.g. a unit's plan, before it trains."""
+    flush = getattr(storage_of(trial.study), "flush", None)
+    if flush is not None:
+        flush(trial._trial_id)
 
 
 def heartbeat_interval(study: optuna.Study) -> float | None:

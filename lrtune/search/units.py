@@ -56,6 +56,7 @@ from lrtune._optuna import (
     fail_stale_trials,
     has_unfinished,
     heartbeat_interval,
+    publish,
     trial_counts,
 )
 from lrtune.exceptions import InvalidInputError
@@ -260,11 +261,13 @@ class Unit:
                 trial.set_user_attr(ATTR_ROOT, trial.number)
             trial.set_user_attr(ATTR_SCHEDULE, schedule.model_dump(mode="json"))
             trial.set_user_attr(ATTR_BASE_LR, lr)
+            publish(trial)  # other workers' samplers see it; a retry resumes it
             return UnitPlan(schedule, lr, None, None, self._checkpoint(trial.study.study_name))
         if ATTR_ROOT not in trial.user_attrs:
             trial.set_user_attr(ATTR_ROOT, trial.number)
         if ATTR_SCHEDULE not in trial.user_attrs:
             self._resolve_finalist()
+        publish(trial)
         attrs = trial.user_attrs
         return UnitPlan(
             parse_schedule(attrs[ATTR_SCHEDULE]),
