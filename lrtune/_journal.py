@@ -24,11 +24,11 @@ that finds no row appended by others since this process's last read skips the re
 reads the rows between (all committed: their appends held the head's lock before it).
 
 Each append waits for its commit to reach the disk, so the storage appends as few as it can: a
-running trial's writes (parameters, attributes, reports) wait up to a second for the trial's
-next append and go with it (:mod:`lrtune._journal_writes`, which says why claims, fencing,
-resume and pruning are as before): a trial of short epochs is three appends, its claim, its
-plan and its finish. Reads of a trial that is finished or that this process runs are answered
-from memory.
+running trial's writes (parameters, attributes, reports) wait up to half a second for the
+trial's next append and go with it (:mod:`lrtune._journal_writes`, which says why claims,
+fencing, resume and pruning are as before): a trial of short epochs is a few appends, its
+claim, its plan, one each half second, and its finish. Reads of a trial that is finished or
+that this process runs are answered from memory.
 
 Exactly-once hand-out of a queued trial is Optuna's: a claim appends "RUNNING" for the trial,
 and in the log's one order the first claim wins; every process replays the same order, so two

@@ -67,7 +67,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 Log = dict[str, Any]
 
-FLUSH_S = 1.0
+FLUSH_S = 0.5
 """How long a running trial's writes may wait for its next append, by default (seconds)."""
 
 DEFERRABLE_OPS = frozenset(
@@ -123,16 +123,18 @@ class PendingWrites:
         trial_id = log.get("trial_id")
         if trial_id is None or trial_id not in self._appended_at:
             return [log]
-        logs = [*self.take(trial_id), log]
+        logs = [*self._waiting.pop(trial_id, []), log]
+        self._appended_at[trial_id] = time.monotonic()
         if log["op_code"] == JournalOperation.SET_TRIAL_STATE_VALUES and _finishes(log):
             self.ended(trial_id)
         return logs
 
     def take(self, trial_id: int) -> list[Log]:
         """``trial_id``'s waiting writes, to append now (none wait for it afterwards)."""
-        if trial_id in self._appended_at:
+        logs = self._waiting.pop(trial_id, [])
+        if logs:
             self._appended_at[trial_id] = time.monotonic()
-        return self._waiting.pop(trial_id, [])
+        return logs
 
     def overlaid(self, replay: JournalStorageReplayResult) -> JournalStorageReplayResult:
         """``replay`` as this process sees it: with the waiting writes applied on top.

@@ -201,7 +201,7 @@ def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
 
 def publish(trial: optuna.Trial) -> None:
     """Append the writes to ``trial`` that its storage holds back (lrtune's journal holds a
-    running trial's for up to a second: :mod:`lrtune._journal_writes`), so that other
+    running trial's for up to half a second: :mod:`lrtune._journal_writes`), so that other
     processes see them now: e.g. a unit's plan, before it trains."""
     flush = getattr(storage_of(trial.study), "flush", None)
     if flush is not None:

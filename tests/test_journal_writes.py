@@ -1,6 +1,6 @@
 """A running trial's writes held back for its next append (``lrtune._journal_writes``): the
 journal replays as Optuna's own would, other processes see the writes once appended and this
-one at once, a stale worker's are refused, and a trial of short epochs costs three commits."""
+one at once, a stale worker's are refused, and a short trial is three commits."""
 
 from __future__ import annotations
 
@@ -215,7 +215,7 @@ JOB = {
 }
 
 
-def test_a_search_trial_of_short_epochs_is_three_appends(storage_url: str) -> None:
+def test_a_search_trial_within_flush_s_is_three_appends(storage_url: str) -> None:
     """Its claim, its plan (parameters and attributes), and its finish with every report."""
     spec = JobSpec.model_validate(JOB)
     setup = TrainingSetup.from_spec(spec, "cpu")
