@@ -115,9 +115,9 @@ def create_app(
     app.state.job_bodies = JobBodies()
     app.state.embedded_workers = embedded_workers
     install_error_handlers(app)
-    # Ahead of every router: GET /v1/jobs/{id}, the most-polled route, is served without
+    # First in the routing: GET /v1/jobs/{id}, the most-polled route, is served without
     # FastAPI's request handling, from its one declaration (lrtune.api.routes._lean)
-    app.router.routes.append(lean_route(jobs.router, "get_job", prefix=API_PREFIX))
+    app.router.routes.insert(0, lean_route(jobs.router, "get_job", prefix=API_PREFIX))
     app.include_router(health.router)
     app.include_router(metrics.router)
     # Every /v1 route takes parameters, so any may answer 422 (in the one error body). Each
