@@ -24,11 +24,11 @@ that finds no row appended by others since this process's last read skips the re
 reads the rows between (all committed: their appends held the head's lock before it).
 
 Each append waits for its commit to reach the disk, so the storage appends as few as it can: a
-running trial's writes (parameters, attributes, reports) wait up to half a second for the
-trial's next append and go with it (:mod:`lrtune._journal_writes`, which says why claims,
-fencing, resume and pruning are as before): a trial of short epochs is a few appends, its
-claim, its plan, one each half second, and its finish. Reads of a trial that is finished or
-that this process runs are answered from memory.
+running trial's writes (parameters, attributes, reports) wait up to half a second for the trial's
+next append and go with it (:mod:`lrtune._journal_writes`, which says why claims, fencing, resume
+and pruning are as before): a trial of short epochs is a few appends, its claim, its plan, one each
+half second (or nine epochs), and its finish. Reads of a trial that is finished or that this process
+runs are answered from memory.
 
 Exactly-once hand-out of a queued trial is Optuna's: a claim appends "RUNNING" for the trial,
 and in the log's one order the first claim wins; every process replays the same order, so two
@@ -289,12 +289,12 @@ class SqlJournalStorage(JournalStorage, BaseHeartbeat):
     not stale, as in Optuna's RDB storage. A storage with a heartbeat runs trials: on
     PostgreSQL it holds one connection (:class:`SqlJournalBackend`'s ``hold_connection``).
 
-    Writes to a trial this process runs wait up to ``flush_s`` seconds for the trial's next
-    append (:mod:`lrtune._journal_writes` says why that keeps claims, fencing, resume and
-    pruning as they were); :meth:`flush` appends them now. Reads in this process show them.
-    A read of one trial that is finished, or that this process runs, is answered from memory:
-    nothing but this process changes it (another process failing it as stale is learned at
-    this process's next append to it, which the journal refuses).
+    Writes to a trial this process runs wait up to ``flush_s`` seconds (and 8 reports) for the
+    trial's next append (:mod:`lrtune._journal_writes` says why that keeps claims, fencing, resume
+    and pruning as they were); :meth:`flush` appends them now. Reads in this process show them. A
+    read of one trial that is finished, or that this process runs, is answered from memory: nothing
+    but this process changes it (another process failing it as stale is learned at this process's
+    next append to it, which the journal refuses).
 
     Raises:
         ValueError: ``heartbeat_interval`` or ``grace_period`` is not positive.
@@ -327,7 +327,7 @@ class SqlJournalStorage(JournalStorage, BaseHeartbeat):
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
         del state["engine"]  # the backend reopens it from the URL
-        state["_writes"] = PendingWrites(self._writes.flush_s)  # this process's own
+        state["_writes"] = PendingWrites(self._writes.flush_s, self._writes.max_reports)
         state["_skip_read"] = None
         return state
 

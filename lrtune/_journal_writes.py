@@ -7,18 +7,20 @@ go in one append (one commit) with a later one of the same trial:
 
 - **What waits**: writes to a trial that this process claimed and has not finished (its
   parameters, user and system attributes, intermediate values), made within ``flush_s``
-  seconds of the trial's last append. Later writes append at once and carry the waiting ones
-  before them. A claim (the trial going RUNNING), a finish, and every write that is not to a
-  trial running here (creating a trial, a study's attributes) never wait.
-- **When they go**: with the trial's next append (its finish: a trial's whole run of short
-  epochs goes in one commit with its finish), or when lrtune publishes them
+  seconds of the trial's last append, and no more than ``max_reports`` of its reports. Later
+  writes append at once and carry the waiting ones before them. A claim (the trial going
+  RUNNING), a finish, and every write that is not to a trial running here (creating a trial,
+  a study's attributes) never wait.
+- **When they go**: with the trial's next append (its finish: a trial's whole run of a few
+  short epochs goes in one commit with its finish), or when lrtune publishes them
   (:func:`lrtune._optuna.publish`: a unit's plan, so that other workers' samplers see its
   parameters before it trains). Operations keep their order, and each carries the worker id
   of the thread that wrote it: the journal is the one Optuna's ``JournalStorage`` would have
   written, with the same operations in the same order, some of them later.
 - **Who sees them**: this process at once (:meth:`PendingWrites.overlaid`: its reads show them
-  on top of the journal); other processes when they are appended, at most ``flush_s`` seconds
-  and one write of the trial (an epoch) later.
+  on top of the journal); other processes when they are appended: a running trial's reports at
+  most ``max_reports`` epochs, or ``flush_s`` seconds and one epoch, late (an observer that
+  counts a trial's epochs while it runs sees them every few epochs, however short they are).
 
 Why this keeps lrtune's guarantees:
 
@@ -69,7 +71,10 @@ Log = dict[str, Any]
 
 FLUSH_S = 0.5
 """How long a running trial's writes may wait for its next append, by default (seconds)."""
+MAX_REPORTS = 8
+"""How many of a running trial's reports (its epochs) may wait, by default."""
 
+REPORT = JournalOperation.SET_TRIAL_INTERMEDIATE_VALUE
 DEFERRABLE_OPS = frozenset(
     {
         JournalOperation.SET_TRIAL_PARAM,
@@ -86,10 +91,11 @@ class PendingWrites:
     Not thread-safe on its own: the journal storage calls it under its lock.
     """
 
-    def __init__(self, flush_s: float = FLUSH_S) -> None:
-        if flush_s < 0:
-            raise ValueError(f"flush_s must be 0 or more seconds, got {flush_s}")
+    def __init__(self, flush_s: float = FLUSH_S, max_reports: int = MAX_REPORTS) -> None:
+        if flush_s < 0 or max_reports < 0:
+            raise ValueError(f"flush_s and max_reports must be 0 or more: {flush_s}, {max_reports}")
         self.flush_s = flush_s
+        self.max_reports = max_reports
         self._appended_at: dict[int, float] = {}  # running here -> its last append (monotonic)
         self._waiting: dict[int, list[Log]] = {}  # running here -> its writes, oldest first
 
@@ -114,7 +120,10 @@ class PendingWrites:
             return False
         if time.monotonic() - appended_at >= self.flush_s:
             return False
-        self._waiting.setdefault(trial_id, []).append(log)  # type: ignore[arg-type]
+        waiting = self._waiting.setdefault(trial_id, [])  # type: ignore[arg-type]
+        if log["op_code"] == REPORT and _reports(waiting) >= self.max_reports:
+            return False
+        waiting.append(log)
         return True
 
     def due(self, log: Log) -> list[Log]:
@@ -166,6 +175,10 @@ def detached(trial: FrozenTrial) -> FrozenTrial:
     copied.system_attrs = dict(trial.system_attrs)
     copied.intermediate_values = dict(trial.intermediate_values)
     return copied
+
+
+def _reports(logs: list[Log]) -> int:
+    return sum(log["op_code"] == REPORT for log in logs)
 
 
 def _finishes(log: Log) -> bool:

@@ -1,14 +1,14 @@
 """Optuna storage for lrtune studies: in-memory, a SQLite file, or PostgreSQL.
 
 A database URL opens Optuna's ``JournalStorage`` on a log table in that database
-(:mod:`lrtune._journal`): every process keeps the studies in memory and reads only the
-operations other processes appended since its last read (one ``SELECT``), instead of Optuna's
-RDB storage's dozens of statements a trial. A running trial's writes wait up to half a
-second and go in one append with its next (:mod:`lrtune._journal_writes`): a trial of short
-epochs is a few commits, its claim, its plan, one each half second, and its finish. It runs
-on the process's one engine for its URL (:func:`lrtune._rdb.get_engine`, with the pool sizes
-of :class:`lrtune._rdb.EngineSettings`), the engine the job store uses too: a worker holds one
-pool however many studies it opens.
+(:mod:`lrtune._journal`): every process keeps the studies in memory and reads only the operations
+other processes appended since its last read (one ``SELECT``), instead of Optuna's RDB storage's
+dozens of statements a trial. A running trial's writes wait up to half a second and go in one append
+with its next (:mod:`lrtune._journal_writes`): a trial of short epochs is a few commits: its claim,
+its plan, one each half second or nine epochs, its finish. It runs on the process's one engine for
+its URL (:func:`lrtune._rdb.get_engine`, with the pool sizes of
+:class:`lrtune._rdb.EngineSettings`), the engine the job store uses too: a worker holds one pool
+however many studies it opens.
 
 Studies that an earlier lrtune kept in Optuna's RDB tables (``studies``, ``trials``, ...) are
 copied into the journal once, when the journal is created (the job store's migration 0009, or

@@ -177,6 +177,20 @@ def test_a_report_after_flush_s_goes_at_once_with_the_held_ones(storage_url: str
     assert _other_reports(other, name) == 2
 
 
+def test_a_ninth_waiting_report_goes_at_once_with_the_eight_before_it(storage_url: str) -> None:
+    """However short its epochs, another process sees a running trial's every few epochs."""
+    name = f"many-{uuid.uuid4().hex[:12]}"
+    study = open_queued_study(_storage(storage_url), name, direction="minimize")
+    study.enqueue_trial({})
+    other = open_storage(storage_url, heartbeat_interval=None)
+    trial = study.ask()
+    for epoch in range(8):
+        trial.report(0.5, epoch)
+    assert _other_reports(other, name) == 0
+    trial.report(0.5, 8)
+    assert _other_reports(other, name) == 9
+
+
 def _other_reports(storage: optuna.storages.BaseStorage, name: str) -> int:
     return len(optuna.load_study(study_name=name, storage=storage).trials[0].intermediate_values)
 
