@@ -18,10 +18,11 @@ every study in memory, replayed from a log of operations; here that log is a tab
 
 On PostgreSQL an append is one statement that commits on its own (the head's update and the
 insert in one ``WITH``), a read one ``SELECT``: no BEGIN or COMMIT round trips; a storage that
-runs trials sends them on one held connection (no checkout and ping per statement). An append
-that finds no row appended by others since this process's last read skips the read that
-``JournalStorage`` makes after every write: its own rows are all that is new. Otherwise it
-reads the rows between (all committed: their appends held the head's lock before it).
+runs trials sends them on the process's one held connection (no checkout and ping per
+statement). An append that finds no row appended by others since this process's last read skips
+the read that ``JournalStorage`` makes after every write: its own rows are all that is new.
+Otherwise it reads the rows between (all committed: their appends held the head's lock before
+it).
 
 Each append waits for its commit to reach the disk, so the storage appends as few as it can: a
 running trial's writes (parameters, attributes, reports) wait up to half a second for the trial's
@@ -56,6 +57,7 @@ import contextlib
 import copy
 import json
 import logging
+import os
 import select as sockets
 import threading
 import weakref
@@ -111,11 +113,9 @@ class SqlJournalBackend(BaseJournalBackend):
     it, which is what Optuna's replay expects of a journal. A pickled copy reopens the engine
     from the URL.
 
-    ``hold_connection`` (PostgreSQL): read and append on one connection held from the pool,
-    not one checked out (and pinged) for each: one round trip a statement instead of two. The
-    ping's job is done without a round trip: a held connection on which the server said
-    something while it was idle (a restart's goodbye) or that it closed is replaced before
-    use, and a read that finds its connection gone is read again on a new one.
+    ``hold_connection`` (PostgreSQL): read and append on the process's one held connection to
+    the engine (:func:`held_connection`, shared by every such backend), not one checked out
+    (and pinged) for each: one round trip a statement instead of two.
     """
 
     def __init__(self, bind: Engine | Connection, *, hold_connection: bool = False) -> None:
@@ -125,7 +125,7 @@ class SqlJournalBackend(BaseJournalBackend):
         self._unread: tuple[int, list[dict[str, Any]]] | None = None  # read during an append
         self._held: _HeldConnection | None = None
         if hold_connection and self._postgresql and isinstance(bind, Engine):
-            self._held = _HeldConnection(bind)
+            self._held = held_connection(bind)
 
     def __getstate__(self) -> dict[str, Any]:
         url = self._bind.engine.url.render_as_string(hide_password=False)
@@ -182,11 +182,29 @@ class SqlJournalBackend(BaseJournalBackend):
         return self._bind.begin() if write else read_only(self._bind)
 
 
+def held_connection(engine: Engine) -> _HeldConnection:
+    """The process's one held connection to ``engine``'s database, for every backend that holds
+    one: one connection of the pool, however many storages the process opens."""
+    key = (os.getpid(), engine.url.render_as_string(hide_password=False))
+    with _held_lock:
+        held = _held_connections.get(key)
+        if held is None or held.engine is not engine:  # that engine was replaced (disposed)
+            if held is not None:
+                held.close()
+            held = _held_connections[key] = _HeldConnection(engine)
+        return held
+
+
 class _HeldConnection:
-    """One AUTOCOMMIT connection of ``engine``'s pool, held until its owner is collected."""
+    """One AUTOCOMMIT connection of ``engine``'s pool, held until closed (or the process ends).
+
+    The ping's job is done without a round trip: a connection on which the server said
+    something while it was idle (a restart's goodbye), or that it closed, is replaced before
+    use; a read that finds its connection gone is read again on a new one.
+    """
 
     def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+        self.engine = engine
         self._lock = threading.Lock()
         self._connection: Connection | None = None
 
@@ -195,7 +213,10 @@ class _HeldConnection:
         """The held connection (a new one if it was dropped or the server closed it); an
         error drops it, and is raised."""
         with self._lock:
-            if self._connection is None or _closed_by_server(self._connection):
+            if self._connection is not None and _closed_by_server(self._connection):
+                self._connection.invalidate()  # not back to the pool
+                self._drop()
+            if self._connection is None:
                 self._reconnect()
             assert self._connection is not None
             try:
@@ -215,9 +236,12 @@ class _HeldConnection:
         with self.use() as connection:
             return query(connection)
 
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
     def _reconnect(self) -> None:
-        self._drop()
-        autocommit = self._engine.execution_options(isolation_level="AUTOCOMMIT")
+        autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._connection = connection = autocommit.connect()
         self._finalizer = weakref.finalize(self, connection.close)
 
@@ -225,6 +249,10 @@ class _HeldConnection:
         if self._connection is not None:
             self._finalizer()  # closes it: back to the pool, or discarded if it is broken
             self._connection = None
+
+
+_held_connections: dict[tuple[int, str], _HeldConnection] = {}
+_held_lock = threading.Lock()
 
 
 def _closed_by_server(connection: Connection) -> bool:
@@ -287,7 +315,8 @@ class SqlJournalStorage(JournalStorage, BaseHeartbeat):
     ``optuna.storages.fail_stale_trials`` fails it and calls
     ``heartbeat_stale_trial_callback`` (lrtune's retries). A RUNNING trial that never beat is
     not stale, as in Optuna's RDB storage. A storage with a heartbeat runs trials: on
-    PostgreSQL it holds one connection (:class:`SqlJournalBackend`'s ``hold_connection``).
+    PostgreSQL it sends its statements on the process's held connection (one for all such
+    storages: :func:`held_connection`).
 
     Writes to a trial this process runs wait up to ``flush_s`` seconds (and 8 reports) for the
     trial's next append (:mod:`lrtune._journal_writes` says why that keeps claims, fencing, resume
