@@ -42,7 +42,7 @@ def test_an_unknown_id_or_fingerprint_is_not_found_and_a_bare_id_is_refused(
     for source in ("0" * 64, "no-such-job"):
         with pytest.raises(NotFoundError):
             load_recommendation(source, database=store.url)
-    with pytest.raises(InvalidInputError, match="with url= .* or database="):
+    with pytest.raises(InvalidInputError, match=r"with url= .* or database="):
         load_recommendation(finished[0])  # no file of that name, and nowhere to look it up
     with pytest.raises(InvalidInputError, match="not both"):
         load_recommendation(finished[0], url="http://127.0.0.1:9", database=store.url)
