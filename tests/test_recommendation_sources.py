@@ -12,8 +12,9 @@ from small_jobs import small_job
 from lrtune.api.config import ApiSettings
 from lrtune.api.main import create_app
 from lrtune.exceptions import InvalidInputError, NotFoundError
+from lrtune.integrations.recommendations import load_recommendation
 from lrtune.jobs import JobStore
-from lrtune.recommendation import Recommendation, load_recommendation
+from lrtune.recommendation import Recommendation
 
 
 @pytest.fixture

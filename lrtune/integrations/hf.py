@@ -482,7 +482,7 @@ def apply_recommendation(
         recommendation: a :class:`~lrtune.recommendation.Recommendation`, its JSON's path,
             or a job id or spec fingerprint on the service at ``url`` (``token`` if it wants
             one) or in the job store at ``database``
-            (:func:`lrtune.recommendation.load_recommendation`).
+            (:func:`lrtune.integrations.recommendations.load_recommendation`).
         steps_per_epoch, epochs: the run the schedule spans; default the tuned run's
             (``recommendation.steps_per_epoch`` and ``spec.search.epochs``). A warning says so
             when the Trainer's own differ.
@@ -499,7 +499,7 @@ def apply_recommendation(
         InvalidInputError: no recommended schedule, a group count that differs from the tuned
             one, or a schedule HF cannot step (plateau with a warm-up).
     """
-    from lrtune.recommendation import load_recommendation
+    from lrtune.integrations.recommendations import load_recommendation
     from lrtune.schedules import build
 
     rec = load_recommendation(recommendation, url=url, token=token, database=database)

@@ -595,7 +595,7 @@ class LRTuneSchedule(pl.Callback):
         recommendation: a :class:`~lrtune.recommendation.Recommendation`, the path of its
             JSON, or a job id or spec fingerprint on the service at ``url`` (``token`` if it
             wants one) or in the job store at ``database``
-            (:func:`lrtune.recommendation.load_recommendation`).
+            (:func:`lrtune.integrations.recommendations.load_recommendation`).
         steps_per_epoch, epochs: the schedule's length; default the recommendation's (what
             was tuned and confirmed). A fit that runs longer keeps the schedule's last LR.
 
@@ -614,7 +614,7 @@ class LRTuneSchedule(pl.Callback):
         steps_per_epoch: int | None = None,
         epochs: int | None = None,
     ) -> None:
-        from lrtune.recommendation import load_recommendation
+        from lrtune.integrations.recommendations import load_recommendation
 
         self.recommendation = load_recommendation(
             recommendation, url=url, token=token, database=database

@@ -78,7 +78,6 @@ from lrtune.recommendation._pick import (
     simplicity,
 )
 from lrtune.recommendation._recommendation import Recommendation
-from lrtune.recommendation._sources import load_recommendation
 
 __all__ = [
     "NEGLIGIBLE_SHARE",
@@ -95,7 +94,6 @@ __all__ = [
     "comparable",
     "compare",
     "contenders",
-    "load_recommendation",
     "negligible_difference",
     "paired_comparison",
     "pick_recommended",

@@ -1,6 +1,9 @@
 """Where a stored recommendation comes from, for the code that trains under it (the Lightning
 callback, the Hugging Face optimizers): itself, its JSON file, or a job id or spec fingerprint
 looked up on an lrtune service or in a job store's database.
+
+It imports no framework. It lives here, above :mod:`lrtune.recommendation`, because it reaches
+the client and the job store, which import that package.
 """
 
 from __future__ import annotations
