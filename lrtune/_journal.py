@@ -139,11 +139,8 @@ class SqlJournalBackend(BaseJournalBackend):
         unread, self._unread = self._unread, None
         if unread is not None and unread[0] == log_number_from:
             logs = unread[1]
-        elif self._held is not None:
-            logs = self._held.read(lambda connection: _read_from(connection, log_number_from))
         else:
-            with self._connection(write=False) as connection:
-                logs = _read_from(connection, log_number_from)
+            logs = self._read(lambda connection: _read_from(connection, log_number_from))
         self._read_until = log_number_from + len(logs)
         return logs
 
@@ -161,10 +158,15 @@ class SqlJournalBackend(BaseJournalBackend):
 
     def scalars(self, query: Select[Any]) -> list[Any]:
         """The first column of ``query``'s rows, read as :meth:`read_logs` reads."""
+        return self._read(lambda connection: list(connection.execute(query).scalars()))
+
+    def _read(self, query: Callable[[Connection], list[T]]) -> list[T]:
+        """``query`` run as a read: on the held connection (again on a new one if that one was
+        gone), else on a connection for this read."""
         if self._held is not None:
-            return self._held.read(lambda connection: list(connection.execute(query).scalars()))
+            return self._held.read(query)
         with self._connection(write=False) as connection:
-            return list(connection.execute(query).scalars())
+            return query(connection)
 
     def _connection(self, *, write: bool) -> AbstractContextManager[Connection]:
         """A connection for one read or one append.

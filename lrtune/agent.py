@@ -265,9 +265,10 @@ class Agent:
             self._fail(unit, UnitFailure(reason="interrupted", interrupted=True))
             raise
         except Exception as exc:  # the task's own error: the unit fails, the job with it
-            self._fail(unit, UnitFailure(reason=_one_line(exc)))
+            failure = UnitFailure(reason=_one_line(exc))
+            self._fail(unit, failure)
             logger.warning("agent=%s job=%s event=unit_failed trial=%d reason=%s", self.id,
-                           work.job_id, work.number, _one_line(exc))  # fmt: skip
+                           work.job_id, work.number, failure.reason)  # fmt: skip
             return
         if lost:  # another agent or worker has it now
             logger.warning(
