@@ -637,13 +637,13 @@ def member_scores(
 
 def _cross_entropies(outputs: Tensor, targets: Tensor) -> Tensor:
     """Each member's per-sample cross-entropy, ``(K, B)``, of ``outputs`` ``(K, B, C)`` against
-    the ``targets`` ``(B,)`` they share (the class dimension second, members last: no copy of
-    the targets, and a faster softmax than over rows of C)."""
+    the ``targets`` ``(B,)`` they share: one cross-entropy over ``(K, C, B)`` (members as its
+    batch, the samples as its extra dimension; :func:`stacked_forward`'s output is stored that
+    way, so the transpose is no copy) against the targets broadcast, not copied."""
     members, batch = outputs.shape[:2]
-    per_sample = functional.cross_entropy(
-        outputs.permute(1, 2, 0), targets.unsqueeze(1).expand(batch, members), reduction="none"
+    return functional.cross_entropy(
+        outputs.transpose(1, 2), targets.expand(members, batch), reduction="none"
     )
-    return per_sample.t()
 
 
 def _plain(criterion: nn.CrossEntropyLoss) -> bool:

@@ -11,6 +11,10 @@ one member's batch shape and applies it to every member: the mask, and the RNG d
 of one model alone.
 
 Activations are ``(K, B, ...)`` once they differ between members, ``(B, ...)`` (shared) before.
+A Linear layer's output is kept feature-major, ``(K, F, B)`` in memory (``W @ X^T`` per member):
+its weight's gradient then comes out contiguous, in the layout the population's flat stack
+holds, and the next Linear reads it without a transpose; any other module reads it through a
+``(K, B, F)`` view.
 
 Example:
     >>> import torch
@@ -53,10 +57,18 @@ _CONV = {nn.Conv1d: functional.conv1d, nn.Conv2d: functional.conv2d}
 
 @dataclass(frozen=True)
 class _Activation:
-    """What flows between modules: ``(K, B, ...)`` or, while shared, ``(B, ...)``."""
+    """What flows between modules: ``(K, B, ...)`` or, while shared, ``(B, ...)``; with
+    ``feature_major``, ``value`` is ``(K, F, B)``: the ``(K, B, F)`` activation transposed."""
 
     value: Tensor
     shared: bool
+    feature_major: bool = False
+
+    def batch_major(self) -> _Activation:
+        """This activation as ``(K, B, ...)`` (or shared ``(B, ...)``): a view, no copy."""
+        if not self.feature_major:
+            return self
+        return _Activation(self.value.transpose(1, 2), shared=False)
 
 
 def stacked_forward(
@@ -72,7 +84,7 @@ def stacked_forward(
     The modules' ``training`` flags apply (dropout, BatchNorm's batch statistics).
     """
     count = members if members is not None else len(next(iter(params.values())))
-    out = _run(model, "", params, buffers, _Activation(inputs, shared=True), count)
+    out = _run(model, "", params, buffers, _Activation(inputs, shared=True), count).batch_major()
     return out.value if not out.shared else out.value.expand(count, *out.value.shape)
 
 
@@ -91,18 +103,23 @@ def _run(
         return x
     if kind is _Residual:
         body = _run(module.body, f"{prefix}body.", params, buffers, x, count)
-        return _Activation(x.value + body.value, x.shared and body.shared)
+        if x.feature_major != body.feature_major:
+            x, body = x.batch_major(), body.batch_major()
+        return _Activation(x.value + body.value, x.shared and body.shared, x.feature_major)
     if kind is nn.Linear:
         return _linear(params[f"{prefix}weight"], params.get(f"{prefix}bias"), x)
+    if kind is nn.Dropout:
+        return _dropout(module, x)
+    if isinstance(module, ELEMENTWISE):
+        return _Activation(module(x.value), x.shared, x.feature_major)
+    x = x.batch_major()
     if kind in _CONV and module.padding_mode == "zeros":  # type: ignore[attr-defined]
         return _conv(module, prefix, params, x)
     if kind in (nn.BatchNorm1d, nn.BatchNorm2d) and _stackable_norm(module):
         return _batch_norm(module, prefix, params, buffers, x, count)
-    if kind is nn.Dropout:
-        return _dropout(module, x)
     if _has_tensors(module):
         return _vmapped(module, prefix, params, buffers, x)
-    if isinstance(module, ELEMENTWISE) or x.shared:
+    if x.shared:
         return _Activation(module(x.value), x.shared)
     merged = x.value.reshape(-1, *x.value.shape[2:])
     out = module(merged)
@@ -110,10 +127,27 @@ def _run(
 
 
 def _linear(weight: Tensor, bias: Tensor | None, x: _Activation) -> _Activation:
+    """K Linear layers as one batched matmul; the output feature-major where the input is one
+    row of features a sample (``(B, in)`` shared or ``(K, B, in)``), else ``(K, B, ..., out)``."""
+    members, _, in_features = weight.shape
+    if x.feature_major:
+        columns = x.value
+    elif x.shared and x.value.dim() == 2:  # every member reads the same samples: a broadcast
+        columns = x.value.t().expand(members, in_features, x.value.shape[0])
+    elif not x.shared and x.value.dim() == 3:
+        columns = x.value.transpose(1, 2)
+    else:
+        return _linear_rows(weight, bias, x)
+    if bias is None:
+        return _Activation(torch.bmm(weight, columns), shared=False, feature_major=True)
+    out = torch.baddbmm(bias.unsqueeze(2), weight, columns)
+    return _Activation(out, shared=False, feature_major=True)
+
+
+def _linear_rows(weight: Tensor, bias: Tensor | None, x: _Activation) -> _Activation:
+    """K Linear layers on inputs with more than one row a sample (``(K, B, T, in)``...)."""
     members, out_features, in_features = weight.shape
-    if x.shared:  # every member reads the same rows: a broadcast, not a copy
-        x = _Activation(x.value.expand(members, *x.value.shape), shared=False)
-    value = x.value
+    value = x.value if not x.shared else x.value.expand(members, *x.value.shape)
     rows = value.reshape(members, -1, in_features)
     if bias is None:
         out = torch.bmm(rows, weight.transpose(1, 2))
@@ -197,8 +231,11 @@ def _batch_norm(
 def _dropout(module: nn.Module, x: _Activation) -> _Activation:
     """One mask of one member's shape, for all: what a run of one model draws."""
     if x.shared or not module.training:
-        return _Activation(module(x.value), x.shared)
-    scaled_mask = module(torch.ones_like(x.value[0]))
+        return _Activation(module(x.value), x.shared, x.feature_major)
+    rows = x.batch_major().value[0]  # one member's (B, ...): the mask's shape and draw order
+    scaled_mask = module(torch.ones(rows.shape, dtype=rows.dtype, device=rows.device))
+    if x.feature_major:
+        return _Activation(x.value * scaled_mask.t(), shared=False, feature_major=True)
     return _Activation(x.value * scaled_mask, shared=False)
 
 
