@@ -375,14 +375,16 @@ def report(
         "",
         "## What limits the figures",
         "",
-        "- **A population shares only the per-step overhead, not the arithmetic.** The MLP's "
-        "first layer is most of its multiply-adds, and K members do K times them whether "
-        "they run as K small matmuls or one batched one; what a population saves is what a "
-        "step costs around the arithmetic (Python, the autograd graph's bookkeeping, kernel "
-        "launches on small tensors, the optimizer's per-tensor calls), paid once for K "
-        "members instead of K times. On one CPU thread a digits MLP step is about a third "
-        "arithmetic, so the speedup grows with K and levels off (K = 16 gains less over "
-        "K = 8 than K = 8 over K = 4).",
+        "- **A population shares only the per-step overhead, not the arithmetic.** K members "
+        "do K times the multiply-adds whether they run as K small matmuls or one batched one; "
+        "what a population saves is what a step costs around the arithmetic (Python, the "
+        "autograd graph's bookkeeping, kernel launches on small tensors, the optimizer's "
+        "calls), paid once for K members instead of K times. A digits MLP step alone is "
+        "mostly that overhead, so on one CPU thread the speedup still grows from K = 8 to "
+        "K = 16; it levels off where the K members' arithmetic becomes most of a step. Linear "
+        "layers run feature-major (`W @ X^T` per member, activations stored `(K, F, B)`), so "
+        "their weights' gradients come out in the optimizer's flat layout with no transposed "
+        "copy.",
         "- **What every member still pays alone**: its schedule's `scheduler.step()` each "
         "batch (per-batch families: one-cycle, cyclic, warm-ups) and each epoch (torch's "
         "schedulers, so that every family, plateau included, behaves exactly as in `train()`), "
