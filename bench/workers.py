@@ -389,7 +389,8 @@ def report(
         "beyond an in-memory study's and the SQL answered while a trial ran "
         f"({1000 * sql[0] / store.trials:.1f} ms; {1000 * sql[1] / store.trials:.1f} ms more "
         "between trials, inside the first figure). It leaves out the Python of the store's "
-        "bookkeeping inside a trial, so it is a floor.",
+        "bookkeeping inside a trial and the commits' waits for the disk (a commit is not a "
+        "statement the listener times), so it is a floor.",
         "",
         f"SQL statements the worker sent during its search window: {total_per_trial:.1f} a trial.",
         "",
