@@ -161,7 +161,7 @@ def test_submit_queues_a_job_with_its_own_study_even_for_identical_specs(store: 
 
 
 def test_unknown_job_ids_are_not_found(store: JobStore) -> None:
-    for call in (store.get, store.cancel, store.events, store.delete):
+    for call in (store.get, store.status, store.cancel, store.events, store.delete):
         with pytest.raises(NotFoundError, match="no job 'missing'"):
             call("missing")
     with pytest.raises(NotFoundError):
@@ -243,6 +243,17 @@ def test_cancel_stops_unfinished_jobs_and_refuses_finished_ones(
         with pytest.raises(ConflictError, match=f"already {final}"):
             store.cancel(job.id)
         assert store.get(job.id).status.value == final
+        assert store.status(job.id) is store.get(job.id).status
+
+
+def test_status_reads_what_get_reads_and_takes_only_a_whole_id(store: JobStore) -> None:
+    job = store.submit(_spec())
+    assert store.status(job.id) is JobStatus.QUEUED
+    store.cancel(job.id)
+    assert store.status(job.id) is JobStatus.CANCELLED is store.get(job.id).status
+    assert store.get(job.id[:12]).id == job.id  # get takes a unique prefix; status does not
+    with pytest.raises(NotFoundError):
+        store.status(job.id[:12])
 
 
 def test_events_resume_from_a_cursor(store: JobStore) -> None:

@@ -583,7 +583,7 @@ class Worker:
                 return None
             checked[0] = time.monotonic()
             try:
-                status = self.store.get(job_id).status
+                status = self.store.status(job_id)
             except StorageUnavailableError:  # keep training: the heartbeats handle outages
                 return None
             return f"stopped: the job was {status.value}" if status.finished else None
@@ -595,7 +595,7 @@ class Worker:
 
         ``job``: the job as just read (e.g. by a progress report); None: read it now.
         """
-        ended = (job or self.store.get(job_id)).status.finished
+        ended = (job.status if job is not None else self.store.status(job_id)).finished
         if ended:
             log_event(job_id, self.id, "shared", "stopped", reason="the job has ended")
         return ended

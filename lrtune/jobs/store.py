@@ -287,6 +287,19 @@ class JobStore(Leases, Results, Presence):
         with session(self._engine, write=False) as s:
             return job_record(find_job(s, job_id))
 
+    def status(self, job_id: str) -> JobStatus:
+        """The status of the job whose id is ``job_id`` (the whole id, no prefix): one column,
+        not the record :meth:`get` builds; what a worker asks while it trains.
+
+        Raises:
+            NotFoundError: no job has that id.
+        """
+        with session(self._engine, write=False) as s:
+            status = s.scalar(select(tables.Job.status).where(tables.Job.id == job_id))
+        if status is None:
+            raise NotFoundError(f"no job {job_id!r} in the job store")
+        return JobStatus(status)
+
     def list_jobs(
         self, status: JobStatus | str | None = None, limit: int = 50, after: str | None = None
     ) -> JobPage:
