@@ -318,7 +318,7 @@ def headline(
 def direct_overhead_ms(memory: Window, store: Window, sql: tuple[float, float]) -> float:
     """The store's cost a trial as measured directly, not as a difference of windows: the time
     between trials beyond an in-memory study's, and the SQL answered while trials ran (a floor:
-    the Python of the store's bookkeeping inside a trial is not counted)."""
+    the Python of the store's bookkeeping inside a trial and its commits are not counted)."""
     between_s = store.between_trials_s - memory.between_trials_s
     return 1000 * (between_s + sql[0] / store.trials)
 
