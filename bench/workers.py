@@ -294,48 +294,69 @@ def _statement_kind(sql: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def headline(
-    one: Window,
-    two: Window,
-    memory: Window,
-    store: Window,
-    statements: collections.Counter[str],
-    sql: tuple[float, float],
-) -> dict[str, float]:
+@dataclass(frozen=True)
+class Figures:
+    """What one run measured: the worker processes' windows, the in-process searches', and the
+    statements the store search sent in its window (their seconds inside and between trials)."""
+
+    one: Window
+    two: Window
+    memory: Window
+    store: Window
+    statements: collections.Counter[str]
+    sql_in_trials_s: float
+    sql_between_s: float
+
+    @property
+    def speedup(self) -> float:
+        return self.two.per_minute / self.one.per_minute
+
+    @property
+    def overhead_ms(self) -> float:
+        """The issue's measure: the store's search window beyond the in-memory one, a trial."""
+        return 1000 * (self.store.per_trial_s - self.memory.per_trial_s)
+
+    @property
+    def between_trials_ms(self) -> float:
+        return 1000 * (self.store.between_trials_s - self.memory.between_trials_s)
+
+    @property
+    def sql_in_trials_ms(self) -> float:
+        return 1000 * self.sql_in_trials_s / self.store.trials
+
+    @property
+    def sql_between_ms(self) -> float:
+        return 1000 * self.sql_between_s / self.store.trials
+
+    @property
+    def direct_overhead_ms(self) -> float:
+        """The store's cost a trial as measured directly, not as a difference of windows: the
+        time between trials beyond an in-memory study's, and the SQL answered while trials ran
+        (a floor: the Python of the store's bookkeeping inside a trial and its commits are not
+        counted)."""
+        return self.between_trials_ms + self.sql_in_trials_ms
+
+
+def headline(figures: Figures) -> dict[str, float]:
     """The figures the benchmark is judged by, with their targets (the closing JSON line)."""
     return {
-        "overhead_ms": round(1000 * (store.per_trial_s - memory.per_trial_s), 1),
+        "overhead_ms": round(figures.overhead_ms, 1),
         "target_ms": TARGET_OVERHEAD_MS,
-        "two_workers_speedup": round(two.per_minute / one.per_minute, 2),
+        "two_workers_speedup": round(figures.speedup, 2),
         "target_speedup": TARGET_SPEEDUP,
-        "statements_per_trial": round(sum(statements.values()) / store.trials, 1),
-        "between_trials_ms": round(1000 * (store.between_trials_s - memory.between_trials_s), 1),
-        "sql_in_trials_ms": round(1000 * sql[0] / store.trials, 1),
-        "direct_overhead_ms": round(direct_overhead_ms(memory, store, sql), 1),
+        "statements_per_trial": round(sum(figures.statements.values()) / figures.store.trials, 1),
+        "between_trials_ms": round(figures.between_trials_ms, 1),
+        "sql_in_trials_ms": round(figures.sql_in_trials_ms, 1),
+        "direct_overhead_ms": round(figures.direct_overhead_ms, 1),
     }
 
 
-def direct_overhead_ms(memory: Window, store: Window, sql: tuple[float, float]) -> float:
-    """The store's cost a trial as measured directly, not as a difference of windows: the time
-    between trials beyond an in-memory study's, and the SQL answered while trials ran (a floor:
-    the Python of the store's bookkeeping inside a trial and its commits are not counted)."""
-    between_s = store.between_trials_s - memory.between_trials_s
-    return 1000 * (between_s + sql[0] / store.trials)
-
-
 def report(
-    args: argparse.Namespace,
-    one: Window,
-    two: Window,
-    memory: Window,
-    store: Window,
-    statements: collections.Counter[str],
-    sql: tuple[float, float],
-    loads: tuple[float, float],
-    elapsed_s: float,
+    args: argparse.Namespace, figures: Figures, loads: tuple[float, float], elapsed_s: float
 ) -> str:
-    speedup = two.per_minute / one.per_minute
-    overhead_ms = 1000 * (store.per_trial_s - memory.per_trial_s)
+    one, two, memory, store = figures.one, figures.two, figures.memory, figures.store
+    speedup, overhead_ms = figures.speedup, figures.overhead_ms
+    statements = figures.statements
     per_trial = {kind: n / store.trials for kind, n in statements.items()}
     total_per_trial = sum(per_trial.values())
     lines = [
@@ -381,13 +402,13 @@ def report(
         "",
         f"Overhead: **{overhead_ms:.1f} ms a trial** (target < {TARGET_OVERHEAD_MS:.0f} ms: "
         f"{'met' if overhead_ms < TARGET_OVERHEAD_MS else 'NOT met'}). Between trials: "
-        f"{1000 * (store.between_trials_s - memory.between_trials_s):.1f} ms a trial more than "
+        f"{figures.between_trials_ms:.1f} ms a trial more than "
         "in memory.",
         "",
         f"Measured directly instead (training time does not blur it): **"
-        f"{direct_overhead_ms(memory, store, sql):.1f} ms a trial**, the time between trials "
+        f"{figures.direct_overhead_ms:.1f} ms a trial**, the time between trials "
         "beyond an in-memory study's and the SQL answered while a trial ran "
-        f"({1000 * sql[0] / store.trials:.1f} ms; {1000 * sql[1] / store.trials:.1f} ms more "
+        f"({figures.sql_in_trials_ms:.1f} ms; {figures.sql_between_ms:.1f} ms more "
         "between trials, inside the first figure). It leaves out the Python of the store's "
         "bookkeeping inside a trial and the commits' waits for the disk (a commit is not a "
         "statement the listener times), so it is a floor.",
@@ -501,15 +522,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     one, two, memory, store = (
         Window.combined(runs[key]) for key in ("1 workers", "2 workers", "memory", "store")
     )
+    figures = Figures(one, two, memory, store, statements, sql_in_trials_s, sql_between_s)
     loads = (load_start, os.getloadavg()[0])
-    elapsed_s = time.monotonic() - started
-    sql = (sql_in_trials_s, sql_between_s)
-    text = report(args, one, two, memory, store, statements, sql, loads, elapsed_s)
+    text = report(args, figures, loads, time.monotonic() - started)
     print(text)
     if args.write:
         DOC_PATH.write_text(text)
         log(f"wrote {DOC_PATH.relative_to(REPO)}")
-    print(json.dumps(headline(one, two, memory, store, statements, sql)))
+    print(json.dumps(headline(figures)))
     return 0
 
 
