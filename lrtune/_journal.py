@@ -57,10 +57,7 @@ import contextlib
 import copy
 import json
 import logging
-import os
-import select as sockets
 import threading
-import weakref
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
@@ -79,7 +76,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from lrtune._journal_tables import (
     HEAD,
@@ -91,7 +88,7 @@ from lrtune._journal_tables import (
     record_heartbeats,
 )
 from lrtune._journal_writes import FLUSH_S, Log, PendingWrites, detached
-from lrtune._rdb import SQLITE_BEGIN_OPTION, get_engine, read_only
+from lrtune._rdb import SQLITE_BEGIN_OPTION, HeldConnection, get_engine, held_connection, read_only
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +120,7 @@ class SqlJournalBackend(BaseJournalBackend):
         self._postgresql = bind.dialect.name == "postgresql"
         self._read_until = 0  # the number after the last operation read_logs returned
         self._unread: tuple[int, list[dict[str, Any]]] | None = None  # read during an append
-        self._held: _HeldConnection | None = None
+        self._held: HeldConnection | None = None
         if hold_connection and self._postgresql and isinstance(bind, Engine):
             self._held = held_connection(bind)
 
@@ -182,90 +179,6 @@ class SqlJournalBackend(BaseJournalBackend):
         if self._postgresql:
             return self._bind.execution_options(isolation_level="AUTOCOMMIT").connect()
         return self._bind.begin() if write else read_only(self._bind)
-
-
-def held_connection(engine: Engine) -> _HeldConnection:
-    """The process's one held connection to ``engine``'s database, for every backend that holds
-    one: one connection of the pool, however many storages the process opens."""
-    key = (os.getpid(), engine.url.render_as_string(hide_password=False))
-    with _held_lock:
-        held = _held_connections.get(key)
-        if held is None or held.engine is not engine:  # that engine was replaced (disposed)
-            if held is not None:
-                held.close()
-            held = _held_connections[key] = _HeldConnection(engine)
-        return held
-
-
-class _HeldConnection:
-    """One AUTOCOMMIT connection of ``engine``'s pool, held until closed (or the process ends).
-
-    The ping's job is done without a round trip: a connection on which the server said
-    something while it was idle (a restart's goodbye), or that it closed, is replaced before
-    use; a read that finds its connection gone is read again on a new one.
-    """
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._lock = threading.Lock()
-        self._connection: Connection | None = None
-
-    @contextlib.contextmanager
-    def use(self) -> Iterator[Connection]:
-        """The held connection (a new one if it was dropped or the server closed it); an
-        error drops it, and is raised."""
-        with self._lock:
-            if self._connection is not None and _closed_by_server(self._connection):
-                self._connection.invalidate()  # not back to the pool
-                self._drop()
-            if self._connection is None:
-                self._reconnect()
-            assert self._connection is not None
-            try:
-                yield self._connection
-            except SQLAlchemyError:
-                self._drop()
-                raise
-
-    def read(self, query: Callable[[Connection], list[T]]) -> list[T]:
-        """``query`` run on the held connection, once more on a new one if that one was gone."""
-        try:
-            with self.use() as connection:
-                return query(connection)
-        except DBAPIError as exc:
-            if not exc.connection_invalidated:
-                raise
-        with self.use() as connection:
-            return query(connection)
-
-    def close(self) -> None:
-        with self._lock:
-            self._drop()
-
-    def _reconnect(self) -> None:
-        autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
-        self._connection = connection = autocommit.connect()
-        self._finalizer = weakref.finalize(self, connection.close)
-
-    def _drop(self) -> None:
-        if self._connection is not None:
-            self._finalizer()  # closes it: back to the pool, or discarded if it is broken
-            self._connection = None
-
-
-_held_connections: dict[tuple[int, str], _HeldConnection] = {}
-_held_lock = threading.Lock()
-
-
-def _closed_by_server(connection: Connection) -> bool:
-    """Whether the server closed the idle ``connection`` or sent on it unasked (it sends
-    nothing to an idle client but a notice that it terminates the session): a check without a
-    round trip."""
-    dbapi = connection.connection.dbapi_connection
-    if dbapi is None or dbapi.closed:
-        return True
-    readable, _, _ = sockets.select([dbapi.fileno()], [], [], 0)
-    return bool(readable)
 
 
 def _read_from(
@@ -352,12 +265,14 @@ class SqlJournalStorage(JournalStorage, BaseHeartbeat):
         self.engine = engine
         self._writes = PendingWrites(flush_s)
         self._skip_read: int | None = None  # this thread's next sync reads nothing
+        self._one_read = threading.local()  # this thread's one_read block: active, synced
         backend = SqlJournalBackend(engine, hold_connection=heartbeat_interval is not None)
         super().__init__(backend)
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
         del state["engine"]  # the backend reopens it from the URL
+        del state["_one_read"]
         state["_writes"] = PendingWrites(self._writes.flush_s, self._writes.max_reports)
         state["_skip_read"] = None
         return state
@@ -365,6 +280,30 @@ class SqlJournalStorage(JournalStorage, BaseHeartbeat):
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)
         self.engine = self._backend._bind.engine  # type: ignore[attr-defined]
+        self._one_read = threading.local()
+
+    @contextlib.contextmanager
+    def one_read(self) -> Iterator[None]:
+        """Reads on this thread in the block read the log once, at the first; the rest are
+        answered from memory (this process's own writes included), as of that read.
+
+        For a burst of reads that decide one thing together (a unit's progress report and
+        failure check; the gate's count of running units and the pop after it), which would
+        otherwise send a SELECT each, milliseconds apart. A read in the block is as fresh as
+        the block's first read: enter it where a read made then is fresh enough (e.g. inside
+        the lock the decision needs). A write in the block is read back as outside one (its
+        read tells whether the journal accepted it), and the reads after it are as fresh as
+        that read. Nested blocks are the outermost one's.
+        """
+        block = self._one_read
+        if getattr(block, "active", False):
+            yield
+            return
+        block.active, block.synced = True, False
+        try:
+            yield
+        finally:
+            block.active = block.synced = False
 
     def flush(self, trial_id: int) -> None:
         """Append ``trial_id``'s waiting writes now (one append), so other processes see them.
@@ -377,7 +316,7 @@ class SqlJournalStorage(JournalStorage, BaseHeartbeat):
         with self._thread_lock:
             logs = self._writes.take(trial_id)
             if logs:
-                self._backend.append_logs(logs)
+                self._append(logs)
                 self._sync_with_backend()
 
     def _write_log(self, op_code: int, extra_fields: dict[str, Any]) -> None:
@@ -388,7 +327,13 @@ class SqlJournalStorage(JournalStorage, BaseHeartbeat):
         if self._writes.defer(log):
             self._skip_read = threading.get_ident()
             return
-        self._backend.append_logs(self._writes.due(log))
+        self._append(self._writes.due(log))
+
+    def _append(self, logs: list[Log]) -> None:
+        """Append ``logs``; the read after it (Optuna's, which tells whether they were
+        accepted) reads even inside a :meth:`one_read` block."""
+        self._backend.append_logs(logs)
+        self._one_read.synced = False
 
     def _sync_with_backend(self) -> None:
         """Replay what was appended since the last read. Every operation read is applied, even
@@ -397,9 +342,14 @@ class SqlJournalStorage(JournalStorage, BaseHeartbeat):
         if self._skip_read == threading.get_ident():
             self._skip_read = None
             return
+        block = self._one_read
+        if getattr(block, "synced", False):
+            return
         _apply_each(
             self._replay_result, self._backend.read_logs(self._replay_result.log_number_read)
         )
+        if getattr(block, "active", False):
+            block.synced = True
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
         trial_id = super().create_new_trial(study_id, template_trial)
@@ -458,7 +408,14 @@ class SqlJournalStorage(JournalStorage, BaseHeartbeat):
             logger.warning("trial_id=%d event=heartbeat_failed error=%s", trial_id, exc)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+        """The RUNNING trials, as this process last read them, whose last beat is stale.
+
+        From memory, not a read of the log: Optuna asks before every trial, right after the
+        reads of the trial before. A trial claimed since is too young to be stale; one that
+        finished since is refused when Optuna fails it (``UpdateFinishedTrialError``).
+        """
+        with self._thread_lock:
+            running = self._replay_result.get_all_trials(study_id, (TrialState.RUNNING,))
         if not running or self.grace_period is None:
             return []
         stale = select(HEARTBEATS.c.trial_id).where(

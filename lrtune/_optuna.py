@@ -127,7 +127,8 @@ class QueuedStudy(optuna.Study):
     gate: Gate | None = None
 
     def _pop_waiting_trial_id(self) -> int | None:
-        with self.gate(self) if self.gate is not None else contextlib.nullcontext():
+        gate = self.gate(self) if self.gate is not None else contextlib.nullcontext()
+        with one_read(self), gate:  # the gate's reads, under its lock, and the pop's: one
             trial_id = self.pop_unstarted()
         if trial_id is None:
             raise QueueEmpty
@@ -197,6 +198,14 @@ class SharedEngineStorage(optuna.storages.RDBStorage):
 
 def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
     return study._storage  # Study has no public accessor for its storage
+
+
+def one_read(study: optuna.Study) -> AbstractContextManager[None]:
+    """Reads of ``study``'s storage on this thread in the block share one read of what other
+    processes wrote, at the first (lrtune's journal:
+    :meth:`~lrtune._journal.SqlJournalStorage.one_read`); elsewhere each read is its own."""
+    block = getattr(storage_of(study), "one_read", None)
+    return block() if block is not None else contextlib.nullcontext()
 
 
 def publish(trial: optuna.Trial) -> None:

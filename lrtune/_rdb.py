@@ -14,7 +14,10 @@ One place knows how lrtune opens a SQL database:
 - on SQLite every transaction begins IMMEDIATE (takes the write lock at once), except on a
   connection given the execution option ``lrtune_sqlite_begin="DEFERRED"``: a reader that never
   writes need not queue behind a writer; or ``"AUTOCOMMIT"``: no transaction, each statement
-  commits on its own (for code that reads on one connection while writing on another).
+  commits on its own (for code that reads on one connection while writing on another);
+- on PostgreSQL, a process's hot statements of one round trip (the journal's reads and
+  appends, a worker's check of its job's status) go on its one held AUTOCOMMIT connection
+  (:func:`held_connection`), not one checked out of the pool (and pinged) for each.
 
 Example:
     >>> parse_url("sqlite:///lrtune.db").get_backend_name()
@@ -30,9 +33,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select as sockets
 import sqlite3
 import threading
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,7 +46,7 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
 from lrtune.exceptions import InvalidInputError, StorageUnavailableError, describe_validation_error
 
@@ -155,6 +160,7 @@ def engine_kwargs(parsed: URL, safe_url: str) -> dict[str, Any]:
 
 
 _Settings = TypeVar("_Settings", bound="EngineSettings")
+_Row = TypeVar("_Row")
 
 
 class EngineSettings(BaseSettings):
@@ -257,3 +263,88 @@ def _sqlite_foreign_keys(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _foreign_keys_on(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.execute("PRAGMA foreign_keys=ON")
+
+
+def held_connection(engine: Engine) -> HeldConnection:
+    """The process's one held connection to ``engine``'s database (PostgreSQL's), for every
+    caller that holds one: one connection of the pool, however many storages and job stores the
+    process opens."""
+    key = (os.getpid(), engine.url.render_as_string(hide_password=False))
+    with _held_lock:
+        held = _held_connections.get(key)
+        if held is None or held.engine is not engine:  # that engine was replaced (disposed)
+            if held is not None:
+                held.close()
+            held = _held_connections[key] = HeldConnection(engine)
+        return held
+
+
+class HeldConnection:
+    """One AUTOCOMMIT connection of ``engine``'s pool, held until closed (or the process ends).
+
+    The ping's job is done without a round trip: a connection on which the server said
+    something while it was idle (a restart's goodbye), or that it closed, is replaced before
+    use; a read that finds its connection gone is read again on a new one.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._connection: Connection | None = None
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[Connection]:
+        """The held connection (a new one if it was dropped or the server closed it); an
+        error drops it, and is raised."""
+        with self._lock:
+            if self._connection is not None and _closed_by_server(self._connection):
+                self._connection.invalidate()  # not back to the pool
+                self._drop()
+            if self._connection is None:
+                self._reconnect()
+            assert self._connection is not None
+            try:
+                yield self._connection
+            except SQLAlchemyError:
+                self._drop()
+                raise
+
+    def read(self, query: Callable[[Connection], list[_Row]]) -> list[_Row]:
+        """``query`` run on the held connection, once more on a new one if that one was gone."""
+        try:
+            with self.use() as connection:
+                return query(connection)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+        with self.use() as connection:
+            return query(connection)
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    def _reconnect(self) -> None:
+        autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._connection = connection = autocommit.connect()
+        self._finalizer = weakref.finalize(self, connection.close)
+
+    def _drop(self) -> None:
+        if self._connection is not None:
+            self._finalizer()  # closes it: back to the pool, or discarded if it is broken
+            self._connection = None
+
+
+_held_connections: dict[tuple[int, str], HeldConnection] = {}
+_held_lock = threading.Lock()
+
+
+def _closed_by_server(connection: Connection) -> bool:
+    """Whether the server closed the idle ``connection`` or sent on it unasked (it sends
+    nothing to an idle client but a notice that it terminates the session): a check without a
+    round trip."""
+    dbapi = connection.connection.dbapi_connection
+    if dbapi is None or dbapi.closed:
+        return True
+    readable, _, _ = sockets.select([dbapi.fileno()], [], [], 0)
+    return bool(readable)

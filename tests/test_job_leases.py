@@ -120,6 +120,7 @@ def test_an_expired_lease_is_claimed_again_and_fences_off_its_old_holder(store: 
 
     for write in (
         lambda: store.advance(old, progress=JobProgress(range_test_steps_done=99)),
+        lambda: store.record_progress(job_id, JobProgress(range_test_steps_done=9), lease=old),
         lambda: store.advance(old, "searching"),
         lambda: store.release(old, status="searching"),
         lambda: store.release(old),

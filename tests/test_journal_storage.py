@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from lrtune._journal import SqlJournalBackend, create_tables
-from lrtune._optuna import ATTR_ROOT, fail_stale_trials, open_queued_study
+from lrtune._optuna import ATTR_ROOT, fail_stale_trials, one_read, open_queued_study, trial_counts
 from lrtune._rdb import get_engine
 from lrtune.jobs import JobStore, upgrade
 from lrtune.jobs.revision import current_revision
@@ -131,6 +131,44 @@ def test_processes_claiming_one_queue_never_get_the_same_trial(storage_url) -> N
     every = [trial_id for each in claimed for trial_id in each]
     assert sorted(every) == sorted(queued)  # each trial handed out exactly once
     assert all(t.state == TrialState.RUNNING for t in study.get_trials())
+
+
+def test_reads_in_a_one_read_block_read_the_log_once(storage_url) -> None:
+    """In a ``one_read`` block the first read reads the log and the rest answer from memory, as
+    of it; a claim in the block is read back (it learns whether it won, and what was appended
+    before it); after the block every read reads again."""
+    name = f"once-{uuid.uuid4().hex[:12]}"
+    study = open_queued_study(open_storage(storage_url), name, direction="minimize")
+    other = open_queued_study(open_storage(storage_url), name, direction="minimize")  # another
+    study.enqueue_trial({})  # process's view: a storage of its own, with its own replay
+    log_reads = _count_log_reads(get_engine(storage_url))
+
+    with one_read(study):
+        assert len(study.get_trials()) == 1
+        assert log_reads() == 1
+        other.enqueue_trial({})
+        sent = log_reads()
+        assert len(study.get_trials()) == 1  # as of the block's first read
+        assert trial_counts(study)[TrialState.WAITING] == 1
+        assert log_reads() == sent
+        claimed = study.pop_unstarted()
+        assert claimed is not None  # the claim's read-back says it won ...
+        assert len(study.get_trials()) == 2  # ... and brought what the other appended before it
+    other.enqueue_trial({})
+    assert len(study.get_trials()) == 3
+    assert study.get_trials()[0].state == TrialState.RUNNING
+
+
+def _count_log_reads(engine: sa.Engine):
+    """A function that says how many SELECTs of the journal's log ``engine`` sent since."""
+    reads = [0]
+
+    def count(_conn, _cursor, statement: str, *_args) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "lrtune_optuna_log" in statement:
+            reads[0] += 1
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    return lambda: reads[0]
 
 
 def test_a_beating_trial_is_not_stale_and_a_silent_one_is(storage_url) -> None:

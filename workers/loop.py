@@ -94,7 +94,7 @@ from typing import Any
 import optuna
 
 from lrtune import __version__
-from lrtune._optuna import fail_stale_trials, has_unfinished, storage_errors
+from lrtune._optuna import fail_stale_trials, has_unfinished, one_read, storage_errors
 from lrtune.device import resolve_device
 from lrtune.exceptions import (
     ConflictError,
@@ -534,10 +534,15 @@ class Worker:
 
     def _gate(self, job: JobRecord) -> UnitGate:
         """The job's search.max_parallel (under the store's unit lock), target and timeout."""
+        search = job.spec.search
+
+        def timed_out() -> str | None:
+            return timeout_passed(search, self.store.searching_for_s(job.id))
+
         return UnitGate(
-            job.spec.search,
+            search,
             lock=lambda: self.store.unit_lock(job.id),
-            stop_reason=lambda: timeout_passed(job.spec.search, self.store.searching_for_s(job.id)),
+            stop_reason=timed_out if search.timeout_s is not None else None,  # a read a unit
         )
 
     def _run_units(self, job: JobRecord, search: JobSearch, *, one: bool = False) -> bool:
@@ -549,8 +554,9 @@ class Worker:
 
         def should_stop() -> bool:  # asked after each unit
             ran.append(True)
-            ended = self._has_ended(job.id, report.record())
-            failed = search.unit_failure(phase) is not None  # fails the job: no point going on
+            with one_read(search.study):  # the report's counts and best, and the failures
+                ended = self._has_ended(job.id, report.record())
+                failed = search.unit_failure(phase) is not None  # fails the job: stop now
             return one or stop_requested() or ended or failed
 
         options = UnitOptions(
@@ -590,12 +596,12 @@ class Worker:
 
         return why
 
-    def _has_ended(self, job_id: str, job: JobRecord | None = None) -> bool:
+    def _has_ended(self, job_id: str, status: JobStatus | None = None) -> bool:
         """Whether the job ended (was cancelled, or failed) while this worker ran its units.
 
-        ``job``: the job as just read (e.g. by a progress report); None: read it now.
+        ``status``: the job's as just read (e.g. by a progress report); None: read it now.
         """
-        ended = (job.status if job is not None else self.store.status(job_id)).finished
+        ended = (status if status is not None else self.store.status(job_id)).finished
         if ended:
             log_event(job_id, self.id, "shared", "stopped", reason="the job has ended")
         return ended

@@ -182,9 +182,9 @@ class UnitProgress:
     """After each finished unit of a shared job: report what its study holds now.
 
     While ``searching``: the finished trials and the best value so far; while
-    ``confirming``: the finished confirmation runs. :meth:`record` returns the job as the
-    store has it after the report (None if the store could not be reached), so the caller
-    learns whether it was cancelled without another read.
+    ``confirming``: the finished confirmation runs. :meth:`record` returns the job's status
+    at the report (None if the store could not be reached), so the caller learns whether it
+    was cancelled without another read.
     """
 
     def __init__(self, store: JobStore, job: JobRecord, study: optuna.Study) -> None:
@@ -194,7 +194,7 @@ class UnitProgress:
         spec = job.spec
         self.queue = study if self.searching else open_confirmation(study, spec.search, spec.seed)
 
-    def record(self) -> JobRecord | None:
+    def record(self) -> JobStatus | None:
         counts = trial_counts(self.queue)  # one aggregate, not the finished trials whole
         finished = sum(counts[state] for state in FINISHED)
         report: dict[str, Any]

@@ -75,6 +75,16 @@ def reading(engine: Engine) -> Iterator[Connection]:
 
 
 @contextlib.contextmanager
+def writing(engine: Engine) -> Iterator[Connection]:
+    """A write transaction on a bare connection, no ORM session: for the hot writes of a few
+    statements (a worker's progress report). Begins as ``session(write=True)`` does (IMMEDIATE
+    on SQLite); committed if the block ends normally, rolled back if it raises; errors
+    translated likewise."""
+    with translate_errors(engine), engine.begin() as connection:
+        yield connection
+
+
+@contextlib.contextmanager
 def translate_errors(engine: Engine) -> Iterator[None]:
     """Turn SQLAlchemy's errors into :mod:`lrtune.exceptions` classes (see the module)."""
     try:
