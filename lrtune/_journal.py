@@ -153,6 +153,12 @@ class SqlJournalBackend(BaseJournalBackend):
                 others = _read_from(connection, self._read_until, before=first)
         self._unread = (self._read_until, others + _decoded(bodies))
 
+    def record_heartbeat(self, trial_id: int) -> None:
+        """Record a heartbeat of ``trial_id`` now (on PostgreSQL one statement that commits on
+        its own, on the held connection if there is one)."""
+        with self._connection(write=True) as connection:
+            record_heartbeats(connection, [trial_id])
+
     def scalars(self, query: Select[Any]) -> list[Any]:
         """The first column of ``query``'s rows, read as :meth:`read_logs` reads."""
         return self._read(lambda connection: list(connection.execute(query).scalars()))
@@ -402,8 +408,7 @@ class SqlJournalStorage(JournalStorage, BaseHeartbeat):
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
-            with self.engine.begin() as connection:
-                record_heartbeats(connection, [trial_id])
+            self._backend.record_heartbeat(trial_id)  # type: ignore[attr-defined]
         except SQLAlchemyError as exc:
             logger.warning("trial_id=%d event=heartbeat_failed error=%s", trial_id, exc)
 
