@@ -227,7 +227,10 @@ def fail_stale_trials(study: optuna.Study) -> None:
     """Mark trials whose worker stopped sending heartbeats FAIL (and let the storage retry them).
 
     Optuna calls this experimental; lrtune relies on it knowingly, so its warning is silenced.
+    The study is read first: lrtune's journal looks for stale trials among the trials as it last
+    read them (Optuna's own check before each trial follows the reads of the trial before).
     """
+    study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
