@@ -15,13 +15,19 @@ The HTTP API and the workers use this package, and only this package, to reach t
 - the returned models (:mod:`lrtune.jobs.records`); the tables (:mod:`lrtune.jobs.tables`) and
   connections (:mod:`lrtune.jobs.db`) are internal.
 
-Importing it loads SQLAlchemy and alembic, never torch or Optuna.
+Importing it loads the records only; :class:`JobStore`, :class:`StoreSettings`, :func:`upgrade`
+and :func:`check_current` load SQLAlchemy and alembic when first used; never torch or Optuna.
 
 Example:
     >>> from lrtune.jobs import JobStatus
     >>> JobStatus.SUCCEEDED.finished
     True
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from lrtune.jobs.records import (
     JobEvent,
@@ -43,9 +49,27 @@ from lrtune.jobs.records import (
     WorkerRecord,
     WorkerRegistration,
 )
-from lrtune.jobs.revision import check_current, upgrade
-from lrtune.jobs.settings import StoreSettings
-from lrtune.jobs.store import JobStore
+
+if TYPE_CHECKING:
+    from lrtune.jobs.revision import check_current, upgrade
+    from lrtune.jobs.settings import StoreSettings
+    from lrtune.jobs.store import JobStore
+
+_LAZY = {
+    "JobStore": "lrtune.jobs.store",
+    "StoreSettings": "lrtune.jobs.settings",
+    "check_current": "lrtune.jobs.revision",
+    "upgrade": "lrtune.jobs.revision",
+}
+"""Imported on first use: the records alone (what an HTTP client reads) need neither the
+store's SQLAlchemy tables nor alembic."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "JobEvent",
