@@ -79,7 +79,7 @@ import fcntl
 import json
 import threading
 from collections.abc import Collection, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     ARRAY,
@@ -406,7 +406,7 @@ class Leases:
         """
         if lease is not None and lease.job_id != job_id:
             raise InvalidInputError(f"the lease is for job {lease.job_id}, not {job_id}")
-        job, which = tables.Job, {"job_id": job_id}
+        which = {"job_id": job_id}
         if self._engine.dialect.name == "postgresql":
             held = held_connection(self._engine)
             while True:
@@ -421,11 +421,7 @@ class Leases:
             rows = list(connection.execute(_PROGRESS_READ, which))
             report = _ProgressReport.over(rows, job_id, progress, lease, points)
             if not report.moves_nothing:
-                connection.execute(
-                    update(job)
-                    .where(job.id == job_id)
-                    .values(progress=report.progress, updated_at=tables.utcnow())
-                )
+                connection.execute(_PROGRESS_UPDATE, report.update_parameters)
                 connection.execute(insert(tables.JobEvent).values(report.events))
         return report.status
 
@@ -458,11 +454,8 @@ class _ProgressReport:
         if not rows:
             raise NotFoundError(f"no job {job_id!r} in the job store")
         row = rows[0]
-        if lease is not None and (row.fencing_token, row.holder_worker_id) != (
-            lease.fencing_token,
-            lease.worker_id,
-        ):
-            raise LeaseLost(lease_lost_message(lease))
+        if lease is not None:
+            check_holds(lease, row)
         stored = JobProgress.model_validate(row.progress)
         merged = stored.merged(progress)
         status, version = JobStatus(row.status), row.row_version
@@ -484,24 +477,20 @@ class _ProgressReport:
         read (:data:`_PROGRESS_WRITE`); the ids of the events inserted, none if the row had
         moved on."""
         parameters = {
-            "job_id": self.job_id,
-            "seen": self.row_version,
-            "progress": self.progress,
+            **self.update_parameters,
             "kinds": [event["kind"] for event in self.events],
             "payloads": [json.dumps(event["payload"]) for event in self.events],
         }
         return list(connection.execute(_PROGRESS_WRITE, parameters).scalars())
 
+    @property
+    def update_parameters(self) -> dict[str, Any]:
+        """:data:`_PROGRESS_UPDATE`'s."""
+        return {"job_id": self.job_id, "seen": self.row_version, "progress": self.progress}
+
 
 def _progress_write() -> Insert:
-    job = tables.Job
-    moved = (
-        update(job)
-        .where(job.id == bindparam("job_id"), job.row_version == bindparam("seen"))
-        .values(progress=bindparam("progress", type_=JSON), updated_at=tables.utcnow())
-        .returning(job.id)
-        .cte("moved")
-    )
+    moved = _PROGRESS_UPDATE.returning(tables.Job.id).cte("moved")
     kinds, payloads = (
         bindparam("kinds", type_=ARRAY(Text)),
         bindparam("payloads", type_=ARRAY(Text)),
@@ -521,12 +510,20 @@ _PROGRESS_READ = select(
 ).where(tables.Job.id == bindparam("job_id"))
 """What a progress report reads of the job's row (built once: a statement built per call
 costs more than its round trip)."""
+_PROGRESS_UPDATE = (
+    update(tables.Job)
+    .where(tables.Job.id == bindparam("job_id"), tables.Job.row_version == bindparam("seen"))
+    .values(progress=bindparam("progress", type_=JSON), updated_at=tables.utcnow())
+)
+"""The progress a report merged (``progress``), written only if the job's row is still at the
+version read (``seen``)."""
 _PROGRESS_WRITE = _progress_write()
 """PostgreSQL: a progress report in one statement, only if the job's row is still at the
 version read (``seen``): the UPDATE in a ``WITH``, the events (``kinds``, ``payloads`` as JSON
 text) inserted from the row it updated, so none when it updated none."""
 
 
+_JobRow = TypeVar("_JobRow")
 _process_locks: dict[tuple[str, str], threading.Lock] = {}
 _process_locks_guard = threading.Lock()
 
@@ -622,22 +619,24 @@ def _take(s: Session, row: tables.Job, worker_id: str, lease_s: float) -> Lease:
 
 def fenced(s: Session, lease: Lease) -> tables.Job:
     """The leased job's row, locked; :class:`LeaseLost` unless ``lease`` still holds it."""
-    row = s.get(tables.Job, lease.job_id, with_for_update=True)
+    return check_holds(lease, s.get(tables.Job, lease.job_id, with_for_update=True))
+
+
+def check_holds(lease: Lease, row: _JobRow | None) -> _JobRow:
+    """The job's ``row`` (an ORM row, or a Core one with its ``fencing_token`` and
+    ``holder_worker_id``; None: no job), unless ``lease`` no longer holds it: then
+    :class:`LeaseLost`."""
     if (
         row is None
         or row.fencing_token != lease.fencing_token
         or row.holder_worker_id != lease.worker_id
     ):
-        raise LeaseLost(lease_lost_message(lease))
+        raise LeaseLost(
+            f"worker {lease.worker_id!r} no longer holds the lease of job {lease.job_id} "
+            f"(token {lease.fencing_token}): it expired and another worker claimed the job, "
+            "or the job was cancelled or released; stop working on it"
+        )
     return row
-
-
-def lease_lost_message(lease: Lease) -> str:
-    return (
-        f"worker {lease.worker_id!r} no longer holds the lease of job {lease.job_id} "
-        f"(token {lease.fencing_token}): it expired and another worker claimed the job, "
-        "or the job was cancelled or released; stop working on it"
-    )
 
 
 def _fenced_update(s: Session, lease: Lease, **values: Any) -> None:
