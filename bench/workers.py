@@ -52,7 +52,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -239,17 +239,33 @@ def logged_statements() -> Iterator[StatementLog]:
 
 
 @dataclass
-class StoreRun:
-    """An in-process worker's search on the job store, with the SQL it sent in its window."""
+class StoreSql:
+    """The SQL a store search sent in its window: each kind's count and seconds answering
+    it, and the seconds answering those sent while a trial ran and between trials."""
 
-    window: Window
-    statements: collections.Counter[str]
-    statement_s: collections.Counter[str]  # seconds answering each kind of statement
-    sql_in_trials_s: float  # answering the statements sent while a trial ran
-    sql_between_s: float  # ... and between trials
+    statements: collections.Counter[str] = field(default_factory=collections.Counter)
+    statement_s: collections.Counter[str] = field(default_factory=collections.Counter)
+    in_trials_s: float = 0.0
+    between_s: float = 0.0
+
+    def add(self, kind: str, seconds: float, *, inside: bool) -> None:
+        self.statements[kind] += 1
+        self.statement_s[kind] += seconds
+        if inside:
+            self.in_trials_s += seconds
+        else:
+            self.between_s += seconds
+
+    def __add__(self, other: StoreSql) -> StoreSql:
+        return StoreSql(
+            self.statements + other.statements,
+            self.statement_s + other.statement_s,
+            self.in_trials_s + other.in_trials_s,
+            self.between_s + other.between_s,
+        )
 
 
-def run_in_store(url: str, spec: JobSpec) -> StoreRun:
+def run_in_store(url: str, spec: JobSpec) -> tuple[Window, StoreSql]:
     """One in-process worker on the job store: its window, the statements it sent in that
     window, and the seconds they took to be answered, inside trials and between them."""
     from lrtune.workers.loop import Worker
@@ -265,17 +281,11 @@ def run_in_store(url: str, spec: JobSpec) -> StoreRun:
     done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     trials = [(t.datetime_start.timestamp(), t.datetime_complete.timestamp()) for t in done]
     sent = statements.between(min(s for s, _ in trials), max(e for _, e in trials))
-    in_trials = [(sql, seconds, any(s <= at <= e for s, e in trials)) for at, sql, seconds in sent]
-    statement_s: collections.Counter[str] = collections.Counter()
-    for sql, seconds, _ in in_trials:
-        statement_s[_statement_kind(sql)] += seconds
-    return StoreRun(
-        search_window(study),
-        collections.Counter(_statement_kind(sql) for sql, _, _ in in_trials),
-        statement_s,
-        sum(seconds for _, seconds, inside in in_trials if inside),
-        sum(seconds for _, seconds, inside in in_trials if not inside),
-    )
+    sql = StoreSql()
+    for at, statement, seconds in sent:
+        inside = any(start <= at <= end for start, end in trials)
+        sql.add(_statement_kind(statement), seconds, inside=inside)
+    return search_window(study), sql
 
 
 _TABLE = re.compile(r"\b(?:FROM|INTO|UPDATE|JOIN)\s+\"?([A-Za-z_][A-Za-z0-9_]*)", re.I)
@@ -303,16 +313,13 @@ def _statement_kind(sql: str) -> str:
 @dataclass(frozen=True)
 class Figures:
     """What one run measured: the worker processes' windows, the in-process searches', and the
-    statements the store search sent in its window (their seconds inside and between trials)."""
+    SQL the store search sent in its window."""
 
     one: Window
     two: Window
     memory: Window
     store: Window
-    statements: collections.Counter[str]
-    statement_s: collections.Counter[str]
-    sql_in_trials_s: float
-    sql_between_s: float
+    sql: StoreSql
 
     @property
     def speedup(self) -> float:
@@ -330,11 +337,11 @@ class Figures:
 
     @property
     def sql_in_trials_ms(self) -> float:
-        return 1000 * self.sql_in_trials_s / self.store.trials
+        return 1000 * self.sql.in_trials_s / self.store.trials
 
     @property
     def sql_between_ms(self) -> float:
-        return 1000 * self.sql_between_s / self.store.trials
+        return 1000 * self.sql.between_s / self.store.trials
 
     @property
     def overhead_ms(self) -> float:
@@ -353,7 +360,7 @@ def headline(figures: Figures) -> dict[str, float]:
         "window_difference_ms": round(figures.window_difference_ms, 1),
         "two_workers_speedup": round(figures.speedup, 2),
         "target_speedup": TARGET_SPEEDUP,
-        "statements_per_trial": round(sum(figures.statements.values()) / figures.store.trials, 1),
+        "statements_per_trial": round(figures.sql.statements.total() / figures.store.trials, 1),
         "between_trials_ms": round(figures.between_trials_ms, 1),
         "sql_in_trials_ms": round(figures.sql_in_trials_ms, 1),
     }
@@ -364,7 +371,7 @@ def report(
 ) -> str:
     one, two, memory, store = figures.one, figures.two, figures.memory, figures.store
     speedup, overhead_ms = figures.speedup, figures.overhead_ms
-    statements = figures.statements
+    statements = figures.sql.statements
     per_trial = {kind: n / store.trials for kind, n in statements.items()}
     total_per_trial = sum(per_trial.values())
     lines = [
@@ -427,7 +434,7 @@ def report(
         "| Statement | Per trial | Answered in (ms a trial) |",
         "|---|---:|---:|",
         *(
-            f"| `{kind}` | {n:.1f} | {1000 * figures.statement_s[kind] / store.trials:.1f} |"
+            f"| `{kind}` | {n:.1f} | {1000 * figures.sql.statement_s[kind] / store.trials:.1f} |"
             for kind, n in sorted(per_trial.items(), key=lambda x: -x[1])
         ),
         "",
@@ -520,9 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Other work on the machine comes and goes: the runs compared alternate (1, 2, 2, 1 workers;
     # memory, store, store, memory), so that a burst of load weighs on both sides alike.
     runs: dict[str, list[Window]] = collections.defaultdict(list)
-    statements: collections.Counter[str] = collections.Counter()
-    statement_s: collections.Counter[str] = collections.Counter()
-    sql_in_trials_s = sql_between_s = 0.0
+    sql = StoreSql()
     for round_ in range(args.rounds):
         for workers in (1, 2) if round_ % 2 == 0 else (2, 1):
             runs[f"{workers} workers"].append(run_worker_processes(url, spec, workers, log))
@@ -531,19 +536,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if where == "memory":
                 runs[where].append(run_in_memory(spec))
             else:
-                in_store = run_in_store(url, spec)
-                runs[where].append(in_store.window)
-                statements += in_store.statements
-                statement_s += in_store.statement_s
-                sql_in_trials_s += in_store.sql_in_trials_s
-                sql_between_s += in_store.sql_between_s
+                window, sent = run_in_store(url, spec)
+                runs[where].append(window)
+                sql += sent
             log(f"{where}: {runs[where][-1].trials} trials in {runs[where][-1].seconds:.1f} s")
     one, two, memory, store = (
         Window.combined(runs[key]) for key in ("1 workers", "2 workers", "memory", "store")
     )
-    figures = Figures(
-        one, two, memory, store, statements, statement_s, sql_in_trials_s, sql_between_s
-    )
+    figures = Figures(one, two, memory, store, sql)
     loads = (load_start, os.getloadavg()[0])
     text = report(args, figures, loads, time.monotonic() - started)
     print(text)
