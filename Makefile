@@ -9,8 +9,9 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-demo
 PYTEST_ARGS ?=
-# make test runs its tests in 2 processes (pytest-xdist; each has its own PostgreSQL scratch
-# database); the slow ones, timing-sensitive fleets and restarts, run one at a time.
+# make test and make test-slow run their tests in 2 processes (pytest-xdist; each has its own
+# PostgreSQL scratch database); the `serial` tests, which restart PostgreSQL under every process,
+# run alone after them.
 TEST_PROCESSES ?= 2
 
 .PHONY: setup demo-setup demo test test-slow lint bench clean
@@ -51,10 +52,11 @@ lint: setup
 # `make test-slow`: those (fleets, kill -9, database restarts, signals, the browser), which
 # .ci/run runs too.
 test: lint
-	$(PY) -m pytest -m "not slow" -n $(TEST_PROCESSES) $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not serial" -n $(TEST_PROCESSES) $(PYTEST_ARGS)
 
 test-slow: setup
-	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+	$(PY) -m pytest -m "slow and not serial" -n $(TEST_PROCESSES) $(PYTEST_ARGS)
+	$(PY) -m pytest -m serial $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) bench/tasks.py

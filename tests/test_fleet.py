@@ -381,6 +381,7 @@ def _restart_postgres(postgres_url: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # the restarts would cut every other test's connections
 @pytest.mark.postgres
 @pytest.mark.timeout(600)
 def test_jobs_survive_postgres_restarted_under_running_workers(
