@@ -243,6 +243,43 @@ def test_threads_per_unit_share_the_cores_unless_told(monkeypatch: pytest.Monkey
     assert threads_per_unit(4) == (2, "LRTUNE_TORCH_THREADS")
 
 
+# In a fresh interpreter: start a worker (or a pool child's runner) with no work for it, then
+# build a unit's optimizer and print the modules that build imported.
+_FIRST_OPTIMIZER = """
+import sys, torch
+from lrtune.jobs import JobStore, upgrade
+from lrtune.workers.loop import Worker, unit_runner
+from lrtune.workers.pool import ChildConfig
+url = sys.argv[1]
+upgrade(url)
+if sys.argv[2] == "worker":
+    Worker(JobStore(url), device="cpu").run(once=True)
+else:
+    unit_runner(ChildConfig(url, "cpu", "w", 60.0, None, threads=1), "w/0")
+before = set(sys.modules)
+torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+print(sorted(set(sys.modules) - before))
+"""
+
+
+@pytest.mark.parametrize("process", ["worker", "pool child"])
+def test_a_worker_has_imported_what_its_first_units_optimizer_imports_before_it_looks_for_work(
+    sqlite_url: str, process: str
+) -> None:
+    # torch.optim's first optimizer imports torch._dynamo (1-2 s here): inside a unit, that
+    # stretched a helper's first trial to 3x its next.
+    done = subprocess.run(
+        [sys.executable, "-c", _FIRST_OPTIMIZER, sqlite_url, process.split()[0]],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
+
+
 def test_lrtune_workers_bad_input_is_a_one_line_error(tmp_path: Path) -> None:
     for args, says in (
         (["--database", "nope://x"], "unknown database"),

@@ -229,6 +229,7 @@ class Worker:
             self.concurrency,
             self.threads or torch_threads(),
         )
+        construct_a_first_optimizer()
         backoff = self._backoff()
         try:
             with self._presence(), self._units():
@@ -702,8 +703,22 @@ def _progress(job: JobRecord, search: JobSearch) -> JobProgress:
     return job.progress.model_copy(update=update | stop_progress(study))
 
 
+def construct_a_first_optimizer() -> None:
+    """Construct a throwaway torch optimizer, so that what the first one imports is imported.
+
+    torch.optim's first optimizer in a process imports ``torch._dynamo``: 1.1-1.8 s on one of
+    this machine's cores, which a worker's first unit would otherwise spend inside its trial
+    (a helper's first trial took 3x as long as its next), after the search had opened. A worker
+    and each pool child do it when they start, before they look for work.
+    """
+    import torch
+
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+
 def unit_runner(config: ChildConfig, worker_id: str) -> Callable[[JobRecord], UnitOutcome]:
     """In a pool child: a worker like its parent, whose :meth:`Worker.run_unit` runs a task."""
+    construct_a_first_optimizer()
     worker = Worker(
         JobStore(config.database_url),
         device=config.device,
