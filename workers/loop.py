@@ -16,6 +16,10 @@ A :class:`Worker` repeats one step until it is stopped or, with ``once``, finds 
    a ``confirming`` job gets its recommendation written (:meth:`lrtune.search.JobSearch.recommend`,
    saved under the lease) and succeeds.
 
+With nothing to do it waits ``poll_s`` before looking again; on PostgreSQL a job submitted or
+changing status (another worker's range test done, its search open) ends the wait at once
+(:mod:`lrtune.jobs.changes`).
+
 While a worker holds a lease, a daemon thread renews it every ``lease_s / 3`` seconds, so a
 long training step never lets it expire. A renewal that meets
 :class:`~lrtune.exceptions.LeaseLost` (the lease expired and another worker took the job, or
@@ -147,7 +151,8 @@ logger = logging.getLogger("lrtune.workers")
 DEFAULT_LEASE_S = 60.0
 """Seconds a lease lasts without renewal: how long a dead worker's exclusive phase waits."""
 IDLE_POLL_S = 1.0
-"""Seconds an idle worker waits before looking for work again."""
+"""Seconds an idle worker waits before looking for work again (on PostgreSQL it looks at once
+when a job is submitted or changes status: :mod:`lrtune.jobs.changes`)."""
 ENDED_POLL_S = 0.5
 """Seconds between a running unit's reads of whether its job was cancelled (or failed)."""
 SETUPS_KEPT = 4
@@ -167,7 +172,8 @@ class Worker:
         artifact_dir: where trials checkpoint each epoch, so that an interrupted trial resumes
             (a directory every worker that may resume it can read), one folder per job;
             None: the store's ``StoreSettings.artifact_dir`` (``LRTUNE_ARTIFACT_DIR``).
-        poll_s: how long it waits, idle, before looking for work again.
+        poll_s: how long it waits, idle, before looking for work again (on PostgreSQL, at
+            most: a job submitted or changing status ends the wait).
         concurrency: units run at once; above 1, in that many child processes.
         threads: torch CPU threads per unit (children pin it; reported in the workers table;
             default: what this process's torch uses).
@@ -253,7 +259,7 @@ class Worker:
                         continue
                     if once or not may_start:
                         break
-                    wait_for_stop(self.poll_s)
+                    self.store.changes.wait(self.poll_s, sleep=wait_for_stop)
         except KeyboardInterrupt:
             logger.info("worker=%s event=stopped reason=signal", self.id)
         else:

@@ -90,6 +90,7 @@ from lrtune import footprint
 from lrtune._rdb import held_connection, parse_url
 from lrtune.exceptions import ConflictError, InvalidInputError, NotFoundError
 from lrtune.jobs import admission, tables
+from lrtune.jobs.changes import JobChanges
 from lrtune.jobs.db import get_engine, reading, safe_url, session, translate_errors
 from lrtune.jobs.leases import Leases
 from lrtune.jobs.presence import Presence
@@ -158,6 +159,8 @@ class JobStore(Leases, Results, Presence):
         """The uploaded datasets (:mod:`lrtune.jobs.uploads`)."""
         self.row_versions = RowVersions(self._engine)
         """Each job's row version, one cheap read (:mod:`lrtune.jobs.row_versions`)."""
+        self.changes = JobChanges(self._engine)
+        """A wait for a job to be submitted or change status (:mod:`lrtune.jobs.changes`)."""
 
     def __repr__(self) -> str:
         return f"JobStore({safe_url(self.url)!r})"
