@@ -83,6 +83,23 @@ def test_a_status_change_is_notified_and_an_update_that_keeps_the_status_is_not(
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("storage_url", ["postgres"], indirect=True)
+def test_changes_made_while_nobody_waited_end_one_wait_not_one_wait_each(
+    listening: JobStore,
+) -> None:
+    store = listening
+    for _ in range(3):  # while the worker was busy, say
+        store.submit(small_job())
+    time.sleep(0.2)  # delivered
+    started = time.monotonic()
+    assert store.changes.wait(LONG_WAIT_S, sleep=wait_for_stop)
+    assert time.monotonic() - started < 1
+    started = time.monotonic()
+    assert not store.changes.wait(0.5, sleep=wait_for_stop)
+    assert time.monotonic() - started >= 0.5
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("storage_url", ["postgres"], indirect=True)
 def test_a_wait_on_a_dropped_connection_sleeps_its_time_and_the_next_one_listens_again(
     listening: JobStore,
 ) -> None:

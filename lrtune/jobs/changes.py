@@ -56,6 +56,8 @@ class JobChanges:
         """Wait up to ``timeout_s`` seconds for a job to be submitted or change status; True as
         soon as one did, False at the timeout or a stop.
 
+        Notifications that came while the caller was busy (its own status changes among them)
+        end this wait at once, all together: the caller looks once more, then waits anew.
         ``sleep(seconds)`` is the caller's sleep that wakes early on a stop and returns whether
         one was requested (:func:`lrtune.training.wait_for_stop`): it waits where nothing can be
         listened to, and ``sleep(0)`` is asked between slices of listening.
@@ -67,18 +69,17 @@ class JobChanges:
             return False
         import psycopg
 
-        while not sleep(0):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            try:
-                if any(connection.notifies(timeout=min(SLICE_S, remaining), stop_after=1)):
+        try:
+            while not sleep(0):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                if _received(connection, min(SLICE_S, remaining)):
                     return True
-            except (psycopg.Error, OSError) as exc:  # the server went away: listen again later
-                logger.info("event=listen_lost error=%s", first_line(exc))
-                self.close()
-                sleep(max(0.0, deadline - time.monotonic()))
-                return False
+        except (psycopg.Error, OSError) as exc:  # the server went away: listen again later
+            logger.info("event=listen_lost error=%s", first_line(exc))
+            self.close()
+            sleep(max(0.0, deadline - time.monotonic()))
         return False
 
     def close(self) -> None:
@@ -107,3 +108,11 @@ class JobChanges:
                 return None
             self._listening = connection
         return self._listening
+
+
+def _received(connection: Any, timeout_s: float) -> bool:
+    """Whether a notification arrived on ``connection`` within ``timeout_s`` seconds (at once if
+    one is waiting); every one that has arrived by then is consumed."""
+    arrived = list(connection.notifies(timeout=timeout_s, stop_after=1))
+    arrived += connection.notifies(timeout=0)  # a burst's later packets
+    return bool(arrived)
