@@ -8,7 +8,10 @@ epochs and the search is all there is to time; trials of about 0.5-1 s on one th
    ``lrtune worker --threads 1`` processes, first one, then two (each on a fresh job with the
    same spec). Finished trials per minute come from the trials' own start and end times in
    Optuna's tables: the window from the first trial's start to the last trial's end, so the range
-   test (one worker's exclusive phase) is not counted. Target: 2 workers >= 1.8x one.
+   test (one worker's exclusive phase) is not counted. Target: 2 workers >= 1.8x one. Beside
+   each worker run, the machine's ceiling: the same search on an in-memory study in one
+   process, and in two processes at once (one torch thread each, no store, no queue); how much
+   longer a trial takes side by side is what the machine alone costs two workers.
 2. **Per-trial overhead of the store and queue.** The same job's trials are run in this process
    twice: by lrtune's library on an in-memory Optuna study (``prepare_study(storage=None)`` and
    ``run_trials``), and by a :class:`lrtune.workers.loop.Worker` on the PostgreSQL job store;
@@ -28,7 +31,7 @@ times (default 2) in alternating order, so that load that comes and goes weighs 
 of a comparison alike. Compare the ratios from one run rather than absolute times across runs.
 
 Run:
-    .venv/bin/python bench/workers.py            # ~2-3 min on 2 cores: Markdown on stdout
+    .venv/bin/python bench/workers.py            # ~4 min on 2 cores: Markdown on stdout
     .venv/bin/python bench/workers.py --write    # ... and write docs/benchmark_workers.md
     .venv/bin/python bench/workers.py --quick    # a smoke test (4 trials, ~1 min)
     .venv/bin/python bench/workers.py --database postgresql+psycopg://postgres@127.0.0.1/x
@@ -42,6 +45,7 @@ import argparse
 import collections
 import datetime as dt
 import json
+import multiprocessing
 import os
 import platform
 import re
@@ -51,6 +55,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +113,10 @@ class Window:
     @property
     def per_trial_s(self) -> float:
         return self.seconds / self.trials
+
+    def busy(self, workers: int) -> float:
+        """The share of ``workers`` workers' time in the window spent inside trials."""
+        return self.trials * self.mean_trial_s / (workers * self.seconds)
 
     @property
     def between_trials_s(self) -> float:
@@ -205,6 +214,17 @@ def run_in_memory(spec: JobSpec) -> Window:
     with tempfile.TemporaryDirectory() as artifacts:
         run_trials(study, setup, artifact_dir=Path(artifacts), progress=False)
     return search_window(study)
+
+
+def run_in_memory_processes(spec: JobSpec, processes: int) -> Window:
+    """``processes`` in-memory searches at once, each in a process of its own with one torch
+    thread, as the workers run: their trials together. Against one such process, what the
+    machine alone does to two trainings side by side, with no store and no queue."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        processes, context, initializer=torch.set_num_threads, initargs=(1,)
+    ) as pool:
+        return Window.combined(list(pool.map(run_in_memory, [spec] * processes)))
 
 
 @dataclass
@@ -320,10 +340,18 @@ class Figures:
     memory: Window
     store: Window
     sql: StoreSql
+    alone: Window  # one in-memory search in a process of its own
+    side_by_side: Window  # two at once
 
     @property
     def speedup(self) -> float:
         return self.two.per_minute / self.one.per_minute
+
+    @property
+    def machine_ceiling(self) -> float:
+        """Two workers' speedup if they did nothing but train: 2 / how much longer a trial
+        took with two in-memory searches at once than with one."""
+        return 2 * self.alone.mean_trial_s / self.side_by_side.mean_trial_s
 
     @property
     def window_difference_ms(self) -> float:
@@ -360,6 +388,8 @@ def headline(figures: Figures) -> dict[str, float]:
         "window_difference_ms": round(figures.window_difference_ms, 1),
         "two_workers_speedup": round(figures.speedup, 2),
         "target_speedup": TARGET_SPEEDUP,
+        "machine_ceiling": round(figures.machine_ceiling, 2),
+        "two_workers_busy": round(figures.two.busy(2), 3),
         "statements_per_trial": round(figures.sql.statements.total() / figures.store.trials, 1),
         "between_trials_ms": round(figures.between_trials_ms, 1),
         "sql_in_trials_ms": round(figures.sql_in_trials_ms, 1),
@@ -370,6 +400,7 @@ def report(
     args: argparse.Namespace, figures: Figures, loads: tuple[float, float], elapsed_s: float
 ) -> str:
     one, two, memory, store = figures.one, figures.two, figures.memory, figures.store
+    alone, side_by_side = figures.alone, figures.side_by_side
     speedup, overhead_ms = figures.speedup, figures.overhead_ms
     statements = figures.sql.statements
     per_trial = {kind: n / store.trials for kind, n in statements.items()}
@@ -403,6 +434,22 @@ def report(
         f"2 workers / 1 worker: **{speedup:.2f}x** (target >= {TARGET_SPEEDUP}x: "
         f"{'met' if speedup >= TARGET_SPEEDUP else 'NOT met'}). A trial took "
         f"{two.mean_trial_s / one.mean_trial_s:.2f}x as long with two workers as with one.",
+        "",
+        "The machine's ceiling, measured in the same run (alternated with the workers): the "
+        "same search on an in-memory study, in a process of its own with one torch thread, no "
+        "store and no queue, alone and two at once:",
+        "",
+        "| In-memory searches | Trials | Mean trial (s) |",
+        "|---|---:|---:|",
+        f"| one | {alone.trials} | {alone.mean_trial_s:.2f} |",
+        f"| two at once | {side_by_side.trials} | {side_by_side.mean_trial_s:.2f} |",
+        "",
+        f"Two trainings side by side took {1 / (figures.machine_ceiling / 2):.2f}x as long a "
+        f"trial: two workers that did nothing but train would reach "
+        f"**{figures.machine_ceiling:.2f}x**. The workers spent {100 * one.busy(1):.1f}% (one) "
+        f"and {100 * two.busy(2):.1f}% (two) of their search window inside trials; what two "
+        "lose beyond that is the last trial of the job, which one worker runs while the other "
+        "has none left, and the helper's start.",
         "",
         "## Per-trial overhead of the store and queue (one worker, in this process)",
         "",
@@ -440,14 +487,13 @@ def report(
         "",
         "## What limits the figures",
         "",
-        f"- **Two workers on two cores** share them with PostgreSQL and with each other's "
-        f"between-trial work: a trial took {two.mean_trial_s / one.mean_trial_s:.2f}x as long "
-        f"with two workers, so the speedup can be at most 2 / that = "
-        f"{2 * one.mean_trial_s / two.mean_trial_s:.2f}x; the time between trials "
-        f"({1000 * one.between_trials_s:.0f} ms a trial with one worker, "
-        f"{100 * one.between_trials_s / one.per_trial_s:.1f}% of it) is not what is left. Two "
-        "training processes and PostgreSQL on two cores slow each trial: that is the limit now, "
-        "and the machine's other load (the load average above) weighs on it too.",
+        f"- **Two workers on two cores** share them with PostgreSQL and with each other: a "
+        f"trial took {two.mean_trial_s / one.mean_trial_s:.2f}x as long with two workers, "
+        f"and {2 / figures.machine_ceiling:.2f}x with two bare in-memory searches. The "
+        "machine sets the ceiling, and it moves from run to run with the load of the machine's "
+        "neighbours (the load average above): two trainings side by side have taken from 0.9x "
+        "to 1.15x as long a trial on this machine. What lrtune's workers control is the share "
+        "of the window they spend training, and that is what is left of the gap.",
         f"- **The window difference blurs.** It is a difference of two windows of "
         f"~{memory.mean_trial_s:.1f} s trials, and this shared machine's speed drifts by tens "
         "of ms a trial within a minute, more than the store costs: it has come out below zero, "
@@ -531,6 +577,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for round_ in range(args.rounds):
         for workers in (1, 2) if round_ % 2 == 0 else (2, 1):
             runs[f"{workers} workers"].append(run_worker_processes(url, spec, workers, log))
+            runs[f"{workers} in-memory"].append(run_in_memory_processes(spec, workers))
+            log(
+                f"{workers} in-memory process(es): {runs[f'{workers} in-memory'][-1].trials} trials"
+            )
     for round_ in range(args.rounds):
         for where in ("memory", "store") if round_ % 2 == 0 else ("store", "memory"):
             if where == "memory":
@@ -540,10 +590,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 runs[where].append(window)
                 sql += sent
             log(f"{where}: {runs[where][-1].trials} trials in {runs[where][-1].seconds:.1f} s")
-    one, two, memory, store = (
-        Window.combined(runs[key]) for key in ("1 workers", "2 workers", "memory", "store")
-    )
-    figures = Figures(one, two, memory, store, sql)
+    keys = ("1 workers", "2 workers", "memory", "store", "1 in-memory", "2 in-memory")
+    one, two, memory, store, alone, side_by_side = (Window.combined(runs[key]) for key in keys)
+    figures = Figures(one, two, memory, store, sql, alone, side_by_side)
     loads = (load_start, os.getloadavg()[0])
     text = report(args, figures, loads, time.monotonic() - started)
     print(text)
