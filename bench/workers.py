@@ -221,10 +221,14 @@ def run_in_memory_processes(spec: JobSpec, processes: int) -> Window:
     thread, as the workers run: their trials together. Against one such process, what the
     machine alone does to two trainings side by side, with no store and no queue."""
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        processes, context, initializer=torch.set_num_threads, initargs=(1,)
-    ) as pool:
+    with ProcessPoolExecutor(processes, context, initializer=_quiet_one_thread) as pool:
         return Window.combined(list(pool.map(run_in_memory, [spec] * processes)))
+
+
+def _quiet_one_thread() -> None:
+    """A spawned process set up as this one: one torch thread, Optuna's warnings only."""
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 @dataclass
