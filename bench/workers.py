@@ -496,7 +496,7 @@ def report(
         f"and {2 / figures.machine_ceiling:.2f}x with two bare in-memory searches. The "
         "machine sets the ceiling, and it moves from run to run with the load of the machine's "
         "neighbours (the load average above): two trainings side by side have taken from 0.9x "
-        "to 1.15x as long a trial on this machine. What lrtune's workers control is the share "
+        "to 1.2x as long a trial on this machine. What lrtune's workers control is the share "
         "of the window they spend training, and that is what is left of the gap.",
         f"- **The window difference blurs.** It is a difference of two windows of "
         f"~{memory.mean_trial_s:.1f} s trials, and this shared machine's speed drifts by tens "
