@@ -19,6 +19,12 @@ from lrtune.workers.loop import Worker
 LONG_WAIT_S = 30.0  # far longer than a notification takes, even on a loaded machine
 
 
+def on_postgres(test: Callable[..., None]) -> Callable[..., None]:
+    """``test`` on the PostgreSQL store only: notifications are PostgreSQL's."""
+    only_postgres = pytest.mark.parametrize("storage_url", ["postgres"], indirect=True)
+    return pytest.mark.postgres(only_postgres(test))
+
+
 def _timed_wait(store: JobStore, timeout_s: float, meanwhile: Callable[[], object]) -> tuple:
     """``store.changes.wait(timeout_s)`` while another thread runs ``meanwhile`` 0.3 s in;
     (whether a change was notified, seconds waited)."""
@@ -65,8 +71,7 @@ def test_a_submitted_job_ends_the_wait_on_postgres_and_sqlite_waits_its_time(
         assert not notified and waited >= 1.0
 
 
-@pytest.mark.postgres
-@pytest.mark.parametrize("storage_url", ["postgres"], indirect=True)
+@on_postgres
 def test_a_status_change_is_notified_and_an_update_that_keeps_the_status_is_not(
     listening: JobStore,
 ) -> None:
@@ -81,8 +86,7 @@ def test_a_status_change_is_notified_and_an_update_that_keeps_the_status_is_not(
     assert notified and waited < 5, waited
 
 
-@pytest.mark.postgres
-@pytest.mark.parametrize("storage_url", ["postgres"], indirect=True)
+@on_postgres
 def test_changes_made_while_nobody_waited_end_one_wait_not_one_wait_each(
     listening: JobStore,
 ) -> None:
@@ -98,8 +102,7 @@ def test_changes_made_while_nobody_waited_end_one_wait_not_one_wait_each(
     assert time.monotonic() - started >= 0.5
 
 
-@pytest.mark.postgres
-@pytest.mark.parametrize("storage_url", ["postgres"], indirect=True)
+@on_postgres
 def test_a_wait_on_a_dropped_connection_sleeps_its_time_and_the_next_one_listens_again(
     listening: JobStore,
 ) -> None:
@@ -111,7 +114,7 @@ def test_a_wait_on_a_dropped_connection_sleeps_its_time_and_the_next_one_listens
                 "WHERE query = 'LISTEN lrtune_jobs' AND datname = current_database()"
             )
         ).scalars()
-        assert list(terminated) == [True]
+        assert True in list(terminated)  # this store's, and any another test left open
     time.sleep(0.2)
     started = time.monotonic()
     assert not store.changes.wait(0.5, sleep=wait_for_stop)
@@ -122,8 +125,7 @@ def test_a_wait_on_a_dropped_connection_sleeps_its_time_and_the_next_one_listens
     assert notified and waited < 5, waited
 
 
-@pytest.mark.postgres
-@pytest.mark.parametrize("storage_url", ["postgres"], indirect=True)
+@on_postgres
 def test_an_idle_worker_on_postgres_takes_a_submitted_job_at_once_not_at_its_next_poll(
     store: JobStore,
 ) -> None:
