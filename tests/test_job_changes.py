@@ -3,6 +3,7 @@ notified (migration 0011's trigger) and a wait returns at once; SQLite waits its
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -104,7 +105,7 @@ def test_changes_made_while_nobody_waited_end_one_wait_not_one_wait_each(
 
 @on_postgres
 def test_a_wait_on_a_dropped_connection_sleeps_its_time_and_the_next_one_listens_again(
-    listening: JobStore,
+    listening: JobStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = listening
     with get_engine(store.url).connect() as conn:  # what a restarted server does to it
@@ -114,11 +115,13 @@ def test_a_wait_on_a_dropped_connection_sleeps_its_time_and_the_next_one_listens
                 "WHERE query = 'LISTEN lrtune_jobs' AND datname = current_database()"
             )
         ).scalars()
-        assert True in list(terminated)  # this store's, and any another test left open
+        assert True in list(terminated)  # this store's, and any other a test left open
     time.sleep(0.2)
     started = time.monotonic()
-    assert not store.changes.wait(0.5, sleep=wait_for_stop)
+    with caplog.at_level(logging.INFO, logger="lrtune.jobs"):
+        assert not store.changes.wait(0.5, sleep=wait_for_stop)
     assert time.monotonic() - started >= 0.5
+    assert "event=listen_lost" in caplog.text  # its own connection was the one dropped
 
     store.changes.wait(0.01, sleep=wait_for_stop)  # listens again
     notified, waited = _timed_wait(store, LONG_WAIT_S, lambda: store.submit(small_job()))
