@@ -9,7 +9,9 @@ of workers on several machines shares a PostgreSQL database instead, e.g.
 Pool sizes bound the connections one process opens to PostgreSQL: at most
 ``db_pool_size + db_max_overflow`` (default 4 + 4 = 8), shared by everything in the process
 that uses the database: its job stores and every Optuna study it opens (one engine per
-process and URL). Four workers and the API then hold at most 40 of PostgreSQL's default 100.
+process and URL). A worker on PostgreSQL holds one more, outside the pool, on which it listens
+for job changes while idle (:mod:`lrtune.jobs.changes`). Four workers and the API then hold at
+most 44 of PostgreSQL's default 100.
 
 A worker that meets an unavailable database retries after ``retry_initial_s``, doubling the
 wait up to ``retry_max_s``, each wait drawn at random between its half and its whole (so a
