@@ -90,9 +90,9 @@ class JobChanges:
                 connection.close()
 
     def _listen(self) -> Any:
-        """The listening connection, opened and listening if it was not; None on SQLite, or
-        when it cannot be opened now."""
-        if self._engine.dialect.name != "postgresql":
+        """The listening connection, opened and listening if it was not; None on SQLite,
+        through a driver other than psycopg 3 (lrtune's), or when it cannot be opened now."""
+        if (self._engine.dialect.name, self._engine.dialect.driver) != ("postgresql", "psycopg"):
             return None
         if self._listening is None:
             import psycopg
