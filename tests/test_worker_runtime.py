@@ -5,6 +5,7 @@ epoch boundary (the interrupted trial resumed by another worker from its checkpo
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
@@ -13,13 +14,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
+import sqlalchemy as sa
 from optuna.trial import TrialState
 from test_worker import JOB, _range_tests_run, _submit
 from test_worker import _check_finished_exactly as check_finished_exactly
@@ -32,6 +34,7 @@ from lrtune.registry import model_names
 from lrtune.result import TrainingRun
 from lrtune.spec import JobSpec
 from lrtune.training import TrainingSetup
+from lrtune.workers.presence import Presence
 from lrtune.workers.threads import available_cores, threads_per_unit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -229,6 +232,49 @@ def test_a_silent_worker_drops_out_of_the_live_list_after_three_heartbeats(store
         store.beat("w-silent", [])
     with pytest.raises(NotFoundError):
         store.stop_worker("nobody")
+
+
+@contextlib.contextmanager
+def _database_refusing_connections(url: str) -> Iterator[None]:
+    """The database of ``url`` refuses new connections and has none open, as while its server
+    restarts; it takes them again after the ``with``."""
+    database = sa.engine.make_url(url).database
+    admin = sa.create_engine(sa.engine.make_url(url).set(database="postgres"))
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false'))
+        conn.execute(
+            sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"),
+            {"d": database},
+        )
+        try:
+            yield
+        finally:
+            conn.execute(sa.text(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true'))
+    admin.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("storage_url", ["postgres"], indirect=True)
+def test_a_worker_that_cannot_register_while_its_store_is_away_registers_at_its_first_beat(
+    store: JobStore,
+) -> None:
+    registration = WorkerRegistration(
+        id="w-early",
+        host="h",
+        device="cpu",
+        pid=1,
+        version="0",
+        heartbeat_s=0.3,
+        plugin_registry=PluginRegistry(),
+    )
+    store.list_workers()  # the pool holds a connection, which the outage then cuts
+    with _database_refusing_connections(store.url):
+        presence = Presence(store, registration, list).__enter__()  # does not raise
+    try:
+        _wait_until("the first beat to register it", lambda: store.list_workers().data, 10)
+        assert [w.id for w in store.list_workers().data] == ["w-early"]
+    finally:
+        presence.__exit__(None, None, None)
 
 
 def test_threads_per_unit_share_the_cores_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -228,6 +228,7 @@ class Worker:
         """
         worked: set[str] = set()
         self._worked, self._max_jobs = worked, max_jobs
+        construct_a_first_optimizer()
         logger.info(
             "worker=%s event=started device=%s concurrency=%d threads=%s",
             self.id,
@@ -235,7 +236,6 @@ class Worker:
             self.concurrency,
             self.threads or torch_threads(),
         )
-        construct_a_first_optimizer()
         backoff = self._backoff()
         try:
             with self._presence(), self._units():

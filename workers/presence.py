@@ -21,9 +21,10 @@ class Presence:
     """The worker's row in the workers table, beaten every ``heartbeat_s`` from a daemon
     thread while in a ``with``.
 
-    Registers in ``__enter__``; each beat records ``doing()``; a beat that finds the row gone
-    registers again, one that meets an unavailable store is retried at the next beat;
-    ``__exit__`` marks the worker stopped.
+    Registers in ``__enter__`` (a store unavailable then, e.g. restarting, leaves it to the
+    first beat); each beat records ``doing()``; a beat that finds the row gone registers again,
+    one that meets an unavailable store is retried at the next beat; ``__exit__`` marks the
+    worker stopped.
     """
 
     def __init__(
@@ -38,7 +39,10 @@ class Presence:
         self._beats = Periodic("worker-heartbeat", registration.heartbeat_s, self._beat)
 
     def __enter__(self) -> Presence:
-        self.store.register_worker(self.registration)
+        try:
+            self.store.register_worker(self.registration)
+        except StorageUnavailableError as exc:  # the worker's loop waits for the store
+            logger.warning("worker=%s event=register_failed error=%s", self.registration.id, exc)
         self._beats.__enter__()
         return self
 
