@@ -208,16 +208,23 @@ def test_a_worker_is_listed_live_with_what_it_holds_and_the_plugins_it_serves(
     assert listed.id in everything.stdout and "(stopped)" in everything.stdout
 
 
-def test_a_silent_worker_drops_out_of_the_live_list_after_three_heartbeats(store: JobStore) -> None:
-    registration = WorkerRegistration(
-        id="w-silent",
+def _registration(
+    worker_id: str, heartbeat_s: float, registry: PluginRegistry | None = None
+) -> WorkerRegistration:
+    """A worker's registration with placeholder host, pid and version."""
+    return WorkerRegistration(
+        id=worker_id,
         host="h",
         device="cpu",
         pid=1,
         version="0",
-        heartbeat_s=0.2,
-        plugin_registry=PluginRegistry(models={"only-here": None}),
+        heartbeat_s=heartbeat_s,
+        plugin_registry=registry or PluginRegistry(),
     )
+
+
+def test_a_silent_worker_drops_out_of_the_live_list_after_three_heartbeats(store: JobStore) -> None:
+    registration = _registration("w-silent", 0.2, PluginRegistry(models={"only-here": None}))
     assert store.register_worker(registration).live
     assert store.known_registry().models == {"only-here": None}
     time.sleep(0.7)  # more than 3 heartbeats without one: as if killed with SIGKILL
@@ -258,15 +265,7 @@ def _database_refusing_connections(url: str) -> Iterator[None]:
 def test_a_worker_that_cannot_register_while_its_store_is_away_registers_at_its_first_beat(
     store: JobStore,
 ) -> None:
-    registration = WorkerRegistration(
-        id="w-early",
-        host="h",
-        device="cpu",
-        pid=1,
-        version="0",
-        heartbeat_s=0.3,
-        plugin_registry=PluginRegistry(),
-    )
+    registration = _registration("w-early", 0.3)
     store.list_workers()  # the pool holds a connection, which the outage then cuts
     with _database_refusing_connections(store.url):
         presence = Presence(store, registration, list).__enter__()  # does not raise
