@@ -352,10 +352,14 @@ class Figures:
         return self.two.per_minute / self.one.per_minute
 
     @property
+    def side_by_side_slowdown(self) -> float:
+        """How much longer a trial took with two in-memory searches at once than with one."""
+        return self.side_by_side.mean_trial_s / self.alone.mean_trial_s
+
+    @property
     def machine_ceiling(self) -> float:
-        """Two workers' speedup if they did nothing but train: 2 / how much longer a trial
-        took with two in-memory searches at once than with one."""
-        return 2 * self.alone.mean_trial_s / self.side_by_side.mean_trial_s
+        """Two workers' speedup if they did nothing but train."""
+        return 2 / self.side_by_side_slowdown
 
     @property
     def window_difference_ms(self) -> float:
@@ -448,7 +452,7 @@ def report(
         f"| one | {alone.trials} | {alone.mean_trial_s:.2f} |",
         f"| two at once | {side_by_side.trials} | {side_by_side.mean_trial_s:.2f} |",
         "",
-        f"Two trainings side by side took {1 / (figures.machine_ceiling / 2):.2f}x as long a "
+        f"Two trainings side by side took {figures.side_by_side_slowdown:.2f}x as long a "
         f"trial: two workers that did nothing but train would reach "
         f"**{figures.machine_ceiling:.2f}x**. The workers spent {100 * one.busy(1):.1f}% (one) "
         f"and {100 * two.busy(2):.1f}% (two) of their search window inside trials; what two "
@@ -493,7 +497,7 @@ def report(
         "",
         f"- **Two workers on two cores** share them with PostgreSQL and with each other: a "
         f"trial took {two.mean_trial_s / one.mean_trial_s:.2f}x as long with two workers, "
-        f"and {2 / figures.machine_ceiling:.2f}x with two bare in-memory searches. The "
+        f"and {figures.side_by_side_slowdown:.2f}x with two bare in-memory searches. The "
         "machine sets the ceiling, and it moves from run to run with the load of the machine's "
         "neighbours (the load average above): two trainings side by side have taken from 0.9x "
         "to 1.2x as long a trial on this machine. What lrtune's workers control is the share "
